@@ -1,0 +1,1 @@
+"""tagstream's offline side: labeled text in, a self-describing compiled model bundle out."""

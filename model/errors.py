@@ -1,0 +1,28 @@
+"""Errors raised by the offline training side and the bundle format.
+
+    ModelError                 base: anything a user of model/ should catch
+    ├── DataError              a labeled file cannot be used (bad rows, missing fields)
+    ├── CheckpointError        a pretrained checkpoint does not fit the encoder
+    └── BundleError            a bundle is missing, tampered with, or inconsistent
+        └── ParityError        the compiled model disagrees with the eager one at export
+"""
+
+
+class ModelError(Exception):
+    """Base class for errors of the offline side."""
+
+
+class DataError(ModelError):
+    """A labeled data file cannot be used as asked."""
+
+
+class CheckpointError(ModelError):
+    """A pretrained checkpoint is incomplete or does not match the encoder."""
+
+
+class BundleError(ModelError):
+    """A model bundle cannot be written, verified or loaded."""
+
+
+class ParityError(BundleError):
+    """The compiled model's outputs differ from the eager model's beyond tolerance."""

@@ -1,0 +1,1 @@
+"""tagstream's online side: Kafka in, micro-batches through the compiled model, labels out."""
