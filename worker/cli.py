@@ -33,9 +33,10 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_kafka_commands(sub: argparse._SubParsersAction) -> None:
-    # Filled in by the local broker (issue 2): `kafka up|down|status`.
-    p = sub.add_parser("kafka", help="local development broker (not implemented yet)")
-    p.set_defaults(func=_not_implemented)
+    # `kafka up|down|status|fetch`: the local development broker (worker/localkafka/cli.py).
+    from worker.localkafka.cli import add_kafka_commands
+
+    add_kafka_commands(sub)
 
 
 def _not_implemented(args: argparse.Namespace) -> int:
