@@ -88,6 +88,28 @@ def broker_source() -> str:
     return forced
 
 
+def skip_without_local_toolchain(what: str) -> None:
+    """Skip when Java 17+ is missing, unless the session's broker is local anyway (then fail).
+
+    Tests of the local broker itself, and the SCRAM broker, always need a local JVM; on a machine
+    that reaches Kafka through Docker or KAFKA_BOOTSTRAP_SERVERS they are skipped with the reason.
+    """
+    if broker_source() == "local":
+        return
+    from worker.localkafka.toolchain import find_java
+
+    try:
+        find_java()
+    except LocalKafkaError as exc:
+        pytest.skip(f"{what} is a local JVM broker: {exc}")
+
+
+@pytest.fixture
+def local_toolchain() -> None:
+    """For tests of the local broker itself: skip (or fail) as ``skip_without_local_toolchain`` says."""
+    skip_without_local_toolchain("this test's broker")
+
+
 def _start_local(**kwargs: Any) -> LocalKafka:
     broker = LocalKafka(**kwargs)
     began = time.monotonic()
@@ -189,13 +211,7 @@ def kafka_scram() -> Iterator[ScramEndpoint]:
     ``password``, ``mechanisms``, ``log_path`` (the broker's log), and
     ``client_config(mechanism, password=...)`` giving kafka-python settings.
     """
-    if broker_source() != "local":
-        try:
-            from worker.localkafka.toolchain import find_java
-
-            find_java()
-        except LocalKafkaError as exc:
-            pytest.skip(f"the SCRAM broker is a local JVM broker: {exc}")
+    skip_without_local_toolchain("the SCRAM broker")
     broker = _start_local(scram_users=[SCRAM_USER])
     try:
         yield broker.scram_endpoint()

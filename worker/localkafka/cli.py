@@ -27,7 +27,7 @@ def add_kafka_commands(sub: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    actions = kafka.add_subparsers(dest="kafka_command", required=True, metavar="ACTION")
+    actions = kafka.add_subparsers(dest="kafka_command", required=True, title="actions")
 
     p = actions.add_parser(
         "up",
@@ -39,7 +39,7 @@ def add_kafka_commands(sub: argparse._SubParsersAction) -> None:
         "--port",
         type=int,
         default=daemon.DEFAULT_PORT,
-        help="PLAINTEXT client port on 127.0.0.1 (default: %(default)s, the worker's default)",
+        help="PLAINTEXT client port on 127.0.0.1 (default: %(default)s, the worker's default; 0 picks a free one)",
     )
     p.add_argument(
         "--scram",
@@ -126,22 +126,24 @@ def _reporting_errors(
 
 
 def _progress() -> Callable[[int], None]:
-    """Report Maven's download count on one updating line (only on a terminal)."""
+    """Announce a fetch (count 0), then show Maven's download count on one line (on a terminal)."""
     tty = sys.stderr.isatty()
 
     def show(count: int) -> None:
-        if tty:
+        if count == 0:
+            print(
+                f"Fetching the Kafka {kafka_version()} jars from Maven Central (once, about 45 MB)...",
+                file=sys.stderr,
+            )
+        elif tty:
             print(f"\r  {count} files downloaded", end="", file=sys.stderr, flush=True)
 
     return show
 
 
-def _announce_fetch() -> None:
-    if cached_jars() is None:
-        print(
-            f"Fetching the Kafka {kafka_version()} jars from Maven Central (once, about 45 MB)...",
-            file=sys.stderr,
-        )
+def _end_progress() -> None:
+    if sys.stderr.isatty():
+        print("\r\033[K", end="", file=sys.stderr, flush=True)  # erase the download count
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -149,7 +151,6 @@ def _up(args: argparse.Namespace) -> int:
         user = ScramUser(args.scram_user, args.scram_password)
     except ValueError as exc:
         raise LocalKafkaError(str(exc)) from exc
-    _announce_fetch()
     began = time.monotonic()
     state, started = daemon.up(
         port=args.port,
@@ -159,8 +160,7 @@ def _up(args: argparse.Namespace) -> int:
         ready_timeout_s=args.timeout,
         fetch_progress=_progress(),
     )
-    if sys.stderr.isatty():
-        print("\r", end="", file=sys.stderr)
+    _end_progress()
     if started:
         print(
             f"Kafka {state.kafka_version} broker ready in {time.monotonic() - began:.1f} s "
@@ -225,11 +225,9 @@ def _status(args: argparse.Namespace) -> int:
 def _fetch(args: argparse.Namespace) -> int:
     cached = None if args.refresh else cached_jars()
     if cached is None:
-        _announce_fetch()
         began = time.monotonic()
         jars = fetch_jars(progress=_progress(), refresh=args.refresh)
-        if sys.stderr.isatty():
-            print("\r", end="", file=sys.stderr)
+        _end_progress()
         print(f"fetched {jars.count} jars in {time.monotonic() - began:.1f} s into {jars.lib_dir}")
     else:
         print(

@@ -127,7 +127,7 @@ def fetch_jars(
     """Fetch the pinned Kafka version's jars into the cache with Maven and return them.
 
     ``maven_args`` are extra Maven arguments (``-o``, ``-s settings.xml``, ...). ``progress`` is
-    called with the number of files Maven has downloaded so far. With ``refresh`` the jars are
+    called with 0 when Maven starts, then with the number of files it has downloaded so far. With ``refresh`` the jars are
     fetched again even when cached. Raises MavenNotFoundError or FetchError.
     """
     version = kafka_version()
@@ -148,16 +148,25 @@ def fetch_jars(
             "-f",
             str(pom),
             *maven_args,
-            "dependency:copy-dependencies",
+            # Fully qualified: the "dependency:" prefix needs plugin metadata that an offline
+            # or empty local repository lacks, which would hide the real error.
+            f"org.apache.maven.plugins:maven-dependency-plugin:{pinned_versions()['dependency.plugin.version']}"
+            ":copy-dependencies",
             f"-Dkafka.lib.dir={partial}",
         ]
+        if progress is not None:
+            progress(0)
         returncode = _run_maven(cmd, log_path, progress)
         if returncode != 0 or not _complete(partial, version):
             shutil.rmtree(partial, ignore_errors=True)
             reason = maven_failure_reason(log_path.read_text(errors="replace"))
+            fix = (
+                "Maven runs offline (-o, or <offline> in ~/.m2/settings.xml): let it go online once"
+                if "offline mode" in reason
+                else "check that Maven Central is reachable (proxy/mirror in ~/.m2/settings.xml)"
+            )
             raise FetchError(
-                f"could not fetch the Kafka {version} jars with Maven ({reason}): check that "
-                f"Maven Central is reachable (proxy/mirror in ~/.m2/settings.xml); "
+                f"could not fetch the Kafka {version} jars with Maven ({reason}): {fix}; "
                 f"full log: {log_path}"
             )
         shutil.rmtree(lib_dir, ignore_errors=True)
