@@ -1,8 +1,8 @@
 """``tagstream-worker``: the streaming worker and the local development broker.
 
-tagstream-worker run      consume, classify, publish (the long-running worker)
-tagstream-worker check    print resolved settings, reach the broker, verify the bundle
-tagstream-worker kafka    start/stop/show a local single-node Kafka broker (development)
+    tagstream-worker run      consume, classify, publish (the long-running worker)
+    tagstream-worker check    print resolved settings, reach the broker, verify the bundle
+    tagstream-worker kafka    start/stop/show a local single-node Kafka broker (development)
 """
 
 from __future__ import annotations
@@ -26,10 +26,7 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     # Filled in by the worker (issue 5): `run` and `check`.
     for name, text in (
         ("run", "consume, classify and publish until stopped (not implemented yet)"),
-        (
-            "check",
-            "validate settings, reach the broker and verify the bundle (not implemented yet)",
-        ),
+        ("check", "validate settings, reach the broker and verify the bundle (not implemented yet)"),
     ):
         p = sub.add_parser(name, help=text, description=text)
         p.set_defaults(func=_not_implemented)
