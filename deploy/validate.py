@@ -41,7 +41,7 @@ import yaml
 DEPLOY_DIR = Path(__file__).resolve().parent
 REPO_ROOT = DEPLOY_DIR.parent
 SCHEMA_DIR = DEPLOY_DIR / "schemas"
-DEFAULT_TARGETS = ("k8s/overlays/cpu", "k8s/overlays/gpu", "k8s/training")
+DEFAULT_TARGETS = ("k8s/overlays/cpu", "k8s/overlays/gpu", "k8s/training", "k8s/promote")
 
 # The kustomize that renders the manifests; the Makefile builds exactly this version.
 KUSTOMIZE_VERSION = "v5.8.1"

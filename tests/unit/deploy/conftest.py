@@ -14,7 +14,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEPLOY_DIR = REPO_ROOT / "deploy"
-TARGETS = ("k8s/overlays/cpu", "k8s/overlays/gpu", "k8s/training")
+TARGETS = ("k8s/overlays/cpu", "k8s/overlays/gpu", "k8s/training", "k8s/promote")
 
 
 def load_script(path: Path, name: str) -> ModuleType:
@@ -28,9 +28,21 @@ def load_script(path: Path, name: str) -> ModuleType:
 
 
 @pytest.fixture(scope="session")
+def load_deploy_script() -> Callable[[Path, str], ModuleType]:
+    """``load_deploy_script(path, module_name)``: import a script from deploy/."""
+    return load_script
+
+
+@pytest.fixture(scope="session")
 def validator() -> ModuleType:
     """deploy/validate.py, the checker `make deploy-check` runs."""
     return load_script(DEPLOY_DIR / "validate.py", "tagstream_deploy_validate")
+
+
+@pytest.fixture(scope="session")
+def write_tiny_bundle() -> Callable[..., Path]:
+    """``write_tiny_bundle(out_dir, name=..., seed=...)``: export a real, tiny, untrained bundle."""
+    return load_script(Path(__file__).with_name("tiny_bundle.py"), "tagstream_tiny_bundle").write_tiny_bundle
 
 
 @pytest.fixture(scope="session")

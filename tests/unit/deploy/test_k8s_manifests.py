@@ -19,7 +19,8 @@ Objects = list[dict[str, Any]]
 GPU = "k8s/overlays/gpu"
 CPU = "k8s/overlays/cpu"
 TRAINING = "k8s/training"
-TARGETS = (CPU, GPU, TRAINING)  # as in conftest.py
+PROMOTE = "k8s/promote"
+TARGETS = (CPU, GPU, TRAINING, PROMOTE)  # as in conftest.py
 
 
 def find(objects: Objects, kind: str, name_prefix: str = "") -> dict[str, Any]:
@@ -62,6 +63,7 @@ def test_kustomize_is_the_pinned_version(validator: ModuleType, kustomize: Path)
              "PodDisruptionBudget", "ScaledObject", "TriggerAuthentication", "PodMonitor", "NetworkPolicy"},
         ),
         (TRAINING, {"PersistentVolumeClaim", "Job", "NetworkPolicy"}),
+        (PROMOTE, {"ConfigMap", "Job", "NetworkPolicy"}),
     ],
 )
 def test_kustomization_renders_the_expected_kinds(rendered: Callable[[str], Objects], target: str, kinds: set[str]) -> None:
