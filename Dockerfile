@@ -3,7 +3,7 @@
 #
 #   docker build -t tagstream:gpu .                                  # CUDA (default)
 #   docker build -t tagstream:cpu --build-arg FLAVOR=cpu \
-#       --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu .  # slim CPU (~1 GB)
+#       --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu .  # slim CPU
 #
 # The builder runs deploy/docker/install.sh, the same script CI runs into a clean venv
 # (tests/integration/deploy/test_install.py), so what the image installs is tested even where

@@ -16,7 +16,7 @@
 #   TORCH_INDEX  empty (default): torch exactly as locked, i.e. PyPI's Linux build, which carries
 #                the CUDA libraries (~4 GB). A URL such as https://download.pytorch.org/whl/cpu:
 #                leave torch, triton and every CUDA package out of the locked set and install the
-#                same torch version from that index instead (the +cpu build: a ~1 GB image, but
+#                same torch version from that index instead (the +cpu build: ~4 GB smaller, but
 #                its torch wheel is not hash-pinned by uv.lock).
 #   SRC          project root (default: two folders above this script)
 #   WORK         scratch folder for the requirements file and the wheel (default: a temp folder)
@@ -26,7 +26,7 @@ usage() {
     echo "usage: $0 deps|app VENV   (see the header of $0 for the environment it reads)" >&2
     exit 2
 }
-[[ $# -eq 2 ]] || usage
+[[ $# -eq 2 && ($1 == deps || $1 == app) ]] || usage
 phase=$1
 venv=$2
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
