@@ -1,8 +1,8 @@
 """``tagstream-worker``: the streaming worker and the local development broker.
 
-    tagstream-worker run      consume, classify, publish (the long-running worker)
-    tagstream-worker check    print resolved settings, reach the broker, verify the bundle
-    tagstream-worker kafka    start/stop/show a local single-node Kafka broker (development)
+tagstream-worker run      consume, classify, publish (the long-running worker)
+tagstream-worker check    print resolved settings, reach the broker, verify the bundle
+tagstream-worker kafka    start/stop/show a local single-node Kafka broker (development)
 """
 
 from __future__ import annotations
@@ -125,9 +125,10 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _add_kafka_commands(sub: argparse._SubParsersAction) -> None:
-    # Filled in by the local broker (issue 2): `kafka up|down|status`.
-    p = sub.add_parser("kafka", help="local development broker (not implemented yet)")
-    p.set_defaults(func=_not_implemented)
+    # `kafka up|down|status|fetch`: the local development broker (worker/localkafka/cli.py).
+    from worker.localkafka.cli import add_kafka_commands
+
+    add_kafka_commands(sub)
 
 
 def _not_implemented(args: argparse.Namespace) -> int:
