@@ -17,7 +17,7 @@ KUSTOMIZE_VERSION := v5.8.1
 KUSTOMIZE := $(TOOLS_DIR)/kustomize-$(KUSTOMIZE_VERSION)/kustomize
 export KUSTOMIZE
 
-.PHONY: help install deploy-tools deploy-check test test-unit lint demo clean
+.PHONY: help install deploy-tools deploy-check test test-unit lint demo clean kafka-up kafka-down kafka-status
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -48,6 +48,15 @@ test: install deploy-tools  ## run the whole test suite (starts and stops a loca
 
 test-unit: install deploy-tools  ## only the tests that need no broker
 	$(BIN)/python -m pytest tests/unit
+
+kafka-up: install  ## start a local Kafka broker on 127.0.0.1:9092 in the background (KAFKA_ARGS="--scram")
+	$(BIN)/tagstream-worker kafka up $(KAFKA_ARGS)
+
+kafka-down: install  ## stop the background broker
+	$(BIN)/tagstream-worker kafka down
+
+kafka-status: install  ## show the background broker and whether it answers
+	$(BIN)/tagstream-worker kafka status
 
 lint: install  ## ruff and mypy
 	$(BIN)/ruff check worker model tests bench
