@@ -58,8 +58,9 @@ WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob")
 GPU_RESOURCE = "nvidia.com/gpu"
 PARTITIONS_ANNOTATION = "tagstream.io/input-partitions"
 
-# Every worker setting's environment variable (CONTRACTS.md section 4; deploy/README.md lists
-# them with their meaning). A name outside this set is a typo the worker would ignore.
+# Every worker setting's environment variable (CONTRACTS.md section 4 plus what worker/settings.py
+# added; deploy/README.md lists them with their meaning; tests/unit/deploy compares all three).
+# A name outside this set is a typo: the worker would refuse to start, but only at rollout time.
 SETTINGS_ENV = frozenset(
     {
         "TAGSTREAM_CONFIG_FILE",
@@ -77,6 +78,7 @@ SETTINGS_ENV = frozenset(
         "TAGSTREAM_OUTPUT_TOPIC",
         "TAGSTREAM_ROUTES",
         "TAGSTREAM_DLQ_TOPIC",
+        "TAGSTREAM_AUTO_OFFSET_RESET",
         "TAGSTREAM_INPUT_FORMAT",
         "TAGSTREAM_TEXT_FIELD",
         "TAGSTREAM_ID_FIELD",
@@ -84,6 +86,7 @@ SETTINGS_ENV = frozenset(
         "TAGSTREAM_MAX_BATCH_SIZE",
         "TAGSTREAM_MAX_BATCH_TOKENS",
         "TAGSTREAM_MAX_WAIT_MS",
+        "TAGSTREAM_MAX_PENDING_EVENTS",
         "TAGSTREAM_BUNDLE_PATH",
         "TAGSTREAM_RELOAD_INTERVAL_S",
         "TAGSTREAM_DEVICE",
@@ -92,6 +95,7 @@ SETTINGS_ENV = frozenset(
         "TAGSTREAM_TOP_K",
         "TAGSTREAM_METRICS_PORT",
         "TAGSTREAM_DRAIN_TIMEOUT_S",
+        "TAGSTREAM_COMMIT_INTERVAL_MS",
         "TAGSTREAM_LOG_LEVEL",
         "TAGSTREAM_LOG_FORMAT",
     }
@@ -289,6 +293,13 @@ def as_int(value: Any, default: int) -> int:
         return default
 
 
+def as_float(value: Any, default: float) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
 # --- policies ----------------------------------------------------------------------------------
 
 
@@ -378,12 +389,12 @@ def check_worker(objects: list[dict[str, Any]], deployment: dict[str, Any]) -> I
             port = ports.get(get.get("port"), get.get("port"))
             if port != metrics_port:
                 yield Problem(name, f"{where}: {probe} probes port {port}, the worker serves {path} on TAGSTREAM_METRICS_PORT={metrics_port}")
-        drain = as_int(settings.get("TAGSTREAM_DRAIN_TIMEOUT_S"), DEFAULT_DRAIN_TIMEOUT_S)
+        drain = as_float(settings.get("TAGSTREAM_DRAIN_TIMEOUT_S"), DEFAULT_DRAIN_TIMEOUT_S)
         grace = as_int(pod.get("terminationGracePeriodSeconds"), 30)
         if grace < drain + GRACE_MARGIN_S:
             yield Problem(
                 name,
-                f"terminationGracePeriodSeconds {grace} must exceed TAGSTREAM_DRAIN_TIMEOUT_S {drain} "
+                f"terminationGracePeriodSeconds {grace} must exceed TAGSTREAM_DRAIN_TIMEOUT_S {drain:g} "
                 f"by at least {GRACE_MARGIN_S} s, or the kubelet kills the worker mid-drain",
             )
         for key, value in settings.items():
@@ -452,6 +463,8 @@ def check_scaledobject(objects: list[dict[str, Any]], so: dict[str, Any]) -> Ite
         expected = {
             "bootstrapServers": settings.get("TAGSTREAM_BOOTSTRAP_SERVERS"),
             "consumerGroup": settings.get("TAGSTREAM_GROUP_ID", "tagstream"),
+            # Where a group without offsets starts decides what KEDA counts as its lag.
+            "offsetResetPolicy": settings.get("TAGSTREAM_AUTO_OFFSET_RESET", "earliest"),
         }
         if len(topics) == 1:
             expected["topic"] = topics[0]

@@ -136,48 +136,33 @@ def test_install_script_refuses_an_unknown_phase(tmp_path: Path) -> None:
 # --- `tagstream-worker check` from the installed wheel, against a real broker ------------------
 
 
-def _require_check_command(venv: Path, cwd: Path) -> None:
-    # `check` is built on branch `worker` (issue 5); until it merges the CLI only has a stub.
-    help_text = " ".join(run(venv, "tagstream-worker", "check", "--help", cwd=cwd).stdout.split())
-    if "not implemented yet" in help_text:
-        pytest.skip("tagstream-worker check is still the skeleton stub: it lands with branch `worker`")
-
-
-def _broker(request: pytest.FixtureRequest) -> str:
-    try:
-        return str(request.getfixturevalue("kafka_bootstrap"))
-    except pytest.FixtureLookupError:
-        pytest.skip("needs the kafka_bootstrap fixture (tests/conftest.py, branch `kafka`)")
-
-
 @pytest.mark.integration
 def test_installed_worker_check_passes_with_broker_and_bundle(
-    request: pytest.FixtureRequest, venv: Path, tmp_path: Path, write_tiny_bundle: Callable[..., Path]
+    kafka_bootstrap: str, new_topic: Callable[..., str], venv: Path, tmp_path: Path,
+    write_tiny_bundle: Callable[..., Path],
 ) -> None:
-    """`tagstream-worker check` from the clean install exits 0 against the test broker and a real bundle."""
-    _require_check_command(venv, tmp_path)
-    bootstrap = _broker(request)
-    bundle = write_tiny_bundle(tmp_path / "bundles" / "releases" / "v1")
+    """`tagstream-worker check` from the clean install exits 0 against the test broker and a real bundle behind a `current` link."""
+    write_tiny_bundle(tmp_path / "bundles" / "releases" / "v1", name="deploy-check")
     (tmp_path / "bundles" / "current").symlink_to("releases/v1")
     env = clean_env(
-        TAGSTREAM_BOOTSTRAP_SERVERS=bootstrap,
-        TAGSTREAM_INPUT_TOPICS="tagstream-deploy-check",
+        TAGSTREAM_BOOTSTRAP_SERVERS=kafka_bootstrap,
+        TAGSTREAM_INPUT_TOPICS=new_topic(partitions=3, prefix="deploy-check"),
         TAGSTREAM_BUNDLE_PATH=str(tmp_path / "bundles" / "current"),
         TAGSTREAM_DEVICE="cpu",
     )
     proc = run(venv, "tagstream-worker", "check", cwd=tmp_path, env=env)
     assert proc.returncode == 0, f"check failed:\n{proc.stdout}\n{proc.stderr}"
-    assert bundle.name in proc.stdout + proc.stderr or "v1" in proc.stdout + proc.stderr
+    assert "deploy-check" in proc.stdout
 
 
 @pytest.mark.integration
-def test_installed_worker_check_fails_on_a_missing_bundle(request: pytest.FixtureRequest, venv: Path, tmp_path: Path) -> None:
+def test_installed_worker_check_fails_on_a_missing_bundle(
+    kafka_bootstrap: str, new_topic: Callable[..., str], venv: Path, tmp_path: Path
+) -> None:
     """`tagstream-worker check` exits non-zero and names the bundle when TAGSTREAM_BUNDLE_PATH does not exist."""
-    _require_check_command(venv, tmp_path)
-    bootstrap = _broker(request)
     env = clean_env(
-        TAGSTREAM_BOOTSTRAP_SERVERS=bootstrap,
-        TAGSTREAM_INPUT_TOPICS="tagstream-deploy-check",
+        TAGSTREAM_BOOTSTRAP_SERVERS=kafka_bootstrap,
+        TAGSTREAM_INPUT_TOPICS=new_topic(prefix="deploy-check"),
         TAGSTREAM_BUNDLE_PATH=str(tmp_path / "no-such-bundle"),
         TAGSTREAM_DEVICE="cpu",
     )
