@@ -155,6 +155,14 @@ def test_gpu_overlay_takes_one_gpu_on_gpu_nodes(rendered: Callable[[str], Object
     assert pod["containers"][0]["image"].endswith(":0.1.0-gpu")
 
 
+def test_cpu_replicas_scale_at_a_lower_lag_than_gpu_replicas(rendered: Callable[[str], Objects]) -> None:
+    """A CPU replica clears fewer texts a second, so the CPU overlay adds replicas at a smaller backlog."""
+    def threshold(target: str) -> int:
+        return int(find(rendered(target), "ScaledObject")["spec"]["triggers"][0]["metadata"]["lagThreshold"])
+
+    assert threshold(CPU) < threshold(GPU)
+
+
 def test_cpu_overlay_takes_no_gpu(rendered: Callable[[str], Objects]) -> None:
     """The CPU worker asks for no GPU, runs on cpu, and uses as many threads as its CPU limit."""
     objects = rendered(CPU)
