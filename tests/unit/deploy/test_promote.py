@@ -28,14 +28,14 @@ def promote_script(rendered: Callable[[str], list[dict[str, Any]]]) -> str:
 @pytest.fixture(scope="module")
 def _releases(tmp_path_factory: pytest.TempPathFactory, write_tiny_bundle: Callable[..., Path]) -> Path:
     root = tmp_path_factory.mktemp("releases")
-    write_tiny_bundle(root / "v1", name="v1", seed=1)
-    write_tiny_bundle(root / "v2", name="v2", seed=2)
+    write_tiny_bundle(root / "v1", name="v1", seed=1)  # a bundle copied in directly
+    write_tiny_bundle(root / "train-abc" / "bundle", name="train-abc", seed=2)  # a training run
     return root
 
 
 @pytest.fixture
 def volume(tmp_path: Path, _releases: Path) -> Path:
-    """A stand-in for the bundles PVC: two good releases, v1 and v2, and `current` -> releases/v1."""
+    """A stand-in for the bundles PVC: bundle v1, run train-abc (bundle in bundle/), `current` -> releases/v1."""
     root = tmp_path / "bundles"
     shutil.copytree(_releases, root / "releases")
     os.symlink("releases/v1", root / "current")
@@ -51,21 +51,21 @@ def promote(script: str, volume: Path, release: str) -> subprocess.CompletedProc
     )
 
 
-def test_promote_points_current_at_the_release(promote_script: str, volume: Path) -> None:
-    """Promoting v2 over v1 leaves `current` a relative link to releases/v2 and no temporary link."""
-    proc = promote(promote_script, volume, "v2")
+def test_promote_points_current_at_a_training_run(promote_script: str, volume: Path) -> None:
+    """Promoting run train-abc over v1 leaves `current` a relative link to its bundle/ and no temporary link."""
+    proc = promote(promote_script, volume, "train-abc")
     assert proc.returncode == 0, proc.stderr
-    assert os.readlink(volume / "current") == "releases/v2"
-    assert json.loads((volume / "current" / "manifest.json").read_text())["name"] == "v2"
-    assert "current was: releases/v1" in proc.stdout and "verified v2" in proc.stdout
+    assert os.readlink(volume / "current") == "releases/train-abc/bundle"
+    assert json.loads((volume / "current" / "manifest.json").read_text())["name"] == "train-abc"
+    assert "current was: releases/v1" in proc.stdout and "verified train-abc" in proc.stdout
     assert not (volume / ".current.tmp").exists()
 
 
 def test_promote_refuses_a_tampered_bundle(promote_script: str, volume: Path) -> None:
     """A release whose files fail their checksums is refused and `current` keeps pointing at the old one."""
-    labels = volume / "releases" / "v2" / "labels.json"
+    labels = volume / "releases" / "train-abc" / "bundle" / "labels.json"
     labels.write_text('["ham", "eggs"]\n')
-    proc = promote(promote_script, volume, "v2")
+    proc = promote(promote_script, volume, "train-abc")
     assert proc.returncode != 0
     assert "labels.json does not match its sha256" in proc.stderr
     assert os.readlink(volume / "current") == "releases/v1"
@@ -75,6 +75,15 @@ def test_promote_names_the_releases_when_given_an_unknown_one(promote_script: st
     """An unknown RELEASE exits 2 and lists the releases that exist."""
     proc = promote(promote_script, volume, "train-CHANGE-ME")
     assert proc.returncode == 2
-    assert "RELEASE=train-CHANGE-ME is not a folder in" in proc.stderr
-    assert "v1" in proc.stderr and "v2" in proc.stderr
+    assert "RELEASE=train-CHANGE-ME is not a bundle (or a run holding bundle/) in" in proc.stderr
+    assert "v1" in proc.stderr and "train-abc" in proc.stderr
     assert os.readlink(volume / "current") == "releases/v1"
+
+
+def test_promote_accepts_a_bundle_copied_in_directly(promote_script: str, volume: Path) -> None:
+    """A bundle folder placed straight under releases/ (no bundle/ inside) is promoted as it is."""
+    os.replace(volume / "current", volume / "old-link")  # start with no `current` at all
+    proc = promote(promote_script, volume, "v1")
+    assert proc.returncode == 0, proc.stderr
+    assert os.readlink(volume / "current") == "releases/v1"
+    assert "current was: none" in proc.stdout
