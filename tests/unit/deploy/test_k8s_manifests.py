@@ -371,3 +371,23 @@ def test_validator_names_the_install_command_when_kustomize_is_missing(tmp_path:
     )
     assert proc.returncode == 2
     assert "run `make deploy-tools`" in proc.stderr
+
+
+def test_readme_external_broker_patch_renders_and_validates(validator: ModuleType, kustomize: Path, tmp_path: Path) -> None:
+    """The README's NetworkPolicy patch for brokers outside the cluster, in an overlay, renders to an ipBlock rule that passes every check."""
+    readme = (DEPLOY_DIR / "README.md").read_text()
+    snippet = readme.split("# in overlays/<yours>/kustomization.yaml\n", 1)[1].split("```", 1)[0]
+    tree = tmp_path / "k8s"
+    shutil.copytree(DEPLOY_DIR / "k8s", tree)
+    overlay = tree / "overlays" / "external"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - ../gpu\n"
+        + "\n".join(line[2:] for line in snippet.splitlines())
+    )
+    objects = validator.render(overlay, kustomize)
+    egress = find(objects, "NetworkPolicy", "tagstream-worker")["spec"]["egress"][0]
+    assert egress["to"] == [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
+    assert egress["ports"] == [{"port": 9093, "protocol": "TCP"}]
+    problems = validator.check_objects(objects, versions=("1.37",))
+    assert not problems, messages(problems)
