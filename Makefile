@@ -11,8 +11,13 @@ TOOLS_DIR ?= $(HOME)/.cache/tagstream/tools
 UV := $(TOOLS_DIR)/uv-$(UV_VERSION)/bin/uv
 VENV := .venv
 BIN := $(VENV)/bin
+# kustomize renders deploy/k8s in the tests; built once from the Go module proxy (needs Go >= 1.24)
+# into the same cache as uv. Keep in step with KUSTOMIZE_VERSION in deploy/validate.py.
+KUSTOMIZE_VERSION := v5.8.1
+KUSTOMIZE := $(TOOLS_DIR)/kustomize-$(KUSTOMIZE_VERSION)/kustomize
+export KUSTOMIZE
 
-.PHONY: help install test test-unit lint demo clean kafka-up kafka-down kafka-status
+.PHONY: help install deploy-tools deploy-check test test-unit lint demo clean kafka-up kafka-down kafka-status
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -27,10 +32,21 @@ $(UV):
 install: $(UV)  ## create or update .venv from uv.lock (idempotent)
 	@$(UV) sync --frozen --all-extras --python $(PY) --quiet
 
-test: install  ## run the whole test suite (starts and stops a local Kafka broker itself)
+$(KUSTOMIZE):
+	@command -v go >/dev/null || { echo "error: Go (>= 1.24) is needed once to build kustomize $(KUSTOMIZE_VERSION): install it from your package manager or go.dev, or put a kustomize $(KUSTOMIZE_VERSION) binary at $@"; exit 1; }
+	@echo "building kustomize $(KUSTOMIZE_VERSION) into $(dir $@) (once, about a minute)"
+	@GOBIN=$(dir $@) GOTOOLCHAIN=local go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION) || { echo "error: could not build kustomize: check that the Go module proxy is reachable (go env GOPROXY)"; exit 1; }
+
+deploy-tools: $(KUSTOMIZE)  ## build the pinned kustomize used by the deploy checks (idempotent)
+
+deploy-check: install deploy-tools  ## validate deploy/: k8s manifests (schemas, policies) and the Dockerfile
+	$(BIN)/python deploy/validate.py
+	$(BIN)/hadolint --failure-threshold style Dockerfile
+
+test: install deploy-tools  ## run the whole test suite (starts and stops a local Kafka broker itself)
 	$(BIN)/python -m pytest
 
-test-unit: install  ## only the tests that need no broker
+test-unit: install deploy-tools  ## only the tests that need no broker
 	$(BIN)/python -m pytest tests/unit
 
 kafka-up: install  ## start a local Kafka broker on 127.0.0.1:9092 in the background (KAFKA_ARGS="--scram")

@@ -1,8 +1,8 @@
 """``tagstream-worker``: the streaming worker and the local development broker.
 
-    tagstream-worker run      consume, classify, publish (the long-running worker)
-    tagstream-worker check    print resolved settings, reach the broker, verify the bundle
-    tagstream-worker kafka    start/stop/show a local single-node Kafka broker (development)
+tagstream-worker run      consume, classify, publish (the long-running worker)
+tagstream-worker check    print resolved settings, reach the broker, verify the bundle
+tagstream-worker kafka    start/stop/show a local single-node Kafka broker (development)
 """
 
 from __future__ import annotations
@@ -23,13 +23,105 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_run_commands(sub: argparse._SubParsersAction) -> None:
-    # Filled in by the worker (issue 5): `run` and `check`.
-    for name, text in (
-        ("run", "consume, classify and publish until stopped (not implemented yet)"),
-        ("check", "validate settings, reach the broker and verify the bundle (not implemented yet)"),
-    ):
-        p = sub.add_parser(name, help=text, description=text)
-        p.set_defaults(func=_not_implemented)
+    # `run` and `check` (issue 5). Heavy imports (torch, kafka) stay inside the commands.
+    epilog = _settings_help()
+    run = sub.add_parser(
+        "run",
+        help="consume, classify and publish until stopped (SIGTERM/SIGINT drain and exit 0)",
+        description="Consume text events from Kafka, classify them in micro-batches with the model"
+        " bundle, and publish one result per input. Settings come from TAGSTREAM_* environment"
+        " variables and an optional config file (environment wins).",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("--config", metavar="FILE", help="YAML or JSON settings file (or TAGSTREAM_CONFIG_FILE)")
+    run.set_defaults(func=_run)
+    check = sub.add_parser(
+        "check",
+        help="print the resolved settings, reach the broker, verify the bundle; exit 0 when all is well",
+        description="Print the resolved settings (secrets masked), verify and load the bundle, check the"
+        " settings against it, connect to the broker and look for the input topics. Exits 0 when"
+        " the worker could start, non-zero (with the reason) otherwise.",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check.add_argument("--config", metavar="FILE", help="YAML or JSON settings file (or TAGSTREAM_CONFIG_FILE)")
+    check.set_defaults(func=_check)
+
+
+def _settings_help() -> str:
+    from worker.settings import WorkerSettings, env_name
+
+    lines = ["settings (environment variable, default: what it trades off):"]
+    for name, field in WorkerSettings.model_fields.items():
+        default = "required" if field.is_required() else field.get_default(call_default_factory=True)
+        if default in (None, [], {}):
+            default = "unset"
+        lines.append(f"  {env_name(name)} ({default}): {field.description}")
+    lines.append("")
+    lines.append("exit codes: 0 stopped cleanly, 1 internal error, 2 settings, 3 model bundle, 4 Kafka")
+    return "\n".join(lines)
+
+
+def _load(args: argparse.Namespace) -> object:
+    from worker.errors import SettingsError
+    from worker.settings import load_settings
+
+    try:
+        return load_settings(args.config)
+    except SettingsError as exc:
+        for line in str(exc).splitlines():
+            print(f"tagstream-worker: invalid setting: {line}", file=sys.stderr)
+        return None
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    if settings is None:
+        return 2
+    import os
+    import signal
+
+    from worker.app import Worker
+    from worker.errors import WorkerError
+    from worker.telemetry import configure_logging, get_logger
+
+    configure_logging(settings.log_level, settings.log_format)  # type: ignore[attr-defined]
+    log = get_logger("tagstream.worker")
+    worker = Worker(settings)  # type: ignore[arg-type]
+    signals = {"count": 0}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        signals["count"] += 1
+        if signals["count"] > 1:  # a second signal: stop now (safe: nothing unacknowledged is committed)
+            log.warning("forced_exit", signal=signal.Signals(signum).name)
+            os._exit(130)
+        log.info("signal", signal=signal.Signals(signum).name)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        worker.start()
+    except WorkerError as exc:
+        log.error("cannot_start", kind=exc.failure.label, error=str(exc), exit_code=exc.exit_code)
+        print(f"tagstream-worker: {exc}", file=sys.stderr)
+        worker.stop()
+        worker.wait(timeout=5)
+        return exc.exit_code
+    code = worker.wait()
+    if worker.fatal is not None:
+        print(f"tagstream-worker: {worker.fatal}", file=sys.stderr)
+    return 0 if code is None else code
+
+
+def _check(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    if settings is None:
+        return 2
+    from worker.check import run_check
+
+    return run_check(settings)  # type: ignore[arg-type]
 
 
 def _add_kafka_commands(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,90 @@
+"""Test support for the worker: fixture texts and tiny model bundles built on the spot.
+
+The bundles are randomly initialised (no training): what the worker tests need is a real
+TorchScript model, a real tokenizer and a real bundle on disk, fast. The head is scaled up so
+predictions are confident, which keeps "same label online and offline" free of ties.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from model.bundle import write_bundle
+from model.config import EncoderConfig
+from model.encoder import EncoderClassifier, ProbabilityModel
+
+LABELS = ["ham", "spam", "news"]
+
+_WORDS = (
+    "free win prize call now claim cash offer urgent reply stop text mobile "
+    "meeting lunch tonight home later thanks love sorry tomorrow see you "
+    "market shares rose fell government election team match season league "
+    "oil prices company profit quarter report minister talks peace storm"
+).split()
+
+
+def fixture_texts(n: int, seed: int = 0, min_words: int = 2, max_words: int = 40) -> list[str]:
+    """``n`` reproducible pseudo-sentences of varied length (some past a short max_length)."""
+    rng = random.Random(seed)
+    texts = []
+    for i in range(n):
+        words = rng.choices(_WORDS, k=rng.randint(min_words, max_words))
+        texts.append(f"{' '.join(words)} #{i}")
+    return texts
+
+
+def train_tokenizer(texts: list[str], vocab_size: int = 300) -> Tokenizer:
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, min_frequency=1, show_progress=False,
+        special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+    )
+    return tok
+
+
+def make_tiny_bundle(
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    labels: list[str] | None = None,
+    name: str = "tiny-test",
+    max_length: int = 32,
+    d_model: int = 32,
+) -> Path:
+    """Write a random tiny bundle to ``out_dir`` and return its path."""
+    labels = list(labels or LABELS)
+    tokenizer = train_tokenizer(fixture_texts(300, seed=1234))
+    torch.manual_seed(seed)
+    cfg = EncoderConfig(
+        vocab_size=tokenizer.get_vocab_size(), max_length=max_length, d_model=d_model, n_heads=2,
+        n_layers=1, d_ff=2 * d_model, n_classes=len(labels), dropout=0.0, attn_dropout=0.0,
+    )
+    model = EncoderClassifier(cfg)
+    with torch.no_grad():
+        model.head.weight.mul_(200.0)  # confident, well-separated predictions
+    model.eval()
+    scripted = torch.jit.script(ProbabilityModel(model).eval())
+    return write_bundle(
+        out_dir,
+        scripted_model=scripted,
+        tokenizer=tokenizer,
+        labels=labels,
+        name=name,
+        max_length=max_length,
+        lowercase=True,
+        model_config=cfg.to_dict(),
+        metrics={},
+        training={"note": "random weights for tests"},
+    )

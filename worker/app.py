@@ -1,0 +1,468 @@
+"""Wiring: build the stages, connect them with bounded hand-offs, run, drain, exit.
+
+    consumer thread     Source: poll -> parse -> tokenize (per poll) -> InputHandoff (pauses when full)
+                        also: commits (the Committer), rebalance callbacks, lag
+    inference thread    InputHandoff -> Batcher -> ModelRunner.classify -> sink queue (capacity 4)
+                        also: swaps in a reloaded bundle between batches
+    sink thread         sink queue -> producer.send; delivery callbacks ack offsets in the tracker
+    watcher thread      BundleWatcher: verifies and loads new bundles in the background
+    telemetry thread    /metrics, /healthz, /readyz
+
+Start-up fails fast (settings, bundle, broker, topics) before anything is consumed, and the
+model is warmed up at the largest batch first. ``stop()`` (SIGTERM/SIGINT) starts the drain:
+fetching stops, the batcher flushes, the producer flushes, acknowledged offsets are committed,
+all within ``drain_timeout_s``; then ``wait()`` returns 0. A fatal error anywhere takes the same
+path (committing only what was acknowledged) and ``wait()`` returns its exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka import errors as kafka_errors
+
+from worker.batcher import Batch, Batcher, BatchLimits
+from worker.errors import (
+    BrokerError,
+    Failure,
+    InferenceError,
+    SettingsError,
+    WorkerError,
+    failure_for_kafka_error,
+)
+from worker.events import DeadLetter, Event, ParseConfig
+from worker.handoff import InputHandoff
+from worker.offsets import Committer, OffsetTracker, commit_failure
+from worker.reload import BundleWatcher, RunnerSlot
+from worker.runner import Classified, ModelRunner, configure_threads, resolve_device, resolve_dtype
+from worker.settings import WorkerSettings, check_against_bundle
+from worker.sink import Router, Sink
+from worker.source import Source
+from worker.telemetry import Health, Metrics, TelemetryServer, get_logger
+
+log = get_logger("tagstream.worker")
+
+BOOTSTRAP_TIMEOUT_MS = 15_000  # how long start-up waits for a broker before exiting non-zero
+SEND_MAX_BLOCK_MS = 15_000  # how long send() may block on topic metadata or a full buffer
+IDLE_WAIT_S = 0.1  # inference stage wake-up when idle: bounds how fast it notices a shutdown
+SINK_QUEUE_BATCHES = 4  # inference -> sink: enough to overlap, small enough to bound memory
+PRODUCER_LINGER_MS = 5  # results of one batch leave in a few produce requests, not one each
+PRODUCER_BATCH_BYTES = 256 * 1024
+
+
+@dataclass
+class _Results:
+    events: list[Event]
+    classified: Classified
+    labels: list[str]
+    model_name: str
+    model_version: str
+
+
+_STOP = object()
+
+
+class Worker:
+    """One worker: everything between ``start()`` and ``wait()``'s exit code."""
+
+    def __init__(self, settings: WorkerSettings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.health = Health()
+        self.tracker = OffsetTracker()
+        self.handoff: InputHandoff[Event, DeadLetter] = InputHandoff(settings.max_pending_events)
+        self.telemetry: TelemetryServer | None = None
+        self.slot: RunnerSlot | None = None
+        self._stopping = threading.Event()
+        self._stop_at: float | None = None
+        self._fatal: WorkerError | None = None
+        self._fatal_lock = threading.Lock()
+        self._sink_queue: queue.Queue[Any] = queue.Queue(maxsize=SINK_QUEUE_BATCHES)
+        self._threads: dict[str, threading.Thread] = {}
+        self._producer: Any = None
+        self._consumer: Any = None
+        self._source: Source | None = None
+        self._sink: Sink | None = None
+        self._limits = BatchLimits(settings.max_batch_size, settings.max_batch_tokens, settings.max_wait_ms / 1000)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Validate, load and warm up the model, connect, subscribe, start the stages.
+
+        Raises WorkerError (with its Failure and exit code) when the worker cannot run.
+        """
+        s = self.settings
+        threads = configure_threads(s.threads)
+        device = resolve_device(s.device)
+        dtype = resolve_dtype(s.dtype, device)
+        runner = self._load_runner(s.bundle_path, device, dtype)
+        warm_s = runner.warm_up()
+        log.info(
+            "model_ready", name=runner.name, version=runner.version, labels=runner.labels, device=str(device),
+            dtype=str(dtype or "float32"), threads=threads, warm_up_s=round(warm_s, 3),
+            warm_up_shapes=runner.warm_up_shapes,
+        )
+        self.slot = RunnerSlot(runner)
+        self.metrics.set_model(runner.name, runner.version)
+        self.health.model_ready = True
+        self._start_telemetry()
+        self._connect()
+        self._start_threads(device, dtype)
+
+    def stop(self) -> None:
+        """Begin a graceful drain (signal handlers, tests); returns at once."""
+        if self._stop_at is None:
+            self._stop_at = time.monotonic()
+            log.info("stopping", drain_timeout_s=self.settings.drain_timeout_s)
+        self._stopping.set()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Block until the worker has drained and closed; the exit code (None on timeout)."""
+        source = self._threads.get("source")
+        if source is not None:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            # Short joins keep the main thread responsive to signals.
+            while source.is_alive():
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
+                source.join(0.2)
+        for name in ("inference", "sink"):
+            thread = self._threads.get(name)
+            if thread is not None:
+                thread.join(timeout=max(0.1, self._remaining()))
+        self._close()
+        if self._fatal is not None:
+            return self._fatal.exit_code
+        return 0
+
+    def run(self) -> int:
+        self.start()
+        code = self.wait()
+        return 0 if code is None else code
+
+    @property
+    def fatal(self) -> WorkerError | None:
+        return self._fatal
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.telemetry.port if self.telemetry else None
+
+    # -- start-up steps ---------------------------------------------------------------------------
+    def _load_runner(self, path: Path, device: Any, dtype: Any) -> ModelRunner:
+        s = self.settings
+        runner = ModelRunner.load(
+            path, device=device, autocast_dtype=dtype, max_batch_size=s.max_batch_size,
+            max_batch_tokens=s.max_batch_tokens, top_k=s.top_k,
+        )
+        check_against_bundle(s, labels=runner.labels, max_length=runner.max_length)
+        return runner
+
+    def _start_telemetry(self) -> None:
+        try:
+            self.telemetry = TelemetryServer(self.metrics, self.health, self.settings.metrics_port)
+        except OSError as exc:
+            raise SettingsError(
+                f"TAGSTREAM_METRICS_PORT={self.settings.metrics_port}: cannot listen ({exc.strerror});"
+                " pick a free port, or 0 for any"
+            ) from exc
+        self.telemetry.start()
+        log.info("telemetry_listening", port=self.telemetry.port, paths=["/metrics", "/healthz", "/readyz"])
+
+    def _connect(self) -> None:
+        s = self.settings
+        common: dict[str, Any] = {
+            "bootstrap_servers": [x.strip() for x in s.bootstrap_servers.split(",")],
+            "client_id": f"tagstream-{socket.gethostname()}-{os.getpid()}",
+            "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS,
+            "metrics_enabled": False,  # kafka-python's own sensors cost CPU per record; we count ourselves
+            **s.kafka_security(),
+        }
+        self._producer = _kafka_call(
+            s, lambda: KafkaProducer(
+                acks="all", linger_ms=PRODUCER_LINGER_MS, batch_size=PRODUCER_BATCH_BYTES,
+                max_block_ms=SEND_MAX_BLOCK_MS, **common,
+            )
+        )
+        self._consumer = _kafka_call(
+            s, lambda: KafkaConsumer(
+                group_id=s.group_id, enable_auto_commit=False, auto_offset_reset=s.auto_offset_reset,
+                allow_auto_create_topics=False, max_poll_records=500, **common,
+            )
+        )
+        for topic in s.input_topics:
+            if not _kafka_call(s, lambda t=topic: self._consumer.partitions_for_topic(t)):
+                raise BrokerError(
+                    f"input topic {topic!r} does not exist (TAGSTREAM_INPUT_TOPICS); create it, or fix the name",
+                    Failure.TOPIC_MISSING,
+                )
+
+    def _start_threads(self, device: Any, dtype: Any) -> None:
+        s = self.settings
+        assert self.slot is not None
+        committer = Committer(
+            self._consumer, self.tracker, interval_s=s.commit_interval_ms / 1000, on_result=self._on_commit
+        )
+        self._source = Source(
+            self._consumer,
+            topics=list(s.input_topics),
+            pattern=s.subscription_pattern(),
+            parse_config=ParseConfig(s.input_format, s.text_field, s.id_field, s.max_payload_bytes),
+            tracker=self.tracker,
+            committer=committer,
+            handoff=self.handoff,
+            current_runner=lambda: self.slot.current,  # type: ignore[union-attr]
+            metrics=self.metrics,
+            health=self.health,
+            revoke_grace_s=min(s.drain_timeout_s, 10.0),
+        )
+        self._sink = Sink(self._producer, Router(s), self.tracker, self.metrics, self._fail)
+        self._source.subscribe()
+        self._spawn("source", self._source_main)
+        self._spawn("inference", self._inference_main)
+        self._spawn("sink", self._sink_main)
+        if s.reload_interval_s > 0:
+            watcher = BundleWatcher(
+                s.bundle_path, slot=self.slot, metrics=self.metrics, interval_s=s.reload_interval_s,
+                load=lambda path: self._load_and_warm(path, device, dtype),
+            )
+            self._spawn("watcher", lambda: watcher.run(self._stopping), daemon=True, watched=False)
+
+    def _load_and_warm(self, path: Path, device: Any, dtype: Any) -> ModelRunner:
+        runner = self._load_runner(path, device, dtype)
+        runner.warm_up()
+        return runner
+
+    def _spawn(self, name: str, target: Callable[[], None], daemon: bool = False, watched: bool = True) -> None:
+        def main() -> None:
+            try:
+                target()
+            except BaseException as exc:
+                self._fail(exc, stage=name)
+
+        thread = threading.Thread(target=main, name=f"tagstream-{name}", daemon=daemon)
+        self._threads[name] = thread
+        if watched:
+            self.health.watch(thread)
+        thread.start()
+
+    # -- the stages -----------------------------------------------------------------------------
+    def _source_main(self) -> None:
+        assert self._source is not None
+        try:
+            self._source.run(self._stopping)
+        finally:
+            self.stop()  # whatever ended the loop, the rest drains
+            deadline = (self._stop_at or time.monotonic()) + self.settings.drain_timeout_s
+            try:
+                left = self._source.drain(deadline, downstream_done=self._downstream_done)
+                level = log.warning if left else log.info
+                level("drained", unacknowledged_left_for_redelivery=left)
+            finally:
+                try:
+                    self._consumer.close(autocommit=False, timeout_ms=5000)
+                except Exception as exc:
+                    log.warning("consumer_close_failed", error=repr(exc))
+
+    def _inference_main(self) -> None:
+        assert self.slot is not None
+        batcher: Batcher[Event] = Batcher(self._limits)
+        handoff = self.handoff
+        try:
+            while True:
+                swapped = self.slot.swap_if_offered()
+                if swapped is not None:
+                    self._on_swap(swapped)
+                now = time.monotonic()
+                due = batcher.time_until_due(now)
+                wait = IDLE_WAIT_S if due is None else min(due, IDLE_WAIT_S)
+                events, letters, closed = handoff.take(wait)  # returns at once once closed
+                if letters:
+                    self._to_sink(letters)
+                    handoff.release(len(letters))
+                for event in events:
+                    batcher.add(event, event.n_tokens, event.received)
+                while (batch := batcher.next_batch(time.monotonic(), flush=closed)) is not None:
+                    handoff.release(len(batch.items))
+                    self._run_batch(batch, self.slot.current)
+                if closed and not events and not letters and len(batcher) == 0:
+                    return
+        finally:
+            self._put_stop_for_sink()
+
+    def _sink_main(self) -> None:
+        assert self._sink is not None
+        sink = self._sink
+        try:
+            while True:
+                work = self._sink_queue.get()
+                if work is _STOP:
+                    break
+                if isinstance(work, _Results):
+                    sink.publish_results(work.events, work.classified, work.labels, work.model_name, work.model_version)
+                else:
+                    sink.publish_dead_letters(work)
+        finally:
+            if not sink.flush(max(0.5, self._remaining())):
+                log.warning("producer_flush_timed_out")
+
+    # -- inference helpers --------------------------------------------------------------------------
+    def _run_batch(self, batch: Batch[Event], runner: ModelRunner) -> None:
+        is_current = self.tracker.is_current
+        events = [e for e in batch.items if is_current((e.topic, e.partition), e.epoch)]  # type: ignore[arg-type]
+        if len(events) < len(batch.items):
+            log.debug("dropped_revoked", count=len(batch.items) - len(events))
+        if not events:
+            return
+        key = runner.tokenizer_key
+        stale = [e for e in events if e.tokenizer_key != key]
+        if stale:  # tokenized by a bundle swapped out since: redo with this one
+            for event, ids in zip(stale, runner.tokenize([e.text for e in stale]), strict=True):
+                event.token_ids, event.tokenizer_key = ids, key
+        try:
+            classified = runner.classify([e.token_ids for e in events])
+        except InferenceError as exc:
+            self._retry_one_by_one(events, runner, exc)
+            return
+        self._observe_batch(batch, events, classified)
+        self._to_sink(_Results(events, classified, runner.labels, runner.name, runner.version))
+
+    def _retry_one_by_one(self, events: list[Event], runner: ModelRunner, error: InferenceError) -> None:
+        """A failed batch: classify each input alone; the ones that still fail are dead-lettered."""
+        self.metrics.count_failure(Failure.BATCH_FAILED)
+        log.warning("batch_failed_retrying_singly", size=len(events), error=str(error))
+        ok: list[Event] = []
+        indices: list[list[int]] = []
+        scores: list[list[float]] = []
+        letters: list[DeadLetter] = []
+        for event in events:
+            try:
+                one = runner.classify([event.token_ids])
+            except InferenceError as exc:
+                letters.append(_inference_dead_letter(event, exc))
+                continue
+            ok.append(event)
+            indices.extend(one.top_indices)
+            scores.extend(one.top_scores)
+        if not ok and len(events) > 1:
+            raise WorkerError(f"the model fails on every input, alone too: {error}", Failure.MODEL_FAILED)
+        if ok:
+            self._to_sink(_Results(ok, Classified(indices, scores, 0.0), runner.labels, runner.name, runner.version))
+        if letters:
+            self._to_sink(letters)
+
+    def _observe_batch(self, batch: Batch[Event], events: list[Event], classified: Classified) -> None:
+        m = self.metrics
+        longest = max(e.n_tokens for e in events)
+        padded = longest * len(events)
+        real = sum(e.n_tokens for e in events)
+        m.batches.labels(reason=batch.reason).inc()
+        m.batch_size.observe(len(events))
+        m.batch_padded_tokens.observe(padded)
+        m.batch_padding_ratio.observe(1.0 - real / padded if padded else 0.0)
+        m.inference_seconds.observe(classified.seconds)
+
+    def _on_swap(self, runner: ModelRunner) -> None:
+        self.metrics.set_model(runner.name, runner.version)
+        self.metrics.bundle_reloads.labels(result="swapped").inc()
+        log.info("bundle_swapped", name=runner.name, version=runner.version)
+
+    def _to_sink(self, work: Any) -> None:
+        """Queue work for the sink, blocking while it is full (backpressure), unless it died."""
+        while True:
+            try:
+                self._sink_queue.put(work, timeout=0.5)
+                return
+            except queue.Full:
+                sink = self._threads.get("sink")
+                if sink is not None and not sink.is_alive():
+                    return  # nothing will be acknowledged, so nothing is committed: redelivered
+
+    def _put_stop_for_sink(self) -> None:
+        self._to_sink(_STOP)
+
+    # -- shutdown and failures ----------------------------------------------------------------------
+    def _downstream_done(self) -> bool:
+        sink = self._threads.get("sink")
+        return sink is not None and not sink.is_alive()
+
+    def _remaining(self) -> float:
+        if self._stop_at is None:
+            return self.settings.drain_timeout_s
+        return self._stop_at + self.settings.drain_timeout_s - time.monotonic()
+
+    def _close(self) -> None:
+        if self._producer is not None:
+            try:
+                self._producer.close(timeout=max(1.0, self._remaining()))
+            except Exception as exc:
+                log.warning("producer_close_failed", error=repr(exc))
+            self._producer = None
+        if self.telemetry is not None:
+            self.telemetry.stop()
+            self.telemetry = None
+        self.health.model_ready = False
+
+    def _fail(self, exc: BaseException, stage: str = "sink") -> None:
+        """Record a fatal error (the first one wins) and start the drain."""
+        error = exc if isinstance(exc, WorkerError) else WorkerError(f"the {stage} stage crashed: {exc!r}")
+        with self._fatal_lock:
+            first = self._fatal is None
+            if first:
+                self._fatal = error
+        if first:
+            self.metrics.count_failure(error.failure)
+            log.error(
+                "fatal", stage=stage, kind=error.failure.label, error=str(error), exit_code=error.exit_code,
+                exc_info=not isinstance(exc, WorkerError),
+            )
+        self.stop()
+
+    def _on_commit(self, positions: dict, error: BaseException | None) -> None:
+        if error is None:
+            self.metrics.commits.labels(result="ok").inc()
+            return
+        self.metrics.commits.labels(result="failed").inc()
+        failure = commit_failure(error)
+        self.metrics.count_failure(failure)
+        log.warning("commit_failed", kind=failure.label, error=repr(error), partitions=len(positions))
+
+
+def _inference_dead_letter(event: Event, exc: BaseException) -> DeadLetter:
+    import json
+
+    value = json.dumps({"id": event.event_id, "text": event.text}, ensure_ascii=False).encode()
+    return DeadLetter(
+        event.topic, event.partition, event.offset, event.timestamp_ms, event.key, value, event.headers,
+        Failure.INFERENCE_FAILED, str(exc)[:500], event.epoch,
+    )
+
+
+def _kafka_call(settings: WorkerSettings, call: Callable[[], Any]) -> Any:
+    """Run a start-up Kafka call, translating its errors into BrokerErrors that say what to fix."""
+    try:
+        return call()
+    except kafka_errors.KafkaTimeoutError as exc:
+        raise BrokerError(
+            f"no broker answered at {settings.bootstrap_servers} within {BOOTSTRAP_TIMEOUT_MS // 1000} s"
+            f" ({exc}); check TAGSTREAM_BOOTSTRAP_SERVERS and TAGSTREAM_SECURITY_PROTOCOL, and that the broker is up",
+            Failure.BROKER_UNREACHABLE,
+        ) from exc
+    except kafka_errors.KafkaError as exc:
+        failure = failure_for_kafka_error(exc)
+        hint = {
+            Failure.AUTHENTICATION_FAILED: "; check TAGSTREAM_SASL_MECHANISM, TAGSTREAM_SASL_USERNAME and"
+            " TAGSTREAM_SASL_PASSWORD",
+            Failure.AUTHORIZATION_FAILED: "; grant these credentials access to the topics and group",
+            Failure.BROKER_UNREACHABLE: "; check TAGSTREAM_BOOTSTRAP_SERVERS",
+        }.get(failure, "")
+        raise BrokerError(f"Kafka refused the connection: {exc}{hint}", failure) from exc

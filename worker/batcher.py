@@ -1,0 +1,173 @@
+"""The batching policy: which waiting inputs go into the next model call, and when. No I/O.
+
+A batch closes when any limit is reached:
+
+- ``max_batch_size`` inputs;
+- ``max_batch_tokens`` padded tokens: a batch costs ``longest x count`` tokens (every row is
+  padded to its longest text), and the input that would push it over stays for the next batch,
+  as in text-embeddings-inference's queue;
+- ``max_wait_ms``: the oldest waiting input has waited this long (TEI has no such timer; a
+  stream needs one, or a quiet topic would hold its last inputs forever).
+
+Inputs of similar length are grouped to limit padding: the batch is grown from the oldest
+input (so none starves) towards its neighbours in length order, each step taking the neighbour
+that adds the least padding, as long as the batch fits the limits.
+
+The clock is passed in (``now`` arguments, seconds), so tests drive it by hand.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Generic, Literal, TypeVar
+
+T = TypeVar("T")
+
+CloseReason = Literal["size", "tokens", "wait", "flush"]
+
+# Float clocks: 10.020 - 10.000 is 0.0199999...; a nanosecond of slack keeps deadlines exact.
+_CLOCK_SLACK_S = 1e-9
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_batch_size: int  # inputs per model call
+    max_batch_tokens: int  # padded tokens (longest x count) per model call
+    max_wait_s: float  # longest the oldest input waits for a fuller batch
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1 or self.max_batch_tokens < 1 or self.max_wait_s < 0:
+            raise ValueError(f"invalid batch limits {self}")
+
+
+@dataclass(frozen=True)
+class Batch(Generic[T]):
+    items: list[T]
+    longest: int  # tokens in the longest input: every row is padded to this
+    padded_tokens: int  # longest x len(items): what the model computes on
+    real_tokens: int  # sum of the inputs' own lengths
+    reason: CloseReason  # which limit closed the batch
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry(Generic[T]):
+    n_tokens: int
+    seq: int  # arrival order; also breaks ties so items are never compared
+    arrived: float
+    item: T
+
+
+class Batcher(Generic[T]):
+    """Holds waiting inputs and hands out batches when a limit is reached."""
+
+    def __init__(self, limits: BatchLimits) -> None:
+        self.limits = limits
+        self._entries: list[_Entry[T]] = []  # sorted by (n_tokens, seq)
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, item: T, n_tokens: int, now: float) -> None:
+        """Queue one input of ``n_tokens`` tokens that arrived at ``now`` (seconds)."""
+        # An input longer than the budget could never be batched; the settings check
+        # (max_batch_tokens >= the bundle's max_length) prevents it, this clamp keeps it safe.
+        n = max(1, min(n_tokens, self.limits.max_batch_tokens))
+        entry = _Entry(n, self._seq, now, item)
+        self._seq += 1
+        bisect.insort(self._entries, entry, key=_sort_key)
+
+    def add_many(self, items: Iterable[tuple[T, int]], now: float) -> None:
+        for item, n_tokens in items:
+            self.add(item, n_tokens, now)
+
+    def time_until_due(self, now: float) -> float | None:
+        """Seconds until a batch is due (0: now); None when nothing waits."""
+        if not self._entries:
+            return None
+        _, _, full = self._plan()
+        if full:
+            return 0.0
+        oldest = min(self._entries, key=_seq_key)
+        return max(0.0, oldest.arrived + self.limits.max_wait_s - now)
+
+    def next_batch(self, now: float, flush: bool = False) -> Batch[T] | None:
+        """The next batch if one is due at ``now`` (or any batch when ``flush``), else None."""
+        if not self._entries:
+            return None
+        lo, hi, full = self._plan()
+        if full:
+            count = hi - lo
+            reason: CloseReason = "size" if count >= self.limits.max_batch_size else "tokens"
+        else:
+            oldest = min(self._entries, key=_seq_key)
+            if now - oldest.arrived >= self.limits.max_wait_s - _CLOCK_SLACK_S:
+                reason = "wait"
+            elif flush:
+                reason = "flush"
+            else:
+                return None
+        chosen = self._entries[lo:hi]
+        del self._entries[lo:hi]
+        chosen.sort(key=_seq_key)  # hand the batch out in arrival order
+        longest = max(e.n_tokens for e in chosen)
+        return Batch(
+            items=[e.item for e in chosen],
+            longest=longest,
+            padded_tokens=longest * len(chosen),
+            real_tokens=sum(e.n_tokens for e in chosen),
+            reason=reason,
+        )
+
+    def remove_if(self, predicate: Callable[[T], bool]) -> list[T]:
+        """Take out (and return) every waiting input for which ``predicate`` is true."""
+        kept, removed = [], []
+        for entry in self._entries:
+            (removed if predicate(entry.item) else kept).append(entry)
+        self._entries = kept
+        return [e.item for e in sorted(removed, key=_seq_key)]
+
+    def _plan(self) -> tuple[int, int, bool]:
+        """The slice [lo, hi) of length-sorted entries for the next batch, and whether it is full.
+
+        Grown from the oldest entry towards whichever neighbour adds less padding: a shorter
+        neighbour wastes (longest - its length) tokens, a longer one pads every row already
+        taken, (its length - longest) x count. Full means a limit stopped the growth, as
+        opposed to running out of entries.
+        """
+        entries = self._entries
+        size_limit = self.limits.max_batch_size
+        token_limit = self.limits.max_batch_tokens
+        start = min(range(len(entries)), key=lambda i: entries[i].seq)
+        lo, hi = start, start + 1
+        longest = entries[start].n_tokens
+        while True:
+            count = hi - lo
+            if count >= size_limit:
+                return lo, hi, True
+            left_ok = lo > 0 and longest * (count + 1) <= token_limit
+            right_ok = hi < len(entries) and entries[hi].n_tokens * (count + 1) <= token_limit
+            if left_ok and right_ok:
+                left_waste = longest - entries[lo - 1].n_tokens
+                right_waste = (entries[hi].n_tokens - longest) * count
+                take_left = left_waste <= right_waste
+            elif left_ok or right_ok:
+                take_left = left_ok
+            else:
+                # Nothing more fits: full if entries remain that a limit kept out.
+                return lo, hi, lo > 0 or hi < len(entries)
+            if take_left:
+                lo -= 1
+            else:
+                longest = entries[hi].n_tokens
+                hi += 1
+
+
+def _sort_key(entry: _Entry) -> tuple[int, int]:
+    return entry.n_tokens, entry.seq
+
+
+def _seq_key(entry: _Entry) -> int:
+    return entry.seq

@@ -1,0 +1,128 @@
+"""``tagstream-worker check``: could the worker start with these settings? Say what to fix if not.
+
+Prints the resolved settings (secrets masked), then runs each start-up step the worker would,
+without consuming anything: resolve device and dtype, verify and load the bundle, check the
+settings against it, reach the broker, look up the input topics (and report whether each output
+topic exists yet). Exit code 0 when every step passes, else the failing step's exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from worker.errors import BrokerError, Failure, WorkerError
+from worker.settings import WorkerSettings, check_against_bundle
+
+
+def run_check(settings: WorkerSettings, out: TextIO = sys.stdout) -> int:
+    out.write("settings (secrets masked):\n")
+    for name, value in settings.redacted().items():
+        out.write(f"  {name:<20} {json.dumps(value)}\n")
+    out.write("\n")
+    state: dict[str, Any] = {}
+    steps: list[tuple[str, Callable[[], str]]] = [
+        ("device", lambda: _device(settings, state)),
+        ("bundle", lambda: _bundle(settings, state)),
+        ("settings vs bundle", lambda: _against_bundle(settings, state)),
+        ("broker", lambda: _broker(settings, state)),
+        ("topics", lambda: _topics(settings, state)),
+    ]
+    code = 0
+    for title, step in steps:
+        try:
+            detail = step()
+        except WorkerError as exc:
+            out.write(f"FAIL {title}: {exc}\n")
+            code = exc.exit_code
+            break
+        except Exception as exc:  # a bug in a step should still print something useful
+            out.write(f"FAIL {title}: {exc!r}\n")
+            code = 1
+            break
+        out.write(f"ok   {title}: {detail}\n")
+    consumer = state.get("consumer")
+    if consumer is not None:
+        consumer.close(autocommit=False)
+    out.write("\nworker can start\n" if code == 0 else "\nworker would not start (see FAIL above)\n")
+    out.flush()
+    return code
+
+
+def _device(settings: WorkerSettings, state: dict[str, Any]) -> str:
+    from worker.runner import resolve_device, resolve_dtype
+
+    state["device"] = device = resolve_device(settings.device)
+    state["dtype"] = dtype = resolve_dtype(settings.dtype, device)
+    return f"{device}, {dtype or 'float32'}"
+
+
+def _bundle(settings: WorkerSettings, state: dict[str, Any]) -> str:
+    from worker.runner import ModelRunner
+
+    runner = ModelRunner.load(
+        settings.bundle_path, device=state["device"], autocast_dtype=state["dtype"],
+        max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens, top_k=settings.top_k,
+    )
+    state["runner"] = runner
+    return (
+        f"{runner.name} version {runner.version}, labels {runner.labels}, max_length {runner.max_length},"
+        f" verified"
+    )
+
+
+def _against_bundle(settings: WorkerSettings, state: dict[str, Any]) -> str:
+    runner = state["runner"]
+    check_against_bundle(settings, labels=runner.labels, max_length=runner.max_length)
+    rows, width = runner.warm_up_shapes[0]
+    return f"largest batch {rows} x {width} tokens fits max_batch_tokens={settings.max_batch_tokens}"
+
+
+def _broker(settings: WorkerSettings, state: dict[str, Any]) -> str:
+    from kafka import KafkaConsumer
+
+    from worker.app import BOOTSTRAP_TIMEOUT_MS, _kafka_call
+
+    state["consumer"] = _kafka_call(
+        settings,
+        lambda: KafkaConsumer(
+            bootstrap_servers=[x.strip() for x in settings.bootstrap_servers.split(",")],
+            bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS, allow_auto_create_topics=False,
+            metrics_enabled=False, **settings.kafka_security(),
+        ),
+    )
+    return f"connected to {settings.bootstrap_servers} ({settings.security_protocol})"
+
+
+def _topics(settings: WorkerSettings, state: dict[str, Any]) -> str:
+    from worker.app import _kafka_call
+
+    consumer = state["consumer"]
+    existing = _kafka_call(settings, consumer.topics)
+    if settings.input_pattern is not None:
+        import re
+
+        pattern = re.compile(settings.subscription_pattern() or "")
+        inputs = sorted(t for t in existing if pattern.match(t))
+        if not inputs:
+            return f"no topic matches {settings.input_pattern!r} yet (the worker waits for one)"
+    else:
+        missing = [t for t in settings.input_topics if t not in existing]
+        if missing:
+            raise BrokerError(
+                f"input topic(s) {missing} do not exist (TAGSTREAM_INPUT_TOPICS); create them or fix the names",
+                Failure.TOPIC_MISSING,
+            )
+        inputs = list(settings.input_topics)
+    outputs = sorted(
+        {settings.output_topic_for(t) for t in inputs}
+        | {settings.dlq_topic_for(t) for t in inputs}
+        | {settings.route_topic_for(t, label) for t in inputs for label in settings.routes}
+    )
+    absent = [t for t in outputs if t not in existing]
+    note = f"; not created yet (needs broker auto-creation, or create them): {absent}" if absent else ""
+    return f"inputs {inputs}; outputs {outputs}{note}"
+
+

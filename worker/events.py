@@ -1,0 +1,194 @@
+"""Input records in, events or dead letters out; and the records the worker publishes.
+
+``parse_record`` turns one Kafka record into either an ``Event`` (text to classify) or a
+``DeadLetter`` (why it cannot be classified). It never raises on bad input: every problem is
+a ``Failure`` with action DEAD_LETTER (see ``worker/errors.py``).
+
+Result record (one per input, JSON, same key, the input's headers kept)::
+
+    {"id": "order-17",                      from the input's id field, else topic:partition:offset
+     "label": "spam", "score": 0.973,       the most probable label and its probability
+     "top_k": [{"label": "spam", "score": 0.973}, {"label": "ham", "score": 0.027}],
+     "model": "sms-spam", "model_version": "3f2a9c0b1d7e",
+     "source": {"topic": "sms", "partition": 2, "offset": 1041, "timestamp_ms": 1764330000123},
+     "latency_ms": 12.4}                    from the worker reading the input to building this
+
+Dead-letter record: the input's value and key byte for byte, its headers, plus headers
+``tagstream.reason`` (a Failure label), ``tagstream.detail``, ``tagstream.source.topic``,
+``tagstream.source.partition``, ``tagstream.source.offset``, ``tagstream.source.timestamp_ms`` and
+``tagstream.dead_lettered_at`` (ISO 8601, UTC).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+from worker.errors import Failure
+
+Header = tuple[str, bytes]
+
+REASON_HEADER = "tagstream.reason"
+DETAIL_HEADER = "tagstream.detail"
+SOURCE_TOPIC_HEADER = "tagstream.source.topic"
+SOURCE_PARTITION_HEADER = "tagstream.source.partition"
+SOURCE_OFFSET_HEADER = "tagstream.source.offset"
+SOURCE_TIMESTAMP_HEADER = "tagstream.source.timestamp_ms"
+DEAD_LETTERED_AT_HEADER = "tagstream.dead_lettered_at"
+
+
+class RecordLike(Protocol):
+    """What we read from a kafka-python ConsumerRecord (and what test fakes provide)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[Header]
+
+
+@dataclass(frozen=True, slots=True)
+class ParseConfig:
+    input_format: Literal["json", "text"] = "json"
+    text_field: str = "text"
+    id_field: str = "id"
+    max_payload_bytes: int = 1_048_576
+
+
+@dataclass(slots=True)
+class Event:
+    """One input to classify. ``received`` is time.monotonic() when the worker read it."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    headers: list[Header]
+    event_id: str
+    text: str
+    received: float
+    epoch: int = 0  # the partition's assignment epoch when read (see offsets.py)
+    token_ids: list[int] = field(default_factory=list)  # filled by the runner's tokenizer
+    tokenizer_key: str = ""  # which tokenizer produced token_ids (ModelRunner.tokenizer_key)
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """An input that cannot be classified, with the reason; published to the dead-letter topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[Header]
+    reason: Failure
+    detail: str
+    epoch: int = 0
+
+
+def parse_record(record: RecordLike, config: ParseConfig, received: float, epoch: int = 0) -> Event | DeadLetter:
+    """Classify a record as an Event to infer on, or a DeadLetter with its reason."""
+    value = record.value
+
+    def dead(reason: Failure, detail: str) -> DeadLetter:
+        return DeadLetter(
+            record.topic, record.partition, record.offset, record.timestamp, record.key, value,
+            list(record.headers or ()), reason, detail, epoch,
+        )
+
+    if not value:
+        return dead(Failure.EMPTY_PAYLOAD, "the record has no value")
+    if len(value) > config.max_payload_bytes:
+        return dead(
+            Failure.PAYLOAD_TOO_LARGE,
+            f"{len(value)} bytes is over max_payload_bytes={config.max_payload_bytes}",
+        )
+    try:
+        decoded = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return dead(Failure.INVALID_UTF8, f"byte {exc.start}: {exc.reason}")
+
+    event_id: Any = None
+    if config.input_format == "text":
+        text: Any = decoded
+    else:
+        try:
+            obj = json.loads(decoded)
+        except json.JSONDecodeError as exc:
+            return dead(Failure.INVALID_JSON, f"line {exc.lineno} column {exc.colno}: {exc.msg}")
+        except RecursionError:
+            return dead(Failure.INVALID_JSON, "nested too deeply")
+        if not isinstance(obj, dict):
+            return dead(Failure.NOT_AN_OBJECT, f"the JSON value is a {type(obj).__name__}, not an object")
+        if config.text_field not in obj:
+            return dead(Failure.MISSING_TEXT, f"no {config.text_field!r} field")
+        text = obj[config.text_field]
+        if not isinstance(text, str):
+            return dead(Failure.TEXT_NOT_STRING, f"{config.text_field!r} is a {type(text).__name__}, not a string")
+        event_id = obj.get(config.id_field)
+    if not text.strip():
+        return dead(Failure.EMPTY_TEXT, "the text is empty or only whitespace")
+    if isinstance(event_id, bool) or not isinstance(event_id, str | int) or event_id == "":
+        event_id = f"{record.topic}:{record.partition}:{record.offset}"
+    return Event(
+        record.topic, record.partition, record.offset, record.timestamp, record.key,
+        list(record.headers or ()), str(event_id), text, received, epoch,
+    )
+
+
+def result_value(
+    event: Event,
+    *,
+    label: str,
+    score: float,
+    top_k: list[tuple[str, float]],
+    model_name: str,
+    model_version: str,
+    latency_ms: float,
+) -> bytes:
+    """The JSON result for one classified event (schema in the module docstring)."""
+    return json.dumps(
+        {
+            "id": event.event_id,
+            "label": label,
+            "score": round(score, 6),
+            "top_k": [{"label": name, "score": round(p, 6)} for name, p in top_k],
+            "model": model_name,
+            "model_version": model_version,
+            "source": {
+                "topic": event.topic,
+                "partition": event.partition,
+                "offset": event.offset,
+                "timestamp_ms": event.timestamp_ms,
+            },
+            "latency_ms": round(latency_ms, 3),
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    ).encode("utf-8")
+
+
+def dead_letter_headers(letter: DeadLetter, now: datetime | None = None) -> list[Header]:
+    """The input's own headers followed by the tagstream.* headers that say what happened."""
+    when = (now or datetime.now(UTC)).isoformat(timespec="milliseconds")
+    return [
+        *letter.headers,
+        (REASON_HEADER, letter.reason.label.encode()),
+        (DETAIL_HEADER, letter.detail.encode("utf-8", "replace")),
+        (SOURCE_TOPIC_HEADER, letter.topic.encode()),
+        (SOURCE_PARTITION_HEADER, str(letter.partition).encode()),
+        (SOURCE_OFFSET_HEADER, str(letter.offset).encode()),
+        (SOURCE_TIMESTAMP_HEADER, str(letter.timestamp_ms).encode()),
+        (DEAD_LETTERED_AT_HEADER, when.encode()),
+    ]

@@ -1,0 +1,257 @@
+"""What may be committed, and the one place commits happen.
+
+Delivery guarantee: **at least once**. An input's offset is committed only once the broker has
+acknowledged its result (or its dead-letter record), and only as part of a contiguous prefix:
+per partition, the committed position is the lowest offset not yet acknowledged. A crash or a
+lost partition therefore redelivers inputs (possibly producing a result twice), never skips one.
+
+``OffsetTracker`` is the bookkeeping (no I/O, thread-safe): the consumer thread ``track``s every
+offset it hands downstream, the producer's delivery callbacks ``ack`` them from its I/O thread,
+and ``committable`` gives the positions that moved. Partitions carry an *epoch*, bumped on every
+assignment, so acknowledgements and queued work from before a rebalance are recognised as stale.
+
+``Committer`` is the only code that commits. Today it commits through the consumer's group
+coordinator (``commit_async`` on a timer, ``commit`` at revocation and shutdown). A transactional
+(exactly-once) mode would replace it: begin a transaction per sink flush, produce the results,
+``producer.send_offsets_to_transaction(tracker.committable(), consumer.group_metadata())`` and
+``commit_transaction()``, with the tracker unchanged.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from worker.errors import Failure, failure_for_kafka_error
+
+
+@dataclass
+class _PartitionState:
+    epoch: int
+    pending: deque[int] = field(default_factory=deque)  # tracked offsets at or after the position, in order
+    acked: set[int] = field(default_factory=set)  # acknowledged offsets still in ``pending``
+    last_tracked: int | None = None
+    committed: int | None = None  # last position known to be committed
+
+
+class OffsetTracker:
+    """Per-partition bookkeeping of handed-out and acknowledged offsets."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._parts: dict[TopicPartition, _PartitionState] = {}
+        self._epochs: dict[TopicPartition, int] = {}  # survives revocation, so epochs only grow
+        # Acks arrive on the producer's I/O thread; appending to a deque is atomic, so the
+        # hot path takes no lock. They are applied when positions are computed.
+        self._inbox: deque[tuple[TopicPartition, int, int]] = deque()
+
+    # -- assignment ------------------------------------------------------------------------
+    def assign(self, partitions: Iterable[TopicPartition]) -> None:
+        """Start tracking ``partitions`` under a fresh epoch (a no-op for ones already held)."""
+        with self._lock:
+            for tp in partitions:
+                if tp not in self._parts:
+                    epoch = self._epochs.get(tp, 0) + 1
+                    self._epochs[tp] = epoch
+                    self._parts[tp] = _PartitionState(epoch=epoch)
+
+    def revoke(self, partitions: Iterable[TopicPartition]) -> int:
+        """Stop tracking ``partitions``; returns how many handed-out inputs were never acknowledged.
+
+        Their later acknowledgements, and their queued inputs (recognised by epoch), are
+        dropped: the next owner starts from the committed position and redelivers them.
+        """
+        with self._lock:
+            self._apply_acks()
+            dropped = 0
+            for tp in partitions:
+                state = self._parts.pop(tp, None)
+                if state is not None:
+                    dropped += len(state.pending) - len(state.acked)
+            return dropped
+
+    def epoch(self, tp: TopicPartition) -> int | None:
+        """The current epoch of an assigned partition, or None when not assigned."""
+        state = self._parts.get(tp)
+        return state.epoch if state is not None else None
+
+    def is_current(self, tp: TopicPartition, epoch: int) -> bool:
+        state = self._parts.get(tp)
+        return state is not None and state.epoch == epoch
+
+    def assigned(self) -> list[TopicPartition]:
+        with self._lock:
+            return sorted(self._parts)
+
+    # -- the hot path ------------------------------------------------------------------------
+    def track(self, tp: TopicPartition, offsets: Iterable[int]) -> int:
+        """Record offsets handed downstream (in increasing order); returns the partition's epoch."""
+        with self._lock:
+            state = self._parts.get(tp)
+            if state is None:
+                # Records of a partition we do not hold: poll never returns those.
+                raise KeyError(f"{tp} is not assigned")
+            for offset in offsets:
+                state.pending.append(offset)
+                state.last_tracked = offset
+            return state.epoch
+
+    def ack(self, tp: TopicPartition, offset: int, epoch: int) -> None:
+        """The broker acknowledged the output for this input (any thread, no lock)."""
+        self._inbox.append((tp, offset, epoch))
+
+    # -- committing ------------------------------------------------------------------------
+    def committable(self, partitions: Iterable[TopicPartition] | None = None) -> dict[TopicPartition, int]:
+        """Positions (next offset to read) that advanced past the last commit, per partition."""
+        with self._lock:
+            self._apply_acks()
+            positions = {}
+            for tp in self._parts if partitions is None else partitions:
+                state = self._parts.get(tp)
+                if state is None:
+                    continue
+                position = self._position(state)
+                if position is not None and position != state.committed:
+                    positions[tp] = position
+            return positions
+
+    def mark_committed(self, positions: dict[TopicPartition, int]) -> None:
+        with self._lock:
+            for tp, position in positions.items():
+                state = self._parts.get(tp)
+                if state is not None and (state.committed is None or position > state.committed):
+                    state.committed = position
+
+    def committed_position(self, tp: TopicPartition) -> int | None:
+        """The last committed position, else the oldest unacknowledged offset (for lag)."""
+        state = self._parts.get(tp)
+        if state is None:
+            return None
+        if state.committed is not None:
+            return state.committed
+        pending = state.pending
+        return pending[0] if pending else None
+
+    def in_flight(self, partitions: Iterable[TopicPartition] | None = None) -> int:
+        """Inputs handed downstream and not yet acknowledged."""
+        with self._lock:
+            self._apply_acks()
+            tps = self._parts if partitions is None else partitions
+            total = 0
+            for tp in tps:
+                state = self._parts.get(tp)
+                if state is not None:
+                    total += len(state.pending) - len(state.acked)
+            return total
+
+    def _apply_acks(self) -> None:
+        inbox = self._inbox
+        while inbox:
+            tp, offset, epoch = inbox.popleft()
+            state = self._parts.get(tp)
+            if state is not None and state.epoch == epoch:
+                state.acked.add(offset)
+
+    @staticmethod
+    def _position(state: _PartitionState) -> int | None:
+        pending, acked = state.pending, state.acked
+        while pending and pending[0] in acked:
+            acked.discard(pending.popleft())
+        if pending:
+            return pending[0]
+        return None if state.last_tracked is None else state.last_tracked + 1
+
+
+CommitListener = Callable[[dict[TopicPartition, int], BaseException | None], None]
+
+
+class Committer:
+    """The one place offsets are committed (see the module docstring for transactions)."""
+
+    def __init__(
+        self,
+        consumer: Any,
+        tracker: OffsetTracker,
+        *,
+        interval_s: float,
+        on_result: CommitListener | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._consumer = consumer
+        self._tracker = tracker
+        self._interval_s = interval_s
+        self._on_result = on_result
+        self._clock = clock
+        self._next_at = clock() + interval_s
+
+    def commit_if_due(self) -> None:
+        """Commit acknowledged positions asynchronously, at most once per interval (consumer thread)."""
+        now = self._clock()
+        if now < self._next_at:
+            return
+        self._next_at = now + self._interval_s
+        positions = self._tracker.committable()
+        if positions:
+            self._consumer.commit_async(offsets=_to_kafka(positions), callback=self._async_done(positions))
+
+    def commit_now(self, partitions: Iterable[TopicPartition] | None = None, timeout_s: float = 10.0) -> dict:
+        """Commit acknowledged positions and wait for the broker (shutdown; consumer thread)."""
+        positions = self._tracker.committable(partitions)
+        if not positions:
+            return {}
+        try:
+            self._consumer.commit(offsets=_to_kafka(positions), timeout_ms=int(timeout_s * 1000))
+        except Exception as exc:
+            self._report(positions, exc)
+            raise
+        self._tracker.mark_committed(positions)
+        self._report(positions, None)
+        return positions
+
+    async def commit_in_listener(self, partitions: Iterable[TopicPartition]) -> dict:
+        """Commit from an async rebalance listener, which runs on kafka-python's I/O loop.
+
+        The blocking ``commit`` may not be called there; the asynchronous one's future is
+        awaited instead, so the commit reaches the broker before the group rejoins.
+        """
+        positions = self._tracker.committable(partitions)
+        if not positions:
+            return {}
+        try:
+            await self._consumer.commit_async(offsets=_to_kafka(positions))
+        except Exception as exc:
+            self._report(positions, exc)
+            return {}
+        self._tracker.mark_committed(positions)
+        self._report(positions, None)
+        return positions
+
+    def _async_done(self, positions: dict[TopicPartition, int]) -> Callable[[Any, Any], None]:
+        def done(_offsets: Any, response: Any) -> None:
+            if isinstance(response, BaseException):
+                self._report(positions, response)
+            else:
+                self._tracker.mark_committed(positions)
+                self._report(positions, None)
+
+        return done
+
+    def _report(self, positions: dict[TopicPartition, int], error: BaseException | None) -> None:
+        if self._on_result is not None:
+            self._on_result(positions, error)
+
+
+def commit_failure(error: BaseException) -> Failure:
+    """How a failed commit is handled: rebalance-related ones are retried by the next commit."""
+    failure = failure_for_kafka_error(error)
+    return Failure.COMMIT_FAILED if failure in (Failure.COMMIT_FAILED, Failure.KAFKA_TRANSIENT) else failure
+
+
+def _to_kafka(positions: dict[TopicPartition, int]) -> dict[TopicPartition, OffsetAndMetadata]:
+    return {tp: OffsetAndMetadata(position, "", -1) for tp, position in positions.items()}

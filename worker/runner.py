@@ -1,0 +1,237 @@
+"""Tokenize and classify batches with a loaded bundle: the only module that touches torch.
+
+``ModelRunner`` wraps one ``model.bundle.Bundle``:
+
+- ``tokenize(texts)`` encodes a list of texts in one call to the Rust tokenizer (which releases
+  the GIL), truncating to the bundle's ``max_length`` and without padding, so the batcher sees
+  each input's real length. The source stage calls it once per poll, not once per message.
+- ``classify(token_ids)`` pads one batch to its longest input, runs the TorchScript model under
+  ``torch.inference_mode`` and returns the top-k label indices and probabilities as plain
+  lists, one device-to-host copy per batch.
+
+On a GPU the ids go through a pinned staging buffer allocated once at the largest batch and are
+copied with ``non_blocking=True``; the attention mask is built on the device from the lengths;
+bfloat16 or float16 autocast is applied when asked (``dtype``). On the CPU the model uses
+``threads`` intra-op threads and float32 unless told otherwise.
+
+``resolve_device`` and ``resolve_dtype`` turn the settings into torch objects and fail with the
+setting to change when the machine cannot honour them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from model.bundle import TOKENIZER_FILE, Bundle, sha256_file
+from model.errors import BundleError
+from worker.errors import BundleLoadError, InferenceError, SettingsError
+
+_threads_configured = threading.Lock()
+_interop_set = False
+
+
+def resolve_device(requested: str, *, cuda_available: bool | None = None, device_count: int | None = None) -> torch.device:
+    """``auto``/``cpu``/``cuda``/``cuda:N`` -> a torch.device this machine has (SettingsError if not)."""
+    available = torch.cuda.is_available() if cuda_available is None else cuda_available
+    count = (torch.cuda.device_count() if available else 0) if device_count is None else device_count
+    requested = requested.strip().lower()
+    if requested == "auto":
+        return torch.device("cuda:0") if available and count > 0 else torch.device("cpu")
+    if requested == "cpu":
+        return torch.device("cpu")
+    if requested.startswith("cuda"):
+        index = int(requested.partition(":")[2] or 0)
+        if not available or count == 0:
+            raise SettingsError(
+                f"TAGSTREAM_DEVICE={requested}: no CUDA GPU is visible to this process;"
+                " set TAGSTREAM_DEVICE=cpu (or auto), or run on a GPU node"
+            )
+        if index >= count:
+            raise SettingsError(
+                f"TAGSTREAM_DEVICE={requested}: this machine has {count} GPU(s) (cuda:0..cuda:{count - 1});"
+                " pick one of those"
+            )
+        return torch.device(f"cuda:{index}")
+    raise SettingsError(f"TAGSTREAM_DEVICE={requested}: use auto, cpu, cuda or cuda:N")
+
+
+def resolve_dtype(requested: str, device: torch.device, *, bf16_supported: bool | None = None) -> torch.dtype | None:
+    """The autocast dtype for ``device`` (None: run in float32, no autocast).
+
+    auto: float32 on CPU; on a GPU bfloat16 where supported (Ampere and later), else float16.
+    """
+    if requested == "float32":
+        return None
+    if device.type == "cuda":
+        if bf16_supported is None:
+            bf16_supported = torch.cuda.is_bf16_supported()
+        if requested == "auto":
+            return torch.bfloat16 if bf16_supported else torch.float16
+        if requested == "bfloat16" and not bf16_supported:
+            raise SettingsError(
+                f"TAGSTREAM_DTYPE=bfloat16: {device} does not support bfloat16; use float16 or auto"
+            )
+        return torch.bfloat16 if requested == "bfloat16" else torch.float16
+    if requested == "auto":
+        return None
+    # CPU autocast supports both; bfloat16 pays off on CPUs with AVX512-BF16/AMX, float16 rarely.
+    return torch.bfloat16 if requested == "bfloat16" else torch.float16
+
+
+def configure_threads(threads: int) -> int:
+    """Set torch's intra-op thread count (0 = all cores); returns the count in effect."""
+    global _interop_set
+    n = threads or os.cpu_count() or 1
+    with _threads_configured:
+        torch.set_num_threads(n)
+        if not _interop_set:
+            # One inter-op thread: the worker never runs independent ops in parallel, and a
+            # second pool would only compete with Kafka's threads for the cores.
+            with contextlib.suppress(RuntimeError):  # already set, or work already started
+                torch.set_num_interop_threads(1)
+            _interop_set = True
+    return torch.get_num_threads()
+
+
+@dataclass(frozen=True)
+class Classified:
+    """One batch's answers, as plain Python lists (one host copy per batch)."""
+
+    top_indices: list[list[int]]  # (B, k) label indices, most probable first
+    top_scores: list[list[float]]  # (B, k) their probabilities
+    seconds: float  # wall time of the model call, padding and copies included
+
+
+class ModelRunner:
+    """A loaded bundle on a device, ready to tokenize and classify batches."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        device: torch.device,
+        autocast_dtype: torch.dtype | None,
+        max_batch_size: int,
+        max_batch_tokens: int,
+        top_k: int,
+    ) -> None:
+        self.bundle = bundle
+        self.name = bundle.name
+        self.version = bundle.version
+        self.labels = list(bundle.labels)
+        self.max_length = bundle.max_length
+        self.pad_id = bundle.pad_id
+        self.device = device
+        self.autocast_dtype = autocast_dtype
+        self.max_batch_size = max_batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.top_k = max(1, min(top_k, len(self.labels)))
+        # A private tokenizer copy: truncation on, padding off (the batch pads itself).
+        self._tokenizer = Tokenizer.from_str(bundle.tokenizer.to_str())
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(max_length=self.max_length)
+        self._encode = getattr(self._tokenizer, "encode_batch_fast", self._tokenizer.encode_batch)
+        # Identifies what tokenize() produces: inputs tokenized before a bundle swap are
+        # re-tokenized only when the new bundle's tokenizer or max_length differ.
+        self.tokenizer_key = f"{sha256_file(bundle.path / TOKENIZER_FILE)[:16]}:{self.max_length}"
+        self._model = bundle.model
+        self._positions = torch.arange(self.max_length, device=device)  # for the mask, built on device
+        # The GPU path stages ids in pinned host memory allocated once at the largest batch,
+        # so the host-to-device copy is asynchronous and no batch allocates pinned memory.
+        self._pinned: torch.Tensor | None = None
+        if device.type == "cuda":
+            self._pinned = torch.empty(max_batch_size * self.max_length, dtype=torch.long, pin_memory=True)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        device: torch.device,
+        autocast_dtype: torch.dtype | None,
+        max_batch_size: int,
+        max_batch_tokens: int,
+        top_k: int,
+    ) -> ModelRunner:
+        """Load and verify the bundle at ``path`` (BundleLoadError when it cannot be used)."""
+        try:
+            bundle = Bundle.load(path, device=device, verify=True)
+        except BundleError as exc:
+            raise BundleLoadError(str(exc)) from exc
+        except (OSError, RuntimeError) as exc:
+            raise BundleLoadError(f"bundle {path} cannot be loaded: {exc}") from exc
+        return cls(
+            bundle, device=device, autocast_dtype=autocast_dtype, max_batch_size=max_batch_size,
+            max_batch_tokens=max_batch_tokens, top_k=top_k,
+        )
+
+    @property
+    def warm_up_shapes(self) -> list[tuple[int, int]]:
+        """(rows, tokens) of the largest batches the limits allow: the warm-up shapes.
+
+        Two shapes bound every batch: the most rows at the longest length the budget allows,
+        and the most rows (max_batch_size) at the longest length that still fits the budget.
+        """
+        long_rows = max(1, min(self.max_batch_size, self.max_batch_tokens // self.max_length))
+        wide_len = max(1, min(self.max_length, self.max_batch_tokens // self.max_batch_size))
+        shapes = [(long_rows, self.max_length), (self.max_batch_size, wide_len)]
+        return list(dict.fromkeys(shapes))
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids per text, truncated to max_length, unpadded (one tokenizer call)."""
+        return [enc.ids for enc in self._encode(texts)]
+
+    def classify(self, token_ids: list[list[int]]) -> Classified:
+        """Top-k labels and probabilities for one batch of tokenized inputs."""
+        started = time.perf_counter()
+        n = len(token_ids)
+        lengths = np.fromiter((len(ids) for ids in token_ids), dtype=np.int64, count=n)
+        longest = max(1, int(lengths.max()))
+        if self._pinned is not None and n <= self.max_batch_size:
+            host = self._pinned[: n * longest].view(n, longest)
+        else:
+            host = torch.empty((n, longest), dtype=torch.long)
+        rows = host.numpy()
+        rows.fill(self.pad_id)
+        for i, ids in enumerate(token_ids):
+            rows[i, : len(ids)] = ids
+        try:
+            with torch.inference_mode(), self._autocast():
+                ids = host.to(self.device, non_blocking=True)
+                lens = torch.from_numpy(lengths).to(self.device, non_blocking=True)
+                mask = (self._positions[:longest].unsqueeze(0) < lens.unsqueeze(1)).long()  # (B, T)
+                probs = self._model(ids, mask)  # (B, n_labels)
+                scores, indices = probs.float().topk(self.top_k, dim=1)  # (B, k)
+                top_scores = scores.cpu().tolist()  # the one synchronising copy back
+                top_indices = indices.cpu().tolist()
+        except Exception as exc:
+            raise InferenceError(f"the model failed on a batch of {n} inputs (longest {longest} tokens): {exc}") from exc
+        return Classified(top_indices, top_scores, time.perf_counter() - started)
+
+    def warm_up(self) -> float:
+        """Run the largest allowed batches (and a one-input batch) once; returns the seconds taken.
+
+        The first calls of a TorchScript model profile and optimise it, and allocators grow
+        their pools: paying that here keeps it out of the first real batches' latency.
+        """
+        started = time.perf_counter()
+        filler = self.tokenize(["tagstream warm-up " * self.max_length])[0]
+        filler = (filler * (self.max_length // max(1, len(filler)) + 1))[: self.max_length]
+        for _ in range(2):  # the profiling executor optimises on the second call
+            for rows, width in [*self.warm_up_shapes, (1, min(16, self.max_length))]:
+                self.classify([filler[:width]] * rows)
+        return time.perf_counter() - started
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)

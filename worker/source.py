@@ -1,0 +1,264 @@
+"""The consumer stage: poll, parse, tokenize per poll, hand over; backpressure; rebalances.
+
+One thread owns the ``KafkaConsumer`` (it is not thread-safe): it polls every
+``POLL_TIMEOUT_MS`` even while paused, which keeps ``max.poll.interval.ms`` satisfied, so the
+group never evicts a worker that is merely busy. When the inference stage has ``capacity``
+inputs waiting, every assigned partition is paused; below half it resumes.
+
+Rebalances (kafka-python runs the listener on its I/O loop, so it is asynchronous and awaits
+instead of blocking the heartbeats):
+
+- revoked: wait up to ``revoke_grace_s`` for in-flight inputs of those partitions to be
+  acknowledged (finished), commit the acknowledged prefix, then forget the partitions. Inputs
+  still queued are dropped by epoch and redelivered to the next owner: never committed unprocessed.
+- lost (session expired): forget without committing; another member owns them already.
+- assigned: start tracking under a fresh epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kafka import errors as kafka_errors
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+from kafka.structs import TopicPartition
+
+from worker.errors import BrokerError, Failure, failure_for_kafka_error
+from worker.events import DeadLetter, Event, ParseConfig, parse_record
+from worker.handoff import InputHandoff
+from worker.offsets import Committer, OffsetTracker
+from worker.runner import ModelRunner
+from worker.telemetry import Health, Metrics, get_logger
+
+log = get_logger("tagstream.worker.source")
+
+POLL_TIMEOUT_MS = 100  # how long one poll may wait for data: bounds shutdown and backpressure reaction
+LAG_INTERVAL_S = 5.0  # how often the per-partition lag gauges are refreshed
+
+
+class Source:
+    """Owns the consumer: the poll loop, backpressure, rebalance handling and the commit calls."""
+
+    def __init__(
+        self,
+        consumer: Any,
+        *,
+        topics: list[str],
+        pattern: str | None,
+        parse_config: ParseConfig,
+        tracker: OffsetTracker,
+        committer: Committer,
+        handoff: InputHandoff[Event, DeadLetter],
+        current_runner: Callable[[], ModelRunner],
+        metrics: Metrics,
+        health: Health,
+        revoke_grace_s: float,
+        max_poll_records: int = 500,
+    ) -> None:
+        self._consumer = consumer
+        self._topics = topics
+        self._pattern = pattern
+        self._parse_config = parse_config
+        self._tracker = tracker
+        self._committer = committer
+        self._handoff = handoff
+        self._current_runner = current_runner
+        self._metrics = metrics
+        self._health = health
+        self._revoke_grace_s = revoke_grace_s
+        self._max_poll_records = max_poll_records
+        self._paused = False
+        self._in_counters: dict[str, Any] = {}
+        self._lag_at = 0.0
+
+    # -- the loop --------------------------------------------------------------------------
+    def subscribe(self) -> None:
+        listener = _Listener(self)
+        try:
+            if self._pattern is not None:
+                self._consumer.subscribe(pattern=self._pattern, listener=listener)
+            else:
+                self._consumer.subscribe(topics=self._topics, listener=listener)
+        except kafka_errors.KafkaError as exc:
+            raise BrokerError(f"cannot subscribe: {exc}", failure_for_kafka_error(exc)) from exc
+
+    def run(self, stopping: threading.Event) -> None:
+        """Poll until ``stopping`` is set; then hand over to ``drain`` (called by the app)."""
+        while not stopping.is_set():
+            records = self._poll()
+            if records:
+                self._ingest(records)
+            self._apply_backpressure()
+            self._committer.commit_if_due()
+            self._refresh_lag()
+
+    def drain(self, deadline: float, downstream_done: Callable[[], bool]) -> int:
+        """Stop fetching, let in-flight inputs finish, commit; returns the inputs left unacknowledged.
+
+        Keeps polling (paused) so the group keeps this member while it drains; stops waiting
+        at ``deadline`` (time.monotonic) or once downstream has finished (no more acks can come).
+        """
+        self._pause_all()
+        self._handoff.close()
+        while time.monotonic() < deadline:
+            if self._tracker.in_flight() == 0 or downstream_done():
+                break
+            self._poll(timeout_ms=20)
+            self._pause_all()  # a rebalance during the drain brings unpaused partitions
+            self._committer.commit_if_due()
+        left = self._tracker.in_flight()
+        try:
+            self._committer.commit_now(timeout_s=max(1.0, deadline - time.monotonic()))
+        except Exception as exc:
+            log.warning("final_commit_failed", error=repr(exc))
+        return left
+
+    def _poll(self, timeout_ms: int = POLL_TIMEOUT_MS) -> dict:
+        try:
+            records = self._consumer.poll(timeout_ms=timeout_ms, max_records=self._max_poll_records)
+        except kafka_errors.KafkaError as exc:
+            failure = failure_for_kafka_error(exc)
+            if failure in (Failure.KAFKA_TRANSIENT, Failure.COMMIT_FAILED):
+                self._metrics.count_failure(failure)
+                log.warning("poll_failed_retrying", error=repr(exc), kind=failure.label)
+                return {}
+            raise BrokerError(f"the consumer failed: {exc}", failure) from exc
+        self._health.loop_turned()
+        return records
+
+    def _ingest(self, records: dict[TopicPartition, list[Any]]) -> None:
+        """Parse one poll's records, tokenize its texts in one call, and hand them over."""
+        received = time.monotonic()
+        events: list[Event] = []
+        letters: list[DeadLetter] = []
+        parse, config = parse_record, self._parse_config
+        for tp, batch in records.items():
+            try:
+                epoch = self._tracker.track(tp, [r.offset for r in batch])
+            except KeyError:
+                continue  # revoked between fetch and now: the next owner reads them
+            counter = self._in_counters.get(tp.topic)
+            if counter is None:
+                counter = self._in_counters[tp.topic] = self._metrics.events_in.labels(topic=tp.topic)
+            counter.inc(len(batch))
+            for record in batch:
+                item = parse(record, config, received, epoch)
+                if type(item) is Event:
+                    events.append(item)
+                else:
+                    letters.append(item)  # type: ignore[arg-type]
+        if events:
+            runner = self._current_runner()
+            token_ids = runner.tokenize([e.text for e in events])
+            key = runner.tokenizer_key
+            for event, ids in zip(events, token_ids, strict=True):
+                event.token_ids = ids
+                event.tokenizer_key = key
+        self._handoff.put(events, letters)
+        self._metrics.in_flight.set(self._handoff.pending)
+
+    # -- backpressure ----------------------------------------------------------------------
+    def _apply_backpressure(self) -> None:
+        if not self._paused and self._handoff.over_capacity:
+            self._paused = True
+            self._pause_all()
+            self._metrics.paused.set(1)
+            log.debug("paused", pending=self._handoff.pending)
+        elif self._paused and self._handoff.below_resume_mark:
+            self._paused = False
+            assigned = self._consumer.assignment()
+            if assigned:
+                self._consumer.resume(*assigned)
+            self._metrics.paused.set(0)
+            log.debug("resumed", pending=self._handoff.pending)
+        elif self._paused:
+            self._pause_all()  # partitions assigned since the pause start unpaused
+
+    def _pause_all(self) -> None:
+        assigned = self._consumer.assignment()
+        if assigned:
+            self._consumer.pause(*assigned)
+
+    # -- lag ---------------------------------------------------------------------------------
+    def _refresh_lag(self) -> None:
+        now = time.monotonic()
+        if now - self._lag_at < LAG_INTERVAL_S:
+            return
+        self._lag_at = now
+        self._metrics.in_flight.set(self._tracker.in_flight())
+        for tp in self._consumer.assignment():
+            try:
+                highwater = self._consumer.highwater(tp)
+            except kafka_errors.IllegalStateError:
+                continue
+            position = self._tracker.committed_position(tp)
+            if highwater is not None and position is not None:
+                self._metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
+                    max(0, highwater - position)
+                )
+
+    # -- rebalance (called on kafka-python's I/O loop) -----------------------------------------
+    async def on_revoked(self, revoked: set[TopicPartition], sleep: Callable[[float], Any] | None) -> None:
+        if not revoked:
+            return
+        deadline = time.monotonic() + self._revoke_grace_s
+        if sleep is not None:
+            while self._tracker.in_flight(revoked) and time.monotonic() < deadline:
+                await sleep(0.01)
+        committed = await self._committer.commit_in_listener(revoked)
+        dropped = self._tracker.revoke(revoked)
+        self._forget_lag(revoked)
+        self._health.assigned = len(self._tracker.assigned())
+        log.info(
+            "partitions_revoked", partitions=_names(revoked), committed={_name(tp): o for tp, o in committed.items()},
+            dropped_for_redelivery=dropped,
+        )
+
+    def on_lost(self, lost: set[TopicPartition]) -> None:
+        dropped = self._tracker.revoke(lost)
+        self._forget_lag(lost)
+        self._health.assigned = len(self._tracker.assigned())
+        log.warning("partitions_lost", partitions=_names(lost), dropped_for_redelivery=dropped)
+
+    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._tracker.assign(assigned)
+        self._health.assigned = len(self._tracker.assigned())
+        log.info("partitions_assigned", partitions=_names(assigned))
+
+    def _forget_lag(self, partitions: set[TopicPartition]) -> None:
+        for tp in partitions:
+            with contextlib.suppress(KeyError):
+                self._metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+
+
+class _Listener(AsyncConsumerRebalanceListener):
+    """Forwards kafka-python's rebalance callbacks to the Source."""
+
+    def __init__(self, source: Source) -> None:
+        self._source = source
+        # kafka-python 3.0's event-loop sleep: awaiting it lets heartbeats run while we wait
+        # for in-flight work. Without it (another client version) revocation drops and
+        # redelivers instead of waiting, which is equally safe.
+        net = getattr(source._consumer, "_net", None)
+        self._sleep = getattr(net, "sleep", None)
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._source.on_revoked(set(revoked), self._sleep)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._source.on_assigned(set(assigned))
+
+    async def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
+        self._source.on_lost(set(lost))
+
+
+def _name(tp: TopicPartition) -> str:
+    return f"{tp.topic}[{tp.partition}]"
+
+
+def _names(tps: set[TopicPartition]) -> list[str]:
+    return sorted(_name(tp) for tp in tps)

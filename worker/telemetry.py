@@ -1,0 +1,235 @@
+"""Logs, Prometheus metrics, and the /metrics, /healthz and /readyz endpoints.
+
+Metrics (all prefixed ``tagstream_``; each instance has its own registry, so tests can run
+several workers in one process):
+
+| metric | type | labels | what |
+|---|---|---|---|
+| events_in_total | counter | topic | input records read |
+| events_out_total | counter | topic | results acknowledged by the broker (by input topic) |
+| dead_letters_total | counter | reason | inputs dead-lettered, by Failure label |
+| failures_total | counter | kind | every failure by kind (dead letters, retries, refusals, fatal) |
+| batches_total | counter | reason | batches run, by the limit that closed them (size, tokens, wait, flush) |
+| batch_size | histogram | | inputs per batch |
+| batch_padded_tokens | histogram | | longest x count per batch (what the model computes on) |
+| batch_padding_ratio | histogram | | padding tokens / padded tokens per batch |
+| inference_seconds | histogram | | model call per batch (padding and copies included) |
+| end_to_end_latency_seconds | histogram | | input record timestamp -> result acknowledged |
+| consumer_lag | gauge | topic, partition | records behind the partition's high watermark |
+| in_flight_events | gauge | | read and not yet acknowledged |
+| consumer_paused | gauge | | 1 while backpressure pauses fetching |
+| commits_total | counter | result | offset commits (ok, failed) |
+| model_info | gauge | name, version | 1 for the bundle serving now |
+| bundle_reloads_total | counter | result | swapped, refused |
+
+``/healthz`` answers 200 while every stage thread is alive and the consumer loop has turned
+within ``LOOP_STALL_S``; ``/readyz`` answers 200 once the bundle is warmed up and the worker
+holds at least one partition. Both answer JSON saying why.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import structlog
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from worker.errors import DEAD_LETTER_REASONS, Failure
+
+# A consumer loop that has not turned for this long is stuck (it polls every 100 ms, and
+# the longest blocking step, a synchronous commit, is bounded well below this).
+LOOP_STALL_S = 30.0
+
+
+class Metrics:
+    """The worker's Prometheus metrics (see the table in the module docstring)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.events_in = Counter("tagstream_events_in", "Input records read.", ["topic"], registry=r)
+        self.events_out = Counter(
+            "tagstream_events_out", "Results acknowledged by the broker, by input topic.", ["topic"], registry=r
+        )
+        self.dead_letters = Counter(
+            "tagstream_dead_letters", "Inputs sent to the dead-letter topic, by reason.", ["reason"], registry=r
+        )
+        self.failures = Counter("tagstream_failures", "Failures by kind (see worker/errors.py).", ["kind"], registry=r)
+        self.batches = Counter("tagstream_batches", "Batches run, by the limit that closed them.", ["reason"], registry=r)
+        self.batch_size = Histogram(
+            "tagstream_batch_size", "Inputs per batch.",
+            buckets=(1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 256, 512, 1024), registry=r,
+        )
+        self.batch_padded_tokens = Histogram(
+            "tagstream_batch_padded_tokens", "Padded tokens (longest x count) per batch.",
+            buckets=(64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536), registry=r,
+        )
+        self.batch_padding_ratio = Histogram(
+            "tagstream_batch_padding_ratio", "Share of a batch's tokens that are padding.",
+            buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0), registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "tagstream_inference_seconds", "Model call per batch, seconds.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r,
+        )
+        self.end_to_end_latency = Histogram(
+            "tagstream_end_to_end_latency_seconds",
+            "Input record timestamp to result acknowledged by the broker, seconds.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "tagstream_consumer_lag", "Records behind the high watermark.", ["topic", "partition"], registry=r
+        )
+        self.in_flight = Gauge("tagstream_in_flight_events", "Inputs read and not yet acknowledged.", registry=r)
+        self.paused = Gauge("tagstream_consumer_paused", "1 while backpressure pauses fetching.", registry=r)
+        self.commits = Counter("tagstream_commits", "Offset commits by result.", ["result"], registry=r)
+        self.model_info = Gauge("tagstream_model_info", "1 for the bundle serving now.", ["name", "version"], registry=r)
+        self.bundle_reloads = Counter("tagstream_bundle_reloads", "Bundle reloads by result.", ["result"], registry=r)
+        # Every label exists from the start (at 0), so dashboards and alerts see them all.
+        for failure in Failure:
+            self.failures.labels(kind=failure.label)
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_letters.labels(reason=reason.label)
+        for result in ("ok", "failed"):
+            self.commits.labels(result=result)
+        for result in ("swapped", "refused"):
+            self.bundle_reloads.labels(result=result)
+        self._model_labels: tuple[str, str] | None = None
+
+    def count_failure(self, failure: Failure, n: int = 1) -> None:
+        self.failures.labels(kind=failure.label).inc(n)
+        if failure in DEAD_LETTER_REASONS:
+            self.dead_letters.labels(reason=failure.label).inc(n)
+
+    def set_model(self, name: str, version: str) -> None:
+        if self._model_labels is not None:
+            self.model_info.remove(*self._model_labels)
+        self._model_labels = (name, version)
+        self.model_info.labels(name=name, version=version).set(1)
+
+    def value(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """A sample's current value (0 when absent): for tests and the check command."""
+        got = self.registry.get_sample_value(name, labels or {})
+        return 0.0 if got is None else got
+
+
+class Health:
+    """What /healthz and /readyz report; stages update it, the HTTP thread reads it."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._loop_at = clock()
+        self._threads: list[threading.Thread] = []
+        self.model_ready = False
+        self.assigned = 0
+
+    def loop_turned(self) -> None:
+        self._loop_at = self._clock()
+
+    def watch(self, thread: threading.Thread) -> None:
+        self._threads.append(thread)
+
+    def liveness(self) -> tuple[bool, dict[str, Any]]:
+        dead = [t.name for t in self._threads if not t.is_alive()]
+        stalled_s = self._clock() - self._loop_at
+        ok = not dead and stalled_s < LOOP_STALL_S
+        return ok, {"ok": ok, "dead_threads": dead, "loop_idle_s": round(stalled_s, 3)}
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        ok = self.model_ready and self.assigned > 0
+        return ok, {"ok": ok, "model_ready": self.model_ready, "assigned_partitions": self.assigned}
+
+
+class TelemetryServer:
+    """Serves /metrics, /healthz and /readyz on one port from a daemon thread."""
+
+    def __init__(self, metrics: Metrics, health: Health, port: int, host: str = "0.0.0.0") -> None:
+        handler = _make_handler(metrics, health)
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="telemetry-http", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _make_handler(metrics: Metrics, health: Health) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
+            elif path in ("/healthz", "/readyz"):
+                ok, body = health.liveness() if path == "/healthz" else health.readiness()
+                self._send(200 if ok else 503, json.dumps(body).encode(), "application/json")
+            else:
+                self._send(404, b'{"error": "try /metrics, /healthz or /readyz"}', "application/json")
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news
+            return
+
+    return Handler
+
+
+def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
+    """structlog for our events, stdlib logging (kafka-python) routed through the same renderer."""
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # kafka-python logs every reconnect and rebalance step at INFO: keep its warnings only.
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def get_logger(name: str = "tagstream.worker") -> Any:
+    return structlog.get_logger(name)
