@@ -114,9 +114,9 @@ def _add_train(sub: Any) -> None:
                    help="scratch: train a new encoder and tokenizer (default); minilm: fine-tune the"
                         " bundled all-MiniLM-L6-v2 (needs the 'pretrained' extra); PATH: a folder with"
                         " config.json, model.safetensors, tokenizer.json (BERT layout)")
-    g.add_argument("--max-length", type=int, help="tokens per text, longer texts are truncated (default: the preset's)")
+    g.add_argument("--max-length", type=int, help="tokens per text, longer texts are truncated (default: the preset's; 128 with --init minilm|PATH)")
     g.add_argument("--pooling", choices=["mean", "cls"], help="how token states become one vector (default: the preset's)")
-    g.add_argument("--dropout", type=float, help="dropout on embeddings, residuals and the pooled vector (default: the preset's)")
+    g.add_argument("--dropout", type=float, help="dropout on embeddings, residuals and the pooled vector (default: the preset's, or the checkpoint's)")
     g.add_argument("--layers", type=int, help="encoder blocks (scratch only; default: the preset's)")
     g.add_argument("--d-model", type=int, help="width of token vectors (scratch only; default: the preset's)")
 
@@ -126,7 +126,16 @@ def _add_train(sub: Any) -> None:
     g.add_argument("--vocab-size", type=int, help="vocabulary size of a trained tokenizer (default: the preset's)")
     g.add_argument("--cased", action="store_true", help="keep case (default: lowercase)")
 
-    g = p.add_argument_group("training")
+    ft = finetune_train_config()
+    g = p.add_argument_group(
+        "training",
+        description=(
+            "Defaults are the preset's; with --init minilm|PATH they are the fine-tuning ones:"
+            f" {ft.epochs} epochs, batch {ft.batch_size}, lr {ft.lr:g}, {ft.warmup_ratio:.0%} warmup"
+            f" then {ft.schedule} decay, weight decay {ft.weight_decay:g}, patience {ft.patience},"
+            " no layer-wise LR decay (try --layer-lr-decay 0.9)."
+        ),
+    )
     g.add_argument("--epochs", type=int, help="passes over the training data (default: the preset's)")
     g.add_argument("--batch-size", type=int, help="texts per step and process (default: the preset's)")
     g.add_argument("--lr", type=float, help="peak learning rate after warmup (default: the preset's)")
@@ -420,8 +429,8 @@ def _scratch_tokenizer(args: argparse.Namespace, texts: Sequence[str], cfg: Any,
 
 def _pretrained(args: argparse.Namespace, source: str, n_classes: int) -> tuple[Any, Any, str]:
     """A pretrained encoder (contract: model.pretrained.load_pretrained), imported only when asked."""
-    if args.tokenizer or args.vocab_size or args.tokenizer_kind or args.layers or args.d_model:
-        raise ModelError("--tokenizer, --vocab-size, --tokenizer-kind, --layers and --d-model apply to"
+    if args.tokenizer or args.vocab_size or args.tokenizer_kind or args.layers or args.d_model or args.cased:
+        raise ModelError("--tokenizer, --vocab-size, --tokenizer-kind, --cased, --layers and --d-model apply to"
                          " --init scratch only: a pretrained encoder brings its own")
     try:
         from model.pretrained import load_pretrained

