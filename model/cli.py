@@ -260,11 +260,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         model = EncoderClassifier(EncoderConfig.from_dict(stored["encoder_config"]))
         init_source = stored["extra"].get("init_source", init)
     elif init == "scratch":
-        tok_cfg = dataclasses.replace(
-            tok_cfg,
-            **_given(kind=args.tokenizer_kind, vocab_size=args.vocab_size),
-            **({"lowercase": False} if args.cased else {}),
-        )
+        tok_changes = _given(kind=args.tokenizer_kind, vocab_size=args.vocab_size)
+        if args.cased:
+            tok_changes["lowercase"] = False
+        tok_cfg = dataclasses.replace(tok_cfg, **tok_changes)
         tokenizer = _scratch_tokenizer(args, train_data.texts, tok_cfg, out, ctx)
         enc_cfg = dataclasses.replace(
             chosen.encoder,
@@ -318,7 +317,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary["int8_accuracy_change"] = metrics["accuracy"] - fp32["accuracy"]
 
     training = {
-        "preset": args.preset,
+        # A pretrained encoder brings its own shape; its training defaults are the fine-tuning ones.
+        "preset": args.preset if init == "scratch" else "finetune",
         "init": init_source,
         "train_config": dataclasses.asdict(train_cfg),
         "tokenizer_config": dataclasses.asdict(tok_cfg) if init == "scratch" and not args.tokenizer else None,
