@@ -227,9 +227,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     ckpt_path = out / "checkpoint.pt"
     ctx = train_lib.init_distributed(args.device)
     stored: dict[str, Any] | None = train_lib.read_checkpoint(ckpt_path) if args.resume else None
+    if stored is None and ckpt_path.exists() and ctx.is_main:
+        log.info("starting_over", checkpoint=str(ckpt_path),
+                 hint="pass --resume to continue that run instead")
+    preset_name = stored["extra"].get("preset", args.preset) if stored else args.preset
 
     # ---- configuration: preset, then the flags given, or the checkpoint's settings on resume
-    chosen = preset(args.preset)
+    chosen = preset(preset_name)
     init = args.init if stored is None else stored["extra"].get("init", "scratch")
     train_cfg = _train_config(args, chosen.train if init == "scratch" else finetune_train_config())
     if stored is not None:
@@ -269,20 +273,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         model = EncoderClassifier(EncoderConfig.from_dict(stored["encoder_config"]))
         init_source = stored["extra"].get("init_source", init)
     elif init == "scratch":
-        tok_cfg = dataclasses.replace(
-            tok_cfg,
-            **_given(kind=args.tokenizer_kind, vocab_size=args.vocab_size),
-            **({"lowercase": False} if args.cased else {}),
-        )
+        tok_changes = _given(kind=args.tokenizer_kind, vocab_size=args.vocab_size)
+        if args.cased:
+            tok_changes["lowercase"] = False
+        tok_cfg = dataclasses.replace(tok_cfg, **tok_changes)
         tokenizer = _scratch_tokenizer(args, train_data.texts, tok_cfg, out, ctx)
-        enc_cfg = dataclasses.replace(
-            chosen.encoder,
-            vocab_size=tokenizer.get_vocab_size(),
-            n_classes=len(labels),
-            pad_id=tok_lib.pad_id(tokenizer),
-            **_given(max_length=args.max_length, pooling=args.pooling, dropout=args.dropout,
-                     n_layers=args.layers, d_model=args.d_model),
-        )
+        shape = _given(max_length=args.max_length, pooling=args.pooling, dropout=args.dropout,
+                       n_layers=args.layers, d_model=args.d_model)
+        if args.d_model:
+            shape["d_ff"] = 4 * args.d_model  # keep the usual 4x feed-forward width
+        try:
+            enc_cfg = dataclasses.replace(
+                chosen.encoder, vocab_size=tokenizer.get_vocab_size(), n_classes=len(labels),
+                pad_id=tok_lib.pad_id(tokenizer), **shape,
+            )
+        except ValueError as exc:  # e.g. --d-model not divisible by the preset's heads
+            raise ModelError(f"invalid model shape: {exc}") from exc
         model = EncoderClassifier(enc_cfg)
         init_source = "scratch"
     else:
@@ -295,7 +301,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         model, tokenizer, train_data, val_data, labels, train_cfg,
         checkpoint_path=ckpt_path, resume=stored is not None, device=ctx.device,
         progress=not args.no_progress and sys.stderr.isatty(),
-        extra_checkpoint={"init": init, "init_source": init_source, "preset": args.preset},
+        extra_checkpoint={"init": init, "init_source": init_source, "preset": preset_name},
     )
     if not ctx.is_main:
         _finish_distributed(ctx)
@@ -327,7 +333,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary["int8_accuracy_change"] = metrics["accuracy"] - fp32["accuracy"]
 
     training = {
-        "preset": args.preset,
+        # A pretrained encoder brings its own shape; its training defaults are the fine-tuning ones.
+        "preset": preset_name if init == "scratch" else "finetune",
         "init": init_source,
         "train_config": dataclasses.asdict(train_cfg),
         "tokenizer_config": dataclasses.asdict(tok_cfg) if init == "scratch" and not args.tokenizer else None,
