@@ -84,6 +84,8 @@ class TrainConfig:
     class_weights: bool = False  # weight the loss by inverse class frequency (imbalanced data)
     patience: int = 3  # epochs without validation macro-F1 gain before stopping; 0 = never
     layer_lr_decay: float = 1.0  # <1 gives lower blocks smaller learning rates (fine-tuning)
+    token_dropout: float = 0.0  # share of input tokens hidden as [UNK] while training (regulariser)
+    bf16_on_gpu: bool = True  # bf16 autocast when training on a GPU (ignored on CPU: slower there)
     seed: int = 13
 
 
@@ -134,3 +136,21 @@ _PRESETS = {
 }
 
 PRESET_NAMES = tuple(_PRESETS)
+
+
+def finetune_train_config() -> TrainConfig:
+    """Training defaults for a pretrained encoder (``--init minilm|PATH``).
+
+    The usual BERT fine-tuning recipe: a learning rate ~20x below from-scratch training, a
+    short linear warmup, then linear decay over 3 epochs. Measured with all-MiniLM-L6-v2
+    through this code (bench/finetune_bench.py, one GPU run, bf16): AG News 0.905 accuracy
+    (TF-IDF baseline 0.866), SMS spam-class F1 0.955-0.964 over four seeds (0.96-0.97 with
+    4 epochs). An alternative recipe (lr 8e-5, 10% warmup, layer-wise LR decay 0.9, 4 epochs)
+    did no better (AG News 0.906, spam F1 0.952), so layer-wise decay stays opt-in
+    (``--layer-lr-decay 0.9``). Three epochs keep AG News-sized sets (10k texts) well under
+    45 minutes on 2 CPU cores.
+    """
+    return TrainConfig(
+        epochs=3, batch_size=32, lr=5e-5, weight_decay=0.01, warmup_ratio=0.06,
+        schedule="linear", patience=2, layer_lr_decay=1.0,
+    )

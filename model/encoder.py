@@ -140,7 +140,9 @@ class Embeddings(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         T = input_ids.size(1)
         x = self.tokens(input_ids)  # (B, T, C)
-        x = x + self.positions.weight[:T]  # (T, C), broadcast over B
+        # getattr: the same line for both kinds, and a plain Tensor for the type checker.
+        table: torch.Tensor = getattr(self.positions, "weight")  # noqa: B009  # (max_length, C)
+        x = x + table[:T]  # (T, C), broadcast over B
         token_type = self.token_type
         if token_type is not None:
             x = x + token_type
@@ -217,3 +219,15 @@ class ProbabilityModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.classifier(input_ids, attention_mask).float().softmax(dim=-1)
+
+    @torch.jit.export
+    def explain(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Probabilities (B, n_classes) and each layer's attention (B, nh, T, T).
+
+        Compiled into the bundle beside ``forward`` so ``tagstream-train explain`` works from
+        the bundle alone; the worker never calls it.
+        """
+        logits, attentions = self.classifier.forward_with_attention(input_ids, attention_mask)
+        return logits.float().softmax(dim=-1), attentions
