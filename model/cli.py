@@ -121,7 +121,8 @@ def _add_train(sub: Any) -> None:
     g.add_argument("--d-model", type=int, help="width of token vectors (scratch only; default: the preset's)")
 
     g = p.add_argument_group("tokenizer (scratch only)")
-    g.add_argument("--tokenizer", type=Path, metavar="FILE", help="reuse this tokenizer.json instead of training one")
+    g.add_argument("--tokenizer", type=Path, metavar="FILE", help="reuse this tokenizer.json instead of training one (also pins the vocabulary:"
+                        " training one is not bit-for-bit reproducible)")
     g.add_argument("--tokenizer-kind", choices=["wordpiece", "bpe"], help="algorithm of a trained tokenizer (default: the preset's)")
     g.add_argument("--vocab-size", type=int, help="vocabulary size of a trained tokenizer (default: the preset's)")
     g.add_argument("--cased", action="store_true", help="keep case (default: lowercase)")
