@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _small(part: str, field: str) -> str:
+    """The `small` preset's value of a setting, for --help."""
+    return f"small: {getattr(getattr(preset('small'), part), field)}"
+
+
 def _data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--text-field", default="text", help="field (JSONL) or column (CSV) holding the text (default: %(default)s)")
@@ -114,16 +119,17 @@ def _add_train(sub: Any) -> None:
                    help="scratch: train a new encoder and tokenizer (default); minilm: fine-tune the"
                         " bundled all-MiniLM-L6-v2 (needs the 'pretrained' extra); PATH: a folder with"
                         " config.json, model.safetensors, tokenizer.json (BERT layout)")
-    g.add_argument("--max-length", type=int, help="tokens per text, longer texts are truncated (default: the preset's; 128 with --init minilm|PATH)")
-    g.add_argument("--pooling", choices=["mean", "cls"], help="how token states become one vector (default: the preset's)")
-    g.add_argument("--dropout", type=float, help="dropout on embeddings, residuals and the pooled vector (default: the preset's, or the checkpoint's)")
-    g.add_argument("--layers", type=int, help="encoder blocks (scratch only; default: the preset's)")
-    g.add_argument("--d-model", type=int, help="width of token vectors (scratch only; default: the preset's)")
+    g.add_argument("--max-length", type=int, help="tokens per text, longer texts are truncated (default: the preset's; " + _small("encoder", "max_length") + ")")
+    g.add_argument("--pooling", choices=["mean", "cls"], help="how token states become one vector (default: the preset's; " + _small("encoder", "pooling") + ")")
+    g.add_argument("--dropout", type=float, help="dropout on embeddings, residuals and the pooled vector (default: the preset's; " + _small("encoder", "dropout") + ")")
+    g.add_argument("--layers", type=int, help="encoder blocks (scratch only; default: the preset's, " + _small("encoder", "n_layers") + ")")
+    g.add_argument("--d-model", type=int, help="width of token vectors (scratch only; default: the preset's, " + _small("encoder", "d_model") + ")")
 
     g = p.add_argument_group("tokenizer (scratch only)")
-    g.add_argument("--tokenizer", type=Path, metavar="FILE", help="reuse this tokenizer.json instead of training one")
-    g.add_argument("--tokenizer-kind", choices=["wordpiece", "bpe"], help="algorithm of a trained tokenizer (default: the preset's)")
-    g.add_argument("--vocab-size", type=int, help="vocabulary size of a trained tokenizer (default: the preset's)")
+    g.add_argument("--tokenizer", type=Path, metavar="FILE", help="reuse this tokenizer.json instead of training one (also pins the vocabulary:"
+                        " training one is not bit-for-bit reproducible)")
+    g.add_argument("--tokenizer-kind", choices=["wordpiece", "bpe"], help="algorithm of a trained tokenizer (default: the preset's; " + _small("tokenizer", "kind") + ")")
+    g.add_argument("--vocab-size", type=int, help="vocabulary size of a trained tokenizer (default: the preset's; " + _small("tokenizer", "vocab_size") + ")")
     g.add_argument("--cased", action="store_true", help="keep case (default: lowercase)")
 
     ft = finetune_train_config()
@@ -136,25 +142,25 @@ def _add_train(sub: Any) -> None:
             " no layer-wise LR decay (try --layer-lr-decay 0.9)."
         ),
     )
-    g.add_argument("--epochs", type=int, help="passes over the training data (default: the preset's)")
-    g.add_argument("--batch-size", type=int, help="texts per step and process (default: the preset's)")
-    g.add_argument("--lr", type=float, help="peak learning rate after warmup (default: the preset's)")
-    g.add_argument("--weight-decay", type=float, help="AdamW weight decay on weight matrices (default: the preset's)")
-    g.add_argument("--warmup-ratio", type=float, help="share of steps with rising LR (default: the preset's)")
-    g.add_argument("--schedule", choices=["linear", "cosine"], help="LR decay after warmup (default: the preset's)")
-    g.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing (default: the preset's)")
-    g.add_argument("--token-dropout", type=float, help="share of tokens hidden as [UNK] in training (default: the preset's)")
-    g.add_argument("--layer-lr-decay", type=float, help="LR factor per block going down (fine-tuning; default: the preset's)")
+    g.add_argument("--epochs", type=int, help="passes over the training data (default: the preset's; " + _small("train", "epochs") + ")")
+    g.add_argument("--batch-size", type=int, help="texts per step and process (default: the preset's; " + _small("train", "batch_size") + ")")
+    g.add_argument("--lr", type=float, help="peak learning rate after warmup (default: the preset's; " + _small("train", "lr") + ")")
+    g.add_argument("--weight-decay", type=float, help="AdamW weight decay on weight matrices (default: the preset's; " + _small("train", "weight_decay") + ")")
+    g.add_argument("--warmup-ratio", type=float, help="share of steps with rising LR (default: the preset's; " + _small("train", "warmup_ratio") + ")")
+    g.add_argument("--schedule", choices=["linear", "cosine"], help="LR decay after warmup (default: the preset's; " + _small("train", "schedule") + ")")
+    g.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing (default: the preset's; " + _small("train", "label_smoothing") + ")")
+    g.add_argument("--token-dropout", type=float, help="share of tokens hidden as [UNK] in training (default: the preset's; " + _small("train", "token_dropout") + ")")
+    g.add_argument("--layer-lr-decay", type=float, help="LR factor per block going down (fine-tuning; default: the preset's, " + _small("train", "layer_lr_decay") + ")")
     g.add_argument("--class-weights", action="store_true", help="weight the loss by inverse class frequency (imbalanced data, e.g. spam)")
-    g.add_argument("--patience", type=int, help="epochs without validation macro-F1 gain before stopping; 0 = never (default: the preset's)")
-    g.add_argument("--seed", type=int, help="seed for the split, initialisation and batch order (default: the preset's)")
+    g.add_argument("--patience", type=int, help="epochs without validation macro-F1 gain before stopping; 0 = never (default: the preset's; " + _small("train", "patience") + ")")
+    g.add_argument("--seed", type=int, help="seed for the split, initialisation and batch order (default: the preset's; " + _small("train", "seed") + ")")
     g.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt with its stored settings")
 
     g = p.add_argument_group("runtime and export")
     g.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:N (default: %(default)s)")
     g.add_argument("--threads", type=int, default=0, help="CPU threads for torch; 0 = torch's default (default: %(default)s)")
     g.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
-                   help="bundle precision: int8 quantizes Linear layers (2-3x faster on CPUs, a small accuracy change, reported) (default: %(default)s)")
+                   help="bundle precision: int8 quantizes Linear layers (~2x faster on CPUs, CPU only; the accuracy change is reported) (default: %(default)s)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown on a terminal)")
     p.set_defaults(func=cmd_train)
 

@@ -183,7 +183,7 @@ def render_markdown(
         lines.append("")
     if history:
         lines += [
-            "## Training",
+            "## Epochs",
             "",
             "| epoch | train loss | val loss | val accuracy | val macro-F1 | seconds |",
             "|---:|---:|---:|---:|---:|---:|",
@@ -201,7 +201,10 @@ def render_markdown(
 
 def _markdown_value(value: Any) -> list[str]:
     if isinstance(value, dict):
-        return [f"- {k}: {_fmt(v)}" for k, v in value.items() if not isinstance(v, dict | list)]
+        return [
+            f"- {k}: {_fmt(v)}" for k, v in value.items()
+            if v is not None and not isinstance(v, dict | list)
+        ]
     return [f"- {_fmt(value)}"]
 
 
@@ -257,7 +260,7 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: Path) -> Path:
     right.plot(epochs, [h["val_accuracy"] for h in history], marker="o", label="accuracy")
     right.plot(epochs, [h["val_macro_f1"] for h in history], marker="o", label="macro-F1")
     right.set_xlabel("epoch")
-    right.set_ylim(0.0, 1.0)
+    right.margins(y=0.2)  # scores move by points, not tenths: let the axis zoom in
     right.legend()
     right.set_title("Validation")
     for ax in (left, right):

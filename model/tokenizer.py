@@ -8,6 +8,12 @@
 Trained tokenizers put ``[PAD]`` at id 0 (the encoder's default ``pad_id``), then ``[UNK]``,
 ``[CLS]``, ``[SEP]``, ``[MASK]``. The stored tokenizer has truncation and padding off; those are
 set at run time from the model's ``max_length`` so one file serves every batch size.
+
+Reproducibility: the `tokenizers` WordPiece/BPE trainers are not bit-for-bit deterministic
+(huggingface/tokenizers#1794: hash-map order breaks ties between equally frequent merges), so
+two trainings on the same texts can differ in a few rare sub-words. Everything downstream is
+seeded; to pin the vocabulary too, reuse a tokenizer.json (``--tokenizer``). Resumed runs and
+DDP processes always share one tokenizer.
 """
 
 from __future__ import annotations
