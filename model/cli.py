@@ -27,6 +27,7 @@ import structlog
 
 from model.config import PRESET_NAMES, EncoderConfig, TrainConfig, finetune_train_config, preset
 from model.errors import ModelError
+from model.pretrained import DEFAULT_MAX_LENGTH
 
 log = structlog.get_logger("tagstream-train")
 
@@ -119,7 +120,7 @@ def _add_train(sub: Any) -> None:
                    help="scratch: train a new encoder and tokenizer (default); minilm: fine-tune the"
                         " bundled all-MiniLM-L6-v2 (needs the 'pretrained' extra); PATH: a folder with"
                         " config.json, model.safetensors, tokenizer.json (BERT layout)")
-    g.add_argument("--max-length", type=int, help="tokens per text, longer texts are truncated (default: the preset's; " + _small("encoder", "max_length") + ")")
+    g.add_argument("--max-length", type=int, help="tokens per text, longer texts are truncated (default: the preset's; " + _small("encoder", "max_length") + f"; {DEFAULT_MAX_LENGTH} with --init minilm|PATH)")
     g.add_argument("--pooling", choices=["mean", "cls"], help="how token states become one vector (default: the preset's; " + _small("encoder", "pooling") + ")")
     g.add_argument("--dropout", type=float, help="dropout on embeddings, residuals and the pooled vector (default: the preset's; " + _small("encoder", "dropout") + ")")
     g.add_argument("--layers", type=int, help="encoder blocks (scratch only; default: the preset's, " + _small("encoder", "n_layers") + ")")
