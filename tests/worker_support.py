@@ -11,7 +11,15 @@ import random
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 
 from model.bundle import write_bundle
 from model.config import EncoderConfig
@@ -19,12 +27,13 @@ from model.encoder import EncoderClassifier, ProbabilityModel
 
 LABELS = ["ham", "spam", "news"]
 
-_WORDS = (
-    "free win prize call now claim cash offer urgent reply stop text mobile "
-    "meeting lunch tonight home later thanks love sorry tomorrow see you "
-    "market shares rose fell government election team match season league "
-    "oil prices company profit quarter report minister talks peace storm"
-).split()
+_WORDS = [
+    "free", "win", "prize", "call", "now", "claim", "cash", "offer", "urgent", "reply", "stop",
+    "text", "mobile", "meeting", "lunch", "tonight", "home", "later", "thanks", "love",
+    "sorry", "tomorrow", "see", "you", "market", "shares", "rose", "fell", "government",
+    "election", "team", "match", "season", "league", "oil", "prices", "company", "profit",
+    "quarter", "report", "minister", "talks", "peace", "storm",
+]
 
 
 def fixture_texts(n: int, seed: int = 0, min_words: int = 2, max_words: int = 40) -> list[str]:

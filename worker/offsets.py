@@ -98,6 +98,10 @@ class OffsetTracker:
                 # Records of a partition we do not hold: poll never returns those.
                 raise KeyError(f"{tp} is not assigned")
             for offset in offsets:
+                if state.last_tracked is None and state.committed is None:
+                    # Where this epoch started reading is the group's committed position (or
+                    # the reset point): nothing to commit until an acknowledgement moves it.
+                    state.committed = offset
                 state.pending.append(offset)
                 state.last_tracked = offset
             return state.epoch

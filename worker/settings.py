@@ -391,13 +391,6 @@ _FIX_HINTS: dict[str, str] = {
     "max_batch_tokens": "use a whole number at least the bundle's max_length (8192 is the default)",
     "max_wait_ms": "use milliseconds from 0 to 60000 (20 is the default)",
     "metrics_port": "use a port from 1 to 65535, or 0 for any free port",
-    "security_protocol": "use PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
-    "sasl_mechanism": "use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
-    "dtype": "use auto, float32, bfloat16 or float16",
-    "input_format": "use json or text",
-    "log_format": "use json or console",
-    "log_level": "use DEBUG, INFO, WARNING or ERROR",
-    "auto_offset_reset": "use earliest or latest",
 }
 
 
