@@ -100,6 +100,13 @@ class Worker:
 
         Raises WorkerError (with its Failure and exit code) when the worker cannot run.
         """
+        try:
+            self._start()
+        except BaseException:
+            self._close_connections()
+            raise
+
+    def _start(self) -> None:
         s = self.settings
         threads = configure_threads(s.threads)
         device = resolve_device(s.device)
@@ -399,6 +406,23 @@ class Worker:
         if self._stop_at is None:
             return self.settings.drain_timeout_s
         return self._stop_at + self.settings.drain_timeout_s - time.monotonic()
+
+    def _close_connections(self) -> None:
+        """After a failed start: close whatever was opened, quietly."""
+        closers = []
+        if self._consumer is not None:
+            closers.append(lambda: self._consumer.close(autocommit=False, timeout_ms=2000))
+        if self._producer is not None:
+            closers.append(lambda: self._producer.close(timeout=2))
+        for close in closers:
+            try:
+                close()
+            except Exception as exc:
+                log.debug("close_after_failed_start", error=repr(exc))
+        self._consumer = self._producer = None
+        if self.telemetry is not None:
+            self.telemetry.stop()
+            self.telemetry = None
 
     def _close(self) -> None:
         if self._producer is not None:
