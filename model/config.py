@@ -84,6 +84,8 @@ class TrainConfig:
     class_weights: bool = False  # weight the loss by inverse class frequency (imbalanced data)
     patience: int = 3  # epochs without validation macro-F1 gain before stopping; 0 = never
     layer_lr_decay: float = 1.0  # <1 gives lower blocks smaller learning rates (fine-tuning)
+    token_dropout: float = 0.0  # share of input tokens hidden as [UNK] while training (regulariser)
+    bf16_on_gpu: bool = True  # bf16 autocast when training on a GPU (ignored on CPU: slower there)
     seed: int = 13
 
 
@@ -134,3 +136,16 @@ _PRESETS = {
 }
 
 PRESET_NAMES = tuple(_PRESETS)
+
+
+def finetune_train_config() -> TrainConfig:
+    """Training defaults for a pretrained encoder (``--init minilm|PATH``).
+
+    Pretrained weights want a learning rate ~10x below from-scratch training, fewer epochs,
+    and smaller updates in the lower layers (layer-wise LR decay) so the general features
+    learned in pre-training survive while the new head fits the task.
+    """
+    return TrainConfig(
+        epochs=4, batch_size=32, lr=8e-5, weight_decay=0.01, warmup_ratio=0.1,
+        patience=2, layer_lr_decay=0.9,
+    )

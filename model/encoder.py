@@ -217,3 +217,15 @@ class ProbabilityModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.classifier(input_ids, attention_mask).float().softmax(dim=-1)
+
+    @torch.jit.export
+    def explain(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Probabilities (B, n_classes) and each layer's attention (B, nh, T, T).
+
+        Compiled into the bundle beside ``forward`` so ``tagstream-train explain`` works from
+        the bundle alone; the worker never calls it.
+        """
+        logits, attentions = self.classifier.forward_with_attention(input_ids, attention_mask)
+        return logits.float().softmax(dim=-1), attentions

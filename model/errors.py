@@ -2,7 +2,8 @@
 
     ModelError                 base: anything a user of model/ should catch
     ├── DataError              a labeled file cannot be used (bad rows, missing fields)
-    ├── CheckpointError        a pretrained checkpoint does not fit the encoder
+    ├── TokenizerError         a tokenizer cannot be trained, read or used with the model
+    ├── CheckpointError        a checkpoint (pretrained, or ours to resume) does not fit
     └── BundleError            a bundle is missing, tampered with, or inconsistent
         └── ParityError        the compiled model disagrees with the eager one at export
 """
@@ -16,8 +17,12 @@ class DataError(ModelError):
     """A labeled data file cannot be used as asked."""
 
 
+class TokenizerError(ModelError):
+    """A tokenizer cannot be trained, read, or used with this model."""
+
+
 class CheckpointError(ModelError):
-    """A pretrained checkpoint is incomplete or does not match the encoder."""
+    """A checkpoint (pretrained, or a training checkpoint to resume) is unusable or does not fit."""
 
 
 class BundleError(ModelError):

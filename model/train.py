@@ -1,0 +1,549 @@
+"""The training loop: an EncoderClassifier and a tokenizer in, the best weights out.
+
+    fit(model, tokenizer, train, val, labels, TrainConfig, ...) -> TrainResult
+
+It takes a model that is already built (from scratch, or a pretrained encoder from
+``model/pretrained.py``) and a tokenizer, so every way of initialising goes through the same
+loop, export and bundle. One epoch:
+
+    bucketed, shuffled batches -> forward (bf16 autocast on a GPU) -> cross-entropy
+    (optional class weights, label smoothing) -> backward -> clip grad norm -> AdamW step
+    -> LR schedule step (linear warmup, then linear or cosine decay to 0)
+
+then validation macro-F1; the best epoch's weights are kept, and training stops after
+``patience`` epochs without improvement. After each epoch a checkpoint (weights, optimiser,
+schedule, RNG, history, configs, labels, tokenizer) is written atomically, so ``resume``
+continues where a killed run stopped.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) the same code runs data-parallel (DDP): each process
+takes every ``world_size``-th batch, gradients are averaged, validation is sharded and its
+confusion matrices summed, and only rank 0 logs, shows progress and writes files. The
+backend is NCCL on GPUs and gloo on CPUs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+from torch import nn
+from tqdm import tqdm
+
+from model import tokenizer as tok_lib
+from model.batching import pad_batch, sorted_batches, training_batches
+from model.config import EncoderConfig, TrainConfig
+from model.data import LabeledData
+from model.encoder import EncoderClassifier
+from model.errors import CheckpointError, DataError
+from model.evaluate import confusion_matrix, metrics_from_confusion
+
+log = structlog.get_logger(__name__)
+
+CHECKPOINT_FORMAT = 1
+# Validation batches are larger than training ones: no activations are kept for backward.
+EVAL_BATCH_MULTIPLIER = 2
+
+
+@dataclass
+class TrainResult:
+    """What training produced: the best weights (loaded into ``model``) and how it went."""
+
+    model: EncoderClassifier
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best_val_macro_f1: float
+    best_val_metrics: dict[str, Any]
+    train_seconds: float  # wall time of this run's epochs (a resumed run adds to the earlier)
+    stopped_early: bool
+    device: str
+    world_size: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DistContext:
+    """Where this process sits in a (possibly one-process) training job."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` means this process's GPU when there is one (``LOCAL_RANK`` under torchrun), else CPU."""
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def init_distributed(device: str | torch.device = "auto") -> DistContext:
+    """Join the torchrun process group when launched by torchrun; otherwise a single process."""
+    dev = resolve_device(device)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistContext(device=dev)
+    if not dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), device=dev)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch, so the same seed builds the same model and batches."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class EncodedSet:
+    """Token ids (unpadded, truncated) and class indices of one labeled set."""
+
+    sequences: list[list[int]]
+    targets: list[int]
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(s) for s in self.sequences]
+
+
+def encode_labeled(
+    tokenizer: Tokenizer, data: LabeledData, labels: Sequence[str], max_length: int
+) -> EncodedSet:
+    """Tokenize once up front; a label outside ``labels`` is a DataError naming it."""
+    index = {label: i for i, label in enumerate(labels)}
+    unknown = sorted(set(data.labels) - set(index))
+    if unknown:
+        raise DataError(
+            f"{data.source}: labels {unknown} are not among the model's labels {list(labels)}"
+        )
+    return EncodedSet(
+        sequences=tok_lib.encode_unpadded(tokenizer, data.texts, max_length),
+        targets=[index[label] for label in data.labels],
+    )
+
+
+def class_weights(targets: Sequence[int], n_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights, float32 (n_classes,), averaging 1 over the examples."""
+    counts = Counter(targets)
+    total = len(targets)
+    return torch.tensor(
+        [total / (n_classes * counts[c]) if counts[c] else 0.0 for c in range(n_classes)],
+        dtype=torch.float32,
+    )
+
+
+def parameter_groups(model: EncoderClassifier, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices only; layer-wise LR decay when asked.
+
+    Depth 0 is the embeddings, 1..L the blocks, L+1 the final norm and head; a parameter at
+    depth d gets ``lr * layer_lr_decay ** (L + 1 - d)``, so the head learns fastest.
+    """
+    n_layers = len(model.blocks)
+    groups: dict[tuple[int, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name.startswith("embeddings."):
+            depth = 0
+        elif name.startswith("blocks."):
+            depth = int(name.split(".")[1]) + 1
+        else:
+            depth = n_layers + 1
+        decay = param.dim() >= 2
+        groups.setdefault((depth, decay), []).append(param)
+    return [
+        {
+            "params": params,
+            "weight_decay": cfg.weight_decay if decay else 0.0,
+            "lr": cfg.lr * cfg.layer_lr_decay ** (n_layers + 1 - depth),
+        }
+        for (depth, decay), params in sorted(groups.items())
+    ]
+
+
+def lr_lambda(total_steps: int, warmup_ratio: float, schedule: str):  # type: ignore[no-untyped-def]
+    """Multiplier of the peak LR at a step: linear warmup, then linear or cosine decay to 0."""
+    warmup = max(1, round(total_steps * warmup_ratio)) if warmup_ratio > 0 else 0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0 - progress
+
+    return factor
+
+
+def fit(
+    model: EncoderClassifier,
+    tokenizer: Tokenizer,
+    train: LabeledData,
+    val: LabeledData,
+    labels: Sequence[str],
+    cfg: TrainConfig,
+    *,
+    checkpoint_path: str | Path | None = None,
+    resume: bool = False,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+    extra_checkpoint: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``train``, select the best epoch on ``val``, return the result.
+
+    ``checkpoint_path``: where each epoch's checkpoint goes (none written when None).
+    ``resume``: continue from that checkpoint (it must exist and match model and labels).
+    ``extra_checkpoint``: JSON-able facts stored in the checkpoint (e.g. how the model was
+    initialised), handed back in ``TrainResult.extra`` on resume.
+    """
+    labels = list(labels)
+    if model.config.n_classes != len(labels):
+        raise DataError(
+            f"the model has {model.config.n_classes} outputs but there are {len(labels)} labels"
+        )
+    ctx = init_distributed(device)
+    max_length = model.config.max_length
+    train_set = encode_labeled(tokenizer, train, labels, max_length)
+    val_set = encode_labeled(tokenizer, val, labels, max_length)
+    pad = tok_lib.pad_id(tokenizer)
+    if pad != model.config.pad_id:
+        raise DataError(
+            f"the tokenizer pads with id {pad} but the model's pad_id is {model.config.pad_id}"
+        )
+
+    model.to(ctx.device)
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.98), fused=ctx.device.type in ("cpu", "cuda")
+    )
+    steps_per_epoch = len(training_batches(train_set.lengths, cfg.batch_size, 0)) // ctx.world_size
+    if steps_per_epoch == 0:
+        raise DataError(
+            f"{len(train)} training rows make no full batch for {ctx.world_size} process(es);"
+            " lower --batch-size or add data"
+        )
+    total_steps = steps_per_epoch * cfg.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(total_steps, cfg.warmup_ratio, cfg.schedule)
+    )
+    weights = (
+        class_weights(train_set.targets, len(labels)).to(ctx.device) if cfg.class_weights else None
+    )
+
+    state = _LoopState()
+    ckpt_path = Path(checkpoint_path) if checkpoint_path else None
+    extra = dict(extra_checkpoint or {})
+    if resume:
+        if ckpt_path is None or not ckpt_path.is_file():
+            raise CheckpointError(f"cannot resume: no checkpoint at {ckpt_path}")
+        extra = _load_checkpoint(ckpt_path, model, optimizer, scheduler, state, labels, cfg)
+        log.info("resumed", checkpoint=str(ckpt_path), next_epoch=state.epoch + 1)
+    else:
+        seed_everything(cfg.seed)
+
+    net: nn.Module = model
+    if ctx.distributed:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
+        )
+    autocast = ctx.device.type == "cuda" and cfg.bf16_on_gpu
+    if ctx.is_main:
+        log.info(
+            "training",
+            examples=len(train_set.targets), validation=len(val_set.targets), labels=labels,
+            epochs=cfg.epochs, batch_size=cfg.batch_size, steps_per_epoch=steps_per_epoch,
+            device=str(ctx.device), world_size=ctx.world_size, bf16=autocast,
+            parameters=sum(p.numel() for p in model.parameters()),
+        )
+
+    run_seconds = 0.0
+    while state.epoch < cfg.epochs and not state.stopped_early:
+        epoch = state.epoch + 1
+        started = time.perf_counter()
+        batches = training_batches(train_set.lengths, cfg.batch_size, cfg.seed + epoch)
+        mine = batches[: steps_per_epoch * ctx.world_size][ctx.rank :: ctx.world_size]
+        net.train()
+        loss_sum, seen = 0.0, 0
+        bar = tqdm(
+            mine, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
+            disable=not (progress and ctx.is_main), dynamic_ncols=True,
+        )
+        for batch in bar:
+            ids, mask = pad_batch([train_set.sequences[i] for i in batch], pad)
+            target = torch.tensor([train_set.targets[i] for i in batch], device=ctx.device)
+            ids, mask = ids.to(ctx.device), mask.to(ctx.device)
+            with torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=autocast):
+                logits = net(_drop_tokens(ids, mask, cfg.token_dropout, tokenizer), mask)
+            loss = F.cross_entropy(
+                logits.float(), target, weight=weights, label_smoothing=cfg.label_smoothing
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item() * len(batch)
+            seen += len(batch)
+            elapsed = time.perf_counter() - started
+            bar.set_postfix(
+                loss=f"{loss_sum / seen:.4f}",
+                ex_s=f"{seen * ctx.world_size / max(elapsed, 1e-9):.0f}",
+                lr=f"{scheduler.get_last_lr()[-1]:.2e}",
+            )
+        bar.close()
+        train_loss = _mean_across(loss_sum, seen, ctx)
+        train_seconds = time.perf_counter() - started
+        val_metrics, val_loss = _validate(model, val_set, labels, pad, cfg, ctx, autocast)
+        seconds = time.perf_counter() - started
+        run_seconds += seconds
+        record = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "val_accuracy": val_metrics["accuracy"],
+            "val_macro_f1": val_metrics["macro_f1"],
+            "lr": scheduler.get_last_lr()[-1],
+            "seconds": seconds,
+            "examples_per_s": seen * ctx.world_size / max(train_seconds, 1e-9),
+        }
+        state.history.append(record)
+        state.epoch = epoch
+        improved = val_metrics["macro_f1"] > state.best_score
+        if improved:
+            state.best_score = val_metrics["macro_f1"]
+            state.best_epoch = epoch
+            state.best_metrics = val_metrics
+            state.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            state.stale = 0
+        else:
+            state.stale += 1
+            if cfg.patience and state.stale >= cfg.patience:
+                state.stopped_early = True
+        state.seconds += seconds
+        if ctx.is_main:
+            log.info(
+                "epoch",
+                **{k: round(v, 5) if isinstance(v, float) else v for k, v in record.items()},
+                best_epoch=state.best_epoch, improved=improved,
+                stopping=state.stopped_early,
+            )
+            if ckpt_path is not None:
+                _save_checkpoint(ckpt_path, model, optimizer, scheduler, state, labels, cfg,
+                                 tokenizer, extra)
+    if state.stopped_early and ctx.is_main:
+        log.info("early_stop", epoch=state.epoch, best_epoch=state.best_epoch,
+                 patience=cfg.patience)
+
+    if state.best_state is not None:
+        model.load_state_dict(state.best_state)
+    model.eval()
+    return TrainResult(
+        model=model,
+        history=state.history,
+        best_epoch=state.best_epoch,
+        best_val_macro_f1=state.best_score,
+        best_val_metrics=state.best_metrics,
+        train_seconds=state.seconds,
+        stopped_early=state.stopped_early,
+        device=str(ctx.device),
+        world_size=ctx.world_size,
+        extra=extra,
+    )
+
+
+def _drop_tokens(
+    ids: torch.Tensor, mask: torch.Tensor, rate: float, tokenizer: Tokenizer
+) -> torch.Tensor:
+    """Replace a ``rate`` share of real tokens by [UNK] (word dropout), training only.
+
+    A from-scratch model on a few thousand texts leans on a handful of give-away words;
+    hiding some of them forces it to use the rest. Specials and padding are never touched.
+    """
+    if rate <= 0:
+        return ids
+    unk = tokenizer.token_to_id(tok_lib.UNK)
+    if unk is None:
+        return ids
+    specials = {i for t in tok_lib.SPECIAL_TOKENS if (i := tokenizer.token_to_id(t)) is not None}
+    droppable = mask.bool()
+    for special in specials:
+        droppable &= ids != special
+    drop = droppable & (torch.rand(ids.shape, device=ids.device) < rate)
+    return ids.masked_fill(drop, unk)
+
+
+@torch.inference_mode()
+def _validate(
+    model: EncoderClassifier,
+    data: EncodedSet,
+    labels: list[str],
+    pad: int,
+    cfg: TrainConfig,
+    ctx: DistContext,
+    autocast: bool,
+) -> tuple[dict[str, Any], float]:
+    """Validation metrics and mean loss; each process scores its share, then they are summed."""
+    model.eval()
+    batches = sorted_batches(data.lengths, cfg.batch_size * EVAL_BATCH_MULTIPLIER)
+    targets: list[int] = []
+    preds: list[int] = []
+    loss_sum = 0.0
+    for batch in batches[ctx.rank :: ctx.world_size]:
+        ids, mask = pad_batch([data.sequences[i] for i in batch], pad)
+        target = torch.tensor([data.targets[i] for i in batch], device=ctx.device)
+        with torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = model(ids.to(ctx.device), mask.to(ctx.device)).float()
+        loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
+        targets.extend(target.tolist())
+        preds.extend(logits.argmax(dim=-1).tolist())
+    cm = confusion_matrix(targets, preds, len(labels))
+    if ctx.distributed:
+        totals = torch.tensor(np.append(cm.ravel(), 0), dtype=torch.float64)
+        totals[-1] = loss_sum
+        dist.all_reduce(totals)
+        cm = totals[:-1].numpy().round().astype(np.int64).reshape(cm.shape)
+        loss_sum = float(totals[-1])
+    n = int(cm.sum())
+    return metrics_from_confusion(cm, labels), loss_sum / max(n, 1)
+
+
+def _mean_across(total: float, count: int, ctx: DistContext) -> float:
+    if ctx.distributed:
+        t = torch.tensor([total, float(count)], dtype=torch.float64)
+        dist.all_reduce(t)
+        total, count = float(t[0]), int(t[1])
+    return total / max(count, 1)
+
+
+@dataclass
+class _LoopState:
+    epoch: int = 0  # epochs completed
+    best_score: float = -1.0
+    best_epoch: int = 0
+    best_metrics: dict[str, Any] = field(default_factory=dict)
+    best_state: dict[str, torch.Tensor] | None = None
+    stale: int = 0  # epochs since the last improvement
+    stopped_early: bool = False
+    seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _save_checkpoint(
+    path: Path,
+    model: EncoderClassifier,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: _LoopState,
+    labels: list[str],
+    cfg: TrainConfig,
+    tokenizer: Tokenizer,
+    extra: dict[str, Any],
+) -> None:
+    """Write the checkpoint next to its final path, then rename: a crash never leaves half."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "encoder_config": model.config.to_dict(),
+        "train_config": asdict(cfg),
+        "labels": labels,
+        "tokenizer": tokenizer.to_str(),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "loop": {k: v for k, v in asdict(state).items() if k != "best_state"},
+        "best_state": state.best_state,
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+        },
+        "extra": extra,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The raw checkpoint dictionary, or a CheckpointError saying why it cannot be used."""
+    src = Path(path)
+    try:
+        payload = torch.load(src, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {src}") from None
+    except Exception as exc:
+        raise CheckpointError(f"{src}: not a readable training checkpoint ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{src}: not a tagstream training checkpoint (format mismatch)")
+    return payload
+
+
+def _load_checkpoint(
+    path: Path,
+    model: EncoderClassifier,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: _LoopState,
+    labels: list[str],
+    cfg: TrainConfig,
+) -> dict[str, Any]:
+    payload = read_checkpoint(path)
+    if payload["labels"] != labels:
+        raise CheckpointError(
+            f"{path}: trained for labels {payload['labels']}, this run has {labels}"
+        )
+    if EncoderConfig.from_dict(payload["encoder_config"]) != model.config:
+        raise CheckpointError(f"{path}: the model config differs from this run's")
+    if payload["train_config"]["epochs"] != cfg.epochs:
+        # The LR schedule is laid out over all epochs; changing their number mid-run would
+        # silently bend it.
+        raise CheckpointError(
+            f"{path}: was started for {payload['train_config']['epochs']} epochs, this run asks"
+            f" for {cfg.epochs}; resume with the same --epochs"
+        )
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    for key, value in payload["loop"].items():
+        setattr(state, key, value)
+    state.best_state = payload["best_state"]
+    torch.set_rng_state(payload["rng"]["torch"])
+    random.setstate(payload["rng"]["python"])
+    np.random.set_state(payload["rng"]["numpy"])
+    return dict(payload.get("extra") or {})
+
+
+def load_trained(path: str | Path) -> tuple[EncoderClassifier, Tokenizer, list[str]]:
+    """The best weights of a training checkpoint as an eval-mode model, with its tokenizer and
+    labels: enough to export the run again (e.g. at another precision) without retraining."""
+    payload = read_checkpoint(path)
+    model = EncoderClassifier(EncoderConfig.from_dict(payload["encoder_config"]))
+    state = payload["best_state"] if payload.get("best_state") is not None else payload["model"]
+    model.load_state_dict(state)
+    return model.eval(), Tokenizer.from_str(payload["tokenizer"]), list(payload["labels"])
