@@ -41,6 +41,7 @@ from worker.errors import (
 )
 from worker.events import DeadLetter, Event, ParseConfig
 from worker.handoff import InputHandoff
+from worker.kafka_compat import apply_join_fix
 from worker.offsets import Committer, OffsetTracker, commit_failure
 from worker.reload import BundleWatcher, RunnerSlot
 from worker.runner import Classified, ModelRunner, configure_threads, resolve_device, resolve_dtype
@@ -187,6 +188,7 @@ class Worker:
 
     def _connect(self) -> None:
         s = self.settings
+        apply_join_fix()  # kafka-python 3.0 can drop a completed group join: see kafka_compat.py
         common: dict[str, Any] = {
             "bootstrap_servers": [x.strip() for x in s.bootstrap_servers.split(",")],
             "client_id": f"tagstream-{socket.gethostname()}-{os.getpid()}",
@@ -284,20 +286,31 @@ class Worker:
         assert self.slot is not None
         batcher: Batcher[Event] = Batcher(self._limits)
         handoff = self.handoff
+        tracker = self.tracker
+        revocations = tracker.revocations
         try:
             while True:
                 swapped = self.slot.swap_if_offered()
                 if swapped is not None:
                     self._on_swap(swapped)
+                if tracker.revocations != revocations:  # a rebalance began: drop what it revokes
+                    revocations = tracker.revocations
+                    self._abandon(batcher.remove_if(lambda e: not tracker.accepts((e.topic, e.partition), e.epoch)))
                 now = time.monotonic()
                 due = batcher.time_until_due(now)
                 wait = IDLE_WAIT_S if due is None else min(due, IDLE_WAIT_S)
                 events, letters, closed = handoff.take(wait)  # returns at once once closed
                 if letters:
-                    self._to_sink(letters)
+                    keep, drop = _split(letters, tracker.accepts)
+                    self._abandon(drop, release=False)
+                    if keep:
+                        self._to_sink(keep)
                     handoff.release(len(letters))
                 for event in events:
-                    batcher.add(event, event.n_tokens, event.received)
+                    if tracker.accepts((event.topic, event.partition), event.epoch):
+                        batcher.add(event, event.n_tokens, event.received)
+                    else:
+                        self._abandon([event])
                 while (batch := batcher.next_batch(time.monotonic(), flush=closed)) is not None:
                     handoff.release(len(batch.items))
                     self._run_batch(batch, self.slot.current)
@@ -324,10 +337,8 @@ class Worker:
 
     # -- inference helpers --------------------------------------------------------------------------
     def _run_batch(self, batch: Batch[Event], runner: ModelRunner) -> None:
-        is_current = self.tracker.is_current
-        events = [e for e in batch.items if is_current((e.topic, e.partition), e.epoch)]  # type: ignore[arg-type]
-        if len(events) < len(batch.items):
-            log.debug("dropped_revoked", count=len(batch.items) - len(events))
+        events, dropped = _split(batch.items, self.tracker.accepts)
+        self._abandon(dropped, release=False)
         if not events:
             return
         key = runner.tokenizer_key
@@ -366,6 +377,15 @@ class Worker:
             self._to_sink(_Results(ok, Classified(indices, scores, 0.0), runner.labels, runner.name, runner.version))
         if letters:
             self._to_sink(letters)
+
+    def _abandon(self, items: list[Event] | list[DeadLetter], release: bool = True) -> None:
+        """Drop inputs of revoked partitions: the next owner reads them again."""
+        for item in items:
+            self.tracker.abandon((item.topic, item.partition), item.offset, item.epoch)
+        if items:
+            if release:
+                self.handoff.release(len(items))
+            log.debug("dropped_for_redelivery", count=len(items))
 
     def _observe_batch(self, batch: Batch[Event], events: list[Event], classified: Classified) -> None:
         m = self.metrics
@@ -459,6 +479,14 @@ class Worker:
         failure = commit_failure(error)
         self.metrics.count_failure(failure)
         log.warning("commit_failed", kind=failure.label, error=repr(error), partitions=len(positions))
+
+
+def _split(items: list, accepts: Callable[[tuple[str, int], int], bool]) -> tuple[list, list]:
+    """(still wanted, of revoked partitions) in one pass."""
+    keep, drop = [], []
+    for item in items:
+        (keep if accepts((item.topic, item.partition), item.epoch) else drop).append(item)
+    return keep, drop
 
 
 def _inference_dead_letter(event: Event, exc: BaseException) -> DeadLetter:

@@ -58,7 +58,9 @@ def test_5000_events_over_3_partitions_get_exactly_one_correct_result_each(
     assert result["source"]["topic"] == topic and 0 <= result["source"]["partition"] < 3
     assert len(result["top_k"]) == 3 and result["top_k"][0]["label"] == result["label"]
     assert result["latency_ms"] >= 0
-    assert worker.metrics.value("tagstream_events_in_total", {"topic": topic}) == 5000
+    # Records read can exceed 5,000: a rebalance re-reads inputs that were queued, not run.
+    assert worker.metrics.value("tagstream_events_in_total", {"topic": topic}) >= 5000
+    assert worker.metrics.value("tagstream_events_out_total", {"topic": topic}) == 5000
 
     # Everything acknowledged is committed: the group's offsets cover all 5,000 inputs.
     worker.stop()

@@ -187,3 +187,20 @@ def test_commit_now_and_listener_commit():
     assert committer.commit_now() == {TP: 6}
     assert consumer.sync == [{TP: OffsetAndMetadata(6, "", -1)}]
     assert tracker.committable() == {}
+
+
+def test_revocation_drops_queued_work_and_waits_only_for_running_work():
+    """After begin_revoke queued inputs are not accepted; abandoned ones stop counting as in flight."""
+    tracker = tracker_with(TP)
+    epoch = tracker.track(TP, [0, 1, 2, 3])
+    assert tracker.accepts(TP, epoch)
+    tracker.begin_revoke([TP])
+    assert not tracker.accepts(TP, epoch)
+    tracker.ack(TP, 0, epoch)  # a result already with the producer still counts
+    tracker.abandon(TP, 2, epoch)
+    tracker.abandon(TP, 3, epoch)
+    assert tracker.in_flight([TP]) == 1  # offset 1 is still being produced
+    tracker.ack(TP, 1, epoch)
+    assert tracker.in_flight([TP]) == 0
+    assert tracker.committable() == {TP: 2}  # never past the abandoned offset 2
+    assert tracker.revoke([TP]) == 2

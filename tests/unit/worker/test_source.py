@@ -145,3 +145,25 @@ def test_drain_commits_and_stops_when_acknowledged():
     assert consumer.paused() == {TP0, TP1}
     assert handoff.take(0)[2] is True
     assert consumer.commits[-1][TP1].offset == 2
+
+
+def test_partition_assigned_straight_back_resumes_at_the_dropped_inputs():
+    """A partition revoked with unacknowledged inputs and assigned straight back is re-read from the
+    first of them, and inputs already delivered are not run again."""
+    source, consumer, tracker, handoff, _, _ = make_source(grace=0.0)
+    epoch = tracker.track(TP0, [0, 1, 2, 3])
+    tracker.ack(TP0, 0, epoch)
+    tracker.ack(TP0, 2, epoch)  # delivered out of order, past a gap at 1
+    asyncio.run(source.on_revoked({TP0}, sleep=None))
+    source.on_assigned({TP0, TP1})
+    assert consumer.seeks == [(TP0, 1)]
+    consumer.polls.append({TP0: records(TP0, 1, 3)})
+    run_once(source)
+    events, _, _ = handoff.take(0)
+    assert [e.offset for e in events] == [1, 3]  # 2 already has its result
+    new_epoch = tracker.epoch(TP0)
+    tracker.ack(TP0, 1, new_epoch)
+    tracker.ack(TP0, 3, new_epoch)
+    assert tracker.committable() == {TP0: 4}
+    source.on_assigned({TP0})  # a later assignment does not rewind again
+    assert consumer.seeks == [(TP0, 1)]

@@ -82,6 +82,7 @@ class FakeConsumer:
         self.pause_calls = 0
         self.resume_calls = 0
         self.commits: list[dict] = []
+        self.seeks: list[tuple] = []
 
     def assignment(self):
         return set(self._assignment)
@@ -104,6 +105,9 @@ class FakeConsumer:
 
     def paused(self):
         return set(self._paused)
+
+    def seek(self, tp, offset):
+        self.seeks.append((tp, offset))
 
     def highwater(self, tp):
         return None
