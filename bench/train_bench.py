@@ -21,6 +21,7 @@ copied into the repository; without them the script says so and exits 0.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -112,7 +113,9 @@ def bench_dataset(name: str, folder: Path, work: Path, preset: str, quick: bool)
         argv += ["--epochs", "1"]
     print(f"[{name}] training {preset}: tagstream-train {' '.join(argv[2:])}", flush=True)
     started = time.perf_counter()
-    code = cli_main(argv)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with (run_dir.parent / "train.log").open("w") as log, contextlib.redirect_stdout(log):
+        code = cli_main(argv)  # its summary goes to the log: the table below says it all
     wall = time.perf_counter() - started
     if code != 0:
         raise SystemExit(f"[{name}] training failed with exit code {code}")

@@ -216,6 +216,13 @@ class Bundle:
         tokenizer.enable_truncation(max_length=max_length)
         tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)  # pads to the batch's longest
         device = torch.device(device)
+        precision = str(config.get("precision", "fp32"))
+        if precision == "int8" and device.type != "cpu":
+            # Dynamically quantized Linear layers only have CPU kernels.
+            raise BundleError(
+                f"bundle {root} is int8 (dynamic quantization), which runs on CPU only; "
+                f"load it with device='cpu', or export an fp32 bundle for {device}"
+            )
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)  # TorchScript deprecation notice
@@ -231,7 +238,7 @@ class Bundle:
             max_length=max_length,
             lowercase=bool(tok_cfg.get("lowercase", False)),
             pad_id=pad_id,
-            precision=str(config.get("precision", "fp32")),
+            precision=precision,
             config=config,
             metrics=metrics if isinstance(metrics, dict) else {},
             tokenizer=tokenizer,

@@ -114,9 +114,9 @@ def _add_train(sub: Any) -> None:
                    help="scratch: train a new encoder and tokenizer (default); minilm: fine-tune the"
                         " bundled all-MiniLM-L6-v2 (needs the 'pretrained' extra); PATH: a folder with"
                         " config.json, model.safetensors, tokenizer.json (BERT layout)")
-    g.add_argument("--max-length", type=int, help="tokens per text, longer texts are truncated (default: the preset's)")
+    g.add_argument("--max-length", type=int, help="tokens per text, longer texts are truncated (default: the preset's; 128 with --init minilm|PATH)")
     g.add_argument("--pooling", choices=["mean", "cls"], help="how token states become one vector (default: the preset's)")
-    g.add_argument("--dropout", type=float, help="dropout on embeddings, residuals and the pooled vector (default: the preset's)")
+    g.add_argument("--dropout", type=float, help="dropout on embeddings, residuals and the pooled vector (default: the preset's, or the checkpoint's)")
     g.add_argument("--layers", type=int, help="encoder blocks (scratch only; default: the preset's)")
     g.add_argument("--d-model", type=int, help="width of token vectors (scratch only; default: the preset's)")
 
@@ -126,7 +126,16 @@ def _add_train(sub: Any) -> None:
     g.add_argument("--vocab-size", type=int, help="vocabulary size of a trained tokenizer (default: the preset's)")
     g.add_argument("--cased", action="store_true", help="keep case (default: lowercase)")
 
-    g = p.add_argument_group("training")
+    ft = finetune_train_config()
+    g = p.add_argument_group(
+        "training",
+        description=(
+            "Defaults are the preset's; with --init minilm|PATH they are the fine-tuning ones:"
+            f" {ft.epochs} epochs, batch {ft.batch_size}, lr {ft.lr:g}, {ft.warmup_ratio:.0%} warmup"
+            f" then {ft.schedule} decay, weight decay {ft.weight_decay:g}, patience {ft.patience},"
+            " no layer-wise LR decay (try --layer-lr-decay 0.9)."
+        ),
+    )
     g.add_argument("--epochs", type=int, help="passes over the training data (default: the preset's)")
     g.add_argument("--batch-size", type=int, help="texts per step and process (default: the preset's)")
     g.add_argument("--lr", type=float, help="peak learning rate after warmup (default: the preset's)")
@@ -218,9 +227,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     ckpt_path = out / "checkpoint.pt"
     ctx = train_lib.init_distributed(args.device)
     stored: dict[str, Any] | None = train_lib.read_checkpoint(ckpt_path) if args.resume else None
+    if stored is None and ckpt_path.exists() and ctx.is_main:
+        log.info("starting_over", checkpoint=str(ckpt_path),
+                 hint="pass --resume to continue that run instead")
+    preset_name = stored["extra"].get("preset", args.preset) if stored else args.preset
 
     # ---- configuration: preset, then the flags given, or the checkpoint's settings on resume
-    chosen = preset(args.preset)
+    chosen = preset(preset_name)
     init = args.init if stored is None else stored["extra"].get("init", "scratch")
     train_cfg = _train_config(args, chosen.train if init == "scratch" else finetune_train_config())
     if stored is not None:
@@ -260,20 +273,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         model = EncoderClassifier(EncoderConfig.from_dict(stored["encoder_config"]))
         init_source = stored["extra"].get("init_source", init)
     elif init == "scratch":
-        tok_cfg = dataclasses.replace(
-            tok_cfg,
-            **_given(kind=args.tokenizer_kind, vocab_size=args.vocab_size),
-            **({"lowercase": False} if args.cased else {}),
-        )
+        tok_changes = _given(kind=args.tokenizer_kind, vocab_size=args.vocab_size)
+        if args.cased:
+            tok_changes["lowercase"] = False
+        tok_cfg = dataclasses.replace(tok_cfg, **tok_changes)
         tokenizer = _scratch_tokenizer(args, train_data.texts, tok_cfg, out, ctx)
-        enc_cfg = dataclasses.replace(
-            chosen.encoder,
-            vocab_size=tokenizer.get_vocab_size(),
-            n_classes=len(labels),
-            pad_id=tok_lib.pad_id(tokenizer),
-            **_given(max_length=args.max_length, pooling=args.pooling, dropout=args.dropout,
-                     n_layers=args.layers, d_model=args.d_model),
-        )
+        shape = _given(max_length=args.max_length, pooling=args.pooling, dropout=args.dropout,
+                       n_layers=args.layers, d_model=args.d_model)
+        if args.d_model:
+            shape["d_ff"] = 4 * args.d_model  # keep the usual 4x feed-forward width
+        try:
+            enc_cfg = dataclasses.replace(
+                chosen.encoder, vocab_size=tokenizer.get_vocab_size(), n_classes=len(labels),
+                pad_id=tok_lib.pad_id(tokenizer), **shape,
+            )
+        except ValueError as exc:  # e.g. --d-model not divisible by the preset's heads
+            raise ModelError(f"invalid model shape: {exc}") from exc
         model = EncoderClassifier(enc_cfg)
         init_source = "scratch"
     else:
@@ -286,7 +301,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         model, tokenizer, train_data, val_data, labels, train_cfg,
         checkpoint_path=ckpt_path, resume=stored is not None, device=ctx.device,
         progress=not args.no_progress and sys.stderr.isatty(),
-        extra_checkpoint={"init": init, "init_source": init_source, "preset": args.preset},
+        extra_checkpoint={"init": init, "init_source": init_source, "preset": preset_name},
     )
     if not ctx.is_main:
         _finish_distributed(ctx)
@@ -318,7 +333,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary["int8_accuracy_change"] = metrics["accuracy"] - fp32["accuracy"]
 
     training = {
-        "preset": args.preset,
+        # A pretrained encoder brings its own shape; its training defaults are the fine-tuning ones.
+        "preset": preset_name if init == "scratch" else "finetune",
         "init": init_source,
         "train_config": dataclasses.asdict(train_cfg),
         "tokenizer_config": dataclasses.asdict(tok_cfg) if init == "scratch" and not args.tokenizer else None,
@@ -420,8 +436,8 @@ def _scratch_tokenizer(args: argparse.Namespace, texts: Sequence[str], cfg: Any,
 
 def _pretrained(args: argparse.Namespace, source: str, n_classes: int) -> tuple[Any, Any, str]:
     """A pretrained encoder (contract: model.pretrained.load_pretrained), imported only when asked."""
-    if args.tokenizer or args.vocab_size or args.tokenizer_kind or args.layers or args.d_model:
-        raise ModelError("--tokenizer, --vocab-size, --tokenizer-kind, --layers and --d-model apply to"
+    if args.tokenizer or args.vocab_size or args.tokenizer_kind or args.layers or args.d_model or args.cased:
+        raise ModelError("--tokenizer, --vocab-size, --tokenizer-kind, --cased, --layers and --d-model apply to"
                          " --init scratch only: a pretrained encoder brings its own")
     try:
         from model.pretrained import load_pretrained
@@ -592,6 +608,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------- main
 
 
+class _CurrentStderr:
+    """Whatever ``sys.stderr`` is at the time of writing (tests and tools swap it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(level: str = "info", fmt: str = "console") -> None:
     """structlog to stderr (stdout stays clean for predictions and JSON)."""
     renderer: Any = (
@@ -605,7 +631,7 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
 

@@ -141,11 +141,16 @@ PRESET_NAMES = tuple(_PRESETS)
 def finetune_train_config() -> TrainConfig:
     """Training defaults for a pretrained encoder (``--init minilm|PATH``).
 
-    Pretrained weights want a learning rate ~10x below from-scratch training, fewer epochs,
-    and smaller updates in the lower layers (layer-wise LR decay) so the general features
-    learned in pre-training survive while the new head fits the task.
+    The usual BERT fine-tuning recipe: a learning rate ~20x below from-scratch training, a
+    short linear warmup, then linear decay over 3 epochs. Measured with all-MiniLM-L6-v2
+    through this code (bench/finetune_bench.py, one GPU run, bf16): AG News 0.905 accuracy
+    (TF-IDF baseline 0.866), SMS spam-class F1 0.955-0.964 over four seeds (0.96-0.97 with
+    4 epochs). An alternative recipe (lr 8e-5, 10% warmup, layer-wise LR decay 0.9, 4 epochs)
+    did no better (AG News 0.906, spam F1 0.952), so layer-wise decay stays opt-in
+    (``--layer-lr-decay 0.9``). Three epochs keep AG News-sized sets (10k texts) well under
+    45 minutes on 2 CPU cores.
     """
     return TrainConfig(
-        epochs=4, batch_size=32, lr=8e-5, weight_decay=0.01, warmup_ratio=0.1,
-        patience=2, layer_lr_decay=0.9,
+        epochs=3, batch_size=32, lr=5e-5, weight_decay=0.01, warmup_ratio=0.06,
+        schedule="linear", patience=2, layer_lr_decay=1.0,
     )

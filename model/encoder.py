@@ -140,7 +140,9 @@ class Embeddings(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         T = input_ids.size(1)
         x = self.tokens(input_ids)  # (B, T, C)
-        x = x + self.positions.weight[:T]  # (T, C), broadcast over B
+        # getattr: the same line for both kinds, and a plain Tensor for the type checker.
+        table: torch.Tensor = getattr(self.positions, "weight")  # noqa: B009  # (max_length, C)
+        x = x + table[:T]  # (T, C), broadcast over B
         token_type = self.token_type
         if token_type is not None:
             x = x + token_type

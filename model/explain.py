@@ -141,7 +141,7 @@ def plot_explanation(explanation: Explanation, path: str | Path) -> Path:
     ax.set_title(
         f"{explanation.label} ({max(explanation.probabilities):.2f}): attention received per token"
     )
-    fig.colorbar(image, ax=ax, label="relative (row max = 1)")
+    fig.colorbar(image, ax=ax, label="relative within the row (min 0, max 1)")
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -151,6 +151,9 @@ def plot_explanation(explanation: Explanation, path: str | Path) -> Path:
 
 
 def _normalise(row: Sequence[float]) -> np.ndarray:
+    """Stretch a row to [0, 1] (min to max): attention is spread thin, so contrast matters."""
     values = np.asarray(row, dtype=np.float64)
-    peak = values.max() if values.size else 1.0
-    return values / peak if peak > 0 else values
+    if not values.size:
+        return values
+    span = values.max() - values.min()
+    return (values - values.min()) / span if span > 0 else np.ones_like(values)

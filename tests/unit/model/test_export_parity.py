@@ -13,7 +13,7 @@ from model_support import TOPICS, tiny_config
 from model import export as export_lib
 from model.bundle import CONFIG_FILE, Bundle
 from model.encoder import EncoderClassifier, ProbabilityModel
-from model.errors import ParityError
+from model.errors import BundleError, ParityError
 from model.export import check_parity, eager_probability_model, export_bundle, parity_batch, script
 
 LABELS = sorted(TOPICS)
@@ -83,7 +83,8 @@ def test_export_writes_a_bundle_that_matches_eager(model, tokenizer, rows, tmp_p
 
 
 def test_int8_export_checks_int8_parity_and_records_the_change(model, tokenizer, rows, tmp_path):
-    """An int8 bundle is checked against the int8 eager model; the fp32 gap is only recorded."""
+    """An int8 bundle is checked against the int8 eager model; the fp32 gap is only recorded;
+    loading it for a GPU is refused with a clear message."""
     texts = [r["text"] for r in rows[:30]]
     result = export_bundle(model, tokenizer, LABELS, tmp_path / "q", parity_texts=texts,
                            name="q", precision="int8")
@@ -95,4 +96,6 @@ def test_int8_export_checks_int8_parity_and_records_the_change(model, tokenizer,
     int8_eager = eager_probability_model(model, "int8")
     with torch.inference_mode():
         assert (bundle.predict_proba(texts) - int8_eager(*bundle.encode(texts))).abs().max() <= 1e-5
+    with pytest.raises(BundleError, match="runs on CPU only"):
+        Bundle.load(result.path, device="cuda")  # refused before any CUDA call
     shutil.rmtree(result.path)

@@ -108,4 +108,4 @@ def test_unknown_pretrained_source_is_a_clear_error(capsys, tmp_path):
     data = write_jsonl(tmp_path / "t.jsonl", synthetic_rows(60))
     code, _, err = run(capsys, "train", "--train", str(data), "--out", str(tmp_path / "o"),
                        "--init", str(tmp_path / "no-such-checkpoint"), "--no-progress")
-    assert code == 1 and err.startswith("error: ")
+    assert code == 1 and "\nerror: " in "\n" + err

@@ -167,6 +167,7 @@ def _ddp_worker(rank: int, port: int, out: str, splits, tok) -> None:
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow  # two fresh processes importing torch: ~10 s on a quiet 2-core machine
 def test_ddp_on_cpu_with_gloo_keeps_ranks_in_step(tok, splits, tmp_path):
     """Two gloo processes train in lock-step: identical weights and metrics on both ranks."""
     mp.spawn(_ddp_worker, args=(_free_port(), str(tmp_path), splits, tok), nprocs=2, join=True)
