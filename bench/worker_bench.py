@@ -6,7 +6,9 @@ For each bundle, with AG News + SMS Spam texts from ../shared/datasets (skipped,
 absent) on a 3-partition input topic:
 
 (a) model-only ceiling: the same bundle, batch limits and threads, texts fed from memory through
-    the worker's own tokenizer call, batcher and runner: no Kafka.
+    the worker's own tokenizer call, batcher and runner: no Kafka. (a) and (b) alternate
+    ``--repeats`` times and the best run of each counts; CPU time per event is shown too, being
+    less sensitive than throughput to other work on the machine.
 (b) worker end-to-end: ``tagstream-worker run`` as a separate process on the pre-filled topic.
     Throughput = results / (last result's time - first input's read time), from the results'
     own timestamps, so the benchmark's polling costs the worker nothing. Target: >= 85% of (a).
@@ -59,9 +61,13 @@ class BundleReport:
     max_length: int = 0
     events: int = 0
     ceiling_eps: float = 0.0
+    ceiling_runs: list[float] = field(default_factory=list)
+    ceiling_cpu_us: float = 0.0
     ceiling_batches: int = 0
     full_batch_p99_s: float = 0.0
     worker_eps: float = 0.0
+    worker_runs: list[float] = field(default_factory=list)
+    worker_cpu_us: float = 0.0
     worker_results: int = 0
     worker_unique_ids: int = 0
     naive_eps: float = 0.0
@@ -118,6 +124,7 @@ def model_ceiling(bundle: Path, texts: list[str], args: argparse.Namespace) -> d
     full_batch_s: list[float] = []
     batches = 0
     chunk = 500  # the worker tokenizes one poll (up to 500 records) per call
+    cpu_started = time.process_time()  # this process is otherwise idle: all of it is the pipeline
     started = time.perf_counter()
     for i in range(0, len(texts), chunk):
         ids = runner.tokenize(texts[i : i + chunk])
@@ -130,8 +137,10 @@ def model_ceiling(bundle: Path, texts: list[str], args: argparse.Namespace) -> d
             if batch.reason in ("size", "tokens"):
                 full_batch_s.append(result.seconds)
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
     return {
         "eps": len(texts) / elapsed,
+        "cpu_us": cpu / len(texts) * 1e6,
         "batches": batches,
         "full_batch_p99_s": percentile(full_batch_s, 0.99) if full_batch_s else 0.0,
         "name": runner.name,
@@ -221,6 +230,12 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def load_avg() -> str:
     one, five, _ = os.getloadavg()
     return f"{one:.1f}/{five:.1f} (1/5 min) on {os.cpu_count()} cores"
@@ -292,7 +307,9 @@ def worker_throughput(bootstrap: str, bundle: Path, texts: list[str], args: argp
     worker = WorkerProcess(bootstrap, topic, bundle, args, f"throughput-{topic}")
     try:
         worker.wait_ready()
+        cpu_started = cpu_seconds(worker.proc.pid)
         worker.wait_out(len(texts))
+        cpu = cpu_seconds(worker.proc.pid) - cpu_started
     finally:
         rss = worker.stop()
     records = read_all(bootstrap, f"{topic}.labels", len(texts))
@@ -303,6 +320,7 @@ def worker_throughput(bootstrap: str, bundle: Path, texts: list[str], args: argp
         "eps": len(results) / max(1e-3, (last_ms - first_read_ms) / 1000),
         "results": len(results),
         "unique": len({res["id"] for _, res in results}),
+        "cpu_us": cpu / len(texts) * 1e6,
         "rss_mb": rss,
         "topic": topic,
     }
@@ -409,6 +427,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _runs(values: list[float]) -> str:
+    return ", ".join(f"{v:,.0f}" for v in values)
+
+
 def verdict(ok: bool) -> str:
     return "yes" if ok else "NO"
 
@@ -423,10 +445,11 @@ def print_report(r: BundleReport, args: argparse.Namespace) -> None:
     ratio = r.worker_eps / r.ceiling_eps if r.ceiling_eps else 0.0
     speedup = r.worker_eps / r.naive_eps if r.naive_eps else 0.0
     rows = [
-        ("(a) model-only ceiling", f"{r.ceiling_eps:,.0f} events/s ({r.ceiling_batches} batches; p99 full batch"
-         f" {r.full_batch_p99_s * 1000:.1f} ms)", "", "", r.load.get("a", "")),
-        ("(b) worker end-to-end", f"{r.worker_eps:,.0f} events/s = {ratio:.0%} of (a); {r.worker_results}"
-         f" results, {r.worker_unique_ids} ids", ">= 85% of (a)", verdict(ratio >= 0.85), r.load.get("b", "")),
+        ("(a) model-only ceiling", f"{r.ceiling_eps:,.0f} events/s, {r.ceiling_cpu_us:,.0f} us CPU/event (runs:"
+         f" {_runs(r.ceiling_runs)}; p99 full batch {r.full_batch_p99_s * 1000:.1f} ms)", "", "", r.load.get("a", "")),
+        ("(b) worker end-to-end", f"{r.worker_eps:,.0f} events/s = {ratio:.0%} of (a), {r.worker_cpu_us:,.0f} us"
+         f" CPU/event (runs: {_runs(r.worker_runs)}); {r.worker_results} results, {r.worker_unique_ids} ids",
+         ">= 85% of (a)", verdict(ratio >= 0.85), r.load.get("b", "")),
         ("(c) naive worker", f"{r.naive_eps:,.1f} events/s ({r.naive_events} events); worker is {speedup:.1f}x",
          ">= 5x", verdict(speedup >= 5), r.load.get("c", "")),
         ("(d) latency at 50% load", f"p50 {r.latency_p50_s * 1000:.0f} ms, p99 {r.latency_p99_s * 1000:.0f} ms at"
@@ -446,29 +469,41 @@ def bench_bundle(bundle: Path, bootstrap: str, texts: list[str], args: argparse.
     report = BundleReport(bundle=str(bundle))
     step = lambda text: print(f"[{time.strftime('%H:%M:%S')}] {bundle.name}: {text}", file=sys.stderr, flush=True)  # noqa: E731
 
-    step("(a) model-only ceiling")
+    step("(a) model-only ceiling (probe)")
     probe = model_ceiling(bundle, take(texts, min(2000, len(texts))), args)
     events = args.events or int(min(max(probe["eps"] * args.target_seconds, 2000), 40_000))
     report.events = events
     workload = take(texts, events)
-    report.load["a"] = load_avg()
-    ceiling = model_ceiling(bundle, workload, args)
-    report.name, report.version = ceiling["name"], ceiling["version"]
-    report.labels, report.max_length = ceiling["labels"], ceiling["max_length"]
-    report.ceiling_eps, report.ceiling_batches = ceiling["eps"], ceiling["batches"]
-    report.full_batch_p99_s = ceiling["full_batch_p99_s"]
+    report.load["a"] = report.load["b"] = ""
+    # (a) and (b) alternate; the best run of each counts: other work on a shared machine only
+    # ever slows a run down, so the fastest is the least disturbed.
+    for run in range(args.repeats):
+        step(f"(a) model-only ceiling on {events} events, run {run + 1}/{args.repeats}")
+        load = load_avg()
+        ceiling = model_ceiling(bundle, workload, args)
+        report.ceiling_runs.append(ceiling["eps"])
+        if ceiling["eps"] >= max(report.ceiling_runs):
+            report.ceiling_eps, report.ceiling_cpu_us, report.load["a"] = ceiling["eps"], ceiling["cpu_us"], load
+            report.name, report.version = ceiling["name"], ceiling["version"]
+            report.labels, report.max_length = ceiling["labels"], ceiling["max_length"]
+            report.ceiling_batches = ceiling["batches"]
+            report.full_batch_p99_s = ceiling["full_batch_p99_s"]
+        step(f"(b) worker end-to-end on {events} events, run {run + 1}/{args.repeats}")
+        load = load_avg()
+        e2e = worker_throughput(bootstrap, bundle, workload, args)
+        report.worker_runs.append(e2e["eps"])
+        if e2e["unique"] != events:
+            report.notes.append(f"run {run + 1}: the worker produced {e2e['unique']} distinct ids for {events} inputs")
+        if e2e["eps"] >= max(report.worker_runs):
+            report.worker_eps, report.worker_cpu_us, report.load["b"] = e2e["eps"], e2e["cpu_us"], load
+            report.worker_results, report.worker_unique_ids = e2e["results"], e2e["unique"]
+            report.peak_rss_mb = max(report.peak_rss_mb, e2e["rss_mb"])
+            topic = e2e["topic"]
     report.latency_target_s = args.max_wait_ms / 1000 + 3 * report.full_batch_p99_s
-
-    step(f"(b) worker end-to-end on {events} events")
-    report.load["b"] = load_avg()
-    e2e = worker_throughput(bootstrap, bundle, workload, args)
-    report.worker_eps, report.worker_results, report.worker_unique_ids = e2e["eps"], e2e["results"], e2e["unique"]
-    if e2e["unique"] != events:
-        report.notes.append(f"the worker produced {e2e['unique']} distinct ids for {events} inputs")
 
     step(f"(c) naive worker on {args.naive_events} events")
     report.load["c"] = load_avg()
-    naive = naive_throughput(bootstrap, bundle, e2e["topic"], args)
+    naive = naive_throughput(bootstrap, bundle, topic, args)
     report.naive_eps, report.naive_events = naive["eps"], naive["events"]
 
     rate = report.worker_eps * 0.5
@@ -477,7 +512,7 @@ def bench_bundle(bundle: Path, bootstrap: str, texts: list[str], args: argparse.
     lat = latency_at(bootstrap, bundle, texts, rate, args)
     report.offered_eps, report.latency_results = lat["offered_eps"], lat["results"]
     report.latency_p50_s, report.latency_p99_s = lat["p50_s"], lat["p99_s"]
-    report.peak_rss_mb = max(e2e["rss_mb"], lat["rss_mb"])
+    report.peak_rss_mb = max(report.peak_rss_mb, lat["rss_mb"])
     return report
 
 
@@ -493,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="events for (a) and (b); 0 = enough for --target-seconds at the ceiling")
     parser.add_argument("--target-seconds", type=float, default=20.0, help="aimed length of (b) when --events 0")
     parser.add_argument("--naive-events", type=int, default=300, help="events for the naive worker (c)")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating runs of (a) and (b); the best counts")
     parser.add_argument("--latency-seconds", type=float, default=20.0, help="length of the steady load in (d)")
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--max-batch-tokens", type=int, default=8192)

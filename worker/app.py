@@ -58,6 +58,7 @@ IDLE_WAIT_S = 0.1  # inference stage wake-up when idle: bounds how fast it notic
 SINK_QUEUE_BATCHES = 4  # inference -> sink: enough to overlap, small enough to bound memory
 PRODUCER_LINGER_MS = 5  # results of one batch leave in a few produce requests, not one each
 PRODUCER_BATCH_BYTES = 256 * 1024
+DRAIN_RESERVE_MAX_S = 3.0  # of the drain deadline, kept for flush + commit + close
 
 
 @dataclass
@@ -94,6 +95,8 @@ class Worker:
         self._source: Source | None = None
         self._sink: Sink | None = None
         self._limits = BatchLimits(settings.max_batch_size, settings.max_batch_tokens, settings.max_wait_ms / 1000)
+        # Of drain_timeout_s, the part kept for the final flush, commit and close.
+        self._drain_reserve_s = min(DRAIN_RESERVE_MAX_S, settings.drain_timeout_s / 4)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -273,12 +276,12 @@ class Worker:
             self.stop()  # whatever ended the loop, the rest drains
             deadline = (self._stop_at or time.monotonic()) + self.settings.drain_timeout_s
             try:
-                left = self._source.drain(deadline, downstream_done=self._downstream_done)
+                left = self._source.drain(deadline - self._drain_reserve_s / 2, downstream_done=self._downstream_done)
                 level = log.warning if left else log.info
                 level("drained", unacknowledged_left_for_redelivery=left)
             finally:
                 try:
-                    self._consumer.close(autocommit=False, timeout_ms=5000)
+                    self._consumer.close(autocommit=False, timeout_ms=int(1000 * max(0.5, self._remaining())))
                 except Exception as exc:
                     log.warning("consumer_close_failed", error=repr(exc))
 
@@ -300,6 +303,14 @@ class Worker:
                 due = batcher.time_until_due(now)
                 wait = IDLE_WAIT_S if due is None else min(due, IDLE_WAIT_S)
                 events, letters, closed = handoff.take(wait)  # returns at once once closed
+                if closed and self._remaining() < self._drain_reserve_s:
+                    # Shutting down and out of time: what has not run yet is redelivered after
+                    # the restart; the time left is for flushing and committing what has.
+                    late = [*batcher.remove_if(lambda _: True), *events]
+                    self._abandon(late)
+                    self._abandon(letters)
+                    log.warning("drain_deadline_dropping", inputs=len(late) + len(letters))
+                    return
                 if letters:
                     keep, drop = _split(letters, tracker.accepts)
                     self._abandon(drop, release=False)
