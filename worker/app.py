@@ -2,8 +2,10 @@
 
     consumer thread     Source: poll -> parse -> tokenize (per poll) -> InputHandoff (pauses when full)
                         also: commits (the Committer), rebalance callbacks, lag
-    inference thread    InputHandoff -> Batcher -> ModelRunner.classify -> sink queue (capacity 4)
-                        also: swaps in a reloaded bundle between batches
+    batcher thread      InputHandoff -> Batcher -> batch queue (one batch waiting per stream)
+                        also: swaps in a reloaded bundle between batches, purges revoked inputs
+    model threads       batch queue -> ModelRunner.classify -> sink queue (capacity 4); one per
+                        inference stream, each on threads/streams intra-op threads
     sink thread         sink queue -> producer.send; delivery callbacks ack offsets in the tracker
     watcher thread      BundleWatcher: verifies and loads new bundles in the background
     telemetry thread    /metrics, /healthz, /readyz
@@ -44,7 +46,14 @@ from worker.handoff import InputHandoff
 from worker.kafka_compat import apply_join_fix
 from worker.offsets import Committer, OffsetTracker, commit_failure
 from worker.reload import BundleWatcher, RunnerSlot
-from worker.runner import Classified, ModelRunner, configure_threads, resolve_device, resolve_dtype
+from worker.runner import (
+    Classified,
+    ModelRunner,
+    configure_threads,
+    resolve_device,
+    resolve_dtype,
+    resolve_streams,
+)
 from worker.settings import WorkerSettings, check_against_bundle
 from worker.sink import Router, Sink
 from worker.source import Source
@@ -54,8 +63,8 @@ log = get_logger("tagstream.worker")
 
 BOOTSTRAP_TIMEOUT_MS = 15_000  # how long start-up waits for a broker before exiting non-zero
 SEND_MAX_BLOCK_MS = 15_000  # how long send() may block on topic metadata or a full buffer
-IDLE_WAIT_S = 0.1  # inference stage wake-up when idle: bounds how fast it notices a shutdown
-SINK_QUEUE_BATCHES = 4  # inference -> sink: enough to overlap, small enough to bound memory
+IDLE_WAIT_S = 0.1  # batcher wake-up when idle: bounds how fast it notices a shutdown or a revocation
+SINK_QUEUE_BATCHES = 4  # model threads -> sink: enough to overlap, small enough to bound memory
 PRODUCER_LINGER_MS = 5  # results of one batch leave in a few produce requests, not one each
 PRODUCER_BATCH_BYTES = 256 * 1024
 DRAIN_RESERVE_MAX_S = 3.0  # of the drain deadline, kept for flush + commit + close
@@ -89,6 +98,9 @@ class Worker:
         self._fatal: WorkerError | None = None
         self._fatal_lock = threading.Lock()
         self._sink_queue: queue.Queue[Any] = queue.Queue(maxsize=SINK_QUEUE_BATCHES)
+        self._streams = 1
+        # batcher -> model threads: one formed batch waits per stream (TEI's prefetch of one)
+        self._batch_queue: queue.Queue[Any] = queue.Queue()
         self._threads: dict[str, threading.Thread] = {}
         self._producer: Any = None
         self._consumer: Any = None
@@ -112,14 +124,16 @@ class Worker:
 
     def _start(self) -> None:
         s = self.settings
-        threads = configure_threads(s.threads)
         device = resolve_device(s.device)
         dtype = resolve_dtype(s.dtype, device)
+        self._streams, per_stream = resolve_streams(s.inference_streams, device, s.threads)
+        threads = configure_threads(per_stream)
         runner = self._load_runner(s.bundle_path, device, dtype)
         warm_s = runner.warm_up()
         log.info(
             "model_ready", name=runner.name, version=runner.version, labels=runner.labels, device=str(device),
-            dtype=str(dtype or "float32"), threads=threads, warm_up_s=round(warm_s, 3),
+            dtype=str(dtype or "float32"), streams=self._streams, threads_per_stream=threads,
+            warm_up_s=round(warm_s, 3),
             warm_up_shapes=runner.warm_up_shapes,
         )
         self.slot = RunnerSlot(runner)
@@ -146,9 +160,8 @@ class Worker:
                 if deadline is not None and time.monotonic() >= deadline:
                     return None
                 source.join(0.2)
-        for name in ("inference", "sink"):
-            thread = self._threads.get(name)
-            if thread is not None:
+        for name, thread in self._threads.items():
+            if name != "watcher":  # batcher, model-N, sink: they end once the drain is done
                 thread.join(timeout=max(0.1, self._remaining()))
         self._close()
         if self._fatal is not None:
@@ -211,8 +224,9 @@ class Worker:
                 allow_auto_create_topics=False, max_poll_records=500, **common,
             )
         )
+        consumer = self._consumer
         for topic in s.input_topics:
-            if not _kafka_call(s, lambda t=topic: self._consumer.partitions_for_topic(t)):
+            if not _kafka_call(s, lambda t=topic: consumer.partitions_for_topic(t)):  # type: ignore[misc]
                 raise BrokerError(
                     f"input topic {topic!r} does not exist (TAGSTREAM_INPUT_TOPICS); create it, or fix the name",
                     Failure.TOPIC_MISSING,
@@ -240,8 +254,11 @@ class Worker:
         self._sink = Sink(self._producer, Router(s), self.tracker, self.metrics, self._fail)
         self._source.subscribe()
         self._spawn("source", self._source_main)
-        self._spawn("inference", self._inference_main)
+        self._batch_queue = queue.Queue(maxsize=self._streams)
         self._spawn("sink", self._sink_main)
+        for i in range(self._streams):
+            self._spawn(f"model-{i}", self._model_main)
+        self._spawn("batcher", self._batcher_main)
         if s.reload_interval_s > 0:
             watcher = BundleWatcher(
                 s.bundle_path, slot=self.slot, metrics=self.metrics, interval_s=s.reload_interval_s,
@@ -285,7 +302,8 @@ class Worker:
                 except Exception as exc:
                     log.warning("consumer_close_failed", error=repr(exc))
 
-    def _inference_main(self) -> None:
+    def _batcher_main(self) -> None:
+        """Take inputs from the source, form batches, hand them to the model threads."""
         assert self.slot is not None
         batcher: Batcher[Event] = Batcher(self._limits)
         handoff = self.handoff
@@ -324,11 +342,27 @@ class Worker:
                         self._abandon([event])
                 while (batch := batcher.next_batch(time.monotonic(), flush=closed)) is not None:
                     handoff.release(len(batch.items))
-                    self._run_batch(batch, self.slot.current)
+                    if not self._put_batch((batch, self.slot.current)):
+                        self._abandon(batch.items, release=False)  # no model thread left
                 if closed and not events and not letters and len(batcher) == 0:
                     return
         finally:
+            for _ in range(self._streams):
+                self._put_batch(_STOP)
+            for i in range(self._streams):
+                model = self._threads.get(f"model-{i}")
+                if model is not None:
+                    model.join()
             self._put_stop_for_sink()
+
+    def _model_main(self) -> None:
+        """Run batches through the model until the batcher says stop (one per stream)."""
+        while True:
+            work = self._batch_queue.get()
+            if work is _STOP:
+                return
+            batch, runner = work
+            self._run_batch(batch, runner)
 
     def _sink_main(self) -> None:
         assert self._sink is not None
@@ -346,7 +380,7 @@ class Worker:
             if not sink.flush(max(0.5, self._remaining())):
                 log.warning("producer_flush_timed_out")
 
-    # -- inference helpers --------------------------------------------------------------------------
+    # -- model-thread helpers --------------------------------------------------------------------------
     def _run_batch(self, batch: Batch[Event], runner: ModelRunner) -> None:
         events, dropped = _split(batch.items, self.tracker.accepts)
         self._abandon(dropped, release=False)
@@ -425,6 +459,17 @@ class Worker:
                 if sink is not None and not sink.is_alive():
                     return  # nothing will be acknowledged, so nothing is committed: redelivered
 
+    def _put_batch(self, work: Any) -> bool:
+        """Queue a batch for the model threads, blocking while all are busy; False if none is alive."""
+        while True:
+            try:
+                self._batch_queue.put(work, timeout=0.5)
+                return True
+            except queue.Full:
+                models = [t for name, t in self._threads.items() if name.startswith("model-")]
+                if not any(t.is_alive() for t in models):
+                    return False
+
     def _put_stop_for_sink(self) -> None:
         self._to_sink(_STOP)
 
@@ -494,7 +539,8 @@ class Worker:
 
 def _split(items: list, accepts: Callable[[tuple[str, int], int], bool]) -> tuple[list, list]:
     """(still wanted, of revoked partitions) in one pass."""
-    keep, drop = [], []
+    keep: list = []
+    drop: list = []
     for item in items:
         (keep if accepts((item.topic, item.partition), item.epoch) else drop).append(item)
     return keep, drop

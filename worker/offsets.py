@@ -59,7 +59,7 @@ class OffsetTracker:
         # Acks arrive on the producer's I/O thread; appending to a deque is atomic, so the
         # hot path takes no lock. They are applied when positions are computed.
         self._inbox: deque[tuple[TopicPartition, int, int]] = deque()
-        self.revocations = 0  # bumped by begin_revoke, so the inference stage knows to purge
+        self.revocations = 0  # bumped by begin_revoke, so the batcher thread knows to purge
 
     # -- assignment ------------------------------------------------------------------------
     def assign(self, partitions: Iterable[TopicPartition]) -> None:

@@ -147,6 +147,11 @@ class WorkerSettings(BaseSettings):
     threads: int = Field(
         0, ge=0, description="CPU threads for the model; 0 = all cores. Fewer leaves room for Kafka I/O."
     )
+    inference_streams: int = Field(
+        0, ge=0, le=64,
+        description="Batches the model runs at once, each on threads/streams CPU threads; 0 = auto: 2 on a"
+        " CPU with 2+ threads (keeps every core busy while Kafka work preempts one), 1 on a GPU.",
+    )
     top_k: int = Field(3, ge=1, description="How many label scores each result carries (at most the label count).")
 
     # -- operations -----------------------------------------------------------------------------

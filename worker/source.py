@@ -2,13 +2,13 @@
 
 One thread owns the ``KafkaConsumer`` (it is not thread-safe): it polls every
 ``POLL_TIMEOUT_MS`` even while paused, which keeps ``max.poll.interval.ms`` satisfied, so the
-group never evicts a worker that is merely busy. When the inference stage has ``capacity``
+group never evicts a worker that is merely busy. When the batcher has ``capacity``
 inputs waiting, every assigned partition is paused; below half it resumes.
 
 Rebalances (kafka-python runs the listener on its I/O loop, so it is asynchronous and awaits
 instead of blocking the heartbeats):
 
-- revoked: inputs of those partitions still queued are dropped (the inference stage purges
+- revoked: inputs of those partitions still queued are dropped (the batcher purges
   them); batches already in the model or the producer are finished: the listener waits up to
   ``revoke_grace_s`` for their acknowledgements, commits the acknowledged prefix, then forgets
   the partitions. Whatever was dropped is redelivered to the next owner: never committed

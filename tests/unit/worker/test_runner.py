@@ -151,3 +151,47 @@ def test_tampered_bundle_is_refused(tiny_bundle, tmp_path):
     (copy / "labels.json").write_text('["a", "b", "c"]\n')
     with pytest.raises(BundleLoadError, match="failed verification"):
         runner_for(copy)
+
+
+@pytest.mark.parametrize(
+    ("requested", "device", "threads", "expected"),
+    [
+        (0, "cpu", 2, (2, 1)),
+        (0, "cpu", 8, (2, 4)),
+        (0, "cpu", 1, (1, 1)),
+        (4, "cpu", 8, (4, 2)),
+        (3, "cpu", 2, (3, 1)),
+        (0, "cuda:0", 8, (1, 8)),
+        (2, "cuda:0", 8, (2, 8)),
+    ],
+)
+def test_inference_streams(requested, device, threads, expected):
+    """auto runs two batches side by side on a multi-core CPU and one on a GPU; threads are split."""
+    from worker.runner import resolve_streams
+
+    assert resolve_streams(requested, torch.device(device), threads) == expected
+
+
+def test_concurrent_streams_give_the_same_answers(tiny_bundle):
+    """Two threads classifying at once with one runner get the answers each would get alone."""
+    import threading
+
+    runner = runner_for(tiny_bundle)
+    ids = runner.tokenize(fixture_texts(64, seed=31))
+    halves = [ids[:32], ids[32:]]
+    alone = [runner.classify(h) for h in halves]
+    together: list = [None, None]
+
+    def run(i: int) -> None:
+        for _ in range(5):
+            together[i] = runner.classify(halves[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b in zip(alone, together, strict=True):
+        assert a.top_indices == b.top_indices
+        for row_a, row_b in zip(a.top_scores, b.top_scores, strict=True):
+            assert row_a == pytest.approx(row_b, abs=1e-6)
