@@ -59,6 +59,7 @@ class BundleReport:
     version: str = ""
     labels: int = 0
     max_length: int = 0
+    streams: int = 0
     events: int = 0
     ceiling_eps: float = 0.0
     ceiling_runs: list[float] = field(default_factory=list)
@@ -107,41 +108,61 @@ def take(texts: list[str], n: int) -> list[str]:
 
 
 def model_ceiling(bundle: Path, texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
-    """Throughput of tokenizer + batcher + runner on ``texts`` from memory, as the worker uses them."""
+    """Throughput of tokenizer + batcher + runner on ``texts`` from memory, as the worker uses them:
+    this thread tokenizes per 500 texts and forms batches, ``streams`` threads run them."""
+    import queue
+    import threading
+
     import torch
 
     from worker.batcher import Batcher, BatchLimits
-    from worker.runner import ModelRunner, configure_threads
+    from worker.runner import ModelRunner, configure_threads, resolve_streams
 
-    configure_threads(args.threads)
+    device = torch.device("cpu")
+    streams, per_stream = resolve_streams(args.streams, device, args.threads)
+    configure_threads(per_stream)
     runner = ModelRunner.load(
-        bundle, device=torch.device("cpu"), autocast_dtype=None, max_batch_size=args.max_batch_size,
+        bundle, device=device, autocast_dtype=None, max_batch_size=args.max_batch_size,
         max_batch_tokens=args.max_batch_tokens, top_k=3,
     )
     runner.warm_up()
     limits = BatchLimits(args.max_batch_size, args.max_batch_tokens, args.max_wait_ms / 1000)
     batcher: Batcher[list[int]] = Batcher(limits)
     full_batch_s: list[float] = []
+    handoff: queue.Queue[Any] = queue.Queue(maxsize=streams)
+
+    def model_thread() -> None:
+        while (work := handoff.get()) is not None:
+            items, full = work
+            seconds = runner.classify(items).seconds
+            if full:
+                full_batch_s.append(seconds)
+
+    threads = [threading.Thread(target=model_thread) for _ in range(streams)]
     batches = 0
     chunk = 500  # the worker tokenizes one poll (up to 500 records) per call
     cpu_started = time.process_time()  # this process is otherwise idle: all of it is the pipeline
     started = time.perf_counter()
+    for thread in threads:
+        thread.start()
     for i in range(0, len(texts), chunk):
-        ids = runner.tokenize(texts[i : i + chunk])
-        for one in ids:
+        for one in runner.tokenize(texts[i : i + chunk]):
             batcher.add(one, len(one), 0.0)
         while (batch := batcher.next_batch(0.0, flush=i + chunk >= len(texts))) is not None:
             # Between polls only full batches go out (as under load); the last poll flushes.
-            result = runner.classify(batch.items)
+            handoff.put((batch.items, batch.reason in ("size", "tokens")))
             batches += 1
-            if batch.reason in ("size", "tokens"):
-                full_batch_s.append(result.seconds)
+    for _ in threads:
+        handoff.put(None)
+    for thread in threads:
+        thread.join()
     elapsed = time.perf_counter() - started
     cpu = time.process_time() - cpu_started
     return {
         "eps": len(texts) / elapsed,
         "cpu_us": cpu / len(texts) * 1e6,
         "batches": batches,
+        "streams": streams,
         "full_batch_p99_s": percentile(full_batch_s, 0.99) if full_batch_s else 0.0,
         "name": runner.name,
         "version": runner.version,
@@ -256,6 +277,7 @@ class WorkerProcess:
             TAGSTREAM_GROUP_ID=f"bench-{uuid.uuid4().hex[:8]}", TAGSTREAM_METRICS_PORT=str(self.port),
             TAGSTREAM_MAX_BATCH_SIZE=str(args.max_batch_size), TAGSTREAM_MAX_BATCH_TOKENS=str(args.max_batch_tokens),
             TAGSTREAM_MAX_WAIT_MS=str(args.max_wait_ms), TAGSTREAM_THREADS=str(args.threads),
+            TAGSTREAM_INFERENCE_STREAMS=str(args.streams),
             TAGSTREAM_RELOAD_INTERVAL_S="0", TAGSTREAM_LOG_LEVEL="INFO",
         )
         self.proc = subprocess.Popen(
@@ -440,7 +462,7 @@ def print_report(r: BundleReport, args: argparse.Namespace) -> None:
     print(
         f"load: {r.events} events (AG News + SMS texts) on a 3-partition topic; batch limits"
         f" {args.max_batch_size} inputs / {args.max_batch_tokens} padded tokens / {args.max_wait_ms} ms;"
-        f" threads {args.threads or os.cpu_count()}"
+        f" threads {args.threads or os.cpu_count()}, inference streams {r.streams or 'auto'}"
     )
     ratio = r.worker_eps / r.ceiling_eps if r.ceiling_eps else 0.0
     speedup = r.worker_eps / r.naive_eps if r.naive_eps else 0.0
@@ -486,7 +508,7 @@ def bench_bundle(bundle: Path, bootstrap: str, texts: list[str], args: argparse.
             report.ceiling_eps, report.ceiling_cpu_us, report.load["a"] = ceiling["eps"], ceiling["cpu_us"], load
             report.name, report.version = ceiling["name"], ceiling["version"]
             report.labels, report.max_length = ceiling["labels"], ceiling["max_length"]
-            report.ceiling_batches = ceiling["batches"]
+            report.ceiling_batches, report.streams = ceiling["batches"], ceiling["streams"]
             report.full_batch_p99_s = ceiling["full_batch_p99_s"]
         step(f"(b) worker end-to-end on {events} events, run {run + 1}/{args.repeats}")
         load = load_avg()
@@ -534,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-tokens", type=int, default=8192)
     parser.add_argument("--max-wait-ms", type=float, default=20)
     parser.add_argument("--threads", type=int, default=0, help="model threads (0 = all cores), worker and ceiling")
+    parser.add_argument("--streams", type=int, default=0, help="inference streams (0 = auto), worker and ceiling")
     args = parser.parse_args(argv)
 
     texts = load_texts(args.datasets)
