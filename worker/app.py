@@ -107,6 +107,7 @@ class Worker:
         self._source: Source | None = None
         self._sink: Sink | None = None
         self._limits = BatchLimits(settings.max_batch_size, settings.max_batch_tokens, settings.max_wait_ms / 1000)
+        self._debug = settings.log_level == "DEBUG"  # per-batch log lines only when asked for
         # Of drain_timeout_s, the part kept for the final flush, commit and close.
         self._drain_reserve_s = min(DRAIN_RESERVE_MAX_S, settings.drain_timeout_s / 4)
 
@@ -397,6 +398,13 @@ class Worker:
             self._retry_one_by_one(events, runner, exc)
             return
         self._observe_batch(batch, events, classified)
+        if self._debug:
+            first = events[0]
+            log.debug(
+                "batch", size=len(events), closed_by=batch.reason, padded_tokens=batch.padded_tokens,
+                inference_ms=round(classified.seconds * 1000, 2), topic=first.topic, partition=first.partition,
+                offset=first.offset, partitions=sorted({(e.topic, e.partition) for e in events}),
+            )
         self._to_sink(_Results(events, classified, runner.labels, runner.name, runner.version))
 
     def _retry_one_by_one(self, events: list[Event], runner: ModelRunner, error: InferenceError) -> None:

@@ -158,7 +158,7 @@ class ModelRunner:
         # re-tokenized only when the new bundle's tokenizer or max_length differ.
         self.tokenizer_key = f"{sha256_file(bundle.path / TOKENIZER_FILE)[:16]}:{self.max_length}"
         self._model = bundle.model
-        self._positions = torch.arange(self.max_length, device=device)  # for the mask, built on device
+        self._arange = np.arange(self.max_length)[None, :]  # (1, max_length), for the padding mask
         # The GPU path stages ids in pinned host memory allocated once at the largest batch,
         # so the host-to-device copy is asynchronous and no batch allocates pinned memory.
         # One buffer per calling thread, as concurrent streams each stage their own batch.
@@ -207,8 +207,8 @@ class ModelRunner:
         """Top-k labels and probabilities for one batch of tokenized inputs."""
         started = time.perf_counter()
         n = len(token_ids)
-        lengths = np.fromiter((len(ids) for ids in token_ids), dtype=np.int64, count=n)
-        longest = max(1, int(lengths.max()))
+        lengths = [len(ids) for ids in token_ids]
+        longest = max(1, max(lengths))
         pinned = self._pinned_buffer()
         if pinned is not None and n * longest <= pinned.numel():
             host = pinned[: n * longest].view(n, longest)
@@ -218,15 +218,22 @@ class ModelRunner:
         rows.fill(self.pad_id)
         for i, ids in enumerate(token_ids):
             rows[i, : len(ids)] = ids
+        # Built with numpy: every eager torch call releases and re-takes the GIL, and on a busy
+        # 2-core machine each re-take can wait a full switch interval behind a Kafka thread.
+        mask = torch.from_numpy((self._arange[:, :longest] < np.asarray(lengths)[:, None]).astype(np.int64))  # (B, T)
         try:
             with torch.inference_mode(), self._autocast():
-                input_ids = host.to(self.device, non_blocking=True)
-                lens = torch.from_numpy(lengths).to(self.device, non_blocking=True)
-                mask = (self._positions[:longest].unsqueeze(0) < lens.unsqueeze(1)).long()  # (B, T)
-                probs = self._model(input_ids, mask)  # (B, n_labels)
-                scores, indices = probs.float().topk(self.top_k, dim=1)  # (B, k)
-                top_scores = scores.cpu().tolist()  # the one synchronising copy back
-                top_indices = indices.cpu().tolist()
+                if self.device.type == "cpu":
+                    probs = self._model(host, mask).float().numpy()  # (B, n_labels)
+                    top_indices_np = np.argsort(-probs, axis=1, kind="stable")[:, : self.top_k]  # (B, k)
+                    top_scores = np.take_along_axis(probs, top_indices_np, axis=1).tolist()
+                    top_indices = top_indices_np.tolist()
+                else:
+                    input_ids = host.to(self.device, non_blocking=True)
+                    device_mask = mask.to(self.device, non_blocking=True)
+                    scores, indices = self._model(input_ids, device_mask).float().topk(self.top_k, dim=1)  # (B, k)
+                    top_scores = scores.cpu().tolist()  # the synchronising copies back
+                    top_indices = indices.cpu().tolist()
         except Exception as exc:
             raise InferenceError(f"the model failed on a batch of {n} inputs (longest {longest} tokens): {exc}") from exc
         return Classified(top_indices, top_scores, time.perf_counter() - started)
