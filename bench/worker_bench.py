@@ -121,8 +121,10 @@ def model_ceiling(bundle: Path, texts: list[str], args: argparse.Namespace) -> d
     device = torch.device("cpu")
     streams, per_stream = resolve_streams(args.streams, device, args.threads)
     configure_threads(per_stream)
+    from worker.runner import resolve_dtype
+
     runner = ModelRunner.load(
-        bundle, device=device, autocast_dtype=None, max_batch_size=args.max_batch_size,
+        bundle, device=device, autocast_dtype=resolve_dtype(args.dtype, device), max_batch_size=args.max_batch_size,
         max_batch_tokens=args.max_batch_tokens, top_k=3,
     )
     runner.warm_up()
@@ -277,7 +279,7 @@ class WorkerProcess:
             TAGSTREAM_GROUP_ID=f"bench-{uuid.uuid4().hex[:8]}", TAGSTREAM_METRICS_PORT=str(self.port),
             TAGSTREAM_MAX_BATCH_SIZE=str(args.max_batch_size), TAGSTREAM_MAX_BATCH_TOKENS=str(args.max_batch_tokens),
             TAGSTREAM_MAX_WAIT_MS=str(args.max_wait_ms), TAGSTREAM_THREADS=str(args.threads),
-            TAGSTREAM_INFERENCE_STREAMS=str(args.streams),
+            TAGSTREAM_INFERENCE_STREAMS=str(args.streams), TAGSTREAM_DTYPE=args.dtype,
             TAGSTREAM_RELOAD_INTERVAL_S="0", TAGSTREAM_LOG_LEVEL="INFO",
         )
         self.proc = subprocess.Popen(
@@ -462,7 +464,7 @@ def print_report(r: BundleReport, args: argparse.Namespace) -> None:
     print(
         f"load: {r.events} events (AG News + SMS texts) on a 3-partition topic; batch limits"
         f" {args.max_batch_size} inputs / {args.max_batch_tokens} padded tokens / {args.max_wait_ms} ms;"
-        f" threads {args.threads or os.cpu_count()}, inference streams {r.streams or 'auto'}"
+        f" threads {args.threads or os.cpu_count()}, inference streams {r.streams or 'auto'}, dtype {args.dtype}"
     )
     ratio = r.worker_eps / r.ceiling_eps if r.ceiling_eps else 0.0
     speedup = r.worker_eps / r.naive_eps if r.naive_eps else 0.0
@@ -557,6 +559,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-wait-ms", type=float, default=20)
     parser.add_argument("--threads", type=int, default=0, help="model threads (0 = all cores), worker and ceiling")
     parser.add_argument("--streams", type=int, default=0, help="inference streams (0 = auto), worker and ceiling")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="compute precision of the worker and the ceiling; the naive worker (c) always"
+                        " runs the bundle as exported (float32)")
     args = parser.parse_args(argv)
 
     texts = load_texts(args.datasets)
