@@ -569,11 +569,7 @@ def _kafka_call(settings: WorkerSettings, call: Callable[[], Any]) -> Any:
     try:
         return call()
     except kafka_errors.KafkaTimeoutError as exc:
-        raise BrokerError(
-            f"no broker answered at {settings.bootstrap_servers} within {BOOTSTRAP_TIMEOUT_MS // 1000} s"
-            f" ({exc}); check TAGSTREAM_BOOTSTRAP_SERVERS and TAGSTREAM_SECURITY_PROTOCOL, and that the broker is up",
-            Failure.BROKER_UNREACHABLE,
-        ) from exc
+        raise _bootstrap_timeout_error(settings, exc) from exc
     except kafka_errors.KafkaError as exc:
         failure = failure_for_kafka_error(exc)
         hint = {
@@ -583,3 +579,44 @@ def _kafka_call(settings: WorkerSettings, call: Callable[[], Any]) -> Any:
             Failure.BROKER_UNREACHABLE: "; check TAGSTREAM_BOOTSTRAP_SERVERS",
         }.get(failure, "")
         raise BrokerError(f"Kafka refused the connection: {exc}{hint}", failure) from exc
+
+
+def _bootstrap_timeout_error(settings: WorkerSettings, exc: BaseException) -> BrokerError:
+    """Why bootstrapping timed out, as far as we can tell.
+
+    kafka-python reports a refused SASL login as a timeout (the broker delays its answer to a
+    failed authentication), so a plain TCP probe tells "nothing listens" from "it listens but
+    would not let us in".
+    """
+    listening = []
+    for server in settings.bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=2):
+                listening.append(server.strip())
+        except OSError:
+            pass
+    waited = f"within {BOOTSTRAP_TIMEOUT_MS // 1000} s"
+    if not listening:
+        return BrokerError(
+            f"nothing accepts connections at {settings.bootstrap_servers} ({exc}); check"
+            " TAGSTREAM_BOOTSTRAP_SERVERS and that the broker is up",
+            Failure.BROKER_UNREACHABLE,
+        )
+    if settings.security_protocol.startswith("SASL_"):
+        return BrokerError(
+            f"the broker at {listening[0]} accepts connections but the SASL login did not complete {waited}:"
+            " the credentials or mechanism are probably wrong; check TAGSTREAM_SASL_MECHANISM,"
+            " TAGSTREAM_SASL_USERNAME and TAGSTREAM_SASL_PASSWORD",
+            Failure.AUTHENTICATION_FAILED,
+        )
+    hint = (
+        "check TAGSTREAM_SSL_CAFILE, TAGSTREAM_SSL_CERTFILE and TAGSTREAM_SSL_KEYFILE"
+        if settings.security_protocol == "SSL"
+        else "is TAGSTREAM_SECURITY_PROTOCOL right for this listener?"
+    )
+    return BrokerError(
+        f"the broker at {listening[0]} accepts connections but did not answer Kafka requests {waited}"
+        f" ({exc}); {hint}",
+        Failure.BROKER_UNREACHABLE,
+    )
