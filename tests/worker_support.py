@@ -7,11 +7,23 @@ predictions are confident, which keeps "same label online and offline" free of t
 
 from __future__ import annotations
 
+import json
 import random
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 
 from model.bundle import write_bundle
 from model.config import EncoderConfig
@@ -19,12 +31,13 @@ from model.encoder import EncoderClassifier, ProbabilityModel
 
 LABELS = ["ham", "spam", "news"]
 
-_WORDS = (
-    "free win prize call now claim cash offer urgent reply stop text mobile "
-    "meeting lunch tonight home later thanks love sorry tomorrow see you "
-    "market shares rose fell government election team match season league "
-    "oil prices company profit quarter report minister talks peace storm"
-).split()
+_WORDS = [
+    "free", "win", "prize", "call", "now", "claim", "cash", "offer", "urgent", "reply", "stop",
+    "text", "mobile", "meeting", "lunch", "tonight", "home", "later", "thanks", "love",
+    "sorry", "tomorrow", "see", "you", "market", "shares", "rose", "fell", "government",
+    "election", "team", "match", "season", "league", "oil", "prices", "company", "profit",
+    "quarter", "report", "minister", "talks", "peace", "storm",
+]
 
 
 def fixture_texts(n: int, seed: int = 0, min_words: int = 2, max_words: int = 40) -> list[str]:
@@ -88,3 +101,59 @@ def make_tiny_bundle(
         metrics={},
         training={"note": "random weights for tests"},
     )
+
+
+# -- Kafka helpers for the integration tests -----------------------------------------------------
+# A worker with the tiny bundle starts in well under a second; results of a few thousand events
+# arrive in seconds. The timeouts only bound a failure.
+RESULTS_TIMEOUT_S = 90
+QUIET_S = 1.0  # after the expected count, keep reading this long to catch duplicates
+
+
+def produce_events(bootstrap: str, topic: str, texts: list[str], prefix: str = "e") -> list[str]:
+    """Send one JSON event per text (id ``{prefix}{i}``, key = id, a header); return the ids."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    ids = []
+    for i, text in enumerate(texts):
+        event_id = f"{prefix}{i}"
+        value = json.dumps({"id": event_id, "text": text}).encode()
+        producer.send(topic, value=value, key=event_id.encode(), headers=[("origin", b"test")])
+        ids.append(event_id)
+    producer.flush(30)
+    producer.close()
+    return ids
+
+
+def read_records(
+    bootstrap: str, topic: str, expected: int, timeout_s: float = RESULTS_TIMEOUT_S, quiet_s: float = QUIET_S
+) -> list[Any]:
+    """Read ``topic`` from the start until ``expected`` records arrived, then ``quiet_s`` longer."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None,
+        enable_auto_commit=False,
+    )
+    records: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        while len(records) < expected and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+        quiet_until = time.monotonic() + quiet_s
+        while time.monotonic() < quiet_until:
+            for batch in consumer.poll(timeout_ms=100).values():
+                records.extend(batch)
+    finally:
+        consumer.close()
+    return records
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.05)

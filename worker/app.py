@@ -2,8 +2,10 @@
 
     consumer thread     Source: poll -> parse -> tokenize (per poll) -> InputHandoff (pauses when full)
                         also: commits (the Committer), rebalance callbacks, lag
-    inference thread    InputHandoff -> Batcher -> ModelRunner.classify -> sink queue (capacity 4)
-                        also: swaps in a reloaded bundle between batches
+    batcher thread      InputHandoff -> Batcher -> batch queue (one batch waiting per stream)
+                        also: swaps in a reloaded bundle between batches, purges revoked inputs
+    model threads       batch queue -> ModelRunner.classify -> sink queue (capacity 4); one per
+                        inference stream, each on threads/streams intra-op threads
     sink thread         sink queue -> producer.send; delivery callbacks ack offsets in the tracker
     watcher thread      BundleWatcher: verifies and loads new bundles in the background
     telemetry thread    /metrics, /healthz, /readyz
@@ -41,9 +43,17 @@ from worker.errors import (
 )
 from worker.events import DeadLetter, Event, ParseConfig
 from worker.handoff import InputHandoff
+from worker.kafka_compat import apply_join_fix
 from worker.offsets import Committer, OffsetTracker, commit_failure
 from worker.reload import BundleWatcher, RunnerSlot
-from worker.runner import Classified, ModelRunner, configure_threads, resolve_device, resolve_dtype
+from worker.runner import (
+    Classified,
+    ModelRunner,
+    configure_threads,
+    resolve_device,
+    resolve_dtype,
+    resolve_streams,
+)
 from worker.settings import WorkerSettings, check_against_bundle
 from worker.sink import Router, Sink
 from worker.source import Source
@@ -53,10 +63,11 @@ log = get_logger("tagstream.worker")
 
 BOOTSTRAP_TIMEOUT_MS = 15_000  # how long start-up waits for a broker before exiting non-zero
 SEND_MAX_BLOCK_MS = 15_000  # how long send() may block on topic metadata or a full buffer
-IDLE_WAIT_S = 0.1  # inference stage wake-up when idle: bounds how fast it notices a shutdown
-SINK_QUEUE_BATCHES = 4  # inference -> sink: enough to overlap, small enough to bound memory
+IDLE_WAIT_S = 0.1  # batcher wake-up when idle: bounds how fast it notices a shutdown or a revocation
+SINK_QUEUE_BATCHES = 4  # model threads -> sink: enough to overlap, small enough to bound memory
 PRODUCER_LINGER_MS = 5  # results of one batch leave in a few produce requests, not one each
 PRODUCER_BATCH_BYTES = 256 * 1024
+DRAIN_RESERVE_MAX_S = 3.0  # of the drain deadline, kept for flush + commit + close
 
 
 @dataclass
@@ -87,12 +98,18 @@ class Worker:
         self._fatal: WorkerError | None = None
         self._fatal_lock = threading.Lock()
         self._sink_queue: queue.Queue[Any] = queue.Queue(maxsize=SINK_QUEUE_BATCHES)
+        self._streams = 1
+        # batcher -> model threads: one formed batch waits per stream (TEI's prefetch of one)
+        self._batch_queue: queue.Queue[Any] = queue.Queue()
         self._threads: dict[str, threading.Thread] = {}
         self._producer: Any = None
         self._consumer: Any = None
         self._source: Source | None = None
         self._sink: Sink | None = None
         self._limits = BatchLimits(settings.max_batch_size, settings.max_batch_tokens, settings.max_wait_ms / 1000)
+        self._debug = settings.log_level == "DEBUG"  # per-batch log lines only when asked for
+        # Of drain_timeout_s, the part kept for the final flush, commit and close.
+        self._drain_reserve_s = min(DRAIN_RESERVE_MAX_S, settings.drain_timeout_s / 4)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -100,15 +117,24 @@ class Worker:
 
         Raises WorkerError (with its Failure and exit code) when the worker cannot run.
         """
+        try:
+            self._start()
+        except BaseException:
+            self._close_connections()
+            raise
+
+    def _start(self) -> None:
         s = self.settings
-        threads = configure_threads(s.threads)
         device = resolve_device(s.device)
         dtype = resolve_dtype(s.dtype, device)
+        self._streams, per_stream = resolve_streams(s.inference_streams, device, s.threads)
+        threads = configure_threads(per_stream)
         runner = self._load_runner(s.bundle_path, device, dtype)
         warm_s = runner.warm_up()
         log.info(
             "model_ready", name=runner.name, version=runner.version, labels=runner.labels, device=str(device),
-            dtype=str(dtype or "float32"), threads=threads, warm_up_s=round(warm_s, 3),
+            dtype=str(dtype or "float32"), streams=self._streams, threads_per_stream=threads,
+            warm_up_s=round(warm_s, 3),
             warm_up_shapes=runner.warm_up_shapes,
         )
         self.slot = RunnerSlot(runner)
@@ -135,9 +161,8 @@ class Worker:
                 if deadline is not None and time.monotonic() >= deadline:
                     return None
                 source.join(0.2)
-        for name in ("inference", "sink"):
-            thread = self._threads.get(name)
-            if thread is not None:
+        for name, thread in self._threads.items():
+            if name != "watcher":  # batcher, model-N, sink: they end once the drain is done
                 thread.join(timeout=max(0.1, self._remaining()))
         self._close()
         if self._fatal is not None:
@@ -180,6 +205,7 @@ class Worker:
 
     def _connect(self) -> None:
         s = self.settings
+        apply_join_fix()  # kafka-python 3.0 can drop a completed group join: see kafka_compat.py
         common: dict[str, Any] = {
             "bootstrap_servers": [x.strip() for x in s.bootstrap_servers.split(",")],
             "client_id": f"tagstream-{socket.gethostname()}-{os.getpid()}",
@@ -199,8 +225,9 @@ class Worker:
                 allow_auto_create_topics=False, max_poll_records=500, **common,
             )
         )
+        consumer = self._consumer
         for topic in s.input_topics:
-            if not _kafka_call(s, lambda t=topic: self._consumer.partitions_for_topic(t)):
+            if not _kafka_call(s, lambda t=topic: consumer.partitions_for_topic(t)):  # type: ignore[misc]
                 raise BrokerError(
                     f"input topic {topic!r} does not exist (TAGSTREAM_INPUT_TOPICS); create it, or fix the name",
                     Failure.TOPIC_MISSING,
@@ -228,8 +255,11 @@ class Worker:
         self._sink = Sink(self._producer, Router(s), self.tracker, self.metrics, self._fail)
         self._source.subscribe()
         self._spawn("source", self._source_main)
-        self._spawn("inference", self._inference_main)
+        self._batch_queue = queue.Queue(maxsize=self._streams)
         self._spawn("sink", self._sink_main)
+        for i in range(self._streams):
+            self._spawn(f"model-{i}", self._model_main)
+        self._spawn("batcher", self._batcher_main)
         if s.reload_interval_s > 0:
             watcher = BundleWatcher(
                 s.bundle_path, slot=self.slot, metrics=self.metrics, interval_s=s.reload_interval_s,
@@ -264,40 +294,76 @@ class Worker:
             self.stop()  # whatever ended the loop, the rest drains
             deadline = (self._stop_at or time.monotonic()) + self.settings.drain_timeout_s
             try:
-                left = self._source.drain(deadline, downstream_done=self._downstream_done)
+                left = self._source.drain(deadline - self._drain_reserve_s / 2, downstream_done=self._downstream_done)
                 level = log.warning if left else log.info
                 level("drained", unacknowledged_left_for_redelivery=left)
             finally:
                 try:
-                    self._consumer.close(autocommit=False, timeout_ms=5000)
+                    self._consumer.close(autocommit=False, timeout_ms=int(1000 * max(0.5, self._remaining())))
                 except Exception as exc:
                     log.warning("consumer_close_failed", error=repr(exc))
 
-    def _inference_main(self) -> None:
+    def _batcher_main(self) -> None:
+        """Take inputs from the source, form batches, hand them to the model threads."""
         assert self.slot is not None
         batcher: Batcher[Event] = Batcher(self._limits)
         handoff = self.handoff
+        tracker = self.tracker
+        revocations = tracker.revocations
         try:
             while True:
                 swapped = self.slot.swap_if_offered()
                 if swapped is not None:
                     self._on_swap(swapped)
+                if tracker.revocations != revocations:  # a rebalance began: drop what it revokes
+                    revocations = tracker.revocations
+                    self._abandon(batcher.remove_if(lambda e: not tracker.accepts((e.topic, e.partition), e.epoch)))
                 now = time.monotonic()
                 due = batcher.time_until_due(now)
                 wait = IDLE_WAIT_S if due is None else min(due, IDLE_WAIT_S)
                 events, letters, closed = handoff.take(wait)  # returns at once once closed
+                if closed and self._remaining() < self._drain_reserve_s:
+                    # Shutting down and out of time: what has not run yet is redelivered after
+                    # the restart; the time left is for flushing and committing what has.
+                    late = [*batcher.remove_if(lambda _: True), *events]
+                    self._abandon(late)
+                    self._abandon(letters)
+                    log.warning("drain_deadline_dropping", inputs=len(late) + len(letters))
+                    return
                 if letters:
-                    self._to_sink(letters)
+                    keep, drop = _split(letters, tracker.accepts)
+                    self._abandon(drop, release=False)
+                    if keep:
+                        self._to_sink(keep)
                     handoff.release(len(letters))
                 for event in events:
-                    batcher.add(event, event.n_tokens, event.received)
+                    if tracker.accepts((event.topic, event.partition), event.epoch):
+                        batcher.add(event, event.n_tokens, event.received)
+                    else:
+                        self._abandon([event])
                 while (batch := batcher.next_batch(time.monotonic(), flush=closed)) is not None:
                     handoff.release(len(batch.items))
-                    self._run_batch(batch, self.slot.current)
+                    if not self._put_batch((batch, self.slot.current)):
+                        self._abandon(batch.items, release=False)  # no model thread left
                 if closed and not events and not letters and len(batcher) == 0:
                     return
         finally:
+            for _ in range(self._streams):
+                self._put_batch(_STOP)
+            for i in range(self._streams):
+                model = self._threads.get(f"model-{i}")
+                if model is not None:
+                    model.join()
             self._put_stop_for_sink()
+
+    def _model_main(self) -> None:
+        """Run batches through the model until the batcher says stop (one per stream)."""
+        while True:
+            work = self._batch_queue.get()
+            if work is _STOP:
+                return
+            batch, runner = work
+            self._run_batch(batch, runner)
 
     def _sink_main(self) -> None:
         assert self._sink is not None
@@ -315,12 +381,10 @@ class Worker:
             if not sink.flush(max(0.5, self._remaining())):
                 log.warning("producer_flush_timed_out")
 
-    # -- inference helpers --------------------------------------------------------------------------
+    # -- model-thread helpers --------------------------------------------------------------------------
     def _run_batch(self, batch: Batch[Event], runner: ModelRunner) -> None:
-        is_current = self.tracker.is_current
-        events = [e for e in batch.items if is_current((e.topic, e.partition), e.epoch)]  # type: ignore[arg-type]
-        if len(events) < len(batch.items):
-            log.debug("dropped_revoked", count=len(batch.items) - len(events))
+        events, dropped = _split(batch.items, self.tracker.accepts)
+        self._abandon(dropped, release=False)
         if not events:
             return
         key = runner.tokenizer_key
@@ -334,6 +398,13 @@ class Worker:
             self._retry_one_by_one(events, runner, exc)
             return
         self._observe_batch(batch, events, classified)
+        if self._debug:
+            first = events[0]
+            log.debug(
+                "batch", size=len(events), closed_by=batch.reason, padded_tokens=batch.padded_tokens,
+                inference_ms=round(classified.seconds * 1000, 2), topic=first.topic, partition=first.partition,
+                offset=first.offset, partitions=sorted({(e.topic, e.partition) for e in events}),
+            )
         self._to_sink(_Results(events, classified, runner.labels, runner.name, runner.version))
 
     def _retry_one_by_one(self, events: list[Event], runner: ModelRunner, error: InferenceError) -> None:
@@ -359,6 +430,15 @@ class Worker:
             self._to_sink(_Results(ok, Classified(indices, scores, 0.0), runner.labels, runner.name, runner.version))
         if letters:
             self._to_sink(letters)
+
+    def _abandon(self, items: list[Event] | list[DeadLetter], release: bool = True) -> None:
+        """Drop inputs of revoked partitions: the next owner reads them again."""
+        for item in items:
+            self.tracker.abandon((item.topic, item.partition), item.offset, item.epoch)
+        if items:
+            if release:
+                self.handoff.release(len(items))
+            log.debug("dropped_for_redelivery", count=len(items))
 
     def _observe_batch(self, batch: Batch[Event], events: list[Event], classified: Classified) -> None:
         m = self.metrics
@@ -387,6 +467,17 @@ class Worker:
                 if sink is not None and not sink.is_alive():
                     return  # nothing will be acknowledged, so nothing is committed: redelivered
 
+    def _put_batch(self, work: Any) -> bool:
+        """Queue a batch for the model threads, blocking while all are busy; False if none is alive."""
+        while True:
+            try:
+                self._batch_queue.put(work, timeout=0.5)
+                return True
+            except queue.Full:
+                models = [t for name, t in self._threads.items() if name.startswith("model-")]
+                if not any(t.is_alive() for t in models):
+                    return False
+
     def _put_stop_for_sink(self) -> None:
         self._to_sink(_STOP)
 
@@ -399,6 +490,23 @@ class Worker:
         if self._stop_at is None:
             return self.settings.drain_timeout_s
         return self._stop_at + self.settings.drain_timeout_s - time.monotonic()
+
+    def _close_connections(self) -> None:
+        """After a failed start: close whatever was opened, quietly."""
+        closers = []
+        if self._consumer is not None:
+            closers.append(lambda: self._consumer.close(autocommit=False, timeout_ms=2000))
+        if self._producer is not None:
+            closers.append(lambda: self._producer.close(timeout=2))
+        for close in closers:
+            try:
+                close()
+            except Exception as exc:
+                log.debug("close_after_failed_start", error=repr(exc))
+        self._consumer = self._producer = None
+        if self.telemetry is not None:
+            self.telemetry.stop()
+            self.telemetry = None
 
     def _close(self) -> None:
         if self._producer is not None:
@@ -437,6 +545,15 @@ class Worker:
         log.warning("commit_failed", kind=failure.label, error=repr(error), partitions=len(positions))
 
 
+def _split(items: list, accepts: Callable[[tuple[str, int], int], bool]) -> tuple[list, list]:
+    """(still wanted, of revoked partitions) in one pass."""
+    keep: list = []
+    drop: list = []
+    for item in items:
+        (keep if accepts((item.topic, item.partition), item.epoch) else drop).append(item)
+    return keep, drop
+
+
 def _inference_dead_letter(event: Event, exc: BaseException) -> DeadLetter:
     import json
 
@@ -452,11 +569,7 @@ def _kafka_call(settings: WorkerSettings, call: Callable[[], Any]) -> Any:
     try:
         return call()
     except kafka_errors.KafkaTimeoutError as exc:
-        raise BrokerError(
-            f"no broker answered at {settings.bootstrap_servers} within {BOOTSTRAP_TIMEOUT_MS // 1000} s"
-            f" ({exc}); check TAGSTREAM_BOOTSTRAP_SERVERS and TAGSTREAM_SECURITY_PROTOCOL, and that the broker is up",
-            Failure.BROKER_UNREACHABLE,
-        ) from exc
+        raise _bootstrap_timeout_error(settings, exc) from exc
     except kafka_errors.KafkaError as exc:
         failure = failure_for_kafka_error(exc)
         hint = {
@@ -466,3 +579,44 @@ def _kafka_call(settings: WorkerSettings, call: Callable[[], Any]) -> Any:
             Failure.BROKER_UNREACHABLE: "; check TAGSTREAM_BOOTSTRAP_SERVERS",
         }.get(failure, "")
         raise BrokerError(f"Kafka refused the connection: {exc}{hint}", failure) from exc
+
+
+def _bootstrap_timeout_error(settings: WorkerSettings, exc: BaseException) -> BrokerError:
+    """Why bootstrapping timed out, as far as we can tell.
+
+    kafka-python reports a refused SASL login as a timeout (the broker delays its answer to a
+    failed authentication), so a plain TCP probe tells "nothing listens" from "it listens but
+    would not let us in".
+    """
+    listening = []
+    for server in settings.bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=2):
+                listening.append(server.strip())
+        except OSError:
+            pass
+    waited = f"within {BOOTSTRAP_TIMEOUT_MS // 1000} s"
+    if not listening:
+        return BrokerError(
+            f"nothing accepts connections at {settings.bootstrap_servers} ({exc}); check"
+            " TAGSTREAM_BOOTSTRAP_SERVERS and that the broker is up",
+            Failure.BROKER_UNREACHABLE,
+        )
+    if settings.security_protocol.startswith("SASL_"):
+        return BrokerError(
+            f"the broker at {listening[0]} accepts connections but the SASL login did not complete {waited}:"
+            " the credentials or mechanism are probably wrong; check TAGSTREAM_SASL_MECHANISM,"
+            " TAGSTREAM_SASL_USERNAME and TAGSTREAM_SASL_PASSWORD",
+            Failure.AUTHENTICATION_FAILED,
+        )
+    hint = (
+        "check TAGSTREAM_SSL_CAFILE, TAGSTREAM_SSL_CERTFILE and TAGSTREAM_SSL_KEYFILE"
+        if settings.security_protocol == "SSL"
+        else "is TAGSTREAM_SECURITY_PROTOCOL right for this listener?"
+    )
+    return BrokerError(
+        f"the broker at {listening[0]} accepts connections but did not answer Kafka requests {waited}"
+        f" ({exc}); {hint}",
+        Failure.BROKER_UNREACHABLE,
+    )

@@ -123,7 +123,8 @@ class Batcher(Generic[T]):
 
     def remove_if(self, predicate: Callable[[T], bool]) -> list[T]:
         """Take out (and return) every waiting input for which ``predicate`` is true."""
-        kept, removed = [], []
+        kept: list[_Entry[T]] = []
+        removed: list[_Entry[T]] = []
         for entry in self._entries:
             (removed if predicate(entry.item) else kept).append(entry)
         self._entries = kept

@@ -106,8 +106,6 @@ def _run(args: argparse.Namespace) -> int:
     except WorkerError as exc:
         log.error("cannot_start", kind=exc.failure.label, error=str(exc), exit_code=exc.exit_code)
         print(f"tagstream-worker: {exc}", file=sys.stderr)
-        worker.stop()
-        worker.wait(timeout=5)
         return exc.exit_code
     code = worker.wait()
     if worker.fatal is not None:

@@ -3,7 +3,7 @@
 ``InputHandoff`` (source -> inference) never blocks the producer side: the consumer thread
 must keep polling to stay in its group, so instead of blocking it reads ``pending`` and pauses
 its partitions once ``capacity`` inputs wait (backpressure), resuming below half of it.
-``pending`` counts inputs from ``put`` until the inference stage ``release``s them (after they
+``pending`` counts inputs from ``put`` until the batcher ``release``s them (after they
 leave the batcher), so the batcher's contents count too.
 
 The inference -> sink hand-off is a plain ``queue.Queue`` of small fixed capacity: blocking
@@ -21,7 +21,7 @@ D = TypeVar("D")
 
 
 class InputHandoff(Generic[E, D]):
-    """Events and dead letters from the source to the inference stage."""
+    """Events and dead letters from the source to the batcher."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -68,12 +68,12 @@ class InputHandoff(Generic[E, D]):
             return events, letters, self._closed
 
     def release(self, n: int) -> None:
-        """``n`` inputs have left the inference stage's hands (batched, forwarded or dropped)."""
+        """``n`` inputs have left the batcher's hands (batched, forwarded or dropped)."""
         with self._cond:
             self._pending -= n
 
     def close(self) -> None:
-        """No more input will come (shutdown): the inference stage flushes what it holds."""
+        """No more input will come (shutdown): the batcher flushes what it holds."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()

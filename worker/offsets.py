@@ -31,11 +31,20 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from worker.errors import Failure, failure_for_kafka_error
 
 
+@dataclass(frozen=True)
+class ResumePoint:
+    position: int  # the lowest unacknowledged offset: reading resumes here
+    delivered: frozenset[int]  # later offsets whose outputs the broker already acknowledged
+
+
 @dataclass
 class _PartitionState:
     epoch: int
     pending: deque[int] = field(default_factory=deque)  # tracked offsets at or after the position, in order
     acked: set[int] = field(default_factory=set)  # acknowledged offsets still in ``pending``
+    abandoned: set[int] = field(default_factory=set)  # dropped during revocation: never acked
+    revoking: bool = False  # revocation has begun: queued work for it is dropped
+    delivered: set[int] = field(default_factory=set)  # re-read offsets whose output already exists
     last_tracked: int | None = None
     committed: int | None = None  # last position known to be committed
 
@@ -50,6 +59,7 @@ class OffsetTracker:
         # Acks arrive on the producer's I/O thread; appending to a deque is atomic, so the
         # hot path takes no lock. They are applied when positions are computed.
         self._inbox: deque[tuple[TopicPartition, int, int]] = deque()
+        self.revocations = 0  # bumped by begin_revoke, so the batcher thread knows to purge
 
     # -- assignment ------------------------------------------------------------------------
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
@@ -60,6 +70,27 @@ class OffsetTracker:
                     epoch = self._epochs.get(tp, 0) + 1
                     self._epochs[tp] = epoch
                     self._parts[tp] = _PartitionState(epoch=epoch)
+
+    def begin_revoke(self, partitions: Iterable[TopicPartition]) -> None:
+        """Revocation has started: queued inputs of these partitions will be dropped, not run."""
+        with self._lock:
+            for tp in partitions:
+                state = self._parts.get(tp)
+                if state is not None:
+                    state.revoking = True
+            self.revocations += 1
+
+    def accepts(self, tp: tuple[str, int], epoch: int) -> bool:
+        """Whether an input read under ``epoch`` should still be processed (not stale, not revoking)."""
+        state = self._parts.get(tp)  # type: ignore[call-overload]
+        return state is not None and state.epoch == epoch and not state.revoking
+
+    def abandon(self, tp: tuple[str, int], offset: int, epoch: int) -> None:
+        """An input dropped without output: no longer in flight, and never committed past."""
+        with self._lock:
+            state = self._parts.get(tp)  # type: ignore[call-overload]
+            if state is not None and state.epoch == epoch:
+                state.abandoned.add(offset)
 
     def revoke(self, partitions: Iterable[TopicPartition]) -> int:
         """Stop tracking ``partitions``; returns how many handed-out inputs were never acknowledged.
@@ -75,6 +106,34 @@ class OffsetTracker:
                 if state is not None:
                     dropped += len(state.pending) - len(state.acked)
             return dropped
+
+    def resume_points(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, ResumePoint]:
+        """Per partition with unacknowledged inputs: where reading must resume, and which later
+        offsets already have an acknowledged output (so a re-read can skip them)."""
+        with self._lock:
+            self._apply_acks()
+            points = {}
+            for tp in partitions:
+                state = self._parts.get(tp)
+                if state is None:
+                    continue
+                self._position(state)  # drops the acknowledged prefix
+                if state.pending:
+                    points[tp] = ResumePoint(state.pending[0], frozenset(state.acked))
+            return points
+
+    def skip_delivered(self, tp: TopicPartition, offsets: Iterable[int]) -> None:
+        """Offsets of ``tp`` whose outputs were acknowledged before a rebalance gave the partition
+        straight back: when read again they are acknowledged at once instead of re-run."""
+        with self._lock:
+            state = self._parts.get(tp)
+            if state is not None:
+                state.delivered.update(offsets)
+
+    def delivered(self, tp: TopicPartition) -> set[int]:
+        """Offsets to skip when read (see skip_delivered); usually empty."""
+        state = self._parts.get(tp)
+        return state.delivered if state is not None else set()
 
     def epoch(self, tp: TopicPartition) -> int | None:
         """The current epoch of an assigned partition, or None when not assigned."""
@@ -98,8 +157,15 @@ class OffsetTracker:
                 # Records of a partition we do not hold: poll never returns those.
                 raise KeyError(f"{tp} is not assigned")
             for offset in offsets:
+                if state.last_tracked is None and state.committed is None:
+                    # Where this epoch started reading is the group's committed position (or
+                    # the reset point): nothing to commit until an acknowledgement moves it.
+                    state.committed = offset
                 state.pending.append(offset)
                 state.last_tracked = offset
+                if state.delivered and offset in state.delivered:
+                    state.delivered.discard(offset)
+                    state.acked.add(offset)  # its output was acknowledged before the rebalance
             return state.epoch
 
     def ack(self, tp: TopicPartition, offset: int, epoch: int) -> None:
@@ -147,7 +213,7 @@ class OffsetTracker:
             for tp in tps:
                 state = self._parts.get(tp)
                 if state is not None:
-                    total += len(state.pending) - len(state.acked)
+                    total += len(state.pending) - len(state.acked) - len(state.abandoned)
             return total
 
     def _apply_acks(self) -> None:

@@ -44,7 +44,7 @@ class RunnerSlot:
             self._offered = runner  # a newer offer replaces one not yet taken
 
     def swap_if_offered(self) -> ModelRunner | None:
-        """Make the offered runner current (inference thread, between batches); return it."""
+        """Make the offered runner current (batcher thread, between batches); return it."""
         if self._offered is None:  # the common case, without the lock
             return None
         with self._lock:

@@ -9,8 +9,8 @@
   ``torch.inference_mode`` and returns the top-k label indices and probabilities as plain
   lists, one device-to-host copy per batch.
 
-On a GPU the ids go through a pinned staging buffer allocated once at the largest batch and are
-copied with ``non_blocking=True``; the attention mask is built on the device from the lengths;
+On a GPU the ids go through a pinned staging buffer allocated once per thread at the largest
+batch and are copied with ``non_blocking=True``; the attention mask is built on the device from the lengths;
 bfloat16 or float16 autocast is applied when asked (``dtype``). On the CPU the model uses
 ``threads`` intra-op threads and float32 unless told otherwise.
 
@@ -87,6 +87,20 @@ def resolve_dtype(requested: str, device: torch.device, *, bf16_supported: bool 
     return torch.bfloat16 if requested == "bfloat16" else torch.float16
 
 
+def resolve_streams(requested: int, device: torch.device, threads: int) -> tuple[int, int]:
+    """(concurrent batches, intra-op threads for each) from the settings.
+
+    On a CPU, two batches side by side, each on half the threads, beat one batch on all of them:
+    small kernels scale poorly across threads, and an intra-op team stalls whenever the OS lends
+    one of its cores to a Kafka thread. A GPU runs one batch at a time.
+    """
+    total = threads or os.cpu_count() or 1
+    if device.type == "cuda":
+        return max(1, requested or 1), total
+    streams = requested or (2 if total >= 2 else 1)
+    return streams, max(1, total // streams)
+
+
 def configure_threads(threads: int) -> int:
     """Set torch's intra-op thread count (0 = all cores); returns the count in effect."""
     global _interop_set
@@ -144,12 +158,11 @@ class ModelRunner:
         # re-tokenized only when the new bundle's tokenizer or max_length differ.
         self.tokenizer_key = f"{sha256_file(bundle.path / TOKENIZER_FILE)[:16]}:{self.max_length}"
         self._model = bundle.model
-        self._positions = torch.arange(self.max_length, device=device)  # for the mask, built on device
+        self._arange = np.arange(self.max_length)[None, :]  # (1, max_length), for the padding mask
         # The GPU path stages ids in pinned host memory allocated once at the largest batch,
         # so the host-to-device copy is asynchronous and no batch allocates pinned memory.
-        self._pinned: torch.Tensor | None = None
-        if device.type == "cuda":
-            self._pinned = torch.empty(max_batch_size * self.max_length, dtype=torch.long, pin_memory=True)
+        # One buffer per calling thread, as concurrent streams each stage their own batch.
+        self._staging = threading.local()
 
     @classmethod
     def load(
@@ -194,25 +207,33 @@ class ModelRunner:
         """Top-k labels and probabilities for one batch of tokenized inputs."""
         started = time.perf_counter()
         n = len(token_ids)
-        lengths = np.fromiter((len(ids) for ids in token_ids), dtype=np.int64, count=n)
-        longest = max(1, int(lengths.max()))
-        if self._pinned is not None and n <= self.max_batch_size:
-            host = self._pinned[: n * longest].view(n, longest)
+        lengths = [len(ids) for ids in token_ids]
+        longest = max(1, max(lengths))
+        pinned = self._pinned_buffer()
+        if pinned is not None and n * longest <= pinned.numel():
+            host = pinned[: n * longest].view(n, longest)
         else:
             host = torch.empty((n, longest), dtype=torch.long)
         rows = host.numpy()
         rows.fill(self.pad_id)
         for i, ids in enumerate(token_ids):
             rows[i, : len(ids)] = ids
+        # Built with numpy: every eager torch call releases and re-takes the GIL, and on a busy
+        # 2-core machine each re-take can wait a full switch interval behind a Kafka thread.
+        mask = torch.from_numpy((self._arange[:, :longest] < np.asarray(lengths)[:, None]).astype(np.int64))  # (B, T)
         try:
             with torch.inference_mode(), self._autocast():
-                ids = host.to(self.device, non_blocking=True)
-                lens = torch.from_numpy(lengths).to(self.device, non_blocking=True)
-                mask = (self._positions[:longest].unsqueeze(0) < lens.unsqueeze(1)).long()  # (B, T)
-                probs = self._model(ids, mask)  # (B, n_labels)
-                scores, indices = probs.float().topk(self.top_k, dim=1)  # (B, k)
-                top_scores = scores.cpu().tolist()  # the one synchronising copy back
-                top_indices = indices.cpu().tolist()
+                if self.device.type == "cpu":
+                    probs = self._model(host, mask).float().numpy()  # (B, n_labels)
+                    top_indices_np = np.argsort(-probs, axis=1, kind="stable")[:, : self.top_k]  # (B, k)
+                    top_scores = np.take_along_axis(probs, top_indices_np, axis=1).tolist()
+                    top_indices = top_indices_np.tolist()
+                else:
+                    input_ids = host.to(self.device, non_blocking=True)
+                    device_mask = mask.to(self.device, non_blocking=True)
+                    scores, indices = self._model(input_ids, device_mask).float().topk(self.top_k, dim=1)  # (B, k)
+                    top_scores = scores.cpu().tolist()  # the synchronising copies back
+                    top_indices = indices.cpu().tolist()
         except Exception as exc:
             raise InferenceError(f"the model failed on a batch of {n} inputs (longest {longest} tokens): {exc}") from exc
         return Classified(top_indices, top_scores, time.perf_counter() - started)
@@ -230,6 +251,16 @@ class ModelRunner:
             for rows, width in [*self.warm_up_shapes, (1, min(16, self.max_length))]:
                 self.classify([filler[:width]] * rows)
         return time.perf_counter() - started
+
+    def _pinned_buffer(self) -> torch.Tensor | None:
+        """This thread's pinned staging buffer for host-to-GPU copies (None on CPU)."""
+        if self.device.type != "cuda":
+            return None
+        buffer = getattr(self._staging, "buffer", None)
+        if buffer is None:
+            buffer = torch.empty(self.max_batch_size * self.max_length, dtype=torch.long, pin_memory=True)
+            self._staging.buffer = buffer
+        return buffer
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:

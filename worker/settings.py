@@ -147,6 +147,11 @@ class WorkerSettings(BaseSettings):
     threads: int = Field(
         0, ge=0, description="CPU threads for the model; 0 = all cores. Fewer leaves room for Kafka I/O."
     )
+    inference_streams: int = Field(
+        0, ge=0, le=64,
+        description="Batches the model runs at once, each on threads/streams CPU threads; 0 = auto: 2 on a"
+        " CPU with 2+ threads (keeps every core busy while Kafka work preempts one), 1 on a GPU.",
+    )
     top_k: int = Field(3, ge=1, description="How many label scores each result carries (at most the label count).")
 
     # -- operations -----------------------------------------------------------------------------
@@ -391,13 +396,6 @@ _FIX_HINTS: dict[str, str] = {
     "max_batch_tokens": "use a whole number at least the bundle's max_length (8192 is the default)",
     "max_wait_ms": "use milliseconds from 0 to 60000 (20 is the default)",
     "metrics_port": "use a port from 1 to 65535, or 0 for any free port",
-    "security_protocol": "use PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
-    "sasl_mechanism": "use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
-    "dtype": "use auto, float32, bfloat16 or float16",
-    "input_format": "use json or text",
-    "log_format": "use json or console",
-    "log_level": "use DEBUG, INFO, WARNING or ERROR",
-    "auto_offset_reset": "use earliest or latest",
 }
 
 

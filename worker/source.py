@@ -2,15 +2,17 @@
 
 One thread owns the ``KafkaConsumer`` (it is not thread-safe): it polls every
 ``POLL_TIMEOUT_MS`` even while paused, which keeps ``max.poll.interval.ms`` satisfied, so the
-group never evicts a worker that is merely busy. When the inference stage has ``capacity``
+group never evicts a worker that is merely busy. When the batcher has ``capacity``
 inputs waiting, every assigned partition is paused; below half it resumes.
 
 Rebalances (kafka-python runs the listener on its I/O loop, so it is asynchronous and awaits
 instead of blocking the heartbeats):
 
-- revoked: wait up to ``revoke_grace_s`` for in-flight inputs of those partitions to be
-  acknowledged (finished), commit the acknowledged prefix, then forget the partitions. Inputs
-  still queued are dropped by epoch and redelivered to the next owner: never committed unprocessed.
+- revoked: inputs of those partitions still queued are dropped (the batcher purges
+  them); batches already in the model or the producer are finished: the listener waits up to
+  ``revoke_grace_s`` for their acknowledgements, commits the acknowledged prefix, then forgets
+  the partitions. Whatever was dropped is redelivered to the next owner: never committed
+  unprocessed.
 - lost (session expired): forget without committing; another member owns them already.
 - assigned: start tracking under a fresh epoch.
 """
@@ -30,7 +32,7 @@ from kafka.structs import TopicPartition
 from worker.errors import BrokerError, Failure, failure_for_kafka_error
 from worker.events import DeadLetter, Event, ParseConfig, parse_record
 from worker.handoff import InputHandoff
-from worker.offsets import Committer, OffsetTracker
+from worker.offsets import Committer, OffsetTracker, ResumePoint
 from worker.runner import ModelRunner
 from worker.telemetry import Health, Metrics, get_logger
 
@@ -74,6 +76,7 @@ class Source:
         self._paused = False
         self._in_counters: dict[str, Any] = {}
         self._lag_at = 0.0
+        self._rewind: dict[TopicPartition, ResumePoint] = {}  # where revoked partitions resume
 
     # -- the loop --------------------------------------------------------------------------
     def subscribe(self) -> None:
@@ -137,6 +140,9 @@ class Source:
         letters: list[DeadLetter] = []
         parse, config = parse_record, self._parse_config
         for tp, batch in records.items():
+            # Re-read after a rebalance with their outputs already acknowledged: tracked, not re-run.
+            delivered = self._tracker.delivered(tp)
+            skip = {r.offset for r in batch if r.offset in delivered} if delivered else None
             try:
                 epoch = self._tracker.track(tp, [r.offset for r in batch])
             except KeyError:
@@ -146,6 +152,8 @@ class Source:
                 counter = self._in_counters[tp.topic] = self._metrics.events_in.labels(topic=tp.topic)
             counter.inc(len(batch))
             for record in batch:
+                if skip and record.offset in skip:
+                    continue
                 item = parse(record, config, received, epoch)
                 if type(item) is Event:
                     events.append(item)
@@ -205,11 +213,15 @@ class Source:
     async def on_revoked(self, revoked: set[TopicPartition], sleep: Callable[[float], Any] | None) -> None:
         if not revoked:
             return
+        self._tracker.begin_revoke(revoked)  # queued inputs are dropped, running batches finish
         deadline = time.monotonic() + self._revoke_grace_s
         if sleep is not None:
             while self._tracker.in_flight(revoked) and time.monotonic() < deadline:
                 await sleep(0.01)
         committed = await self._committer.commit_in_listener(revoked)
+        # kafka-python keeps its fetch position for a partition assigned back to this member
+        # in the same rebalance; dropped inputs are then re-read from here (see on_assigned).
+        self._rewind = self._tracker.resume_points(revoked)
         dropped = self._tracker.revoke(revoked)
         self._forget_lag(revoked)
         self._health.assigned = len(self._tracker.assigned())
@@ -219,15 +231,26 @@ class Source:
         )
 
     def on_lost(self, lost: set[TopicPartition]) -> None:
+        self._rewind = {}  # lost partitions restart from the group's committed offsets
         dropped = self._tracker.revoke(lost)
         self._forget_lag(lost)
         self._health.assigned = len(self._tracker.assigned())
         log.warning("partitions_lost", partitions=_names(lost), dropped_for_redelivery=dropped)
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        rewind, self._rewind = self._rewind, {}
+        back = sorted(assigned & rewind.keys())
         self._tracker.assign(assigned)
+        for tp in back:
+            # Assigned straight back: the fetch position is past the inputs dropped at
+            # revocation, so re-read from the first of them, skipping those already delivered.
+            self._consumer.seek(tp, rewind[tp].position)
+            self._tracker.skip_delivered(tp, rewind[tp].delivered)
         self._health.assigned = len(self._tracker.assigned())
-        log.info("partitions_assigned", partitions=_names(assigned))
+        log.info(
+            "partitions_assigned", partitions=_names(assigned),
+            rewound={_name(tp): rewind[tp].position for tp in back},
+        )
 
     def _forget_lag(self, partitions: set[TopicPartition]) -> None:
         for tp in partitions:

@@ -1,0 +1,600 @@
+"""Benchmark the streaming worker against a real broker; prints a table per bundle (not a test).
+
+    python bench/worker_bench.py runs/agnews-small/bundle [more bundles...] [--bootstrap HOST:PORT]
+
+For each bundle, with AG News + SMS Spam texts from ../shared/datasets (skipped, saying so, when
+absent) on a 3-partition input topic:
+
+(a) model-only ceiling: the same bundle, batch limits and threads, texts fed from memory through
+    the worker's own tokenizer call, batcher and runner: no Kafka. (a) and (b) alternate
+    ``--repeats`` times and the best run of each counts; CPU time per event is shown too, being
+    less sensitive than throughput to other work on the machine.
+(b) worker end-to-end: ``tagstream-worker run`` as a separate process on the pre-filled topic.
+    Throughput = results / (last result's time - first input's read time), from the results'
+    own timestamps, so the benchmark's polling costs the worker nothing. Target: >= 85% of (a).
+(c) naive worker (separate process): poll one, infer one, produce, flush, commit. Target: the
+    worker >= 5x it.
+(d) latency: a steady offered load of 50% of (b) from a separate producer process; end-to-end
+    latency = result record time - input record time. Target: p99 <= max_wait_ms + 3 x the p99
+    inference time of one full batch (measured in (a)).
+(e) the worker process's peak RSS (VmHWM) over (b) and (d). Target: < 1.5 GB (MiniLM bundle).
+
+Without ``--bootstrap`` a local broker (worker/localkafka) is started on free ports and stopped at
+the end. The machine's load average is printed with each figure: other work on the cores
+changes them. Raw figures also go to bench/results/worker_bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = REPO.parent / "shared" / "datasets"
+RESULTS_DIR = REPO / "bench" / "results"
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+WORKER_START_TIMEOUT_S = 120  # torch import + bundle load + warm-up, on a busy machine
+RUN_TIMEOUT_S = 1800  # bounds one phase if the worker stalls
+POLL_S = 0.25  # /metrics polling while waiting for the worker
+
+
+@dataclass
+class BundleReport:
+    bundle: str
+    name: str = ""
+    version: str = ""
+    labels: int = 0
+    max_length: int = 0
+    streams: int = 0
+    events: int = 0
+    ceiling_eps: float = 0.0
+    ceiling_runs: list[float] = field(default_factory=list)
+    ceiling_cpu_us: float = 0.0
+    ceiling_batches: int = 0
+    full_batch_p99_s: float = 0.0
+    worker_eps: float = 0.0
+    worker_runs: list[float] = field(default_factory=list)
+    worker_cpu_us: float = 0.0
+    worker_results: int = 0
+    worker_unique_ids: int = 0
+    naive_eps: float = 0.0
+    naive_events: int = 0
+    offered_eps: float = 0.0
+    latency_results: int = 0
+    latency_p50_s: float = 0.0
+    latency_p99_s: float = 0.0
+    latency_target_s: float = 0.0
+    peak_rss_mb: float = 0.0
+    load: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+
+def load_texts(datasets: Path) -> list[str] | None:
+    """AG News and SMS Spam texts, shuffled together (None when the datasets are absent)."""
+    sources = [datasets / "ag_news" / f for f in ("test.jsonl", "train.jsonl")]
+    sources += [datasets / "sms_spam" / f for f in ("test.jsonl", "train.jsonl")]
+    if not all(p.is_file() for p in sources):
+        return None
+    texts = []
+    for path in sources:
+        with path.open(encoding="utf-8") as handle:
+            texts.extend(json.loads(line)["text"] for line in handle if line.strip())
+    random.Random(0).shuffle(texts)
+    return texts
+
+
+def take(texts: list[str], n: int) -> list[str]:
+    return [texts[i % len(texts)] for i in range(n)]
+
+
+# -- (a) the model-only ceiling ------------------------------------------------------------------------
+
+
+def model_ceiling(bundle: Path, texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """Throughput of tokenizer + batcher + runner on ``texts`` from memory, as the worker uses them:
+    this thread tokenizes per 500 texts and forms batches, ``streams`` threads run them."""
+    import queue
+    import threading
+
+    import torch
+
+    from worker.batcher import Batcher, BatchLimits
+    from worker.runner import ModelRunner, configure_threads, resolve_streams
+
+    device = torch.device("cpu")
+    streams, per_stream = resolve_streams(args.streams, device, args.threads)
+    configure_threads(per_stream)
+    from worker.runner import resolve_dtype
+
+    runner = ModelRunner.load(
+        bundle, device=device, autocast_dtype=resolve_dtype(args.dtype, device), max_batch_size=args.max_batch_size,
+        max_batch_tokens=args.max_batch_tokens, top_k=3,
+    )
+    runner.warm_up()
+    limits = BatchLimits(args.max_batch_size, args.max_batch_tokens, args.max_wait_ms / 1000)
+    batcher: Batcher[list[int]] = Batcher(limits)
+    full_batch_s: list[float] = []
+    handoff: queue.Queue[Any] = queue.Queue(maxsize=streams)
+
+    def model_thread() -> None:
+        while (work := handoff.get()) is not None:
+            items, full = work
+            seconds = runner.classify(items).seconds
+            if full:
+                full_batch_s.append(seconds)
+
+    threads = [threading.Thread(target=model_thread) for _ in range(streams)]
+    batches = 0
+    chunk = 500  # the worker tokenizes one poll (up to 500 records) per call
+    cpu_started = time.process_time()  # this process is otherwise idle: all of it is the pipeline
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for i in range(0, len(texts), chunk):
+        for one in runner.tokenize(texts[i : i + chunk]):
+            batcher.add(one, len(one), 0.0)
+        while (batch := batcher.next_batch(0.0, flush=i + chunk >= len(texts))) is not None:
+            # Between polls only full batches go out (as under load); the last poll flushes.
+            handoff.put((batch.items, batch.reason in ("size", "tokens")))
+            batches += 1
+    for _ in threads:
+        handoff.put(None)
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
+    return {
+        "eps": len(texts) / elapsed,
+        "cpu_us": cpu / len(texts) * 1e6,
+        "batches": batches,
+        "streams": streams,
+        "full_batch_p99_s": percentile(full_batch_s, 0.99) if full_batch_s else 0.0,
+        "name": runner.name,
+        "version": runner.version,
+        "labels": len(runner.labels),
+        "max_length": runner.max_length,
+    }
+
+
+# -- Kafka helpers --------------------------------------------------------------------------------------
+
+
+def create_topic(bootstrap: str, prefix: str, partitions: int = 3) -> str:
+    from kafka import KafkaAdminClient
+
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics({name: {"num_partitions": partitions, "replication_factor": -1}})
+        admin.wait_for_topics([name], timeout_ms=30_000)
+    finally:
+        admin.close()
+    return name
+
+
+def prefill(bootstrap: str, topic: str, texts: list[str], prefix: str) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024, metrics_enabled=False)
+    for i, text in enumerate(texts):
+        event_id = f"{prefix}{i}"
+        producer.send(topic, json.dumps({"id": event_id, "text": text}).encode(), key=event_id.encode())
+    producer.flush(120)
+    producer.close()
+
+
+def read_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 300) -> list[Any]:
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest", metrics_enabled=False,
+        max_poll_records=5000,
+    )
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    idle_since = time.monotonic()
+    try:
+        while len(records) < expected and time.monotonic() < deadline:
+            got = consumer.poll(timeout_ms=500)
+            for batch in got.values():
+                records.extend(batch)
+            if got:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > 15:
+                break
+    finally:
+        consumer.close()
+    return records
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def metric(port: int, name: str, labels: str = "") -> float:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return -1.0
+    key = f"{name}{{{labels}}}" if labels else name
+    for line in text.splitlines():
+        if line.startswith(key + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def peak_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_avg() -> str:
+    one, five, _ = os.getloadavg()
+    return f"{one:.1f}/{five:.1f} (1/5 min) on {os.cpu_count()} cores"
+
+
+class WorkerProcess:
+    """``tagstream-worker run`` in its own process, with its log in bench/results/logs/."""
+
+    def __init__(self, bootstrap: str, topic: str, bundle: Path, args: argparse.Namespace, label: str) -> None:
+        self.port = free_port()
+        self.topic = topic
+        logs = RESULTS_DIR / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        self.log_path = logs / f"{label}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TAGSTREAM_")}
+        env.update(
+            TAGSTREAM_BOOTSTRAP_SERVERS=bootstrap, TAGSTREAM_INPUT_TOPICS=topic, TAGSTREAM_BUNDLE_PATH=str(bundle),
+            TAGSTREAM_GROUP_ID=f"bench-{uuid.uuid4().hex[:8]}", TAGSTREAM_METRICS_PORT=str(self.port),
+            TAGSTREAM_MAX_BATCH_SIZE=str(args.max_batch_size), TAGSTREAM_MAX_BATCH_TOKENS=str(args.max_batch_tokens),
+            TAGSTREAM_MAX_WAIT_MS=str(args.max_wait_ms), TAGSTREAM_THREADS=str(args.threads),
+            TAGSTREAM_INFERENCE_STREAMS=str(args.streams), TAGSTREAM_DTYPE=args.dtype,
+            TAGSTREAM_RELOAD_INTERVAL_S="0", TAGSTREAM_LOG_LEVEL="INFO",
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "run"], cwd=REPO, env=env,
+            stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the worker exited ({self.proc.returncode}); see {self.log_path}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(POLL_S)
+        raise SystemExit(f"the worker was not ready within {WORKER_START_TIMEOUT_S} s; see {self.log_path}")
+
+    def wait_out(self, count: int) -> None:
+        """Until ``count`` inputs have their output acknowledged."""
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while metric(self.port, "tagstream_events_out_total", f'topic="{self.topic}"') < count:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the worker exited ({self.proc.returncode}); see {self.log_path}")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the worker did not finish within {RUN_TIMEOUT_S} s; see {self.log_path}")
+            time.sleep(POLL_S)
+
+    def stop(self) -> float:
+        """SIGTERM, wait; returns the peak RSS in MB (read before it exits)."""
+        rss = peak_rss_mb(self.proc.pid)
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        return rss
+
+
+# -- (b) end-to-end throughput ----------------------------------------------------------------------------
+
+
+def worker_throughput(bootstrap: str, bundle: Path, texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    topic = create_topic(bootstrap, "bench-in")
+    prefill(bootstrap, topic, texts, "t")
+    worker = WorkerProcess(bootstrap, topic, bundle, args, f"throughput-{topic}")
+    try:
+        worker.wait_ready()
+        cpu_started = cpu_seconds(worker.proc.pid)
+        worker.wait_out(len(texts))
+        cpu = cpu_seconds(worker.proc.pid) - cpu_started
+    finally:
+        rss = worker.stop()
+    records = read_all(bootstrap, f"{topic}.labels", len(texts))
+    results = [(r.timestamp, json.loads(r.value)) for r in records]
+    first_read_ms = min(ts - res["latency_ms"] for ts, res in results)
+    last_ms = max(ts for ts, _ in results)
+    return {
+        "eps": len(results) / max(1e-3, (last_ms - first_read_ms) / 1000),
+        "results": len(results),
+        "unique": len({res["id"] for _, res in results}),
+        "cpu_us": cpu / len(texts) * 1e6,
+        "rss_mb": rss,
+        "topic": topic,
+    }
+
+
+# -- (c) the naive worker ------------------------------------------------------------------------------------
+
+
+def naive_worker_main(argv: list[str]) -> int:
+    """Subprocess entry: poll one, infer one, produce, flush, commit; prints JSON timings."""
+    parser = argparse.ArgumentParser()
+    for flag in ("--bootstrap", "--topic", "--bundle", "--group"):
+        parser.add_argument(flag, required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args(argv)
+    import torch
+    from kafka import KafkaConsumer, KafkaProducer
+
+    from model.bundle import Bundle
+
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    bundle = Bundle.load(args.bundle)
+    consumer = KafkaConsumer(
+        args.topic, bootstrap_servers=args.bootstrap, group_id=args.group, enable_auto_commit=False,
+        auto_offset_reset="earliest", max_poll_records=1,
+    )
+    producer = KafkaProducer(bootstrap_servers=args.bootstrap, acks="all")
+    done, started = 0, None
+    while done < args.count:
+        for batch in consumer.poll(timeout_ms=1000, max_records=1).values():
+            for record in batch:
+                if started is None:
+                    started = time.perf_counter()
+                event = json.loads(record.value)
+                probs = bundle.predict_proba([event["text"]])[0]
+                best = int(probs.argmax())
+                value = {"id": event["id"], "label": bundle.labels[best], "score": float(probs[best])}
+                producer.send(f"{args.topic}.naive", json.dumps(value).encode(), key=record.key)
+                producer.flush()
+                consumer.commit()
+                done += 1
+    elapsed = time.perf_counter() - (started or time.perf_counter())
+    consumer.close()
+    producer.close()
+    print(json.dumps({"count": done, "seconds": elapsed}))
+    return 0
+
+
+def naive_throughput(bootstrap: str, bundle: Path, topic: str, args: argparse.Namespace) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, __file__, "_naive", "--bootstrap", bootstrap, "--topic", topic, "--bundle", str(bundle),
+         "--group", f"naive-{uuid.uuid4().hex[:8]}", "--count", str(args.naive_events), "--threads",
+         str(args.threads)],
+        cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=True,
+    )
+    timing = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"eps": timing["count"] / max(timing["seconds"], 1e-9), "events": timing["count"]}
+
+
+# -- (d) latency under a steady load -----------------------------------------------------------------------
+
+
+def latency_at(bootstrap: str, bundle: Path, texts: list[str], rate: float, args: argparse.Namespace) -> dict:
+    topic = create_topic(bootstrap, "bench-lat")
+    worker = WorkerProcess(bootstrap, topic, bundle, args, f"latency-{topic}")
+    count = max(200, int(rate * args.latency_seconds))
+    data = RESULTS_DIR / f"latency-texts-{topic}.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in take(texts, count)), encoding="utf-8")
+    try:
+        worker.wait_ready()
+        subprocess.run(
+            [sys.executable, str(REPO / "demo" / "stream_events.py"), "--bootstrap", bootstrap, "--topic", topic,
+             "--data", str(data), "--rate", f"{rate:.3f}", "--count", str(count), "--quiet"],
+            cwd=REPO, check=True, timeout=RUN_TIMEOUT_S,
+        )
+        worker.wait_out(count)
+    finally:
+        rss = worker.stop()
+        data.unlink(missing_ok=True)
+    records = read_all(bootstrap, f"{topic}.labels", count)
+    samples = sorted(
+        (json.loads(r.value)["source"]["timestamp_ms"], (r.timestamp - json.loads(r.value)["source"]["timestamp_ms"]))
+        for r in records
+    )
+    steady = [lat / 1000 for _, lat in samples[len(samples) // 10 :]]  # the first 10% warm the pipe up
+    span_s = (samples[-1][0] - samples[0][0]) / 1000 if len(samples) > 1 else 1.0
+    return {
+        "offered_eps": len(samples) / max(span_s, 1e-3),
+        "results": len(records),
+        "p50_s": percentile(steady, 0.5),
+        "p99_s": percentile(steady, 0.99),
+        "rss_mb": rss,
+    }
+
+
+# -- report -----------------------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _runs(values: list[float]) -> str:
+    return ", ".join(f"{v:,.0f}" for v in values)
+
+
+def verdict(ok: bool) -> str:
+    return "yes" if ok else "NO"
+
+
+def print_report(r: BundleReport, args: argparse.Namespace) -> None:
+    print(f"\n## {r.name} (version {r.version}, {r.labels} labels, max_length {r.max_length}): {r.bundle}")
+    print(
+        f"load: {r.events} events (AG News + SMS texts) on a 3-partition topic; batch limits"
+        f" {args.max_batch_size} inputs / {args.max_batch_tokens} padded tokens / {args.max_wait_ms} ms;"
+        f" threads {args.threads or os.cpu_count()}, inference streams {r.streams or 'auto'}, dtype {args.dtype}"
+    )
+    ratio = r.worker_eps / r.ceiling_eps if r.ceiling_eps else 0.0
+    speedup = r.worker_eps / r.naive_eps if r.naive_eps else 0.0
+    rows = [
+        ("(a) model-only ceiling", f"{r.ceiling_eps:,.0f} events/s, {r.ceiling_cpu_us:,.0f} us CPU/event (runs:"
+         f" {_runs(r.ceiling_runs)}; p99 full batch {r.full_batch_p99_s * 1000:.1f} ms)", "", "", r.load.get("a", "")),
+        ("(b) worker end-to-end", f"{r.worker_eps:,.0f} events/s = {ratio:.0%} of (a), {r.worker_cpu_us:,.0f} us"
+         f" CPU/event (runs: {_runs(r.worker_runs)}); {r.worker_results} results, {r.worker_unique_ids} ids",
+         ">= 85% of (a)", verdict(ratio >= 0.85), r.load.get("b", "")),
+        ("(c) naive worker", f"{r.naive_eps:,.1f} events/s ({r.naive_events} events); worker is {speedup:.1f}x",
+         ">= 5x", verdict(speedup >= 5), r.load.get("c", "")),
+        ("(d) latency at 50% load", f"p50 {r.latency_p50_s * 1000:.0f} ms, p99 {r.latency_p99_s * 1000:.0f} ms at"
+         f" {r.offered_eps:,.0f} events/s offered", f"p99 <= {r.latency_target_s * 1000:.0f} ms",
+         verdict(r.latency_p99_s <= r.latency_target_s), r.load.get("d", "")),
+        ("(e) peak worker RSS", f"{r.peak_rss_mb:,.0f} MB", "< 1536 MB", verdict(r.peak_rss_mb < 1536), ""),
+    ]
+    print("| measure | figure | target | met | load avg during |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    for note in r.notes:
+        print(f"note: {note}")
+
+
+def bench_bundle(bundle: Path, bootstrap: str, texts: list[str], args: argparse.Namespace) -> BundleReport:
+    report = BundleReport(bundle=str(bundle))
+    step = lambda text: print(f"[{time.strftime('%H:%M:%S')}] {bundle.name}: {text}", file=sys.stderr, flush=True)  # noqa: E731
+
+    step("(a) model-only ceiling (probe)")
+    probe = model_ceiling(bundle, take(texts, min(2000, len(texts))), args)
+    events = args.events or int(min(max(probe["eps"] * args.target_seconds, 2000), 40_000))
+    report.events = events
+    workload = take(texts, events)
+    report.load["a"] = report.load["b"] = ""
+    # (a) and (b) alternate; the best run of each counts: other work on a shared machine only
+    # ever slows a run down, so the fastest is the least disturbed.
+    for run in range(args.repeats):
+        step(f"(a) model-only ceiling on {events} events, run {run + 1}/{args.repeats}")
+        load = load_avg()
+        ceiling = model_ceiling(bundle, workload, args)
+        report.ceiling_runs.append(ceiling["eps"])
+        if ceiling["eps"] >= max(report.ceiling_runs):
+            report.ceiling_eps, report.ceiling_cpu_us, report.load["a"] = ceiling["eps"], ceiling["cpu_us"], load
+            report.name, report.version = ceiling["name"], ceiling["version"]
+            report.labels, report.max_length = ceiling["labels"], ceiling["max_length"]
+            report.ceiling_batches, report.streams = ceiling["batches"], ceiling["streams"]
+            report.full_batch_p99_s = ceiling["full_batch_p99_s"]
+        step(f"(b) worker end-to-end on {events} events, run {run + 1}/{args.repeats}")
+        load = load_avg()
+        e2e = worker_throughput(bootstrap, bundle, workload, args)
+        report.worker_runs.append(e2e["eps"])
+        if e2e["unique"] != events:
+            report.notes.append(f"run {run + 1}: the worker produced {e2e['unique']} distinct ids for {events} inputs")
+        if e2e["eps"] >= max(report.worker_runs):
+            report.worker_eps, report.worker_cpu_us, report.load["b"] = e2e["eps"], e2e["cpu_us"], load
+            report.worker_results, report.worker_unique_ids = e2e["results"], e2e["unique"]
+            report.peak_rss_mb = max(report.peak_rss_mb, e2e["rss_mb"])
+            topic = e2e["topic"]
+    report.latency_target_s = args.max_wait_ms / 1000 + 3 * report.full_batch_p99_s
+
+    step(f"(c) naive worker on {args.naive_events} events")
+    report.load["c"] = load_avg()
+    naive = naive_throughput(bootstrap, bundle, topic, args)
+    report.naive_eps, report.naive_events = naive["eps"], naive["events"]
+
+    rate = report.worker_eps * 0.5
+    step(f"(d) latency at {rate:.0f} events/s for {args.latency_seconds:.0f} s")
+    report.load["d"] = load_avg()
+    lat = latency_at(bootstrap, bundle, texts, rate, args)
+    report.offered_eps, report.latency_results = lat["offered_eps"], lat["results"]
+    report.latency_p50_s, report.latency_p99_s = lat["p50_s"], lat["p99_s"]
+    report.peak_rss_mb = max(report.peak_rss_mb, lat["rss_mb"])
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_naive"]:
+        return naive_worker_main(argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("bundles", type=Path, nargs="+", help="bundle folders to benchmark")
+    parser.add_argument("--bootstrap", help="an existing broker (default: start a local one)")
+    parser.add_argument("--datasets", type=Path, default=DATASETS, help="folder with ag_news/ and sms_spam/")
+    parser.add_argument("--events", type=int, default=0,
+                        help="events for (a) and (b); 0 = enough for --target-seconds at the ceiling")
+    parser.add_argument("--target-seconds", type=float, default=20.0, help="aimed length of (b) when --events 0")
+    parser.add_argument("--naive-events", type=int, default=300, help="events for the naive worker (c)")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating runs of (a) and (b); the best counts")
+    parser.add_argument("--latency-seconds", type=float, default=20.0, help="length of the steady load in (d)")
+    parser.add_argument("--max-batch-size", type=int, default=64)
+    parser.add_argument("--max-batch-tokens", type=int, default=8192)
+    parser.add_argument("--max-wait-ms", type=float, default=20)
+    parser.add_argument("--threads", type=int, default=0, help="model threads (0 = all cores), worker and ceiling")
+    parser.add_argument("--streams", type=int, default=0, help="inference streams (0 = auto), worker and ceiling")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="compute precision of the worker and the ceiling; the naive worker (c) always"
+                        " runs the bundle as exported (float32)")
+    args = parser.parse_args(argv)
+
+    texts = load_texts(args.datasets)
+    if texts is None:
+        print(f"skipped: the datasets are not at {args.datasets} (need ag_news/ and sms_spam/ with"
+              " train.jsonl and test.jsonl); pass --datasets DIR", file=sys.stderr)
+        return 0
+    for bundle in args.bundles:
+        if not (bundle / "manifest.json").is_file():
+            parser.error(f"{bundle} is not a bundle folder (no manifest.json)")
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    broker = None
+    bootstrap = args.bootstrap
+    if bootstrap is None:
+        from worker.localkafka import LocalKafka
+
+        print("starting a local Kafka broker ...", file=sys.stderr, flush=True)
+        broker = LocalKafka().start()
+        bootstrap = broker.bootstrap_servers
+    reports = []
+    try:
+        for bundle in args.bundles:
+            report = bench_bundle(bundle.resolve(), bootstrap, texts, args)
+            reports.append(report)
+            print_report(report, args)
+    finally:
+        if broker is not None:
+            broker.stop()
+        out = RESULTS_DIR / "worker_bench.json"
+        out.write_text(json.dumps([asdict(r) for r in reports], indent=2) + "\n")
+        print(f"\nraw figures: {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

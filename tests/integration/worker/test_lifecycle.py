@@ -1,0 +1,221 @@
+"""The worker as a process and as a group member: SIGTERM drains, restarts lose nothing,
+two workers split the partitions, and fatal start-up problems exit non-zero with the reason."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer
+from worker_support import fixture_texts, produce_events, read_records, wait_until
+
+pytestmark = pytest.mark.integration
+
+START_TIMEOUT_S = 60  # a fresh Python with torch imports in a few seconds; this bounds a hang
+DRAIN_TIMEOUT_S = 10
+
+
+def worker_env(bootstrap: str, topic: str, bundle: Path, group: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAGSTREAM_")}
+    env.update(
+        TAGSTREAM_BOOTSTRAP_SERVERS=bootstrap, TAGSTREAM_INPUT_TOPICS=topic, TAGSTREAM_BUNDLE_PATH=str(bundle),
+        TAGSTREAM_GROUP_ID=group, TAGSTREAM_METRICS_PORT="0", TAGSTREAM_MAX_WAIT_MS="10",
+        TAGSTREAM_COMMIT_INTERVAL_MS="200", TAGSTREAM_DRAIN_TIMEOUT_S=str(DRAIN_TIMEOUT_S),
+        TAGSTREAM_RELOAD_INTERVAL_S="0", TAGSTREAM_LOG_FORMAT="json", **extra,
+    )
+    return env
+
+
+def spawn(env: dict[str, str], log: Path, command: str = "run") -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", command], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT
+    )
+
+
+class ResultWatcher:
+    """Reads the results topic in the background, counting results per id."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.ids: list[str] = []
+        self._stop = threading.Event()
+        self._consumer = KafkaConsumer(
+            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+        )
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for batch in self._consumer.poll(timeout_ms=100).values():
+                self.ids.extend(json.loads(r.value)["id"] for r in batch)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._consumer.close()
+
+
+def test_sigterm_mid_stream_then_restart_leaves_no_input_without_a_result(
+    kafka_bootstrap, new_topic, new_group, tiny_bundle, tmp_path
+):
+    """SIGTERM while events stream in drains and exits 0; a restarted worker covers every remaining input."""
+    topic = new_topic(partitions=3, prefix="worker-sigterm")
+    group = new_group()
+    texts = fixture_texts(8000, seed=21)
+    ids = produce_events(kafka_bootstrap, topic, texts[:3000], prefix="a")
+    late_ids: list[str] = []
+    streaming = threading.Thread(  # keeps events coming while the first worker is stopped
+        target=lambda: late_ids.extend(
+            produce_events(kafka_bootstrap, topic, texts[3000:], prefix="b")
+        ),
+    )
+    watcher = ResultWatcher(kafka_bootstrap, f"{topic}.labels")
+    env = worker_env(kafka_bootstrap, topic, tiny_bundle, group)
+    first = spawn(env, tmp_path / "first.log")
+    try:
+        wait_until(lambda: len(watcher.ids) >= 500 or first.poll() is not None, START_TIMEOUT_S,
+                   "the first worker's results")
+        streaming.start()
+        first.send_signal(signal.SIGTERM)
+        signalled_at = time.monotonic()
+        assert first.wait(DRAIN_TIMEOUT_S + 15) == 0, (tmp_path / "first.log").read_text()[-3000:]
+        drain_s = time.monotonic() - signalled_at
+        results_at_stop = len(watcher.ids)
+        streaming.join(60)
+        all_ids = ids + late_ids
+        assert len(all_ids) == 8000
+        assert results_at_stop < len(all_ids), "the stop was not mid-stream"
+        assert drain_s < DRAIN_TIMEOUT_S + 5
+
+        second = spawn(env, tmp_path / "second.log")
+        try:
+            wait_until(lambda: set(all_ids) <= set(watcher.ids), RESULTS_TIMEOUT, "results for every input")
+        finally:
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(DRAIN_TIMEOUT_S + 15) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+        watcher.close()
+    missing = set(all_ids) - set(watcher.ids)
+    assert not missing, f"{len(missing)} inputs without a result"
+    log = [json.loads(line) for line in (tmp_path / "first.log").read_text().splitlines() if line.startswith("{")]
+    drained = [e for e in log if e.get("event") == "drained"]
+    assert drained and drained[0]["unacknowledged_left_for_redelivery"] == 0
+
+
+RESULTS_TIMEOUT = 90
+
+
+def test_two_workers_in_one_group_split_the_partitions_and_cover_all(
+    kafka_bootstrap, new_topic, start_worker, tiny_bundle
+):
+    """Two workers in one group each take some of the 3 partitions; together they label every input."""
+    topic = new_topic(partitions=3, prefix="worker-group")
+    first = start_worker(topic, tiny_bundle)
+    second = start_worker(topic, tiny_bundle)
+    wait_until(
+        lambda: first.health.assigned > 0 and second.health.assigned > 0
+        and first.health.assigned + second.health.assigned == 3,
+        60, "both workers to hold partitions",
+    )
+    assert {first.health.assigned, second.health.assigned} == {1, 2}
+    ids = produce_events(kafka_bootstrap, topic, fixture_texts(3000, seed=22))
+    records = read_records(kafka_bootstrap, f"{topic}.labels", expected=3000)
+    assert {json.loads(r.value)["id"] for r in records} == set(ids)
+    in_first = first.metrics.value("tagstream_events_in_total", {"topic": topic})
+    in_second = second.metrics.value("tagstream_events_in_total", {"topic": topic})
+    assert in_first > 0 and in_second > 0 and in_first + in_second >= 3000
+    partitions_first = {tp.partition for tp in first.tracker.assigned()}
+    partitions_second = {tp.partition for tp in second.tracker.assigned()}
+    assert partitions_first.isdisjoint(partitions_second)
+
+
+def test_hot_reload_swaps_a_new_bundle_and_refuses_a_tampered_one(
+    kafka_bootstrap, new_topic, start_worker, tiny_bundle, tmp_path
+):
+    """A new valid bundle is swapped in without a restart (results carry its version); a tampered one is refused."""
+    import shutil
+
+    from worker_support import make_tiny_bundle
+
+    topic = new_topic(partitions=1, prefix="worker-reload")
+    worker = start_worker(topic, tiny_bundle, reload_interval_s=0.2)
+    old_version = worker.slot.current.version
+    produce_events(kafka_bootstrap, topic, fixture_texts(100, seed=23), prefix="before")
+
+    staged = make_tiny_bundle(tmp_path / "staged-new", seed=7)
+    new_version = json.loads((staged / "manifest.json").read_text())["version"]
+    assert new_version != old_version
+    shutil.rmtree(tiny_bundle)
+    shutil.copytree(staged, tiny_bundle)  # replace the served folder, as a deploy would
+    wait_until(
+        lambda: worker.metrics.value("tagstream_model_info", {"name": "tiny-test", "version": new_version}) == 1,
+        30, "the new bundle to be swapped in",
+    )
+    produce_events(kafka_bootstrap, topic, fixture_texts(100, seed=24), prefix="after")
+
+    tampered = make_tiny_bundle(tmp_path / "staged-bad", seed=8)
+    (tampered / "model.ts").write_bytes((tampered / "model.ts").read_bytes() + b"tampered")
+    shutil.rmtree(tiny_bundle)
+    shutil.copytree(tampered, tiny_bundle)
+    wait_until(lambda: worker.metrics.value("tagstream_bundle_reloads_total", {"result": "refused"}) >= 1,
+               30, "the tampered bundle to be refused")
+    produce_events(kafka_bootstrap, topic, fixture_texts(100, seed=25), prefix="tampered")
+
+    records = read_records(kafka_bootstrap, f"{topic}.labels", expected=300)
+    versions: dict[str, set[str]] = {}
+    for record in records:
+        result = json.loads(record.value)
+        versions.setdefault(result["id"].rstrip("0123456789"), set()).add(result["model_version"])
+    assert versions["after"] == {new_version}
+    assert versions["tampered"] == {new_version}  # the refused bundle never served
+    assert versions["before"] <= {old_version, new_version}
+    assert worker.slot.current.version == new_version
+
+
+def test_check_passes_with_a_good_setup_and_names_a_missing_topic(
+    kafka_bootstrap, new_topic, new_group, tiny_bundle, tmp_path
+):
+    """`tagstream-worker check` exits 0 for a good setup and non-zero naming a missing input topic."""
+    topic = new_topic(partitions=1, prefix="worker-check")
+    env = worker_env(kafka_bootstrap, topic, tiny_bundle, new_group())
+    good = subprocess.run([sys.executable, "-m", "worker.cli", "check"], env=env, capture_output=True,
+                          text=True, timeout=START_TIMEOUT_S)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "ok   bundle: tiny-test version" in good.stdout and "worker can start" in good.stdout
+    env["TAGSTREAM_INPUT_TOPICS"] = "no-such-topic-here"
+    bad = subprocess.run([sys.executable, "-m", "worker.cli", "check"], env=env, capture_output=True,
+                         text=True, timeout=START_TIMEOUT_S)
+    assert bad.returncode == 4
+    assert "FAIL topics: input topic(s) ['no-such-topic-here'] do not exist" in bad.stdout
+
+
+@pytest.mark.parametrize(
+    ("change", "exit_code", "message"),
+    [
+        ("bundle", 3, "failed verification"),
+        ("topic", 4, "input topic 'no-such-topic-here' does not exist"),
+    ],
+)
+def test_fatal_start_up_problems_exit_non_zero_with_the_reason(
+    kafka_bootstrap, new_topic, new_group, tiny_bundle, tmp_path, change, exit_code, message
+):
+    """A tampered bundle exits 3 and a missing input topic exits 4, each with a one-line reason."""
+    topic = new_topic(partitions=1, prefix="worker-fatal")
+    if change == "bundle":
+        (tiny_bundle / "labels.json").write_text('["a", "b", "c"]\n')
+    else:
+        topic = "no-such-topic-here"
+    env = worker_env(kafka_bootstrap, topic, tiny_bundle, new_group())
+    proc = subprocess.run([sys.executable, "-m", "worker.cli", "run"], env=env, capture_output=True, text=True,
+                          timeout=START_TIMEOUT_S)
+    assert proc.returncode == exit_code, proc.stdout + proc.stderr
+    assert message in proc.stderr.splitlines()[-1]

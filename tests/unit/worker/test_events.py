@@ -1,0 +1,144 @@
+"""Parsing records into events or dead letters; the result and dead-letter record formats."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pytest
+
+from worker.errors import Failure
+from worker.events import (
+    DeadLetter,
+    Event,
+    ParseConfig,
+    dead_letter_headers,
+    parse_record,
+    result_value,
+)
+
+
+@dataclass
+class Record:
+    value: bytes | None
+    key: bytes | None = b"k1"
+    topic: str = "sms"
+    partition: int = 2
+    offset: int = 41
+    timestamp: int = 1_764_330_000_123
+    headers: list = field(default_factory=lambda: [("trace", b"abc")])
+
+
+JSON = ParseConfig()
+
+
+def test_json_event_with_id():
+    """A JSON object with text and id becomes an Event keeping key, headers and position."""
+    event = parse_record(Record(b'{"id": "order-7", "text": "win a prize"}'), JSON, received=5.0, epoch=3)
+    assert isinstance(event, Event)
+    assert (event.event_id, event.text, event.key) == ("order-7", "win a prize", b"k1")
+    assert (event.topic, event.partition, event.offset, event.epoch) == ("sms", 2, 41, 3)
+    assert event.headers == [("trace", b"abc")] and event.received == 5.0
+
+
+def test_id_falls_back_to_position():
+    """Without an id field the id is topic:partition:offset."""
+    event = parse_record(Record(b'{"text": "hello"}'), JSON, received=0.0)
+    assert isinstance(event, Event) and event.event_id == "sms:2:41"
+
+
+def test_numeric_id_is_kept_as_text():
+    """A numeric id is used, as a string."""
+    event = parse_record(Record(b'{"id": 17, "text": "hello"}'), JSON, received=0.0)
+    assert isinstance(event, Event) and event.event_id == "17"
+
+
+def test_configured_fields_and_text_format():
+    """text_field/id_field are honoured; input_format=text takes the whole value as the text."""
+    config = ParseConfig(text_field="body", id_field="uuid")
+    event = parse_record(Record(b'{"uuid": "u1", "body": "hi"}'), config, received=0.0)
+    assert isinstance(event, Event) and (event.event_id, event.text) == ("u1", "hi")
+    raw = parse_record(Record(b"plain text, no JSON"), ParseConfig(input_format="text"), received=0.0)
+    assert isinstance(raw, Event) and raw.text == "plain text, no JSON"
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (None, Failure.EMPTY_PAYLOAD),
+        (b"", Failure.EMPTY_PAYLOAD),
+        (b"\xff\xfe not utf-8", Failure.INVALID_UTF8),
+        (b"{not json", Failure.INVALID_JSON),
+        (b"[1, 2]", Failure.NOT_AN_OBJECT),
+        (b'"just a string"', Failure.NOT_AN_OBJECT),
+        (b'{"id": 1}', Failure.MISSING_TEXT),
+        (b'{"text": 42}', Failure.TEXT_NOT_STRING),
+        (b'{"text": null}', Failure.TEXT_NOT_STRING),
+        (b'{"text": "   \\n"}', Failure.EMPTY_TEXT),
+        (b"[" * 100_000, Failure.INVALID_JSON),
+    ],
+)
+def test_bad_records_become_dead_letters(value, reason):
+    """Each kind of bad input is a DeadLetter with its reason, keeping the original bytes and key."""
+    letter = parse_record(Record(value), JSON, received=0.0)
+    assert isinstance(letter, DeadLetter)
+    assert letter.reason is reason and letter.detail
+    assert letter.value == value and letter.key == b"k1"
+
+
+def test_payload_over_the_limit_is_dead_lettered_unread():
+    """A value over max_payload_bytes is refused before decoding."""
+    config = ParseConfig(max_payload_bytes=10)
+    letter = parse_record(Record(b'{"text": "a long enough text"}'), config, received=0.0)
+    assert isinstance(letter, DeadLetter) and letter.reason is Failure.PAYLOAD_TOO_LARGE
+    assert "max_payload_bytes=10" in letter.detail
+
+
+def test_long_text_is_accepted_not_rejected():
+    """A very long text is an Event (the tokenizer truncates it), not a dead letter."""
+    text = "word " * 50_000
+    event = parse_record(Record(json.dumps({"text": text}).encode()), JSON, received=0.0)
+    assert isinstance(event, Event) and event.text == text
+
+
+def test_result_schema():
+    """The result JSON has id, label, score, top-k, model, version, source and latency."""
+    event = Event("sms", 2, 41, 1_764_330_000_123, b"k1", [], "order-7", "hi", 0.0)
+    value = result_value(
+        event, label="spam", score=0.97, top_k=[("spam", 0.97), ("ham", 0.03)],
+        model_name="sms-spam", model_version="abc123", latency_ms=12.34567,
+    )
+    assert json.loads(value) == {
+        "id": "order-7",
+        "label": "spam",
+        "score": 0.97,
+        "top_k": [{"label": "spam", "score": 0.97}, {"label": "ham", "score": 0.03}],
+        "model": "sms-spam",
+        "model_version": "abc123",
+        "source": {"topic": "sms", "partition": 2, "offset": 41, "timestamp_ms": 1_764_330_000_123},
+        "latency_ms": 12.346,
+    }
+
+
+def test_result_keeps_unicode_text_ids():
+    """Non-ASCII ids are written as UTF-8, not escaped."""
+    event = Event("t", 0, 0, 0, None, [], "id-é", "x", 0.0)
+    value = result_value(event, label="a", score=1.0, top_k=[("a", 1.0)], model_name="m", model_version="v",
+                         latency_ms=0.0)
+    assert "id-é".encode() in value
+
+
+def test_dead_letter_headers():
+    """Dead-letter headers keep the input's headers and add reason, detail, source and time."""
+    letter = parse_record(Record(b"{oops"), JSON, received=0.0)
+    assert isinstance(letter, DeadLetter)
+    headers = dict(dead_letter_headers(letter, now=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)))
+    assert headers["trace"] == b"abc"
+    assert headers["tagstream.reason"] == b"invalid_json"
+    assert headers["tagstream.detail"].startswith(b"line 1 column 2")
+    assert headers["tagstream.source.topic"] == b"sms"
+    assert headers["tagstream.source.partition"] == b"2"
+    assert headers["tagstream.source.offset"] == b"41"
+    assert headers["tagstream.source.timestamp_ms"] == b"1764330000123"
+    assert headers["tagstream.dead_lettered_at"] == b"2026-01-02T03:04:05.000+00:00"

@@ -1,0 +1,197 @@
+"""The model runner: device and dtype resolution, batching parity with the bundle, warm-up."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from worker_support import fixture_texts
+
+from model.bundle import Bundle
+from worker.errors import BundleLoadError, InferenceError, SettingsError
+from worker.runner import ModelRunner, configure_threads, resolve_device, resolve_dtype
+
+CPU = torch.device("cpu")
+
+
+def runner_for(path, **kw) -> ModelRunner:
+    args = {"device": CPU, "autocast_dtype": None, "max_batch_size": 16, "max_batch_tokens": 512, "top_k": 3}
+    args.update(kw)
+    return ModelRunner.load(path, **args)
+
+
+@pytest.mark.parametrize(
+    ("requested", "cuda", "count", "expected"),
+    [
+        ("auto", False, 0, "cpu"),
+        ("auto", True, 2, "cuda:0"),
+        ("cpu", True, 2, "cpu"),
+        ("cuda", True, 1, "cuda:0"),
+        ("cuda:1", True, 2, "cuda:1"),
+    ],
+)
+def test_device_resolution(requested, cuda, count, expected):
+    """auto picks the first GPU when there is one; explicit devices are honoured."""
+    assert resolve_device(requested, cuda_available=cuda, device_count=count) == torch.device(expected)
+
+
+@pytest.mark.parametrize(("requested", "cuda", "count"), [("cuda", False, 0), ("cuda:2", True, 2)])
+def test_unavailable_device_names_the_setting(requested, cuda, count):
+    """Asking for a GPU the machine lacks fails at start naming TAGSTREAM_DEVICE."""
+    with pytest.raises(SettingsError, match="TAGSTREAM_DEVICE"):
+        resolve_device(requested, cuda_available=cuda, device_count=count)
+
+
+@pytest.mark.parametrize(
+    ("requested", "device", "bf16", "expected"),
+    [
+        ("auto", "cpu", True, None),
+        ("float32", "cuda:0", True, None),
+        ("auto", "cuda:0", True, torch.bfloat16),
+        ("auto", "cuda:0", False, torch.float16),
+        ("float16", "cuda:0", True, torch.float16),
+        ("bfloat16", "cuda:0", True, torch.bfloat16),
+        ("bfloat16", "cpu", False, torch.bfloat16),
+        ("float16", "cpu", False, torch.float16),
+    ],
+)
+def test_dtype_resolution(requested, device, bf16, expected):
+    """auto is float32 on CPU and bf16 (else fp16) autocast on GPU; explicit dtypes are honoured."""
+    assert resolve_dtype(requested, torch.device(device), bf16_supported=bf16) == expected
+
+
+def test_bf16_on_a_gpu_without_it_is_refused():
+    """bfloat16 on a GPU that lacks it fails naming TAGSTREAM_DTYPE."""
+    with pytest.raises(SettingsError, match="TAGSTREAM_DTYPE=bfloat16"):
+        resolve_dtype("bfloat16", torch.device("cuda:0"), bf16_supported=False)
+
+
+def test_batched_scores_equal_the_bundles_offline_scores(tiny_bundle):
+    """Padded-batch top-k scores equal Bundle.predict_proba's (same labels, scores within 1e-5)."""
+    runner = runner_for(tiny_bundle)
+    offline = Bundle.load(tiny_bundle)
+    texts = fixture_texts(40, seed=9)
+    got = runner.classify(runner.tokenize(texts))
+    probs = offline.predict_proba(texts)
+    for i in range(len(texts)):
+        assert got.top_indices[i][0] == int(probs[i].argmax())
+        for j, p in zip(got.top_indices[i], got.top_scores[i], strict=True):
+            assert p == pytest.approx(float(probs[i, j]), abs=1e-5)
+
+
+def test_batching_never_changes_answers(tiny_bundle):
+    """A text's scores are the same alone and padded inside a batch of longer texts."""
+    runner = runner_for(tiny_bundle)
+    texts = fixture_texts(12, seed=4, min_words=1, max_words=40)
+    ids = runner.tokenize(texts)
+    batched = runner.classify(ids)
+    for i, one in enumerate(ids):
+        alone = runner.classify([one])
+        assert alone.top_indices[0] == batched.top_indices[i]
+        assert alone.top_scores[0] == pytest.approx(batched.top_scores[i], abs=1e-5)
+
+
+def test_long_texts_are_truncated_to_max_length(tiny_bundle):
+    """Over-long texts tokenize to the bundle's max_length and are classified, not rejected."""
+    runner = runner_for(tiny_bundle)
+    ids = runner.tokenize(["word " * 5000, "short"])
+    assert len(ids[0]) == runner.max_length and len(ids[1]) < runner.max_length
+    assert len(runner.classify(ids).top_indices) == 2
+
+
+def test_top_k_is_capped_at_the_label_count(tiny_bundle):
+    """top_k larger than the number of labels returns every label, most probable first."""
+    runner = runner_for(tiny_bundle, top_k=10)
+    got = runner.classify(runner.tokenize(["hello there"]))
+    assert len(got.top_indices[0]) == len(runner.labels)
+    assert got.top_scores[0] == sorted(got.top_scores[0], reverse=True)
+    assert sum(got.top_scores[0]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_autocast_path_runs_on_cpu(tiny_bundle):
+    """The reduced-precision (autocast) path runs end to end and agrees on the top label mostly."""
+    full = runner_for(tiny_bundle)
+    half = runner_for(tiny_bundle, autocast_dtype=torch.bfloat16)
+    ids = full.tokenize(fixture_texts(30, seed=2))
+    a, b = full.classify(ids), half.classify(ids)
+    agree = sum(x[0] == y[0] for x, y in zip(a.top_indices, b.top_indices, strict=True))
+    assert agree >= 27
+    assert a.top_scores != b.top_scores  # autocast really changed the arithmetic
+
+
+def test_warm_up_covers_the_largest_batches(tiny_bundle):
+    """Warm-up shapes are the largest batches the limits allow; warm-up runs them."""
+    runner = runner_for(tiny_bundle, max_batch_size=64, max_batch_tokens=512)
+    # max_length 32: at most 16 rows of 32 tokens, or 64 rows of 8 tokens.
+    assert runner.warm_up_shapes == [(16, 32), (64, 8)]
+    assert runner.warm_up() > 0
+
+
+def test_thread_setting_applies():
+    """configure_threads sets torch's intra-op threads (0 means all cores)."""
+    before = torch.get_num_threads()
+    try:
+        assert configure_threads(1) == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_inference_failure_is_typed(tiny_bundle):
+    """A model error surfaces as InferenceError naming the batch."""
+    runner = runner_for(tiny_bundle)
+    with pytest.raises(InferenceError, match="batch of 1"):
+        runner.classify([[10_000_000]])  # an id past the vocabulary
+
+
+def test_tampered_bundle_is_refused(tiny_bundle, tmp_path):
+    """A bundle whose files do not match the manifest cannot be loaded."""
+    import shutil
+
+    copy = tmp_path / "tampered"
+    shutil.copytree(tiny_bundle, copy)
+    (copy / "labels.json").write_text('["a", "b", "c"]\n')
+    with pytest.raises(BundleLoadError, match="failed verification"):
+        runner_for(copy)
+
+
+@pytest.mark.parametrize(
+    ("requested", "device", "threads", "expected"),
+    [
+        (0, "cpu", 2, (2, 1)),
+        (0, "cpu", 8, (2, 4)),
+        (0, "cpu", 1, (1, 1)),
+        (4, "cpu", 8, (4, 2)),
+        (3, "cpu", 2, (3, 1)),
+        (0, "cuda:0", 8, (1, 8)),
+        (2, "cuda:0", 8, (2, 8)),
+    ],
+)
+def test_inference_streams(requested, device, threads, expected):
+    """auto runs two batches side by side on a multi-core CPU and one on a GPU; threads are split."""
+    from worker.runner import resolve_streams
+
+    assert resolve_streams(requested, torch.device(device), threads) == expected
+
+
+def test_concurrent_streams_give_the_same_answers(tiny_bundle):
+    """Two threads classifying at once with one runner get the answers each would get alone."""
+    import threading
+
+    runner = runner_for(tiny_bundle)
+    ids = runner.tokenize(fixture_texts(64, seed=31))
+    halves = [ids[:32], ids[32:]]
+    alone = [runner.classify(h) for h in halves]
+    together: list = [None, None]
+
+    def run(i: int) -> None:
+        for _ in range(5):
+            together[i] = runner.classify(halves[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b in zip(alone, together, strict=True):
+        assert a.top_indices == b.top_indices
+        for row_a, row_b in zip(a.top_scores, b.top_scores, strict=True):
+            assert row_a == pytest.approx(row_b, abs=1e-6)

@@ -1,0 +1,122 @@
+"""The sink: routing, result records, dead letters, and acknowledgement only on delivery."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from kafka import errors as ke
+from kafka.structs import TopicPartition
+from worker_fakes import FakeProducer
+
+from worker.errors import BrokerError, Failure
+from worker.events import DeadLetter, Event
+from worker.offsets import OffsetTracker
+from worker.runner import Classified
+from worker.settings import WorkerSettings
+from worker.sink import Router, Sink
+from worker.telemetry import Metrics
+
+LABELS = ["ham", "spam", "news"]
+
+
+def settings(**kw) -> WorkerSettings:
+    return WorkerSettings(bundle_path="/b", input_topics=["sms"], **kw)
+
+
+def make_sink(**kw):
+    producer = FakeProducer()
+    tracker = OffsetTracker()
+    tracker.assign([TopicPartition("sms", 0)])
+    fatal: list[BaseException] = []
+    metrics = Metrics()
+    sink = Sink(producer, Router(settings(**kw)), tracker, metrics, fatal.append)
+    return sink, producer, tracker, fatal, metrics
+
+
+def events(tracker: OffsetTracker, n: int) -> list[Event]:
+    epoch = tracker.track(TopicPartition("sms", 0), range(n))
+    return [
+        Event("sms", 0, i, 1_700_000_000_000, f"k{i}".encode(), [("trace", b"t")], f"e{i}", "txt", 0.0, epoch)
+        for i in range(n)
+    ]
+
+
+def classified(labels_idx: list[int]) -> Classified:
+    idx = [[i, (i + 1) % 3] for i in labels_idx]
+    return Classified(idx, [[0.9, 0.1] for _ in labels_idx], 0.01)
+
+
+def test_router_resolves_templates_and_routes():
+    """Labels with a route go to their topic; the rest to output_topic; dead letters to dlq_topic."""
+    router = Router(settings(routes={"spam": "mail.spam"}))
+    assert router.result_topic("sms", "spam") == "mail.spam"
+    assert router.result_topic("sms", "ham") == "sms.labels"
+    assert router.dead_letter_topic("sms") == "sms.dlq"
+
+
+def test_results_are_routed_with_key_and_headers():
+    """One result per event, on its label's topic, with the input's key and headers."""
+    sink, producer, tracker, _, _ = make_sink(routes={"spam": "mail.spam"})
+    evs = events(tracker, 3)
+    sink.publish_results(evs, classified([0, 1, 2]), LABELS, "m", "v1")
+    assert [s.topic for s in producer.sent] == ["sms.labels", "mail.spam", "sms.labels"]
+    assert [s.key for s in producer.sent] == [b"k0", b"k1", b"k2"]
+    assert all(s.headers == [("trace", b"t")] for s in producer.sent)
+    body = json.loads(producer.sent[1].value)
+    assert body["id"] == "e1" and body["label"] == "spam" and body["model_version"] == "v1"
+    assert body["top_k"] == [{"label": "spam", "score": 0.9}, {"label": "news", "score": 0.1}]
+
+
+def test_offsets_are_acknowledged_only_on_delivery():
+    """Nothing is committable until the broker acknowledges; then the delivered prefix is."""
+    sink, producer, tracker, _, metrics = make_sink()
+    sink.publish_results(events(tracker, 3), classified([0, 0, 0]), LABELS, "m", "v1")
+    assert tracker.committable() == {}
+    producer.sent[0].future.succeed()
+    producer.sent[2].future.succeed()
+    assert tracker.committable() == {TopicPartition("sms", 0): 1}
+    producer.sent[1].future.succeed()
+    assert tracker.committable() == {TopicPartition("sms", 0): 3}
+    assert metrics.value("tagstream_events_out_total", {"topic": "sms"}) == 3
+    assert metrics.value("tagstream_end_to_end_latency_seconds_count") == 3
+
+
+def test_failed_delivery_is_fatal_and_never_acknowledged():
+    """A delivery error after the producer's retries reports DELIVERY_FAILED and leaves the offset uncommitted."""
+    sink, producer, tracker, fatal, _ = make_sink()
+    sink.publish_results(events(tracker, 2), classified([0, 0]), LABELS, "m", "v1")
+    producer.sent[0].future.fail(ke.KafkaTimeoutError("expired"))
+    producer.sent[1].future.succeed()
+    assert len(fatal) == 1 and isinstance(fatal[0], BrokerError)
+    assert fatal[0].failure is Failure.DELIVERY_FAILED
+    assert tracker.committable() == {}
+
+
+def test_send_timeout_on_metadata_means_missing_topic():
+    """send() timing out on metadata is a TOPIC_MISSING error that says how to fix it."""
+    sink, producer, tracker, _, _ = make_sink()
+    producer.raise_on_send = ke.KafkaTimeoutError("Failed to update metadata after 15.0 secs.")
+    with pytest.raises(BrokerError, match="create it or enable auto-creation") as info:
+        sink.publish_results(events(tracker, 1), classified([0]), LABELS, "m", "v1")
+    assert info.value.failure is Failure.TOPIC_MISSING
+
+
+def test_dead_letters_keep_bytes_key_and_add_reason_headers():
+    """A dead letter goes to the DLQ with the original value and key and tagstream.* headers."""
+    sink, producer, tracker, _, metrics = make_sink()
+    epoch = tracker.track(TopicPartition("sms", 0), [0, 1])
+    letters = [
+        DeadLetter("sms", 0, 0, 1, b"key", b"\xffbad", [("h", b"1")], Failure.INVALID_UTF8, "byte 0", epoch),
+        DeadLetter("sms", 0, 1, 1, None, None, [], Failure.EMPTY_PAYLOAD, "no value", epoch),
+    ]
+    sink.publish_dead_letters(letters)
+    first, second = producer.sent
+    assert (first.topic, first.value, first.key) == ("sms.dlq", b"\xffbad", b"key")
+    headers = dict(first.headers)
+    assert headers["h"] == b"1" and headers["tagstream.reason"] == b"invalid_utf8"
+    assert headers["tagstream.source.offset"] == b"0"
+    assert second.value == b"" and dict(second.headers)["tagstream.reason"] == b"empty_payload"
+    producer.ack_all()
+    assert tracker.committable() == {TopicPartition("sms", 0): 2}
+    assert metrics.value("tagstream_dead_letters_total", {"reason": "invalid_utf8"}) == 1

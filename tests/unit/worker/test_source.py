@@ -1,0 +1,169 @@
+"""The consumer stage with a fake consumer: ingest, tokenization per poll, backpressure, rebalance."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+from kafka.structs import TopicPartition
+from worker_fakes import FakeConsumer, Record
+
+from worker.events import ParseConfig
+from worker.handoff import InputHandoff
+from worker.offsets import Committer, OffsetTracker
+from worker.source import Source
+from worker.telemetry import Health, Metrics
+
+TP0, TP1 = TopicPartition("in", 0), TopicPartition("in", 1)
+
+
+class CountingRunner:
+    """Stands in for ModelRunner.tokenize: one id per word, and counts the calls."""
+
+    version = "v1"
+    tokenizer_key = "tok1"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def tokenize(self, texts):
+        self.calls += 1
+        return [[1] * len(t.split()) for t in texts]
+
+
+def make_source(capacity=100, grace=0.0):
+    consumer = FakeConsumer([TP0, TP1])
+    tracker = OffsetTracker()
+    tracker.assign([TP0, TP1])
+    handoff: InputHandoff = InputHandoff(capacity)
+    runner = CountingRunner()
+    metrics = Metrics()
+    source = Source(
+        consumer, topics=["in"], pattern=None, parse_config=ParseConfig(), tracker=tracker,
+        committer=Committer(consumer, tracker, interval_s=0.0), handoff=handoff, current_runner=lambda: runner,
+        metrics=metrics, health=Health(), revoke_grace_s=grace,
+    )
+    return source, consumer, tracker, handoff, runner, metrics
+
+
+def records(tp, start, n, bad=()):
+    out = []
+    for i in range(start, start + n):
+        value = b"{broken" if i in bad else json.dumps({"id": f"e{i}", "text": "a b c"}).encode()
+        out.append(Record(tp.topic, tp.partition, i, value))
+    return out
+
+
+def run_once(source):
+    stop = threading.Event()
+    consumer = source._consumer
+
+    def poll_then_stop(*a, **k):
+        stop.set()
+        return FakeConsumer.poll(consumer, *a, **k)
+
+    consumer.poll = poll_then_stop
+    source.run(stop)
+    del consumer.poll
+
+
+def test_one_tokenizer_call_per_poll():
+    """A poll's records are parsed, tracked and tokenized in one tokenizer call."""
+    source, consumer, tracker, handoff, runner, metrics = make_source()
+    consumer.polls.append({TP0: records(TP0, 0, 5), TP1: records(TP1, 0, 4)})
+    run_once(source)
+    events, letters, _ = handoff.take(0)
+    assert len(events) == 9 and letters == []
+    assert runner.calls == 1
+    assert all(e.token_ids == [1, 1, 1] and e.tokenizer_key == "tok1" for e in events)
+    assert tracker.in_flight() == 9
+    assert metrics.value("tagstream_events_in_total", {"topic": "in"}) == 9
+
+
+def test_bad_records_are_handed_over_as_dead_letters():
+    """Malformed records travel as dead letters, still tracked so their offsets are committed later."""
+    source, consumer, tracker, handoff, _, _ = make_source()
+    consumer.polls.append({TP0: records(TP0, 0, 4, bad={1, 3})})
+    run_once(source)
+    events, letters, _ = handoff.take(0)
+    assert [e.offset for e in events] == [0, 2]
+    assert [(d.offset, d.reason.label) for d in letters] == [(1, "invalid_json"), (3, "invalid_json")]
+    assert tracker.in_flight() == 4
+
+
+def test_backpressure_pauses_and_resumes():
+    """Past capacity every partition is paused; below half of it they resume; polling goes on."""
+    source, consumer, _, handoff, _, metrics = make_source(capacity=10)
+    consumer.polls.append({TP0: records(TP0, 0, 12)})
+    run_once(source)
+    assert consumer.paused() == {TP0, TP1}
+    assert metrics.value("tagstream_consumer_paused") == 1
+    handoff.take(0)
+    handoff.release(6)  # 6 pending: still above the resume mark (5)
+    run_once(source)
+    assert consumer.paused() == {TP0, TP1}
+    handoff.release(2)  # 4 pending
+    run_once(source)
+    assert consumer.paused() == set()
+    assert metrics.value("tagstream_consumer_paused") == 0
+
+
+def test_revocation_commits_acknowledged_and_drops_the_rest():
+    """On revocation the acknowledged prefix is committed and unfinished work is left for redelivery."""
+    source, consumer, tracker, _, _, _ = make_source(grace=0.0)
+    epoch = tracker.track(TP0, [0, 1, 2])
+    tracker.ack(TP0, 0, epoch)
+    tracker.ack(TP0, 1, epoch)
+    asyncio.run(source.on_revoked({TP0}, sleep=None))
+    assert consumer.commits[-1][TP0].offset == 2
+    assert tracker.epoch(TP0) is None and not tracker.is_current(TP0, epoch)
+
+
+def test_revocation_waits_for_in_flight_work():
+    """With a grace period, revocation waits until in-flight inputs are acknowledged, then commits them."""
+    source, consumer, tracker, _, _, _ = make_source(grace=5.0)
+    epoch = tracker.track(TP0, [0, 1])
+
+    async def sleep_and_ack(_delay):
+        tracker.ack(TP0, 0, epoch)
+        tracker.ack(TP0, 1, epoch)
+
+    asyncio.run(source.on_revoked({TP0}, sleep=sleep_and_ack))
+    assert consumer.commits[-1][TP0].offset == 2
+
+
+def test_drain_commits_and_stops_when_acknowledged():
+    """drain pauses fetching, closes the hand-off, waits for acks and commits them."""
+    import time
+
+    source, consumer, tracker, handoff, _, _ = make_source()
+    epoch = tracker.track(TP1, [0, 1])
+    threading.Timer(0.05, lambda: (tracker.ack(TP1, 0, epoch), tracker.ack(TP1, 1, epoch))).start()
+    left = source.drain(deadline=time.monotonic() + 5, downstream_done=lambda: False)
+    assert left == 0
+    assert consumer.paused() == {TP0, TP1}
+    assert handoff.take(0)[2] is True
+    assert consumer.commits[-1][TP1].offset == 2
+
+
+def test_partition_assigned_straight_back_resumes_at_the_dropped_inputs():
+    """A partition revoked with unacknowledged inputs and assigned straight back is re-read from the
+    first of them, and inputs already delivered are not run again."""
+    source, consumer, tracker, handoff, _, _ = make_source(grace=0.0)
+    epoch = tracker.track(TP0, [0, 1, 2, 3])
+    tracker.ack(TP0, 0, epoch)
+    tracker.ack(TP0, 2, epoch)  # delivered out of order, past a gap at 1
+    asyncio.run(source.on_revoked({TP0}, sleep=None))
+    source.on_assigned({TP0, TP1})
+    assert consumer.seeks == [(TP0, 1)]
+    consumer.polls.append({TP0: records(TP0, 1, 3)})
+    run_once(source)
+    events, _, _ = handoff.take(0)
+    assert [e.offset for e in events] == [1, 3]  # 2 already has its result
+    new_epoch = tracker.epoch(TP0)
+    tracker.ack(TP0, 1, new_epoch)
+    tracker.ack(TP0, 3, new_epoch)
+    assert tracker.committable() == {TP0: 4}
+    source.on_assigned({TP0})  # a later assignment does not rewind again
+    assert consumer.seeks == [(TP0, 1)]

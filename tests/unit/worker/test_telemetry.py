@@ -1,0 +1,64 @@
+"""The metrics, /healthz and /readyz endpoints."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+
+from worker.telemetry import Health, Metrics, TelemetryServer
+
+
+def get(port: int, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_endpoints_report_metrics_health_and_readiness():
+    """/metrics serves Prometheus text; /healthz and /readyz answer 200 or 503 with the reason."""
+    now = [0.0]
+    metrics, health = Metrics(), Health(clock=lambda: now[0])
+    metrics.events_in.labels(topic="sms").inc(3)
+    metrics.set_model("m", "v1")
+    server = TelemetryServer(metrics, health, port=0, host="127.0.0.1")
+    server.start()
+    try:
+        status, body = get(server.port, "/metrics")
+        assert status == 200
+        assert b'tagstream_events_in_total{topic="sms"} 3.0' in body
+        assert b'tagstream_model_info{name="m",version="v1"} 1.0' in body
+        assert b"tagstream_consumer_lag" in body
+
+        status, body = get(server.port, "/readyz")
+        assert status == 503 and json.loads(body)["model_ready"] is False
+        health.model_ready, health.assigned = True, 3
+        status, body = get(server.port, "/readyz")
+        assert status == 200 and json.loads(body)["assigned_partitions"] == 3
+
+        worker_thread = threading.Thread(target=lambda: None)
+        worker_thread.start()
+        worker_thread.join()
+        assert get(server.port, "/healthz")[0] == 200
+        now[0] = 31.0  # the consumer loop has not turned for 31 s
+        status, body = get(server.port, "/healthz")
+        assert status == 503 and json.loads(body)["loop_idle_s"] == 31.0
+        health.loop_turned()
+        health.watch(worker_thread)  # a stage thread that has died
+        status, body = get(server.port, "/healthz")
+        assert status == 503 and json.loads(body)["dead_threads"] == [worker_thread.name]
+        assert get(server.port, "/nope")[0] == 404
+    finally:
+        server.stop()
+
+
+def test_model_info_follows_swaps():
+    """model_info shows only the serving version after a swap."""
+    metrics = Metrics()
+    metrics.set_model("m", "v1")
+    metrics.set_model("m", "v2")
+    assert metrics.value("tagstream_model_info", {"name": "m", "version": "v2"}) == 1
+    assert metrics.registry.get_sample_value("tagstream_model_info", {"name": "m", "version": "v1"}) is None

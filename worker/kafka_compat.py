@@ -1,0 +1,76 @@
+"""A fix for a kafka-python 3.0 group-join bug that can stop a worker consuming forever.
+
+The bug (kafka-python 3.0.12, ``BaseCoordinator.join_group_async``): a group join runs as a
+task on the client's I/O loop while ``consumer.poll(timeout_ms=...)`` waits for it. When the
+poll's timeout expires first (a rebalance listener that finishes in-flight work, or a JoinGroup
+the broker holds until every member rejoins, easily outlasts a 100 ms poll), the task goes on
+and completes, but its result is never applied: the next poll either starts a fresh join
+(dropping the completed one) or, when ``need_rejoin()`` has meanwhile become false (the group
+leader updates its metadata snapshot while assigning), never looks at it again. The member
+then holds no partitions, stays in REBALANCING, and the poll loop spins without consuming.
+Seen here with one worker whose rebalance was triggered by a metadata change while its revoke
+listener waited for in-flight batches.
+
+The fix: a join task that completed while nobody waited is applied by the next poll (its
+assignment installed and the listeners called, exactly as the library does when the waiter is
+still there), and ``need_rejoin()`` stays true while such a task exists so that the next poll
+gets there. Applied only to kafka-python 3.0.x, whose code it was written against; a test
+(tests/integration/worker/test_kafka_compat.py) reproduces the hang without it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kafka
+from kafka.coordinator.base import BaseCoordinator
+from kafka.coordinator.consumer import ConsumerCoordinator
+from kafka.structs import MemberState
+
+_PATCHED_ATTR = "_tagstream_join_fix"
+
+
+def needs_fix(version: str = kafka.__version__) -> bool:
+    return version.startswith("3.0.")
+
+
+def apply_join_fix() -> bool:
+    """Patch the coordinator once per process; returns whether the fix is in place."""
+    if getattr(BaseCoordinator, _PATCHED_ATTR, False):
+        return True
+    if not needs_fix():
+        return False
+    original_join = BaseCoordinator.join_group_async
+    original_need_rejoin = ConsumerCoordinator.need_rejoin
+
+    async def join_group_async(self: Any, timeout_ms: Any = None) -> Any:
+        task = self._join_task
+        if task is not None and task.is_done and self.rejoining:
+            # A join completed after its waiter gave up: apply it now instead of dropping it.
+            self._join_task = None
+            if task.succeeded():
+                with self._lock:
+                    self.rejoining = False
+                    self.rejoin_needed = False
+                    self.state = MemberState.STABLE
+                    self._enable_heartbeat()
+                await self._on_join_complete_async(
+                    self._generation.generation_id,
+                    self._generation.member_id,
+                    self._generation.protocol,
+                    task.value,
+                )
+                if not self.need_rejoin():
+                    return True
+            # A failed join: its response handler already requested a rejoin; retry as usual.
+        return await original_join(self, timeout_ms)
+
+    def need_rejoin(self: Any) -> bool:
+        if getattr(self, "_join_task", None) is not None and getattr(self, "rejoining", False):
+            return True  # a join is in flight or completed unapplied: poll must finish it
+        return original_need_rejoin(self)
+
+    BaseCoordinator.join_group_async = join_group_async  # type: ignore[method-assign]
+    ConsumerCoordinator.need_rejoin = need_rejoin  # type: ignore[method-assign]
+    setattr(BaseCoordinator, _PATCHED_ATTR, True)
+    return True
