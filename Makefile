@@ -43,6 +43,9 @@ deploy-check: install deploy-tools  ## validate deploy/: k8s manifests (schemas,
 	$(BIN)/python deploy/validate.py
 	$(BIN)/hadolint --failure-threshold style Dockerfile
 
+demo: install  ## the whole story: local broker, a model trained on sample data, events through the worker, live results (DATA=path)
+	$(BIN)/python demo/run_demo.py
+
 test: install deploy-tools  ## run the whole test suite (starts and stops a local Kafka broker itself)
 	$(BIN)/python -m pytest
 
@@ -59,7 +62,7 @@ kafka-status: install  ## show the background broker and whether it answers
 	$(BIN)/tagstream-worker kafka status
 
 lint: install  ## ruff and mypy
-	$(BIN)/ruff check worker model tests bench
+	$(BIN)/ruff check worker model tests bench demo deploy
 	$(BIN)/mypy worker model
 
 clean:  ## remove the virtual environment and caches (not the shared uv/Maven caches)
