@@ -15,19 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import (
-    Tokenizer,
-    decoders,
-    models,
-    normalizers,
-    pre_tokenizers,
-    processors,
-    trainers,
-)
 
 from model.bundle import write_bundle
-from model.config import EncoderConfig
+from model.config import EncoderConfig, TokenizerConfig
 from model.encoder import EncoderClassifier, ProbabilityModel
+from model.tokenizer import pad_id, train_tokenizer
 
 LABELS = ["ham", "spam", "news"]
 
@@ -50,23 +42,6 @@ def fixture_texts(n: int, seed: int = 0, min_words: int = 2, max_words: int = 40
     return texts
 
 
-def train_tokenizer(texts: list[str], vocab_size: int = 300) -> Tokenizer:
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, min_frequency=1, show_progress=False,
-        special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
-    )
-    return tok
-
-
 def make_tiny_bundle(
     out_dir: Path,
     *,
@@ -78,11 +53,12 @@ def make_tiny_bundle(
 ) -> Path:
     """Write a random tiny bundle to ``out_dir`` and return its path."""
     labels = list(labels or LABELS)
-    tokenizer = train_tokenizer(fixture_texts(300, seed=1234))
+    tokenizer = train_tokenizer(fixture_texts(300, seed=1234), TokenizerConfig(vocab_size=300, min_frequency=1))
     torch.manual_seed(seed)
     cfg = EncoderConfig(
         vocab_size=tokenizer.get_vocab_size(), max_length=max_length, d_model=d_model, n_heads=2,
         n_layers=1, d_ff=2 * d_model, n_classes=len(labels), dropout=0.0, attn_dropout=0.0,
+        pad_id=pad_id(tokenizer),
     )
     model = EncoderClassifier(cfg)
     with torch.no_grad():

@@ -1,14 +1,13 @@
-"""Fixtures for the install test: uv, and a real tiny bundle (shared with tests/unit/deploy)."""
+"""Fixtures for the install test: uv, and a real tiny bundle (tests/worker_support.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from worker_support import make_tiny_bundle
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 # The uv the Makefile installs (UV_VERSION there); $UV overrides.
@@ -27,10 +26,4 @@ def uv() -> Path:
 @pytest.fixture(scope="session")
 def write_tiny_bundle() -> Callable[..., Path]:
     """``write_tiny_bundle(out_dir, name=..., seed=...)``: export a real, tiny, untrained bundle."""
-    path = REPO_ROOT / "tests" / "unit" / "deploy" / "tiny_bundle.py"
-    spec = importlib.util.spec_from_file_location("tagstream_tiny_bundle", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module.write_tiny_bundle
+    return make_tiny_bundle

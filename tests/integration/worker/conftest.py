@@ -3,21 +3,15 @@ and in-process workers that are always stopped at the end of the test."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from worker_support import make_tiny_bundle
 
-_TESTS = str(Path(__file__).resolve().parents[2])
-if _TESTS not in sys.path:  # tests/worker_support.py, shared with the unit tests
-    sys.path.insert(0, _TESTS)
-
-from worker_support import make_tiny_bundle  # noqa: E402
-
-from worker.app import Worker  # noqa: E402
-from worker.settings import load_settings  # noqa: E402
+from worker.app import Worker
+from worker.settings import load_settings
 
 
 @pytest.fixture

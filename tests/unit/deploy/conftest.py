@@ -11,6 +11,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from worker_support import make_tiny_bundle
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEPLOY_DIR = REPO_ROOT / "deploy"
@@ -42,7 +43,7 @@ def validator() -> ModuleType:
 @pytest.fixture(scope="session")
 def write_tiny_bundle() -> Callable[..., Path]:
     """``write_tiny_bundle(out_dir, name=..., seed=...)``: export a real, tiny, untrained bundle."""
-    return load_script(Path(__file__).with_name("tiny_bundle.py"), "tagstream_tiny_bundle").write_tiny_bundle
+    return make_tiny_bundle
 
 
 @pytest.fixture(scope="session")

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-_TESTS = str(Path(__file__).resolve().parents[2])
-if _TESTS not in sys.path:  # tests/worker_support.py, shared with the integration tests
-    sys.path.insert(0, _TESTS)
-
-from worker_support import make_tiny_bundle  # noqa: E402
+from worker_support import make_tiny_bundle
 
 
 @pytest.fixture(scope="session")
