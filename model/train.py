@@ -10,8 +10,9 @@ loop, export and bundle. One epoch:
     (optional class weights, label smoothing) -> backward -> clip grad norm -> AdamW step
     -> LR schedule step (linear warmup, then linear or cosine decay to 0)
 
-then validation macro-F1; the best epoch's weights are kept, and training stops after
-``patience`` epochs without improvement. After each epoch a checkpoint (weights, optimiser,
+then validation macro-F1; the best epoch's weights are kept (a macro-F1 tie goes to the lower
+validation loss: small validation sets saturate, e.g. 1 error in 412 SMS texts for several
+epochs), and training stops after ``patience`` epochs without improvement. After each epoch a checkpoint (weights, optimiser,
 schedule, RNG, history, configs, labels, tokenizer) is written atomically, so ``resume``
 continues where a killed run stopped.
 
@@ -334,9 +335,10 @@ def fit(
         }
         state.history.append(record)
         state.epoch = epoch
-        improved = val_metrics["macro_f1"] > state.best_score
+        improved = improves(val_metrics["macro_f1"], val_loss, state.best_score, state.best_val_loss)
         if improved:
             state.best_score = val_metrics["macro_f1"]
+            state.best_val_loss = val_loss
             state.best_epoch = epoch
             state.best_metrics = val_metrics
             state.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -441,10 +443,24 @@ def _mean_across(total: float, count: int, ctx: DistContext) -> float:
     return total / max(count, 1)
 
 
+# A macro-F1 tie counts as an improvement only when the validation loss drops by this share:
+# noise-level loss changes must not keep a plateaued run going.
+TIE_LOSS_MIN_DROP = 0.01
+
+
+def improves(macro_f1: float, loss: float, best_macro_f1: float, best_loss: float) -> bool:
+    """Whether an epoch beats the best so far: higher validation macro-F1, or the same macro-F1
+    with a validation loss at least TIE_LOSS_MIN_DROP lower."""
+    if macro_f1 != best_macro_f1:
+        return macro_f1 > best_macro_f1
+    return loss < best_loss * (1 - TIE_LOSS_MIN_DROP)
+
+
 @dataclass
 class _LoopState:
     epoch: int = 0  # epochs completed
     best_score: float = -1.0
+    best_val_loss: float = float("inf")  # breaks macro-F1 ties
     best_epoch: int = 0
     best_metrics: dict[str, Any] = field(default_factory=dict)
     best_state: dict[str, torch.Tensor] | None = None

@@ -77,6 +77,17 @@ def test_early_stopping_keeps_the_best_epoch(tok, splits):
     assert result.best_epoch == 1
 
 
+def test_a_macro_f1_tie_goes_to_a_clearly_lower_validation_loss():
+    """Equal validation macro-F1 (a saturated validation set) is broken by validation loss,
+    but only by a drop of at least 1%; higher macro-F1 always wins, lower always loses."""
+    assert train_lib.improves(0.99, 0.0057, best_macro_f1=0.99, best_loss=0.0100)
+    assert not train_lib.improves(0.99, 0.0117, best_macro_f1=0.99, best_loss=0.0057)
+    assert not train_lib.improves(0.99, 0.00999, best_macro_f1=0.99, best_loss=0.0100)
+    assert train_lib.improves(0.995, 0.5, best_macro_f1=0.99, best_loss=0.01)
+    assert not train_lib.improves(0.98, 0.001, best_macro_f1=0.99, best_loss=0.01)
+    assert train_lib.improves(0.0, 1.0, best_macro_f1=-1.0, best_loss=float("inf"))  # the first epoch
+
+
 def test_resume_continues_where_a_killed_run_stopped(tok, splits, tmp_path, monkeypatch):
     """A run killed after epoch 1 and resumed ends with the same weights as an unbroken run."""
     unbroken = _fit(tok, splits, checkpoint_path=tmp_path / "a.pt")
