@@ -115,9 +115,11 @@ def model_ceiling(bundle: Path, texts: list[str], args: argparse.Namespace) -> d
 
     import torch
 
+    from worker.allocator import tune_allocator
     from worker.batcher import Batcher, BatchLimits
     from worker.runner import ModelRunner, configure_threads, resolve_streams
 
+    tune_allocator()  # as the worker does
     device = torch.device("cpu")
     streams, per_stream = resolve_streams(args.streams, device, args.threads)
     configure_threads(per_stream)
