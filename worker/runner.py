@@ -163,6 +163,10 @@ class ModelRunner:
         # so the host-to-device copy is asynchronous and no batch allocates pinned memory.
         # One buffer per calling thread, as concurrent streams each stage their own batch.
         self._staging = threading.local()
+        # Accelerators keep the batch on the device and copy back only the top-k; on a CPU the
+        # probabilities are already in host memory and numpy ranks them. Tests run the device
+        # path on a CPU by setting this, so it is exercised where no GPU is.
+        self.topk_on_device = device.type != "cpu"
 
     @classmethod
     def load(
@@ -223,7 +227,7 @@ class ModelRunner:
         mask = torch.from_numpy((self._arange[:, :longest] < np.asarray(lengths)[:, None]).astype(np.int64))  # (B, T)
         try:
             with torch.inference_mode(), self._autocast():
-                if self.device.type == "cpu":
+                if not self.topk_on_device:
                     probs = self._model(host, mask).float().numpy()  # (B, n_labels)
                     top_indices_np = np.argsort(-probs, axis=1, kind="stable")[:, : self.top_k]  # (B, k)
                     top_scores = np.take_along_axis(probs, top_indices_np, axis=1).tolist()

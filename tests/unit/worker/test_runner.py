@@ -107,6 +107,19 @@ def test_top_k_is_capped_at_the_label_count(tiny_bundle):
     assert sum(got.top_scores[0]) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_device_side_path_gives_the_same_answers(tiny_bundle):
+    """The accelerator path (non-blocking copies to the device, top-k on the device, copy back)
+    run on the CPU gives the host path's labels and scores."""
+    host = runner_for(tiny_bundle)
+    device_side = runner_for(tiny_bundle)
+    device_side.topk_on_device = True
+    ids = host.tokenize(fixture_texts(30, seed=4))
+    a, b = host.classify(ids), device_side.classify(ids)
+    assert a.top_indices == b.top_indices
+    for x, y in zip(a.top_scores, b.top_scores, strict=True):
+        assert x == pytest.approx(y, abs=1e-6)
+
+
 def test_autocast_path_runs_on_cpu(tiny_bundle):
     """The reduced-precision (autocast) path runs end to end and agrees on the top label mostly."""
     full = runner_for(tiny_bundle)
