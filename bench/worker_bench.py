@@ -362,11 +362,18 @@ def naive_worker_main(argv: list[str]) -> int:
         parser.add_argument(flag, required=True)
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--dtype", default="auto")
     args = parser.parse_args(argv)
+    import contextlib
+
     import torch
     from kafka import KafkaConsumer, KafkaProducer
 
     from model.bundle import Bundle
+    from worker.runner import resolve_dtype
+
+    # The same compute precision as the worker, so (c) measures batching, not arithmetic.
+    dtype = resolve_dtype(args.dtype, torch.device("cpu"))
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     bundle = Bundle.load(args.bundle)
@@ -382,7 +389,8 @@ def naive_worker_main(argv: list[str]) -> int:
                 if started is None:
                     started = time.perf_counter()
                 event = json.loads(record.value)
-                probs = bundle.predict_proba([event["text"]])[0]
+                with torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext():
+                    probs = bundle.predict_proba([event["text"]])[0]
                 best = int(probs.argmax())
                 value = {"id": event["id"], "label": bundle.labels[best], "score": float(probs[best])}
                 producer.send(f"{args.topic}.naive", json.dumps(value).encode(), key=record.key)
@@ -400,7 +408,7 @@ def naive_throughput(bootstrap: str, bundle: Path, topic: str, args: argparse.Na
     out = subprocess.run(
         [sys.executable, __file__, "_naive", "--bootstrap", bootstrap, "--topic", topic, "--bundle", str(bundle),
          "--group", f"naive-{uuid.uuid4().hex[:8]}", "--count", str(args.naive_events), "--threads",
-         str(args.threads)],
+         str(args.threads), "--dtype", args.dtype],
         cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=True,
     )
     timing = json.loads(out.stdout.strip().splitlines()[-1])
@@ -461,12 +469,22 @@ def verdict(ok: bool) -> str:
     return "yes" if ok else "NO"
 
 
+def resolved_dtype_name(requested: str) -> str:
+    import torch
+
+    from worker.runner import resolve_dtype
+
+    dtype = resolve_dtype(requested, torch.device("cpu"))
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
+
+
 def print_report(r: BundleReport, args: argparse.Namespace) -> None:
     print(f"\n## {r.name} (version {r.version}, {r.labels} labels, max_length {r.max_length}): {r.bundle}")
     print(
         f"load: {r.events} events (AG News + SMS texts) on a 3-partition topic; batch limits"
         f" {args.max_batch_size} inputs / {args.max_batch_tokens} padded tokens / {args.max_wait_ms} ms;"
         f" threads {args.threads or os.cpu_count()}, inference streams {r.streams or 'auto'}, dtype {args.dtype}"
+        f" ({resolved_dtype_name(args.dtype)} here)"
     )
     ratio = r.worker_eps / r.ceiling_eps if r.ceiling_eps else 0.0
     speedup = r.worker_eps / r.naive_eps if r.naive_eps else 0.0
@@ -562,8 +580,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="model threads (0 = all cores), worker and ceiling")
     parser.add_argument("--streams", type=int, default=0, help="inference streams (0 = auto), worker and ceiling")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                        help="compute precision of the worker and the ceiling; the naive worker (c) always"
-                        " runs the bundle as exported (float32)")
+                        help="compute precision of the worker, the ceiling and the naive worker (auto:"
+                        " bf16 on CPUs with native bf16, else float32)")
     args = parser.parse_args(argv)
 
     texts = load_texts(args.datasets)

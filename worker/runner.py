@@ -67,7 +67,11 @@ def resolve_device(requested: str, *, cuda_available: bool | None = None, device
 def resolve_dtype(requested: str, device: torch.device, *, bf16_supported: bool | None = None) -> torch.dtype | None:
     """The autocast dtype for ``device`` (None: run in float32, no autocast).
 
-    auto: float32 on CPU; on a GPU bfloat16 where supported (Ampere and later), else float16.
+    auto: on a GPU bfloat16 where supported (Ampere and later), else float16; on a CPU bfloat16
+    where it has native bf16 arithmetic (AVX512-BF16 or AMX), else float32. On the 2-core AVX512-BF16
+    development machine bf16 autocast ran MiniLM 2.4x and the small preset 1.6x faster than float32,
+    with the same AG News accuracy (0.9053 vs 0.9050; 99.97% of labels identical); without native
+    bf16 it is several times slower, and CPU float16 is slower still.
     """
     if requested == "float32":
         return None
@@ -82,9 +86,19 @@ def resolve_dtype(requested: str, device: torch.device, *, bf16_supported: bool 
             )
         return torch.bfloat16 if requested == "bfloat16" else torch.float16
     if requested == "auto":
-        return None
-    # CPU autocast supports both; bfloat16 pays off on CPUs with AVX512-BF16/AMX, float16 rarely.
+        if bf16_supported is None:
+            bf16_supported = cpu_has_native_bf16()
+        return torch.bfloat16 if bf16_supported else None
+    # Explicit requests are honoured: CPU autocast supports both, even where they are slow.
     return torch.bfloat16 if requested == "bfloat16" else torch.float16
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN has bf16 kernels for this CPU (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def resolve_streams(requested: int, device: torch.device, threads: int) -> tuple[int, int]:

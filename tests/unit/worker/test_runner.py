@@ -44,7 +44,8 @@ def test_unavailable_device_names_the_setting(requested, cuda, count):
 @pytest.mark.parametrize(
     ("requested", "device", "bf16", "expected"),
     [
-        ("auto", "cpu", True, None),
+        ("auto", "cpu", True, torch.bfloat16),
+        ("auto", "cpu", False, None),
         ("float32", "cuda:0", True, None),
         ("auto", "cuda:0", True, torch.bfloat16),
         ("auto", "cuda:0", False, torch.float16),
@@ -55,7 +56,8 @@ def test_unavailable_device_names_the_setting(requested, cuda, count):
     ],
 )
 def test_dtype_resolution(requested, device, bf16, expected):
-    """auto is float32 on CPU and bf16 (else fp16) autocast on GPU; explicit dtypes are honoured."""
+    """auto is bf16 autocast on a CPU with native bf16 (else float32) and on a GPU with it (else
+    fp16); explicit dtypes are honoured."""
     assert resolve_dtype(requested, torch.device(device), bf16_supported=bf16) == expected
 
 
