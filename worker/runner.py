@@ -67,11 +67,12 @@ def resolve_device(requested: str, *, cuda_available: bool | None = None, device
 def resolve_dtype(requested: str, device: torch.device, *, bf16_supported: bool | None = None) -> torch.dtype | None:
     """The autocast dtype for ``device`` (None: run in float32, no autocast).
 
-    auto: on a GPU bfloat16 where supported (Ampere and later), else float16; on a CPU bfloat16
-    where it has native bf16 arithmetic (AVX512-BF16 or AMX), else float32. On the 2-core AVX512-BF16
-    development machine bf16 autocast ran MiniLM 2.4x and the small preset 1.6x faster than float32,
-    with the same AG News accuracy (0.9053 vs 0.9050; 99.97% of labels identical); without native
-    bf16 it is several times slower, and CPU float16 is slower still.
+    auto: on a GPU bfloat16 where supported (Ampere and later), else float16; on a CPU float32.
+    bfloat16 on a CPU with native bf16 arithmetic (AVX512-BF16 or AMX) is an opt-in: on the 2-core
+    AVX512-BF16 development machine it ran MiniLM 2.4x and the small preset 1.6x faster than
+    float32 at the same AG News accuracy (0.9053 vs 0.9050; 99.97% of labels identical), but the
+    worker's peak memory rose by 0.3-0.4 GB (MiniLM 1.78 GB), past the 1.5 GB a MiniLM worker is
+    sized for. Without native bf16 it is several times slower; CPU float16 is slower still.
     """
     if requested == "float32":
         return None
@@ -86,19 +87,9 @@ def resolve_dtype(requested: str, device: torch.device, *, bf16_supported: bool 
             )
         return torch.bfloat16 if requested == "bfloat16" else torch.float16
     if requested == "auto":
-        if bf16_supported is None:
-            bf16_supported = cpu_has_native_bf16()
-        return torch.bfloat16 if bf16_supported else None
+        return None
     # Explicit requests are honoured: CPU autocast supports both, even where they are slow.
     return torch.bfloat16 if requested == "bfloat16" else torch.float16
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN has bf16 kernels for this CPU (AVX512-BF16 or AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def resolve_streams(requested: int, device: torch.device, threads: int) -> tuple[int, int]:
@@ -181,6 +172,11 @@ class ModelRunner:
         # probabilities are already in host memory and numpy ranks them. Tests run the device
         # path on a CPU by setting this, so it is exercised where no GPU is.
         self.topk_on_device = device.type != "cpu"
+        # Reduced precision on a CPU runs oneDNN kernels built and cached per input shape; with
+        # every batch length from 1 to max_length that cache (and the heap under it) grew a
+        # bf16 worker to 2.6 GB under a steady load. Padding lengths to multiples of 16 bounds
+        # the shapes: 1.5 GB, at the same throughput. (float32 uses MKL, no per-shape kernels.)
+        self.length_step = 16 if device.type == "cpu" and autocast_dtype is not None else 1
 
     @classmethod
     def load(
@@ -227,6 +223,7 @@ class ModelRunner:
         n = len(token_ids)
         lengths = [len(ids) for ids in token_ids]
         longest = max(1, max(lengths))
+        longest = max(longest, min(self.max_length, -(-longest // self.length_step) * self.length_step))
         pinned = self._pinned_buffer()
         if pinned is not None and n * longest <= pinned.numel():
             host = pinned[: n * longest].view(n, longest)

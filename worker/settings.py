@@ -142,8 +142,8 @@ class WorkerSettings(BaseSettings):
     device: str = Field("auto", description="auto (a GPU when there is one), cpu, cuda or cuda:N.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
-        description="Compute precision: auto is bfloat16 autocast on a CPU with native bf16 (AVX512-BF16/AMX),"
-        " else float32; bfloat16 (or float16) autocast on a GPU.",
+        description="Compute precision: auto is float32 on CPU and bfloat16 (or float16) autocast on GPU;"
+        " bfloat16 on a CPU with AVX512-BF16/AMX is 1.6-2.4x faster and takes ~0.4 GB more memory.",
     )
     threads: int = Field(
         0, ge=0, description="CPU threads for the model; 0 = all cores. Fewer leaves room for Kafka I/O."

@@ -44,8 +44,7 @@ def test_unavailable_device_names_the_setting(requested, cuda, count):
 @pytest.mark.parametrize(
     ("requested", "device", "bf16", "expected"),
     [
-        ("auto", "cpu", True, torch.bfloat16),
-        ("auto", "cpu", False, None),
+        ("auto", "cpu", True, None),
         ("float32", "cuda:0", True, None),
         ("auto", "cuda:0", True, torch.bfloat16),
         ("auto", "cuda:0", False, torch.float16),
@@ -56,8 +55,7 @@ def test_unavailable_device_names_the_setting(requested, cuda, count):
     ],
 )
 def test_dtype_resolution(requested, device, bf16, expected):
-    """auto is bf16 autocast on a CPU with native bf16 (else float32) and on a GPU with it (else
-    fp16); explicit dtypes are honoured."""
+    """auto is float32 on CPU and bf16 (else fp16) autocast on GPU; explicit dtypes are honoured."""
     assert resolve_dtype(requested, torch.device(device), bf16_supported=bf16) == expected
 
 
@@ -120,6 +118,21 @@ def test_device_side_path_gives_the_same_answers(tiny_bundle):
     assert a.top_indices == b.top_indices
     for x, y in zip(a.top_scores, b.top_scores, strict=True):
         assert x == pytest.approx(y, abs=1e-6)
+
+
+def test_cpu_autocast_pads_lengths_to_a_step_without_changing_answers(tiny_bundle):
+    """Reduced precision on a CPU pads batches to multiples of 16 tokens (bounded kernel shapes);
+    the answers equal those of unstepped padding. float32 pads only to the longest input."""
+    assert runner_for(tiny_bundle).length_step == 1
+    stepped = runner_for(tiny_bundle, autocast_dtype=torch.bfloat16)
+    assert stepped.length_step == 16
+    exact = runner_for(tiny_bundle, autocast_dtype=torch.bfloat16)
+    exact.length_step = 1
+    ids = stepped.tokenize(fixture_texts(30, seed=5, max_words=9))  # lengths off the step
+    a, b = stepped.classify(ids), exact.classify(ids)
+    assert a.top_indices == b.top_indices
+    for x, y in zip(a.top_scores, b.top_scores, strict=True):
+        assert x == pytest.approx(y, abs=2e-2)  # bf16 rounding; the labels are what must agree
 
 
 def test_autocast_path_runs_on_cpu(tiny_bundle):
