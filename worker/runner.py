@@ -69,10 +69,10 @@ def resolve_dtype(requested: str, device: torch.device, *, bf16_supported: bool 
 
     auto: on a GPU bfloat16 where supported (Ampere and later), else float16; on a CPU float32.
     bfloat16 on a CPU with native bf16 arithmetic (AVX512-BF16 or AMX) is an opt-in: on the 2-core
-    AVX512-BF16 development machine it ran MiniLM 2.4x and the small preset 1.6x faster than
-    float32 at the same AG News accuracy (0.9053 vs 0.9050; 99.97% of labels identical), but the
-    worker's peak memory rose by 0.3-0.4 GB (MiniLM 1.78 GB), past the 1.5 GB a MiniLM worker is
-    sized for. Without native bf16 it is several times slower; CPU float16 is slower still.
+    AVX512-BF16 development machine the worker ran MiniLM 2.3x and the small preset 1.3x faster
+    than in float32 at the same AG News accuracy (0.9053 vs 0.9050; 99.97% of labels identical).
+    float32 stays the default: exact agreement with the bundle's offline scores, and no surprise
+    on CPUs without native bf16, where it is several times slower (CPU float16 is slower still).
     """
     if requested == "float32":
         return None
@@ -174,8 +174,9 @@ class ModelRunner:
         self.topk_on_device = device.type != "cpu"
         # Reduced precision on a CPU runs oneDNN kernels built and cached per input shape; with
         # every batch length from 1 to max_length that cache (and the heap under it) grew a
-        # bf16 worker to 2.6 GB under a steady load. Padding lengths to multiples of 16 bounds
-        # the shapes: 1.5 GB, at the same throughput. (float32 uses MKL, no per-shape kernels.)
+        # bf16 worker with the small bundle to 2.6 GB under a steady load. Padding lengths to
+        # multiples of 16 bounds the shapes: 1.5 GB there, at the same throughput (peak 1.3 GB
+        # in bench/worker_bench.py for both bundles). float32 uses MKL: no per-shape kernels.
         self.length_step = 16 if device.type == "cpu" and autocast_dtype is not None else 1
 
     @classmethod
