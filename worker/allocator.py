@@ -6,7 +6,7 @@ held. Two arenas are enough for the worker's two busy threads. Measured on 2 cor
 (bench/worker_bench.py's ceiling), mixed batches up to 64 x 128 tokens: MiniLM bundle peak RSS
 1,247 MB -> 1,135 MB at 146 -> 150 texts/s; small bundle 1,091 -> 1,036 MB at 2,633 -> 2,693.
 
-A fixed mmap threshold (MALLOC_MMAP_THRESHOLD_=8388608) would cut another ~200 MB, but mapping
+A fixed mmap threshold (MALLOC_MMAP_THRESHOLD_=8388608) would cut another 200-400 MB, but mapping
 and zeroing fresh pages for every mid-sized activation cost ~17% throughput there, so it is
 left to those who need the memory more: set it in the environment.
 
