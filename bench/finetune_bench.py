@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import resource
 import subprocess
 import sys
@@ -128,7 +127,7 @@ def run_child(args: argparse.Namespace, extra: list[str]) -> int:
     """One dataset: fine-tune, int8 export, baseline, speed; results as JSON to --child-out."""
     import torch
 
-    from bench.train_bench import tfidf_baseline
+    from bench.train_bench import headline, sample_rows, tfidf_baseline
     from model import data as data_lib
     from model import evaluate as eval_lib
     from model import export as export_lib
@@ -143,8 +142,8 @@ def run_child(args: argparse.Namespace, extra: list[str]) -> int:
     folder, work = args.datasets / name, args.out / name
     train_file, test_file = folder / "train.jsonl", folder / "test.jsonl"
     if args.quick:
-        train_file = _sample(train_file, work / "train.jsonl", QUICK_ROWS["train"])
-        test_file = _sample(test_file, work / "test.jsonl", QUICK_ROWS["test"])
+        train_file = sample_rows(train_file, work / "train.jsonl", QUICK_ROWS["train"])
+        test_file = sample_rows(test_file, work / "test.jsonl", QUICK_ROWS["test"])
         extra = ["--epochs", "1", "--max-length", "64", *extra]
     extra = [*DATASET_FLAGS[name], *extra]  # later flags win: --quick and the caller's override
     run_dir = work / "run"
@@ -191,8 +190,8 @@ def run_child(args: argparse.Namespace, extra: list[str]) -> int:
         "dataset": name,
         "argv": argv[2:],
         "rows": {"train": len(train_split), "validation": len(val_split), "test": len(test)},
-        "model": _headline(name, report["metrics"]),
-        "model_int8": _headline(name, int8_metrics),
+        "model": headline(name, report["metrics"]),
+        "model_int8": headline(name, int8_metrics),
         "baseline": baseline,
         "epoch_seconds": [round(h["seconds"], 1) for h in history],
         "epochs_run": len(history),
@@ -226,22 +225,6 @@ def bundle_speed(bundle: Any, texts: list[str]) -> dict[str, float]:
         elapsed = time.perf_counter() - started
         out[str(size)] = round(sum(len(b) for b in batches) / elapsed, 1)  # str: JSON keys
     return out
-
-
-def _headline(name: str, metrics: dict[str, Any]) -> dict[str, float]:
-    out = {"accuracy": round(metrics["accuracy"], 4), "macro_f1": round(metrics["macro_f1"], 4)}
-    if name == "sms_spam":
-        out["spam_f1"] = round(metrics["per_class"]["spam"]["f1"], 4)
-    return out
-
-
-def _sample(src: Path, dst: Path, n: int) -> Path:
-    """``n`` random rows of ``src`` (seeded; files may be sorted by label) in the run folder."""
-    lines = src.read_text(encoding="utf-8").splitlines(keepends=True)
-    random.Random(0).shuffle(lines)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.write_text("".join(lines[:n]), encoding="utf-8")
-    return dst
 
 
 def print_table(results: list[dict[str, Any]], args: argparse.Namespace,

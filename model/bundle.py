@@ -121,18 +121,28 @@ def write_bundle(
         files = {f: sha256_file(tmp / f) for f in CONTENT_FILES}
         manifest = {"format": FORMAT, "name": name, "version": content_version(files), "files": files}
         _write_json(tmp / MANIFEST_FILE, manifest)
-        if out.exists():
-            backup = out.with_name(f".{out.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            out.rename(backup)
-            tmp.rename(out)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def replace_dir(staging: Path, final: Path) -> Path:
+    """Rename the finished folder ``staging`` to ``final``, replacing any folder there.
+
+    Readers see the old folder or the new one: the old one is renamed aside first and
+    removed only after the new one is in place.
+    """
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        staging.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(final)
+    return final
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:

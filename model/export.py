@@ -32,7 +32,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from model import tokenizer as tok_lib
-from model.bundle import Bundle, write_bundle
+from model.bundle import Bundle, replace_dir, write_bundle
 from model.encoder import EncoderClassifier, ProbabilityModel
 from model.errors import BundleError, ParityError
 
@@ -174,23 +174,10 @@ def export_bundle(
             f"the saved bundle disagrees with the eager model: max abs difference"
             f" {bundle_diff:.3g} > {PARITY_TOLERANCE:g}; the bundle was not written"
         )
-    path = _move_into_place(staging, final)
+    path = replace_dir(staging, final)
     log.info(
         "exported", bundle=str(path), version=bundle.version, precision=precision,
         parity_max_abs_diff=diff, bundle_max_abs_diff=bundle_diff,
         int8_vs_fp32_max_abs_diff=int8_diff,
     )
     return ExportResult(path, precision, diff, bundle_diff, int8_diff)
-
-
-def _move_into_place(staging: Path, final: Path) -> Path:
-    """Rename ``staging`` to ``final``, replacing any earlier bundle there."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-        staging.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staging.rename(final)
-    return final

@@ -112,18 +112,24 @@ def read_records(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None,
         enable_auto_commit=False,
     )
-    records: list[Any] = []
     try:
-        deadline = time.monotonic() + timeout_s
-        while len(records) < expected and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=200).values():
-                records.extend(batch)
-        quiet_until = time.monotonic() + quiet_s
-        while time.monotonic() < quiet_until:
-            for batch in consumer.poll(timeout_ms=100).values():
-                records.extend(batch)
+        return poll_records(consumer, expected, timeout_s, quiet_s)
     finally:
         consumer.close()
+
+
+def poll_records(consumer: Any, expected: int, timeout_s: float, quiet_s: float = QUIET_S) -> list[Any]:
+    """Poll ``consumer`` until ``expected`` records arrived (or ``timeout_s``), then ``quiet_s``
+    longer, so that duplicates past the expected count are caught too."""
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    while len(records) < expected and time.monotonic() < deadline:
+        for batch in consumer.poll(timeout_ms=200).values():
+            records.extend(batch)
+    quiet_until = time.monotonic() + quiet_s
+    while time.monotonic() < quiet_until:
+        for batch in consumer.poll(timeout_ms=100).values():
+            records.extend(batch)
     return records
 
 

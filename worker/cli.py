@@ -25,28 +25,24 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     # `run` and `check` (issue 5). Heavy imports (torch, kafka) stay inside the commands.
     epilog = _settings_help()
-    run = sub.add_parser(
-        "run",
-        help="consume, classify and publish until stopped (SIGTERM/SIGINT drain and exit 0)",
-        description="Consume text events from Kafka, classify them in micro-batches with the model"
-        " bundle, and publish one result per input. Settings come from TAGSTREAM_* environment"
-        " variables and an optional config file (environment wins).",
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    commands = (
+        ("run", _run, "consume, classify and publish until stopped (SIGTERM/SIGINT drain and exit 0)",
+         "Consume text events from Kafka, classify them in micro-batches with the model"
+         " bundle, and publish one result per input. Settings come from TAGSTREAM_* environment"
+         " variables and an optional config file (environment wins)."),
+        ("check", _check,
+         "print the resolved settings, reach the broker, verify the bundle; exit 0 when all is well",
+         "Print the resolved settings (secrets masked), verify and load the bundle, check the"
+         " settings against it, connect to the broker and look for the input topics. Exits 0 when"
+         " the worker could start, non-zero (with the reason) otherwise."),
     )
-    run.add_argument("--config", metavar="FILE", help="YAML or JSON settings file (or TAGSTREAM_CONFIG_FILE)")
-    run.set_defaults(func=_run)
-    check = sub.add_parser(
-        "check",
-        help="print the resolved settings, reach the broker, verify the bundle; exit 0 when all is well",
-        description="Print the resolved settings (secrets masked), verify and load the bundle, check the"
-        " settings against it, connect to the broker and look for the input topics. Exits 0 when"
-        " the worker could start, non-zero (with the reason) otherwise.",
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    check.add_argument("--config", metavar="FILE", help="YAML or JSON settings file (or TAGSTREAM_CONFIG_FILE)")
-    check.set_defaults(func=_check)
+    for name, func, help_text, description in commands:
+        command = sub.add_parser(
+            name, help=help_text, description=description, epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        command.add_argument("--config", metavar="FILE", help="YAML or JSON settings file (or TAGSTREAM_CONFIG_FILE)")
+        command.set_defaults(func=func)
 
 
 def _settings_help() -> str:

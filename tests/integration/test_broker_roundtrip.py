@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaTimeoutError
+from worker_support import poll_records
 
 from worker.localkafka import SCRAM_MECHANISMS, ScramEndpoint
 
@@ -40,20 +41,6 @@ def message(seq: int) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
     return key, value, headers
 
 
-def consume(consumer: KafkaConsumer, expected: int, timeout_s: float) -> list[Any]:
-    """Poll until ``expected`` records arrived (or ``timeout_s``), then a little longer."""
-    records: list[Any] = []
-    deadline = time.monotonic() + timeout_s
-    while len(records) < expected and time.monotonic() < deadline:
-        for batch in consumer.poll(timeout_ms=500).values():
-            records.extend(batch)
-    quiet_until = time.monotonic() + DUPLICATE_WATCH_S
-    while time.monotonic() < quiet_until:
-        for batch in consumer.poll(timeout_ms=200).values():
-            records.extend(batch)
-    return records
-
-
 def test_ten_thousand_keyed_messages_with_headers_arrive_once_in_order_and_intact(
     kafka_bootstrap: str, new_topic: Any, new_group: Any
 ) -> None:
@@ -78,7 +65,7 @@ def test_ten_thousand_keyed_messages_with_headers_arrive_once_in_order_and_intac
         enable_auto_commit=False,
     )
     try:
-        records = consume(consumer, N_MESSAGES, CONSUME_TIMEOUT_S)
+        records = poll_records(consumer, N_MESSAGES, CONSUME_TIMEOUT_S, DUPLICATE_WATCH_S)
     finally:
         consumer.close()
 
@@ -129,7 +116,7 @@ def _roundtrip(config: dict[str, Any], topic: str, n: int = 20) -> list[bytes]:
         topic, auto_offset_reset="earliest", enable_auto_commit=False, **config
     )
     try:
-        return [r.value for r in consume(consumer, n, 30)]
+        return [r.value for r in poll_records(consumer, n, 30, DUPLICATE_WATCH_S)]
     finally:
         consumer.close()
 
