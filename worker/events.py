@@ -17,10 +17,18 @@ Dead-letter record: the input's value and key byte for byte, its headers, plus h
 ``tagstream.reason`` (a Failure label), ``tagstream.detail``, ``tagstream.source.topic``,
 ``tagstream.source.partition``, ``tagstream.source.offset``, ``tagstream.source.timestamp_ms`` and
 ``tagstream.dead_lettered_at`` (ISO 8601, UTC).
+
+A *bounded* dead letter (``bounded_copy``) is what goes out when the whole input cannot: an input
+over ``max_payload_bytes``, or a dead letter or result the producer or the broker refused. Its value
+is the first ``dead_letter_max_bytes`` bytes; a key over ``BOUNDED_KEY_BYTES`` and input headers
+over ``BOUNDED_HEADER_BYTES`` in all are left out; and headers ``tagstream.truncated: true``,
+``tagstream.original.size`` (bytes of the whole value) and ``tagstream.original.sha256`` (of the
+whole value) say so, next to the source topic/partition/offset that find the original.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +38,8 @@ from worker.errors import Failure
 
 Header = tuple[str, bytes]
 
+DETAIL_MAX_CHARS = 500  # tagstream.detail is for people; exception texts can be long
+
 REASON_HEADER = "tagstream.reason"
 DETAIL_HEADER = "tagstream.detail"
 SOURCE_TOPIC_HEADER = "tagstream.source.topic"
@@ -37,6 +47,13 @@ SOURCE_PARTITION_HEADER = "tagstream.source.partition"
 SOURCE_OFFSET_HEADER = "tagstream.source.offset"
 SOURCE_TIMESTAMP_HEADER = "tagstream.source.timestamp_ms"
 DEAD_LETTERED_AT_HEADER = "tagstream.dead_lettered_at"
+TRUNCATED_HEADER = "tagstream.truncated"
+ORIGINAL_SIZE_HEADER = "tagstream.original.size"
+ORIGINAL_SHA256_HEADER = "tagstream.original.sha256"
+DROPPED_HEADER = "tagstream.dropped"  # what a bounded copy left out: "key", "headers"
+
+BOUNDED_KEY_BYTES = 1024  # a longer key is left out of a bounded dead letter
+BOUNDED_HEADER_BYTES = 4096  # input headers over this in all are left out of a bounded dead letter
 
 
 class RecordLike(Protocol):
@@ -57,6 +74,7 @@ class ParseConfig:
     text_field: str = "text"
     id_field: str = "id"
     max_payload_bytes: int = 1_048_576
+    dead_letter_max_bytes: int = 65_536  # the value kept in a bounded dead letter
 
 
 @dataclass(slots=True)
@@ -75,6 +93,8 @@ class Event:
     epoch: int = 0  # the partition's assignment epoch when read (see offsets.py)
     token_ids: list[int] = field(default_factory=list)  # filled by the runner's tokenizer
     tokenizer_key: str = ""  # which tokenizer produced token_ids (ModelRunner.tokenizer_key)
+    label: str = ""  # set by the sink: the label it published
+    output: bytes | None = None  # set by the sink: the result record, until acknowledged
 
     @property
     def n_tokens(self) -> int:
@@ -95,6 +115,34 @@ class DeadLetter:
     reason: Failure
     detail: str
     epoch: int = 0
+    original_size: int | None = None  # set on a bounded copy: bytes of the whole value
+    original_sha256: str | None = None  # set on a bounded copy: sha256 of the whole value
+    dropped: tuple[str, ...] = ()  # what a bounded copy left out ("key", "headers")
+
+    @property
+    def bounded(self) -> bool:
+        return self.original_size is not None
+
+
+def bounded_copy(letter: DeadLetter, max_bytes: int, why: str | None = None) -> DeadLetter:
+    """A dead letter small enough to publish: the value's first ``max_bytes`` bytes, a long key and
+    large headers left out, and the original's size and sha256 kept (see the module docstring)."""
+    if letter.bounded:
+        return letter
+    value = letter.value or b""
+    dropped = []
+    key = letter.key
+    if key is not None and len(key) > BOUNDED_KEY_BYTES:
+        key, dropped = None, ["key"]
+    headers = letter.headers
+    if sum(len(k) + len(v or b"") for k, v in headers) > BOUNDED_HEADER_BYTES:
+        headers, dropped = [], [*dropped, "headers"]
+    detail = letter.detail if why is None else f"{letter.detail}; {why}"
+    return DeadLetter(
+        letter.topic, letter.partition, letter.offset, letter.timestamp_ms, key, value[:max_bytes], headers,
+        letter.reason, detail[:DETAIL_MAX_CHARS], letter.epoch, len(value), hashlib.sha256(value).hexdigest(),
+        tuple(dropped),
+    )
 
 
 def parse_record(record: RecordLike, config: ParseConfig, received: float, epoch: int = 0) -> Event | DeadLetter:
@@ -110,10 +158,11 @@ def parse_record(record: RecordLike, config: ParseConfig, received: float, epoch
     if not value:
         return dead(Failure.EMPTY_PAYLOAD, "the record has no value")
     if len(value) > config.max_payload_bytes:
-        return dead(
+        letter = dead(
             Failure.PAYLOAD_TOO_LARGE,
             f"{len(value)} bytes is over max_payload_bytes={config.max_payload_bytes}",
         )
+        return bounded_copy(letter, config.dead_letter_max_bytes)
     try:
         decoded = value.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -182,8 +231,18 @@ def result_value(
 def dead_letter_headers(letter: DeadLetter, now: datetime | None = None) -> list[Header]:
     """The input's own headers followed by the tagstream.* headers that say what happened."""
     when = (now or datetime.now(UTC)).isoformat(timespec="milliseconds")
+    bounded: list[Header] = []
+    if letter.bounded:
+        bounded = [
+            (TRUNCATED_HEADER, b"true"),
+            (ORIGINAL_SIZE_HEADER, str(letter.original_size).encode()),
+            (ORIGINAL_SHA256_HEADER, (letter.original_sha256 or "").encode()),
+        ]
+        if letter.dropped:
+            bounded.append((DROPPED_HEADER, ",".join(letter.dropped).encode()))
     return [
         *letter.headers,
+        *bounded,
         (REASON_HEADER, letter.reason.label.encode()),
         (DETAIL_HEADER, letter.detail.encode("utf-8", "replace")),
         (SOURCE_TOPIC_HEADER, letter.topic.encode()),

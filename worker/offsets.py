@@ -24,11 +24,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
-from kafka.structs import OffsetAndMetadata, TopicPartition
-
-from worker.errors import Failure, failure_for_kafka_error
+from worker.errors import Failure, WorkerError
+from worker.kafka.base import ConsumerClient, TopicPartition
 
 
 @dataclass(frozen=True)
@@ -238,11 +236,14 @@ CommitListener = Callable[[dict[TopicPartition, int], BaseException | None], Non
 
 
 class Committer:
-    """The one place offsets are committed (see the module docstring for transactions)."""
+    """The one place offsets are committed, through the consumer group (at-least-once).
+
+    The transactional committer (``worker/transactions.py``) has the same three entry points.
+    """
 
     def __init__(
         self,
-        consumer: Any,
+        consumer: ConsumerClient,
         tracker: OffsetTracker,
         *,
         interval_s: float,
@@ -264,7 +265,7 @@ class Committer:
         self._next_at = now + self._interval_s
         positions = self._tracker.committable()
         if positions:
-            self._consumer.commit_async(offsets=_to_kafka(positions), callback=self._async_done(positions))
+            self._consumer.commit_async(positions, self._async_done(positions))
 
     def commit_now(self, partitions: Iterable[TopicPartition] | None = None, timeout_s: float = 10.0) -> dict:
         """Commit acknowledged positions and wait for the broker (shutdown; consumer thread)."""
@@ -272,7 +273,7 @@ class Committer:
         if not positions:
             return {}
         try:
-            self._consumer.commit(offsets=_to_kafka(positions), timeout_ms=int(timeout_s * 1000))
+            self._consumer.commit(positions, timeout_s)
         except Exception as exc:
             self._report(positions, exc)
             raise
@@ -281,16 +282,12 @@ class Committer:
         return positions
 
     async def commit_in_listener(self, partitions: Iterable[TopicPartition]) -> dict:
-        """Commit from an async rebalance listener, which runs on kafka-python's I/O loop.
-
-        The blocking ``commit`` may not be called there; the asynchronous one's future is
-        awaited instead, so the commit reaches the broker before the group rejoins.
-        """
+        """Commit from the rebalance handler, before the partitions move (see ConsumerClient)."""
         positions = self._tracker.committable(partitions)
         if not positions:
             return {}
         try:
-            await self._consumer.commit_async(offsets=_to_kafka(positions))
+            await self._consumer.commit_in_rebalance(positions)
         except Exception as exc:
             self._report(positions, exc)
             return {}
@@ -298,10 +295,10 @@ class Committer:
         self._report(positions, None)
         return positions
 
-    def _async_done(self, positions: dict[TopicPartition, int]) -> Callable[[Any, Any], None]:
-        def done(_offsets: Any, response: Any) -> None:
-            if isinstance(response, BaseException):
-                self._report(positions, response)
+    def _async_done(self, positions: dict[TopicPartition, int]) -> Callable[[BaseException | None], None]:
+        def done(error: BaseException | None) -> None:
+            if error is not None:
+                self._report(positions, error)
             else:
                 self._tracker.mark_committed(positions)
                 self._report(positions, None)
@@ -314,10 +311,6 @@ class Committer:
 
 
 def commit_failure(error: BaseException) -> Failure:
-    """How a failed commit is handled: rebalance-related ones are retried by the next commit."""
-    failure = failure_for_kafka_error(error)
+    """How a failed commit is handled: rebalance-related and transient ones are retried by the next commit."""
+    failure = error.failure if isinstance(error, WorkerError) else Failure.INTERNAL
     return Failure.COMMIT_FAILED if failure in (Failure.COMMIT_FAILED, Failure.KAFKA_TRANSIENT) else failure
-
-
-def _to_kafka(positions: dict[TopicPartition, int]) -> dict[TopicPartition, OffsetAndMetadata]:
-    return {tp: OffsetAndMetadata(position, "", -1) for tp, position in positions.items()}

@@ -1,29 +1,46 @@
-"""Publishing results and dead letters; delivery callbacks acknowledge the input offsets.
+"""Publishing results and dead letters; an input is acknowledged once its output is settled.
 
-Every record is sent asynchronously (``producer.send``); its future's callback, run on the
-producer's I/O thread, acknowledges the input's offset to the ``OffsetTracker`` and records the
-end-to-end latency. A delivery that fails after the producer's own retries is fatal: its offset
-is never acknowledged (so never committed) and the worker exits for a restart, which redelivers
-the input. Routing (label -> topic) is resolved once per (input topic, label) and cached.
+Every record is sent asynchronously through the ``ProducerClient``; the producer reports each
+outcome to this sink (``delivered`` / ``failed``, on its I/O thread), which acknowledges the
+input's offset to the ``OffsetTracker`` and counts it. Routing (label -> topic) is resolved once
+per (input topic, label) and cached.
+
+No record can stop the worker. A refusal that concerns one record (``Failure.RECORD_REJECTED``:
+too large for the producer's ``max_request_size`` or the topic's ``max.message.bytes``, or
+invalid) walks that record down a ladder, on the sink thread, each step sent alone and flushed:
+
+    0  the result or dead letter, in the normal stream of sends
+    1  the same record again, alone (a broker refuses a whole batch when the batch is too large)
+    2  a bounded dead letter: the first dead_letter_max_bytes of the input, its size and sha256
+       (a refused result becomes a dead letter with reason ``record_rejected``)
+    3  skipped: counted in tagstream_records_skipped_total, logged, and acknowledged so the
+       partition moves on
+
+Any other delivery failure (the producer's retries ran out: the broker is gone) is fatal, the
+input is never acknowledged, and the restart redelivers it.
 """
 
 from __future__ import annotations
 
+import json
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from kafka import errors as kafka_errors
-from kafka.structs import TopicPartition
-
-from worker.errors import BrokerError, Failure, failure_for_kafka_error
-from worker.events import DeadLetter, Event, dead_letter_headers, result_value
+from worker.errors import BrokerError, Failure
+from worker.events import DeadLetter, Event, bounded_copy, dead_letter_headers, result_value
+from worker.kafka.base import ProducerClient, TopicPartition
 from worker.offsets import OffsetTracker
 from worker.runner import Classified
 from worker.settings import WorkerSettings
 from worker.telemetry import Metrics, get_logger
 
 log = get_logger("tagstream.worker.sink")
+
+ISOLATED_FLUSH_S = 30.0  # a record resent alone waits this long for its outcome
 
 
 class Router:
@@ -48,25 +65,45 @@ class Router:
         return topic
 
 
+@dataclass(slots=True)
+class _Retry:
+    """An output sent again after a refusal (the token of every send past step 0)."""
+
+    item: Event | DeadLetter  # what is sent now: the original, or the dead letter replacing it
+    step: int  # 1: alone, 2: bounded dead letter
+    topic: str
+    value: bytes | None
+    key: bytes | None
+    headers: list
+
+
 class Sink:
-    """Sends results and dead letters; acknowledges inputs when the broker confirms."""
+    """Sends results and dead letters; acknowledges inputs when their outputs are settled."""
 
     def __init__(
         self,
-        producer: Any,
+        producer: ProducerClient,
         router: Router,
         tracker: OffsetTracker,
         metrics: Metrics,
         on_fatal: Callable[[BaseException], None],
+        *,
+        dead_letter_max_bytes: int = 65_536,
     ) -> None:
         self._producer = producer
         self._router = router
         self._tracker = tracker
         self._metrics = metrics
         self._on_fatal = on_fatal
+        self._dead_letter_max_bytes = dead_letter_max_bytes
         self._out_counters: dict[str, Any] = {}
         self._e2e = metrics.end_to_end_latency
+        # Refused outputs wait here for the sink thread (the producer's thread must not send).
+        self._refused: deque[tuple[Event | DeadLetter, int, BrokerError]] = deque()
+        self._wake = threading.Event()
+        producer.set_handler(self)
 
+    # -- the sink thread -------------------------------------------------------------------------
     def publish_results(
         self, events: list[Event], classified: Classified, labels: list[str], model_name: str, model_version: str
     ) -> None:
@@ -84,69 +121,148 @@ class Sink:
                 model_version=model_version,
                 latency_ms=(now - event.received) * 1000.0,
             )
+            event.label, event.output = label, value  # kept until acknowledged, for a resend alone
             send(self._router.result_topic(event.topic, label), value, event.key, event.headers, event)
 
     def publish_dead_letters(self, letters: list[DeadLetter]) -> None:
-        """Each letter to its dead-letter topic: original key and bytes, reason headers."""
+        """Each letter to its dead-letter topic: original key and bytes (or a bounded copy), reason headers."""
         for letter in letters:
             self._metrics.count_failure(letter.reason)
             log.warning(
                 "dead_lettered", topic=letter.topic, partition=letter.partition, offset=letter.offset,
-                reason=letter.reason.label, detail=letter.detail,
+                reason=letter.reason.label, detail=letter.detail, bounded=letter.bounded,
             )
-            value = letter.value
-            if value is None and letter.key is None:
-                value = b""  # Kafka needs a key or a value; the reason header says it was null
-            self._send(
-                self._router.dead_letter_topic(letter.topic), value, letter.key, dead_letter_headers(letter), letter
-            )
+            self._send(*self._dead_letter_record(letter), letter)
+
+    @property
+    def refused_waiting(self) -> bool:
+        return bool(self._refused)
+
+    def wait_for_refusals(self, timeout_s: float) -> None:
+        """Block up to ``timeout_s`` until a refused output waits (the sink thread's idle wait)."""
+        if self._wake.wait(timeout_s):
+            self._wake.clear()
+
+    def resend_refused(self) -> None:
+        """Walk every refused output one step down the ladder (module docstring), each sent alone."""
+        while self._refused:
+            item, step, error = self._refused.popleft()
+            self._resend(item, step, error)
 
     def flush(self, timeout_s: float) -> bool:
-        """Wait for every sent record's acknowledgement; False if the time ran out."""
-        try:
-            self._producer.flush(timeout=timeout_s)
-        except kafka_errors.KafkaTimeoutError:
-            return False
-        return True
+        """Wait until every output is settled, refused ones included; False if the time ran out."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if not self._producer.flush(max(0.1, deadline - time.monotonic())):
+                return False
+            if not self._refused:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            self.resend_refused()
 
-    def _send(
-        self, topic: str, value: bytes | None, key: bytes | None, headers: list, item: Event | DeadLetter
-    ) -> None:
-        try:
-            future = self._producer.send(topic, value=value, key=key, headers=headers)
-        except kafka_errors.KafkaTimeoutError as exc:
-            # send() blocks up to max_block_ms for the topic's metadata or for buffer space.
-            failure = Failure.TOPIC_MISSING if "metadata" in str(exc).lower() else Failure.DELIVERY_FAILED
-            raise BrokerError(
-                f"cannot send to topic {topic!r}: {exc}"
-                + (" (does it exist? create it or enable auto-creation on the broker)"
-                   if failure is Failure.TOPIC_MISSING else ""),
-                failure,
-            ) from exc
-        except kafka_errors.KafkaError as exc:
-            raise BrokerError(f"cannot send to topic {topic!r}: {exc}", failure_for_kafka_error(exc)) from exc
-        tp = TopicPartition(item.topic, item.partition)
-        future.add_callback(self._delivered, tp, item.offset, item.epoch, item.timestamp_ms)
-        future.add_errback(self._failed, topic, tp, item.offset)
+    # -- the producer's I/O thread ------------------------------------------------------------------
+    def delivered(self, token: Any) -> None:
+        item = token.item if type(token) is _Retry else token
+        self._tracker.ack(TopicPartition(item.topic, item.partition), item.offset, item.epoch)
+        if type(item) is Event:
+            counter = self._out_counters.get(item.topic)
+            if counter is None:
+                counter = self._out_counters[item.topic] = self._metrics.events_out.labels(topic=item.topic)
+            counter.inc()
+            if item.timestamp_ms > 0:
+                self._e2e.observe(max(0.0, time.time() - item.timestamp_ms / 1000.0))
+        else:
+            self._metrics.dead_letters.labels(reason=item.reason.label).inc()  # type: ignore[union-attr]
 
-    def _delivered(self, tp: TopicPartition, offset: int, epoch: int, timestamp_ms: int, _metadata: Any) -> None:
-        # Producer I/O thread: keep it short.
-        self._tracker.ack(tp, offset, epoch)
-        counter = self._out_counters.get(tp.topic)
-        if counter is None:
-            counter = self._out_counters[tp.topic] = self._metrics.events_out.labels(topic=tp.topic)
-        counter.inc()
-        if timestamp_ms > 0:
-            self._e2e.observe(max(0.0, time.time() - timestamp_ms / 1000.0))
-
-    def _failed(self, topic: str, tp: TopicPartition, offset: int, exc: BaseException) -> None:
-        failure = failure_for_kafka_error(exc)
+    def failed(self, token: Any, error: BrokerError) -> None:
+        retry = token if type(token) is _Retry else None
+        item = token.item if retry is not None else token
+        if error.failure is Failure.RECORD_REJECTED:
+            self._refused.append((item, 1 if retry is None else retry.step + 1, error))
+            self._wake.set()
+            return
+        failure = error.failure
         if failure in (Failure.KAFKA_TRANSIENT, Failure.KAFKA_FATAL, Failure.INTERNAL, Failure.COMMIT_FAILED):
             failure = Failure.DELIVERY_FAILED  # the producer already retried: this is final
         self._on_fatal(
             BrokerError(
-                f"the broker did not acknowledge the output for {tp.topic}[{tp.partition}]@{offset} on topic"
-                f" {topic!r}: {exc!r}; it will be redelivered after restart",
+                f"the broker did not acknowledge the output for {item.topic}[{item.partition}]@{item.offset}:"
+                f" {error}; it will be redelivered after restart",
                 failure,
             )
         )
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def _send(self, topic: str, value: bytes | None, key: bytes | None, headers: list, token: Any) -> None:
+        try:
+            self._producer.send(topic, value, key, headers, token)
+        except BrokerError as exc:
+            if exc.failure is not Failure.RECORD_REJECTED:
+                raise
+            # The producer refused it before sending (its own size check): this record alone.
+            retry = token if type(token) is _Retry else None
+            item = token.item if retry is not None else token
+            step = 1 if retry is None else retry.step + 1
+            self._refused.append((item, max(step, 2), exc))  # sending it alone again cannot help
+
+    def _resend(self, item: Event | DeadLetter, step: int, error: BrokerError) -> None:
+        if step == 1:  # the same record, alone
+            if type(item) is Event:
+                record = (self._router.result_topic(item.topic, item.label), item.output, item.key, item.headers)
+            else:
+                record = self._dead_letter_record(item)  # type: ignore[arg-type]
+            log.warning(
+                "output_refused_resending_alone", topic=item.topic, partition=item.partition, offset=item.offset,
+                error=str(error),
+            )
+            self._send_alone(_Retry(item, 1, *record))
+            return
+        letter = item if isinstance(item, DeadLetter) else input_dead_letter(
+            item, Failure.RECORD_REJECTED, f"its result was refused: {error}"
+        )
+        if step == 2 and not letter.bounded:  # a bounded dead letter in its place
+            bounded = bounded_copy(letter, self._dead_letter_max_bytes, why=f"refused whole: {error}")
+            if type(item) is Event:  # a new dead letter (a dead letter's own reason was counted already)
+                self._metrics.count_failure(bounded.reason)
+            log.warning(
+                "dead_letter_bounded", topic=item.topic, partition=item.partition, offset=item.offset,
+                reason=bounded.reason.label, original_size=bounded.original_size, error=str(error),
+            )
+            self._send_alone(_Retry(bounded, 2, *self._dead_letter_record(bounded)))
+            return
+        self._skip(letter, error)
+
+    def _send_alone(self, retry: _Retry) -> None:
+        """Send one record with nothing else in its batch, and wait for its outcome."""
+        self._producer.flush(ISOLATED_FLUSH_S)
+        self._send(retry.topic, retry.value, retry.key, retry.headers, retry)
+        self._producer.flush(ISOLATED_FLUSH_S)
+
+    def _skip(self, letter: DeadLetter, error: BrokerError) -> None:
+        """The last step: nothing about this input could be published. Count, log, move on."""
+        reason = Failure.DEAD_LETTER_REJECTED
+        self._metrics.count_failure(reason)
+        self._metrics.records_skipped.labels(reason=reason.label).inc()
+        log.error(
+            "record_skipped", topic=letter.topic, partition=letter.partition, offset=letter.offset,
+            reason=reason.label, dead_letter_reason=letter.reason.label, original_size=letter.original_size,
+            original_sha256=letter.original_sha256, error=str(error),
+        )
+        self._tracker.ack(TopicPartition(letter.topic, letter.partition), letter.offset, letter.epoch)
+
+    def _dead_letter_record(self, letter: DeadLetter) -> tuple[str, bytes | None, bytes | None, list]:
+        value = letter.value
+        if value is None and letter.key is None:
+            value = b""  # Kafka needs a key or a value; the reason header says it was null
+        return self._router.dead_letter_topic(letter.topic), value, letter.key, dead_letter_headers(letter)
+
+
+def input_dead_letter(event: Event, reason: Failure, detail: str) -> DeadLetter:
+    """A dead letter for an input that was parsed (its original bytes are no longer kept): the id
+    and text as JSON, which is what the worker read from it."""
+    value = json.dumps({"id": event.event_id, "text": event.text}, ensure_ascii=False).encode()
+    return DeadLetter(
+        event.topic, event.partition, event.offset, event.timestamp_ms, event.key, value, event.headers,
+        reason, detail[:500], event.epoch,
+    )
