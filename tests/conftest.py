@@ -171,18 +171,21 @@ def kafka_admin(kafka_bootstrap: str) -> Iterator[Any]:
 
 @pytest.fixture
 def new_topic(kafka_admin: Any) -> Iterator[Callable[..., str]]:
-    """Factory: ``new_topic(partitions=1, prefix="test") -> name`` of a fresh topic, ready to use.
+    """Factory: ``new_topic(partitions=1, prefix="test", configs=None) -> name`` of a fresh topic, ready to use.
 
     The topic exists, with a leader for every partition, when the name is returned; topics made
     by a test are deleted after it.
     """
     created: list[str] = []
 
-    def make(partitions: int = 1, prefix: str = "test") -> str:
+    def make(partitions: int = 1, prefix: str = "test", configs: dict[str, str] | None = None, name: str | None = None) -> str:
         if not _TOPIC_PREFIX.match(prefix):
             raise ValueError(f"topic prefix {prefix!r}: use 1-100 of A-Z a-z 0-9 . _ -")
-        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
-        kafka_admin.create_topics({name: {"num_partitions": partitions, "replication_factor": -1}})
+        name = name or f"{prefix}-{uuid.uuid4().hex[:12]}"
+        spec: dict[str, Any] = {"num_partitions": partitions, "replication_factor": -1}
+        if configs:
+            spec["configs"] = configs
+        kafka_admin.create_topics({name: spec})
         created.append(name)
         kafka_admin.wait_for_topics([name], timeout_ms=TOPIC_READY_TIMEOUT_MS)
         return name

@@ -93,8 +93,6 @@ class Event:
     epoch: int = 0  # the partition's assignment epoch when read (see offsets.py)
     token_ids: list[int] = field(default_factory=list)  # filled by the runner's tokenizer
     tokenizer_key: str = ""  # which tokenizer produced token_ids (ModelRunner.tokenizer_key)
-    label: str = ""  # set by the sink: the label it published
-    output: bytes | None = None  # set by the sink: the result record, until acknowledged
 
     @property
     def n_tokens(self) -> int:

@@ -7,13 +7,13 @@ per (input topic, label) and cached.
 
 No record can stop the worker. A refusal that concerns one record (``Failure.RECORD_REJECTED``:
 too large for the producer's ``max_request_size`` or the topic's ``max.message.bytes``, or
-invalid) walks that record down a ladder, on the sink thread, each step sent alone and flushed:
+invalid) walks that record down a ladder, on the sink thread:
 
-    0  the result or dead letter, in the normal stream of sends
-    1  the same record again, alone (a broker refuses a whole batch when the batch is too large)
-    2  a bounded dead letter: the first dead_letter_max_bytes of the input, its size and sha256
+    0  the result or dead letter, in the normal stream of sends (a batch the broker finds too
+       large as a whole is split and resent by the client library itself)
+    1  a bounded dead letter: the first dead_letter_max_bytes of the input, its size and sha256
        (a refused result becomes a dead letter with reason ``record_rejected``)
-    3  skipped: counted in tagstream_records_skipped_total, logged, and acknowledged so the
+    2  skipped: counted in tagstream_records_skipped_total, logged, and acknowledged so the
        partition moves on
 
 Any other delivery failure (the producer's retries ran out: the broker is gone) is fatal, the
@@ -40,8 +40,6 @@ from worker.telemetry import Metrics, get_logger
 
 log = get_logger("tagstream.worker.sink")
 
-ISOLATED_FLUSH_S = 30.0  # a record resent alone waits this long for its outcome
-
 
 class Router:
     """Output topic per (input topic, label), from output_topic and routes; cached."""
@@ -67,14 +65,10 @@ class Router:
 
 @dataclass(slots=True)
 class _Retry:
-    """An output sent again after a refusal (the token of every send past step 0)."""
+    """The token of a send past step 0: the bounded dead letter replacing a refused output."""
 
-    item: Event | DeadLetter  # what is sent now: the original, or the dead letter replacing it
-    step: int  # 1: alone, 2: bounded dead letter
-    topic: str
-    value: bytes | None
-    key: bytes | None
-    headers: list
+    item: DeadLetter
+    step: int
 
 
 class Sink:
@@ -121,7 +115,6 @@ class Sink:
                 model_version=model_version,
                 latency_ms=(now - event.received) * 1000.0,
             )
-            event.label, event.output = label, value  # kept until acknowledged, for a resend alone
             send(self._router.result_topic(event.topic, label), value, event.key, event.headers, event)
 
     def publish_dead_letters(self, letters: list[DeadLetter]) -> None:
@@ -202,42 +195,24 @@ class Sink:
                 raise
             # The producer refused it before sending (its own size check): this record alone.
             retry = token if type(token) is _Retry else None
-            item = token.item if retry is not None else token
-            step = 1 if retry is None else retry.step + 1
-            self._refused.append((item, max(step, 2), exc))  # sending it alone again cannot help
+            self._refused.append((token if retry is None else retry.item, 1 if retry is None else retry.step + 1, exc))
 
     def _resend(self, item: Event | DeadLetter, step: int, error: BrokerError) -> None:
-        if step == 1:  # the same record, alone
-            if type(item) is Event:
-                record = (self._router.result_topic(item.topic, item.label), item.output, item.key, item.headers)
-            else:
-                record = self._dead_letter_record(item)  # type: ignore[arg-type]
-            log.warning(
-                "output_refused_resending_alone", topic=item.topic, partition=item.partition, offset=item.offset,
-                error=str(error),
-            )
-            self._send_alone(_Retry(item, 1, *record))
-            return
+        """Take a refused output one step down the ladder (module docstring)."""
         letter = item if isinstance(item, DeadLetter) else input_dead_letter(
             item, Failure.RECORD_REJECTED, f"its result was refused: {error}"
         )
-        if step == 2 and not letter.bounded:  # a bounded dead letter in its place
-            bounded = bounded_copy(letter, self._dead_letter_max_bytes, why=f"refused whole: {error}")
-            if type(item) is Event:  # a new dead letter (a dead letter's own reason was counted already)
-                self._metrics.count_failure(bounded.reason)
-            log.warning(
-                "dead_letter_bounded", topic=item.topic, partition=item.partition, offset=item.offset,
-                reason=bounded.reason.label, original_size=bounded.original_size, error=str(error),
-            )
-            self._send_alone(_Retry(bounded, 2, *self._dead_letter_record(bounded)))
+        if step > 1 or letter.bounded:
+            self._skip(letter, error)
             return
-        self._skip(letter, error)
-
-    def _send_alone(self, retry: _Retry) -> None:
-        """Send one record with nothing else in its batch, and wait for its outcome."""
-        self._producer.flush(ISOLATED_FLUSH_S)
-        self._send(retry.topic, retry.value, retry.key, retry.headers, retry)
-        self._producer.flush(ISOLATED_FLUSH_S)
+        bounded = bounded_copy(letter, self._dead_letter_max_bytes, why=f"refused whole: {error}")
+        if type(item) is Event:  # a new dead letter (a dead letter's own reason was counted already)
+            self._metrics.count_failure(bounded.reason)
+        log.warning(
+            "dead_letter_bounded", topic=item.topic, partition=item.partition, offset=item.offset,
+            reason=bounded.reason.label, original_size=bounded.original_size, error=str(error),
+        )
+        self._send(*self._dead_letter_record(bounded), _Retry(bounded, 1))
 
     def _skip(self, letter: DeadLetter, error: BrokerError) -> None:
         """The last step: nothing about this input could be published. Count, log, move on."""

@@ -107,6 +107,13 @@ def open_clients(
     }
     if transactional_id is not None:
         producer_config["transactional_id"] = transactional_id
+    else:
+        # kafka-python 3.0.12 puts an idempotent, non-transactional producer into a fatal state when
+        # the broker refuses one batch as too large (MESSAGE_TOO_LARGE), after which every later
+        # send fails: one oversized record would stop the worker for good. Without idempotence the
+        # refusal fails that batch alone (the library first splits multi-record batches), and a
+        # retry after a timeout may write a result twice, which at-least-once allows anyway.
+        producer_config["enable_idempotence"] = False
     producer = KafkaPythonProducer(connect_call(settings, lambda: KafkaProducer(**producer_config)))
     consumer_config: dict[str, Any] = {
         "group_id": settings.group_id,

@@ -198,6 +198,25 @@ def test_check_passes_with_a_good_setup_and_names_a_missing_topic(
     assert "FAIL topics: input topic(s) ['no-such-topic-here'] do not exist" in bad.stdout
 
 
+def test_check_fails_when_the_metrics_port_is_taken_like_run_would(
+    kafka_bootstrap, new_topic, new_group, tiny_bundle
+):
+    """With TAGSTREAM_METRICS_PORT taken, `check` and `run` both exit 2 with a line naming the setting."""
+    import socket
+
+    topic = new_topic(partitions=1, prefix="worker-port")
+    with socket.create_server(("0.0.0.0", 0)) as taken:
+        env = worker_env(kafka_bootstrap, topic, tiny_bundle, new_group())
+        env["TAGSTREAM_METRICS_PORT"] = str(taken.getsockname()[1])
+        check = subprocess.run([sys.executable, "-m", "worker.cli", "check"], env=env, capture_output=True,
+                               text=True, timeout=START_TIMEOUT_S)
+        run = subprocess.run([sys.executable, "-m", "worker.cli", "run"], env=env, capture_output=True,
+                             text=True, timeout=START_TIMEOUT_S)
+    assert run.returncode == 2 and "TAGSTREAM_METRICS_PORT" in run.stderr.splitlines()[-1]
+    assert check.returncode == 2, check.stdout
+    assert "FAIL metrics port: TAGSTREAM_METRICS_PORT=" in check.stdout and "worker would not start" in check.stdout
+
+
 @pytest.mark.parametrize(
     ("change", "exit_code", "message"),
     [

@@ -128,30 +128,15 @@ def refused(message: str = "too large for the topic") -> BaseException:
     return ke.MessageSizeTooLargeError(message)
 
 
-def test_a_refused_result_is_resent_alone_and_then_acknowledged():
-    """A result refused with its batch is sent again on its own; once delivered its input is acknowledged."""
-    sink, producer, tracker, fatal, metrics = make_sink()
-    sink.publish_results(events(tracker, 2), classified([0, 1]), LABELS, "m", "v1")
+def test_a_refused_result_becomes_a_bounded_dead_letter():
+    """A result the broker refuses is replaced by a bounded dead letter (reason record_rejected) of its input."""
+    sink, producer, tracker, fatal, metrics = make_sink(dead_letter_max_bytes=1024)
+    [event, other] = events(tracker, 2)
+    event.text = "long text " * 1000
+    sink.publish_results([event, other], classified([0, 1]), LABELS, "m", "v1")
     producer.sent[0].future.fail(refused())
     producer.sent[1].future.succeed()
     assert fatal == [] and sink.refused_waiting
-    sink.resend_refused()
-    again = producer.sent[2]
-    assert (again.topic, again.value) == (producer.sent[0].topic, producer.sent[0].value)
-    again.future.succeed()
-    assert tracker.committable() == {TopicPartition("sms", 0): 2}
-    assert metrics.value("tagstream_events_out_total", {"topic": "sms"}) == 2
-
-
-def test_a_result_refused_alone_becomes_a_bounded_dead_letter():
-    """A result refused even alone is replaced by a bounded dead letter (reason record_rejected) of its input."""
-    sink, producer, tracker, fatal, metrics = make_sink(dead_letter_max_bytes=1024)
-    [event] = events(tracker, 1)
-    event.text = "long text " * 1000
-    sink.publish_results([event], classified([0]), LABELS, "m", "v1")
-    producer.sent[0].future.fail(refused())
-    sink.resend_refused()
-    producer.sent[1].future.fail(refused())
     sink.resend_refused()
     letter = producer.sent[2]
     headers = dict(letter.headers)
@@ -160,8 +145,9 @@ def test_a_result_refused_alone_becomes_a_bounded_dead_letter():
     assert int(headers["tagstream.original.size"]) > 1024 and len(headers["tagstream.original.sha256"]) == 64
     assert headers["tagstream.source.offset"] == b"0"
     letter.future.succeed()
-    assert tracker.committable() == {TopicPartition("sms", 0): 1}
+    assert tracker.committable() == {TopicPartition("sms", 0): 2}
     assert metrics.value("tagstream_dead_letters_total", {"reason": "record_rejected"}) == 1
+    assert metrics.value("tagstream_events_out_total", {"topic": "sms"}) == 1
     assert fatal == []
 
 
@@ -171,12 +157,11 @@ def test_an_output_refused_at_every_step_is_skipped_counted_and_acknowledged():
     epoch = tracker.track(TopicPartition("sms", 0), [0, 1])
     letter = DeadLetter("sms", 0, 0, 1, b"k", b"{" * 5000, [], Failure.INVALID_JSON, "bad", epoch)
     sink.publish_dead_letters([letter])
-    for _ in range(2):  # whole, then alone
-        producer.sent[-1].future.fail(refused())
-        sink.resend_refused()
-    producer.sent[-1].future.fail(refused())  # the bounded copy
+    producer.sent[-1].future.fail(refused())  # the whole dead letter
     sink.resend_refused()
-    assert len(producer.sent) == 3 and fatal == []
+    producer.sent[-1].future.fail(refused())  # its bounded copy
+    sink.resend_refused()
+    assert len(producer.sent) == 2 and fatal == []
     assert metrics.value("tagstream_records_skipped_total", {"reason": "dead_letter_rejected"}) == 1
     epoch_ok = tracker.epoch(TopicPartition("sms", 0))
     tracker.ack(TopicPartition("sms", 0), 1, epoch_ok)
@@ -202,4 +187,4 @@ def test_flush_resends_refused_outputs_before_reporting_done():
     sink.publish_results(events(tracker, 1), classified([0]), LABELS, "m", "v1")
     producer.sent[0].future.fail(refused())
     assert sink.flush(1.0) is True
-    assert len(producer.sent) == 2  # the resend went out during the flush
+    assert len(producer.sent) == 2  # the bounded copy went out during the flush
