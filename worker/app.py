@@ -33,7 +33,7 @@ from worker.errors import BrokerError, Failure, InferenceError, SettingsError, W
 from worker.events import DeadLetter, Event, ParseConfig
 from worker.handoff import InputHandoff
 from worker.kafka.base import ConsumerClient, ProducerClient, open_clients
-from worker.offsets import Committer, OffsetTracker, commit_failure
+from worker.offsets import Committer, OffsetCommitter, OffsetTracker, commit_failure
 from worker.reload import BundleWatcher, RunnerSlot
 from worker.runner import (
     Classified,
@@ -47,6 +47,7 @@ from worker.settings import WorkerSettings, check_against_bundle
 from worker.sink import Router, Sink, input_dead_letter
 from worker.source import Source
 from worker.telemetry import Health, Metrics, TelemetryServer, get_logger
+from worker.transactions import Barrier, TransactionalCommitter, transactional_id
 
 log = get_logger("tagstream.worker")
 
@@ -85,6 +86,11 @@ class Worker:
         self._fatal_lock = threading.Lock()
         self._sink_queue: queue.Queue[Any] = queue.Queue(maxsize=SINK_QUEUE_BATCHES)
         self._streams = 1
+        self._exactly_once = settings.processing_guarantee == "exactly_once"
+        # Batches handed to the model threads and finished by them: a barrier waits for the two to meet.
+        self._batches_issued = 0
+        self._batches_done = 0
+        self._batches_cond = threading.Condition()
         # batcher -> model threads: one formed batch waits per stream (TEI's prefetch of one)
         self._batch_queue: queue.Queue[Any] = queue.Queue()
         self._threads: dict[str, threading.Thread] = {}
@@ -92,6 +98,7 @@ class Worker:
         self._consumer: ConsumerClient | None = None
         self._source: Source | None = None
         self._sink: Sink | None = None
+        self._transactions: TransactionalCommitter | None = None
         self._limits = BatchLimits(settings.max_batch_size, settings.max_batch_tokens, settings.max_wait_ms / 1000)
         self._debug = settings.log_level == "DEBUG"  # per-batch log lines only when asked for
         # Of drain_timeout_s, the part kept for the final flush, commit and close.
@@ -192,7 +199,12 @@ class Worker:
 
     def _connect(self) -> None:
         s = self.settings
-        self._consumer, self._producer = open_clients(s)
+        txn_id = transactional_id(s.group_id, s.group_instance_id) if self._exactly_once else None
+        self._consumer, self._producer = open_clients(s, transactional_id=txn_id)
+        if txn_id is not None:
+            # Fences an older worker with this id and aborts the transaction it left open.
+            self._producer.init_transactions()
+            log.info("transactions_ready", transactional_id=txn_id)
         for topic in s.input_topics:
             if not self._consumer.partitions_for_topic(topic):
                 raise BrokerError(
@@ -204,9 +216,18 @@ class Worker:
         s = self.settings
         assert self.slot is not None
         assert self._consumer is not None and self._producer is not None
-        committer = Committer(
-            self._consumer, self.tracker, interval_s=s.commit_interval_ms / 1000, on_result=self._on_commit
-        )
+        committer: OffsetCommitter
+        if self._exactly_once:
+            committer = self._transactions = TransactionalCommitter(
+                self._consumer, self._producer, self.tracker, self.metrics,
+                interval_s=s.commit_interval_ms / 1000, on_result=self._on_commit,
+            )
+            committer.attach(self.handoff)
+            committer.begin()
+        else:
+            committer = Committer(
+                self._consumer, self.tracker, interval_s=s.commit_interval_ms / 1000, on_result=self._on_commit
+            )
         self._source = Source(
             self._consumer,
             topics=list(s.input_topics),
@@ -224,7 +245,7 @@ class Worker:
         )
         self._sink = Sink(
             self._producer, Router(s), self.tracker, self.metrics, self._fail,
-            dead_letter_max_bytes=s.dead_letter_max_bytes,
+            dead_letter_max_bytes=s.dead_letter_max_bytes, transactions=self._transactions,
         )
         self._source.subscribe()
         self._spawn("source", self._source_main)
@@ -297,7 +318,7 @@ class Worker:
                 now = time.monotonic()
                 due = batcher.time_until_due(now)
                 wait = IDLE_WAIT_S if due is None else min(due, IDLE_WAIT_S)
-                events, letters, closed = handoff.take(wait)  # returns at once once closed
+                events, letters, closed, barrier = handoff.take(wait)  # returns at once once closed
                 if closed and self._remaining() < self._drain_reserve_s:
                     # Shutting down and out of time: what has not run yet is redelivered after
                     # the restart; the time left is for flushing and committing what has.
@@ -317,11 +338,14 @@ class Worker:
                         batcher.add(event, event.n_tokens, event.received)
                     else:
                         self._abandon([event])
-                while (batch := batcher.next_batch(time.monotonic(), flush=closed)) is not None:
+                flush = closed or barrier is not None  # a barrier closes every batch before it
+                while (batch := batcher.next_batch(time.monotonic(), flush=flush)) is not None:
                     handoff.release(len(batch.items))
                     if not self._put_batch((batch, self.slot.current)):
                         self._abandon(batch.items, release=False)  # no model thread left
-                if closed and not events and not letters and len(batcher) == 0:
+                if barrier is not None:
+                    self._pass_barrier(barrier)
+                if closed and not events and not letters and barrier is None and len(batcher) == 0:
                     return
         finally:
             for _ in range(self._streams):
@@ -339,15 +363,19 @@ class Worker:
             if work is _STOP:
                 return
             batch, runner = work
-            self._run_batch(batch, runner)
+            try:
+                self._run_batch(batch, runner)
+            finally:
+                with self._batches_cond:
+                    self._batches_done += 1
+                    self._batches_cond.notify_all()
 
     def _sink_main(self) -> None:
         assert self._sink is not None
         sink = self._sink
         try:
             while True:
-                if sink.refused_waiting:
-                    sink.resend_refused()
+                sink.settle_pending()  # refused outputs; an abort asked for (exactly-once)
                 try:
                     work = self._sink_queue.get(timeout=SINK_IDLE_S)
                 except queue.Empty:
@@ -356,6 +384,8 @@ class Worker:
                     break
                 if isinstance(work, _Results):
                     sink.publish_results(work.events, work.classified, work.labels, work.model_name, work.model_version)
+                elif isinstance(work, Barrier):
+                    sink.commit_transaction(work, max(1.0, self._remaining()) if self._stop_at else 30.0)
                 else:
                     sink.publish_dead_letters(work)
         finally:
@@ -453,11 +483,25 @@ class Worker:
         while True:
             try:
                 self._batch_queue.put(work, timeout=0.5)
+                if work is not _STOP:
+                    with self._batches_cond:
+                        self._batches_issued += 1
                 return True
             except queue.Full:
                 models = [t for name, t in self._threads.items() if name.startswith("model-")]
                 if not any(t.is_alive() for t in models):
                     return False
+
+    def _pass_barrier(self, barrier: Barrier) -> None:
+        """Exactly-once: once every batch issued before ``barrier`` is finished (its outputs are in
+        the sink queue, ahead of it), the barrier follows them to the sink, which commits."""
+        with self._batches_cond:
+            while self._batches_done < self._batches_issued:
+                models = [t for name, t in self._threads.items() if name.startswith("model-")]
+                if not any(t.is_alive() for t in models):
+                    return  # nothing more will finish: the transaction is not committed
+                self._batches_cond.wait(0.1)
+        self._to_sink(barrier)
 
     def _put_stop_for_sink(self) -> None:
         self._to_sink(_STOP)

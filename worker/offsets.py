@@ -24,9 +24,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from worker.errors import Failure, WorkerError
-from worker.kafka.base import ConsumerClient, TopicPartition
+from worker.kafka.base import ConsumerClient, Sleep, TopicPartition
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,42 @@ class OffsetTracker:
                 if state.pending:
                     points[tp] = ResumePoint(state.pending[0], frozenset(state.acked))
             return points
+
+    def committed_points(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, ResumePoint]:
+        """Per partition, the last committed position (exactly-once: nothing past it is delivered)."""
+        with self._lock:
+            points = {}
+            for tp in partitions:
+                state = self._parts.get(tp)
+                if state is not None and state.committed is not None and state.last_tracked is not None:
+                    points[tp] = ResumePoint(state.committed, frozenset())
+            return points
+
+    def restart_from_committed(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """Forget everything past the last commit (exactly-once, after an abort): a fresh epoch per
+        partition, so queued and running work is dropped; returns where each must be re-read from."""
+        with self._lock:
+            self._apply_acks()
+            seeks = {}
+            for tp in partitions:
+                state = self._parts.get(tp)
+                if state is None:
+                    continue
+                epoch = self._epochs[tp] + 1
+                self._epochs[tp] = epoch
+                self._parts[tp] = _PartitionState(epoch=epoch, committed=state.committed)
+                if state.committed is not None and state.last_tracked is not None:
+                    seeks[tp] = state.committed
+            self.revocations += 1  # the batcher purges what it holds of the old epochs
+            return seeks
+
+    def uncommitted(self) -> bool:
+        """Whether anything was handed out since the last commit (exactly-once: a transaction is due)."""
+        with self._lock:
+            return any(
+                state.last_tracked is not None and (state.committed is None or state.last_tracked >= state.committed)
+                for state in self._parts.values()
+            )
 
     def skip_delivered(self, tp: TopicPartition, offsets: Iterable[int]) -> None:
         """Offsets of ``tp`` whose outputs were acknowledged before a rebalance gave the partition
@@ -235,10 +272,30 @@ class OffsetTracker:
 CommitListener = Callable[[dict[TopicPartition, int], BaseException | None], None]
 
 
+class OffsetCommitter(Protocol):
+    """What the source calls, on the consumer thread: ``Committer`` (at-least-once) or
+    ``TransactionalCommitter`` (exactly-once, worker/transactions.py)."""
+
+    def service(self) -> None: ...
+
+    def commit_if_due(self) -> None: ...
+
+    def before_drain(self, handoff: Any) -> None: ...
+
+    def commit_now(self, partitions: Iterable[TopicPartition] | None = None, timeout_s: float = 10.0) -> dict: ...
+
+    async def settle(self, partitions: set[TopicPartition], sleep: Sleep | None, deadline: float) -> dict: ...
+
+    def resume_points(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, ResumePoint]: ...
+
+
 class Committer:
     """The one place offsets are committed, through the consumer group (at-least-once).
 
-    The transactional committer (``worker/transactions.py``) has the same three entry points.
+    The source calls it from the consumer thread: ``commit_if_due`` and ``service`` on every
+    turn of its loop, ``settle`` and ``resume_points`` when partitions are revoked,
+    ``before_drain`` and ``commit_now`` when it stops. The transactional committer
+    (``worker/transactions.py``) has the same entry points.
     """
 
     def __init__(
@@ -256,6 +313,23 @@ class Committer:
         self._on_result = on_result
         self._clock = clock
         self._next_at = clock() + interval_s
+
+    def service(self) -> None:
+        """Work the consumer thread does for the committer on each turn (none here)."""
+
+    def before_drain(self, handoff: Any) -> None:
+        """The source is about to stop reading (nothing to do here: commit_now commits)."""
+
+    async def settle(self, partitions: set[TopicPartition], sleep: Sleep | None, deadline: float) -> dict:
+        """Revocation: wait (up to ``deadline``) for running work on ``partitions``, then commit it."""
+        if sleep is not None:
+            while self._tracker.in_flight(partitions) and time.monotonic() < deadline:
+                await sleep(0.01)
+        return await self.commit_in_listener(partitions)
+
+    def resume_points(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, ResumePoint]:
+        """Where revoked partitions resume if assigned straight back (see OffsetTracker.resume_points)."""
+        return self._tracker.resume_points(partitions)
 
     def commit_if_due(self) -> None:
         """Commit acknowledged positions asynchronously, at most once per interval (consumer thread)."""

@@ -123,6 +123,16 @@ class WorkerSettings(BaseSettings):
         " after a crash); exactly_once: outputs and offsets in one Kafka transaction per commit interval,"
         " readers with isolation_level=read_committed see each input's outcome once (costs throughput).",
     )
+    transaction_timeout_ms: int = Field(
+        60_000, ge=1_000, le=900_000,
+        description="exactly_once: how long the broker keeps a transaction open before aborting it; a crashed"
+        " worker without group_instance_id holds back read_committed readers this long.",
+    )
+    max_poll_interval_ms: int = Field(
+        300_000, ge=1_000,
+        description="The longest gap between polls before the group evicts this member. The worker polls every"
+        " 100 ms even while the model is busy, so a slow model never trips it.",
+    )
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest",
         description="Where a group with no committed offset starts: earliest (nothing missed) or latest.",
@@ -336,6 +346,12 @@ class WorkerSettings(BaseSettings):
                 raise ValueError(f"{env_name(name)}={path}: no such file")
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError(f"set both {env_name('ssl_certfile')} and {env_name('ssl_keyfile')}, or neither")
+        if self.processing_guarantee == "exactly_once" and self.commit_interval_ms >= self.transaction_timeout_ms:
+            raise ValueError(
+                f"{env_name('commit_interval_ms')}={self.commit_interval_ms} must be shorter than"
+                f" {env_name('transaction_timeout_ms')}={self.transaction_timeout_ms}: each commit interval is one"
+                " transaction"
+            )
         # A worker must never consume what it produces: that would loop forever.
         for topic in self.input_topics:
             own = {self.output_topic_for(topic), self.dlq_topic_for(topic)}

@@ -18,6 +18,12 @@ invalid) walks that record down a ladder, on the sink thread:
 
 Any other delivery failure (the producer's retries ran out: the broker is gone) is fatal, the
 input is never acknowledged, and the restart redelivers it.
+
+Exactly-once (``transactions`` given, see ``worker/transactions.py``): outputs of inputs from an
+epoch that is over (a revocation or an abort since) are dropped unsent; a refusal dooms the open
+transaction, so the sink remembers the input and asks for an abort, and when the input comes
+round again it takes its next step at once (the bounded copy, then the skip); delivered outputs
+are counted in the metrics only once their transaction commits.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker.errors import BrokerError, Failure
 from worker.events import DeadLetter, Event, bounded_copy, dead_letter_headers, result_value
@@ -37,6 +43,9 @@ from worker.offsets import OffsetTracker
 from worker.runner import Classified
 from worker.settings import WorkerSettings
 from worker.telemetry import Metrics, get_logger
+
+if TYPE_CHECKING:
+    from worker.transactions import Barrier, TransactionalCommitter
 
 log = get_logger("tagstream.worker.sink")
 
@@ -83,6 +92,7 @@ class Sink:
         on_fatal: Callable[[BaseException], None],
         *,
         dead_letter_max_bytes: int = 65_536,
+        transactions: TransactionalCommitter | None = None,
     ) -> None:
         self._producer = producer
         self._router = router
@@ -95,6 +105,13 @@ class Sink:
         # Refused outputs wait here for the sink thread (the producer's thread must not send).
         self._refused: deque[tuple[Event | DeadLetter, int, BrokerError]] = deque()
         self._wake = threading.Event()
+        self._transactions = transactions
+        # Exactly-once: the ladder step each refused input takes next, across aborts and re-reads.
+        self._poisoned: dict[tuple[str, int, int], int] = {}
+        # Exactly-once: counts of outputs delivered in the open transaction, applied at its commit.
+        self._txn_out: dict[str, int] = {}
+        self._txn_letters: dict[str, int] = {}
+        self._txn_lock = threading.Lock()
         producer.set_handler(self)
 
     # -- the sink thread -------------------------------------------------------------------------
@@ -104,7 +121,10 @@ class Sink:
         """One result record per event, in the events' order."""
         now = time.monotonic()
         send = self._send
-        for event, indices, scores in zip(events, classified.top_indices, classified.top_scores, strict=True):
+        rows = zip(events, classified.top_indices, classified.top_scores, strict=True)
+        if self._transactions is not None:
+            rows = self._exactly_once_rows(rows)  # type: ignore[assignment]
+        for event, indices, scores in rows:
             label = labels[indices[0]]
             value = result_value(
                 event,
@@ -119,6 +139,8 @@ class Sink:
 
     def publish_dead_letters(self, letters: list[DeadLetter]) -> None:
         """Each letter to its dead-letter topic: original key and bytes (or a bounded copy), reason headers."""
+        if self._transactions is not None:
+            letters = [x for x in letters if self._current(x) and not self._take_poisoned_step(x)]
         for letter in letters:
             self._metrics.count_failure(letter.reason)
             log.warning(
@@ -130,6 +152,33 @@ class Sink:
     @property
     def refused_waiting(self) -> bool:
         return bool(self._refused)
+
+    def settle_pending(self) -> None:
+        """Between outputs (sink thread): an abort that was asked for, then refused outputs."""
+        if self._transactions is not None and self._transactions.abort_if_requested():
+            self._aborted()
+        if self._refused:
+            self.resend_refused()
+
+    def commit_transaction(self, barrier: Barrier, timeout_s: float) -> None:
+        """Exactly-once: commit the open transaction at ``barrier`` (everything before it was sent)."""
+        assert self._transactions is not None
+        if self._transactions.commit(barrier, lambda: self.flush(timeout_s)):
+            with self._txn_lock:
+                out, self._txn_out = self._txn_out, {}
+                letters, self._txn_letters = self._txn_letters, {}
+            for topic, n in out.items():
+                self._metrics.events_out.labels(topic=topic).inc(n)
+            for reason, n in letters.items():
+                self._metrics.dead_letters.labels(reason=reason).inc(n)
+        else:
+            self._aborted()
+
+    def _aborted(self) -> None:
+        """The open transaction was aborted: what it held is re-read, so forget its bookkeeping."""
+        self._refused.clear()
+        with self._txn_lock:
+            self._txn_out, self._txn_letters = {}, {}
 
     def wait_for_refusals(self, timeout_s: float) -> None:
         """Block up to ``timeout_s`` until a refused output waits (the sink thread's idle wait)."""
@@ -158,6 +207,14 @@ class Sink:
     def delivered(self, token: Any) -> None:
         item = token.item if type(token) is _Retry else token
         self._tracker.ack(TopicPartition(item.topic, item.partition), item.offset, item.epoch)
+        if self._transactions is not None:  # counted when the transaction commits
+            with self._txn_lock:
+                if type(item) is Event:
+                    self._txn_out[item.topic] = self._txn_out.get(item.topic, 0) + 1
+                else:
+                    reason = item.reason.label  # type: ignore[union-attr]
+                    self._txn_letters[reason] = self._txn_letters.get(reason, 0) + 1
+            return
         if type(item) is Event:
             counter = self._out_counters.get(item.topic)
             if counter is None:
@@ -169,10 +226,19 @@ class Sink:
             self._metrics.dead_letters.labels(reason=item.reason.label).inc()  # type: ignore[union-attr]
 
     def failed(self, token: Any, error: BrokerError) -> None:
+        txn = self._transactions
+        if txn is not None and (error.failure is Failure.TRANSACTION_ABORTED or txn.abort_pending):
+            return  # the open transaction is being aborted: its inputs are read again
         retry = token if type(token) is _Retry else None
         item = token.item if retry is not None else token
         if error.failure is Failure.RECORD_REJECTED:
-            self._refused.append((item, 1 if retry is None else retry.step + 1, error))
+            step = 1 if retry is None else retry.step + 1
+            if self._transactions is not None:
+                # The refusal dooms the transaction: remember the input's next step for its re-read.
+                self._poisoned[(item.topic, item.partition, item.offset)] = step
+                self._transactions.request_abort(f"{item.topic}[{item.partition}]@{item.offset} refused: {error}")
+                return
+            self._refused.append((item, step, error))
             self._wake.set()
             return
         failure = error.failure
@@ -225,6 +291,24 @@ class Sink:
             original_sha256=letter.original_sha256, error=str(error),
         )
         self._tracker.ack(TopicPartition(letter.topic, letter.partition), letter.offset, letter.epoch)
+
+    def _current(self, item: Event | DeadLetter) -> bool:
+        return self._tracker.accepts((item.topic, item.partition), item.epoch)
+
+    def _exactly_once_rows(self, rows: Any) -> Any:
+        """Exactly-once: only inputs of the current epoch, and refused ones straight to their next step."""
+        for row in rows:
+            event = row[0]
+            if self._current(event) and not self._take_poisoned_step(event):
+                yield row
+
+    def _take_poisoned_step(self, item: Event | DeadLetter) -> bool:
+        """If this input was refused in an aborted transaction, take its next ladder step now."""
+        step = self._poisoned.pop((item.topic, item.partition, item.offset), None)
+        if step is None:
+            return False
+        self._resend(item, step, BrokerError("refused in an earlier, aborted transaction", Failure.RECORD_REJECTED))
+        return True
 
     def _dead_letter_record(self, letter: DeadLetter) -> tuple[str, bytes | None, bytes | None, list]:
         value = letter.value

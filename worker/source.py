@@ -29,7 +29,7 @@ from worker.errors import BrokerError, Failure
 from worker.events import DeadLetter, Event, ParseConfig, parse_record
 from worker.handoff import InputHandoff
 from worker.kafka.base import ConsumerClient, Sleep, TopicPartition
-from worker.offsets import Committer, OffsetTracker, ResumePoint
+from worker.offsets import OffsetCommitter, OffsetTracker, ResumePoint
 from worker.runner import ModelRunner
 from worker.telemetry import Health, Metrics, get_logger
 
@@ -50,7 +50,7 @@ class Source:
         pattern: str | None,
         parse_config: ParseConfig,
         tracker: OffsetTracker,
-        committer: Committer,
+        committer: OffsetCommitter,
         handoff: InputHandoff[Event, DeadLetter],
         current_runner: Callable[[], ModelRunner],
         metrics: Metrics,
@@ -92,6 +92,7 @@ class Source:
             if records:
                 self._ingest(records)
             self._apply_backpressure()
+            self._committer.service()
             self._committer.commit_if_due()
             self._watch_broker()
             self._refresh_lag()
@@ -104,12 +105,14 @@ class Source:
         at ``deadline`` (time.monotonic) or once downstream has finished (no more acks can come).
         """
         self._pause_all()
+        self._committer.before_drain(self._handoff)
         self._handoff.close()
         while time.monotonic() < deadline:
             if self._tracker.in_flight() == 0 or downstream_done():
                 break
             self._poll(timeout_ms=20)
             self._pause_all()  # a rebalance during the drain brings unpaused partitions
+            self._committer.service()
             self._committer.commit_if_due()
         left = self._tracker.in_flight()
         self._metrics.in_flight.set(left)
@@ -249,13 +252,12 @@ class Source:
             return
         self._tracker.begin_revoke(revoked)  # queued inputs are dropped, running batches finish
         deadline = time.monotonic() + self._revoke_grace_s
-        if sleep is not None:
-            while self._tracker.in_flight(revoked) and time.monotonic() < deadline:
-                await sleep(0.01)
-        committed = await self._committer.commit_in_listener(revoked)
+        # At-least-once: wait for running work and commit what was delivered. Exactly-once: abort
+        # the open transaction (its outputs are discarded) and resume at the last committed one.
+        committed = await self._committer.settle(revoked, sleep, deadline)
         # kafka-python keeps its fetch position for a partition assigned back to this member
         # in the same rebalance; dropped inputs are then re-read from here (see on_assigned).
-        self._rewind = self._tracker.resume_points(revoked)
+        self._rewind = self._committer.resume_points(revoked)
         dropped = self._tracker.revoke(revoked)
         self._forget_lag(revoked)
         self._health.assigned = len(self._tracker.assigned())

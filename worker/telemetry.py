@@ -20,6 +20,7 @@ several workers in one process):
 | in_flight_events | gauge | | read and not yet acknowledged |
 | consumer_paused | gauge | | 1 while backpressure pauses fetching |
 | commits_total | counter | result | offset commits (ok, failed) |
+| transactions_total | counter | result | exactly-once transactions (committed, aborted) |
 | model_info | gauge | name, version | 1 for the bundle serving now |
 | bundle_reloads_total | counter | result | swapped, refused |
 
@@ -105,6 +106,10 @@ class Metrics:
         self.in_flight = Gauge("tagstream_in_flight_events", "Inputs read and not yet acknowledged.", registry=r)
         self.paused = Gauge("tagstream_consumer_paused", "1 while backpressure pauses fetching.", registry=r)
         self.commits = Counter("tagstream_commits", "Offset commits by result.", ["result"], registry=r)
+        self.transactions = Counter(
+            "tagstream_transactions", "Exactly-once transactions by result (committed, aborted).", ["result"],
+            registry=r,
+        )
         self.model_info = Gauge("tagstream_model_info", "1 for the bundle serving now.", ["name", "version"], registry=r)
         self.bundle_reloads = Counter("tagstream_bundle_reloads", "Bundle reloads by result.", ["result"], registry=r)
         # Every label exists from the start (at 0), so dashboards and alerts see them all.
@@ -116,6 +121,8 @@ class Metrics:
             self.records_skipped.labels(reason=reason.label)
         for result in ("ok", "failed"):
             self.commits.labels(result=result)
+        for result in ("committed", "aborted"):
+            self.transactions.labels(result=result)
         for result in ("swapped", "refused"):
             self.bundle_reloads.labels(result=result)
         self._model_labels: tuple[str, str] | None = None

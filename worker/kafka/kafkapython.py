@@ -40,6 +40,8 @@ def failure_for_error(exc: BaseException) -> Failure:
     """Map a kafka-python exception to its Failure kind (the one translation table for this client)."""
     if isinstance(exc, _RECORD_ERRORS):
         return Failure.RECORD_REJECTED
+    if isinstance(exc, ke.TransactionAbortedError):
+        return Failure.TRANSACTION_ABORTED
     if isinstance(exc, ke.SaslAuthenticationFailedError | ke.UnsupportedSaslMechanismError):
         return Failure.AUTHENTICATION_FAILED
     if isinstance(exc, ke.AuthorizationError):
@@ -107,6 +109,7 @@ def open_clients(
     }
     if transactional_id is not None:
         producer_config["transactional_id"] = transactional_id
+        producer_config["transaction_timeout_ms"] = settings.transaction_timeout_ms
     else:
         # kafka-python 3.0.12 puts an idempotent, non-transactional producer into a fatal state when
         # the broker refuses one batch as too large (MESSAGE_TOO_LARGE), after which every later
@@ -122,6 +125,7 @@ def open_clients(
         "allow_auto_create_topics": False,
         "max_poll_records": MAX_POLL_RECORDS,
         "session_timeout_ms": settings.session_timeout_ms,
+        "max_poll_interval_ms": settings.max_poll_interval_ms,
         **common,
     }
     if settings.group_instance_id:

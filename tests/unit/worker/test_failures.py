@@ -79,6 +79,7 @@ def test_bad_input_is_dead_lettered_never_fatal():
         (ke.InvalidRecordError(), Failure.RECORD_REJECTED),
         (ke.FencedInstanceIdError(), Failure.INSTANCE_FENCED),
         (ke.ProducerFencedError(), Failure.PRODUCER_FENCED),
+        (ke.TransactionAbortedError(), Failure.TRANSACTION_ABORTED),
         (ValueError("not kafka"), Failure.INTERNAL),
     ],
 )

@@ -73,7 +73,7 @@ def test_one_tokenizer_call_per_poll():
     source, consumer, tracker, handoff, runner, metrics = make_source()
     consumer.polls.append({TP0: records(TP0, 0, 5), TP1: records(TP1, 0, 4)})
     run_once(source)
-    events, letters, _ = handoff.take(0)
+    events, letters, *_ = handoff.take(0)
     assert len(events) == 9 and letters == []
     assert runner.calls == 1
     assert all(e.token_ids == [1, 1, 1] and e.tokenizer_key == "tok1" for e in events)
@@ -86,7 +86,7 @@ def test_bad_records_are_handed_over_as_dead_letters():
     source, consumer, tracker, handoff, _, _ = make_source()
     consumer.polls.append({TP0: records(TP0, 0, 4, bad={1, 3})})
     run_once(source)
-    events, letters, _ = handoff.take(0)
+    events, letters, *_ = handoff.take(0)
     assert [e.offset for e in events] == [0, 2]
     assert [(d.offset, d.reason.label) for d in letters] == [(1, "invalid_json"), (3, "invalid_json")]
     assert tracker.in_flight() == 4
@@ -159,7 +159,7 @@ def test_partition_assigned_straight_back_resumes_at_the_dropped_inputs():
     assert consumer.seeks == [(TP0, 1)]
     consumer.polls.append({TP0: records(TP0, 1, 3)})
     run_once(source)
-    events, _, _ = handoff.take(0)
+    events, *_ = handoff.take(0)
     assert [e.offset for e in events] == [1, 3]  # 2 already has its result
     new_epoch = tracker.epoch(TP0)
     tracker.ack(TP0, 1, new_epoch)
@@ -190,7 +190,7 @@ def test_lag_is_reported_for_every_assigned_partition_and_in_flight_returns_to_z
     consumer.group_committed = {TP1: 10}  # nothing read from TP1: the group is caught up there
     consumer.polls.append({TP0: records(TP0, 0, 3)})
     run_once(source)
-    events, _, _ = handoff.take(0)
+    events, *_ = handoff.take(0)
     assert metrics.value("tagstream_in_flight_events") == 3
     epoch = tracker.epoch(TP0)
     for e in events:
