@@ -76,6 +76,11 @@ class Failure(enum.Enum):
         "the producer or the broker refused this input's result record (too large for the producer's"
         " max_request_size or the topic's max.message.bytes, or invalid): the input is dead-lettered",
     )
+    UNREADABLE_RECORD = FailureSpec(
+        "unreadable_record", Action.DEAD_LETTER, 0,
+        "the Kafka client could not decode the record (a header key that is not UTF-8, a corrupt batch):"
+        " its location is dead-lettered without its bytes, and reading goes on after it",
+    )
     INFERENCE_FAILED = FailureSpec(
         "inference_failed", Action.DEAD_LETTER, 0,
         "the model raised on this input alone (after its batch failed and was retried one by one)",

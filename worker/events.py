@@ -154,6 +154,9 @@ def parse_record(record: RecordLike, config: ParseConfig, received: float, epoch
         )
 
     if not value:
+        unreadable = getattr(record, "error", None)  # worker/kafka/base.py UnreadableRecord
+        if unreadable is not None:
+            return dead(Failure.UNREADABLE_RECORD, f"the Kafka client could not decode it: {unreadable}"[:500])
         return dead(Failure.EMPTY_PAYLOAD, "the record has no value")
     if len(value) > config.max_payload_bytes:
         letter = dead(

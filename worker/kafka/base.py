@@ -10,6 +10,7 @@ Positions are plain ints: the offset of the next record to read, as Kafka commit
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
@@ -34,6 +35,21 @@ class Record(Protocol):
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes | None]]
+
+
+@dataclass(slots=True)
+class UnreadableRecord:
+    """Where a record is that the client could not decode: dead-lettered (reason unreadable_record),
+    without its bytes, and read past."""
+
+    topic: str
+    partition: int
+    offset: int
+    error: str
+    timestamp: int = -1
+    key: bytes | None = None
+    value: bytes | None = None
+    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
 
 
 Sleep = Callable[[float], Awaitable[Any]]

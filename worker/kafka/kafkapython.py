@@ -19,9 +19,15 @@ from kafka.structs import OffsetAndMetadata
 from kafka.structs import TopicPartition as KafkaTopicPartition
 
 from worker.errors import BrokerError, Failure
-from worker.kafka.base import DeliveryHandler, RebalanceHandler, Record, TopicPartition
+from worker.kafka.base import (
+    DeliveryHandler,
+    RebalanceHandler,
+    Record,
+    TopicPartition,
+    UnreadableRecord,
+)
+from worker.kafka.compat import UNREADABLE_AT, apply_join_fix, apply_unreadable_fix
 from worker.kafka.diagnose import BOOTSTRAP_TIMEOUT_MS, CONNECT_HINTS, bootstrap_timeout_error
-from worker.kafka.join_fix import apply_join_fix
 
 if TYPE_CHECKING:
     from worker.settings import WorkerSettings
@@ -94,7 +100,8 @@ def common_config(settings: WorkerSettings) -> dict[str, Any]:
 def open_clients(
     settings: WorkerSettings, *, transactional_id: str | None = None
 ) -> tuple[KafkaPythonConsumer, KafkaPythonProducer]:
-    apply_join_fix()  # kafka-python 3.0 can drop a completed group join: see join_fix.py
+    apply_join_fix()  # kafka-python 3.0 can drop a completed group join: see compat.py
+    apply_unreadable_fix()  # ...and get stuck on a record it cannot decode
     common = common_config(settings)
     producer_config: dict[str, Any] = {
         "acks": "all",
@@ -160,6 +167,14 @@ class KafkaPythonConsumer:
     def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Record]]:
         try:
             return self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)  # type: ignore[no-any-return]
+        except ke.CorruptRecordError as exc:
+            where = getattr(exc, UNREADABLE_AT, None)
+            if where is None:
+                raise translate(exc, "the consumer failed") from exc
+            # Hand the offset over as an unreadable record (it is dead-lettered), read on after it.
+            tp, offset = where
+            self._consumer.seek(tp, offset + 1)
+            return {TopicPartition(tp.topic, tp.partition): [UnreadableRecord(tp.topic, tp.partition, offset, str(exc))]}
         except ke.KafkaError as exc:
             raise translate(exc, "the consumer failed") from exc
 

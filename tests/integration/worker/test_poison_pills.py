@@ -59,3 +59,30 @@ def test_a_record_over_a_mebibyte_is_dead_lettered_bounded_and_the_partition_mov
     worker.stop()
     assert worker.wait(timeout=30) == 0  # and everything, the big record included, was committed
     assert worker.metrics.value("tagstream_dead_letters_total", {"reason": reason}) == 1
+
+
+class NotUtf8(str):
+    """A header key that encodes to bytes that are not UTF-8 (what a C or Java client may send)."""
+
+    def encode(self, *args, **kwargs):  # type: ignore[override]
+        return b"\xff\xfe-key"
+
+
+def test_a_record_the_client_cannot_decode_is_dead_lettered_and_read_past(
+    kafka_bootstrap, new_topic, start_worker, tiny_bundle
+):
+    """A header key that is not UTF-8 makes kafka-python fail on the record: its offset is dead-lettered, the rest labeled."""
+    topic = new_topic(partitions=1, prefix="unreadable")
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    producer.send(topic, value=b'{"id": "u", "text": "hostile headers"}', headers=[(NotUtf8("k"), b"v")])
+    producer.flush(30)
+    producer.close()
+    ids = produce_events(kafka_bootstrap, topic, fixture_texts(10, seed=4))
+    worker = start_worker(topic, tiny_bundle)
+
+    results = read_records(kafka_bootstrap, f"{topic}.labels", expected=10)
+    assert sorted(json.loads(r.value)["id"] for r in results) == sorted(ids)
+    [letter] = read_records(kafka_bootstrap, f"{topic}.dlq", expected=1)
+    headers = dict(letter.headers)
+    assert headers["tagstream.reason"] == b"unreadable_record" and headers["tagstream.source.offset"] == b"0"
+    assert worker.fatal is None

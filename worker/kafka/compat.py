@@ -1,4 +1,6 @@
-"""A fix for a kafka-python 3.0 group-join bug that can stop a worker consuming forever.
+"""Fixes for kafka-python 3.0 bugs that can stop a worker consuming forever.
+
+1. The group-join bug (``apply_join_fix``)
 
 The bug (kafka-python 3.0.12, ``BaseCoordinator.join_group_async``): a group join runs as a
 task on the client's I/O loop while ``consumer.poll(timeout_ms=...)`` waits for it. When the
@@ -23,6 +25,8 @@ from __future__ import annotations
 from typing import Any
 
 import kafka
+from kafka import errors as kafka_errors
+from kafka.consumer.fetcher import Fetcher
 from kafka.coordinator.base import BaseCoordinator
 from kafka.coordinator.consumer import ConsumerCoordinator
 from kafka.structs import MemberState
@@ -73,4 +77,37 @@ def apply_join_fix() -> bool:
     BaseCoordinator.join_group_async = join_group_async  # type: ignore[method-assign]
     ConsumerCoordinator.need_rejoin = need_rejoin  # type: ignore[method-assign]
     setattr(BaseCoordinator, _PATCHED_ATTR, True)
+    return True
+
+
+# 2. Records the client cannot decode (``apply_unreadable_fix``)
+#
+# A record kafka-python cannot decode (a header key that is not UTF-8, which other clients
+# produce happily; a batch failing its CRC) makes every poll() raise CorruptRecordError at the
+# same position, without saying which partition or offset: a poison pill inside the client.
+# The fix notes the partition and offset on the exception (``UNREADABLE_AT``), where the record
+# iterator knows them, so the backend can dead-letter that offset and seek past it.
+
+UNREADABLE_AT = "tagstream_unreadable_at"  # (TopicPartition, offset) set on CorruptRecordError
+_UNREADABLE_PATCHED_ATTR = "_tagstream_unreadable_fix"
+
+
+def apply_unreadable_fix() -> bool:
+    """Patch the fetcher's record iterator once per process; returns whether it is in place."""
+    records_class = Fetcher.PartitionRecords
+    if getattr(records_class, _UNREADABLE_PATCHED_ATTR, False):
+        return True
+    if not needs_fix():
+        return False
+    original_take = records_class.take
+
+    def take(self: Any, n: Any = None) -> Any:
+        try:
+            return original_take(self, n)
+        except kafka_errors.CorruptRecordError as exc:
+            setattr(exc, UNREADABLE_AT, (self.topic_partition, self.next_fetch_offset))
+            raise
+
+    records_class.take = take  # type: ignore[method-assign]
+    setattr(records_class, _UNREADABLE_PATCHED_ATTR, True)
     return True
