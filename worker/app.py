@@ -296,7 +296,7 @@ class Worker:
             finally:
                 try:
                     assert self._consumer is not None
-                    self._consumer.close(max(0.5, self._remaining()))
+                    self._consumer.close(max(0.5, self._remaining()), leave_group=self.settings.leave_group_on_stop)
                 except Exception as exc:
                     log.warning("consumer_close_failed", error=repr(exc))
 

@@ -112,6 +112,11 @@ class WorkerSettings(BaseSettings):
         " back at once instead of after session_timeout_ms. Default: the pod's hostname in Kubernetes, else"
         " unset (dynamic membership); 'none' turns it off. Must be unique within the group.",
     )
+    leave_group_on_stop: bool = Field(
+        True,
+        description="With group_instance_id: leave the group on SIGTERM so its partitions move at once (scale-down,"
+        " Deployment rollouts). false keeps them for a StatefulSet pod coming back under the same name.",
+    )
     session_timeout_ms: int = Field(
         45_000, ge=6_000, le=300_000,
         description="How long the group waits for a silent member before moving its partitions: shorter"

@@ -119,8 +119,9 @@ class ConsumerClient(Protocol):
 
     def topics(self) -> set[str]: ...
 
-    def close(self, timeout_s: float) -> None:
-        """Leave the group (never auto-committing) and close the connections."""
+    def close(self, timeout_s: float, leave_group: bool = True) -> None:
+        """Close the connections without auto-committing. A dynamic member leaves the group; a static
+        one (group_instance_id) only when ``leave_group`` is true, else its partitions wait for it."""
         ...
 
 

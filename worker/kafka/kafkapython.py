@@ -12,6 +12,7 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from kafka import KafkaConsumer, KafkaProducer
 from kafka import errors as ke
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
@@ -31,6 +32,8 @@ from worker.kafka.diagnose import BOOTSTRAP_TIMEOUT_MS, CONNECT_HINTS, bootstrap
 
 if TYPE_CHECKING:
     from worker.settings import WorkerSettings
+
+log = structlog.get_logger("tagstream.worker.kafka")
 
 SEND_MAX_BLOCK_MS = 15_000  # how long send() may block on topic metadata or a full buffer
 PRODUCER_LINGER_MS = 5  # results of one batch leave in a few produce requests, not one each
@@ -252,8 +255,26 @@ class KafkaPythonConsumer:
     def topics(self) -> set[str]:
         return connect_call(self._settings, self._consumer.topics)  # type: ignore[no-any-return]
 
-    def close(self, timeout_s: float) -> None:
+    def close(self, timeout_s: float, leave_group: bool = True) -> None:
         self._consumer.close(autocommit=False, timeout_ms=int(1000 * timeout_s))
+        instance = self._settings.group_instance_id
+        if instance and leave_group:
+            # A static member's close() does not leave the group (KIP-345): ask the coordinator to
+            # remove it, so its partitions move now rather than after session_timeout_ms.
+            from kafka import KafkaAdminClient
+            from kafka.admin import MemberToRemove
+
+            try:
+                config = {k: v for k, v in common_config(self._settings).items() if k != "metrics_enabled"}
+                admin = KafkaAdminClient(**config, request_timeout_ms=int(1000 * max(1.0, timeout_s)))
+                try:
+                    admin.remove_group_members(
+                        self._settings.group_id, [MemberToRemove(group_instance_id=instance, reason="tagstream stopped")]
+                    )
+                finally:
+                    admin.close()
+            except Exception as exc:  # best effort: the session timeout moves them otherwise
+                log.warning("leave_group_failed", group_instance_id=instance, error=str(exc))
 
 
 class KafkaPythonProducer:
