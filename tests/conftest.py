@@ -220,3 +220,42 @@ def kafka_scram() -> Iterator[ScramEndpoint]:
         yield broker.scram_endpoint()
     finally:
         broker.stop()
+
+
+# -- workers (the worker's integration tests and the fault suite) ---------------------------------
+@pytest.fixture
+def tiny_bundle(tmp_path: Path) -> Path:
+    """A random tiny bundle of this test's own (tests may replace it in place)."""
+    from worker_support import make_tiny_bundle
+
+    return make_tiny_bundle(tmp_path / "bundle", seed=0)
+
+
+@pytest.fixture
+def start_worker(kafka_bootstrap: str, new_group: Callable[..., str]) -> Iterator[Callable[..., Any]]:
+    """Factory: ``start_worker(topic, bundle, **settings) -> Worker``, started in this process and
+    always stopped at the end of the test."""
+    from worker.app import Worker
+    from worker.settings import load_settings
+
+    workers: list[Worker] = []
+    group = new_group()
+
+    def start(topic: str, bundle: Path, **overrides: Any) -> Worker:
+        settings = load_settings(
+            **{
+                "bootstrap_servers": kafka_bootstrap, "input_topics": [topic], "bundle_path": bundle,
+                "group_id": group, "metrics_port": 0, "max_wait_ms": 10, "commit_interval_ms": 200,
+                "drain_timeout_s": 15, "reload_interval_s": 0, **overrides,
+            }
+        )
+        worker = Worker(settings)
+        workers.append(worker)
+        worker.start()
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+    for worker in workers:
+        worker.wait(timeout=30)

@@ -8,7 +8,10 @@ predictions are confident, which keeps "same label online and offline" free of t
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -139,3 +142,27 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> No
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(0.05)
+
+
+# -- worker processes ----------------------------------------------------------------------------
+START_TIMEOUT_S = 60  # a fresh Python with torch imports in a few seconds; this bounds a hang
+DRAIN_TIMEOUT_S = 10  # what worker_env gives TAGSTREAM_DRAIN_TIMEOUT_S
+
+
+def worker_env(bootstrap: str, topic: str, bundle: Path, group: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAGSTREAM_")}
+    env.update(
+        TAGSTREAM_BOOTSTRAP_SERVERS=bootstrap, TAGSTREAM_INPUT_TOPICS=topic, TAGSTREAM_BUNDLE_PATH=str(bundle),
+        TAGSTREAM_GROUP_ID=group, TAGSTREAM_METRICS_PORT="0", TAGSTREAM_MAX_WAIT_MS="10",
+        TAGSTREAM_COMMIT_INTERVAL_MS="200", TAGSTREAM_DRAIN_TIMEOUT_S=str(DRAIN_TIMEOUT_S),
+        TAGSTREAM_RELOAD_INTERVAL_S="0", TAGSTREAM_LOG_FORMAT="json", **extra,
+    )
+    return env
+
+
+def spawn(env: dict[str, str], log: Path, command: str = "run") -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", command], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT
+    )
+
+

@@ -4,40 +4,26 @@ two workers split the partitions, and fatal start-up problems exit non-zero with
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer
-from worker_support import fixture_texts, produce_events, read_records, wait_until
+from worker_support import (
+    DRAIN_TIMEOUT_S,
+    START_TIMEOUT_S,
+    fixture_texts,
+    produce_events,
+    read_records,
+    spawn,
+    wait_until,
+    worker_env,
+)
 
 pytestmark = pytest.mark.integration
-
-START_TIMEOUT_S = 60  # a fresh Python with torch imports in a few seconds; this bounds a hang
-DRAIN_TIMEOUT_S = 10
-
-
-def worker_env(bootstrap: str, topic: str, bundle: Path, group: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TAGSTREAM_")}
-    env.update(
-        TAGSTREAM_BOOTSTRAP_SERVERS=bootstrap, TAGSTREAM_INPUT_TOPICS=topic, TAGSTREAM_BUNDLE_PATH=str(bundle),
-        TAGSTREAM_GROUP_ID=group, TAGSTREAM_METRICS_PORT="0", TAGSTREAM_MAX_WAIT_MS="10",
-        TAGSTREAM_COMMIT_INTERVAL_MS="200", TAGSTREAM_DRAIN_TIMEOUT_S=str(DRAIN_TIMEOUT_S),
-        TAGSTREAM_RELOAD_INTERVAL_S="0", TAGSTREAM_LOG_FORMAT="json", **extra,
-    )
-    return env
-
-
-def spawn(env: dict[str, str], log: Path, command: str = "run") -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", command], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT
-    )
-
 
 class ResultWatcher:
     """Reads the results topic in the background, counting results per id."""

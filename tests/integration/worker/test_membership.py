@@ -9,8 +9,14 @@ import signal
 import time
 
 import pytest
-from test_lifecycle import START_TIMEOUT_S, spawn, worker_env
-from worker_support import fixture_texts, produce_events, wait_until
+from worker_support import (
+    START_TIMEOUT_S,
+    fixture_texts,
+    produce_events,
+    spawn,
+    wait_until,
+    worker_env,
+)
 
 pytestmark = pytest.mark.integration
 
