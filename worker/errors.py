@@ -76,10 +76,15 @@ class Failure(enum.Enum):
         "the producer or the broker refused this input's result record (too large for the producer's"
         " max_request_size or the topic's max.message.bytes, or invalid): the input is dead-lettered",
     )
+    INVALID_HEADER = FailureSpec(
+        "invalid_header", Action.DEAD_LETTER, 0,
+        "a header key is not UTF-8 (other clients can send such keys): dead-lettered with its key and value,"
+        " the undecodable headers left out",
+    )
     UNREADABLE_RECORD = FailureSpec(
         "unreadable_record", Action.DEAD_LETTER, 0,
-        "the Kafka client could not decode the record (a header key that is not UTF-8, a corrupt batch):"
-        " its location is dead-lettered without its bytes, and reading goes on after it",
+        "the Kafka client could not decode the record at all (a corrupt batch): its location is"
+        " dead-lettered without its bytes, and reading goes on after it",
     )
     INFERENCE_FAILED = FailureSpec(
         "inference_failed", Action.DEAD_LETTER, 0,

@@ -36,6 +36,9 @@ from typing import Any, Literal, Protocol
 
 from worker.errors import Failure
 
+# The first header of a record whose header keys were not all UTF-8 (worker/kafka/compat.py).
+INVALID_HEADERS_MARKER = "tagstream.invalid_header_keys"
+
 Header = tuple[str, bytes]
 
 DETAIL_MAX_CHARS = 500  # tagstream.detail is for people; exception texts can be long
@@ -146,12 +149,20 @@ def bounded_copy(letter: DeadLetter, max_bytes: int, why: str | None = None) -> 
 def parse_record(record: RecordLike, config: ParseConfig, received: float, epoch: int = 0) -> Event | DeadLetter:
     """Classify a record as an Event to infer on, or a DeadLetter with its reason."""
     value = record.value
+    headers = record.headers
 
     def dead(reason: Failure, detail: str) -> DeadLetter:
         return DeadLetter(
             record.topic, record.partition, record.offset, record.timestamp, record.key, value,
-            list(record.headers or ()), reason, detail, epoch,
+            list(headers or ()), reason, detail, epoch,
         )
+
+    if headers and headers[0][0] == INVALID_HEADERS_MARKER:  # worker/kafka/compat.py
+        n = headers[0][1].decode()
+        headers = headers[1:]
+        letter = dead(Failure.INVALID_HEADER, f"{n} header key(s) are not UTF-8 (left out of this copy)")
+        letter.dropped = ("headers",)
+        return letter
 
     if not value:
         unreadable = getattr(record, "error", None)  # worker/kafka/base.py UnreadableRecord
@@ -239,8 +250,8 @@ def dead_letter_headers(letter: DeadLetter, now: datetime | None = None) -> list
             (ORIGINAL_SIZE_HEADER, str(letter.original_size).encode()),
             (ORIGINAL_SHA256_HEADER, (letter.original_sha256 or "").encode()),
         ]
-        if letter.dropped:
-            bounded.append((DROPPED_HEADER, ",".join(letter.dropped).encode()))
+    if letter.dropped:
+        bounded.append((DROPPED_HEADER, ",".join(letter.dropped).encode()))
     return [
         *letter.headers,
         *bounded,

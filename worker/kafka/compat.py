@@ -31,6 +31,8 @@ from kafka.coordinator.base import BaseCoordinator
 from kafka.coordinator.consumer import ConsumerCoordinator
 from kafka.structs import MemberState
 
+from worker.events import INVALID_HEADERS_MARKER  # the first header of a record re-read by (a)
+
 _PATCHED_ATTR = "_tagstream_join_fix"
 
 
@@ -82,24 +84,43 @@ def apply_join_fix() -> bool:
 
 # 2. Records the client cannot decode (``apply_unreadable_fix``)
 #
-# A record kafka-python cannot decode (a header key that is not UTF-8, which other clients
-# produce happily; a batch failing its CRC) makes every poll() raise CorruptRecordError at the
-# same position, without saying which partition or offset: a poison pill inside the client.
-# The fix notes the partition and offset on the exception (``UNREADABLE_AT``), where the record
-# iterator knows them, so the backend can dead-letter that offset and seek past it.
+# kafka-python decodes header keys as UTF-8 and, when one is not (other clients send such keys
+# happily), raises CorruptRecordError from every poll() at that position, without saying which
+# partition or offset: a poison pill inside the client, and the rest of that record batch with it.
+# Two patches:
+#
+# a. ``DefaultRecordBatch.__next__``: a record whose header keys are not UTF-8 is read again with
+#    the keys it cannot decode left out, and a first header ``INVALID_HEADERS_MARKER`` saying how
+#    many; the worker dead-letters it (reason invalid_header) with its key and value intact.
+# b. ``PartitionRecords.take``: any other CorruptRecordError (a batch failing its CRC) gets the
+#    partition and offset it happened at (``UNREADABLE_AT``), so the backend can dead-letter that
+#    offset by location and seek past it.
 
 UNREADABLE_AT = "tagstream_unreadable_at"  # (TopicPartition, offset) set on CorruptRecordError
 _UNREADABLE_PATCHED_ATTR = "_tagstream_unreadable_fix"
 
 
 def apply_unreadable_fix() -> bool:
-    """Patch the fetcher's record iterator once per process; returns whether it is in place."""
+    """Patch the record batch reader and the fetcher once per process; returns whether they are in place."""
+    from kafka.record.default_records import DefaultRecord, DefaultRecordBatch
+
     records_class = Fetcher.PartitionRecords
     if getattr(records_class, _UNREADABLE_PATCHED_ATTR, False):
         return True
     if not needs_fix():
         return False
+    original_next = DefaultRecordBatch.__next__
     original_take = records_class.take
+
+    def next_record(self: Any) -> Any:
+        try:
+            return original_next(self)
+        except kafka_errors.CorruptRecordError as exc:
+            if not isinstance(exc.__context__, UnicodeDecodeError):
+                raise
+            record = _read_record_keeping_utf8_headers(self, DefaultRecord)
+            self._next_record_index += 1
+            return record
 
     def take(self: Any, n: Any = None) -> Any:
         try:
@@ -108,6 +129,46 @@ def apply_unreadable_fix() -> bool:
             setattr(exc, UNREADABLE_AT, (self.topic_partition, self.next_fetch_offset))
             raise
 
+    DefaultRecordBatch.__next__ = next_record  # type: ignore[method-assign]
+    DefaultRecordBatch.next = next_record  # type: ignore[attr-defined]
     records_class.take = take  # type: ignore[method-assign]
     setattr(records_class, _UNREADABLE_PATCHED_ATTR, True)
     return True
+
+
+def _read_record_keeping_utf8_headers(batch: Any, record_class: Any) -> Any:
+    """One v2 record (the layout kafka-python's _read_msg reads), header keys that are not UTF-8
+    left out and counted in a first INVALID_HEADERS_MARKER header."""
+    from kafka.record.util import decode_varint
+
+    buffer, pos = batch._buffer, batch._pos
+    length, pos = decode_varint(buffer, pos)
+    end = pos + length
+    _, pos = decode_varint(buffer, pos)  # attributes
+    ts_delta, pos = decode_varint(buffer, pos)
+    timestamp = batch.max_timestamp if batch.timestamp_type == batch.LOG_APPEND_TIME else batch.first_timestamp + ts_delta
+    offset_delta, pos = decode_varint(buffer, pos)
+
+    def nullable_bytes(pos: int) -> tuple[bytes | None, int]:
+        size, pos = decode_varint(buffer, pos)
+        if size < 0:
+            return None, pos
+        return bytes(buffer[pos: pos + size]), pos + size
+
+    key, pos = nullable_bytes(pos)
+    value, pos = nullable_bytes(pos)
+    count, pos = decode_varint(buffer, pos)
+    headers: list[tuple[str, bytes | None]] = []
+    invalid = 0
+    for _ in range(max(0, count)):
+        raw_key, pos = nullable_bytes(pos)
+        header_value, pos = nullable_bytes(pos)
+        try:
+            headers.append(((raw_key or b"").decode("utf-8"), header_value))
+        except UnicodeDecodeError:
+            invalid += 1
+    if pos != end:
+        raise kafka_errors.CorruptRecordError(f"Invalid record size: expected {length} bytes, read {pos - end + length}")
+    batch._pos = end
+    headers.insert(0, (INVALID_HEADERS_MARKER, str(invalid).encode()))
+    return record_class(length, batch.base_offset + offset_delta, timestamp, batch.timestamp_type, key, value, headers)

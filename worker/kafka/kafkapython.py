@@ -175,11 +175,20 @@ class KafkaPythonConsumer:
             if where is None:
                 raise translate(exc, "the consumer failed") from exc
             # Hand the offset over as an unreadable record (it is dead-lettered), read on after it.
-            tp, offset = where
+            # Never behind the fetch position: a batch refetched from inside itself fails at the
+            # same record again, and each round must move on by one.
+            tp, reported = where
+            offset = max(reported, self._position(tp, reported))
             self._consumer.seek(tp, offset + 1)
             return {TopicPartition(tp.topic, tp.partition): [UnreadableRecord(tp.topic, tp.partition, offset, str(exc))]}
         except ke.KafkaError as exc:
             raise translate(exc, "the consumer failed") from exc
+
+    def _position(self, tp: Any, default: int) -> int:
+        try:
+            return int(self._consumer.position(tp, timeout_ms=END_OFFSETS_TIMEOUT_MS))
+        except Exception:
+            return default
 
     def assignment(self) -> set[TopicPartition]:
         return self._consumer.assignment()  # type: ignore[no-any-return]

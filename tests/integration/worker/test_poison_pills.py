@@ -71,18 +71,26 @@ class NotUtf8(str):
 def test_a_record_the_client_cannot_decode_is_dead_lettered_and_read_past(
     kafka_bootstrap, new_topic, start_worker, tiny_bundle
 ):
-    """A header key that is not UTF-8 makes kafka-python fail on the record: its offset is dead-lettered, the rest labeled."""
+    """A header key that is not UTF-8 (which kafka-python cannot decode) dead-letters that record with its
+    bytes; the records after it, in the same batch too, are labeled."""
     topic = new_topic(partitions=1, prefix="unreadable")
-    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
-    producer.send(topic, value=b'{"id": "u", "text": "hostile headers"}', headers=[(NotUtf8("k"), b"v")])
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=50)  # one batch with the rest
+    value = b'{"id": "u", "text": "hostile headers"}'
+    producer.send(topic, value=value, key=b"u", headers=[(NotUtf8("k"), b"v"), ("fine", b"1")])
+    ids = []
+    for i, text in enumerate(fixture_texts(10, seed=4)):
+        ids.append(f"e{i}")
+        producer.send(topic, value=json.dumps({"id": f"e{i}", "text": text}).encode(), key=f"e{i}".encode())
     producer.flush(30)
     producer.close()
-    ids = produce_events(kafka_bootstrap, topic, fixture_texts(10, seed=4))
     worker = start_worker(topic, tiny_bundle)
 
     results = read_records(kafka_bootstrap, f"{topic}.labels", expected=10)
     assert sorted(json.loads(r.value)["id"] for r in results) == sorted(ids)
     [letter] = read_records(kafka_bootstrap, f"{topic}.dlq", expected=1)
     headers = dict(letter.headers)
-    assert headers["tagstream.reason"] == b"unreadable_record" and headers["tagstream.source.offset"] == b"0"
+    assert headers["tagstream.reason"] == b"invalid_header" and headers["tagstream.source.offset"] == b"0"
+    assert letter.value == value and letter.key == b"u"
+    assert headers["fine"] == b"1" and headers["tagstream.dropped"] == b"headers"
+    assert "tagstream.invalid_header_keys" not in headers
     assert worker.fatal is None
