@@ -166,3 +166,48 @@ def spawn(env: dict[str, str], log: Path, command: str = "run") -> subprocess.Po
     )
 
 
+
+
+# -- the null bundle: a real bundle whose model costs (almost) nothing ------------------------------
+class _NullModel(torch.nn.Module):
+    """Returns the same probabilities for every input at once: what is left is the worker's own cost."""
+
+    def __init__(self, n_labels: int) -> None:
+        super().__init__()
+        probs = torch.full((1, n_labels), 0.5 / max(1, n_labels - 1))
+        probs[0, 0] = 0.5
+        self.register_buffer("probs", probs)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.probs.expand(input_ids.size(0), -1)  # (B, n_labels)
+
+
+def make_null_bundle(
+    out_dir: Path, *, tokenizer_from: Path | None = None, labels: list[str] | None = None, max_length: int = 128
+) -> Path:
+    """A bundle with a real tokenizer (``tokenizer_from``: a bundle or a tokenizer.json; else a small
+    one trained here)
+    and a TorchScript model that returns fixed probabilities without computing anything."""
+    from tokenizers import Tokenizer
+
+    from model.bundle import Bundle
+
+    if tokenizer_from is not None and Path(tokenizer_from).is_file():  # a tokenizer.json
+        tokenizer = Tokenizer.from_file(str(tokenizer_from))
+        lowercase = True
+    elif tokenizer_from is not None:
+        source = Bundle.load(tokenizer_from)
+        tokenizer = Tokenizer.from_str(source.tokenizer.to_str())
+        labels = labels or list(source.labels)
+        max_length = source.max_length
+        lowercase = source.lowercase
+    else:
+        tokenizer = train_tokenizer(fixture_texts(300, seed=1234), TokenizerConfig(vocab_size=300, min_frequency=1))
+        lowercase = True
+    labels = list(labels or LABELS)
+    scripted = torch.jit.script(_NullModel(len(labels)).eval())
+    return write_bundle(
+        out_dir, scripted_model=scripted, tokenizer=tokenizer, labels=labels, name="null", max_length=max_length,
+        lowercase=lowercase, model_config={"kind": "null"}, metrics={},
+        training={"note": "fixed probabilities: measures everything but the model"},
+    )

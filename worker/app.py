@@ -46,6 +46,7 @@ from worker.runner import (
 from worker.settings import WorkerSettings, check_against_bundle
 from worker.sink import Router, Sink, input_dead_letter
 from worker.source import Source
+from worker.stages import StageClock, name_native_threads
 from worker.telemetry import Health, Metrics, TelemetryServer, get_logger
 from worker.transactions import Barrier, TransactionalCommitter, transactional_id
 
@@ -101,6 +102,7 @@ class Worker:
         self._transactions: TransactionalCommitter | None = None
         self._limits = BatchLimits(settings.max_batch_size, settings.max_batch_tokens, settings.max_wait_ms / 1000)
         self._debug = settings.log_level == "DEBUG"  # per-batch log lines only when asked for
+        self.stage_clock = StageClock(self.metrics, enabled=settings.stage_timing)
         # Of drain_timeout_s, the part kept for the final flush, commit and close.
         self._drain_reserve_s = min(DRAIN_RESERVE_MAX_S, settings.drain_timeout_s / 4)
 
@@ -137,6 +139,8 @@ class Worker:
         self._start_telemetry()
         self._connect()
         self._start_threads(device, dtype)
+        if s.stage_timing:
+            name_native_threads()  # so per-thread CPU shows the stages and the client's threads
 
     def stop(self) -> None:
         """Begin a graceful drain (signal handlers, tests); returns at once."""
@@ -242,10 +246,11 @@ class Worker:
             metrics=self.metrics,
             health=self.health,
             revoke_grace_s=min(s.drain_timeout_s, 10.0),
+            clock=self.stage_clock,
         )
         self._sink = Sink(
             self._producer, Router(s), self.tracker, self.metrics, self._fail,
-            dead_letter_max_bytes=s.dead_letter_max_bytes, transactions=self._transactions,
+            dead_letter_max_bytes=s.dead_letter_max_bytes, transactions=self._transactions, clock=self.stage_clock,
         )
         self._source.subscribe()
         self._spawn("source", self._source_main)
@@ -304,6 +309,7 @@ class Worker:
         """Take inputs from the source, form batches, hand them to the model threads."""
         assert self.slot is not None
         batcher: Batcher[Event] = Batcher(self._limits)
+        clock = self.stage_clock
         handoff = self.handoff
         tracker = self.tracker
         revocations = tracker.revocations
@@ -319,6 +325,7 @@ class Worker:
                 due = batcher.time_until_due(now)
                 wait = IDLE_WAIT_S if due is None else min(due, IDLE_WAIT_S)
                 events, letters, closed, barrier = handoff.take(wait)  # returns at once once closed
+                t = clock.start()
                 if closed and self._remaining() < self._drain_reserve_s:
                     # Shutting down and out of time: what has not run yet is redelivered after
                     # the restart; the time left is for flushing and committing what has.
@@ -343,6 +350,7 @@ class Worker:
                     handoff.release(len(batch.items))
                     if not self._put_batch((batch, self.slot.current)):
                         self._abandon(batch.items, release=False)  # no model thread left
+                clock.stop("batch", t, len(events))
                 if barrier is not None:
                     self._pass_barrier(barrier)
                 if closed and not events and not letters and barrier is None and len(batcher) == 0:
@@ -403,11 +411,13 @@ class Worker:
         if stale:  # tokenized by a bundle swapped out since: redo with this one
             for event, ids in zip(stale, runner.tokenize([e.text for e in stale]), strict=True):
                 event.token_ids, event.tokenizer_key = ids, key
+        t = self.stage_clock.start()
         try:
             classified = runner.classify([e.token_ids for e in events])
         except InferenceError as exc:
             self._retry_one_by_one(events, runner, exc)
             return
+        self.stage_clock.stop("inference", t, len(events))
         self._observe_batch(batch, events, classified)
         if self._debug:
             first = events[0]

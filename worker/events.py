@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
+import orjson
+
 from worker.errors import Failure
 
 # The first header of a record whose header keys were not all UTF-8 (worker/kafka/compat.py).
@@ -147,65 +149,90 @@ def bounded_copy(letter: DeadLetter, max_bytes: int, why: str | None = None) -> 
 
 
 def parse_record(record: RecordLike, config: ParseConfig, received: float, epoch: int = 0) -> Event | DeadLetter:
-    """Classify a record as an Event to infer on, or a DeadLetter with its reason."""
+    """Classify a record as an Event to infer on, or a DeadLetter with its reason.
+
+    The common case (a JSON object with a string text) takes one orjson call; anything orjson
+    refuses goes the slow way (``_json_failure``), which finds the exact reason.
+    """
     value = record.value
     headers = record.headers
-
-    def dead(reason: Failure, detail: str) -> DeadLetter:
-        return DeadLetter(
-            record.topic, record.partition, record.offset, record.timestamp, record.key, value,
-            list(headers or ()), reason, detail, epoch,
-        )
-
     if headers and headers[0][0] == INVALID_HEADERS_MARKER:  # worker/kafka/compat.py
-        n = headers[0][1].decode()
-        headers = headers[1:]
-        letter = dead(Failure.INVALID_HEADER, f"{n} header key(s) are not UTF-8 (left out of this copy)")
+        letter = _dead(record, Failure.INVALID_HEADER, epoch,
+                       f"{headers[0][1].decode()} header key(s) are not UTF-8 (left out of this copy)", headers[1:])
         letter.dropped = ("headers",)
         return letter
-
     if not value:
         unreadable = getattr(record, "error", None)  # worker/kafka/base.py UnreadableRecord
         if unreadable is not None:
-            return dead(Failure.UNREADABLE_RECORD, f"the Kafka client could not decode it: {unreadable}"[:500])
-        return dead(Failure.EMPTY_PAYLOAD, "the record has no value")
+            return _dead(record, Failure.UNREADABLE_RECORD, epoch, f"the Kafka client could not decode it: {unreadable}")
+        return _dead(record, Failure.EMPTY_PAYLOAD, epoch, "the record has no value")
     if len(value) > config.max_payload_bytes:
-        letter = dead(
-            Failure.PAYLOAD_TOO_LARGE,
+        letter = _dead(
+            record, Failure.PAYLOAD_TOO_LARGE, epoch,
             f"{len(value)} bytes is over max_payload_bytes={config.max_payload_bytes}",
         )
         return bounded_copy(letter, config.dead_letter_max_bytes)
-    try:
-        decoded = value.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return dead(Failure.INVALID_UTF8, f"byte {exc.start}: {exc.reason}")
 
     event_id: Any = None
     if config.input_format == "text":
-        text: Any = decoded
+        try:
+            text: Any = value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return _dead(record, Failure.INVALID_UTF8, epoch, f"byte {exc.start}: {exc.reason}")
     else:
         try:
-            obj = json.loads(decoded)
-        except json.JSONDecodeError as exc:
-            return dead(Failure.INVALID_JSON, f"line {exc.lineno} column {exc.colno}: {exc.msg}")
-        except RecursionError:
-            return dead(Failure.INVALID_JSON, "nested too deeply")
-        if not isinstance(obj, dict):
-            return dead(Failure.NOT_AN_OBJECT, f"the JSON value is a {type(obj).__name__}, not an object")
-        if config.text_field not in obj:
-            return dead(Failure.MISSING_TEXT, f"no {config.text_field!r} field")
-        text = obj[config.text_field]
-        if not isinstance(text, str):
-            return dead(Failure.TEXT_NOT_STRING, f"{config.text_field!r} is a {type(text).__name__}, not a string")
+            obj = orjson.loads(value)  # validates UTF-8 too
+        except orjson.JSONDecodeError:
+            parsed = _json_failure(record, value, epoch)
+            if isinstance(parsed, DeadLetter):
+                return parsed
+            obj = parsed
+        if type(obj) is not dict:
+            return _dead(record, Failure.NOT_AN_OBJECT, epoch, f"the JSON value is a {type(obj).__name__}, not an object")
+        text = obj.get(config.text_field, _MISSING)
+        if type(text) is not str:
+            if text is _MISSING:
+                return _dead(record, Failure.MISSING_TEXT, epoch, f"no {config.text_field!r} field")
+            return _dead(
+                record, Failure.TEXT_NOT_STRING, epoch, f"{config.text_field!r} is a {type(text).__name__}, not a string"
+            )
         event_id = obj.get(config.id_field)
-    if not text.strip():
-        return dead(Failure.EMPTY_TEXT, "the text is empty or only whitespace")
-    if isinstance(event_id, bool) or not isinstance(event_id, str | int) or event_id == "":
-        event_id = f"{record.topic}:{record.partition}:{record.offset}"
+    if not text or text.isspace():
+        return _dead(record, Failure.EMPTY_TEXT, epoch, "the text is empty or only whitespace")
+    if type(event_id) is not str or not event_id:
+        if type(event_id) is int:
+            event_id = str(event_id)
+        else:
+            event_id = f"{record.topic}:{record.partition}:{record.offset}"
     return Event(
-        record.topic, record.partition, record.offset, record.timestamp, record.key,
-        list(record.headers or ()), str(event_id), text, received, epoch,
+        record.topic, record.partition, record.offset, record.timestamp, record.key, headers or [], event_id, text,
+        received, epoch,
     )
+
+
+_MISSING = object()
+
+
+def _dead(record: RecordLike, reason: Failure, epoch: int, detail: str, headers: list[Header] | None = None) -> DeadLetter:
+    return DeadLetter(
+        record.topic, record.partition, record.offset, record.timestamp, record.key, record.value,
+        list(record.headers or ()) if headers is None else list(headers), reason, detail[:DETAIL_MAX_CHARS], epoch,
+    )
+
+
+def _json_failure(record: RecordLike, value: bytes, epoch: int) -> Any:
+    """orjson refused the value: say exactly why (or return what the standard library makes of it,
+    e.g. an integer past 64 bits, which orjson does not take)."""
+    try:
+        decoded = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _dead(record, Failure.INVALID_UTF8, epoch, f"byte {exc.start}: {exc.reason}")
+    try:
+        return json.loads(decoded)
+    except json.JSONDecodeError as exc:
+        return _dead(record, Failure.INVALID_JSON, epoch, f"line {exc.lineno} column {exc.colno}: {exc.msg}")
+    except RecursionError:
+        return _dead(record, Failure.INVALID_JSON, epoch, "nested too deeply")
 
 
 def result_value(
@@ -219,7 +246,7 @@ def result_value(
     latency_ms: float,
 ) -> bytes:
     """The JSON result for one classified event (schema in the module docstring)."""
-    return json.dumps(
+    return orjson.dumps(
         {
             "id": event.event_id,
             "label": label,
@@ -235,9 +262,7 @@ def result_value(
             },
             "latency_ms": round(latency_ms, 3),
         },
-        ensure_ascii=False,
-        separators=(",", ":"),
-    ).encode("utf-8")
+    )
 
 
 def dead_letter_headers(letter: DeadLetter, now: datetime | None = None) -> list[Header]:

@@ -218,6 +218,11 @@ class WorkerSettings(BaseSettings):
         1000, ge=10,
         description="How often acknowledged offsets are committed: shorter means fewer duplicates after a crash.",
     )
+    stage_timing: bool = Field(
+        False,
+        description="Count CPU seconds per pipeline stage in tagstream_stage_cpu_seconds_total (for finding where"
+        " time goes; bench/kafka_path_bench.py turns it on). Costs a few clock reads per poll and batch.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Least severe log level shown.")
     log_format: Literal["json", "console"] = Field(
         "json", description="json: one object a line (for collectors); console: readable text."

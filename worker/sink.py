@@ -42,6 +42,7 @@ from worker.kafka.base import ProducerClient, TopicPartition
 from worker.offsets import OffsetTracker
 from worker.runner import Classified
 from worker.settings import WorkerSettings
+from worker.stages import StageClock
 from worker.telemetry import Metrics, get_logger
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ class Sink:
         *,
         dead_letter_max_bytes: int = 65_536,
         transactions: TransactionalCommitter | None = None,
+        clock: StageClock | None = None,
     ) -> None:
         self._producer = producer
         self._router = router
@@ -100,6 +102,7 @@ class Sink:
         self._metrics = metrics
         self._on_fatal = on_fatal
         self._dead_letter_max_bytes = dead_letter_max_bytes
+        self._clock = clock or StageClock(metrics, enabled=False)
         self._out_counters: dict[str, Any] = {}
         self._e2e = metrics.end_to_end_latency
         # Refused outputs wait here for the sink thread (the producer's thread must not send).
@@ -118,12 +121,15 @@ class Sink:
     def publish_results(
         self, events: list[Event], classified: Classified, labels: list[str], model_name: str, model_version: str
     ) -> None:
-        """One result record per event, in the events' order."""
+        """One result record per event, in the events' order: the whole batch built, then sent."""
+        clock = self._clock
+        t = clock.start()
         now = time.monotonic()
-        send = self._send
         rows = zip(events, classified.top_indices, classified.top_scores, strict=True)
         if self._transactions is not None:
             rows = self._exactly_once_rows(rows)  # type: ignore[assignment]
+        topic_for = self._router.result_topic
+        outgoing = []
         for event, indices, scores in rows:
             label = labels[indices[0]]
             value = result_value(
@@ -135,7 +141,12 @@ class Sink:
                 model_version=model_version,
                 latency_ms=(now - event.received) * 1000.0,
             )
-            send(self._router.result_topic(event.topic, label), value, event.key, event.headers, event)
+            outgoing.append((topic_for(event.topic, label), value, event))
+        t = clock.stop("result_build", t, len(outgoing))
+        send = self._send
+        for topic, value, event in outgoing:
+            send(topic, value, event.key, event.headers, event)
+        clock.stop("produce", t, len(outgoing))
 
     def publish_dead_letters(self, letters: list[DeadLetter]) -> None:
         """Each letter to its dead-letter topic: original key and bytes (or a bounded copy), reason headers."""

@@ -31,6 +31,7 @@ from worker.handoff import InputHandoff
 from worker.kafka.base import ConsumerClient, Sleep, TopicPartition
 from worker.offsets import OffsetCommitter, OffsetTracker, ResumePoint
 from worker.runner import ModelRunner
+from worker.stages import StageClock
 from worker.telemetry import Health, Metrics, get_logger
 
 log = get_logger("tagstream.worker.source")
@@ -57,8 +58,10 @@ class Source:
         health: Health,
         revoke_grace_s: float,
         max_poll_records: int = 500,
+        clock: StageClock | None = None,
     ) -> None:
         self._consumer = consumer
+        self._clock = clock or StageClock(metrics, enabled=False)
         self._topics = topics
         self._pattern = pattern
         self._parse_config = parse_config
@@ -92,8 +95,10 @@ class Source:
             if records:
                 self._ingest(records)
             self._apply_backpressure()
+            t = self._clock.start()
             self._committer.service()
             self._committer.commit_if_due()
+            self._clock.stop("commit", t)
             self._watch_broker()
             self._refresh_lag()
             self._metrics.in_flight.set(self._tracker.in_flight())
@@ -127,6 +132,7 @@ class Source:
         return left
 
     def _poll(self, timeout_ms: int = POLL_TIMEOUT_MS) -> dict:
+        t = self._clock.start()
         try:
             records = self._consumer.poll(timeout_ms, self._max_poll_records)
         except BrokerError as exc:
@@ -136,16 +142,20 @@ class Source:
                 self._health.loop_turned()
                 return {}
             raise
+        self._clock.stop("fetch", t, sum(len(b) for b in records.values()) if self._clock.enabled and records else 0)
         self._health.loop_turned()
         return records
 
     def _ingest(self, records: dict[TopicPartition, list[Any]]) -> None:
         """Parse one poll's records, tokenize its texts in one call, and hand them over."""
+        clock = self._clock
         received = time.monotonic()
         events: list[Event] = []
         letters: list[DeadLetter] = []
         parse, config = parse_record, self._parse_config
+        n = 0
         for tp, batch in records.items():
+            t = clock.start()
             # Re-read after a rebalance with their outputs already acknowledged: tracked, not re-run.
             delivered = self._tracker.delivered(tp)
             skip = {r.offset for r in batch if r.offset in delivered} if delivered else None
@@ -154,6 +164,7 @@ class Source:
             except KeyError:
                 continue  # revoked between fetch and now: the next owner reads them
             self._count_in(tp, batch)
+            t = clock.stop("track", t)
             for record in batch:
                 if skip and record.offset in skip:
                     continue
@@ -162,6 +173,9 @@ class Source:
                     events.append(item)
                 else:
                     letters.append(item)  # type: ignore[arg-type]
+            n += len(batch)
+            clock.stop("parse", t, len(batch))
+        t = clock.start()
         if events:
             runner = self._current_runner()
             token_ids = runner.tokenize([e.text for e in events])
@@ -169,7 +183,9 @@ class Source:
             for event, ids in zip(events, token_ids, strict=True):
                 event.token_ids = ids
                 event.tokenizer_key = key
+        t = clock.stop("tokenize", t, len(events))
         self._handoff.put(events, letters)
+        clock.stop("track", t, n)
 
     def _count_in(self, tp: TopicPartition, batch: list[Any]) -> None:
         """Count records in events_in once each, however often they are read."""

@@ -22,6 +22,7 @@ several workers in one process):
 | commits_total | counter | result | offset commits (ok, failed) |
 | transactions_total | counter | result | exactly-once transactions (committed, aborted) |
 | model_info | gauge | name, version | 1 for the bundle serving now |
+| stage_cpu_seconds_total, stage_events_total | counter | stage | CPU time and inputs per pipeline stage, with TAGSTREAM_STAGE_TIMING |
 | bundle_reloads_total | counter | result | swapped, refused |
 
 ``/healthz`` answers 200 while every stage thread is alive, the consumer loop has turned within
@@ -109,6 +110,13 @@ class Metrics:
         self.transactions = Counter(
             "tagstream_transactions", "Exactly-once transactions by result (committed, aborted).", ["result"],
             registry=r,
+        )
+        self.stage_cpu = Counter(
+            "tagstream_stage_cpu_seconds", "CPU seconds per pipeline stage (TAGSTREAM_STAGE_TIMING; see worker/stages.py).",
+            ["stage"], registry=r,
+        )
+        self.stage_events = Counter(
+            "tagstream_stage_events", "Inputs through each pipeline stage (TAGSTREAM_STAGE_TIMING).", ["stage"], registry=r
         )
         self.model_info = Gauge("tagstream_model_info", "1 for the bundle serving now.", ["name", "version"], registry=r)
         self.bundle_reloads = Counter("tagstream_bundle_reloads", "Bundle reloads by result.", ["result"], registry=r)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -291,15 +292,18 @@ class KafkaPythonProducer:
 
     def __init__(self, producer: KafkaProducer) -> None:
         self._producer = producer
-        self._handler: DeliveryHandler | None = None
-        self._ok: Callable[..., None] = _unset
-        self._err: Callable[..., None] = _unset
+        self._delivered: Callable[[Any], None] = _unset
+        self._failed: Callable[[Any, BrokerError], None] = _unset
 
     def set_handler(self, handler: DeliveryHandler) -> None:
-        self._handler = handler
-        delivered, failed = handler.delivered, handler.failed
-        self._ok = lambda token, _metadata: delivered(token)
-        self._err = lambda token, exc: failed(token, translate(exc, "the broker did not acknowledge a record"))
+        self._delivered, self._failed = handler.delivered, handler.failed
+
+    def _outcome(self, token: Any, result: Any) -> None:
+        """One callback for both outcomes (a future calls it with metadata, or with the exception)."""
+        if isinstance(result, BaseException):
+            self._failed(token, translate(result, "the broker did not acknowledge a record"))
+        else:
+            self._delivered(token)
 
     def send(
         self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes | None]], token: Any
@@ -316,8 +320,9 @@ class KafkaPythonProducer:
             ) from exc
         except ke.KafkaError as exc:
             raise translate(exc, f"cannot send to topic {topic!r}") from exc
-        future.add_callback(self._ok, token)
-        future.add_errback(self._err, token)
+        outcome = partial(self._outcome, token)  # one partial per record, for either outcome
+        future.add_callback(outcome)
+        future.add_errback(outcome)
 
     def flush(self, timeout_s: float) -> bool:
         try:
