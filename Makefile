@@ -73,8 +73,8 @@ kafka-status: install  ## show the background broker and whether it answers
 	$(BIN)/tagstream-worker kafka status
 
 lint: install  ## ruff and mypy
-	$(BIN)/ruff check worker model tests bench demo deploy
-	$(BIN)/mypy worker model
+	$(BIN)/ruff check worker model localkafka tests bench demo deploy
+	$(BIN)/mypy worker model localkafka
 
 clean:  ## remove the virtual environment and caches (not the shared uv/Maven caches)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from worker.localkafka import LocalKafka
+from localkafka import LocalKafka
 
 TARGET_WARM_S = 20.0
 

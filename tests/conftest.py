@@ -7,7 +7,7 @@ first of these that applies:
 2. A Docker engine answers: testcontainers' ``KafkaContainer`` in KRaft mode (image from
    ``TAGSTREAM_TEST_KAFKA_IMAGE``, default ``confluentinc/cp-kafka:7.6.0``, the tag that
    testcontainers itself tests KRaft with).
-3. Otherwise the local JVM broker of ``worker/localkafka`` (Java 17+; Maven once for the jars),
+3. Otherwise the local JVM broker of ``localkafka`` (Java 17+; Maven once for the jars),
    on free ports with a fresh log folder, stopped at the end of the session.
 
 ``TAGSTREAM_TEST_BROKER=docker`` or ``=local`` forces 2 or 3. The SCRAM broker (``kafka_scram``)
@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from worker.localkafka import LocalKafka, LocalKafkaError, ScramEndpoint, ScramUser
+from localkafka import LocalKafka, LocalKafkaError, ScramEndpoint, ScramUser
 
 BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"
 SOURCE_ENV = "TAGSTREAM_TEST_BROKER"  # auto (default), docker, local
@@ -96,7 +96,7 @@ def skip_without_local_toolchain(what: str) -> None:
     """
     if broker_source() == "local":
         return
-    from worker.localkafka.toolchain import find_java
+    from localkafka.toolchain import find_java
 
     try:
         find_java()

@@ -12,7 +12,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaTimeoutError
 from worker_support import poll_records
 
-from worker.localkafka import SCRAM_MECHANISMS, ScramEndpoint
+from localkafka import SCRAM_MECHANISMS, ScramEndpoint
 
 pytestmark = pytest.mark.integration
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from worker.localkafka import answer_metadata
-from worker.localkafka.daemon import read_state
-from worker.localkafka.ports import free_ports
-from worker.localkafka.procs import is_running
+from localkafka import answer_metadata
+from localkafka.daemon import read_state
+from localkafka.ports import free_ports
+from localkafka.procs import is_running
 
 pytestmark = pytest.mark.integration
 
@@ -89,7 +89,7 @@ def test_kafka_up_status_down_manage_a_background_broker(
 STARTER = textwrap.dedent(
     """
     import json, time
-    from worker.localkafka import LocalKafka
+    from localkafka import LocalKafka
     broker = LocalKafka().start()
     print(json.dumps({"pid": broker.pid, "run_dir": str(broker.run_dir)}), flush=True)
     time.sleep(600)

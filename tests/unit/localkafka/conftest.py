@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from localkafka_fakes import write_script
 
-from worker.localkafka.jars import kafka_version
+from localkafka.jars import kafka_version
 
 
 @pytest.fixture

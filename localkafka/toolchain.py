@@ -9,7 +9,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.localkafka.errors import JavaNotFoundError, JavaTooOldError, MavenNotFoundError
+from localkafka.errors import JavaNotFoundError, JavaTooOldError, MavenNotFoundError
 
 MIN_JAVA = 17  # Kafka 4.x brokers are built for and tested on Java 17 and 25
 INSTALL_JAVA = "install a JDK 17 or newer (Debian/Ubuntu: apt-get install openjdk-17-jre-headless)"

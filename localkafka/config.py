@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.localkafka.ports import HOST
+from localkafka.ports import HOST
 
 SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
 NODE_ID = 1
@@ -55,7 +55,7 @@ def server_properties(ports: Ports, log_dir: Path) -> str:
     listeners.append(f"CONTROLLER://{HOST}:{ports.controller}")
     protocols.append("CONTROLLER:PLAINTEXT")
     lines = [
-        "# Written by tagstream (worker/localkafka); regenerated on every start.",
+        "# Written by tagstream (localkafka); regenerated on every start.",
         "process.roles=broker,controller",
         f"node.id={NODE_ID}",
         # A dynamic quorum of one (formatted with --standalone): it elects itself at once.

@@ -19,11 +19,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from worker.localkafka import procs
-from worker.localkafka.broker import LocalKafka, answer_metadata
-from worker.localkafka.config import SCRAM_MECHANISMS, ScramUser
-from worker.localkafka.errors import BrokerStateError
-from worker.localkafka.jars import cache_root
+from localkafka import procs
+from localkafka.broker import LocalKafka, answer_metadata
+from localkafka.config import SCRAM_MECHANISMS, ScramUser
+from localkafka.errors import BrokerStateError
+from localkafka.jars import cache_root
 
 STATE_ENV = "TAGSTREAM_KAFKA_STATE_DIR"
 STATE_FILE = "state.json"

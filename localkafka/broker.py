@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from worker.localkafka import procs
-from worker.localkafka.config import (
+from localkafka import procs
+from localkafka.config import (
     NODE_ID,
     SCRAM_MECHANISMS,
     Ports,
@@ -42,10 +42,10 @@ from worker.localkafka.config import (
     scram_format_args,
     server_properties,
 )
-from worker.localkafka.errors import BrokerStartError, PortInUseError
-from worker.localkafka.jars import KafkaJars, ensure_jars, package_file
-from worker.localkafka.ports import HOST, check_port_free, free_ports
-from worker.localkafka.toolchain import Java, find_java
+from localkafka.errors import BrokerStartError, PortInUseError
+from localkafka.jars import KafkaJars, ensure_jars, package_file
+from localkafka.ports import HOST, check_port_free, free_ports
+from localkafka.toolchain import Java, find_java
 
 READY_LINE = "Kafka Server started"  # logged by KafkaRaftServer once listeners accept clients
 # Warm start-to-ready is 1-3 s on 2 shared cores; the limit only bounds a broker that hangs.

@@ -14,9 +14,9 @@ repository); the broker runs as one KRaft node on 127.0.0.1 with a fresh log fol
     errors.py     LocalKafkaError and its subclasses
 """
 
-from worker.localkafka.broker import LocalKafka, ScramEndpoint, answer_metadata
-from worker.localkafka.config import SCRAM_MECHANISMS, ScramUser
-from worker.localkafka.errors import (
+from localkafka.broker import LocalKafka, ScramEndpoint, answer_metadata
+from localkafka.config import SCRAM_MECHANISMS, ScramUser
+from localkafka.errors import (
     BrokerStartError,
     BrokerStateError,
     FetchError,
@@ -27,7 +27,7 @@ from worker.localkafka.errors import (
     PortInUseError,
     ToolchainError,
 )
-from worker.localkafka.jars import KafkaJars, cached_jars, ensure_jars, fetch_jars, kafka_version
+from localkafka.jars import KafkaJars, cached_jars, ensure_jars, fetch_jars, kafka_version
 
 __all__ = [
     "SCRAM_MECHANISMS",

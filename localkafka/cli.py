@@ -8,10 +8,10 @@ import sys
 import time
 from collections.abc import Callable
 
-from worker.localkafka import daemon, procs
-from worker.localkafka.config import ScramUser
-from worker.localkafka.errors import LocalKafkaError
-from worker.localkafka.jars import cached_jars, fetch_jars, kafka_version
+from localkafka import daemon, procs
+from localkafka.config import ScramUser
+from localkafka.errors import LocalKafkaError
+from localkafka.jars import cached_jars, fetch_jars, kafka_version
 
 DESCRIPTION = f"""\
 A real Apache Kafka {kafka_version()} broker (KRaft, one node) on 127.0.0.1 for development,

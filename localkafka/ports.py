@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from contextlib import ExitStack
 
-from worker.localkafka.errors import PortInUseError
+from localkafka.errors import PortInUseError
 
 HOST = "127.0.0.1"
 
