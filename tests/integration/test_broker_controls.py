@@ -6,6 +6,7 @@ Each test has a broker of its own (``restartable_kafka``): a JVM start or two pe
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 import uuid
@@ -111,9 +112,10 @@ def test_restart_and_kill_keep_topics_records_and_committed_offsets(restartable_
     assert consume_and_commit(kafka, topic, group, 20) == sorted(second), "the group did not resume"
 
 
-def test_clients_carry_on_after_a_freeze(restartable_kafka) -> None:
-    """While frozen the broker answers nothing; after thaw a send made during the freeze is delivered
-    and a group consumer that was connected before the freeze reads it."""
+def test_clients_reconnect_and_carry_on_after_a_freeze(restartable_kafka, caplog) -> None:
+    """While frozen the broker answers nothing and clients drop their timed-out connections; after
+    thaw a send made during the freeze is delivered and a group consumer from before reads it."""
+    caplog.set_level(logging.INFO, logger="kafka")
     kafka = restartable_kafka()
     topic = create_topic(kafka)
     common = {"bootstrap_servers": kafka.bootstrap_servers, "request_timeout_ms": CLIENT_REQUEST_TIMEOUT_MS}
@@ -132,6 +134,8 @@ def test_clients_carry_on_after_a_freeze(restartable_kafka) -> None:
             future = producer.send(topic, value=b"during")
             time.sleep(FROZEN_S)
             assert not future.is_done, "a frozen broker acknowledged a record"
+        dropped = [r.getMessage() for r in caplog.records if "Closing connection" in r.getMessage()]
+        assert dropped, "no client dropped its connection to the frozen broker"
 
         future.get(timeout=SEND_TIMEOUT_S)
         assert [r.value for r in poll_records(consumer, 1, READ_TIMEOUT_S, quiet_s=0)] == [b"during"]

@@ -17,11 +17,12 @@ import traceback
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from kafka import KafkaAdminClient
 from structlog.testing import capture_logs
 from worker_support import fixture_texts, produce_events, read_records
@@ -235,8 +236,19 @@ def test_wrong_password_over_sasl_ssl_names_the_sasl_settings_and_leaks_no_passw
             assert secret not in text, f"a password appears in: {text[:300]}"
 
 
+@pytest.fixture
+def structlog_at_debug() -> Iterator[None]:
+    """structlog passes DEBUG events on (other tests may leave a level filter configured)."""
+    saved = structlog.get_config()
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG), cache_logger_on_first_use=False
+    )
+    yield
+    structlog.configure(**saved)
+
+
 def test_worker_over_sasl_ssl_logs_metrics_and_check_show_no_password(
-    kafka_sasl_ssl: Endpoint, secure_topic, start_worker, tiny_bundle, caplog
+    kafka_sasl_ssl: Endpoint, secure_topic, start_worker, tiny_bundle, caplog, structlog_at_debug
 ):
     """A worker classifying over SASL_SSL at DEBUG: no password in its structlog events, kafka-python's
     DEBUG log lines, /metrics, or `check`'s output."""
