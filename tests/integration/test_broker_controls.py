@@ -18,7 +18,7 @@ from worker_support import poll_records
 
 from localkafka import LocalKafka, PortInUseError, answer_metadata
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a JVM start or two per test
 
 PARTITIONS = 3
 # The limits bound a stall on a loaded machine; a healthy local broker answers in milliseconds.
