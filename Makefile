@@ -63,7 +63,7 @@ test: install deploy-tools  ## run the whole test suite (starts and stops a loca
 test-unit: install deploy-tools  ## only the tests that need no broker
 	$(BIN)/python -m pytest tests/unit
 
-kafka-up: install  ## start a local Kafka broker on 127.0.0.1:9092 in the background (KAFKA_ARGS="--scram")
+kafka-up: install  ## start a local Kafka broker on 127.0.0.1:9092 in the background (KAFKA_ARGS="--scram --tls")
 	$(BIN)/tagstream-worker kafka up $(KAFKA_ARGS)
 
 kafka-down: install  ## stop the background broker
@@ -73,8 +73,8 @@ kafka-status: install  ## show the background broker and whether it answers
 	$(BIN)/tagstream-worker kafka status
 
 lint: install  ## ruff and mypy
-	$(BIN)/ruff check worker model tests bench demo deploy
-	$(BIN)/mypy worker model
+	$(BIN)/ruff check worker model localkafka tests bench demo deploy
+	$(BIN)/mypy worker model localkafka
 
 clean:  ## remove the virtual environment and caches (not the shared uv/Maven caches)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     broker = None
     bootstrap = args.bootstrap
     if bootstrap is None:
-        from worker.localkafka import LocalKafka
+        from localkafka import LocalKafka
 
         broker = LocalKafka().start()
         bootstrap = broker.bootstrap_servers

@@ -33,6 +33,7 @@ from worker.errors import BrokerError, Failure, InferenceError, SettingsError, W
 from worker.events import DeadLetter, Event, ParseConfig
 from worker.handoff import InputHandoff
 from worker.kafka.base import ConsumerClient, ProducerClient, open_clients
+from worker.kafka.tls import check_tls
 from worker.offsets import Committer, OffsetCommitter, OffsetTracker, commit_failure
 from worker.reload import BundleWatcher, RunnerSlot
 from worker.runner import (
@@ -203,6 +204,7 @@ class Worker:
 
     def _connect(self) -> None:
         s = self.settings
+        check_tls(s)  # a TLS problem is named at once, not after a bootstrap timeout
         txn_id = transactional_id(s.group_id, s.group_instance_id) if self._exactly_once else None
         self._consumer, self._producer = open_clients(s, transactional_id=txn_id)
         if txn_id is not None:

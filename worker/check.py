@@ -98,7 +98,9 @@ def _metrics_port(settings: WorkerSettings) -> str:
 
 def _broker(settings: WorkerSettings, state: dict[str, Any]) -> str:
     from worker.kafka.base import open_clients
+    from worker.kafka.tls import check_tls
 
+    check_tls(settings)  # at once, with its reason, rather than a bootstrap timeout later
     state["consumer"], state["producer"] = open_clients(settings)
     return f"connected to {settings.bootstrap_servers} ({settings.security_protocol}, {settings.kafka_client})"
 

@@ -119,8 +119,8 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _add_kafka_commands(sub: argparse._SubParsersAction) -> None:
-    # `kafka up|down|status|fetch`: the local development broker (worker/localkafka/cli.py).
-    from worker.localkafka.cli import add_kafka_commands
+    # `kafka up|down|status|fetch`: the local development broker (localkafka/cli.py).
+    from localkafka.cli import add_kafka_commands
 
     add_kafka_commands(sub)
 

@@ -215,7 +215,7 @@ class WorkerSettings(BaseSettings):
         description="On SIGTERM, how long to finish in-flight batches, flush and commit before exiting.",
     )
     commit_interval_ms: int = Field(
-        1000, ge=10,
+        200, ge=10,
         description="How often acknowledged offsets are committed: shorter means fewer duplicates after a crash.",
     )
     stage_timing: bool = Field(

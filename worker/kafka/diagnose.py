@@ -12,6 +12,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from worker.errors import BrokerError, Failure
+from worker.kafka.tls import TLS_PROTOCOLS, tls_problem
 
 if TYPE_CHECKING:
     from worker.settings import WorkerSettings
@@ -36,13 +37,16 @@ def listening(servers: str) -> list[str]:
 def bootstrap_timeout_error(settings: WorkerSettings, exc: BaseException) -> BrokerError:
     """The BrokerError for a client that could not bootstrap in time, naming what to check."""
     up = listening(settings.bootstrap_servers)
-    waited = f"within {BOOTSTRAP_TIMEOUT_MS // 1000} s"
+    waited = f"within {BOOTSTRAP_TIMEOUT_MS / 1000:g} s"
     if not up:
         return BrokerError(
             f"nothing accepts connections at {settings.bootstrap_servers} ({exc}); check"
             " TAGSTREAM_BOOTSTRAP_SERVERS and that the broker is up",
             Failure.BROKER_UNREACHABLE,
         )
+    tls = tls_problem(settings, up[0]) if settings.security_protocol in TLS_PROTOCOLS else None
+    if tls is not None:  # a CA that did not sign the broker's certificate, ... (see tls.py)
+        return BrokerError(tls, Failure.AUTHENTICATION_FAILED)
     if settings.security_protocol.startswith("SASL_"):
         return BrokerError(
             f"the broker at {up[0]} accepts connections but the SASL login did not complete {waited}:"

@@ -21,6 +21,7 @@ from kafka.structs import OffsetAndMetadata
 from kafka.structs import TopicPartition as KafkaTopicPartition
 
 from worker.errors import BrokerError, Failure
+from worker.kafka import diagnose
 from worker.kafka.base import (
     DeliveryHandler,
     RebalanceHandler,
@@ -29,7 +30,7 @@ from worker.kafka.base import (
     UnreadableRecord,
 )
 from worker.kafka.compat import UNREADABLE_AT, apply_join_fix, apply_unreadable_fix
-from worker.kafka.diagnose import BOOTSTRAP_TIMEOUT_MS, CONNECT_HINTS, bootstrap_timeout_error
+from worker.kafka.diagnose import CONNECT_HINTS, bootstrap_timeout_error
 
 if TYPE_CHECKING:
     from worker.settings import WorkerSettings
@@ -95,7 +96,7 @@ def common_config(settings: WorkerSettings) -> dict[str, Any]:
     return {
         "bootstrap_servers": [x.strip() for x in settings.bootstrap_servers.split(",")],
         "client_id": f"tagstream-{socket.gethostname()}-{os.getpid()}",
-        "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS,
+        "bootstrap_timeout_ms": diagnose.BOOTSTRAP_TIMEOUT_MS,
         "metrics_enabled": False,  # kafka-python's own sensors cost CPU per record; we count ourselves
         **settings.kafka_security(),
     }
