@@ -178,7 +178,8 @@ def _move(tp: TopicPartition, before: int | None, at_time: Any, end: int, start:
         target = at_time.offset
         note = f"first record at or after {when} ({from_ms(at_time.timestamp)})"
         if target == start and at_time.timestamp > to_ms:
-            note = f"the oldest record kept ({from_ms(at_time.timestamp)}) is after {when}: retention removed older ones"
+            note = (f"the partition's oldest record ({from_ms(at_time.timestamp)}) is after {when}:"
+                    " from the start (older records, if any, are past retention)")
     if before is None:
         return PartitionMove(tp.topic, tp.partition, None, None, target,
                              "no committed offset: the group starts at TAGSTREAM_AUTO_OFFSET_RESET; left as it is")
