@@ -84,7 +84,7 @@ def _add_rewind(sub: argparse._SubParsersAction) -> None:
         "Move the worker group's committed offsets back to the first record at or after a time"
         " (the broker's offsets_for_times), so the workers classify those records again with the"
         " model they serve now. Offsets never move forward. Refuses while the group has active"
-        " members: stop the workers first (the message says how). Example after promoting a"
+        " members (--dry-run may preview while they run): stop the workers first (the message says how). Example after promoting a"
         " bundle: tagstream-worker rewind --by 24h",
     )
     when = p.add_mutually_exclusive_group(required=True)
@@ -93,7 +93,7 @@ def _add_rewind(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topic", action="append", metavar="T",
                    help="input topic to rewind (repeatable; default: TAGSTREAM_INPUT_TOPICS, or the group's topics matching TAGSTREAM_INPUT_PATTERN)")
     p.add_argument("--group", help="consumer group (default: TAGSTREAM_GROUP_ID)")
-    p.add_argument("--dry-run", action="store_true", help="print the plan; commit nothing")
+    p.add_argument("--dry-run", action="store_true", help="print the plan; commit nothing (allowed while the workers run)")
     p.set_defaults(func=_rewind)
 
 

@@ -55,6 +55,7 @@ class RewindReport:
     dry_run: bool
     moves: list[PartitionMove] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)  # "topic/partition" -> error
+    active: list[dict[str, Any]] = field(default_factory=list)  # members seen by a dry run
 
     @property
     def replayed(self) -> int:
@@ -72,6 +73,7 @@ class RewindReport:
                 for m in self.moves
             ],
             "errors": self.errors,
+            "active_members": len(self.active),
         }
 
     def render(self) -> str:
@@ -95,6 +97,8 @@ class RewindReport:
             lines.append("  " + "  ".join(r[i].ljust(widths[i]) if i == 0 else r[i].rjust(widths[i]) for i in range(4))
                          + (f"  {r[4]}" if r[4] else ""))
         lines.append(f"{verb} {len(moved)} of {len(self.moves)} partition(s); {self.replayed} record(s) to read again")
+        if self.active:
+            lines.append(f"the group has {len(self.active)} active member(s) now: a real run would be refused until they stop")
         for where, error in sorted(self.errors.items()):
             lines.append(f"  FAILED {where}: {error}")
         if moved and not self.dry_run and not self.errors:
@@ -120,15 +124,17 @@ def rewind(
 ) -> RewindReport:
     """Move ``group``'s committed offsets on ``topics`` back to ``to_ms`` (module docstring).
 
-    Raises GroupActiveError (nothing changed) while the group has members, BrokerError when
+    Raises GroupActiveError (nothing changed) while the group has members, unless ``dry_run``
+    (which only reads, so it may preview the plan while the workers run); BrokerError when
     Kafka refuses or a topic does not exist.
     """
     group = group or settings.group_id
     report = RewindReport(group, to_ms, dry_run)
     with admin_client(settings) as admin, consumer(settings) as client:
         members = active_members(admin, group)
-        if members:
+        if members and not dry_run:
             raise GroupActiveError(group, members, _active_message(group, members))
+        report.active = members  # a dry run may preview while the workers run
         committed = kafka_call(f"reading group {group}'s offsets", lambda: admin.list_group_offsets(group)).get(group, {})
         chosen = _topics(settings, topics, committed)
         tps = [TopicPartition(t, p) for t in chosen for p in require_topic(client, t, "--topic")]

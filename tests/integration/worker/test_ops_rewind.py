@@ -127,6 +127,8 @@ def test_rewind_refuses_while_workers_hold_the_group(
         monkeypatch.setenv(f"TAGSTREAM_{name}", value)
     assert main(["rewind", "--by", "2h"]) == 5
     assert "refused" in capsys.readouterr().err
+    assert main(["rewind", "--by", "2h", "--dry-run"]) == 0  # a preview is allowed
+    assert "a real run would be refused" in capsys.readouterr().out
     assert committed(kafka_bootstrap, group) == {0: 2, 1: 2}
 
     stop(worker)
