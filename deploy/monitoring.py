@@ -50,6 +50,7 @@ RULES_FILE_NAME = "tagstream-rules.yaml"  # the name the rule tests give in rule
 DASHBOARD = DEPLOY_DIR / "grafana/tagstream.json"
 DASHBOARD_CONFIGMAP = "tagstream-grafana-dashboard"
 RUNBOOK = DEPLOY_DIR / "README.md"
+RUNBOOK_URL_PATH = "deploy/README.md"  # runbook_url is this path in the repository, then #anchor
 README = REPO_ROOT / "README.md"
 OVERLAYS = ("k8s/overlays/cpu", "k8s/overlays/gpu")
 
@@ -121,7 +122,7 @@ def write_rules(directory: Path, manifest: Path = RULE_MANIFEST) -> Path:
     """Write the rule file promtool and a plain Prometheus read; returns its path."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / RULES_FILE_NAME
-    header = f"# Generated from {manifest.relative_to(REPO_ROOT)} by deploy/monitoring.py: edit that file.\n"
+    header = f"# Generated from {manifest.name} (deploy/k8s/base/) by deploy/monitoring.py: edit that file.\n"
     path.write_text(header + yaml.safe_dump({"groups": rule_groups(manifest)}, sort_keys=False), encoding="utf-8")
     return path
 
@@ -155,34 +156,34 @@ def check_alert_metadata(groups: list[dict[str, Any]], runbook: Path = RUNBOOK) 
                 problems.append(f"alert {name}: annotations.{key} is missing")
         url = str(annotations.get("runbook_url", ""))
         path, _, anchor = url.partition("#")
-        if path != str(runbook.relative_to(REPO_ROOT)) or anchor not in anchors:
+        if path != RUNBOOK_URL_PATH or anchor not in anchors:
             problems.append(
-                f"alert {name}: runbook_url {url!r} must be {runbook.relative_to(REPO_ROOT)}#<anchor of a heading>"
+                f"alert {name}: runbook_url {url!r} must be {RUNBOOK_URL_PATH}#<anchor of a heading>"
                 f" (add a '### {name}' section there)"
             )
     return problems
 
 
-def check_rules(promtool: Path) -> list[str]:
+def check_rules(promtool: Path, manifest: Path = RULE_MANIFEST, rule_tests: Path = RULE_TESTS) -> list[str]:
     """promtool check rules, promtool test rules, and the alerts' metadata."""
     problems = []
-    groups = rule_groups()
+    groups = rule_groups(manifest)
     with tempfile.TemporaryDirectory(prefix="tagstream-rules-") as tmp:
-        rules = write_rules(Path(tmp))
+        rules = write_rules(Path(tmp), manifest)
         ok, out = run_promtool(promtool, "check", "rules", str(rules))
         if not ok:
-            problems.append(f"promtool check rules {RULE_MANIFEST.relative_to(REPO_ROOT)} (spec):\n{out}")
+            problems.append(f"promtool check rules {manifest.name} (its spec):\n{out}")
         # The test file names the rule file relative to itself: put a copy beside the extracted one.
-        tests = Path(tmp) / RULE_TESTS.name
-        shutil.copyfile(RULE_TESTS, tests)
+        tests = Path(tmp) / rule_tests.name
+        shutil.copyfile(rule_tests, tests)
         ok, out = run_promtool(promtool, "test", "rules", tests.name, cwd=Path(tmp))
         if not ok:
-            problems.append(f"promtool test rules {RULE_TESTS.relative_to(REPO_ROOT)}:\n{out}")
+            problems.append(f"promtool test rules {rule_tests.name}:\n{out}")
     problems += check_alert_metadata(groups)
-    tested = set(re.findall(r"alertname:\s*(\S+)", RULE_TESTS.read_text(encoding="utf-8")))
+    tested = set(re.findall(r"alertname:\s*(\S+)", rule_tests.read_text(encoding="utf-8")))
     for rule in alerts(groups):
         if rule["alert"] not in tested:
-            problems.append(f"alert {rule['alert']}: no test in {RULE_TESTS.relative_to(REPO_ROOT)}")
+            problems.append(f"alert {rule['alert']}: no test in {rule_tests.name}")
     return problems
 
 
@@ -305,13 +306,15 @@ def check_readme_table(dash: dict[str, Any], readme: Path = README) -> list[str]
 # --- metric names ------------------------------------------------------------------------------
 
 
-def referenced_metrics() -> dict[str, set[str]]:
-    """Every tagstream_* name in the rules and the dashboard -> where it appears."""
+def referenced_metrics(
+    groups: list[dict[str, Any]] | None = None, dash: dict[str, Any] | None = None
+) -> dict[str, set[str]]:
+    """Every tagstream_* name in the rules and the dashboard (default: the shipped ones) -> where."""
     where: dict[str, set[str]] = {}
-    for rule in (r for g in rule_groups() for r in g.get("rules") or []):
+    for rule in (r for g in (groups if groups is not None else rule_groups()) for r in g.get("rules") or []):
         for name in METRIC.findall(str(rule["expr"])):
             where.setdefault(name, set()).add(f"rule {rule.get('alert') or rule.get('record')}")
-    for place, expr in dashboard_queries(dashboard()):
+    for place, expr in dashboard_queries(dash if dash is not None else dashboard()):
         for name in METRIC.findall(expr):
             where.setdefault(name, set()).add(f"dashboard {place}")
     return where
@@ -333,10 +336,12 @@ def exposed_metric_names() -> set[str]:
     return names
 
 
-def check_metric_names(exposed: set[str]) -> list[str]:
+def check_metric_names(
+    exposed: set[str], groups: list[dict[str, Any]] | None = None, dash: dict[str, Any] | None = None
+) -> list[str]:
     return [
         f"{name} (read by {', '.join(sorted(places))}) is not a metric the worker exposes"
-        for name, places in sorted(referenced_metrics().items())
+        for name, places in sorted(referenced_metrics(groups, dash).items())
         if name not in exposed
     ]
 

@@ -245,8 +245,6 @@ def _set_threads(requested: int) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import torch
-
     from model import data as data_lib
     from model import evaluate as eval_lib
     from model import export as export_lib

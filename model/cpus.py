@@ -109,7 +109,7 @@ def _own_cgroup_paths(proc_self_cgroup: Path) -> dict[str, str]:
         return {}
     paths: dict[str, str] = {}
     for line in text.splitlines():
-        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        _, controllers, path = [*line.split(":", 2), "", ""][:3]
         if not controllers:
             paths["v2"] = path or "/"
         else:

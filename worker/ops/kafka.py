@@ -7,6 +7,7 @@ check (the kind comes from ``worker.errors.failure_for_kafka_error``, the one Ka
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -22,6 +23,10 @@ from worker.settings import WorkerSettings
 CONNECT_TIMEOUT_MS = 15_000
 # A produce the broker has not acknowledged within this is a failure, not a slow day.
 ACK_TIMEOUT_S = 30.0
+# Retriable errors (a group coordinator still loading, a leader moving) are retried this long:
+# a fresh cluster takes seconds to elect the coordinator of a group it has never seen.
+RETRY_FOR_S = 30.0
+RETRY_BACKOFF_S = 0.5
 
 T = TypeVar("T")
 
@@ -34,7 +39,24 @@ _HINTS = {
 
 
 def kafka_call(what: str, call: Callable[[], T]) -> T:
-    """Run one Kafka call; its errors become a BrokerError saying what failed and what to check."""
+    """Run one Kafka call; its errors become a BrokerError saying what failed and what to check.
+
+    Retriable errors are retried for up to RETRY_FOR_S (every call here is safe to repeat:
+    reads, offset commits of fixed values, and sends whose acknowledgement is awaited apart).
+    """
+    deadline = time.monotonic() + RETRY_FOR_S
+    while True:
+        try:
+            return _translated(what, call)
+        except BrokerError as exc:
+            cause = exc.__cause__
+            retriable = isinstance(cause, kafka_errors.KafkaError) and getattr(cause, "retriable", False)
+            if not retriable or time.monotonic() > deadline:
+                raise
+            time.sleep(RETRY_BACKOFF_S)
+
+
+def _translated(what: str, call: Callable[[], T]) -> T:
     try:
         return call()
     except BrokerError:
