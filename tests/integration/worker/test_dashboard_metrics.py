@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 import urllib.request
 from pathlib import Path
@@ -27,6 +28,14 @@ def monitoring() -> ModuleType:
     return module
 
 
+def send(bootstrap: str, topic: str, records: list[tuple[int, bytes]]) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    for partition, value in records:
+        producer.send(topic, value=value, partition=partition)
+    producer.flush(30)
+    producer.close()
+
+
 def scrape(port: int) -> set[str]:
     """The sample names on a worker's /metrics (histograms as _bucket/_sum/_count, counters as _total)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
@@ -40,16 +49,18 @@ def test_every_metric_the_dashboard_and_alerts_read_is_on_a_real_workers_metrics
     """After a worker has classified events and dead-lettered one, every tagstream_* name in the PromQL is among its samples."""
     topic = new_topic(partitions=2, prefix="dash-metrics")
     produce_events(kafka_bootstrap, topic, fixture_texts(50, seed=5))
-    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
-    producer.send(topic, value=b"{not json", partition=0)
-    producer.flush(30)
-    producer.close()
+    send(kafka_bootstrap, topic, [(0, b"{not json")])
     worker = start_worker(topic, tiny_bundle)
     assert len(read_records(kafka_bootstrap, f"{topic}.labels", expected=50, quiet_s=0.2)) == 50
     assert len(read_records(kafka_bootstrap, f"{topic}.dlq", expected=1, quiet_s=0.2)) == 1
     wait_until(lambda: worker.health.readiness()[0], 30, "the worker to be ready")
-    # The lag gauges are refreshed every LAG_INTERVAL_S (5 s) once the partitions have positions.
-    wait_until(lambda: "tagstream_consumer_lag" in scrape(worker.metrics_port), 30, "the lag gauges")
+    # A partition reports lag once it has a committed position in this assignment; after a
+    # rebalance (likely on a loaded machine) an idle partition has none until new input is
+    # committed, so send one event to each, then give the 5 s lag refresh time.
+    good = json.dumps({"id": "late", "text": "market shares rose"}).encode()
+    send(kafka_bootstrap, topic, [(0, good), (1, good)])
+    assert len(read_records(kafka_bootstrap, f"{topic}.labels", expected=52, quiet_s=0.2)) == 52
+    wait_until(lambda: "tagstream_consumer_lag" in scrape(worker.metrics_port), 60, "the lag gauges")
 
     exposed = scrape(worker.metrics_port)
     referenced = monitoring().referenced_metrics()
