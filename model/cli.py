@@ -163,7 +163,7 @@ def _add_train(sub: Any) -> None:
 
     g = p.add_argument_group("runtime and export")
     g.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:N (default: %(default)s)")
-    g.add_argument("--threads", type=int, default=0, help="CPU threads for torch; 0 = torch's default (default: %(default)s)")
+    g.add_argument("--threads", type=int, default=0, help="CPU threads for torch; 0 = the CPUs this process may use: affinity mask and cgroup (container) CPU limit, shared by torchrun's processes on the node (default: %(default)s)")
     g.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
                    help="bundle precision: int8 quantizes Linear layers (~2x faster on CPUs, CPU only; the accuracy change is reported) (default: %(default)s)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown on a terminal)")
@@ -222,9 +222,29 @@ def _add_inspect(sub: Any) -> None:
 # ---------------------------------------------------------------------------------------- train
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _set_threads(requested: int) -> None:
+    """torch's CPU threads: ``--threads``, else the CPUs this process may use.
+
+    torch's own default is the node's core count, which in a container with a CPU limit starts
+    far more threads than the quota feeds (see model/cpus.py). Under torchrun the processes on
+    one node share those CPUs.
+    """
     import torch
 
+    from model.cpus import available_cpus
+
+    if requested:
+        torch.set_num_threads(requested)
+        return
+    budget = available_cpus()
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    threads = max(1, budget.count // local)
+    torch.set_num_threads(threads)
+    shared = f"; shared by {local} processes on this node" if local > 1 else ""
+    log.info("cpu_threads", threads=threads, reason=budget.reason + shared)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
     from model import data as data_lib
     from model import evaluate as eval_lib
     from model import export as export_lib
@@ -232,8 +252,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from model import train as train_lib
     from model.encoder import EncoderClassifier, ProbabilityModel
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     out: Path = args.out
     ckpt_path = out / "checkpoint.pt"
     ctx = train_lib.init_distributed(args.device)

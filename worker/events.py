@@ -52,10 +52,20 @@ SOURCE_PARTITION_HEADER = "tagstream.source.partition"
 SOURCE_OFFSET_HEADER = "tagstream.source.offset"
 SOURCE_TIMESTAMP_HEADER = "tagstream.source.timestamp_ms"
 DEAD_LETTERED_AT_HEADER = "tagstream.dead_lettered_at"
+# A bounded copy of an input that could not be published whole says so, and what the original
+# was; such a copy is never re-published (worker/ops/dlq.py).
 TRUNCATED_HEADER = "tagstream.truncated"
 ORIGINAL_SIZE_HEADER = "tagstream.original.size"
 ORIGINAL_SHA256_HEADER = "tagstream.original.sha256"
-DROPPED_HEADER = "tagstream.dropped"  # what a bounded copy left out: "key", "headers"
+DROPPED_HEADER = "tagstream.dropped"  # what a dead letter left out: "key", "headers"
+# Every header tagstream adds to a dead letter: a redrive strips these and keeps the rest.
+DEAD_LETTER_HEADERS = frozenset(
+    {
+        REASON_HEADER, DETAIL_HEADER, SOURCE_TOPIC_HEADER, SOURCE_PARTITION_HEADER, SOURCE_OFFSET_HEADER,
+        SOURCE_TIMESTAMP_HEADER, DEAD_LETTERED_AT_HEADER, ORIGINAL_SIZE_HEADER, ORIGINAL_SHA256_HEADER,
+        TRUNCATED_HEADER, DROPPED_HEADER,
+    }
+)
 
 BOUNDED_KEY_BYTES = 1024  # a longer key is left out of a bounded dead letter
 BOUNDED_HEADER_BYTES = 4096  # input headers over this in all are left out of a bounded dead letter

@@ -259,6 +259,8 @@ class Source:
             position = self._tracker.committed_position(tp)
             if position is None:
                 position = committed.get(tp)
+            if position is None and end == 0:
+                position = 0  # an empty partition nobody committed on: nothing to catch up
             if end is not None and position is not None:
                 self._metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, end - position))
 

@@ -104,3 +104,20 @@ def test_a_commit_timeout_counts_as_the_broker_away_but_a_rebalance_does_not():
     assert health.broker_down_for() == 0.0 and health.commit_failing
     health.commit_result(ok=False, broker_unreachable=True)
     assert health.readiness()[1]["broker_reachable"] is False
+
+
+def test_ready_gauge_follows_readiness():
+    """tagstream_ready is 1 exactly while /readyz would answer 200 (model warmed up and partitions held)."""
+    metrics, health = Metrics(), Health()
+    server = TelemetryServer(metrics, health, port=0, host="127.0.0.1")
+    server.start()
+    try:
+        assert metrics.value("tagstream_ready") == 0
+        health.model_ready = True
+        assert metrics.value("tagstream_ready") == 0  # no partitions yet
+        health.assigned = 2
+        assert metrics.value("tagstream_ready") == 1
+        health.assigned = 0
+        assert metrics.value("tagstream_ready") == 0
+    finally:
+        server.stop()
