@@ -55,6 +55,7 @@ log = get_logger("tagstream.worker")
 
 IDLE_WAIT_S = 0.1  # batcher wake-up when idle: bounds how fast it notices a shutdown or a revocation
 SINK_QUEUE_BATCHES = 4  # model threads -> sink: enough to overlap, small enough to bound memory
+COMMIT_FAILURE_LOG_EVERY_S = 10.0  # at most one commit_failed line this often (the metric counts them all)
 SINK_IDLE_S = 0.05  # the sink thread's wait for work: bounds how late a refused output is resent
 DRAIN_RESERVE_MAX_S = 3.0  # of the drain deadline, kept for flush + commit + close
 
@@ -83,6 +84,8 @@ class Worker:
         self.telemetry: TelemetryServer | None = None
         self.slot: RunnerSlot | None = None
         self._stopping = threading.Event()
+        self._commit_log_quiet_until = 0.0
+        self._commit_failures_unlogged = 0
         self._stop_at: float | None = None
         self._fatal: WorkerError | None = None
         self._fatal_lock = threading.Lock()
@@ -291,6 +294,8 @@ class Worker:
         assert self._source is not None
         try:
             self._source.run(self._stopping)
+        except BaseException as exc:
+            self._fail(exc, stage="source")  # recorded before the drain, whose own failure comes second
         finally:
             self.stop()  # whatever ended the loop, the rest drains
             deadline = (self._stop_at or time.monotonic()) + self.settings.drain_timeout_s
@@ -577,12 +582,21 @@ class Worker:
         self.metrics.commits.labels(result="failed").inc()
         failure = commit_failure(error)
         self.metrics.count_failure(failure)
+        now = time.monotonic()
+        if now < self._commit_log_quiet_until:  # an outage fails every commit: say so every few seconds
+            self._commit_failures_unlogged += 1
+            return
+        self._commit_log_quiet_until = now + COMMIT_FAILURE_LOG_EVERY_S
         # A timeout or a lost connection says the broker is away; a rebalance says nothing about it.
         original = error.failure if isinstance(error, WorkerError) else Failure.INTERNAL
         self.health.commit_result(
             ok=False, broker_unreachable=original in (Failure.BROKER_UNREACHABLE, Failure.KAFKA_TRANSIENT)
         )
-        log.warning("commit_failed", kind=failure.label, error=str(error), partitions=len(positions))
+        log.warning(
+            "commit_failed", kind=failure.label, error=str(error), partitions=len(positions),
+            failed_since_last_line=self._commit_failures_unlogged,
+        )
+        self._commit_failures_unlogged = 0
 
 
 def _split(items: list, accepts: Callable[[tuple[str, int], int], bool]) -> tuple[list, list]:

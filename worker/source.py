@@ -95,11 +95,12 @@ class Source:
             if records:
                 self._ingest(records)
             self._apply_backpressure()
+            self._watch_broker()
             t = self._clock.start()
             self._committer.service()
-            self._committer.commit_if_due()
+            if not self._health.broker_down_for():  # no commit attempts into a known outage
+                self._committer.commit_if_due()
             self._clock.stop("commit", t)
-            self._watch_broker()
             self._refresh_lag()
             self._metrics.in_flight.set(self._tracker.in_flight())
 

@@ -41,6 +41,7 @@ SEND_MAX_BLOCK_MS = 15_000  # how long send() may block on topic metadata or a f
 PRODUCER_LINGER_MS = 5  # results of one batch leave in a few produce requests, not one each
 PRODUCER_BATCH_BYTES = 256 * 1024
 MAX_POLL_RECORDS = 500
+RECONNECT_BACKOFF_MAX_MS = 5_000
 END_OFFSETS_TIMEOUT_MS = 1_000  # the lag refresh blocks the poll loop at most this long
 
 # Refusals that concern one record, not the connection: the sink handles that record alone.
@@ -98,6 +99,8 @@ def common_config(settings: WorkerSettings) -> dict[str, Any]:
         "client_id": f"tagstream-{socket.gethostname()}-{os.getpid()}",
         "bootstrap_timeout_ms": diagnose.BOOTSTRAP_TIMEOUT_MS,
         "metrics_enabled": False,  # kafka-python's own sensors cost CPU per record; we count ourselves
+        # A broker that comes back is noticed within seconds (the library's default backs off to 30 s).
+        "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
         **settings.kafka_security(),
     }
 
