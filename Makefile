@@ -86,7 +86,7 @@ test: install deploy-tools  ## run the whole test suite (starts and stops a loca
 	$(BIN)/python -m pytest
 
 faults: install  ## the fault suite at full size (kill -9 loops, broker restarts, scaling, hostile input); rewrites bench/results/faults.md
-	TAGSTREAM_FAULTS=full $(BIN)/python -m pytest tests/faults -m faults -p no:randomly -o addopts="-ra --strict-markers" --timeout=3600
+	TAGSTREAM_FAULTS=full $(BIN)/python -m pytest tests/faults -m faults --timeout=3600
 
 test-unit: install deploy-tools  ## only the tests that need no broker
 	$(BIN)/python -m pytest tests/unit
