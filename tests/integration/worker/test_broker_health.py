@@ -43,7 +43,7 @@ def test_readiness_drops_while_the_broker_is_down_and_returns_with_it(
     broker = restartable_kafka()
     topic = make_topic(broker.bootstrap_servers, "health-down")
     produce_events(broker.bootstrap_servers, topic, fixture_texts(20, seed=1), prefix="a")
-    worker = start_worker(topic, tiny_bundle, bootstrap_servers=broker.bootstrap_servers, broker_outage_s=300)
+    worker = start_worker(topic, tiny_bundle, bootstrap_servers=broker.bootstrap_servers)
     port = worker.metrics_port
     wait_until(lambda: status(port, "/readyz") == 200, 60, "the worker to be ready")
 
