@@ -7,7 +7,9 @@ On a pre-filled topic of AG News texts (../shared/datasets, else fixture sentenc
 
 floor   a bare loop with the same Kafka client, in its own process: poll (500 at a time), json-decode
         each value, produce one small JSON result per record, flush at the end. What any consumer of
-        this client pays per event.
+        this client pays per event. A second floor also tokenizes each poll's texts with the null
+        bundle's tokenizer (one call per poll, as the worker does): what any consumer that feeds a
+        Transformer pays.
 worker  ``tagstream-worker run`` with a *null* bundle (a real bundle and tokenizer whose TorchScript
         model returns fixed probabilities at once), with TAGSTREAM_STAGE_TIMING on, in its own
         process: CPU per event in all, and per stage (worker/stages.py), plus the client's own
@@ -50,8 +52,17 @@ def bare_loop_main(argv: list[str]) -> int:
     parser.add_argument("--topic", required=True)
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--client", default="kafka-python")
+    parser.add_argument("--tokenizer", help="also tokenize each poll's texts with this tokenizer.json")
     args = parser.parse_args(argv)
     from kafka import KafkaConsumer, KafkaProducer
+
+    encode = None
+    if args.tokenizer:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(args.tokenizer)
+        tokenizer.enable_truncation(max_length=128)
+        encode = tokenizer.encode_batch_fast
 
     consumer = KafkaConsumer(
         args.topic, bootstrap_servers=args.bootstrap, group_id=f"floor-{os.getpid()}", auto_offset_reset="earliest",
@@ -69,8 +80,10 @@ def bare_loop_main(argv: list[str]) -> int:
         if batches and started is None:
             started, cpu_started = time.monotonic(), _cpu()
         for records in batches.values():
-            for record in records:
-                obj = json.loads(record.value)
+            objs = [json.loads(record.value) for record in records]
+            if encode is not None:
+                [e.ids for e in encode([obj["text"] for obj in objs])]
+            for record, obj in zip(records, objs, strict=True):
                 producer.send(out, json.dumps({"id": obj["id"], "label": "x", "score": 0.5}).encode(), key=record.key)
             seen += len(records)
     producer.flush(120)
@@ -86,10 +99,10 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def floor(bootstrap: str, topic: str, count: int, client: str) -> dict[str, Any]:
+def floor(bootstrap: str, topic: str, count: int, client: str, tokenizer: Path | None = None) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, __file__, "--bare-loop", "--bootstrap", bootstrap, "--topic", topic, "--count", str(count),
-         "--client", client],
+         "--client", client, *(["--tokenizer", str(tokenizer)] if tokenizer else [])],
         capture_output=True, text=True, timeout=wb.RUN_TIMEOUT_S, cwd=REPO,
     )
     if proc.returncode != 0:
@@ -226,12 +239,14 @@ def main(argv: list[str] | None = None) -> int:
         broker = LocalKafka().start()
         bootstrap = broker.bootstrap_servers
     floors: list[dict[str, Any]] = []
+    token_floors: list[dict[str, Any]] = []
     workers: list[dict[str, Any]] = []
     try:
         for round_ in range(args.repeats):
             topic = wb.create_topic(bootstrap, "path-in", partitions=args.partitions)
             wb.prefill(bootstrap, topic, texts, "p")
             floors.append(floor(bootstrap, topic, len(texts), args.client))
+            token_floors.append(floor(bootstrap, topic, len(texts), args.client, bundle / "tokenizer.json"))
             workers.append(worker_run(bootstrap, topic, bundle, len(texts), args))
             print(f"round {round_ + 1}: floor {floors[-1]['eps']:,.0f} ev/s {floors[-1]['cpu_us']:.0f} us/ev;"
                   f" worker {workers[-1]['eps']:,.0f} ev/s {workers[-1]['cpu_us']:.0f} us/ev; load {wb.load_avg()}",
@@ -240,12 +255,14 @@ def main(argv: list[str] | None = None) -> int:
         if broker is not None:
             broker.stop()
     best_floor = min(floors, key=lambda r: r["cpu_us"])
+    best_token_floor = min(token_floors, key=lambda r: r["cpu_us"])
     best = min(workers, key=lambda r: r["cpu_us"])
     print(f"\nKafka path, {len(texts):,} events on {args.partitions} partitions, client {args.client},"
           f" null bundle; best of {args.repeats}; {wb.load_avg()}")
     print("| what | CPU us/event | events/s |")
     print("|---|---:|---:|")
     print(f"| floor: bare consume -> decode -> produce loop | {best_floor['cpu_us']:.1f} | {best_floor['eps']:,.0f} |")
+    print(f"| floor + tokenizing each poll's texts | {best_token_floor['cpu_us']:.1f} | {best_token_floor['eps']:,.0f} |")
     print(f"| worker, end to end (all threads) | {best['cpu_us']:.1f} | {best['eps']:,.0f} |")
     for stage in STAGE_ORDER:
         if stage in best["stages"]:
@@ -254,9 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, us in best["threads_us"].items():
         if us >= 0.5:
             print(f"| thread: {name} | {us:.1f} | |")
-    print(f"\nworker / floor: {best['cpu_us'] / best_floor['cpu_us']:.2f}x the CPU per event")
+    print(f"\nworker / floor: {best['cpu_us'] / best_floor['cpu_us']:.2f}x the CPU per event;"
+          f" worker / (floor + tokenizing): {best['cpu_us'] / best_token_floor['cpu_us']:.2f}x")
     wb.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (wb.RESULTS_DIR / "kafka_path_bench.json").write_text(json.dumps({"floor": floors, "worker": workers}, indent=1))
+    (wb.RESULTS_DIR / "kafka_path_bench.json").write_text(
+        json.dumps({"floor": floors, "floor_tokenizing": token_floors, "worker": workers}, indent=1)
+    )
     return 0
 
 
