@@ -17,7 +17,9 @@ worker  ``tagstream-worker run`` with a *null* bundle (a real bundle and tokeniz
 
 floor and worker alternate ``--repeats`` times; the best run of each counts. CPU per event is the
 process's user+system time over the events, every thread included. ``--profile`` records the
-worker with py-spy (speedscope JSON in bench/results/). Figures also go to
+worker with py-spy, sampling only threads that hold the GIL (the Python work itself, not the
+waits for the GIL that crowd a profile of 8 busy threads on 2 cores), as speedscope JSON in
+bench/results/. Figures also go to
 bench/results/kafka_path_bench.json.
 """
 
@@ -158,7 +160,7 @@ def worker_run(bootstrap: str, topic: str, bundle: Path, count: int, args: argpa
             else:
                 profiler = subprocess.Popen(
                     [py_spy, "record", "--pid", str(worker.proc.pid), "--format", "speedscope",
-                     "--output", str(profile_path), "--threads", "--rate", "250", "--nonblocking"],
+                     "--output", str(profile_path), "--threads", "--gil", "--rate", "250", "--nonblocking"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )
         worker.wait_out(count)
