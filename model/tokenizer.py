@@ -158,8 +158,11 @@ def encode(tok: Tokenizer, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Te
 
 
 def encode_unpadded(tok: Tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
-    """Each text's token ids, truncated to ``max_length``, without padding (for bucketing)."""
-    ready = Tokenizer.from_str(tok.to_str())
-    ready.enable_truncation(max_length=max_length)
-    ready.no_padding()
-    return [e.ids for e in ready.encode_batch(list(texts))]
+    """Each text's token ids, truncated to ``max_length``, without padding (for bucketing).
+
+    Encoded a chunk at a time (``model.truncation.ENCODE_CHUNK``): one call on a whole set of
+    long texts holds every Encoding, overflowing remainder included, until it returns.
+    """
+    from model.truncation import Windower
+
+    return [ws[0] for ws in Windower(tok, max_length).windows(texts)]
