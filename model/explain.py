@@ -133,13 +133,18 @@ def attention_rollout(attentions: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def gradient_relevance(attentions: Sequence[np.ndarray], gradients: Sequence[np.ndarray]) -> np.ndarray:
-    """(T, T) relevance from attention maps and their gradients, each (nh, T, T) (Chefer 2021)."""
+    """(T, T) relevance from attention maps and their gradients, each (nh, T, T) (Chefer 2021).
+
+    ``R = I``, then per layer ``R = R + Ā R`` with ``Ā`` the heads' mean of the positive part of
+    attention x gradient; the identity (each position's own residual stream, the same for every
+    token) is subtracted at the end, leaving what attention moved.
+    """
     T = attentions[0].shape[-1]
     relevance = np.eye(T)
     for a, g in zip(attentions, gradients, strict=True):
         weighted = np.clip(a * g, 0.0, None).mean(axis=0)  # (T, T): heads averaged, positives only
         relevance = relevance + weighted @ relevance
-    return relevance
+    return relevance - np.eye(T)
 
 
 def explain_text(
@@ -369,7 +374,8 @@ def find_font(chars: set[str]) -> str | None:
     wanted = {ord(c) for c in chars}
     known = {f.fname for f in font_manager.fontManager.ttflist}
     for entry in font_manager.fontManager.ttflist:
-        if wanted <= _charmap(entry.fname):
+        # matplotlib's "Last Resort" font maps every code point to a placeholder box.
+        if "last resort" not in entry.name.lower() and wanted <= _charmap(entry.fname):
             return str(entry.name)
     # Fonts installed after matplotlib built its cache: look at the system's, add the first fit.
     for fname in font_manager.findSystemFonts():
