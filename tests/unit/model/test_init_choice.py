@@ -43,7 +43,7 @@ def test_explicit_init_is_kept() -> None:
 
 
 ENGLISH = ["Stocks fell as the central bank raised interest rates again."] * 20
-CHINESE = ["今天股票市场上涨，银行利率下降。", "球队在联赛比赛中进球了。"] * 20
+CHINESE = ["今天股票市场上涨。银行利率下降。", "球队在联赛比赛中进球了。"] * 20
 
 
 def test_auto_trains_from_scratch_on_text_the_vocabulary_cannot_read(capsys) -> None:
