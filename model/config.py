@@ -169,6 +169,8 @@ def finetune_train_config(multi_label: bool = False) -> TrainConfig:
     )
 
 
-# Multi-label fine-tuning defaults, measured on reuters_tags (bench/tagging_bench.py).
+# Multi-label fine-tuning defaults. NOT yet measured (a MiniLM run on reuters_tags takes hours on
+# the 2 shared development cores): more epochs and a higher rate than single-label because each
+# tag's sigmoid learns from its own positives only; bench/tagging_bench.py measures them.
 MULTI_LABEL_FINETUNE_EPOCHS = 10
 MULTI_LABEL_FINETUNE_LR = 1e-4
