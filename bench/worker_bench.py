@@ -19,7 +19,7 @@ absent) on a 3-partition input topic:
     inference time of one full batch (measured in (a)).
 (e) the worker process's peak RSS (VmHWM) over (b) and (d). Target: < 1.5 GB (MiniLM bundle).
 
-Without ``--bootstrap`` a local broker (worker/localkafka) is started on free ports and stopped at
+Without ``--bootstrap`` a local broker (localkafka) is started on free ports and stopped at
 the end. The machine's load average is printed with each figure: other work on the cores
 changes them. Raw figures also go to bench/results/worker_bench.json.
 """
@@ -625,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     broker = None
     bootstrap = args.bootstrap
     if bootstrap is None:
-        from worker.localkafka import LocalKafka
+        from localkafka import LocalKafka
 
         print("starting a local Kafka broker ...", file=sys.stderr, flush=True)
         broker = LocalKafka().start()

@@ -97,11 +97,15 @@ RESULTS_TIMEOUT_S = 90
 QUIET_S = 1.0  # after the expected count, keep reading this long to catch duplicates
 
 
-def produce_events(bootstrap: str, topic: str, texts: list[str], prefix: str = "e") -> list[str]:
-    """Send one JSON event per text (id ``{prefix}{i}``, key = id, a header); return the ids."""
+def produce_events(
+    bootstrap: str, topic: str, texts: list[str], prefix: str = "e", **client: Any
+) -> list[str]:
+    """Send one JSON event per text (id ``{prefix}{i}``, key = id, a header); return the ids.
+
+    ``client``: more kafka-python settings (security), e.g. ``Endpoint.client_config()``'s."""
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    producer = KafkaProducer(**{"bootstrap_servers": bootstrap, "linger_ms": 5, **client})
     ids = []
     for i, text in enumerate(texts):
         event_id = f"{prefix}{i}"
@@ -114,13 +118,16 @@ def produce_events(bootstrap: str, topic: str, texts: list[str], prefix: str = "
 
 
 def read_records(
-    bootstrap: str, topic: str, expected: int, timeout_s: float = RESULTS_TIMEOUT_S, quiet_s: float = QUIET_S
+    bootstrap: str, topic: str, expected: int, timeout_s: float = RESULTS_TIMEOUT_S, quiet_s: float = QUIET_S,
+    **client: Any,
 ) -> list[Any]:
-    """Read ``topic`` from the start until ``expected`` records arrived, then ``quiet_s`` longer."""
+    """Read ``topic`` from the start until ``expected`` records arrived, then ``quiet_s`` longer.
+
+    ``client``: more kafka-python settings (security), as for ``produce_events``."""
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None,
+        topic, **{"bootstrap_servers": bootstrap, **client}, auto_offset_reset="earliest", group_id=None,
         enable_auto_commit=False,
     )
     try:

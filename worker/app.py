@@ -59,6 +59,7 @@ from worker.settings import WorkerSettings, check_against_bundle
 from worker.sink import Router, Sink
 from worker.source import Source
 from worker.telemetry import Health, Metrics, TelemetryServer, get_logger
+from worker.tls import TLS_PROTOCOLS, tls_problem
 
 log = get_logger("tagstream.worker")
 
@@ -603,6 +604,9 @@ def _bootstrap_timeout_error(settings: WorkerSettings, exc: BaseException) -> Br
             " TAGSTREAM_BOOTSTRAP_SERVERS and that the broker is up",
             Failure.BROKER_UNREACHABLE,
         )
+    tls = tls_problem(settings, listening[0]) if settings.security_protocol in TLS_PROTOCOLS else None
+    if tls is not None:  # a CA that did not sign the broker's certificate, ... (see worker/tls.py)
+        return BrokerError(tls, Failure.AUTHENTICATION_FAILED)
     if settings.security_protocol.startswith("SASL_"):
         return BrokerError(
             f"the broker at {listening[0]} accepts connections but the SASL login did not complete {waited}:"

@@ -84,7 +84,9 @@ def _broker(settings: WorkerSettings, state: dict[str, Any]) -> str:
     from kafka import KafkaConsumer
 
     from worker.app import BOOTSTRAP_TIMEOUT_MS, _kafka_call
+    from worker.tls import check_tls
 
+    check_tls(settings)  # at once, with its reason, rather than a bootstrap timeout later
     state["consumer"] = _kafka_call(
         settings,
         lambda: KafkaConsumer(

@@ -49,6 +49,19 @@ SOURCE_PARTITION_HEADER = "tagstream.source.partition"
 SOURCE_OFFSET_HEADER = "tagstream.source.offset"
 SOURCE_TIMESTAMP_HEADER = "tagstream.source.timestamp_ms"
 DEAD_LETTERED_AT_HEADER = "tagstream.dead_lettered_at"
+# A dead letter may carry a bounded copy of an oversized input instead of all of it; these say
+# so (and what the original was). Such a copy is never re-published (worker/ops/dlq.py).
+ORIGINAL_SIZE_HEADER = "tagstream.original.size"
+ORIGINAL_SHA256_HEADER = "tagstream.original.sha256"
+TRUNCATED_HEADER = "tagstream.truncated"
+# Every header tagstream adds to a dead letter: a redrive strips these and keeps the rest.
+DEAD_LETTER_HEADERS = frozenset(
+    {
+        REASON_HEADER, DETAIL_HEADER, SOURCE_TOPIC_HEADER, SOURCE_PARTITION_HEADER, SOURCE_OFFSET_HEADER,
+        SOURCE_TIMESTAMP_HEADER, DEAD_LETTERED_AT_HEADER, ORIGINAL_SIZE_HEADER, ORIGINAL_SHA256_HEADER,
+        TRUNCATED_HEADER,
+    }
+)
 
 
 class RecordLike(Protocol):

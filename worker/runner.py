@@ -45,9 +45,13 @@ import torch
 from tokenizers import Tokenizer
 
 from model.bundle import TOKENIZER_FILE, Bundle, sha256_file
+from model.cpus import available_cpus
 from model.errors import BundleError
 from model.truncation import Windower, pool
 from worker.errors import BundleLoadError, InferenceError, SettingsError
+from worker.telemetry import get_logger
+
+log = get_logger("tagstream.worker.runner")
 
 _threads_configured = threading.Lock()
 _interop_set = False
@@ -111,19 +115,27 @@ def resolve_streams(requested: int, device: torch.device, threads: int) -> tuple
 
     On a CPU, two batches side by side, each on half the threads, beat one batch on all of them:
     small kernels scale poorly across threads, and an intra-op team stalls whenever the OS lends
-    one of its cores to a Kafka thread. A GPU runs one batch at a time.
+    one of its cores to a Kafka thread. A GPU runs one batch at a time. ``threads`` 0 means the
+    CPUs the container may use (``default_threads``), not the node's cores.
     """
-    total = threads or os.cpu_count() or 1
+    total = threads or default_threads()
     if device.type == "cuda":
         return max(1, requested or 1), total
     streams = requested or (2 if total >= 2 else 1)
     return streams, max(1, total // streams)
 
 
+def default_threads() -> int:
+    """The CPUs this process may use (affinity mask and cgroup CPU limit); logs the choice."""
+    budget = available_cpus()
+    log.info("cpu_threads", threads=budget.count, reason=budget.reason, node_cpus=os.cpu_count())
+    return budget.count
+
+
 def configure_threads(threads: int) -> int:
-    """Set torch's intra-op thread count (0 = all cores); returns the count in effect."""
+    """Set torch's intra-op thread count (0 = the container's CPUs); returns the count in effect."""
     global _interop_set
-    n = threads or os.cpu_count() or 1
+    n = threads or default_threads()
     with _threads_configured:
         torch.set_num_threads(n)
         if not _interop_set:

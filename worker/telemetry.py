@@ -21,6 +21,7 @@ several workers in one process):
 | commits_total | counter | result | offset commits (ok, failed) |
 | model_info | gauge | name, version | 1 for the bundle serving now |
 | bundle_reloads_total | counter | result | swapped, refused |
+| ready | gauge | | 1 while /readyz answers 200 (read from Health at scrape time) |
 
 ``/healthz`` answers 200 while every stage thread is alive and the consumer loop has turned
 within ``LOOP_STALL_S``; ``/readyz`` answers 200 once the bundle is warmed up and the worker
@@ -99,6 +100,8 @@ class Metrics:
         self.commits = Counter("tagstream_commits", "Offset commits by result.", ["result"], registry=r)
         self.model_info = Gauge("tagstream_model_info", "1 for the bundle serving now.", ["name", "version"], registry=r)
         self.bundle_reloads = Counter("tagstream_bundle_reloads", "Bundle reloads by result.", ["result"], registry=r)
+        # Follows Health.readiness() once the telemetry server serves it (see TelemetryServer).
+        self.ready = Gauge("tagstream_ready", "1 while /readyz would answer 200.", registry=r)
         # Every label exists from the start (at 0), so dashboards and alerts see them all.
         for failure in Failure:
             self.failures.labels(kind=failure.label)
@@ -159,6 +162,8 @@ class TelemetryServer:
 
     def __init__(self, metrics: Metrics, health: Health, port: int, host: str = "0.0.0.0") -> None:
         handler = _make_handler(metrics, health)
+        # tagstream_ready is read from the same Health object as /readyz, at scrape time.
+        metrics.ready.set_function(lambda: float(health.readiness()[0]))
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]

@@ -139,7 +139,7 @@ def add_parser(sub: Any) -> None:
 
     g = p.add_argument_group("runtime and export")
     g.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:N (default: %(default)s)")
-    g.add_argument("--threads", type=int, default=0, help="CPU threads for torch; 0 = torch's default (default: %(default)s)")
+    g.add_argument("--threads", type=int, default=0, help="CPU threads for torch; 0 = the CPUs this process may use: affinity mask and cgroup (container) CPU limit, shared by torchrun's processes on the node (default: %(default)s)")
     g.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
                    help="bundle precision: int8 quantizes Linear layers (~2x faster on CPUs, CPU only; the accuracy change is reported) (default: %(default)s)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown on a terminal)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -72,13 +73,32 @@ class Final:
     seconds: float
 
 
-def start(args: argparse.Namespace) -> Run:
+def set_threads(requested: int) -> None:
+    """torch's CPU threads: ``--threads``, else the CPUs this process may use.
+
+    torch's own default is the node's core count, which in a container with a CPU limit starts
+    far more threads than the quota feeds (see model/cpus.py). Under torchrun the processes on
+    one node share those CPUs.
+    """
     import torch
 
+    from model.cpus import available_cpus
+
+    if requested:
+        torch.set_num_threads(requested)
+        return
+    budget = available_cpus()
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    threads = max(1, budget.count // local)
+    torch.set_num_threads(threads)
+    shared = f"; shared by {local} processes on this node" if local > 1 else ""
+    log.info("cpu_threads", threads=threads, reason=budget.reason + shared)
+
+
+def start(args: argparse.Namespace) -> Run:
     from model import train as train_lib
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     out: Path = args.out
     ctx = train_lib.init_distributed(args.device)
     ckpt_path = out / "checkpoint.pt"

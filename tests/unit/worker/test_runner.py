@@ -155,7 +155,7 @@ def test_warm_up_covers_the_largest_batches(tiny_bundle):
 
 
 def test_thread_setting_applies():
-    """configure_threads sets torch's intra-op threads (0 means all cores)."""
+    """configure_threads sets torch's intra-op threads."""
     before = torch.get_num_threads()
     try:
         assert configure_threads(1) == 1
@@ -306,3 +306,14 @@ def test_joined_results_keep_windows_and_tags(tags_bundle):
     together = runner.classify(runner.tokenize(texts))
     assert one_by_one.windows == together.windows and one_by_one.top_indices == together.top_indices
     assert [[j for j, _ in t] for t in one_by_one.tags or []] == [[j for j, _ in t] for t in together.tags or []]
+
+
+def test_worker_default_threads_follow_the_container_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TAGSTREAM_THREADS=0 resolves through the same budget (not os.cpu_count())."""
+    import worker.runner as runner
+    from model.cpus import CpuBudget
+
+    monkeypatch.setattr(runner, "available_cpus", lambda: CpuBudget(3, 64, 2.5, "/fake/cpu.max"))
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 64)
+    assert runner.resolve_streams(0, torch.device("cpu"), 0) == (2, 1)
+    assert runner.resolve_streams(1, torch.device("cpu"), 0) == (1, 3)

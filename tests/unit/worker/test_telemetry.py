@@ -62,3 +62,20 @@ def test_model_info_follows_swaps():
     metrics.set_model("m", "v2")
     assert metrics.value("tagstream_model_info", {"name": "m", "version": "v2"}) == 1
     assert metrics.registry.get_sample_value("tagstream_model_info", {"name": "m", "version": "v1"}) is None
+
+
+def test_ready_gauge_follows_readiness():
+    """tagstream_ready is 1 exactly while /readyz would answer 200 (model warmed up and partitions held)."""
+    metrics, health = Metrics(), Health()
+    server = TelemetryServer(metrics, health, port=0, host="127.0.0.1")
+    server.start()
+    try:
+        assert metrics.value("tagstream_ready") == 0
+        health.model_ready = True
+        assert metrics.value("tagstream_ready") == 0  # no partitions yet
+        health.assigned = 2
+        assert metrics.value("tagstream_ready") == 1
+        health.assigned = 0
+        assert metrics.value("tagstream_ready") == 0
+    finally:
+        server.stop()

@@ -8,10 +8,10 @@ import sys
 import time
 from collections.abc import Callable
 
-from worker.localkafka import daemon, procs
-from worker.localkafka.config import ScramUser
-from worker.localkafka.errors import LocalKafkaError
-from worker.localkafka.jars import cached_jars, fetch_jars, kafka_version
+from localkafka import daemon, procs
+from localkafka.config import ScramUser
+from localkafka.errors import LocalKafkaError
+from localkafka.jars import cached_jars, fetch_jars, kafka_version
 
 DESCRIPTION = f"""\
 A real Apache Kafka {kafka_version()} broker (KRaft, one node) on 127.0.0.1 for development,
@@ -33,7 +33,9 @@ def add_kafka_commands(sub: argparse._SubParsersAction) -> None:
         "up",
         help="start the broker in the background and wait until it is ready",
         description="Start the broker in the background (fresh data each time) and wait until "
-        "it answers. Does nothing when one with the same options is already running.",
+        "it answers. Does nothing when one with the same options is already running. "
+        "--tls makes a throwaway CA and a broker certificate for 127.0.0.1/localhost with the "
+        "JDK's keytool; clients trust the CA file it prints (TAGSTREAM_SSL_CAFILE).",
     )
     p.add_argument(
         "--port",
@@ -61,6 +63,24 @@ def add_kafka_commands(sub: argparse._SubParsersAction) -> None:
         "--scram-password",
         default=daemon.DEFAULT_SCRAM_USER.password,
         help="its password (default: %(default)s; the broker only listens on loopback)",
+    )
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="also open an SSL listener (and, with --scram, a SASL_SSL one) with throwaway "
+        "certificates",
+    )
+    p.add_argument(
+        "--ssl-port",
+        type=int,
+        default=daemon.DEFAULT_SSL_PORT,
+        help="SSL listener port (default: %(default)s)",
+    )
+    p.add_argument(
+        "--sasl-ssl-port",
+        type=int,
+        default=daemon.DEFAULT_SASL_SSL_PORT,
+        help="SASL_SSL listener port, with --tls --scram (default: %(default)s)",
     )
     p.add_argument(
         "--timeout",
@@ -157,6 +177,9 @@ def _up(args: argparse.Namespace) -> int:
         scram=args.scram,
         scram_port=args.scram_port,
         scram_user=user,
+        tls=args.tls,
+        ssl_port=args.ssl_port,
+        sasl_ssl_port=args.sasl_ssl_port,
         ready_timeout_s=args.timeout,
         fetch_progress=_progress(),
     )
@@ -169,6 +192,7 @@ def _up(args: argparse.Namespace) -> int:
     else:
         print(f"Kafka {state.kafka_version} broker already running")
     _print_state(state)
+    _print_worker_settings(state)
     print("  stop:       tagstream-worker kafka down")
     return 0
 
@@ -181,9 +205,42 @@ def _print_state(state: daemon.BrokerState) -> None:
             f"{' or '.join(state.scram_mechanisms)}; user {state.scram_user}, "
             f"password {state.scram_password})"
         )
+    if state.ssl_bootstrap_servers:
+        print(
+            f"  SSL:        {state.ssl_bootstrap_servers}   (SSL; clients trust the CA in "
+            f"{state.ssl_cafile})"
+        )
+    if state.sasl_ssl_bootstrap_servers:
+        print(
+            f"  SASL_SSL:   {state.sasl_ssl_bootstrap_servers}   (SASL_SSL, "
+            f"{' or '.join(state.scram_mechanisms)}; the SCRAM user above, the CA above)"
+        )
     print(f"  pid:        {state.pid}")
     print(f"  log:        {state.log_path}")
     print(f"  data:       {state.data_dir}")
+
+
+def _print_worker_settings(state: daemon.BrokerState) -> None:
+    """The worker's settings for the most secure listener, ready to paste into a shell."""
+    if state.sasl_ssl_bootstrap_servers:
+        protocol, servers = "SASL_SSL", state.sasl_ssl_bootstrap_servers
+    elif state.ssl_bootstrap_servers:
+        protocol, servers = "SSL", state.ssl_bootstrap_servers
+    elif state.sasl_bootstrap_servers:
+        protocol, servers = "SASL_PLAINTEXT", state.sasl_bootstrap_servers
+    else:
+        return  # PLAINTEXT: the worker's defaults already point at 127.0.0.1:9092
+    settings = [f"TAGSTREAM_BOOTSTRAP_SERVERS={servers}", f"TAGSTREAM_SECURITY_PROTOCOL={protocol}"]
+    if protocol.endswith("SSL"):
+        settings.append(f"TAGSTREAM_SSL_CAFILE={state.ssl_cafile}")
+    if protocol.startswith("SASL_"):
+        settings += [
+            f"TAGSTREAM_SASL_MECHANISM={state.scram_mechanisms[-1]}",
+            f"TAGSTREAM_SASL_USERNAME={state.scram_user}",
+            f"TAGSTREAM_SASL_PASSWORD={state.scram_password}",
+        ]
+    print(f"  worker ({protocol}):")
+    print("    export " + " \\\n      ".join(settings))
 
 
 def _down(args: argparse.Namespace) -> int:

@@ -36,11 +36,17 @@ def is_running(pid: int) -> bool:
         return False
     except PermissionError:
         return True  # exists, owned by someone else
+    state = process_state(pid)
+    return state != "Z"  # None: no /proc (macOS): trust kill(0)
+
+
+def process_state(pid: int) -> str | None:
+    """``pid``'s state letter from /proc (R, S, T for stopped, Z, ...); None when unknown."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return True  # no /proc (macOS): trust kill(0)
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+        return None
+    return stat.rsplit(")", 1)[-1].split()[0]
 
 
 def cmdline_contains(pid: int, marker: str) -> bool:
@@ -78,6 +84,7 @@ def stop_pid(pid: int, grace_s: float = STOP_GRACE_S) -> bool:
     """
     try:
         os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGCONT)  # a frozen (SIGSTOPped) broker handles SIGTERM only once resumed
     except ProcessLookupError:
         return True
     if wait_exit(pid, grace_s):

@@ -3,8 +3,8 @@
 Everything lives in one state folder (``$TAGSTREAM_KAFKA_STATE_DIR``, else ``broker/`` beside
 the jar cache, e.g. ``~/.cache/tagstream/kafka/broker``)::
 
-    state.json          pid, ports, bootstrap servers, SCRAM user, paths, start time
-    server.properties   data/   format.log   broker.log   (broker.log is kept after `down`)
+    state.json          pid, ports, bootstrap servers, SCRAM user, CA file, paths, start time
+    server.properties   data/   tls/   format.log   broker.log   (broker.log is kept after `down`)
 """
 
 from __future__ import annotations
@@ -19,16 +19,18 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from worker.localkafka import procs
-from worker.localkafka.broker import LocalKafka, answer_metadata
-from worker.localkafka.config import SCRAM_MECHANISMS, ScramUser
-from worker.localkafka.errors import BrokerStateError
-from worker.localkafka.jars import cache_root
+from localkafka import procs
+from localkafka.broker import LocalKafka, answer_metadata
+from localkafka.config import SCRAM_MECHANISMS, ScramUser
+from localkafka.errors import BrokerStateError
+from localkafka.jars import cache_root
 
 STATE_ENV = "TAGSTREAM_KAFKA_STATE_DIR"
 STATE_FILE = "state.json"
 DEFAULT_PORT = 9092  # the worker's default bootstrap_servers is localhost:9092
 DEFAULT_SCRAM_PORT = 9094
+DEFAULT_SSL_PORT = 9093
+DEFAULT_SASL_SSL_PORT = 9095
 DEFAULT_SCRAM_USER = ScramUser("tagstream", "tagstream-secret")  # loopback-only development broker
 # A broker answering on loopback replies in milliseconds; this bounds `status` on a stuck one.
 STATUS_PROBE_TIMEOUT_S = 5.0
@@ -58,6 +60,10 @@ class BrokerState:
     data_dir: str
     started_at: float  # seconds since the epoch
     startup_s: float  # JVM launch to ready, in seconds
+    # TLS listeners (`up --tls`); defaults keep records written before they existed readable.
+    ssl_bootstrap_servers: str | None = None
+    sasl_ssl_bootstrap_servers: str | None = None
+    ssl_cafile: str | None = None  # PEM file of the throwaway CA: what clients trust
 
     @property
     def running(self) -> bool:
@@ -102,6 +108,7 @@ def read_state(folder: Path | None = None) -> BrokerState | None:
 def _forget(folder: Path) -> None:
     (folder / STATE_FILE).unlink(missing_ok=True)
     shutil.rmtree(folder / "data", ignore_errors=True)
+    shutil.rmtree(folder / "tls", ignore_errors=True)
 
 
 def up(
@@ -110,6 +117,9 @@ def up(
     scram: bool = False,
     scram_port: int = DEFAULT_SCRAM_PORT,
     scram_user: ScramUser = DEFAULT_SCRAM_USER,
+    tls: bool = False,
+    ssl_port: int = DEFAULT_SSL_PORT,
+    sasl_ssl_port: int = DEFAULT_SASL_SSL_PORT,
     ready_timeout_s: float | None = None,
     fetch_progress: Callable[[int], None] | None = None,
     folder: Path | None = None,
@@ -123,13 +133,22 @@ def up(
         current = read_state(folder)
         if current is not None and current.running:
             wanted_port = f"127.0.0.1:{port}"
-            if current.bootstrap_servers != wanted_port or (
-                scram and not current.sasl_bootstrap_servers
+            if (
+                current.bootstrap_servers != wanted_port
+                or (scram and not current.sasl_bootstrap_servers)
+                or (tls and not current.ssl_bootstrap_servers)
             ):
+                extras = "".join(
+                    f", {name}"
+                    for name, on in (
+                        ("SCRAM", current.sasl_bootstrap_servers),
+                        ("TLS", current.ssl_bootstrap_servers),
+                    )
+                    if on
+                )
                 raise BrokerStateError(
                     f"a broker is already running (pid {current.pid}, {current.bootstrap_servers}"
-                    f"{', SCRAM' if current.sasl_bootstrap_servers else ''}) with other options: "
-                    f"run `tagstream-worker kafka down` first"
+                    f"{extras}) with other options: run `tagstream-worker kafka down` first"
                 )
             return current, False
         _forget(folder)  # a stale record (broker gone, machine rebooted): start afresh
@@ -138,6 +157,9 @@ def up(
             port=port,
             scram_users=[scram_user] if scram else (),
             scram_port=scram_port if scram else None,
+            tls=tls,
+            ssl_port=ssl_port if tls else None,
+            sasl_ssl_port=sasl_ssl_port if tls and scram else None,
             run_dir=folder,
             detach=True,
             fetch_progress=fetch_progress,
@@ -159,6 +181,9 @@ def up(
             data_dir=str(folder / "data"),
             started_at=time.time(),
             startup_s=round(broker.startup_s or 0.0, 2),
+            ssl_bootstrap_servers=broker.ssl_bootstrap_servers,
+            sasl_ssl_bootstrap_servers=broker.sasl_ssl_bootstrap_servers,
+            ssl_cafile=None if broker.ca_file is None else str(broker.ca_file),
         )
         tmp = folder / f"{STATE_FILE}.tmp"
         tmp.write_text(state.to_json())

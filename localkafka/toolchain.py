@@ -1,4 +1,5 @@
-"""Finding the programs the local broker needs: Java 17+ (always) and Maven (once, to fetch jars)."""
+"""Finding the programs the local broker needs: Java 17+ (always), Maven (once, to fetch jars),
+and keytool (for a TLS broker; it comes with every JDK and JRE)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.localkafka.errors import JavaNotFoundError, JavaTooOldError, MavenNotFoundError
+from localkafka.errors import (
+    JavaNotFoundError,
+    JavaTooOldError,
+    KeytoolNotFoundError,
+    MavenNotFoundError,
+)
 
 MIN_JAVA = 17  # Kafka 4.x brokers are built for and tested on Java 17 and 25
 INSTALL_JAVA = "install a JDK 17 or newer (Debian/Ubuntu: apt-get install openjdk-17-jre-headless)"
@@ -92,5 +98,19 @@ def find_maven(jars_dir: Path) -> Path:
         raise MavenNotFoundError(
             f"Maven (mvn) not found on PATH: it is needed once to fetch the Kafka jars into "
             f"{jars_dir}: {INSTALL_MAVEN}"
+        )
+    return Path(path)
+
+
+def find_keytool(java: Java) -> Path:
+    """The ``keytool`` of the same Java installation as ``java`` (else the one on ``PATH``)."""
+    beside = Path(os.path.realpath(java.path)).parent / "keytool"
+    if os.access(beside, os.X_OK):
+        return beside
+    path = shutil.which("keytool")
+    if path is None:
+        raise KeytoolNotFoundError(
+            f"keytool not found beside {java.path} nor on PATH: it makes the TLS broker's "
+            f"certificates and comes with every JDK/JRE: {INSTALL_JAVA}"
         )
     return Path(path)

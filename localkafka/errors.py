@@ -4,9 +4,12 @@ LocalKafkaError             base: the CLI prints ``error: <message>`` and exits 
 ├── ToolchainError          something to install is missing or too old
 │   ├── JavaNotFoundError   no ``java`` (JAVA_HOME or PATH)
 │   ├── JavaTooOldError     ``java`` is older than 17
-│   └── MavenNotFoundError  no ``mvn`` while the Kafka jars still have to be fetched
+│   ├── MavenNotFoundError  no ``mvn`` while the Kafka jars still have to be fetched
+│   └── KeytoolNotFoundError no ``keytool`` (part of every JDK/JRE) for a TLS broker
 ├── FetchError              Maven could not fetch the jars (offline, artifact not found, ...)
-├── PortInUseError          a requested port on 127.0.0.1 is already taken
+├── TlsError                ``keytool`` could not make the throwaway CA or broker certificate
+├── PortInUseError          a requested port on 127.0.0.1 is already taken (also: a port a
+│                           restarted broker must get back was taken while it was down)
 ├── BrokerStartError        the broker exited or was not ready in time (log tail attached)
 └── BrokerStateError        ``kafka up/down/status`` found a state it cannot act on
 """
@@ -34,8 +37,16 @@ class MavenNotFoundError(ToolchainError):
     """``mvn`` is needed to fetch the Kafka jars once, and is not on ``PATH``."""
 
 
+class KeytoolNotFoundError(ToolchainError):
+    """``keytool``, which makes the TLS broker's certificates, is neither beside ``java`` nor on PATH."""
+
+
 class FetchError(LocalKafkaError):
     """Maven ran but could not fetch the Kafka jars."""
+
+
+class TlsError(LocalKafkaError):
+    """``keytool`` failed while making the throwaway CA or the broker's certificate."""
 
 
 class PortInUseError(LocalKafkaError):

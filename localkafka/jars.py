@@ -27,8 +27,8 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-from worker.localkafka.errors import FetchError
-from worker.localkafka.toolchain import find_maven
+from localkafka.errors import FetchError
+from localkafka.toolchain import find_maven
 
 CACHE_ENV = "TAGSTREAM_KAFKA_CACHE"
 # A first fetch downloads about 45 MB plus Maven's plugins: well under a minute on a normal link.
@@ -39,7 +39,7 @@ _POM_NS = {"m": "http://maven.apache.org/POM/4.0.0"}
 
 def package_file(name: str) -> Path:
     """A data file shipped inside this package (``pom.xml``, ``log4j2.properties``)."""
-    return Path(str(resources.files("worker.localkafka").joinpath(name)))
+    return Path(str(resources.files("localkafka").joinpath(name)))
 
 
 @cache

@@ -1,8 +1,9 @@
 """The broker's ``server.properties``: one KRaft node (broker + controller) on 127.0.0.1.
 
 Listeners: PLAINTEXT for clients and inter-broker traffic, CONTROLLER for the KRaft quorum of
-one, and optionally SASL_PLAINTEXT with SCRAM-SHA-256 and SCRAM-SHA-512, whose users are
-written into the metadata log when the storage is formatted.
+one, and optionally SASL_PLAINTEXT and SASL_SSL with SCRAM-SHA-256 and SCRAM-SHA-512 (users are
+written into the metadata log when the storage is formatted) and SSL (server authentication
+only: clients check the broker's certificate against a CA file; see tls.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.localkafka.ports import HOST
+from localkafka.ports import HOST
+from localkafka.tls import TlsMaterial
 
 SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
 NODE_ID = 1
@@ -38,24 +40,36 @@ class ScramUser:
 
 @dataclass(frozen=True)
 class Ports:
-    """The broker's listener ports on 127.0.0.1; ``sasl`` is None without a SCRAM listener."""
+    """The broker's listener ports on 127.0.0.1; None for a listener it does not open."""
 
     plaintext: int
     controller: int
-    sasl: int | None = None
+    sasl: int | None = None  # SASL_PLAINTEXT (SCRAM)
+    ssl: int | None = None  # SSL
+    sasl_ssl: int | None = None  # SASL_SSL (SCRAM over TLS)
+
+    def client_listeners(self) -> dict[str, int]:
+        """Security protocol -> port, for every client listener this broker opens."""
+        named = {
+            "PLAINTEXT": self.plaintext,
+            "SASL_PLAINTEXT": self.sasl,
+            "SSL": self.ssl,
+            "SASL_SSL": self.sasl_ssl,
+        }
+        return {protocol: port for protocol, port in named.items() if port is not None}
 
 
-def server_properties(ports: Ports, log_dir: Path) -> str:
-    """The text of ``server.properties`` for one node listening on ``ports``, storing in ``log_dir``."""
-    listeners = [f"PLAINTEXT://{HOST}:{ports.plaintext}"]
-    protocols = ["PLAINTEXT:PLAINTEXT"]
-    if ports.sasl is not None:
-        listeners.append(f"SASL_PLAINTEXT://{HOST}:{ports.sasl}")
-        protocols.append("SASL_PLAINTEXT:SASL_PLAINTEXT")
+def server_properties(ports: Ports, log_dir: Path, tls: TlsMaterial | None = None) -> str:
+    """The text of ``server.properties`` for one node listening on ``ports``, storing in ``log_dir``.
+
+    ``tls`` is required when ``ports`` has an SSL or SASL_SSL listener.
+    """
+    listeners = [f"{protocol}://{HOST}:{port}" for protocol, port in ports.client_listeners().items()]
+    protocols = [f"{protocol}:{protocol}" for protocol in ports.client_listeners()]
     listeners.append(f"CONTROLLER://{HOST}:{ports.controller}")
     protocols.append("CONTROLLER:PLAINTEXT")
     lines = [
-        "# Written by tagstream (worker/localkafka); regenerated on every start.",
+        "# Written by tagstream (localkafka); regenerated on every start.",
         "process.roles=broker,controller",
         f"node.id={NODE_ID}",
         # A dynamic quorum of one (formatted with --standalone): it elects itself at once.
@@ -78,14 +92,37 @@ def server_properties(ports: Ports, log_dir: Path) -> str:
         "share.coordinator.state.topic.min.isr=1",
         # The default 3 s delay only helps groups of many members joining at once.
         "group.initial.rebalance.delay.ms=0",
+        # After kill -9 the restarted node may only register once the dead incarnation's
+        # session has expired (9 s by default; start-to-ready was 14 s). Heartbeats go to the
+        # controller in the same JVM, so they can be frequent; 4 s still rides out a stall of
+        # a loaded machine without fencing the broker (which takes every partition offline).
+        "broker.heartbeat.interval.ms=1000",
+        "broker.session.timeout.ms=4000",
     ]
-    if ports.sasl is not None:
+    sasl_listeners = [
+        name for name, port in (("sasl_plaintext", ports.sasl), ("sasl_ssl", ports.sasl_ssl))
+        if port is not None
+    ]
+    if sasl_listeners:
         lines.append(f"sasl.enabled.mechanisms={','.join(SCRAM_MECHANISMS)}")  # default: GSSAPI
+    for listener in sasl_listeners:
         for mechanism in SCRAM_MECHANISMS:
             lines.append(
-                f"listener.name.sasl_plaintext.{mechanism.lower()}.sasl.jaas.config="
+                f"listener.name.{listener}.{mechanism.lower()}.sasl.jaas.config="
                 "org.apache.kafka.common.security.scram.ScramLoginModule required;"
             )
+    if ports.ssl is not None or ports.sasl_ssl is not None:
+        if tls is None:
+            raise ValueError("an SSL or SASL_SSL listener needs TLS material (tls=...)")
+        lines += [
+            # One keystore for both TLS listeners; no truststore: clients are not asked for
+            # certificates (ssl.client.auth=none), and brokers talk to each other in PLAINTEXT.
+            "ssl.keystore.type=PKCS12",
+            f"ssl.keystore.location={tls.keystore}",
+            f"ssl.keystore.password={tls.keystore_password}",
+            f"ssl.key.password={tls.keystore_password}",
+            "ssl.client.auth=none",
+        ]
     return "\n".join(lines) + "\n"
 
 
