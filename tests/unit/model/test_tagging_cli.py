@@ -104,13 +104,13 @@ def test_chunks_bundle_reads_long_texts_as_windows(capsys, tmp_path):
 
 
 def test_truncation_auto_reads_windows_only_when_texts_are_long(capsys, tmp_path):
-    """By default, data whose texts mostly exceed one window is read in chunks, and the log says why."""
+    """--truncation auto reads data whose texts mostly exceed one window in chunks, and the log says why."""
     rows = synthetic_rows(120)
     for r in rows:
         r["text"] = " ".join([r["text"]] * 6)
     train = write_jsonl(tmp_path / "train.jsonl", rows)
     code = main(["train", "--train", str(train), "--out", str(tmp_path / "run"), "--preset", "tiny",
-                 "--epochs", "1", "--max-length", "32", "--no-progress", "--threads", "1"])
+                 "--epochs", "1", "--max-length", "32", "--truncation", "auto", "--no-progress", "--threads", "1"])
     captured = capsys.readouterr()
     assert code == 0
     line = next(x for x in (captured.out + captured.err).splitlines() if "longer than one window" in x)
