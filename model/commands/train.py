@@ -100,7 +100,7 @@ def add_parser(sub: Any) -> None:
     )
     g.add_argument("--truncation", choices=(*STRATEGIES, "auto"),
                    help=f"head (default), head+tail, chunks; or auto: {steps.LONG_STRATEGY} when more than"
-                        f" {steps.AUTO_LONG_SHARE:.0%} of the training texts are longer than one window, else head")
+                        f" {steps.AUTO_LONG_SHARE * 100:.0f}%% of the training texts are longer than one window, else head")
     g.add_argument("--head-tokens", type=int, help="head+tail: tokens kept from the start (default: a quarter of the window)")
     g.add_argument("--stride", type=int, help="chunks: tokens between window starts (default: 3/4 of the window: windows overlap by 1/4)")
     g.add_argument("--max-windows", type=int, help="chunks: windows read per text at most, the first ones (default: 8)")
