@@ -5,10 +5,16 @@ producer's I/O thread, acknowledges the input's offset to the ``OffsetTracker`` 
 end-to-end latency. A delivery that fails after the producer's own retries is fatal: its offset
 is never acknowledged (so never committed) and the worker exits for a restart, which redelivers
 the input. Routing (label -> topic) is resolved once per (input topic, label) and cached.
+
+Multi-label results are routed by every tag they carry: the record goes to each distinct topic
+of its tags (a tag without a route goes to the output topic; so does a record with no tag), and
+its input is acknowledged once, when the broker has acknowledged every copy (``_Fanout``), so
+the offset tracker still sees one acknowledgement per input.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -41,6 +47,10 @@ class Router:
             topic = self._cache[key] = self._settings.route_topic_for(source_topic, label)
         return topic
 
+    def output_topic(self, source_topic: str) -> str:
+        """Where a result goes that no route claims (a multi-label result with no tag)."""
+        return self._settings.output_topic_for(source_topic)
+
     def dead_letter_topic(self, source_topic: str) -> str:
         topic = self._dlq_cache.get(source_topic)
         if topic is None:
@@ -70,21 +80,35 @@ class Sink:
     def publish_results(
         self, events: list[Event], classified: Classified, labels: list[str], model_name: str, model_version: str
     ) -> None:
-        """One result record per event, in the events' order."""
+        """One result record per event, in the events' order (multi-label: one per routed topic)."""
         now = time.monotonic()
         send = self._send
-        for event, indices, scores in zip(events, classified.top_indices, classified.top_scores, strict=True):
-            label = labels[indices[0]]
+        windows: list[int | None] = list(classified.windows) if classified.windows else [None] * len(events)
+        all_tags = classified.tags
+        for i, (event, indices, scores) in enumerate(
+            zip(events, classified.top_indices, classified.top_scores, strict=True)
+        ):
+            top_k = [(labels[j], p) for j, p in zip(indices, scores, strict=True)]
+            latency_ms = (now - event.received) * 1000.0
+            if all_tags is None:
+                label = labels[indices[0]]
+                value = result_value(
+                    event, label=label, score=scores[0], top_k=top_k, model_name=model_name,
+                    model_version=model_version, latency_ms=latency_ms, windows=windows[i],
+                )
+                send(self._router.result_topic(event.topic, label), value, event.key, event.headers, event)
+                continue
+            tags = [(labels[j], p) for j, p in all_tags[i]]
             value = result_value(
-                event,
-                label=label,
-                score=scores[0],
-                top_k=[(labels[j], p) for j, p in zip(indices, scores, strict=True)],
-                model_name=model_name,
-                model_version=model_version,
-                latency_ms=(now - event.received) * 1000.0,
+                event, tags=tags, top_k=top_k, model_name=model_name, model_version=model_version,
+                latency_ms=latency_ms, windows=windows[i],
             )
-            send(self._router.result_topic(event.topic, label), value, event.key, event.headers, event)
+            topics = list(dict.fromkeys(self._router.result_topic(event.topic, name) for name, _ in tags))
+            if not topics:
+                topics = [self._router.output_topic(event.topic)]
+            fanout = _Fanout(len(topics)) if len(topics) > 1 else None
+            for topic in topics:
+                send(topic, value, event.key, event.headers, event, fanout)
 
     def publish_dead_letters(self, letters: list[DeadLetter]) -> None:
         """Each letter to its dead-letter topic: original key and bytes, reason headers."""
@@ -110,7 +134,8 @@ class Sink:
         return True
 
     def _send(
-        self, topic: str, value: bytes | None, key: bytes | None, headers: list, item: Event | DeadLetter
+        self, topic: str, value: bytes | None, key: bytes | None, headers: list, item: Event | DeadLetter,
+        fanout: _Fanout | None = None,
     ) -> None:
         try:
             future = self._producer.send(topic, value=value, key=key, headers=headers)
@@ -126,8 +151,18 @@ class Sink:
         except kafka_errors.KafkaError as exc:
             raise BrokerError(f"cannot send to topic {topic!r}: {exc}", failure_for_kafka_error(exc)) from exc
         tp = TopicPartition(item.topic, item.partition)
-        future.add_callback(self._delivered, tp, item.offset, item.epoch, item.timestamp_ms)
+        if fanout is None:
+            future.add_callback(self._delivered, tp, item.offset, item.epoch, item.timestamp_ms)
+        else:
+            future.add_callback(self._delivered_copy, fanout, tp, item.offset, item.epoch, item.timestamp_ms)
         future.add_errback(self._failed, topic, tp, item.offset)
+
+    def _delivered_copy(
+        self, fanout: _Fanout, tp: TopicPartition, offset: int, epoch: int, timestamp_ms: int, metadata: Any
+    ) -> None:
+        """One of several copies of a result arrived; the input is done when the last one has."""
+        if fanout.arrived():
+            self._delivered(tp, offset, epoch, timestamp_ms, metadata)
 
     def _delivered(self, tp: TopicPartition, offset: int, epoch: int, timestamp_ms: int, _metadata: Any) -> None:
         # Producer I/O thread: keep it short.
@@ -150,3 +185,17 @@ class Sink:
                 failure,
             )
         )
+
+
+class _Fanout:
+    """Counts the broker's acknowledgements of the copies of one result (callbacks may come from
+    the producer's I/O thread in any order); says when the last one has arrived."""
+
+    def __init__(self, copies: int) -> None:
+        self._left = copies
+        self._lock = threading.Lock()
+
+    def arrived(self) -> bool:
+        with self._lock:
+            self._left -= 1
+            return self._left == 0
