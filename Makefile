@@ -27,7 +27,7 @@ PROMTOOL_GO_MIN := 1.26.7
 PROMTOOL := $(TOOLS_DIR)/promtool-$(PROMETHEUS_VERSION)/promtool
 export PROMTOOL
 
-.PHONY: faults help install deploy-tools deploy-check test test-unit lint demo clean kafka-up kafka-down kafka-status
+.PHONY: faults help install deploy-tools deploy-check test test-unit lint demo clean kafka-up kafka-down kafka-status fonts
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -99,6 +99,16 @@ kafka-down: install  ## stop the background broker
 
 kafka-status: install  ## show the background broker and whether it answers
 	$(BIN)/tagstream-worker kafka status
+
+# explain draws tokens in any script; Chinese and Japanese need a font with their glyphs (without
+# one, such characters are drawn as code points, and the figure says so).
+CJK_FONT_PACKAGE := fonts-wqy-microhei
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+fonts:  ## a font with Chinese/Japanese glyphs for explain's heatmaps (Debian/Ubuntu apt package, ~2 MB)
+	@if command -v fc-list >/dev/null && [ -n "$$(fc-list :lang=zh)" ]; then echo "a font with CJK glyphs is installed: $$(fc-list :lang=zh family | head -1)"; \
+	elif command -v apt-get >/dev/null; then $(SUDO) apt-get install -y -q $(CJK_FONT_PACKAGE) || { echo "error: could not install $(CJK_FONT_PACKAGE): run 'apt-get update' first, or install any font with CJK glyphs"; exit 1; }; \
+	else echo "no apt-get here: install any font with CJK glyphs (e.g. Noto Sans CJK, WenQuanYi) with your system's package manager"; exit 1; fi
 
 lint: install  ## ruff and mypy
 	$(BIN)/ruff check worker model localkafka tests bench demo deploy

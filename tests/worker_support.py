@@ -19,10 +19,11 @@ from typing import Any
 
 import torch
 
-from model.bundle import write_bundle
+from model.bundle import MULTI_LABEL, SINGLE_LABEL, write_bundle
 from model.config import EncoderConfig, TokenizerConfig
 from model.encoder import EncoderClassifier, ProbabilityModel
 from model.tokenizer import pad_id, train_tokenizer
+from model.truncation import Truncation
 
 LABELS = ["ham", "spam", "news"]
 
@@ -53,8 +54,15 @@ def make_tiny_bundle(
     name: str = "tiny-test",
     max_length: int = 32,
     d_model: int = 32,
+    thresholds: list[float] | None = None,
+    truncation: Truncation | None = None,
+    head_scale: float = 200.0,
 ) -> Path:
-    """Write a random tiny bundle to ``out_dir`` and return its path."""
+    """Write a random tiny bundle to ``out_dir`` and return its path.
+
+    ``thresholds`` (one per label) make it a multi-label bundle (sigmoid outputs); ``truncation``
+    how it reads long texts (default head).
+    """
     labels = list(labels or LABELS)
     tokenizer = train_tokenizer(fixture_texts(300, seed=1234), TokenizerConfig(vocab_size=300, min_frequency=1))
     torch.manual_seed(seed)
@@ -65,9 +73,9 @@ def make_tiny_bundle(
     )
     model = EncoderClassifier(cfg)
     with torch.no_grad():
-        model.head.weight.mul_(200.0)  # confident, well-separated predictions
+        model.head.weight.mul_(head_scale)  # confident, well-separated predictions
     model.eval()
-    scripted = torch.jit.script(ProbabilityModel(model).eval())
+    scripted = torch.jit.script(ProbabilityModel(model, multi_label=thresholds is not None).eval())
     return write_bundle(
         out_dir,
         scripted_model=scripted,
@@ -79,6 +87,9 @@ def make_tiny_bundle(
         model_config=cfg.to_dict(),
         metrics={},
         training={"note": "random weights for tests"},
+        task=MULTI_LABEL if thresholds is not None else SINGLE_LABEL,
+        thresholds=thresholds,
+        truncation=truncation,
     )
 
 

@@ -440,8 +440,7 @@ class Worker:
         self.metrics.count_failure(Failure.BATCH_FAILED)
         log.warning("batch_failed_retrying_singly", size=len(events), error=str(error))
         ok: list[Event] = []
-        indices: list[list[int]] = []
-        scores: list[list[float]] = []
+        parts: list[Classified] = []
         letters: list[DeadLetter] = []
         for event in events:
             try:
@@ -450,12 +449,11 @@ class Worker:
                 letters.append(input_dead_letter(event, Failure.INFERENCE_FAILED, str(exc)))
                 continue
             ok.append(event)
-            indices.extend(one.top_indices)
-            scores.extend(one.top_scores)
+            parts.append(one)
         if not ok and len(events) > 1:
             raise WorkerError(f"the model fails on every input, alone too: {error}", Failure.MODEL_FAILED)
         if ok:
-            self._to_sink(_Results(ok, Classified(indices, scores, 0.0), runner.labels, runner.name, runner.version))
+            self._to_sink(_Results(ok, Classified.join(parts), runner.labels, runner.name, runner.version))
         if letters:
             self._to_sink(letters)
 

@@ -4,14 +4,26 @@
 ``DeadLetter`` (why it cannot be classified). It never raises on bad input: every problem is
 a ``Failure`` with action DEAD_LETTER (see ``worker/errors.py``).
 
-Result record (one per input, JSON, same key, the input's headers kept)::
+Result record (one per input, JSON, same key, the input's headers kept), built by
+``result_value`` for both kinds of bundle. ``schema`` names the kind and its version, so a
+consumer can tell them apart (and a later change of either is a new version)::
 
-    {"id": "order-17",                      from the input's id field, else topic:partition:offset
+    single-label bundles (schema "tagstream.single_label/1"):
+    {"schema": "tagstream.single_label/1",
+     "id": "order-17",                      from the input's id field, else topic:partition:offset
      "label": "spam", "score": 0.973,       the most probable label and its probability
      "top_k": [{"label": "spam", "score": 0.973}, {"label": "ham", "score": 0.027}],
      "model": "sms-spam", "model_version": "3f2a9c0b1d7e",
      "source": {"topic": "sms", "partition": 2, "offset": 1041, "timestamp_ms": 1764330000123},
      "latency_ms": 12.4}                    from the worker reading the input to building this
+
+    multi-label bundles (schema "tagstream.multi_label/1"): no "label"/"score"; instead
+    "labels": [{"label": "earn", "score": 0.97}, ...]   every label at or over its threshold,
+                                            most probable first; [] when none is
+    and "top_k" as above (the k most probable, over their threshold or not).
+
+    Bundles that do not read texts by their first tokens alone (truncation head+tail or
+    chunks) add "windows": 3, how many windows of the text the model read.
 
 Dead-letter record: the input's value and key byte for byte, its headers, plus headers
 ``tagstream.reason`` (a Failure label), ``tagstream.detail``, ``tagstream.source.topic``,
@@ -220,6 +232,10 @@ def parse_record(record: RecordLike, config: ParseConfig, received: float, epoch
     )
 
 
+SINGLE_LABEL_SCHEMA = "tagstream.single_label/1"
+MULTI_LABEL_SCHEMA = "tagstream.multi_label/1"
+
+
 _MISSING = object()
 
 
@@ -248,31 +264,37 @@ def _json_failure(record: RecordLike, value: bytes, epoch: int) -> Any:
 def result_value(
     event: Event,
     *,
-    label: str,
-    score: float,
     top_k: list[tuple[str, float]],
     model_name: str,
     model_version: str,
     latency_ms: float,
+    label: str | None = None,
+    score: float | None = None,
+    tags: list[tuple[str, float]] | None = None,
+    windows: int | None = None,
 ) -> bytes:
-    """The JSON result for one classified event (schema in the module docstring)."""
-    return orjson.dumps(
-        {
-            "id": event.event_id,
-            "label": label,
-            "score": round(score, 6),
-            "top_k": [{"label": name, "score": round(p, 6)} for name, p in top_k],
-            "model": model_name,
-            "model_version": model_version,
-            "source": {
-                "topic": event.topic,
-                "partition": event.partition,
-                "offset": event.offset,
-                "timestamp_ms": event.timestamp_ms,
-            },
-            "latency_ms": round(latency_ms, 3),
-        },
-    )
+    """The JSON result for one classified event (schemas in the module docstring).
+
+    Single-label: ``label`` and ``score``. Multi-label: ``tags`` (the labels over threshold with
+    their probabilities; may be empty). ``windows``: for bundles that read windows.
+    """
+    top = [{"label": name, "score": round(p, 6)} for name, p in top_k]
+    record: dict[str, Any]
+    if tags is None:
+        record = {"schema": SINGLE_LABEL_SCHEMA, "id": event.event_id, "label": label,
+                  "score": round(score if score is not None else 0.0, 6), "top_k": top}
+    else:
+        record = {"schema": MULTI_LABEL_SCHEMA, "id": event.event_id,
+                  "labels": [{"label": name, "score": round(p, 6)} for name, p in tags], "top_k": top}
+    if windows is not None:
+        record["windows"] = windows
+    record["model"] = model_name
+    record["model_version"] = model_version
+    record["source"] = {
+        "topic": event.topic, "partition": event.partition, "offset": event.offset, "timestamp_ms": event.timestamp_ms,
+    }
+    record["latency_ms"] = round(latency_ms, 3)
+    return orjson.dumps(record)
 
 
 def dead_letter_headers(letter: DeadLetter, now: datetime | None = None) -> list[Header]:

@@ -19,6 +19,11 @@ invalid) walks that record down a ladder, on the sink thread:
 Any other delivery failure (the producer's retries ran out: the broker is gone) is fatal, the
 input is never acknowledged, and the restart redelivers it.
 
+Multi-label results are routed by every tag they carry: the record goes to each distinct topic
+of its tags (a tag without a route goes to the output topic; so does a record with no tag), and
+its input is settled once, when every copy is (``_Fanout``), so the offset tracker still sees one
+acknowledgement per input; a copy refused as a record sends the input down the ladder.
+
 Exactly-once (``transactions`` given, see ``worker/transactions.py``): outputs of inputs from an
 epoch that is over (a revocation or an abort since) are dropped unsent; a refusal dooms the open
 transaction, so the sink remembers the input and asks for an abort, and when the input comes
@@ -28,13 +33,14 @@ are counted in the metrics only once their transaction commits.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from worker.errors import BrokerError, Failure
 from worker.events import DeadLetter, Event, bounded_copy, dead_letter_headers, result_value
@@ -65,6 +71,10 @@ class Router:
         if topic is None:
             topic = self._cache[key] = self._settings.route_topic_for(source_topic, label)
         return topic
+
+    def output_topic(self, source_topic: str) -> str:
+        """Where a result goes that no route claims (a multi-label result with no tag)."""
+        return self._settings.output_topic_for(source_topic)
 
     def dead_letter_topic(self, source_topic: str) -> str:
         topic = self._dlq_cache.get(source_topic)
@@ -121,31 +131,44 @@ class Sink:
     def publish_results(
         self, events: list[Event], classified: Classified, labels: list[str], model_name: str, model_version: str
     ) -> None:
-        """One result record per event, in the events' order: the whole batch built, then sent."""
+        """One result record per event, in the events' order (multi-label: one per routed topic);
+        the whole batch built, then sent."""
         clock = self._clock
         t = clock.start()
         now = time.monotonic()
-        rows = zip(events, classified.top_indices, classified.top_scores, strict=True)
+        n = len(events)
+        windows: list[int | None] = list(classified.windows) if classified.windows else [None] * n
+        all_tags = classified.tags
+        rows = zip(events, classified.top_indices, classified.top_scores, windows, range(n), strict=True)
         if self._transactions is not None:
             rows = self._exactly_once_rows(rows)  # type: ignore[assignment]
         topic_for = self._router.result_topic
-        outgoing = []
-        for event, indices, scores in rows:
-            label = labels[indices[0]]
+        outgoing: list[tuple[str, bytes, Event, Any]] = []
+        for event, indices, scores, window_count, i in rows:
+            top_k = [(labels[j], p) for j, p in zip(indices, scores, strict=True)]
+            latency_ms = (now - event.received) * 1000.0
+            if all_tags is None:
+                label = labels[indices[0]]
+                value = result_value(
+                    event, label=label, score=scores[0], top_k=top_k, model_name=model_name,
+                    model_version=model_version, latency_ms=latency_ms, windows=window_count,
+                )
+                outgoing.append((topic_for(event.topic, label), value, event, event))
+                continue
+            tags = [(labels[j], p) for j, p in all_tags[i]]
             value = result_value(
-                event,
-                label=label,
-                score=scores[0],
-                top_k=[(labels[j], p) for j, p in zip(indices, scores, strict=True)],
-                model_name=model_name,
-                model_version=model_version,
-                latency_ms=(now - event.received) * 1000.0,
+                event, tags=tags, top_k=top_k, model_name=model_name, model_version=model_version,
+                latency_ms=latency_ms, windows=window_count,
             )
-            outgoing.append((topic_for(event.topic, label), value, event))
-        t = clock.stop("result_build", t, len(outgoing))
+            topics = list(dict.fromkeys(topic_for(event.topic, name) for name, _ in tags))
+            if not topics:
+                topics = [self._router.output_topic(event.topic)]
+            token: Any = _Fanout(event, len(topics)) if len(topics) > 1 else event
+            outgoing.extend((topic, value, event, token) for topic in topics)
+        t = clock.stop("result_build", t, n)
         send = self._send
-        for topic, value, event in outgoing:
-            send(topic, value, event.key, event.headers, event)
+        for topic, value, event, token in outgoing:
+            send(topic, value, event.key, event.headers, token)
         clock.stop("produce", t, len(outgoing))
 
     def publish_dead_letters(self, letters: list[DeadLetter]) -> None:
@@ -216,6 +239,14 @@ class Sink:
 
     # -- the producer's I/O thread ------------------------------------------------------------------
     def delivered(self, token: Any) -> None:
+        if type(token) is _Fanout:
+            refused = token.arrived(None)
+            if refused is _NOT_YET:
+                return
+            if refused is not None:  # a copy was refused as a record: the input takes the ladder
+                self._refuse(token.item, None, refused)
+                return
+            token = token.item
         item = token.item if type(token) is _Retry else token
         self._tracker.ack(TopicPartition(item.topic, item.partition), item.offset, item.epoch)
         if self._transactions is not None:  # counted when the transaction commits
@@ -240,18 +271,18 @@ class Sink:
         txn = self._transactions
         if txn is not None and (error.failure is Failure.TRANSACTION_ABORTED or txn.abort_pending):
             return  # the open transaction is being aborted: its inputs are read again
+        if type(token) is _Fanout and error.failure is Failure.RECORD_REJECTED:
+            refused = token.arrived(error)
+            if refused is not _NOT_YET:
+                self._refuse(token.item, None, refused)
+            return
         retry = token if type(token) is _Retry else None
         item = token.item if retry is not None else token
         if error.failure is Failure.RECORD_REJECTED:
-            step = 1 if retry is None else retry.step + 1
-            if self._transactions is not None:
-                # The refusal dooms the transaction: remember the input's next step for its re-read.
-                self._poisoned[(item.topic, item.partition, item.offset)] = step
-                self._transactions.request_abort(f"{item.topic}[{item.partition}]@{item.offset} refused: {error}")
-                return
-            self._refused.append((item, step, error))
-            self._wake.set()
+            self._refuse(item, retry, error)
             return
+        if type(token) is _Fanout:
+            item = token.item
         failure = error.failure
         if failure in (Failure.KAFKA_TRANSIENT, Failure.KAFKA_FATAL, Failure.INTERNAL, Failure.COMMIT_FAILED):
             failure = Failure.DELIVERY_FAILED  # the producer already retried: this is final
@@ -264,6 +295,17 @@ class Sink:
         )
 
     # -- helpers ------------------------------------------------------------------------------------
+    def _refuse(self, item: Event | DeadLetter, retry: _Retry | None, error: BrokerError) -> None:
+        """An output of ``item`` was refused as a record (producer I/O thread): its next ladder step."""
+        step = 1 if retry is None else retry.step + 1
+        if self._transactions is not None:
+            # The refusal dooms the transaction: remember the input's next step for its re-read.
+            self._poisoned[(item.topic, item.partition, item.offset)] = step
+            self._transactions.request_abort(f"{item.topic}[{item.partition}]@{item.offset} refused: {error}")
+            return
+        self._refused.append((item, step, error))
+        self._wake.set()
+
     def _send(self, topic: str, value: bytes | None, key: bytes | None, headers: list, token: Any) -> None:
         try:
             self._producer.send(topic, value, key, headers, token)
@@ -271,6 +313,11 @@ class Sink:
             if exc.failure is not Failure.RECORD_REJECTED:
                 raise
             # The producer refused it before sending (its own size check): this record alone.
+            if type(token) is _Fanout:
+                refused = token.arrived(exc)
+                if refused is not _NOT_YET:
+                    self._refused.append((token.item, 1, refused))
+                return
             retry = token if type(token) is _Retry else None
             self._refused.append((token if retry is None else retry.item, 1 if retry is None else retry.step + 1, exc))
 
@@ -331,8 +378,33 @@ class Sink:
 def input_dead_letter(event: Event, reason: Failure, detail: str) -> DeadLetter:
     """A dead letter for an input that was parsed (its original bytes are no longer kept): the id
     and text as JSON, which is what the worker read from it."""
-    value = json.dumps({"id": event.event_id, "text": event.text}, ensure_ascii=False).encode()
+    value = orjson.dumps({"id": event.event_id, "text": event.text})
     return DeadLetter(
         event.topic, event.partition, event.offset, event.timestamp_ms, event.key, value, event.headers,
         reason, detail[:500], event.epoch,
     )
+
+
+_NOT_YET = object()  # _Fanout.arrived: copies are still out
+
+
+class _Fanout:
+    """The copies of one multi-label result sent to several topics. Callbacks come from the
+    producer's I/O thread in any order; the input is settled when the last copy is: delivered
+    when all were, down the ladder when any was refused as a record."""
+
+    __slots__ = ("_left", "_lock", "_refused", "item")
+
+    def __init__(self, item: Event, copies: int) -> None:
+        self.item = item
+        self._left = copies
+        self._lock = threading.Lock()
+        self._refused: BrokerError | None = None
+
+    def arrived(self, refused: BrokerError | None) -> Any:
+        """One copy settled; returns _NOT_YET, or (for the last copy) None or the first refusal."""
+        with self._lock:
+            if refused is not None and self._refused is None:
+                self._refused = refused
+            self._left -= 1
+            return self._refused if self._left == 0 else _NOT_YET

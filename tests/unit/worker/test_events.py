@@ -131,13 +131,14 @@ def test_long_text_is_accepted_not_rejected():
 
 
 def test_result_schema():
-    """The result JSON has id, label, score, top-k, model, version, source and latency."""
+    """The single-label result JSON has its schema, id, label, score, top-k, model, version, source and latency."""
     event = Event("sms", 2, 41, 1_764_330_000_123, b"k1", [], "order-7", "hi", 0.0)
     value = result_value(
         event, label="spam", score=0.97, top_k=[("spam", 0.97), ("ham", 0.03)],
         model_name="sms-spam", model_version="abc123", latency_ms=12.34567,
     )
     assert json.loads(value) == {
+        "schema": "tagstream.single_label/1",
         "id": "order-7",
         "label": "spam",
         "score": 0.97,
@@ -147,6 +148,23 @@ def test_result_schema():
         "source": {"topic": "sms", "partition": 2, "offset": 41, "timestamp_ms": 1_764_330_000_123},
         "latency_ms": 12.346,
     }
+
+
+def test_multi_label_result_schema():
+    """A multi-label result has its own schema, every tag over threshold with scores (maybe none), top-k, windows."""
+    event = Event("news", 0, 5, 1_764_330_000_123, None, [], "n-1", "oil and wheat", 0.0)
+    value = result_value(
+        event, tags=[("crude", 0.91), ("grain", 0.62)], top_k=[("crude", 0.91), ("grain", 0.62), ("ship", 0.2)],
+        model_name="tags", model_version="v1", latency_ms=3.0, windows=3,
+    )
+    record = json.loads(value)
+    assert record["schema"] == "tagstream.multi_label/1" and "label" not in record and "score" not in record
+    assert record["labels"] == [{"label": "crude", "score": 0.91}, {"label": "grain", "score": 0.62}]
+    assert [x["label"] for x in record["top_k"]] == ["crude", "grain", "ship"] and record["windows"] == 3
+    assert record["source"] == {"topic": "news", "partition": 0, "offset": 5, "timestamp_ms": 1_764_330_000_123}
+    empty = json.loads(result_value(event, tags=[], top_k=[("ship", 0.2)], model_name="tags", model_version="v1",
+                                    latency_ms=1.0))
+    assert empty["labels"] == [] and "windows" not in empty
 
 
 def test_result_keeps_unicode_text_ids():

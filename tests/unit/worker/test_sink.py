@@ -188,3 +188,56 @@ def test_flush_resends_refused_outputs_before_reporting_done():
     producer.sent[0].future.fail(refused())
     assert sink.flush(1.0) is True
     assert len(producer.sent) == 2  # the bounded copy went out during the flush
+
+
+def tagged(tags: list[list[int]]) -> Classified:
+    """A multi-label batch: per event, its tags (label indices) with score 0.9, top-2 as well."""
+    return Classified([[t[0] if t else 0, 1] for t in tags], [[0.9, 0.1] for _ in tags], 0.01,
+                      windows=[2] * len(tags), tags=[[(j, 0.9) for j in t] for t in tags])
+
+
+def test_multi_label_results_go_to_every_routed_tag_and_ack_once():
+    """A result with tags spam and news goes to both routes; its input is done only when both copies are."""
+    sink, producer, tracker, _, metrics = make_sink(routes={"spam": "mail.spam", "news": "feed.news"})
+    sink.publish_results(events(tracker, 1), tagged([[1, 2]]), LABELS, "m", "v1")
+    assert sorted(s.topic for s in producer.sent) == ["feed.news", "mail.spam"]
+    body = json.loads(producer.sent[0].value)
+    assert body["schema"] == "tagstream.multi_label/1" and body["windows"] == 2
+    assert [x["label"] for x in body["labels"]] == ["spam", "news"]
+    producer.sent[0].future.succeed()
+    assert tracker.committable() == {}  # one copy of two: not done yet
+    producer.sent[1].future.succeed()
+    assert tracker.committable() == {TopicPartition("sms", 0): 1}
+    assert metrics.value("tagstream_events_out_total", {"topic": "sms"}) == 1
+
+
+def test_multi_label_results_without_a_route_or_a_tag_go_to_the_output_topic():
+    """Unrouted tags share one copy on the output topic; a result with no tag goes there too."""
+    sink, producer, tracker, _, _ = make_sink(routes={"spam": "mail.spam"})
+    sink.publish_results(events(tracker, 3), tagged([[0, 2], [], [0, 1]]), LABELS, "m", "v1")
+    assert [s.topic for s in producer.sent] == ["sms.labels", "sms.labels", "sms.labels", "mail.spam"]
+    assert json.loads(producer.sent[1].value)["labels"] == []
+    producer.ack_all()
+    assert tracker.committable() == {TopicPartition("sms", 0): 3}
+
+
+def test_a_failed_copy_leaves_the_input_unacknowledged():
+    """If one copy of a routed multi-label result fails, the input is never committed."""
+    sink, producer, tracker, fatal, _ = make_sink(routes={"spam": "mail.spam", "news": "feed.news"})
+    sink.publish_results(events(tracker, 1), tagged([[1, 2]]), LABELS, "m", "v1")
+    producer.sent[0].future.succeed()
+    producer.sent[1].future.fail(ke.KafkaTimeoutError("expired"))
+    assert len(fatal) == 1 and tracker.committable() == {}
+
+
+def test_a_copy_refused_as_a_record_sends_the_input_down_the_ladder_once():
+    """One copy of a routed multi-label result refused as too large: the input gets one bounded dead letter."""
+    sink, producer, tracker, fatal, _ = make_sink(routes={"spam": "mail.spam", "news": "feed.news"})
+    sink.publish_results(events(tracker, 1), tagged([[1, 2]]), LABELS, "m", "v1")
+    producer.sent[0].future.succeed()
+    producer.sent[1].future.fail(refused())
+    sink.resend_refused()
+    [letter] = producer.sent[2:]
+    assert letter.topic == "sms.dlq" and dict(letter.headers)["tagstream.reason"] == b"record_rejected"
+    letter.future.succeed()
+    assert tracker.committable() == {TopicPartition("sms", 0): 1} and fatal == []
