@@ -97,6 +97,9 @@ def make_tiny_bundle(
 # A worker with the tiny bundle starts in well under a second; results of a few thousand events
 # arrive in seconds. The timeouts only bound a failure.
 RESULTS_TIMEOUT_S = 90
+# Readers often start before the worker creates its output topic on first use: a subscription to a
+# topic that does not exist yet is only noticed at the next metadata refresh (5 min by default).
+READER_METADATA_MAX_AGE_MS = 1_000
 QUIET_S = 1.0  # after the expected count, keep reading this long to catch duplicates
 
 
@@ -130,7 +133,7 @@ def read_records(
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(
-        topic, **{"bootstrap_servers": bootstrap, **client}, auto_offset_reset="earliest", group_id=None,
+        topic, **{"bootstrap_servers": bootstrap, **client}, auto_offset_reset="earliest", group_id=None, metadata_max_age_ms=READER_METADATA_MAX_AGE_MS,
         enable_auto_commit=False,
     )
     try:

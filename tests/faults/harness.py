@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
-from worker_support import fixture_texts
+from worker_support import READER_METADATA_MAX_AGE_MS, fixture_texts
 
 FULL = os.environ.get("TAGSTREAM_FAULTS", "ci") == "full"  # `make faults` runs the full sizes
 START_TIMEOUT_S = 90
@@ -114,7 +114,7 @@ class Outcomes:
         self.reasons: dict[tuple[int, int], str] = {}
         self._consumer = KafkaConsumer(
             f"{topic}.labels", f"{topic}.dlq", bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-            group_id=None, enable_auto_commit=False, max_partition_fetch_bytes=8 * 1024 * 1024,
+            group_id=None, metadata_max_age_ms=READER_METADATA_MAX_AGE_MS, enable_auto_commit=False, max_partition_fetch_bytes=8 * 1024 * 1024,
             fetch_max_bytes=64 * 1024 * 1024,
             isolation_level="read_committed" if read_committed else "read_uncommitted",
         )

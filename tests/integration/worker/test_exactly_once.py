@@ -10,14 +10,14 @@ from collections import Counter
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
-from worker_support import fixture_texts, poll_records, wait_until
+from worker_support import READER_METADATA_MAX_AGE_MS, fixture_texts, poll_records, wait_until
 
 pytestmark = pytest.mark.integration
 
 
 def read_committed(bootstrap: str, topic: str, expected: int, timeout_s: float = 120) -> list:
     consumer = KafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None,
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None, metadata_max_age_ms=READER_METADATA_MAX_AGE_MS,
         enable_auto_commit=False, isolation_level="read_committed",
     )
     try:

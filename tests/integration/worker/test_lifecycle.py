@@ -14,6 +14,7 @@ import pytest
 from kafka import KafkaConsumer
 from worker_support import (
     DRAIN_TIMEOUT_S,
+    READER_METADATA_MAX_AGE_MS,
     START_TIMEOUT_S,
     fixture_texts,
     produce_events,
@@ -32,7 +33,7 @@ class ResultWatcher:
         self.ids: list[str] = []
         self._stop = threading.Event()
         self._consumer = KafkaConsumer(
-            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None, metadata_max_age_ms=READER_METADATA_MAX_AGE_MS
         )
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
