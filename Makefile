@@ -27,7 +27,7 @@ PROMTOOL_GO_MIN := 1.26.7
 PROMTOOL := $(TOOLS_DIR)/promtool-$(PROMETHEUS_VERSION)/promtool
 export PROMTOOL
 
-.PHONY: help install deploy-tools deploy-check test test-unit lint demo clean kafka-up kafka-down kafka-status fonts
+.PHONY: faults help install deploy-tools deploy-check test test-unit lint demo clean kafka-up kafka-down kafka-status fonts
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -84,6 +84,9 @@ demo: install  ## the whole story: local broker, a model trained on sample data,
 
 test: install deploy-tools  ## run the whole test suite (starts and stops a local Kafka broker itself)
 	$(BIN)/python -m pytest
+
+faults: install  ## the fault suite at full size (kill -9 loops, broker restarts, scaling, hostile input); rewrites bench/results/faults.md
+	TAGSTREAM_FAULTS=full $(BIN)/python -m pytest tests/faults -m faults --timeout=3600
 
 test-unit: install deploy-tools  ## only the tests that need no broker
 	$(BIN)/python -m pytest tests/unit

@@ -274,7 +274,10 @@ def load_avg() -> str:
 class WorkerProcess:
     """``tagstream-worker run`` in its own process, with its log in bench/results/logs/."""
 
-    def __init__(self, bootstrap: str, topic: str, bundle: Path, args: argparse.Namespace, label: str) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, bundle: Path, args: argparse.Namespace, label: str,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.topic = topic
         logs = RESULTS_DIR / "logs"
@@ -287,7 +290,7 @@ class WorkerProcess:
             TAGSTREAM_MAX_BATCH_SIZE=str(args.max_batch_size), TAGSTREAM_MAX_BATCH_TOKENS=str(args.max_batch_tokens),
             TAGSTREAM_MAX_WAIT_MS=str(args.max_wait_ms), TAGSTREAM_THREADS=str(args.threads),
             TAGSTREAM_INFERENCE_STREAMS=str(args.streams), TAGSTREAM_DTYPE=args.dtype,
-            TAGSTREAM_RELOAD_INTERVAL_S="0", TAGSTREAM_LOG_LEVEL="INFO",
+            TAGSTREAM_RELOAD_INTERVAL_S="0", TAGSTREAM_LOG_LEVEL="INFO", **(extra_env or {}),
         )
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "worker.cli", "run"], cwd=REPO, env=env,

@@ -179,18 +179,21 @@ def kafka_admin(kafka_bootstrap: str) -> Iterator[Any]:
 
 @pytest.fixture
 def new_topic(kafka_admin: Any) -> Iterator[Callable[..., str]]:
-    """Factory: ``new_topic(partitions=1, prefix="test") -> name`` of a fresh topic, ready to use.
+    """Factory: ``new_topic(partitions=1, prefix="test", configs=None) -> name`` of a fresh topic, ready to use.
 
     The topic exists, with a leader for every partition, when the name is returned; topics made
     by a test are deleted after it.
     """
     created: list[str] = []
 
-    def make(partitions: int = 1, prefix: str = "test") -> str:
+    def make(partitions: int = 1, prefix: str = "test", configs: dict[str, str] | None = None, name: str | None = None) -> str:
         if not _TOPIC_PREFIX.match(prefix):
             raise ValueError(f"topic prefix {prefix!r}: use 1-100 of A-Z a-z 0-9 . _ -")
-        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
-        kafka_admin.create_topics({name: {"num_partitions": partitions, "replication_factor": -1}})
+        name = name or f"{prefix}-{uuid.uuid4().hex[:12]}"
+        spec: dict[str, Any] = {"num_partitions": partitions, "replication_factor": -1}
+        if configs:
+            spec["configs"] = configs
+        kafka_admin.create_topics({name: spec})
         created.append(name)
         kafka_admin.wait_for_topics([name], timeout_ms=TOPIC_READY_TIMEOUT_MS)
         return name
@@ -286,3 +289,42 @@ def restartable_kafka(local_toolchain: None) -> Iterator[Callable[..., LocalKafk
                 f"{', '.join(f'{t:.1f}' for t in broker.ready_times_s)} s"
             )
         broker.stop()
+
+
+# -- workers (the worker's integration tests and the fault suite) ---------------------------------
+@pytest.fixture
+def tiny_bundle(tmp_path: Path) -> Path:
+    """A random tiny bundle of this test's own (tests may replace it in place)."""
+    from worker_support import make_tiny_bundle
+
+    return make_tiny_bundle(tmp_path / "bundle", seed=0)
+
+
+@pytest.fixture
+def start_worker(kafka_bootstrap: str, new_group: Callable[..., str]) -> Iterator[Callable[..., Any]]:
+    """Factory: ``start_worker(topic, bundle, **settings) -> Worker``, started in this process and
+    always stopped at the end of the test."""
+    from worker.app import Worker
+    from worker.settings import load_settings
+
+    workers: list[Worker] = []
+    group = new_group()
+
+    def start(topic: str, bundle: Path, **overrides: Any) -> Worker:
+        settings = load_settings(
+            **{
+                "bootstrap_servers": kafka_bootstrap, "input_topics": [topic], "bundle_path": bundle,
+                "group_id": group, "metrics_port": 0, "max_wait_ms": 10, "commit_interval_ms": 200,
+                "drain_timeout_s": 15, "reload_interval_s": 0, **overrides,
+            }
+        )
+        worker = Worker(settings)
+        workers.append(worker)
+        worker.start()
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+    for worker in workers:
+        worker.wait(timeout=30)

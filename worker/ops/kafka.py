@@ -2,7 +2,7 @@
 
 Same brokers and credentials as the worker (``WorkerSettings.kafka_security``); every client
 error on the way is translated once, here, into a ``BrokerError`` whose message says what to
-check (the kind comes from ``worker.errors.failure_for_kafka_error``, the one Kafka table).
+check (the kind comes from ``worker.kafka.kafkapython.failure_for_error``, the one kafka-python table).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka import errors as kafka_errors
 
-from worker.errors import BrokerError, Failure, failure_for_kafka_error
+from worker.errors import BrokerError, Failure
+from worker.kafka.kafkapython import failure_for_error as failure_for_kafka_error
 from worker.settings import WorkerSettings
 
 # How long a command waits for the brokers before giving up with a message (they answer in

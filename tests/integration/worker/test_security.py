@@ -27,7 +27,7 @@ from kafka import KafkaAdminClient
 from structlog.testing import capture_logs
 from worker_support import fixture_texts, produce_events, read_records
 
-import worker.app
+import worker.kafka.diagnose
 from localkafka import Endpoint, LocalKafka
 from worker.app import Worker
 from worker.check import run_check
@@ -45,7 +45,7 @@ SHORT_BOOTSTRAP_MS = 3000
 def with_short_bootstrap(command: str) -> list[str]:
     """``tagstream-worker COMMAND`` as a fresh process, with that shorter bootstrap wait."""
     code = (
-        f"import sys, worker.app; worker.app.BOOTSTRAP_TIMEOUT_MS = {SHORT_BOOTSTRAP_MS}; "
+        f"import sys, worker.kafka.diagnose; worker.kafka.diagnose.BOOTSTRAP_TIMEOUT_MS = {SHORT_BOOTSTRAP_MS}; "
         f"from worker.cli import main; sys.exit(main([{command!r}]))"
     )
     return [sys.executable, "-c", code]
@@ -186,7 +186,7 @@ def test_sasl_ssl_with_a_wrong_ca_blames_the_ca_not_the_login(
     kafka_sasl_ssl: Endpoint, secure_topic, tiny_bundle, wrong_ca_file: Path, monkeypatch
 ):
     """On SASL_SSL an untrusted certificate is reported as TAGSTREAM_SSL_CAFILE, not as wrong SASL credentials."""
-    monkeypatch.setattr(worker.app, "BOOTSTRAP_TIMEOUT_MS", SHORT_BOOTSTRAP_MS)
+    monkeypatch.setattr(worker.kafka.diagnose, "BOOTSTRAP_TIMEOUT_MS", SHORT_BOOTSTRAP_MS)
     settings = load_settings(
         **security(kafka_sasl_ssl, ssl_cafile=wrong_ca_file), input_topics=[secure_topic()],
         bundle_path=tiny_bundle, metrics_port=0,
@@ -207,7 +207,7 @@ def test_wrong_password_over_sasl_ssl_names_the_sasl_settings_and_leaks_no_passw
     """A wrong SCRAM password over SASL_SSL fails naming the TAGSTREAM_SASL_* settings, in `run` and `check`;
     neither password is in the errors (message, repr, cause chain, traceback), `check`'s output, or
     kafka-python's DEBUG log lines."""
-    monkeypatch.setattr(worker.app, "BOOTSTRAP_TIMEOUT_MS", SHORT_BOOTSTRAP_MS)
+    monkeypatch.setattr(worker.kafka.diagnose, "BOOTSTRAP_TIMEOUT_MS", SHORT_BOOTSTRAP_MS)
     caplog.set_level(logging.DEBUG, logger="kafka")
     wrong = f"wrong-{uuid.uuid4().hex}"
     secrets = [wrong, kafka_sasl_ssl.password]

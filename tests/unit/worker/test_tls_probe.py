@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from kafka.errors import KafkaTimeoutError
 
-from worker.app import _bootstrap_timeout_error
 from worker.errors import BrokerError, Failure
+from worker.kafka.diagnose import bootstrap_timeout_error as _bootstrap_timeout_error
+from worker.kafka.tls import check_tls, tls_problem
 from worker.settings import WorkerSettings
-from worker.tls import check_tls, tls_problem
 
 
 def settings(servers: str, **kw) -> WorkerSettings:

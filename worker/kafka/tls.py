@@ -4,8 +4,8 @@ kafka-python does not raise TLS failures: it logs them and keeps retrying until 
 timeout, then reports ``KafkaTimeoutError('Unable to bootstrap ...')``. One handshake of our own,
 with the same settings the client uses, tells a CA that did not sign the broker's certificate,
 a certificate made for another host name, unreadable certificate files, and a listener that
-does not speak TLS apart. Used by ``check`` (before connecting) and by the worker's start-up
-error translation (``app._bootstrap_timeout_error``).
+does not speak TLS apart. Used by ``check`` and the worker before connecting, and by the
+start-up error translation (``diagnose.bootstrap_timeout_error``).
 """
 
 from __future__ import annotations
