@@ -237,6 +237,9 @@ def producer_config(settings: WorkerSettings, transactional_id: str | None) -> d
     if transactional_id is not None:
         config["transactional.id"] = transactional_id
         config["transaction.timeout.ms"] = settings.transaction_timeout_ms
+        # librdkafka requires it: a record cannot outlive its transaction, which the broker
+        # aborts after transaction.timeout.ms anyway.
+        config["message.timeout.ms"] = min(config["message.timeout.ms"], settings.transaction_timeout_ms)
     return config
 
 
