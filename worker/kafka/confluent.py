@@ -40,6 +40,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import operator
 import os
 import re
 import socket
@@ -383,6 +384,11 @@ class _Record:
 # confluent-kafka cannot decode a record's headers when a key is not UTF-8; parse_record
 # dead-letters a record whose first header is this marker (reason invalid_header).
 _UNDECODABLE_HEADERS = [(INVALID_HEADERS_MARKER, b"one or more")]
+# Message.headers() then returns with the decoding error still set instead of raising it. A call
+# the interpreter has specialised (a hot loop's m.headers()) does not check for that, and the
+# error surfaces at some later, unrelated call as a SystemError. A call through methodcaller is
+# always checked, so the error is raised here, where it belongs.
+_headers = operator.methodcaller("headers")
 
 
 # -- the consumer ------------------------------------------------------------------------------------------
@@ -520,7 +526,7 @@ class ConfluentConsumer:
                 # While a seek is pending, records of that partition are from before it: dropped.
                 batch = [] if held and tp in held else out.get(tp) or out.setdefault(tp, [])
             try:
-                headers = m.headers() or []
+                headers = _headers(m) or []
             except (SystemError, UnicodeDecodeError):
                 headers = list(_UNDECODABLE_HEADERS)
             batch.append(_Record(topic, partition, m.offset(), m.timestamp()[1], m.key(), m.value(), headers))
@@ -771,7 +777,7 @@ class ConfluentProducer:
                 config.update(error_cb=self.errors, **{"batch.num.messages": 1, "linger.ms": 0})
                 self._alone = _new(ck.Producer, config)
         try:
-            headers = msg.headers()
+            headers = _headers(msg)
         except (SystemError, UnicodeDecodeError):
             headers = None
         try:
