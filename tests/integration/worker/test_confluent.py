@@ -1,12 +1,14 @@
 """What the confluent-kafka backend must bridge in librdkafka, against the real broker: refused records
 never stop the (idempotent) producer, innocent records refused with their batch are delivered, a quiet
-topic costs no batching delay, and pattern subscriptions never include the worker's own topics."""
+topic costs no batching delay, pattern subscriptions never include the worker's own topics, and health
+follows the broker through an outage."""
 
 from __future__ import annotations
 
 import json
 import threading
 import time
+import uuid
 from typing import Any
 
 import pytest
@@ -186,3 +188,63 @@ def test_a_pattern_subscription_reads_matching_topics_but_never_the_workers_own(
     own = read_records(kafka_bootstrap, f"{a}.labels.labels", expected=1, timeout_s=3, quiet_s=0)
     assert own == [] and {tp.topic for tp in worker.tracker.assigned()} == {a, b}
 
+
+
+# -- the broker going away (a broker of the test's own) -------------------------------------------------------
+
+
+def own_topic(kafka: Any, partitions: int = 2) -> str:
+    from kafka import KafkaAdminClient
+
+    topic = f"cfl-outage-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    try:
+        admin.create_topics({topic: {"num_partitions": partitions, "replication_factor": -1}})
+        admin.wait_for_topics([topic], timeout_ms=30_000)
+    finally:
+        admin.close()
+    return topic
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kafka_client", ["confluent"], indirect=True)
+def test_readiness_follows_the_broker_through_a_restart_and_the_worker_carries_on(
+    restartable_kafka, start_worker, tiny_bundle, kafka_client
+):
+    """Broker halted mid-stream: /readyz turns not ready (coordinator_known from librdkafka's statistics); after
+    the broker's restart it is ready again and every input, before and after, gets its result."""
+    kafka = restartable_kafka()
+    topic = own_topic(kafka)
+    before = produce_events(kafka.bootstrap_servers, topic, fixture_texts(200, seed=6), prefix="before")
+    worker = start_worker(topic, tiny_bundle, bootstrap_servers=kafka.bootstrap_servers, broker_outage_s=300)
+    read_records(kafka.bootstrap_servers, f"{topic}.labels", expected=200, quiet_s=0)
+    wait_until(lambda: worker.health.readiness()[0], 30, "the worker to be ready")
+    kafka.halt()
+    wait_until(lambda: not worker.health.readiness()[0], 30, "readiness to drop with the broker gone")
+    assert worker.health.liveness()[0], "alive while the outage is shorter than broker_outage_s"
+    kafka.start()
+    after = produce_events(kafka.bootstrap_servers, topic, fixture_texts(100, seed=7), prefix="after")
+    results = read_records(kafka.bootstrap_servers, f"{topic}.labels", expected=300, timeout_s=120)
+    assert {json.loads(r.value)["id"] for r in results} == set(before + after)
+    wait_until(lambda: worker.health.readiness()[0], 60, "readiness to return")
+    assert worker.fatal is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kafka_client", ["confluent"], indirect=True)
+def test_a_broker_gone_for_good_ends_in_a_clear_exit(restartable_kafka, start_worker, tiny_bundle, kafka_client):
+    """Broker gone: not ready at once, not alive once TAGSTREAM_BROKER_OUTAGE_S has passed, then exit code 4
+    (broker_outage)."""
+    kafka = restartable_kafka()
+    topic = own_topic(kafka)
+    produce_events(kafka.bootstrap_servers, topic, fixture_texts(50, seed=8))
+    worker = start_worker(topic, tiny_bundle, bootstrap_servers=kafka.bootstrap_servers, broker_outage_s=8,
+                          drain_timeout_s=5)
+    read_records(kafka.bootstrap_servers, f"{topic}.labels", expected=50, quiet_s=0)
+    # Everything committed first: the exit is then the outage's (a final commit that fails would be reported instead).
+    wait_until(lambda: worker.tracker.in_flight() == 0 and not worker.tracker.committable(), 30, "the last commit")
+    kafka.halt()
+    wait_until(lambda: not worker.health.readiness()[0], 30, "readiness to drop")
+    assert worker.wait(timeout=90) == 4
+    assert worker.fatal is not None and worker.fatal.failure is Failure.BROKER_OUTAGE
+    assert not worker.health.liveness()[0]
