@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import resource
+import socket
 import subprocess
 import sys
 import tempfile
@@ -262,15 +263,15 @@ def worker_run(
 
 
 # Threads of the Kafka clients (Linux names, 15 characters): kafka-python's consumer I/O thread and
-# producer sender thread (named after its client id, "tagstream-<host>-<pid>-network-thread"),
+# producer sender thread (named after its client id "tagstream-<host>-<pid>", the prefix dropped),
 # librdkafka's "rdk:*" threads and the confluent backend's delivery-report thread.
-CLIENT_THREADS = ("kafka-io", "-network", "rdk:", "kafka-dr")
+CLIENT_THREADS = ("kafka-io", "rdk:", "kafka-dr", f"{socket.gethostname()}-")
 
 
 def client_share(run: dict[str, Any]) -> float:
     """CPU us per event spent in the Kafka client: its stages on the pipeline's threads, and its own threads."""
     stages = sum(run["stages"].get(s, {}).get("cpu_us", 0.0) for s in ("fetch", "produce"))
-    return stages + sum(us for name, us in run["threads_us"].items() if any(p in name for p in CLIENT_THREADS))
+    return stages + sum(us for name, us in run["threads_us"].items() if name.startswith(CLIENT_THREADS))
 
 
 def _py_spy() -> str | None:
