@@ -231,7 +231,7 @@ def producer_config(settings: WorkerSettings, transactional_id: str | None) -> d
         "message.timeout.ms": int(settings.broker_outage_s * 1000) + 30_000,
         "topic.metadata.propagation.max.ms": TOPIC_METADATA_WAIT_MS,
         # Idempotence (no duplicates or reordering from retries) is safe here: librdkafka fails a
-        # refused record alone and carries on (tests/integration/worker/test_confluent.py), unlike
+        # refused record alone and carries on (tests/integration/worker/test_confluent_client.py), unlike
         # kafka-python 3.0's idempotent producer, which a refused batch puts in a fatal state.
         "enable.idempotence": True,
     }
