@@ -1,13 +1,15 @@
 """The confluent-kafka backend without a broker: its error table, its librdkafka settings, and how it
 turns consume() results into records by partition (librdkafka's classes replaced by fakes)."""
 
+# ruff: noqa: E402  (the imports after importorskip need confluent-kafka)
 from __future__ import annotations
 
 import time
 from typing import Any
 
-import confluent_kafka as ck
 import pytest
+
+ck = pytest.importorskip("confluent_kafka", reason="the confluent extra is not installed (make install has it)")
 from confluent_kafka import KafkaError, KafkaException
 
 from worker.errors import BrokerError, Failure, SettingsError
@@ -422,3 +424,21 @@ def test_a_send_into_a_failed_transaction_is_reported_as_aborted(producer_for):
     producer.send("t.labels", b"x", None, [], token="tok")
     [(token, error)] = outcomes.failed
     assert token == "tok" and error.failure is Failure.TRANSACTION_ABORTED
+
+
+def test_nothing_listening_fails_at_start_naming_the_bootstrap_setting(monkeypatch):
+    """open_clients against an address where nothing listens gives up after the bootstrap wait with
+    BROKER_UNREACHABLE naming TAGSTREAM_BOOTSTRAP_SERVERS (the other backend's diagnosis)."""
+    import socket
+
+    from worker.kafka import diagnose
+
+    monkeypatch.setattr(diagnose, "BOOTSTRAP_TIMEOUT_MS", 1_500)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    began = time.monotonic()
+    with pytest.raises(BrokerError) as raised:
+        confluent.open_clients(settings(bootstrap_servers=f"127.0.0.1:{port}"))
+    assert raised.value.failure is Failure.BROKER_UNREACHABLE and "TAGSTREAM_BOOTSTRAP_SERVERS" in str(raised.value)
+    assert time.monotonic() - began < 15
