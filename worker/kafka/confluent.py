@@ -155,6 +155,8 @@ ERROR_TABLE: dict[int, Failure] = {
     E.CONCURRENT_TRANSACTIONS: Failure.KAFKA_TRANSIENT,
     # a record outlived message.timeout.ms (the broker was away longer than broker_outage_s)
     E._MSG_TIMED_OUT: Failure.DELIVERY_FAILED,
+    # the client is unusable (its flags do not always say so; see _consumer_failure)
+    E._FATAL: Failure.KAFKA_FATAL,
 }
 
 # Consumer errors that concern one record: it is dead-lettered by location and read past.
@@ -550,8 +552,7 @@ class ConfluentConsumer:
             self._pending_seeks[tp] = offset + 1
             return
         error = translate(err, "the consumer failed")
-        if error.failure is Failure.TOPIC_MISSING:
-            error.failure = Failure.KAFKA_TRANSIENT  # a subscribed topic gone: not this worker's end
+        error.failure = _consumer_failure(err, error.failure)
         if self._deferred is None:
             self._deferred = error  # raised at the next poll: the records of this one are handed over first
 
@@ -711,6 +712,16 @@ class ConfluentConsumer:
             from worker.kafka.kafkapython import remove_static_member
 
             remove_static_member(self._settings, timeout_s)
+
+
+def _consumer_failure(err: KafkaError, failure: Failure) -> Failure:
+    """What a consumer error delivered among the records means for the worker."""
+    if failure is Failure.TOPIC_MISSING:
+        return Failure.KAFKA_TRANSIENT  # a subscribed topic gone: not this worker's end
+    if err.code() == E._FATAL and "group.instance.id" in err.str():
+        # librdkafka reports a fenced static member as a generic fatal error, its cause in words only
+        return Failure.INSTANCE_FENCED
+    return failure
 
 
 def _theirs(tps: Iterable[TopicPartition]) -> list[Any]:

@@ -298,6 +298,16 @@ def test_consumer_errors_come_after_the_records_of_their_poll(consumer):
     assert len(consumer.client.calls) == 1  # the raising poll read nothing
 
 
+def test_a_fenced_static_member_is_reported_as_instance_fenced(consumer):
+    """librdkafka's generic fatal error for a static member fenced by another with its group.instance.id is INSTANCE_FENCED."""
+    text = "Fatal error: Broker: Static consumer fenced by other consumer with same group.instance.id"
+    consumer.client.script = [[Message(None, -1, -1, error=KafkaError(E._FATAL, text))]]
+    consumer.poll(100, 500)
+    with pytest.raises(BrokerError) as raised:
+        consumer.poll(100, 500)
+    assert raised.value.failure is Failure.INSTANCE_FENCED
+
+
 def test_a_seek_librdkafka_refuses_for_now_holds_that_partitions_records_back(consumer):
     """A seek refused while the fetcher starts is retried before each poll; records of that partition from before it are not handed over."""
     consumer.client.refuse_seek = True
