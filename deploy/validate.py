@@ -113,6 +113,8 @@ SETTINGS_ENV = frozenset(
         "TAGSTREAM_LOG_FORMAT",
     }
 )
+# The Kafka client libraries TAGSTREAM_KAFKA_CLIENT may name (worker/settings.py); the image has both.
+KAFKA_CLIENTS = ("kafka-python", "confluent")
 # Settings that must come from a Secret, never from a ConfigMap or a literal value.
 SECRET_SETTINGS = frozenset({"TAGSTREAM_SASL_PASSWORD"})
 FROM_SECRET = "<from Secret>"
@@ -415,6 +417,9 @@ def check_worker(objects: list[dict[str, Any]], deployment: dict[str, Any]) -> I
                 yield Problem(name, f"{where}: {key} is not a tagstream setting (typo? see deploy/README.md)")
             if key in SECRET_SETTINGS and value != FROM_SECRET:
                 yield Problem(name, f"{where}: {key} must come from a Secret (secretKeyRef), not a ConfigMap or value")
+        client = settings.get("TAGSTREAM_KAFKA_CLIENT", KAFKA_CLIENTS[0])
+        if client not in KAFKA_CLIENTS:
+            yield Problem(name, f"{where}: TAGSTREAM_KAFKA_CLIENT={client!r}: use {' or '.join(KAFKA_CLIENTS)}")
         threads = as_int(settings.get("TAGSTREAM_THREADS"), 0)
         cpu_limit = cpu_cores(((container.get("resources") or {}).get("limits") or {}).get("cpu"))
         # 0 is derived from the pod's cgroup CPU limit at start (model/cpus.py): ceil(limit).

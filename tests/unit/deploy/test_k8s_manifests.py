@@ -301,6 +301,10 @@ BROKEN = {
         _config("TAGSTREAM_MAX_BATCH", "64"),
         "TAGSTREAM_MAX_BATCH is not a tagstream setting",
     ),
+    "unknown Kafka client": (
+        _config("TAGSTREAM_KAFKA_CLIENT", "librdkafka"),
+        "TAGSTREAM_KAFKA_CLIENT='librdkafka': use kafka-python or confluent",
+    ),
     "threads above the CPU limit": (
         _config("TAGSTREAM_THREADS", "16"),
         "TAGSTREAM_THREADS=16 but the CPU limit is 4",
