@@ -27,7 +27,7 @@ PROMTOOL_GO_MIN := 1.26.7
 PROMTOOL := $(TOOLS_DIR)/promtool-$(PROMETHEUS_VERSION)/promtool
 export PROMTOOL
 
-.PHONY: help install deploy-tools deploy-check test test-unit lint demo clean kafka-up kafka-down kafka-status
+.PHONY: help install deploy-tools deploy-check test test-unit lint demo clean kafka-up kafka-down kafka-status gpu-bench-smoke
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -87,6 +87,9 @@ test: install deploy-tools  ## run the whole test suite (starts and stops a loca
 
 test-unit: install deploy-tools  ## only the tests that need no broker
 	$(BIN)/python -m pytest tests/unit
+
+gpu-bench-smoke: install  ## the prepared GPU benchmark (bench/gpu_bench.sh), reduced, on this CPU (~1 min)
+	bench/gpu_bench.sh --smoke
 
 kafka-up: install  ## start a local Kafka broker on 127.0.0.1:9092 in the background (KAFKA_ARGS="--scram --tls")
 	$(BIN)/tagstream-worker kafka up $(KAFKA_ARGS)
