@@ -23,8 +23,9 @@ absent) on a 3-partition input topic:
 (a), then (b) once per feeder count on a topic of lcm(counts) partitions (at least 4), the counts
 alternating ``--repeats`` times in one run. Per count: events/s over the middle 80% of the results
 (same window for every count, so the start-up rebalance of N > 1 is not what is compared), that
-against N = 1 and against (a), CPU per event summed over every process of the pod, and the pod's
-memory (sum of each process's RSS). Target (issue 11): N = 2 on the ``tiny`` bundle >= 1.5x N = 1.
+against N = 1 and against (a), CPU per event summed over every process of the pod, the cores the
+pod kept busy (its CPU seconds over the run's wall time: one process cannot pass about one, its
+interpreter lock), and the pod's memory (sum of each process's RSS). Target (issue 11): N = 2 on the ``tiny`` bundle >= 1.5x N = 1.
 
 Without ``--bootstrap`` a local broker (localkafka) is started on free ports and stopped at
 the end. The machine's load average is printed with each figure: other work on the cores
@@ -59,6 +60,7 @@ if str(REPO) not in sys.path:
 WORKER_START_TIMEOUT_S = 120  # torch import + bundle load + warm-up, on a busy machine
 RUN_TIMEOUT_S = 1800  # bounds one phase if the worker stalls
 POLL_S = 0.25  # /metrics polling while waiting for the worker
+SCALING_POLL_S = 1.0  # the same in --processes mode (throughput comes from the results' own timestamps)
 
 
 @dataclass
@@ -355,7 +357,7 @@ class WorkerProcess:
             time.sleep(POLL_S)
         raise SystemExit(f"the worker was not ready within {WORKER_START_TIMEOUT_S} s; see {self.log_path}")
 
-    def wait_out(self, count: int) -> None:
+    def wait_out(self, count: int, poll_s: float = POLL_S) -> None:
         """Until ``count`` inputs have their output acknowledged."""
         deadline = time.monotonic() + RUN_TIMEOUT_S
         while metric(self.port, "tagstream_events_out_total", f'topic="{self.topic}"') < count:
@@ -363,7 +365,7 @@ class WorkerProcess:
                 raise SystemExit(f"the worker exited ({self.proc.returncode}); see {self.log_path}")
             if time.monotonic() > deadline:
                 raise SystemExit(f"the worker did not finish within {RUN_TIMEOUT_S} s; see {self.log_path}")
-            time.sleep(POLL_S)
+            time.sleep(poll_s)
 
     def stop(self) -> float:
         """SIGTERM, wait; returns the peak RSS in MB (read before it exits)."""
@@ -426,9 +428,11 @@ def pod_throughput(
                            extra_env={"TAGSTREAM_PROCESSES": str(processes)})
     try:
         worker.wait_ready(feeders=processes)
-        cpu_started = tree_cpu_seconds(worker.proc.pid)
-        worker.wait_out(len(texts))
+        cpu_started, wall_started = tree_cpu_seconds(worker.proc.pid), time.monotonic()
+        # A pod's scrape reads every process's /metrics: poll seldom, so the bench costs the pod little.
+        worker.wait_out(len(texts), poll_s=SCALING_POLL_S)
         cpu = tree_cpu_seconds(worker.proc.pid) - cpu_started
+        wall = time.monotonic() - wall_started
         rss = tree_rss_mb(worker.proc.pid)
         batch_requests = metric(worker.port, "tagstream_model_batch_requests_sum")
         model_batches = metric(worker.port, "tagstream_model_batches_total")
@@ -444,6 +448,7 @@ def pod_throughput(
         "results": len(results),
         "unique": len({res["id"] for _, res in results}),
         "cpu_us": cpu / len(texts) * 1e6,
+        "cores": cpu / max(wall, 1e-3),
         "rss_mb": rss,
         "merged": batch_requests / model_batches if model_batches > 0 else 0.0,
     }
@@ -519,8 +524,8 @@ def print_scaling(r: ScalingReport, args: argparse.Namespace) -> None:
     print(f"model-only ceiling (a): {r.ceiling_eps:,.0f} events/s (runs: {_runs(r.ceiling_runs)}; load {r.ceiling_load})")
     base = r.rows[0].best.get("eps", 0.0) if r.rows else 0.0
     print("| feeders | events/s (runs) | vs N=1 | of ceiling | overall events/s | CPU us/event (all processes)"
-          " | feeder batches per model batch | pod RSS MB | load avg during |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          " | cores used | feeder batches per model batch | pod RSS MB | load avg during |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for row in r.rows:
         b = row.best
         if not b:
@@ -529,7 +534,8 @@ def print_scaling(r: ScalingReport, args: argparse.Namespace) -> None:
         merged = f"{b['merged']:.2f}" if row.processes > 1 else "(one process)"
         print(
             f"| {row.processes} | {b['eps']:,.0f} ({_runs(row.runs)}) | {ratio:.2f}x | {b['eps'] / r.ceiling_eps:.0%} |"
-            f" {b['overall_eps']:,.0f} | {b['cpu_us']:,.0f} | {merged} | {b['rss_mb']:,.0f} | {row.load} |"
+            f" {b['overall_eps']:,.0f} | {b['cpu_us']:,.0f} | {b['cores']:.2f} | {merged} | {b['rss_mb']:,.0f} |"
+            f" {row.load} |"
         )
     for note in r.notes:
         print(f"note: {note}")

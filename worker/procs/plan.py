@@ -1,6 +1,6 @@
 """How many feeders a pod runs, and what each is told.
 
-``TAGSTREAM_PROCESSES``: a number, or ``auto``: with a GPU, min(CPUs - 1, 8) feeders (one CPU is
+``TAGSTREAM_PROCESSES``: a number, or ``auto``: with a GPU (``gpu_visible``), min(CPUs - 1, 8) feeders (one CPU is
 left for the model process, which feeds the GPU; eight kafka-python feeders already outrun what
 one process can batch for a small model); without one, 1 (on a CPU the model itself needs the
 cores the feeders would take; ask for N explicitly to try).
@@ -14,6 +14,7 @@ watcher (the model process reloads).
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -40,15 +41,19 @@ def feeder_count(settings: WorkerSettings, *, gpu: bool | None = None, cpus: int
     return max(1, min(cpus - 1, AUTO_MAX_FEEDERS))
 
 
-def gpu_visible(device: str) -> bool:
-    """Whether the model will run on a GPU (for ``auto``); imports torch only when device is auto too."""
+def gpu_visible(device: str, dev_dir: Path = Path("/dev"), environ: dict[str, str] | None = None) -> bool:
+    """Whether the model will run on a GPU, for ``auto``, without importing torch here (it would cost
+    the supervisor ~300 MB): TAGSTREAM_DEVICE=cuda says so; with auto, an NVIDIA device node that
+    CUDA_VISIBLE_DEVICES does not hide. (If CUDA then proves unusable, the model process says which
+    device it runs on in its model_ready line.)"""
     if device == "cpu":
         return False
     if device.startswith("cuda"):
         return True  # and if there is none, the model process says so and the pod exits 2
-    import torch
-
-    return bool(torch.cuda.is_available())
+    env = os.environ if environ is None else environ
+    if env.get("CUDA_VISIBLE_DEVICES", "x").strip() in ("", "-1"):
+        return False
+    return any(dev_dir.glob("nvidia[0-9]*"))
 
 
 def feeder_settings(settings: WorkerSettings, index: int) -> WorkerSettings:

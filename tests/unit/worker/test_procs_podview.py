@@ -13,7 +13,13 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from worker.errors import SettingsError
-from worker.procs.plan import check_shared_memory, feeder_count, feeder_settings, tokenizer_threads
+from worker.procs.plan import (
+    check_shared_memory,
+    feeder_count,
+    feeder_settings,
+    gpu_visible,
+    tokenizer_threads,
+)
 from worker.procs.podview import PodView
 from worker.settings import load_settings
 from worker.telemetry import Metrics
@@ -149,6 +155,17 @@ def test_auto_runs_one_feeder_per_spare_cpu_with_a_gpu_and_one_process_without()
     assert feeder_count(auto, gpu=False, cpus=16) == 1
     assert feeder_count(settings(processes=3), gpu=False, cpus=2) == 3
     assert feeder_count(settings(processes="auto", device="cpu")) == 1
+
+
+def test_auto_sees_a_gpu_by_its_device_node_unless_hidden(tmp_path):
+    """With TAGSTREAM_DEVICE=auto a GPU is an NVIDIA device node not hidden by CUDA_VISIBLE_DEVICES; cuda and
+    cpu say it themselves."""
+    assert not gpu_visible("auto", dev_dir=tmp_path, environ={})
+    (tmp_path / "nvidia0").touch()
+    assert gpu_visible("auto", dev_dir=tmp_path, environ={})
+    assert not gpu_visible("auto", dev_dir=tmp_path, environ={"CUDA_VISIBLE_DEVICES": ""})
+    assert gpu_visible("cuda:1", dev_dir=tmp_path / "none", environ={})
+    assert not gpu_visible("cpu", dev_dir=tmp_path, environ={})
 
 
 def test_each_feeder_gets_its_own_static_id_any_port_and_no_bundle_watcher():
