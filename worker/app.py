@@ -16,9 +16,10 @@ model is warmed up at the largest batch first. The model comes from a ``ModelHos
 (worker/inference.py): loaded here (worker/local_model.py), or, in a feeder process of a pod
 with ``TAGSTREAM_PROCESSES`` > 1, served by the pod's model process (worker/procs/).
 
-``stop()`` (SIGTERM/SIGINT) starts the drain: fetching stops, the batcher flushes, the producer flushes, acknowledged offsets are committed,
-all within ``drain_timeout_s``; then ``wait()`` returns 0. A fatal error anywhere takes the same
-path (committing only what was acknowledged) and ``wait()`` returns its exit code.
+``stop()`` (SIGTERM/SIGINT) starts the drain: fetching stops, the batcher flushes, the producer
+flushes, acknowledged offsets are committed, all within ``drain_timeout_s``; then ``wait()``
+returns 0. A fatal error anywhere takes the same path (committing only what was acknowledged) and
+``wait()`` returns its exit code.
 """
 
 from __future__ import annotations
