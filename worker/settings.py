@@ -36,6 +36,9 @@ ENV_PREFIX = "TAGSTREAM_"
 CONFIG_FILE_ENV = "TAGSTREAM_CONFIG_FILE"
 TOPIC_PLACEHOLDER = "{topic}"
 _INSTANCE_ID_CHARS = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+# Feeder processes per pod: each is a consumer-group member with its own connections; beyond a
+# few dozen the group's rebalances, not the CPUs, become the limit.
+MAX_PROCESSES = 64
 # Room for a dead letter's key and headers above its value, in the producer's request limit.
 DEAD_LETTER_HEADROOM_BYTES = 64 * 1024
 # Kafka's legal topic characters; '{' and '}' are allowed in templates only as {topic}.
@@ -203,6 +206,13 @@ class WorkerSettings(BaseSettings):
         " CPU with 2+ threads (keeps every core busy while Kafka work preempts one), 1 on a GPU.",
     )
     top_k: int = Field(3, ge=1, description="How many label scores each result carries (at most the label count).")
+    processes: int | Literal["auto"] = Field(
+        1,
+        description="Processes per pod: 1 runs everything in one process; N (2-64) runs N feeder processes (each a"
+        " consumer-group member that polls, parses, tokenizes, produces and commits) around one model process that"
+        " holds the model once and merges their batches; auto = min(CPUs - 1, 8) with a GPU, 1 without. More"
+        " feeders keep a fast GPU busy; each is one more group member (partitions >= pods x feeders).",
+    )
 
     # -- operations -----------------------------------------------------------------------------
     metrics_port: int = Field(
@@ -300,6 +310,20 @@ class WorkerSettings(BaseSettings):
         value = value.strip()
         if not _INSTANCE_ID_CHARS.match(value) or value in (".", ".."):
             raise ValueError(f"{value!r}: use 1-249 of letters, digits, '.', '_', '-' (or none to turn it off)")
+        return value
+
+    @field_validator("processes", mode="before")
+    @classmethod
+    def _parse_processes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text == "auto":
+                return text
+            if not text.isdigit():
+                raise ValueError("use auto or a whole number from 1 to 64")
+            value = int(text)
+        if isinstance(value, int) and not 1 <= value <= MAX_PROCESSES:
+            raise ValueError(f"use auto or a whole number from 1 to {MAX_PROCESSES}")
         return value
 
     @field_validator("device")
@@ -489,6 +513,7 @@ _FIX_HINTS: dict[str, str] = {
     "max_batch_tokens": "use a whole number at least the bundle's max_length (8192 is the default)",
     "max_wait_ms": "use milliseconds from 0 to 60000 (20 is the default)",
     "metrics_port": "use a port from 1 to 65535, or 0 for any free port",
+    "processes": "use auto or a whole number from 1 to 64",
 }
 
 
