@@ -314,6 +314,12 @@ class ModelServer:
             return
         finally:
             self.model_metrics.busy.inc(time.perf_counter() - started)
+        # Counted before the answers go out: a feeder that got its answer sees its batch counted.
+        m = self.model_metrics
+        m.batches.inc()
+        m.batch_rows.observe(len(lengths))
+        m.batch_requests.observe(len(group))
+        m.batch_seconds.observe(answers.seconds)
         k = answers.top_indices.shape[1]
         row = 0
         for request in group:
@@ -323,11 +329,6 @@ class ModelServer:
             )
             request.port.send((DONE, request.slot, OK, k, answers.seconds, None))
             row = end
-        m = self.model_metrics
-        m.batches.inc()
-        m.batch_rows.observe(row)
-        m.batch_requests.observe(len(group))
-        m.batch_seconds.observe(answers.seconds)
 
     # -- bundles ---------------------------------------------------------------------------------
     def _install(self, runner: Any) -> None:
