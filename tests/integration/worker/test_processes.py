@@ -269,6 +269,10 @@ def test_a_new_bundle_is_swapped_in_across_processes_and_each_result_comes_from_
                "results from the first bundle")
     shutil.rmtree(served)
     shutil.copytree(staged, served)  # replace the served folder, as a deploy would
+    # The rest of the stream once the model process has swapped: on a busy machine the first bundle
+    # could otherwise finish every input before the new one is loaded and warmed up.
+    wait_until(lambda: any(e["process"] == "model" for e in pod.events("bundle_swapped")), RESULTS_S,
+               "the model process to swap the bundle in")
     late = produce_events(kafka_bootstrap, topic, texts[1500:], prefix="b")
     by_id.update(zip(late, texts[1500:], strict=True))
     records = read_records(kafka_bootstrap, f"{topic}.labels", expected=3000, timeout_s=RESULTS_S)
