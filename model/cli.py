@@ -5,6 +5,7 @@
     tagstream-train predict  BUNDLE [TEXT ...]                       JSON lines; stdin without TEXT
     tagstream-train explain  BUNDLE TEXT [--png FILE]                tokens the model attended to
     tagstream-train inspect  BUNDLE [--json]                         what a bundle holds
+    tagstream-train distill  --teacher BUNDLE --train FILE --out DIR  a fast student (model/distill_cli.py)
 
 Exit status: 0 success, 1 a ModelError (the message says what to fix), 2 bad usage.
 Under ``torchrun`` the ``train`` command runs data-parallel with no other change.
@@ -73,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(sub)
     _add_explain(sub)
     _add_inspect(sub)
+    from model.distill_cli import add_distill  # its own module: imports this one's helpers
+
+    add_distill(sub)
     return parser
 
 
@@ -631,6 +635,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if training:
         print(f"training preset {training.get('preset')}   init {training.get('init')}   best epoch"
               f" {training.get('best_epoch')}/{training.get('epochs_run')}   {training.get('train_seconds')}s")
+        from model.distill import describe as describe_distillation
+
+        if line := describe_distillation(training):
+            print(line)
     if bundle.metrics:
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in bundle.metrics.items()
                  if not isinstance(v, dict)}

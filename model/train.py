@@ -29,7 +29,7 @@ import os
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,10 @@ log = structlog.get_logger(__name__)
 CHECKPOINT_FORMAT = 1
 # Validation batches are larger than training ones: no activations are kept for backward.
 EVAL_BATCH_MULTIPLIER = 2
+
+# A training loss in place of cross-entropy (e.g. distillation, model/distill.py):
+# (logits float32 (B, n_classes), the batch's row indices into ``train``, targets (B,)) -> scalar.
+LossFn = Callable[[torch.Tensor, list[int], torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -215,6 +219,7 @@ def fit(
     device: str | torch.device = "auto",
     progress: bool = True,
     extra_checkpoint: dict[str, Any] | None = None,
+    loss_fn: LossFn | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train``, select the best epoch on ``val``, return the result.
 
@@ -222,6 +227,8 @@ def fit(
     ``resume``: continue from that checkpoint (it must exist and match model and labels).
     ``extra_checkpoint``: JSON-able facts stored in the checkpoint (e.g. how the model was
     initialised), handed back in ``TrainResult.extra`` on resume.
+    ``loss_fn``: the training loss instead of cross-entropy with the gold labels (validation
+    always scores the gold labels); it gets each batch's row indices into ``train``.
     """
     labels = list(labels)
     if model.config.n_classes != len(labels):
@@ -300,9 +307,12 @@ def fit(
             ids, mask = ids.to(ctx.device), mask.to(ctx.device)
             with torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=autocast):
                 logits = net(_drop_tokens(ids, mask, cfg.token_dropout, tokenizer), mask)
-            loss = F.cross_entropy(
-                logits.float(), target, weight=weights, label_smoothing=cfg.label_smoothing
-            )
+            if loss_fn is not None:
+                loss = loss_fn(logits.float(), batch, target)
+            else:
+                loss = F.cross_entropy(
+                    logits.float(), target, weight=weights, label_smoothing=cfg.label_smoothing
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:

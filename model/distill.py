@@ -1,0 +1,373 @@
+"""Knowledge distillation: a fine-tuned teacher bundle's soft predictions train a small student.
+
+    teacher_probs(bundle, texts, ...) -> TeacherOutput    the teacher's probabilities, computed once
+                                                          (batched, progress bar) and cached on disk
+    soften(probs, T, task)                                temperature-softened targets
+    distill_loss(logits, target, soft, ...)               the mixed loss (below)
+    DistillLoss(teacher_probs, settings, ...)             that loss as the training loop's hook
+    augment_texts(texts, copies, kind, rate, seed)        noisy copies of texts for the teacher to label
+    pseudo_labels(probs, labels, task, thresholds)        the teacher's labels for unlabeled text
+
+The loss per example, with student logits z, gold label y, teacher probabilities p, temperature
+T and mix alpha:
+
+    single-label:  (1 - alpha) * CE(z, y)  + alpha * T^2 * KL(soften(p, T) || softmax(z / T))
+    multi-label:   (1 - alpha) * BCE(z, y) + alpha * T^2 * mean over labels of
+                                             KL(soften(p, T) || sigmoid(z / T))   (binary KL)
+
+A bundle's model returns probabilities, not logits. For softmax, log p equals the teacher's
+logits minus a per-row constant, which softmax ignores, so ``softmax(log p / T)`` is exactly the
+teacher's logits softened by T. For sigmoids each label has its own logit, ``log(p / (1 - p))``.
+T^2 keeps the soft term's gradients on the hard term's scale as T grows (Hinton et al. 2015).
+
+The teacher's outputs are cached as ``<cache>/<teacher version>-<dtype>-<texts sha256>.npy``:
+the bundle version changes with any change to the teacher and the checksum with any change to
+the texts (or their order), so a stale cache is never read, and a re-run (or another student
+of the same teacher and data) never runs the teacher again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import structlog
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from model import tokenizer as tok_lib
+from model.batching import pad_batch, sorted_batches
+from model.bundle import Bundle
+from model.errors import DataError, ModelError
+
+log = structlog.get_logger(__name__)
+
+Task = Literal["single_label", "multi_label"]
+TeacherDtype = Literal["fp32", "bf16"]
+AugmentKind = Literal["drop", "mask", "span", "mix"]
+AUGMENT_KINDS: tuple[str, ...] = ("drop", "mask", "span", "mix")
+TEACHER_DTYPES: tuple[str, ...] = ("fp32", "bf16")
+
+# Probabilities are clamped here before taking logs: a confident fp32 softmax can round a
+# class to exactly 0, and log 0 would poison the targets with -inf. At any T used in practice
+# (1 to 10) this floor softens to < 1e-3 of the mass and changes no ranking.
+PROB_FLOOR = 1e-12
+# Texts per teacher call: fills the matrix kernels on a CPU, bounds memory at 128 tokens.
+TEACHER_BATCH = 64
+MASK_TOKEN = tok_lib.MASK  # what "mask" augmentation writes in place of a word
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """How the student learns from the teacher; recorded in the student bundle."""
+
+    temperature: float = 2.0  # > 1 spreads the teacher's mass over the runner-up classes
+    alpha: float = 0.5  # weight of the teacher term; 1 - alpha goes to the gold labels
+    augment: str = "drop"  # how augmented copies are made (AUGMENT_KINDS)
+    augment_copies: int = 0  # noisy copies of every labeled training text, teacher-labeled
+    augment_rate: float = 0.15  # share of words a copy loses (or masks)
+    teacher_dtype: str = "fp32"  # the teacher's precision when labeling (bf16: faster on CPUs with AMX)
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ModelError(f"--temperature must be above 0, got {self.temperature}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ModelError(f"--alpha must be between 0 and 1, got {self.alpha}")
+        if self.augment not in AUGMENT_KINDS:
+            raise ModelError(f"--augment {self.augment!r}: expected one of {AUGMENT_KINDS}")
+        if self.augment_copies < 0:
+            raise ModelError(f"--augment-copies must be 0 or more, got {self.augment_copies}")
+        if not 0.0 < self.augment_rate < 1.0:
+            raise ModelError(f"--augment-rate must be between 0 and 1, got {self.augment_rate}")
+        if self.teacher_dtype not in TEACHER_DTYPES:
+            raise ModelError(f"--teacher-dtype {self.teacher_dtype!r}: expected one of {TEACHER_DTYPES}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------- the teacher
+
+
+def bundle_task(bundle: Bundle) -> Task:
+    """``multi_label`` for a sigmoid-head bundle (config ``"task"``), else ``single_label``."""
+    return "multi_label" if bundle.config.get("task") == "multi_label" else "single_label"
+
+
+def bundle_thresholds(bundle: Bundle) -> list[float] | None:
+    """A multi-label bundle's per-label decision thresholds, in label order (None when absent)."""
+    raw = bundle.config.get("thresholds")
+    if raw is None:
+        return None
+    if isinstance(raw, dict):
+        return [float(raw[label]) for label in bundle.labels]
+    return [float(x) for x in raw]
+
+
+def texts_checksum(texts: Sequence[str]) -> str:
+    """sha256 over the texts in order (length-prefixed, so no two lists collide by joining)."""
+    digest = hashlib.sha256()
+    for text in texts:
+        raw = text.encode("utf-8")
+        digest.update(len(raw).to_bytes(8, "little"))
+        digest.update(raw)
+    return digest.hexdigest()
+
+
+@dataclass
+class TeacherOutput:
+    """The teacher's probabilities for some texts, and where they came from."""
+
+    probs: np.ndarray  # float32 (N, n_labels), in the order of the texts
+    cached: bool  # read from the cache (the teacher did not run)
+    path: Path | None  # the cache file (None when caching is off)
+    seconds: float  # teacher time (0 when cached)
+
+
+def cache_path(cache_dir: Path, bundle: Bundle, dtype: str, texts: Sequence[str]) -> Path:
+    """Where the teacher's outputs for these texts are cached: keyed by version, dtype, texts."""
+    return cache_dir / f"{bundle.version}-{dtype}-{texts_checksum(texts)[:24]}.npy"
+
+
+def teacher_probs(
+    bundle: Bundle,
+    texts: Sequence[str],
+    *,
+    what: str,
+    cache_dir: Path | None,
+    dtype: str = "fp32",
+    batch_size: int = TEACHER_BATCH,
+    progress: bool = True,
+) -> TeacherOutput:
+    """The teacher bundle's probabilities for ``texts``: from the cache, else computed and cached.
+
+    ``what`` names the texts in logs and on the progress bar (e.g. "train.jsonl").
+    A cache file of the wrong shape (or unreadable) is recomputed and replaced.
+    """
+    path = cache_path(cache_dir, bundle, dtype, texts) if cache_dir is not None else None
+    if path is not None and path.is_file():
+        try:
+            probs = np.load(path, allow_pickle=False)
+            if probs.shape == (len(texts), len(bundle.labels)) and np.isfinite(probs).all():
+                log.info("teacher_cached", texts=what, rows=len(texts), cache=str(path))
+                return TeacherOutput(probs.astype(np.float32, copy=False), True, path, 0.0)
+            log.warning("teacher_cache_mismatch", cache=str(path), shape=probs.shape,
+                        expected=(len(texts), len(bundle.labels)), action="recomputing")
+        except (OSError, ValueError) as exc:
+            log.warning("teacher_cache_unreadable", cache=str(path), error=str(exc),
+                        action="recomputing")
+    started = time.perf_counter()
+    probs = _run_teacher(bundle, texts, what=what, dtype=dtype, batch_size=batch_size,
+                         progress=progress)
+    seconds = time.perf_counter() - started
+    log.info("teacher_labeled", texts=what, rows=len(texts), seconds=round(seconds, 1),
+             texts_per_s=round(len(texts) / max(seconds, 1e-9)), dtype=dtype)
+    if path is not None:
+        _save_atomic(path, probs, {
+            "teacher": bundle.name, "version": bundle.version, "labels": bundle.labels,
+            "dtype": dtype, "rows": len(texts), "texts": what,
+            "texts_sha256": texts_checksum(texts),
+        })
+    return TeacherOutput(probs, False, path, seconds)
+
+
+@torch.inference_mode()
+def _run_teacher(
+    bundle: Bundle, texts: Sequence[str], *, what: str, dtype: str, batch_size: int, progress: bool
+) -> np.ndarray:
+    """Length-sorted batches through the bundle's compiled model; rows back in input order."""
+    sequences = tok_lib.encode_unpadded(bundle.tokenizer, texts, bundle.max_length)
+    out = np.zeros((len(texts), len(bundle.labels)), dtype=np.float32)
+    autocast = dtype == "bf16"
+    bar = tqdm(total=len(texts), desc=f"teacher: {what}", unit="text", leave=False,
+               disable=not progress, dynamic_ncols=True)
+    for batch in sorted_batches([len(s) for s in sequences], batch_size):
+        ids, mask = pad_batch([sequences[i] for i in batch], bundle.pad_id)
+        with torch.autocast(device_type=bundle.device.type, dtype=torch.bfloat16, enabled=autocast):
+            probs = bundle.model(ids.to(bundle.device), mask.to(bundle.device))
+        out[batch] = probs.float().cpu().numpy()
+        bar.update(len(batch))
+    bar.close()
+    return out
+
+
+def _save_atomic(path: Path, probs: np.ndarray, meta: dict[str, Any]) -> None:
+    """The array, then a JSON sidecar for people; each renamed into place (never half written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.npy")
+    np.save(tmp, probs, allow_pickle=False)
+    os.replace(tmp, path)
+    side = path.with_suffix(".json")
+    tmp_side = side.with_name(f".{side.name}.tmp")
+    tmp_side.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp_side, side)
+
+
+def pseudo_labels(
+    probs: np.ndarray, labels: Sequence[str], task: Task = "single_label",
+    thresholds: Sequence[float] | None = None,
+) -> list[Any]:
+    """The teacher's labels: the most probable one, or (multi-label) every one over its threshold."""
+    if task == "multi_label":
+        cut = np.asarray(thresholds if thresholds is not None else [0.5] * len(labels))
+        return [[labels[int(j)] for j in np.flatnonzero(row >= cut)] for row in probs]
+    return [labels[int(i)] for i in probs.argmax(axis=1)]
+
+
+# ---------------------------------------------------------------------------------- the loss
+
+
+def soften(probs: np.ndarray | torch.Tensor, temperature: float, task: Task = "single_label") -> torch.Tensor:
+    """Teacher targets at ``temperature``, float32, from the teacher's probabilities.
+
+    single-label: softmax(log p / T) (= the teacher's logits over T, softmaxed);
+    multi-label: sigmoid(logit(p) / T) for each label.
+    """
+    p = torch.as_tensor(probs, dtype=torch.float32).clamp(PROB_FLOOR, 1.0)
+    if task == "multi_label":
+        p = p.clamp(max=1.0 - 1e-7)  # fp32 holds 1 - 1e-7, not 1 - 1e-12
+        return torch.sigmoid(torch.log(p / (1.0 - p)) / temperature)
+    return torch.softmax(torch.log(p) / temperature, dim=-1)
+
+
+def distill_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    soft: torch.Tensor,
+    *,
+    temperature: float,
+    alpha: float,
+    task: Task = "single_label",
+    class_weights: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """The mixed loss of the module docstring, averaged over the batch (a scalar).
+
+    logits (B, n) float32; target (B,) class indices or (B, n) 0/1 floats for multi-label;
+    soft (B, n) from :func:`soften` at the same ``temperature``.
+    """
+    T = temperature
+    if task == "multi_label":
+        hard = F.binary_cross_entropy_with_logits(logits, target.float(), pos_weight=class_weights)
+        student = logits / T
+        # Binary KL = BCE(soft targets) - their entropy: the same gradient, and 0 at a match.
+        entropy = -(soft * soft.clamp_min(PROB_FLOOR).log()
+                    + (1 - soft) * (1 - soft).clamp_min(PROB_FLOOR).log())
+        kl = (F.binary_cross_entropy_with_logits(student, soft, reduction="none") - entropy).mean()
+    else:
+        hard = F.cross_entropy(logits, target, weight=class_weights, label_smoothing=label_smoothing)
+        kl = F.kl_div(F.log_softmax(logits / T, dim=-1), soft, reduction="batchmean")
+    return (1.0 - alpha) * hard + alpha * T * T * kl
+
+
+class DistillLoss:
+    """``model.train.LossFn``: the mixed loss against soft targets held for every training row.
+
+    ``teacher_probs`` (N, n) are the teacher's probabilities for the training rows, in the
+    order ``fit`` sees them (the batch's indices select them). Softened once, kept on ``device``.
+    """
+
+    def __init__(
+        self,
+        teacher_probs: np.ndarray,
+        settings: DistillSettings,
+        *,
+        task: Task = "single_label",
+        class_weights: torch.Tensor | None = None,
+        label_smoothing: float = 0.0,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.settings = settings
+        self.task = task
+        self.soft = soften(teacher_probs, settings.temperature, task).to(device)  # (N, n)
+        self.class_weights = class_weights.to(device) if class_weights is not None else None
+        self.label_smoothing = label_smoothing
+
+    def __call__(self, logits: torch.Tensor, batch: list[int], target: torch.Tensor) -> torch.Tensor:
+        return distill_loss(
+            logits, target, self.soft[batch], temperature=self.settings.temperature,
+            alpha=self.settings.alpha, task=self.task, class_weights=self.class_weights,
+            label_smoothing=self.label_smoothing,
+        )
+
+
+# -------------------------------------------------------------------------------- augmenting
+
+
+def augment_texts(
+    texts: Sequence[str], copies: int, kind: str, rate: float, seed: int
+) -> tuple[list[str], list[int]]:
+    """``copies`` noisy versions of every text and, for each, the index of its source text.
+
+    Word-level, on whitespace: ``drop`` deletes each word with probability ``rate``; ``mask``
+    replaces it with [MASK]; ``span`` deletes one run of about ``rate`` of the words; ``mix``
+    picks one of the three per copy. A copy keeps at least one word. Same seed, same copies.
+    """
+    if kind not in AUGMENT_KINDS:
+        raise ModelError(f"augmentation {kind!r}: expected one of {AUGMENT_KINDS}")
+    rng = random.Random(seed)
+    out: list[str] = []
+    source: list[int] = []
+    for _ in range(copies):
+        for i, text in enumerate(texts):
+            how = rng.choice(("drop", "mask", "span")) if kind == "mix" else kind
+            out.append(_augment_one(text.split(), how, rate, rng) or text)
+            source.append(i)
+    return out, source
+
+
+def _augment_one(words: list[str], how: str, rate: float, rng: random.Random) -> str:
+    if len(words) < 2:
+        return " ".join(words)
+    if how == "span":
+        n = max(1, min(len(words) - 1, round(len(words) * rate)))
+        start = rng.randrange(len(words) - n + 1)
+        kept = words[:start] + words[start + n:]
+    elif how == "mask":
+        kept = [MASK_TOKEN if rng.random() < rate else w for w in words]
+    else:
+        kept = [w for w in words if rng.random() >= rate] or [rng.choice(words)]
+    return " ".join(kept)
+
+
+# ------------------------------------------------------------------------------------ checks
+
+
+def check_labels(data_labels: Sequence[Any], teacher_labels: Sequence[str], source: str) -> None:
+    """DataError unless every label in the data is one of the teacher's (a student can only
+    learn the teacher's outputs)."""
+    seen: set[str] = set()
+    for label in data_labels:
+        seen.update(label if isinstance(label, list | tuple) else [label])
+    unknown = sorted(seen - set(teacher_labels))
+    if unknown:
+        raise DataError(
+            f"{source}: labels {unknown} are not among the teacher's labels {list(teacher_labels)};"
+            " the student learns the teacher's outputs, so distil from a teacher trained on these"
+            " labels (or leave those rows out)"
+        )
+
+
+def describe(training: dict[str, Any]) -> str | None:
+    """One line for ``inspect``: the teacher and the settings, or None for a non-distilled bundle."""
+    info = training.get("distillation")
+    if not info:
+        return None
+    teacher = info.get("teacher", {})
+    rows = info.get("rows", {})
+    settings = info.get("settings", {})
+    return (
+        f"teacher  {teacher.get('name')} version {teacher.get('version')}   T {settings.get('temperature')}"
+        f"   alpha {settings.get('alpha')}   rows: {rows.get('labeled', 0)} labeled,"
+        f" {rows.get('unlabeled', 0)} teacher-labeled, {rows.get('augmented', 0)} augmented"
+        f" ({settings.get('augment')}, rate {settings.get('augment_rate')})"
+    )
