@@ -3,16 +3,19 @@
     .venv/bin/python bench/distill_bench.py --teacher-dir ~/tagstream-teachers      # full run
     .venv/bin/python bench/distill_bench.py --quick                                 # smoke, ~3 min
     .venv/bin/python bench/distill_bench.py --only ag_news -- --temperature 4       # flags for distill
+    .venv/bin/python bench/distill_bench.py --only ag_news --no-unlabeled \
+        --variant "T2=--temperature 2" --variant "T4=--temperature 4"              # a sweep, one table
 
 For AG News and SMS spam, all through the real `tagstream-train` commands:
   1. the teacher: all-MiniLM-L6-v2 fine-tuned with `train --init minilm` (finetune_bench's flags),
      kept in --teacher-dir and reused by later runs (a fine-tune is ~17 min on 2 idle cores;
      the teacher's outputs are cached there too, so a re-run does not run it on the same texts);
   2. the scratch student: `train --preset small`, the same as bench/train_bench.py;
-  3. the distilled student: `distill --preset small` from that teacher (+ flags after --);
+  3. the distilled student: `distill --preset small` from that teacher (+ flags after --), or
+     one per --variant NAME=FLAGS (a sweep: every variant beside the same baseline and teacher);
   4. TF-IDF + logistic regression on the same training split (train_bench's baseline);
-  5. model-only texts/s of the three bundles on the dataset's test texts (pre-tokenized, batch
-     64, the two students measured alternately, best of three rounds).
+  5. model-only texts/s of the bundles on the dataset's test texts (pre-tokenized, batch 64,
+     the students measured alternately, best of three rounds).
 Then, on AG News, whether unlabeled text helps: the labels of a share of the training file are
 held back (--unlabeled-share, default 0.5), a teacher is fine-tuned on the labeled rows alone
 (so it has never seen the held-back labels), and a student distilled from the labeled rows is
@@ -34,6 +37,7 @@ import hashlib
 import json
 import os
 import random
+import shlex
 import sys
 import tempfile
 import time
@@ -86,12 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unlabeled-share", type=float, default=0.5,
                         help="AG News: share of the training file whose labels are held back (default: %(default)s)")
     parser.add_argument("--no-unlabeled", action="store_true", help="skip the unlabeled-text experiment")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
+                        help="a distilled student with these extra distill flags, e.g."
+                             " 'T4=--temperature 4 --alpha 0.9'; may repeat (default: one, 'distilled')")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     parser.add_argument("distill_flags", nargs=argparse.REMAINDER,
                         help="after --: extra `tagstream-train distill` flags for every distilled student")
     args = parser.parse_args(argv)
     extra = [f for f in args.distill_flags if f != "--"]
+    variants = parse_variants(args.variant)
 
     names = [args.only] if args.only else list(DATASETS)
     missing = [n for n in names if not (args.datasets / n / "train.jsonl").is_file()]
@@ -108,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tagstream-distill-bench-") as tmp:
         work = (args.out or Path(tmp)).resolve()
         teachers = (args.teacher_dir or work / "teachers").resolve()
-        results = [bench_dataset(name, args, work / name, teachers, extra) for name in names]
+        results = [bench_dataset(name, args, work / name, teachers, extra, variants) for name in names]
         unlabeled = None
         if "ag_news" in names and not args.no_unlabeled:
             unlabeled = bench_unlabeled(args, work / "ag_news-unlabeled", teachers, extra)
@@ -122,8 +130,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def parse_variants(specs: list[str]) -> list[tuple[str, list[str]]]:
+    """[(name, distill flags)] from NAME=FLAGS strings; one plain 'distilled' when none."""
+    if not specs:
+        return [("distilled", [])]
+    out = []
+    for spec in specs:
+        name, sep, flags = spec.partition("=")
+        if not sep or not name.strip():
+            raise SystemExit(f"--variant {spec!r}: expected NAME=FLAGS, e.g. 'T4=--temperature 4'")
+        out.append((name.strip(), shlex.split(flags)))
+    return out
+
+
 def bench_dataset(name: str, args: argparse.Namespace, work: Path, teachers: Path,
-                  extra: list[str]) -> dict[str, Any]:
+                  extra: list[str], variants: list[tuple[str, list[str]]]) -> dict[str, Any]:
     """Teacher (built or reused), scratch and distilled students, TF-IDF, and their speeds."""
     train_file, test_file = dataset_files(args, name, work)
     teacher = ensure_teacher(name, name + ("-quick" if args.quick else ""), train_file, test_file,
@@ -132,38 +153,49 @@ def bench_dataset(name: str, args: argparse.Namespace, work: Path, teachers: Pat
         "train", "--train", str(train_file), "--test", str(test_file), "--out", str(work / "scratch"),
         "--preset", "tiny" if args.quick else "small", "--name", f"{name}-small", "--no-progress",
         *STUDENT_FLAGS[name], *(["--epochs", "1"] if args.quick else [])])
-    distilled = run_distill(name, "distilled", work, teacher, train_file, test_file, args, extra)
+    runs = {vname: run_distill(name, vname, work, teacher, train_file, test_file, args, [*extra, *flags])
+            for vname, flags in variants}
 
     labels = json.loads((scratch["bundle"] / "labels.json").read_text())
     seed = scratch["config"]["training"]["train_config"]["seed"]
     train_split, val_split = data_lib.stratified_split(data_lib.read_labeled(train_file), 0.1, seed)
     test = data_lib.read_labeled(test_file, labels=labels)
     baseline = tfidf_baseline(name, train_split, val_split, test, labels)
-    speed = bench_speed(name, test.texts, scratch["bundle"], distilled["bundle"], teacher["bundle"])
-    summary = distilled["report"]["summary"]
+    speed = bench_speed(name, test.texts, scratch["bundle"],
+                        {v: r["bundle"] for v, r in runs.items()}, teacher["bundle"])
+    first = next(iter(runs.values()))
     result = {
         "dataset": name,
         "rows": {"train": len(train_split), "validation": len(val_split), "test": len(test)},
-        "teacher": {**teacher_headline(name, distilled["report"]), "reused": teacher["reused"],
+        "teacher": {**teacher_headline(name, first["report"]), "reused": teacher["reused"],
                     "train_seconds": teacher["train_seconds"]},
         "scratch": {**headline(name, scratch["report"]["metrics"]),
                     "train_seconds": scratch["config"]["training"]["train_seconds"],
-                    "epochs": f"{scratch['config']['training']['best_epoch']}/{scratch['config']['training']['epochs_run']}"},
-        "distilled": {**headline(name, distilled["report"]["metrics"]),
-                      "train_seconds": distilled["config"]["training"]["train_seconds"],
-                      "epochs": f"{distilled['config']['training']['best_epoch']}/{distilled['config']['training']['epochs_run']}",
-                      "agreement_with_teacher": round(summary["agreement_with_teacher"], 4),
-                      "distillation": distilled["config"]["training"]["distillation"]["settings"],
-                      "rows": distilled["config"]["training"]["distillation"]["rows"],
-                      "teacher_seconds": distilled["config"]["training"]["distillation"]["teacher_seconds"],
-                      "argv": distilled["argv"]},
+                    "epochs": epochs(scratch)},
+        "variants": [variant_result(name, vname, run) for vname, run in runs.items()],
         "baseline": baseline,
         "speed": speed,
     }
-    print(f"[{name}] teacher {result['teacher']}  scratch {result['scratch']}  distilled"
-          f" {result['distilled']['accuracy']} / {result['distilled'].get('spam_f1', '')}"
-          f"  TF-IDF {baseline}  speed {speed}", flush=True)
+    print(f"[{name}] teacher {result['teacher']}  scratch {result['scratch']}  TF-IDF {baseline}",
+          flush=True)
+    for v in result["variants"]:
+        print(f"[{name}] {v['variant']}: {v['metrics']}  {v['distillation']}  rows {v['rows']}", flush=True)
     return result
+
+
+def variant_result(name: str, variant: str, run: dict[str, Any]) -> dict[str, Any]:
+    training = run["config"]["training"]
+    return {"variant": variant, "metrics": headline(name, run["report"]["metrics"]),
+            "train_seconds": training["train_seconds"], "epochs": epochs(run),
+            "agreement_with_teacher": round(run["report"]["summary"]["agreement_with_teacher"], 4),
+            "distillation": training["distillation"]["settings"],
+            "tokenizer": training.get("tokenizer"), "rows": training["distillation"]["rows"],
+            "teacher_seconds": training["distillation"]["teacher_seconds"], "argv": run["argv"]}
+
+
+def epochs(run: dict[str, Any]) -> str:
+    training = run["config"]["training"]
+    return f"{training['best_epoch']}/{training['epochs_run']}"
 
 
 def bench_unlabeled(args: argparse.Namespace, work: Path, teachers: Path,
@@ -277,22 +309,23 @@ def teacher_headline(name: str, report: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def bench_speed(name: str, texts: list[str], scratch: Path, distilled: Path, teacher: Path) -> dict[str, Any]:
+def bench_speed(name: str, texts: list[str], scratch: Path, students: dict[str, Path],
+                teacher: Path) -> dict[str, Any]:
     """Model-only texts/s: length-sorted and arrival-order batches; the students alternate."""
-    students = {"scratch": Bundle.load(scratch), "distilled": Bundle.load(distilled)}
-    prepared = {key: prepare(b, texts[:SPEED_TEXTS]) for key, b in students.items()}
-    best: dict[str, float] = {}
+    bundles = {"scratch": Bundle.load(scratch), **{v: Bundle.load(p) for v, p in students.items()}}
+    prepared = {key: prepare(b, texts[:SPEED_TEXTS]) for key, b in bundles.items()}
+    best: dict[str, dict[str, float]] = {key: {} for key in bundles}
     for _ in range(SPEED_ROUNDS):
-        for key, bundle in students.items():
+        for key, bundle in bundles.items():
             for order, tensors in prepared[key].items():
-                rate = texts_per_second(bundle.model, tensors)
-                best[f"{key}_{order}"] = max(best.get(f"{key}_{order}", 0.0), rate)
+                best[key][order] = max(best[key].get(order, 0.0), texts_per_second(bundle.model, tensors))
     t = Bundle.load(teacher)
-    for order, tensors in prepare(t, texts[:TEACHER_SPEED_TEXTS]).items():
-        best[f"teacher_{order}"] = texts_per_second(t.model, tensors)
-    out: dict[str, Any] = {k: round(v) for k, v in best.items()}
-    out["distilled_vs_scratch_sorted"] = round(best["distilled_sorted"] / best["scratch_sorted"], 3)
-    out["distilled_vs_scratch_arrival"] = round(best["distilled_arrival"] / best["scratch_arrival"], 3)
+    best["teacher"] = {order: texts_per_second(t.model, tensors)
+                       for order, tensors in prepare(t, texts[:TEACHER_SPEED_TEXTS]).items()}
+    out: dict[str, Any] = {key: {order: round(v) for order, v in rates.items()} for key, rates in best.items()}
+    for key in students:
+        out[key]["vs_scratch"] = {order: round(best[key][order] / best["scratch"][order], 3)
+                                  for order in best[key]}
     out["texts"] = min(len(texts), SPEED_TEXTS)
     out["teacher_texts"] = min(len(texts), TEACHER_SPEED_TEXTS)
     print(f"[{name}] speed {out}", flush=True)
@@ -334,34 +367,39 @@ def print_tables(results: list[dict[str, Any]], unlabeled: dict[str, Any] | None
     print()
     print(f"## tagstream distillation benchmark{quick}")
     print()
-    print("| dataset | metric | TF-IDF+LR | scratch small | distilled small | teacher MiniLM | target | agreement | train s (scratch / distilled) |")
-    print("|---|---|---:|---:|---:|---:|---|---:|---|")
+    print("| dataset | metric | TF-IDF+LR | scratch small | student | distilled | teacher MiniLM | target | agreement | train s (scratch / distilled) |")
+    print("|---|---|---:|---:|---|---:|---:|---|---:|---|")
     for r in results:
         key, target = TARGETS[r["dataset"]]
-        ours = r["distilled"][key]
-        ok = ours >= target and (key != "accuracy" or ours > r["baseline"][key])
-        goal = f">= {target}" + (" and > TF-IDF" if key == "accuracy" else "")
-        print(f"| {r['dataset']} | {key} | {r['baseline'][key]:.4f} | {r['scratch'][key]:.4f} |"
-              f" **{ours:.4f}** | {r['teacher'][key]:.4f} | {goal} ({'ok' if ok else 'MISSED'}) |"
-              f" {r['distilled']['agreement_with_teacher']:.1%} |"
-              f" {r['scratch']['train_seconds']:.0f} / {r['distilled']['train_seconds']:.0f} |")
+        for v in r["variants"]:
+            ours = v["metrics"][key]
+            ok = ours >= target and (key != "accuracy" or ours > r["baseline"][key])
+            goal = f">= {target}" + (" and > TF-IDF" if key == "accuracy" else "")
+            print(f"| {r['dataset']} | {key} | {r['baseline'][key]:.4f} | {r['scratch'][key]:.4f} |"
+                  f" {v['variant']} | **{ours:.4f}** | {r['teacher'][key]:.4f} |"
+                  f" {goal} ({'ok' if ok else 'MISSED'}) | {v['agreement_with_teacher']:.1%} |"
+                  f" {r['scratch']['train_seconds']:.0f} / {v['train_seconds']:.0f} |")
     print()
-    print("Distillation settings:", "; ".join(
-        f"{r['dataset']}: {r['distilled']['distillation']} rows {r['distilled']['rows']}" for r in results))
+    print("Students' settings:")
+    for r in results:
+        for v in r["variants"]:
+            print(f"- {r['dataset']} {v['variant']}: {v['distillation']}, tokenizer {v['tokenizer']},"
+                  f" rows {v['rows']}, epochs {v['epochs']}, flags {' '.join(v['argv'][v['argv'].index('--no-progress') + 1:])}")
     print()
     print(f"Model-only texts/s (pre-tokenized test texts, batch {SPEED_BATCH}; students best of"
           f" {SPEED_ROUNDS} alternating rounds on {SPEED_TEXTS} texts, teacher one round on"
           f" {TEACHER_SPEED_TEXTS}):")
     print()
-    print("| dataset | order | scratch small | distilled small | distilled / scratch | teacher MiniLM |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| dataset | order | scratch small | student | texts/s | student / scratch | teacher MiniLM |")
+    print("|---|---|---:|---|---:|---:|---:|")
     for r in results:
         s = r["speed"]
-        for order in ("sorted", "arrival"):
-            ratio = s[f"distilled_vs_scratch_{order}"]
-            print(f"| {r['dataset']} | {order} | {s[f'scratch_{order}']:,} | {s[f'distilled_{order}']:,} |"
-                  f" {ratio:.0%} ({'ok' if ratio >= SPEED_TARGET else 'MISSED'} >= {SPEED_TARGET:.0%}) |"
-                  f" {s[f'teacher_{order}']:,} |")
+        for v in r["variants"]:
+            for order in ("sorted", "arrival"):
+                ratio = s[v["variant"]]["vs_scratch"][order]
+                print(f"| {r['dataset']} | {order} | {s['scratch'][order]:,} | {v['variant']} |"
+                      f" {s[v['variant']][order]:,} | {ratio:.0%} ({'ok' if ratio >= SPEED_TARGET else 'MISSED'}"
+                      f" >= {SPEED_TARGET:.0%}) | {s['teacher'][order]:,} |")
     if unlabeled:
         u = unlabeled
         print()

@@ -52,10 +52,8 @@ from model.errors import DataError, ModelError
 log = structlog.get_logger(__name__)
 
 Task = Literal["single_label", "multi_label"]
-TeacherDtype = Literal["fp32", "bf16"]
-AugmentKind = Literal["drop", "mask", "span", "mix"]
 AUGMENT_KINDS: tuple[str, ...] = ("drop", "mask", "span", "mix")
-TEACHER_DTYPES: tuple[str, ...] = ("fp32", "bf16")
+TEACHER_DTYPES: tuple[str, ...] = ("auto", "fp32", "bf16")
 
 # Probabilities are clamped here before taking logs: a confident fp32 softmax can round a
 # class to exactly 0, and log 0 would poison the targets with -inf. At any T used in practice
@@ -75,7 +73,7 @@ class DistillSettings:
     augment: str = "drop"  # how augmented copies are made (AUGMENT_KINDS)
     augment_copies: int = 0  # noisy copies of every labeled training text, teacher-labeled
     augment_rate: float = 0.15  # share of words a copy loses (or masks)
-    teacher_dtype: str = "fp32"  # the teacher's precision when labeling (bf16: faster on CPUs with AMX)
+    teacher_dtype: str = "auto"  # the teacher's precision when labeling (resolve_teacher_dtype)
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
@@ -96,6 +94,32 @@ class DistillSettings:
 
 
 # ------------------------------------------------------------------------------- the teacher
+
+
+def resolve_teacher_dtype(requested: str, device: torch.device | str) -> str:
+    """``auto``: bf16 on a GPU with bf16 and on CPUs with native bf16 (AVX512-BF16 or AMX), else fp32.
+
+    The teacher only labels: under bf16 autocast its probabilities moved by at most 0.012 and
+    not one AG News label changed, while it ran ~3x faster on the AMX development machine
+    (see bench/distill_bench.py). Without native bf16, CPU bf16 is emulated and slower.
+    """
+    if requested != "auto":
+        return requested
+    if torch.device(device).type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if _cpu_has_native_bf16() else "fp32"
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
 
 
 def bundle_task(bundle: Bundle) -> Task:
