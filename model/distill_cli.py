@@ -30,7 +30,7 @@ import structlog
 from model.cli import _data_options, _given, _report_bad_rows, _small
 from model.config import PRESET_NAMES, Preset, TrainConfig, preset
 from model.distill import AUGMENT_KINDS, TEACHER_DTYPES, DistillSettings
-from model.errors import ModelError
+from model.errors import CheckpointError, ModelError
 
 log = structlog.get_logger("tagstream-train")
 
@@ -124,6 +124,7 @@ def add_distill(sub: Any) -> None:
     g.add_argument("--threads", type=int, default=0, help="CPU threads for torch; 0 = torch's default (default: %(default)s)")
     g.add_argument("--precision", choices=["fp32", "int8"], default="fp32", help="student bundle precision (default: %(default)s)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt with its stored settings (the teacher's outputs come from the cache)")
     p.set_defaults(func=cmd_distill)
 
 
@@ -151,29 +152,53 @@ def cmd_distill(args: argparse.Namespace) -> int:
         raise ModelError("distill runs in one process: start it without torchrun")
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = DistillSettings(
-        temperature=args.temperature, alpha=args.alpha, augment=args.augment,
-        augment_copies=args.augment_copies, augment_rate=args.augment_rate,
-        teacher_dtype=args.teacher_dtype,
-    )
     device = train_lib.resolve_device(args.device)
     progress = not args.no_progress and sys.stderr.isatty()
+    ckpt = args.out / "checkpoint.pt"
+    stored = _stored_run(ckpt) if args.resume else None
+    if stored is not None:
+        args.preset = stored["extra"]["preset"]
     chosen = preset(args.preset)
     flags = _training_flags(args)
-    student_cfg = dataclasses.replace(chosen.train, **{**DISTILL_TRAIN_DEFAULTS, **flags})
     scratch_cfg = dataclasses.replace(chosen.train, **flags)
+    if stored is not None:
+        settings = DistillSettings(**stored["extra"]["distillation"])
+        student_cfg = TrainConfig(**stored["train_config"])
+        log.info("resume", checkpoint=str(ckpt), note="using the checkpoint's settings")
+    else:
+        settings = DistillSettings(
+            temperature=args.temperature, alpha=args.alpha, augment=args.augment,
+            augment_copies=args.augment_copies, augment_rate=args.augment_rate,
+            teacher_dtype=args.teacher_dtype,
+        )
+        student_cfg = dataclasses.replace(chosen.train, **{**DISTILL_TRAIN_DEFAULTS, **flags})
 
     teacher = _load_teacher(args.teacher, device)
+    if stored is not None and stored["extra"]["teacher"]["version"] != teacher.version:
+        raise CheckpointError(
+            f"{ckpt} was distilled from {stored['extra']['teacher']['name']} version"
+            f" {stored['extra']['teacher']['version']}, --teacher is version {teacher.version};"
+            " resume with that teacher, or start over without --resume"
+        )
     # An int8 teacher is already the fast path; autocast does not apply to its quantized layers.
     auto_dtype = "fp32" if teacher.precision == "int8" else settings.teacher_dtype
     settings = dataclasses.replace(
         settings, teacher_dtype=distill.resolve_teacher_dtype(auto_dtype, teacher.device))
     sets = _teacher_labeled_sets(args, teacher, settings, student_cfg.seed, progress)
-    tokenizer, tok_source, tok_cfg = _student_tokenizer(args, chosen, teacher, sets)
-    enc_cfg = _student_config(args, chosen, tokenizer, len(teacher.labels))
+    if stored is not None:
+        from tokenizers import Tokenizer
 
-    student = _train_student(args, enc_cfg, tokenizer, sets, teacher, settings, student_cfg,
-                             device, progress)
+        from model.config import EncoderConfig
+
+        tokenizer = Tokenizer.from_str(stored["tokenizer"])
+        tok_source, tok_cfg = stored["extra"]["tokenizer_source"], None
+        enc_cfg = EncoderConfig.from_dict(stored["encoder_config"])
+    else:
+        tokenizer, tok_source, tok_cfg = _student_tokenizer(args, chosen, teacher, sets)
+        enc_cfg = _student_config(args, chosen, tokenizer, len(teacher.labels))
+
+    student = _train_student(args, enc_cfg, tokenizer, tok_source, sets, teacher, settings,
+                             student_cfg, device, progress, resume=stored is not None)
     scratch = None
     if not args.no_scratch_baseline:
         log.info("scratch_baseline", note="the same student trained without the teacher, for the report")
@@ -181,6 +206,18 @@ def cmd_distill(args: argparse.Namespace) -> int:
                        device, progress, loss_fn=None, checkpoint=None)
     return _evaluate_and_export(args, teacher, sets, settings, student, scratch, tokenizer,
                                 tok_source, tok_cfg, student_cfg, scratch_cfg, progress)
+
+
+def _stored_run(path: Path) -> dict[str, Any]:
+    """The checkpoint of an earlier distill run into the same folder (for --resume)."""
+    from model import train as train_lib
+
+    if not path.is_file():
+        raise CheckpointError(f"cannot resume: no checkpoint at {path}")
+    stored = train_lib.read_checkpoint(path)
+    if "distillation" not in stored.get("extra", {}):
+        raise CheckpointError(f"{path} is not from a distill run; resume it with tagstream-train train --resume")
+    return stored
 
 
 def _training_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -330,9 +367,9 @@ def _student_config(args: argparse.Namespace, chosen: Preset, tokenizer: Any, n_
         raise ModelError(f"invalid student shape: {exc}") from exc
 
 
-def _train_student(args: argparse.Namespace, enc_cfg: Any, tokenizer: Any, sets: _Sets,
-                   teacher: Any, settings: DistillSettings, cfg: TrainConfig, device: Any,
-                   progress: bool) -> Any:
+def _train_student(args: argparse.Namespace, enc_cfg: Any, tokenizer: Any, tok_source: str,
+                   sets: _Sets, teacher: Any, settings: DistillSettings, cfg: TrainConfig,
+                   device: Any, progress: bool, *, resume: bool) -> Any:
     from model import tokenizer as tok_lib
     from model import train as train_lib
     from model.distill import DistillLoss
@@ -346,21 +383,23 @@ def _train_student(args: argparse.Namespace, enc_cfg: Any, tokenizer: Any, sets:
     log.info("distilling", temperature=settings.temperature, alpha=settings.alpha,
              rows=len(sets.train), epochs=cfg.epochs)
     return _fit(enc_cfg, tokenizer, sets.train, sets.val, teacher.labels, cfg, device, progress,
-                loss_fn=loss, checkpoint=args.out / "checkpoint.pt",
+                loss_fn=loss, checkpoint=args.out / "checkpoint.pt", resume=resume,
                 extra={"init": "scratch", "preset": args.preset, "distillation": settings.to_dict(),
-                       "teacher": {"name": teacher.name, "version": teacher.version}})
+                       "teacher": {"name": teacher.name, "version": teacher.version},
+                       "tokenizer_source": tok_source})
 
 
 def _fit(enc_cfg: Any, tokenizer: Any, train: Any, val: Any, labels: list[str], cfg: TrainConfig,
          device: Any, progress: bool, *, loss_fn: Any, checkpoint: Path | None,
-         extra: dict[str, Any] | None = None) -> Any:
+         extra: dict[str, Any] | None = None, resume: bool = False) -> Any:
     from model import train as train_lib
     from model.encoder import EncoderClassifier
 
     train_lib.seed_everything(cfg.seed)
     model = EncoderClassifier(enc_cfg)
     return train_lib.fit(model, tokenizer, train, val, labels, cfg, checkpoint_path=checkpoint,
-                         device=device, progress=progress, extra_checkpoint=extra, loss_fn=loss_fn)
+                         resume=resume, device=device, progress=progress, extra_checkpoint=extra,
+                         loss_fn=loss_fn)
 
 
 def _evaluate_and_export(args: argparse.Namespace, teacher: Any, sets: _Sets,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -270,6 +271,36 @@ def test_unlabeled_texts_are_trained_on_with_the_teachers_labels(capsys, teacher
     assert student_rows.labels[-len(texts):] == teacher_labels
     rows = Bundle.load(out / "bundle").config["training"]["distillation"]["rows"]
     assert rows["unlabeled"] == len(texts) == 30
+
+
+def test_resume_keeps_the_runs_settings_and_its_teacher(capsys, teacher, files, tmp_path):
+    """--resume continues with the checkpoint's settings (not the flags given), and refuses a
+    different teacher by version."""
+    out = tmp_path / "run"
+    assert _distill(capsys, teacher, files, out, "--temperature", "3", "--no-scratch-baseline")[0] == 0
+    code, _, err = _distill(capsys, teacher, files, out, "--resume", "--temperature", "9",
+                            "--no-scratch-baseline")
+    assert code == 0, err
+    info = Bundle.load(out / "bundle").config["training"]["distillation"]
+    assert info["settings"]["temperature"] == 3.0
+    other = tmp_path / "other-teacher"
+    shutil.copytree(teacher, other)
+    config = json.loads((other / "config.json").read_text())
+    config["name"] = "another-teacher"
+    (other / "config.json").write_text(json.dumps(config))
+    _reseal(other)
+    code, _, err = _distill(capsys, other, files, out, "--resume")
+    assert code == 1 and "resume with that teacher" in err
+
+
+def _reseal(bundle: Path) -> None:
+    """Recompute a bundle's manifest after a deliberate edit (a new, valid version)."""
+    from model.bundle import CONTENT_FILES, MANIFEST_FILE, content_version, sha256_file
+
+    files = {f: sha256_file(bundle / f) for f in CONTENT_FILES}
+    manifest = json.loads((bundle / MANIFEST_FILE).read_text())
+    manifest.update(files=files, version=content_version(files))
+    (bundle / MANIFEST_FILE).write_text(json.dumps(manifest))
 
 
 def test_labels_the_teacher_does_not_know_are_a_clear_error(capsys, teacher, tmp_path):
