@@ -236,6 +236,27 @@ def _save_atomic(path: Path, probs: np.ndarray, meta: dict[str, Any]) -> None:
     os.replace(tmp_side, side)
 
 
+def teacher_token_embeddings(bundle: Bundle, d_model: int) -> torch.Tensor:
+    """The teacher's token embedding table, reduced to ``d_model`` dims by PCA: float32 (V, d_model).
+
+    For a student that shares the teacher's tokenizer: words the labeled data never shows still
+    start where the teacher's pretraining put them. Centred, then projected on the top
+    ``d_model`` principal directions (eigenvectors of the covariance: deterministic), so the
+    scale of the teacher's table is kept.
+    """
+    params = dict(bundle.model.named_parameters())
+    table = params.get("classifier.embeddings.tokens.weight")
+    if table is None:
+        raise ModelError(f"teacher {bundle.path} has no token embedding table to start the student from")
+    weights = table.detach().float().cpu()  # (V, C)
+    if weights.shape[1] < d_model:
+        raise ModelError(f"the teacher's embeddings have {weights.shape[1]} dims, fewer than the"
+                         f" student's d_model {d_model}")
+    centred = weights - weights.mean(dim=0, keepdim=True)
+    _, vectors = torch.linalg.eigh(centred.T @ centred)  # ascending eigenvalues, (C, C)
+    return centred @ vectors[:, -d_model:].flip(1)  # (V, d_model), largest variance first
+
+
 def pseudo_labels(
     probs: np.ndarray, labels: Sequence[str], task: Task = "single_label",
     thresholds: Sequence[float] | None = None,

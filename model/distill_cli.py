@@ -102,6 +102,9 @@ def add_distill(sub: Any) -> None:
     g.add_argument("--pooling", choices=["mean", "cls"], help="default: the preset's; " + _small("encoder", "pooling"))
     g.add_argument("--dropout", type=float, help="default: the preset's; " + _small("encoder", "dropout"))
     g.add_argument("--tokenizer", metavar="FILE|teacher", help="reuse a tokenizer.json, or the teacher's own tokenizer, instead of training one")
+    g.add_argument("--init-embeddings", choices=["none", "teacher"], default="none",
+                   help="teacher: start the student's token embeddings from the teacher's, reduced by PCA"
+                        " (needs --tokenizer teacher) (default: %(default)s)")
     g.add_argument("--tokenizer-kind", choices=["wordpiece", "bpe"], help="default: the preset's; " + _small("tokenizer", "kind"))
     g.add_argument("--vocab-size", type=int, help="default: the preset's; " + _small("tokenizer", "vocab_size"))
     g.add_argument("--cased", action="store_true", help="keep case (default: lowercase)")
@@ -158,6 +161,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     stored = _stored_run(ckpt) if args.resume else None
     if stored is not None:
         args.preset = stored["extra"]["preset"]
+        args.init_embeddings = stored["extra"].get("init_embeddings", "none")
     chosen = preset(args.preset)
     flags = _training_flags(args)
     scratch_cfg = dataclasses.replace(chosen.train, **flags)
@@ -197,8 +201,10 @@ def cmd_distill(args: argparse.Namespace) -> int:
         tokenizer, tok_source, tok_cfg = _student_tokenizer(args, chosen, teacher, sets)
         enc_cfg = _student_config(args, chosen, tokenizer, len(teacher.labels))
 
+    init_fn = _embedding_init(args, teacher, enc_cfg, tok_source) if stored is None else None
     student = _train_student(args, enc_cfg, tokenizer, tok_source, sets, teacher, settings,
-                             student_cfg, device, progress, resume=stored is not None)
+                             student_cfg, device, progress, resume=stored is not None,
+                             init_fn=init_fn)
     scratch = None
     if not args.no_scratch_baseline:
         log.info("scratch_baseline", note="the same student trained without the teacher, for the report")
@@ -206,6 +212,29 @@ def cmd_distill(args: argparse.Namespace) -> int:
                        device, progress, loss_fn=None, checkpoint=None)
     return _evaluate_and_export(args, teacher, sets, settings, student, scratch, tokenizer,
                                 tok_source, tok_cfg, student_cfg, scratch_cfg, progress)
+
+
+def _embedding_init(args: argparse.Namespace, teacher: Any, enc_cfg: Any, tok_source: str) -> Any:
+    """For --init-embeddings teacher: a function that loads the teacher's reduced token table."""
+    if args.init_embeddings == "none":
+        return None
+    if args.tokenizer != "teacher":
+        raise ModelError("--init-embeddings teacher needs --tokenizer teacher (the rows of the teacher's"
+                         " table are its own vocabulary)")
+    import torch
+
+    from model.distill import teacher_token_embeddings
+
+    table = teacher_token_embeddings(teacher, enc_cfg.d_model)
+
+    def init(model: Any) -> None:
+        with torch.no_grad():
+            model.embeddings.tokens.weight.copy_(table)
+            model.embeddings.tokens.weight[enc_cfg.pad_id].zero_()
+
+    log.info("student_embeddings", source=f"teacher {teacher.name} {teacher.version}",
+             rows=table.shape[0], dims=table.shape[1])
+    return init
 
 
 def _stored_run(path: Path) -> dict[str, Any]:
@@ -369,7 +398,7 @@ def _student_config(args: argparse.Namespace, chosen: Preset, tokenizer: Any, n_
 
 def _train_student(args: argparse.Namespace, enc_cfg: Any, tokenizer: Any, tok_source: str,
                    sets: _Sets, teacher: Any, settings: DistillSettings, cfg: TrainConfig,
-                   device: Any, progress: bool, *, resume: bool) -> Any:
+                   device: Any, progress: bool, *, resume: bool, init_fn: Any = None) -> Any:
     from model import tokenizer as tok_lib
     from model import train as train_lib
     from model.distill import DistillLoss
@@ -383,20 +412,22 @@ def _train_student(args: argparse.Namespace, enc_cfg: Any, tokenizer: Any, tok_s
     log.info("distilling", temperature=settings.temperature, alpha=settings.alpha,
              rows=len(sets.train), epochs=cfg.epochs)
     return _fit(enc_cfg, tokenizer, sets.train, sets.val, teacher.labels, cfg, device, progress,
-                loss_fn=loss, checkpoint=args.out / "checkpoint.pt", resume=resume,
+                loss_fn=loss, checkpoint=args.out / "checkpoint.pt", resume=resume, init_fn=init_fn,
                 extra={"init": "scratch", "preset": args.preset, "distillation": settings.to_dict(),
                        "teacher": {"name": teacher.name, "version": teacher.version},
-                       "tokenizer_source": tok_source})
+                       "tokenizer_source": tok_source, "init_embeddings": args.init_embeddings})
 
 
 def _fit(enc_cfg: Any, tokenizer: Any, train: Any, val: Any, labels: list[str], cfg: TrainConfig,
          device: Any, progress: bool, *, loss_fn: Any, checkpoint: Path | None,
-         extra: dict[str, Any] | None = None, resume: bool = False) -> Any:
+         extra: dict[str, Any] | None = None, resume: bool = False, init_fn: Any = None) -> Any:
     from model import train as train_lib
     from model.encoder import EncoderClassifier
 
     train_lib.seed_everything(cfg.seed)
     model = EncoderClassifier(enc_cfg)
+    if init_fn is not None:
+        init_fn(model)
     return train_lib.fit(model, tokenizer, train, val, labels, cfg, checkpoint_path=checkpoint,
                          resume=resume, device=device, progress=progress, extra_checkpoint=extra,
                          loss_fn=loss_fn)
@@ -451,6 +482,7 @@ def _evaluate_and_export(args: argparse.Namespace, teacher: Any, sets: _Sets,
         summary["scratch_macro_f1"] = scratch_scored[0]["macro_f1"]
     training = {
         "preset": args.preset, "init": "scratch", "tokenizer": tok_source,
+        "init_embeddings": args.init_embeddings,
         "train_config": dataclasses.asdict(student_cfg),
         "tokenizer_config": dataclasses.asdict(tok_cfg) if tok_cfg is not None else None,
         "rows": {"train": len(sets.train), "validation": len(sets.val), "test": sets.rows["test"]},
