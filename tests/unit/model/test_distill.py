@@ -198,6 +198,22 @@ def test_unlabeled_files_read_jsonl_csv_and_plain_text(tmp_path):
     assert read_texts(tmp_path / "c.txt").texts == ["five", "six"]
 
 
+def test_teacher_embeddings_keep_the_largest_variance_directions(teacher):
+    """The reduced table is the centred teacher table on its top principal directions: columns in
+    decreasing variance, and with all directions kept it is the centred table, rotated."""
+    bundle = Bundle.load(teacher)
+    full = dict(bundle.model.named_parameters())["classifier.embeddings.tokens.weight"].detach()
+    reduced = distill.teacher_token_embeddings(bundle, 16)
+    assert reduced.shape == (full.shape[0], 16)
+    variances = reduced.var(dim=0)
+    assert torch.all(variances[:-1] >= variances[1:] - 1e-6)
+    everything = distill.teacher_token_embeddings(bundle, full.shape[1])
+    centred = full - full.mean(dim=0, keepdim=True)
+    assert torch.allclose(everything @ everything.T, centred @ centred.T, atol=1e-4)
+    with pytest.raises(ModelError, match="fewer than"):
+        distill.teacher_token_embeddings(bundle, full.shape[1] + 1)
+
+
 # ----------------------------------------------------------------------------------- the command
 
 
@@ -301,6 +317,20 @@ def _reseal(bundle: Path) -> None:
     manifest = json.loads((bundle / MANIFEST_FILE).read_text())
     manifest.update(files=files, version=content_version(files))
     (bundle / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+def test_a_student_can_share_the_teachers_tokenizer_and_embeddings(capsys, teacher, files, tmp_path):
+    """--tokenizer teacher gives the student the teacher's vocabulary; --init-embeddings teacher
+    starts its token table from the teacher's and is refused without the teacher's tokenizer."""
+    out = tmp_path / "run"
+    code, _, err = _distill(capsys, teacher, files, out, "--tokenizer", "teacher",
+                            "--init-embeddings", "teacher", "--no-scratch-baseline")
+    assert code == 0, err
+    student, parent = Bundle.load(out / "bundle"), Bundle.load(teacher)
+    assert student.tokenizer.get_vocab() == parent.tokenizer.get_vocab()
+    assert student.config["training"]["init_embeddings"] == "teacher"
+    code, _, err = _distill(capsys, teacher, files, tmp_path / "o", "--init-embeddings", "teacher")
+    assert code == 1 and "needs --tokenizer teacher" in err
 
 
 def test_labels_the_teacher_does_not_know_are_a_clear_error(capsys, teacher, tmp_path):
