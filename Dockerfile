@@ -51,6 +51,7 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 
 COPY worker/ worker/
 COPY model/ model/
+COPY localkafka/ localkafka/
 RUN --mount=type=cache,target=/root/.cache/uv \
     PYTHON="$(uv python find --managed-python "${PYTHON_VERSION}")" WORK=/tmp/install \
     deploy/docker/install.sh app /opt/tagstream

@@ -19,7 +19,7 @@ absent) on a 3-partition input topic:
     inference time of one full batch (measured in (a)).
 (e) the worker process's peak RSS (VmHWM) over (b) and (d). Target: < 1.5 GB (MiniLM bundle).
 
-Without ``--bootstrap`` a local broker (worker/localkafka) is started on free ports and stopped at
+Without ``--bootstrap`` a local broker (localkafka) is started on free ports and stopped at
 the end. The machine's load average is printed with each figure: other work on the cores
 changes them. Raw figures also go to bench/results/worker_bench.json.
 """
@@ -81,15 +81,20 @@ class BundleReport:
     peak_rss_mb: float = 0.0
     load: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    windows: str = ""  # how the bundle reads texts, and windows per text on the workload
 
 
 # -- data ---------------------------------------------------------------------------------------
 
 
-def load_texts(datasets: Path) -> list[str] | None:
-    """AG News and SMS Spam texts, shuffled together (None when the datasets are absent)."""
-    sources = [datasets / "ag_news" / f for f in ("test.jsonl", "train.jsonl")]
-    sources += [datasets / "sms_spam" / f for f in ("test.jsonl", "train.jsonl")]
+def load_texts(datasets: Path, which: str = "news_sms") -> list[str] | None:
+    """AG News and SMS Spam texts shuffled together, or Reuters newswire stories (``reuters``:
+    long texts, for the truncation strategies); None when the datasets are absent."""
+    if which == "reuters":
+        sources = [datasets / "reuters_tags" / f for f in ("test.jsonl", "train.jsonl")]
+    else:
+        sources = [datasets / "ag_news" / f for f in ("test.jsonl", "train.jsonl")]
+        sources += [datasets / "sms_spam" / f for f in ("test.jsonl", "train.jsonl")]
     if not all(p.is_file() for p in sources):
         return None
     texts = []
@@ -269,7 +274,10 @@ def load_avg() -> str:
 class WorkerProcess:
     """``tagstream-worker run`` in its own process, with its log in bench/results/logs/."""
 
-    def __init__(self, bootstrap: str, topic: str, bundle: Path, args: argparse.Namespace, label: str) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, bundle: Path, args: argparse.Namespace, label: str,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.topic = topic
         logs = RESULTS_DIR / "logs"
@@ -282,7 +290,7 @@ class WorkerProcess:
             TAGSTREAM_MAX_BATCH_SIZE=str(args.max_batch_size), TAGSTREAM_MAX_BATCH_TOKENS=str(args.max_batch_tokens),
             TAGSTREAM_MAX_WAIT_MS=str(args.max_wait_ms), TAGSTREAM_THREADS=str(args.threads),
             TAGSTREAM_INFERENCE_STREAMS=str(args.streams), TAGSTREAM_DTYPE=args.dtype,
-            TAGSTREAM_RELOAD_INTERVAL_S="0", TAGSTREAM_LOG_LEVEL="INFO",
+            TAGSTREAM_RELOAD_INTERVAL_S="0", TAGSTREAM_LOG_LEVEL="INFO", **(extra_env or {}),
         )
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "worker.cli", "run"], cwd=REPO, env=env,
@@ -478,16 +486,30 @@ def resolved_dtype_name(requested: str) -> str:
     return "float32" if dtype is None else str(dtype).removeprefix("torch.")
 
 
+def reading(bundle: Path, texts: list[str]) -> str:
+    """The bundle's truncation and the windows per text it reads on ``texts`` (a sample)."""
+    from model.bundle import Bundle
+
+    b = Bundle.load(bundle)
+    sample = texts[:2000]
+    windows = [len(w) for w in b.windower.windows(sample)]
+    return (f"{b.truncation.strategy} (max_length {b.max_length}), {sum(windows) / len(windows):.2f} windows"
+            f" per text on {len(sample)} texts of the workload")
+
+
 def print_report(r: BundleReport, args: argparse.Namespace) -> None:
     print(f"\n## {r.name} (version {r.version}, {r.labels} labels, max_length {r.max_length}): {r.bundle}")
     print(
-        f"load: {r.events} events (AG News + SMS texts) on a 3-partition topic; batch limits"
+        f"load: {r.events} events ({'Reuters stories' if args.texts == 'reuters' else 'AG News + SMS texts'})"
+        f" on a 3-partition topic; batch limits"
         f" {args.max_batch_size} inputs / {args.max_batch_tokens} padded tokens / {args.max_wait_ms} ms;"
         f" threads {args.threads or os.cpu_count()}, inference streams {r.streams or 'auto'}, dtype {args.dtype}"
         f" ({resolved_dtype_name(args.dtype)} here)"
     )
     ratio = r.worker_eps / r.ceiling_eps if r.ceiling_eps else 0.0
     speedup = r.worker_eps / r.naive_eps if r.naive_eps else 0.0
+    if r.windows:
+        print(f"reading: {r.windows}")
     rows = [
         ("(a) model-only ceiling", f"{r.ceiling_eps:,.0f} events/s, {r.ceiling_cpu_us:,.0f} us CPU/event (runs:"
          f" {_runs(r.ceiling_runs)}; p99 full batch {r.full_batch_p99_s * 1000:.1f} ms)", "", "", r.load.get("a", "")),
@@ -501,6 +523,8 @@ def print_report(r: BundleReport, args: argparse.Namespace) -> None:
          verdict(r.latency_p99_s <= r.latency_target_s), r.load.get("d", "")),
         ("(e) peak worker RSS", f"{r.peak_rss_mb:,.0f} MB", "< 1536 MB", verdict(r.peak_rss_mb < 1536), ""),
     ]
+    if args.throughput_only:
+        rows = rows[:2]
     print("| measure | figure | target | met | load avg during |")
     print("|---|---|---|---|---|")
     for row in rows:
@@ -518,6 +542,7 @@ def bench_bundle(bundle: Path, bootstrap: str, texts: list[str], args: argparse.
     events = args.events or int(min(max(probe["eps"] * args.target_seconds, 2000), 40_000))
     report.events = events
     workload = take(texts, events)
+    report.windows = reading(bundle, workload)
     report.load["a"] = report.load["b"] = ""
     # (a) and (b) alternate; the best run of each counts: other work on a shared machine only
     # ever slows a run down, so the fastest is the least disturbed.
@@ -544,6 +569,8 @@ def bench_bundle(bundle: Path, bootstrap: str, texts: list[str], args: argparse.
             report.peak_rss_mb = max(report.peak_rss_mb, e2e["rss_mb"])
             topic = e2e["topic"]
     report.latency_target_s = args.max_wait_ms / 1000 + 3 * report.full_batch_p99_s
+    if args.throughput_only:
+        return report
 
     step(f"(c) naive worker on {args.naive_events} events")
     report.load["c"] = load_avg()
@@ -579,12 +606,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-wait-ms", type=float, default=20)
     parser.add_argument("--threads", type=int, default=0, help="model threads (0 = all cores), worker and ceiling")
     parser.add_argument("--streams", type=int, default=0, help="inference streams (0 = auto), worker and ceiling")
+    parser.add_argument("--texts", choices=["news_sms", "reuters"], default="news_sms",
+                        help="news_sms: AG News + SMS spam (short); reuters: reuters_tags stories (long: what"
+                             " the truncation strategies change) (default: %(default)s)")
+    parser.add_argument("--throughput-only", action="store_true",
+                        help="only (a) the ceiling and (b) the worker: to compare bundles' cost, e.g. strategies")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="compute precision of the worker, the ceiling and the naive worker (auto:"
                         " bf16 on CPUs with native bf16, else float32)")
     args = parser.parse_args(argv)
 
-    texts = load_texts(args.datasets)
+    texts = load_texts(args.datasets, args.texts)
     if texts is None:
         print(f"skipped: the datasets are not at {args.datasets} (need ag_news/ and sms_spam/ with"
               " train.jsonl and test.jsonl); pass --datasets DIR", file=sys.stderr)
@@ -596,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     broker = None
     bootstrap = args.bootstrap
     if bootstrap is None:
-        from worker.localkafka import LocalKafka
+        from localkafka import LocalKafka
 
         print("starting a local Kafka broker ...", file=sys.stderr, flush=True)
         broker = LocalKafka().start()

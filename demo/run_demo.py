@@ -104,7 +104,7 @@ def broker() -> Iterator[str]:
         print(f"using the broker at {given} (KAFKA_BOOTSTRAP_SERVERS)")
         yield given
         return
-    from worker.localkafka import LocalKafka, LocalKafkaError
+    from localkafka import LocalKafka, LocalKafkaError
 
     kafka = LocalKafka()
     try:

@@ -7,7 +7,8 @@
 For each kustomization: render it with the pinned kustomize, then
   1. validate every core object with kubernetes-validate (offline schemas, strict: unknown
      fields fail) at each pinned Kubernetes version;
-  2. validate every KEDA and Prometheus Operator object against the JSON schemas vendored in
+  2. validate every KEDA and Prometheus Operator object (ScaledObject, TriggerAuthentication,
+     PodMonitor, PrometheusRule) against the JSON schemas vendored in
      deploy/schemas/ (converted from their CRDs, see deploy/schemas/README.md); an object of
      any other kind is a problem too, so nothing is applied unchecked;
   3. check the policies a platform team asks for: pod security (non-root, read-only root
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import subprocess
@@ -97,6 +99,16 @@ SETTINGS_ENV = frozenset(
         "TAGSTREAM_METRICS_PORT",
         "TAGSTREAM_DRAIN_TIMEOUT_S",
         "TAGSTREAM_COMMIT_INTERVAL_MS",
+        "TAGSTREAM_KAFKA_CLIENT",
+        "TAGSTREAM_GROUP_INSTANCE_ID",
+        "TAGSTREAM_LEAVE_GROUP_ON_STOP",
+        "TAGSTREAM_SESSION_TIMEOUT_MS",
+        "TAGSTREAM_MAX_POLL_INTERVAL_MS",
+        "TAGSTREAM_PROCESSING_GUARANTEE",
+        "TAGSTREAM_TRANSACTION_TIMEOUT_MS",
+        "TAGSTREAM_DEAD_LETTER_MAX_BYTES",
+        "TAGSTREAM_BROKER_OUTAGE_S",
+        "TAGSTREAM_STAGE_TIMING",
         "TAGSTREAM_LOG_LEVEL",
         "TAGSTREAM_LOG_FORMAT",
     }
@@ -405,11 +417,13 @@ def check_worker(objects: list[dict[str, Any]], deployment: dict[str, Any]) -> I
                 yield Problem(name, f"{where}: {key} must come from a Secret (secretKeyRef), not a ConfigMap or value")
         threads = as_int(settings.get("TAGSTREAM_THREADS"), 0)
         cpu_limit = cpu_cores(((container.get("resources") or {}).get("limits") or {}).get("cpu"))
-        if cpu_limit is not None and threads != int(cpu_limit):
+        # 0 is derived from the pod's cgroup CPU limit at start (model/cpus.py): ceil(limit).
+        if cpu_limit is not None and threads not in (0, math.ceil(cpu_limit)):
             yield Problem(
                 name,
-                f"{where}: TAGSTREAM_THREADS={threads} but the CPU limit is {cpu_limit:g}: set them "
-                "equal (0 means every core of the node, which the limit then throttles)",
+                f"{where}: TAGSTREAM_THREADS={threads} but the CPU limit is {cpu_limit:g}: set it to "
+                f"{math.ceil(cpu_limit)} or 0 (0 derives it from the limit); more threads than the limit "
+                "feeds stall on the CFS quota",
             )
         bundle_path = settings.get("TAGSTREAM_BUNDLE_PATH", "")
         mount = next(

@@ -6,16 +6,34 @@
       tokenizer.json  a `tokenizers` tokenizer (truncation and padding are set at load time)
       labels.json     label names, in the order of the model's outputs
       config.json     {"format", "name", "created_at", "precision", "tokenizer": {max_length,
-                      lowercase, pad_id, pad_token}, "model": <encoder config>, "training": {...}}
+                      lowercase, pad_id, pad_token}, "model": <encoder config>, "training": {...},
+                      "task": "single_label" | "multi_label",
+                      "thresholds": [float, ...]   (multi_label: one per label, in label order),
+                      "truncation": {"strategy": "head" | "head+tail" | "chunks", "stride",
+                                     "max_windows", "pooling": "mean" | "max", "head_tokens"},
+                      "vocab_coverage": {...}      (what the training run measured)}
       metrics.json    the evaluation summary written by training (may be {})
       manifest.json   {"format", "name", "version", "files": {file: sha256}}; written last
+
+Tasks: a ``single_label`` model's probabilities are a softmax (one label per text, the most
+probable); a ``multi_label`` model's are independent sigmoids, and a text carries every label
+whose probability reaches that label's threshold (possibly none). Truncation: how a text longer
+than ``max_length`` is read (``model/truncation.py``); with ``chunks`` a text becomes several
+windows, ``model.ts`` scores each window, and the window probabilities are pooled per text
+outside it. Bundles written before these keys existed have none of them and mean
+``single_label`` and ``head``.
+
+Format: 1 for single-label ``head`` bundles (what every tagstream reads), 2 for bundles that
+need a reader of tasks and truncation (multi-label, or a strategy other than ``head``), so an
+older worker refuses them instead of serving a sigmoid model as a softmax one. Loading accepts
+both.
 
 ``version`` is derived from the content (a hash over every file's sha256), so the same model
 always has the same version and any change gives a new one. Loading verifies every checksum
 and refuses a bundle that was tampered with, is incomplete, or whose parts disagree.
 
-This module imports only the standard library, torch and tokenizers: the worker uses it
-without pulling in any training code.
+This module imports only the standard library, numpy, torch and tokenizers (and
+``model/truncation.py``, which imports no more): the worker uses it without any training code.
 """
 
 from __future__ import annotations
@@ -30,12 +48,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer
 
 from model.errors import BundleError
+from model.truncation import Truncation, TruncationError, Windower, pool
 
-FORMAT = 1
+FORMAT = 2  # the newest format this code writes (and reads)
+READABLE_FORMATS = (1, 2)
+SINGLE_LABEL = "single_label"
+MULTI_LABEL = "multi_label"
+TASKS = (SINGLE_LABEL, MULTI_LABEL)
 MODEL_FILE = "model.ts"
 TOKENIZER_FILE = "tokenizer.json"
 LABELS_FILE = "labels.json"
@@ -72,12 +96,17 @@ def write_bundle(
     metrics: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
     precision: str = "fp32",
+    task: str = SINGLE_LABEL,
+    thresholds: list[float] | None = None,
+    truncation: Truncation | None = None,
+    extra_config: dict[str, Any] | None = None,
 ) -> Path:
     """Write a complete bundle to ``out_dir`` atomically and return its path.
 
     Files are written into a temporary sibling folder which is renamed into place only once
     the manifest is written, so a watcher never sees half a bundle. An existing ``out_dir``
-    is replaced.
+    is replaced. ``task``, ``thresholds`` and ``truncation`` are recorded in config.json (see the
+    module docstring); ``extra_config`` adds further top-level keys (e.g. ``vocab_coverage``).
     """
     out = Path(out_dir).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -90,6 +119,12 @@ def write_bundle(
         pad_id = tokenizer.token_to_id(pad_token)
     if pad_id is None:
         raise BundleError("the tokenizer has no [PAD] or <pad> token; add one before export")
+    truncation = truncation or Truncation()
+    _check_task(out, task, thresholds, labels)
+    fmt = 1 if task == SINGLE_LABEL and truncation.strategy == "head" else 2
+    task_keys: dict[str, Any] = {"task": task, "truncation": truncation.to_dict()}
+    if task == MULTI_LABEL:
+        task_keys["thresholds"] = [float(t) for t in thresholds or []]
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -103,7 +138,7 @@ def write_bundle(
         _write_json(
             tmp / CONFIG_FILE,
             {
-                "format": FORMAT,
+                "format": fmt,
                 "name": name,
                 "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "precision": precision,
@@ -115,11 +150,13 @@ def write_bundle(
                 },
                 "model": model_config,
                 "training": training or {},
+                **task_keys,
+                **(extra_config or {}),
             },
         )
         _write_json(tmp / METRICS_FILE, metrics or {})
         files = {f: sha256_file(tmp / f) for f in CONTENT_FILES}
-        manifest = {"format": FORMAT, "name": name, "version": content_version(files), "files": files}
+        manifest = {"format": fmt, "name": name, "version": content_version(files), "files": files}
         _write_json(tmp / MANIFEST_FILE, manifest)
         replace_dir(tmp, out)
     except BaseException:
@@ -154,10 +191,10 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if not manifest_path.is_file():
         raise BundleError(f"bundle {root} has no {MANIFEST_FILE}: not a bundle, or still being written")
     manifest = _read_json(manifest_path)
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") not in READABLE_FORMATS:
         raise BundleError(
             f"bundle {root}: manifest format {manifest.get('format') if isinstance(manifest, dict) else '?'}"
-            f" is not supported (this tagstream reads format {FORMAT})"
+            f" is not supported (this tagstream reads formats {', '.join(map(str, READABLE_FORMATS))})"
         )
     return manifest
 
@@ -202,6 +239,35 @@ class Bundle:
     model: torch.jit.ScriptModule
     device: torch.device
 
+    @property
+    def task(self) -> str:
+        """``single_label`` (softmax, one label a text) or ``multi_label`` (sigmoids, thresholds)."""
+        return str(self.config.get("task", SINGLE_LABEL))
+
+    @property
+    def multi_label(self) -> bool:
+        return self.task == MULTI_LABEL
+
+    @property
+    def thresholds(self) -> list[float]:
+        """Per label, in label order: the probability at which a multi-label text carries it.
+        Empty for single-label bundles."""
+        return [float(t) for t in self.config.get("thresholds", [])] if self.multi_label else []
+
+    @property
+    def truncation(self) -> Truncation:
+        """How texts longer than ``max_length`` are read (``head`` for bundles without the key)."""
+        return Truncation.from_dict(self.config.get("truncation"))
+
+    @property
+    def windower(self) -> Windower:
+        """Texts -> windows of token ids, by this bundle's truncation (built once)."""
+        cached: Windower | None = self.__dict__.get("_windower")
+        if cached is None:
+            cached = Windower(self.tokenizer, self.max_length, self.truncation)
+            self.__dict__["_windower"] = cached
+        return cached
+
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu", verify: bool = True) -> Bundle:
         """Load a bundle onto ``device``; with ``verify`` (the default) check every checksum first."""
@@ -212,6 +278,8 @@ class Bundle:
         metrics = _read_json(root / METRICS_FILE)
         if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
             raise BundleError(f"bundle {root}: {LABELS_FILE} must be a non-empty list of names")
+        if not isinstance(config, dict):
+            raise BundleError(f"bundle {root}: {CONFIG_FILE} must be an object")
         try:
             tok_cfg = config["tokenizer"]
             max_length = int(tok_cfg["max_length"])
@@ -219,6 +287,7 @@ class Bundle:
             pad_token = str(tok_cfg["pad_token"])
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"bundle {root}: {CONFIG_FILE} lacks tokenizer settings ({exc})") from exc
+        _check_task(root, str(config.get("task", SINGLE_LABEL)), config.get("thresholds"), labels)
         try:
             tokenizer = Tokenizer.from_file(str(root / TOKENIZER_FILE))
         except Exception as exc:  # the Rust side raises plain Exception
@@ -255,21 +324,52 @@ class Bundle:
             model=model,
             device=device,
         )
+        try:
+            bundle.windower  # noqa: B018  # a strategy that cannot read texts fails the load
+        except TruncationError as exc:
+            raise BundleError(f"bundle {root}: {CONFIG_FILE} truncation: {exc}") from exc
         bundle._check_outputs()
         return bundle
 
     def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids and attention mask, int64 (B, T), padded to the longest text in the batch."""
+        """Token ids and attention mask, int64 (B, T), padded to the longest text in the batch.
+
+        The first ``max_length`` tokens of each text (``head``), whatever the bundle's strategy:
+        :meth:`encode_windows` reads texts the way the bundle says.
+        """
         encodings = self.tokenizer.encode_batch(texts)
         ids = torch.tensor([e.ids for e in encodings], dtype=torch.long)
         mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.long)
         return ids, mask
 
+    def encode_windows(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Every window of every text as one padded batch: ids and mask int64 (W, T), and the
+        number of windows of each text (in order; they sum to W)."""
+        windows = self.windower.windows(texts)
+        rows = [w for per_text in windows for w in per_text]
+        longest = max(len(r) for r in rows)
+        ids = torch.full((len(rows), longest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), longest), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = 1
+        return ids, mask, [len(w) for w in windows]
+
     @torch.inference_mode()
     def predict_proba(self, texts: list[str]) -> torch.Tensor:
-        """Probabilities (B, len(labels)) on the CPU, float32."""
-        ids, mask = self.encode(texts)
-        return self.model(ids.to(self.device), mask.to(self.device)).float().cpu()
+        """Probabilities (B, len(labels)) on the CPU, float32, read and pooled as the bundle says."""
+        ids, mask, counts = self.encode_windows(texts)
+        probs = self.model(ids.to(self.device), mask.to(self.device)).float().cpu()
+        if len(counts) == probs.shape[0]:
+            return probs
+        t = self.truncation
+        return torch.from_numpy(pool(probs.numpy(), counts, t.pooling, self.multi_label))
+
+    def tags(self, probs: Any) -> list[list[int]]:
+        """Multi-label: per row of ``probs`` (N, L), the indices of labels at or over threshold."""
+        scores = np.asarray(probs, dtype=np.float32)
+        over = scores >= np.asarray(self.thresholds, dtype=np.float32)[None, :]
+        return [np.flatnonzero(row).tolist() for row in over]
 
     def _check_outputs(self) -> None:
         """Refuse a bundle whose model does not produce one probability per label."""
@@ -282,6 +382,23 @@ class Bundle:
                 f"bundle {self.path}: the model returns {tuple(probs.shape[1:])} scores per text"
                 f" but {LABELS_FILE} names {len(self.labels)} labels"
             )
+
+
+def _check_task(root: Path, task: str, thresholds: Any, labels: list[str]) -> None:
+    """A known task; a multi-label one with one threshold in [0, 1] per label."""
+    if task not in TASKS:
+        raise BundleError(f"bundle {root}: task {task!r} is not one of {TASKS}")
+    if task != MULTI_LABEL:
+        return
+    if (
+        not isinstance(thresholds, list)
+        or len(thresholds) != len(labels)
+        or not all(isinstance(t, int | float) and 0.0 <= t <= 1.0 for t in thresholds)
+    ):
+        raise BundleError(
+            f"bundle {root}: a multi_label bundle needs {len(labels)} thresholds in [0, 1] (one per"
+            f" label), got {thresholds!r}"
+        )
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -3,6 +3,12 @@
     read_labeled(path, ...) -> LabeledData      one file; bad rows reported with file:line
     stratified_split(data, fraction, seed)       (train, validation), class proportions kept
 
+Single- or multi-label: a row carries one label (``"label": "sports"``), or a set of tags
+(``"labels": ["earn", "acq"]`` in JSONL, a delimited column ``earn|acq`` in CSV; an empty list or
+cell is a row with no tags). ``multi_label=None`` detects which from the data: a JSON list, or a
+CSV value containing the delimiter, makes the file multi-label; when the label field is the
+default ``label`` and rows have none but have ``labels``, that field is used.
+
 A row is *bad* when it cannot be parsed, has no text (missing, not a string, or blank), has no
 label, or has a label outside an explicit label list. With ``on_bad="stop"`` the first bad row
 raises ``DataError`` naming file and line; with ``on_bad="skip"`` (the default) bad rows are
@@ -28,6 +34,10 @@ from model.errors import DataError
 OnBad = Literal["skip", "stop"]
 FileFormat = Literal["jsonl", "csv"]
 
+DEFAULT_LABEL_FIELD = "label"
+MULTI_LABEL_FIELD = "labels"  # used for tag sets when rows have no DEFAULT_LABEL_FIELD
+DEFAULT_DELIMITER = "|"  # between tags in one CSV cell
+
 # How many bad rows an error message quotes before it says "and N more": enough to see the
 # pattern, short enough to read in a terminal.
 _QUOTED_BAD_ROWS = 5
@@ -50,21 +60,30 @@ class LabeledData:
     """Texts and their labels, in file order, plus what was skipped on the way."""
 
     texts: list[str]
-    labels: list[str]
+    labels: list[str]  # single-label: one per text; multi-label: empty (see tag_sets)
     source: str = ""
     bad_rows: list[BadRow] = field(default_factory=list)
+    tag_sets: list[list[str]] | None = None  # multi-label: each text's tags (maybe none)
 
     def __len__(self) -> int:
         return len(self.texts)
 
+    @property
+    def multi_label(self) -> bool:
+        return self.tag_sets is not None
+
     def label_counts(self) -> dict[str, int]:
+        """Texts per label (multi-label: per tag; a text with two tags counts for both)."""
+        if self.tag_sets is not None:
+            return dict(sorted(Counter(t for tags in self.tag_sets for t in tags).items()))
         return dict(sorted(Counter(self.labels).items()))
 
     def subset(self, indices: Sequence[int]) -> LabeledData:
         return LabeledData(
             texts=[self.texts[i] for i in indices],
-            labels=[self.labels[i] for i in indices],
+            labels=[self.labels[i] for i in indices] if self.tag_sets is None else [],
             source=self.source,
+            tag_sets=[self.tag_sets[i] for i in indices] if self.tag_sets is not None else None,
         )
 
 
@@ -89,20 +108,37 @@ def read_labeled(
     labels: Sequence[str] | None = None,
     on_bad: OnBad = "skip",
     file_format: FileFormat | None = None,
+    multi_label: bool | None = None,
+    label_delimiter: str = DEFAULT_DELIMITER,
 ) -> LabeledData:
-    """Read one labeled file. ``labels``, when given, is the only set of labels accepted."""
+    """Read one labeled file. ``labels``, when given, is the only set of labels accepted.
+
+    ``multi_label``: True reads tag sets, False one label a row, None detects it (module
+    docstring). ``label_delimiter`` splits a tag set written as one string (CSV cells).
+    """
     src = Path(path)
     if not src.is_file():
         raise DataError(f"{src}: no such file")
     fmt = file_format or detect_format(src)
     allowed = set(labels) if labels is not None else None
-    rows = _jsonl_rows(src) if fmt == "jsonl" else _csv_rows(src)
+    rows = list(_jsonl_rows(src) if fmt == "jsonl" else _csv_rows(src))
+    records = [r for _, r, err in rows if err is None and isinstance(r, dict)]
+    if label_field == DEFAULT_LABEL_FIELD and records and all(
+        DEFAULT_LABEL_FIELD not in r for r in records
+    ) and any(MULTI_LABEL_FIELD in r for r in records):
+        label_field = MULTI_LABEL_FIELD
+    if multi_label is None:
+        multi_label = any(_looks_multi(r.get(label_field), label_delimiter) for r in records)
 
     texts: list[str] = []
     out_labels: list[str] = []
+    tag_sets: list[list[str]] = []
     bad: list[BadRow] = []
     for line, record, parse_error in rows:
-        reason = parse_error or _check_record(record, text_field, label_field, allowed)
+        if multi_label:
+            reason = parse_error or _check_tagged(record, text_field, label_field, allowed, label_delimiter)
+        else:
+            reason = parse_error or _check_record(record, text_field, label_field, allowed)
         if reason is not None:
             row = BadRow(str(src), line, reason)
             if on_bad == "stop":
@@ -111,11 +147,15 @@ def read_labeled(
             continue
         assert record is not None
         texts.append(record[text_field])
-        out_labels.append(_label_str(record[label_field]))
+        if multi_label:
+            tag_sets.append(_tags(record[label_field], label_delimiter))
+        else:
+            out_labels.append(_label_str(record[label_field]))
     if not texts:
         detail = f"; {describe_bad_rows(bad)}" if bad else ""
         raise DataError(f"{src}: no usable rows{detail}")
-    return LabeledData(texts=texts, labels=out_labels, source=str(src), bad_rows=bad)
+    return LabeledData(texts=texts, labels=out_labels, source=str(src), bad_rows=bad,
+                       tag_sets=tag_sets if multi_label else None)
 
 
 def describe_bad_rows(bad: Sequence[BadRow]) -> str:
@@ -138,7 +178,7 @@ def stratified_split(
     if not 0.0 < fraction < 1.0:
         raise DataError(f"validation fraction must be between 0 and 1, got {fraction}")
     by_label: dict[str, list[int]] = defaultdict(list)
-    for i, label in enumerate(data.labels):
+    for i, label in enumerate(_strata(data)):
         by_label[label].append(i)
     rng = random.Random(seed)
     train_idx: list[int] = []
@@ -159,9 +199,65 @@ def stratified_split(
     return data.subset(sorted(train_idx)), data.subset(sorted(val_idx))
 
 
+def _strata(data: LabeledData) -> list[str]:
+    """What a split keeps proportions of: the label, or for tag sets each text's rarest tag
+    (so a rare tag reaches validation whenever it has two or more texts)."""
+    if data.tag_sets is None:
+        return data.labels
+    counts = data.label_counts()
+    return [min(tags, key=lambda t: (counts[t], t)) if tags else "" for tags in data.tag_sets]
+
+
 def infer_labels(data: LabeledData) -> list[str]:
-    """The label list when none is given: every label seen in training, sorted."""
+    """The label list when none is given: every label (or tag) seen in training, sorted."""
+    if data.tag_sets is not None:
+        return sorted({t for tags in data.tag_sets for t in tags})
     return sorted(set(data.labels))
+
+
+def _looks_multi(value: Any, delimiter: str) -> bool:
+    return isinstance(value, list) or (bool(delimiter) and isinstance(value, str) and delimiter in value)
+
+
+def _tags(value: Any, delimiter: str) -> list[str]:
+    """A row's tags, in first-seen order, without repeats or blanks."""
+    items = value if isinstance(value, list) else (value.split(delimiter) if delimiter else [value])
+    return list(dict.fromkeys(s for s in (_label_str(x).strip() for x in items) if s))
+
+
+def _check_tagged(
+    record: dict[str, Any] | None, text_field: str, label_field: str, allowed: set[str] | None,
+    delimiter: str,
+) -> str | None:
+    """Why this multi-label record cannot be used, or None when it can."""
+    if not isinstance(record, dict):
+        return f"expected an object with fields {text_field!r} and {label_field!r}"
+    reason = _check_text(record, text_field)
+    if reason is not None:
+        return reason
+    if label_field not in record or record[label_field] is None:
+        return f"missing label field {label_field!r} (a list of tags; [] for none)"
+    value = record[label_field]
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, str | int):
+            return f"label field {label_field!r} holds a {type(item).__name__}, not a string or integer"
+    if allowed is not None:
+        unknown = [t for t in _tags(value, delimiter) if t not in allowed]
+        if unknown:
+            return f"tags {unknown} are not in the label list {sorted(allowed)}"
+    return None
+
+
+def _check_text(record: dict[str, Any], text_field: str) -> str | None:
+    if text_field not in record or record[text_field] is None:
+        return f"missing text field {text_field!r}"
+    text = record[text_field]
+    if not isinstance(text, str):
+        return f"text field {text_field!r} is a {type(text).__name__}, not a string"
+    if not text.strip():
+        return f"text field {text_field!r} is empty"
+    return None
 
 
 def _label_str(value: Any) -> str:
@@ -174,16 +270,14 @@ def _check_record(
     """Why this record cannot be used, or None when it can."""
     if not isinstance(record, dict):
         return f"expected an object with fields {text_field!r} and {label_field!r}"
-    if text_field not in record or record[text_field] is None:
-        return f"missing text field {text_field!r}"
-    text = record[text_field]
-    if not isinstance(text, str):
-        return f"text field {text_field!r} is a {type(text).__name__}, not a string"
-    if not text.strip():
-        return f"text field {text_field!r} is empty"
+    reason = _check_text(record, text_field)
+    if reason is not None:
+        return reason
     if label_field not in record or record[label_field] in (None, ""):
         return f"missing label field {label_field!r}"
     label = record[label_field]
+    if isinstance(label, list):
+        return f"label field {label_field!r} is a list: pass --multi-label for tag sets"
     # bool is an int subclass; true/false labels are almost always a wrong field.
     if isinstance(label, bool) or not isinstance(label, str | int):
         return f"label field {label_field!r} is a {type(label).__name__}, not a string or integer"

@@ -3,7 +3,8 @@
     teacher_probs(bundle, texts, ...) -> TeacherOutput    the teacher's probabilities, computed once
                                                           (batched, progress bar) and cached on disk
     soften(probs, T, task)                                temperature-softened targets
-    distill_loss(logits, target, soft, ...)               the mixed loss (below)
+    teacher_term(logits, soft, T, task)                   T^2 * KL to the softened teacher
+    distill_loss(logits, target, soft, ...)               the mixed loss (below), one window a text
     DistillLoss(teacher_probs, settings, ...)             that loss as the training loop's hook
     augment_texts(texts, copies, kind, rate, seed)        noisy copies of texts for the teacher to label
     pseudo_labels(probs, labels, task, thresholds)        the teacher's labels for unlabeled text
@@ -45,9 +46,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from model import tokenizer as tok_lib
-from model.batching import pad_batch, sorted_batches
 from model.bundle import Bundle
 from model.errors import DataError, ModelError
+from model.objectives import Objective, document_loss
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +62,8 @@ TEACHER_DTYPES: tuple[str, ...] = ("auto", "fp32", "bf16")
 PROB_FLOOR = 1e-12
 # Texts per teacher call: fills the matrix kernels on a CPU, bounds memory at 128 tokens.
 TEACHER_BATCH = 64
+# Texts per progress-bar step (each is sorted by length into batches of TEACHER_BATCH).
+TEACHER_CHUNK = 2048
 MASK_TOKEN = tok_lib.MASK  # what "mask" augmentation writes in place of a word
 
 
@@ -120,21 +123,6 @@ def _cpu_has_native_bf16() -> bool:
     except OSError:
         pass
     return False
-
-
-def bundle_task(bundle: Bundle) -> Task:
-    """``multi_label`` for a sigmoid-head bundle (config ``"task"``), else ``single_label``."""
-    return "multi_label" if bundle.config.get("task") == "multi_label" else "single_label"
-
-
-def bundle_thresholds(bundle: Bundle) -> list[float] | None:
-    """A multi-label bundle's per-label decision thresholds, in label order (None when absent)."""
-    raw = bundle.config.get("thresholds")
-    if raw is None:
-        return None
-    if isinstance(raw, dict):
-        return [float(raw[label]) for label in bundle.labels]
-    return [float(x) for x in raw]
 
 
 def texts_checksum(texts: Sequence[str]) -> str:
@@ -208,18 +196,20 @@ def teacher_probs(
 def _run_teacher(
     bundle: Bundle, texts: Sequence[str], *, what: str, dtype: str, batch_size: int, progress: bool
 ) -> np.ndarray:
-    """Length-sorted batches through the bundle's compiled model; rows back in input order."""
-    sequences = tok_lib.encode_unpadded(bundle.tokenizer, texts, bundle.max_length)
+    """The bundle's probabilities, read as the worker reads them (its truncation; a long text's
+    windows pooled), in chunks for the progress bar; rows in input order."""
+    from model.evaluate import predict_probs
+
     out = np.zeros((len(texts), len(bundle.labels)), dtype=np.float32)
-    autocast = dtype == "bf16"
     bar = tqdm(total=len(texts), desc=f"teacher: {what}", unit="text", leave=False,
                disable=not progress, dynamic_ncols=True)
-    for batch in sorted_batches([len(s) for s in sequences], batch_size):
-        ids, mask = pad_batch([sequences[i] for i in batch], bundle.pad_id)
-        with torch.autocast(device_type=bundle.device.type, dtype=torch.bfloat16, enabled=autocast):
-            probs = bundle.model(ids.to(bundle.device), mask.to(bundle.device))
-        out[batch] = probs.float().cpu().numpy()
-        bar.update(len(batch))
+    for start in range(0, len(texts), TEACHER_CHUNK):
+        chunk = texts[start : start + TEACHER_CHUNK]
+        with torch.autocast(device_type=bundle.device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            out[start : start + len(chunk)] = predict_probs(
+                bundle.model, bundle.tokenizer, chunk, max_length=bundle.max_length, batch_size=batch_size,
+                device=bundle.device, truncation=bundle.truncation, multi_label=bundle.multi_label)
+        bar.update(len(chunk))
     bar.close()
     return out
 
@@ -284,6 +274,20 @@ def soften(probs: np.ndarray | torch.Tensor, temperature: float, task: Task = "s
     return torch.softmax(torch.log(p) / temperature, dim=-1)
 
 
+def teacher_term(logits: torch.Tensor, soft: torch.Tensor, temperature: float,
+                 task: Task = "single_label") -> torch.Tensor:
+    """T^2 * KL(soft || student at T), averaged over rows (and labels, for multi-label)."""
+    T = temperature
+    if task == "multi_label":
+        # Binary KL = BCE(soft targets) - their entropy: the same gradient, and 0 at a match.
+        entropy = -(soft * soft.clamp_min(PROB_FLOOR).log()
+                    + (1 - soft) * (1 - soft).clamp_min(PROB_FLOOR).log())
+        kl = (F.binary_cross_entropy_with_logits(logits / T, soft, reduction="none") - entropy).mean()
+    else:
+        kl = F.kl_div(F.log_softmax(logits / T, dim=-1), soft, reduction="batchmean")
+    return T * T * kl
+
+
 def distill_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -295,23 +299,17 @@ def distill_loss(
     class_weights: torch.Tensor | None = None,
     label_smoothing: float = 0.0,
 ) -> torch.Tensor:
-    """The mixed loss of the module docstring, averaged over the batch (a scalar).
+    """The mixed loss of the module docstring for one window per text, averaged over the batch.
 
     logits (B, n) float32; target (B,) class indices or (B, n) 0/1 floats for multi-label;
-    soft (B, n) from :func:`soften` at the same ``temperature``.
+    soft (B, n) from :func:`soften` at the same ``temperature``; ``class_weights`` are the
+    per-label positive weights for multi-label.
     """
-    T = temperature
     if task == "multi_label":
         hard = F.binary_cross_entropy_with_logits(logits, target.float(), pos_weight=class_weights)
-        student = logits / T
-        # Binary KL = BCE(soft targets) - their entropy: the same gradient, and 0 at a match.
-        entropy = -(soft * soft.clamp_min(PROB_FLOOR).log()
-                    + (1 - soft) * (1 - soft).clamp_min(PROB_FLOOR).log())
-        kl = (F.binary_cross_entropy_with_logits(student, soft, reduction="none") - entropy).mean()
     else:
         hard = F.cross_entropy(logits, target, weight=class_weights, label_smoothing=label_smoothing)
-        kl = F.kl_div(F.log_softmax(logits / T, dim=-1), soft, reduction="batchmean")
-    return (1.0 - alpha) * hard + alpha * T * T * kl
+    return (1.0 - alpha) * hard + alpha * teacher_term(logits, soft, temperature, task)
 
 
 class DistillLoss:
@@ -319,6 +317,9 @@ class DistillLoss:
 
     ``teacher_probs`` (N, n) are the teacher's probabilities for the training rows, in the
     order ``fit`` sees them (the batch's indices select them). Softened once, kept on ``device``.
+    The gold term is the training objective's own (class weights, label smoothing, pos_weight,
+    a long text's windows pooled); the teacher term is taken per window, each window of a text
+    matching the teacher's answer for the whole text.
     """
 
     def __init__(
@@ -327,22 +328,20 @@ class DistillLoss:
         settings: DistillSettings,
         *,
         task: Task = "single_label",
-        class_weights: torch.Tensor | None = None,
-        label_smoothing: float = 0.0,
         device: torch.device | str = "cpu",
     ) -> None:
         self.settings = settings
         self.task = task
         self.soft = soften(teacher_probs, settings.temperature, task).to(device)  # (N, n)
-        self.class_weights = class_weights.to(device) if class_weights is not None else None
-        self.label_smoothing = label_smoothing
 
-    def __call__(self, logits: torch.Tensor, batch: list[int], target: torch.Tensor) -> torch.Tensor:
-        return distill_loss(
-            logits, target, self.soft[batch], temperature=self.settings.temperature,
-            alpha=self.settings.alpha, task=self.task, class_weights=self.class_weights,
-            label_smoothing=self.label_smoothing,
-        )
+    def __call__(self, logits: torch.Tensor, counts: list[int], batch: list[int], target: torch.Tensor,
+                 objective: Objective) -> torch.Tensor:
+        soft = self.soft[batch]
+        if len(counts) != logits.shape[0]:  # several windows for some texts
+            soft = soft.repeat_interleave(torch.tensor(counts, device=soft.device), dim=0)
+        alpha = self.settings.alpha
+        hard = document_loss(logits, counts, target, objective)
+        return (1.0 - alpha) * hard + alpha * teacher_term(logits, soft, self.settings.temperature, self.task)
 
 
 # -------------------------------------------------------------------------------- augmenting

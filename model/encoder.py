@@ -211,14 +211,24 @@ class EncoderClassifier(nn.Module):
 
 
 class ProbabilityModel(nn.Module):
-    """What the bundle compiles: ids and mask in, softmax probabilities out (float32)."""
+    """What the bundle compiles: ids and mask in, probabilities out (float32).
 
-    def __init__(self, classifier: EncoderClassifier) -> None:
+    Softmax over the labels for a single-label classifier; an independent sigmoid per label
+    for a multi-label one (``multi_label=True``), whose thresholds live in the bundle's config.
+    """
+
+    def __init__(self, classifier: EncoderClassifier, multi_label: bool = False) -> None:
         super().__init__()
         self.classifier = classifier
+        self.multi_label = multi_label
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.multi_label:
+            return logits.float().sigmoid()
+        return logits.float().softmax(dim=-1)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.classifier(input_ids, attention_mask).float().softmax(dim=-1)
+        return self.probabilities(self.classifier(input_ids, attention_mask))
 
     @torch.jit.export
     def explain(
@@ -227,7 +237,8 @@ class ProbabilityModel(nn.Module):
         """Probabilities (B, n_classes) and each layer's attention (B, nh, T, T).
 
         Compiled into the bundle beside ``forward`` so ``tagstream-train explain`` works from
-        the bundle alone; the worker never calls it.
+        the bundle alone; the worker never calls it. Differentiable (outside inference mode),
+        so ``explain`` can weight each attention map by its gradient.
         """
         logits, attentions = self.classifier.forward_with_attention(input_ids, attention_mask)
-        return logits.float().softmax(dim=-1), attentions
+        return self.probabilities(logits), attentions

@@ -3,8 +3,9 @@
     confusion_matrix(targets, preds, n)          counts (n, n): rows true, columns predicted
     metrics_from_confusion(cm, labels) -> dict   accuracy, macro-F1, per-class P/R/F1/support
     predict_probs(fn, tokenizer, texts, ...)     probabilities in input order, length-sorted batches
-    write_report(out_dir, metrics, history=...)  report.json, report.md, confusion_matrix.png,
-                                                 training_curves.png
+    write_report(out_dir, metrics, history=...)  report.json, report.md, confusion_matrix.png
+                                                 (multi-label: per_label_f1.png), training_curves.png
+    headline(metrics) -> str                     one line: accuracy and macro-F1, or micro/macro-F1
 
 Metrics come from the confusion matrix alone, so sharded evaluation (DDP) only has to sum
 matrices. Plots use matplotlib's Agg backend: no display needed.
@@ -23,6 +24,9 @@ from tokenizers import Tokenizer
 
 from model import tokenizer as tok_lib
 from model.batching import pad_batch, sorted_batches
+from model.multilabel import PER_LABEL_PNG, plot_per_label
+from model.multilabel import render_markdown_body as render_multilabel_body
+from model.truncation import Truncation, Windower, pool
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -94,18 +98,24 @@ def predict_probs(
     max_length: int,
     batch_size: int = DEFAULT_PREDICT_BATCH,
     device: torch.device | str = "cpu",
+    truncation: Truncation | None = None,
+    multi_label: bool = False,
 ) -> np.ndarray:
     """Probabilities (N, n_labels) float32, in the order of ``texts``.
 
-    Texts are batched by length, so each batch pads as little as possible; the encoder is
-    padding-invariant, so this changes speed, never answers.
+    Texts are read by ``truncation`` (default head) and their window probabilities pooled
+    (``model.truncation.pool``, as the worker does). They are batched by length, so each batch
+    pads as little as possible; the encoder is padding-invariant, so this changes speed, never
+    answers.
     """
-    sequences = tok_lib.encode_unpadded(tokenizer, texts, max_length)
+    truncation = truncation or Truncation()
+    windows = Windower(tokenizer, max_length, truncation).windows(texts)
     pad = tok_lib.pad_id(tokenizer)
     out: np.ndarray | None = None
-    for batch in sorted_batches([len(s) for s in sequences], batch_size):
-        ids, mask = pad_batch([sequences[i] for i in batch], pad)
-        probs = prob_fn(ids.to(device), mask.to(device)).float().cpu().numpy()
+    for batch in sorted_batches([sum(len(w) for w in windows[i]) for i in range(len(texts))], batch_size):
+        ids, mask = pad_batch([w for i in batch for w in windows[i]], pad)
+        window_probs = prob_fn(ids.to(device), mask.to(device)).float().cpu().numpy()
+        probs = pool(window_probs, [len(windows[i]) for i in batch], truncation.pooling, multi_label)
         if out is None:
             out = np.zeros((len(texts), probs.shape[1]), dtype=np.float32)
         out[batch] = probs
@@ -129,9 +139,12 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
-    paths["confusion_matrix"] = plot_confusion_matrix(
-        np.asarray(metrics["confusion_matrix"]), metrics["labels"], out / CONFUSION_PNG
-    )
+    if is_multi_label(metrics):
+        paths["per_label"] = plot_per_label(metrics, out / PER_LABEL_PNG)
+    else:
+        paths["confusion_matrix"] = plot_confusion_matrix(
+            np.asarray(metrics["confusion_matrix"]), metrics["labels"], out / CONFUSION_PNG
+        )
     if history:
         paths["training_curves"] = plot_training_curves(history, out / CURVES_PNG)
     report = {"title": title, "metrics": metrics, "history": list(history or []), **(extra or {})}
@@ -156,6 +169,54 @@ def render_markdown(
     """The human-readable report: summary, per-class table, confusion matrix, training."""
     labels: list[str] = metrics["labels"]
     lines = [f"# {title}", ""]
+    if is_multi_label(metrics):
+        lines += render_multilabel_body(metrics)
+    else:
+        lines += _single_label_body(metrics, labels)
+    for key, value in (extra or {}).items():
+        lines += [f"## {key.replace('_', ' ').capitalize()}", ""]
+        lines += _markdown_value(value)
+        lines.append("")
+    if history:
+        lines += _history_table(history)
+        if has_curves:
+            lines += ["", f"![training curves]({CURVES_PNG})"]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def is_multi_label(metrics: dict[str, Any]) -> bool:
+    return metrics.get("task") == "multi_label"
+
+
+def headline(metrics: dict[str, Any]) -> str:
+    """The one-line summary printed after training and evaluation."""
+    if is_multi_label(metrics):
+        return (f"micro-F1 {metrics['micro_f1']:.4f}  macro-F1 {metrics['macro_f1']:.4f}"
+                f"  exact match {metrics['exact_match']:.4f}")
+    return f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}"
+
+
+def _history_table(history: Sequence[dict[str, Any]]) -> list[str]:
+    """One row per epoch; the validation columns are those the task records."""
+    columns = [k for k in ("val_accuracy", "val_micro_f1", "val_macro_f1", "val_exact_match")
+               if k in history[0]]
+    names = {"val_accuracy": "val accuracy", "val_micro_f1": "val micro-F1",
+             "val_macro_f1": "val macro-F1", "val_exact_match": "val exact match"}
+    lines = [
+        "## Epochs",
+        "",
+        "| epoch | train loss | val loss | " + " | ".join(names[c] for c in columns) + " | seconds |",
+        "|---:|---:|---:|" + "---:|" * len(columns) + "---:|",
+    ]
+    for h in history:
+        cells = " | ".join(f"{h[c]:.4f}" for c in columns)
+        lines.append(f"| {h['epoch']} | {h['train_loss']:.4f} | {h['val_loss']:.4f} | {cells} | {h['seconds']:.1f} |")
+    return lines
+
+
+def _single_label_body(metrics: dict[str, Any], labels: list[str]) -> list[str]:
+    lines: list[str] = []
     lines += [
         f"- examples: {metrics['n']}",
         f"- accuracy: **{metrics['accuracy']:.4f}**",
@@ -177,26 +238,7 @@ def render_markdown(
     for label, row in zip(labels, metrics["confusion_matrix"], strict=True):
         lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
     lines += ["", f"![confusion matrix]({CONFUSION_PNG})", ""]
-    for key, value in (extra or {}).items():
-        lines += [f"## {key.replace('_', ' ').capitalize()}", ""]
-        lines += _markdown_value(value)
-        lines.append("")
-    if history:
-        lines += [
-            "## Epochs",
-            "",
-            "| epoch | train loss | val loss | val accuracy | val macro-F1 | seconds |",
-            "|---:|---:|---:|---:|---:|---:|",
-        ]
-        for h in history:
-            lines.append(
-                f"| {h['epoch']} | {h['train_loss']:.4f} | {h['val_loss']:.4f} |"
-                f" {h['val_accuracy']:.4f} | {h['val_macro_f1']:.4f} | {h['seconds']:.1f} |"
-            )
-        if has_curves:
-            lines += ["", f"![training curves]({CURVES_PNG})"]
-        lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 def _markdown_value(value: Any) -> list[str]:
@@ -254,11 +296,13 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: Path) -> Path:
     left.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
     left.plot(epochs, [h["val_loss"] for h in history], marker="o", label="validation")
     left.set_xlabel("epoch")
-    left.set_ylabel("cross-entropy loss")
+    left.set_ylabel("loss (cross-entropy; multi-label: binary)")
     left.legend()
     left.set_title("Loss")
-    right.plot(epochs, [h["val_accuracy"] for h in history], marker="o", label="accuracy")
-    right.plot(epochs, [h["val_macro_f1"] for h in history], marker="o", label="macro-F1")
+    for key, name in (("val_accuracy", "accuracy"), ("val_micro_f1", "micro-F1"),
+                      ("val_macro_f1", "macro-F1"), ("val_exact_match", "exact match")):
+        if key in history[0]:
+            right.plot(epochs, [h[key] for h in history], marker="o", label=name)
     right.set_xlabel("epoch")
     right.margins(y=0.2)  # scores move by points, not tenths: let the axis zoom in
     right.legend()

@@ -32,9 +32,10 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from model import tokenizer as tok_lib
-from model.bundle import Bundle, replace_dir, write_bundle
+from model.bundle import MULTI_LABEL, SINGLE_LABEL, Bundle, replace_dir, write_bundle
 from model.encoder import EncoderClassifier, ProbabilityModel
 from model.errors import BundleError, ParityError
+from model.truncation import Truncation, pool
 
 log = structlog.get_logger(__name__)
 
@@ -56,11 +57,14 @@ class ExportResult:
     int8_vs_fp32_max_abs_diff: float | None  # only for int8: the quantization error
 
 
-def eager_probability_model(model: EncoderClassifier, precision: str = "fp32") -> nn.Module:
-    """A CPU copy of ``model`` wrapped to return probabilities, quantized for ``int8``."""
+def eager_probability_model(
+    model: EncoderClassifier, precision: str = "fp32", multi_label: bool = False
+) -> nn.Module:
+    """A CPU copy of ``model`` wrapped to return probabilities (softmax, or sigmoids for
+    ``multi_label``), quantized for ``int8``."""
     if precision not in PRECISIONS:
         raise BundleError(f"precision {precision!r}: expected one of {PRECISIONS}")
-    wrapped = ProbabilityModel(copy.deepcopy(model).cpu().float()).eval()
+    wrapped = ProbabilityModel(copy.deepcopy(model).cpu().float(), multi_label=multi_label).eval()
     if precision == "int8":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.ao deprecation notices
@@ -132,16 +136,24 @@ def export_bundle(
     precision: str = "fp32",
     metrics: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
+    thresholds: Sequence[float] | None = None,
+    truncation: Truncation | None = None,
+    extra_config: dict[str, Any] | None = None,
 ) -> ExportResult:
-    """Compile, check and write a bundle; see the module docstring for the steps."""
+    """Compile, check and write a bundle; see the module docstring for the steps.
+
+    ``thresholds`` (one per label) makes a multi-label bundle: sigmoid outputs, and the
+    thresholds recorded in config.json. ``truncation`` is how texts are read (default head).
+    """
+    multi_label = thresholds is not None
     max_length = model.config.max_length
     ids, mask = parity_batch(tokenizer, parity_texts, max_length)
-    eager = eager_probability_model(model, precision)
+    eager = eager_probability_model(model, precision, multi_label)
     compiled = script(eager)
     diff = check_parity(eager, compiled, ids, mask)
     int8_diff = None
     if precision == "int8":
-        int8_diff = max_abs_diff(eager_probability_model(model, "fp32"), eager, ids, mask)
+        int8_diff = max_abs_diff(eager_probability_model(model, "fp32", multi_label), eager, ids, mask)
 
     # Written to a staging folder first and moved into place only once it has passed every
     # check: a failed export never replaces a good bundle at ``out_dir``.
@@ -160,13 +172,20 @@ def export_bundle(
         metrics=metrics,
         training=training,
         precision=precision,
+        task=MULTI_LABEL if multi_label else SINGLE_LABEL,
+        thresholds=[float(t) for t in thresholds] if thresholds is not None else None,
+        truncation=truncation,
+        extra_config=extra_config,
     )
-    # What the worker will run: the saved file, through the bundle's own tokenizer settings.
+    # What the worker will run: the saved file, through the bundle's own tokenizer settings
+    # and truncation (every window of every text, pooled as the bundle says).
     bundle = Bundle.load(path)
     chosen = list(parity_texts[:PARITY_BATCH])
     with torch.inference_mode():
         reloaded = bundle.predict_proba(chosen)
-        expected = eager(*bundle.encode(chosen)).float()
+        w_ids, w_mask, counts = bundle.encode_windows(chosen)
+        t = bundle.truncation
+        expected = torch.from_numpy(pool(eager(w_ids, w_mask).float().numpy(), counts, t.pooling, multi_label))
     bundle_diff = float((reloaded - expected).abs().max())
     if not bundle_diff <= PARITY_TOLERANCE:
         shutil.rmtree(staging, ignore_errors=True)

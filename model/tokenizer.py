@@ -43,11 +43,21 @@ PAD_TOKENS = (PAD, "<pad>")  # what a reused tokenizer may call its padding toke
 
 
 def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
-    """A new WordPiece (or BPE) tokenizer whose vocabulary is learned from ``texts``."""
+    """A new WordPiece (or BPE) tokenizer whose vocabulary is learned from ``texts``.
+
+    Chinese, Japanese kanji and other CJK ideographs are split into one word per character
+    (``handle_chinese_chars``): unspaced text then becomes characters and the sub-words the
+    trainer builds from them. Lowercasing does nothing to scripts without case. Accent stripping
+    (``strip_accents``) removes every non-spacing mark after Unicode decomposition: harmless for
+    Chinese, but in Thai, Hindi, Arabic, Hebrew or Japanese kana those marks are vowels or
+    voicing, so when ``texts`` carry such marks (see :func:`script_marks_share`) it is turned off.
+    """
+    texts = list(texts)
+    strip = cfg.strip_accents and script_marks_share(texts) <= SCRIPT_MARKS_MAX_SHARE
     normalizer = normalizers.BertNormalizer(
         clean_text=True,
         handle_chinese_chars=True,
-        strip_accents=cfg.strip_accents,
+        strip_accents=strip,
         lowercase=cfg.lowercase,
     )
     if cfg.kind == "wordpiece":
@@ -79,6 +89,33 @@ def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
         special_tokens=[(CLS, tok.token_to_id(CLS)), (SEP, tok.token_to_id(SEP))],
     )
     return tok
+
+
+# Marks that are accents on Latin, Greek or Cyrillic letters (what stripping is for); any other
+# non-spacing mark belongs to a script where it is part of the letter or the vowel.
+_DIACRITIC_BLOCKS = ((0x0300, 0x036F), (0x1AB0, 0x1AFF), (0x1DC0, 0x1DFF), (0x20D0, 0x20FF), (0xFE20, 0xFE2F))
+# Above this share of characters (after decomposition) such marks make stripping harmful.
+SCRIPT_MARKS_MAX_SHARE = 0.001
+_SAMPLE_TEXTS = 2000
+
+
+def script_marks_share(texts: Sequence[str]) -> float:
+    """Share of characters (NFD, on a sample) that are non-spacing marks outside the accent blocks."""
+    import unicodedata
+
+    marks = chars = 0
+    for text in texts[:_SAMPLE_TEXTS]:
+        for c in unicodedata.normalize("NFD", text):
+            chars += 1
+            if unicodedata.category(c) == "Mn" and not any(lo <= ord(c) <= hi for lo, hi in _DIACRITIC_BLOCKS):
+                marks += 1
+    return marks / chars if chars else 0.0
+
+
+def strips_accents(tok: Tokenizer) -> bool:
+    """Whether the tokenizer's normalizer strips accents."""
+    spec = json.loads(tok.to_str()).get("normalizer") or {}
+    return bool(spec.get("strip_accents")) if spec.get("type") == "BertNormalizer" else False
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
@@ -158,8 +195,11 @@ def encode(tok: Tokenizer, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Te
 
 
 def encode_unpadded(tok: Tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
-    """Each text's token ids, truncated to ``max_length``, without padding (for bucketing)."""
-    ready = Tokenizer.from_str(tok.to_str())
-    ready.enable_truncation(max_length=max_length)
-    ready.no_padding()
-    return [e.ids for e in ready.encode_batch(list(texts))]
+    """Each text's token ids, truncated to ``max_length``, without padding (for bucketing).
+
+    Encoded a chunk at a time (``model.truncation.ENCODE_CHUNK``): one call on a whole set of
+    long texts holds every Encoding, overflowing remainder included, until it returns.
+    """
+    from model.truncation import Windower
+
+    return [ws[0] for ws in Windower(tok, max_length).windows(texts)]

@@ -6,9 +6,16 @@ It takes a model that is already built (from scratch, or a pretrained encoder fr
 ``model/pretrained.py``) and a tokenizer, so every way of initialising goes through the same
 loop, export and bundle. One epoch:
 
-    bucketed, shuffled batches -> forward (bf16 autocast on a GPU) -> cross-entropy
-    (optional class weights, label smoothing) -> backward -> clip grad norm -> AdamW step
-    -> LR schedule step (linear warmup, then linear or cosine decay to 0)
+    bucketed, shuffled batches of documents -> every window of them through the model
+    (bf16 autocast on a GPU) -> loss (model/objectives.py: cross-entropy with optional class
+    weights and label smoothing, or for multi-label binary cross-entropy with optional
+    pos_weight; several windows of a document pooled first) -> backward -> clip grad norm
+    -> AdamW step -> LR schedule step (linear warmup, then linear or cosine decay to 0)
+
+Texts are read by a ``model.truncation.Truncation`` (head by default; head+tail; chunks, where
+each document is several windows); validation pools window probabilities with the very
+function the worker uses. Multi-label validation tunes a threshold per label
+(``model/multilabel.py``) and scores macro-F1 at those thresholds.
 
 then validation macro-F1; the best epoch's weights are kept (a macro-F1 tie goes to the lower
 validation loss: small validation sets saturate, e.g. 1 error in 412 SMS texts for several
@@ -38,7 +45,6 @@ import numpy as np
 import structlog
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 from tqdm import tqdm
@@ -50,6 +56,10 @@ from model.data import LabeledData
 from model.encoder import EncoderClassifier
 from model.errors import CheckpointError, DataError
 from model.evaluate import confusion_matrix, metrics_from_confusion
+from model.multilabel import multi_hot, multilabel_metrics, positive_weights, tune_thresholds
+from model.objectives import Objective, document_loss
+from model.progress import DEFAULT_INTERVAL_S, ProgressLog
+from model.truncation import Truncation, Windower, pool
 
 log = structlog.get_logger(__name__)
 
@@ -57,9 +67,10 @@ CHECKPOINT_FORMAT = 1
 # Validation batches are larger than training ones: no activations are kept for backward.
 EVAL_BATCH_MULTIPLIER = 2
 
-# A training loss in place of cross-entropy (e.g. distillation, model/distill.py):
-# (logits float32 (B, n_classes), the batch's row indices into ``train``, targets (B,)) -> scalar.
-LossFn = Callable[[torch.Tensor, list[int], torch.Tensor], torch.Tensor]
+# A training loss in place of the objective's (e.g. distillation, model/distill.py):
+# (logits float32 (W, n_labels) for every window of the batch, windows per document, the
+# batch's row indices into ``train``, targets, the Objective) -> scalar.
+LossFn = Callable[[torch.Tensor, list[int], list[int], torch.Tensor, Objective], torch.Tensor]
 
 
 @dataclass
@@ -76,6 +87,7 @@ class TrainResult:
     device: str
     world_size: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    thresholds: list[float] | None = None  # multi-label: tuned on validation at the best epoch
 
 
 @dataclass
@@ -126,30 +138,44 @@ def seed_everything(seed: int) -> None:
 
 @dataclass
 class EncodedSet:
-    """Token ids (unpadded, truncated) and class indices of one labeled set."""
+    """Each document's windows of token ids (unpadded) and its target.
 
-    sequences: list[list[int]]
-    targets: list[int]
+    ``targets``: class indices (single-label) or a multi-hot float32 array (N, L).
+    Windows are int32 arrays: a fifth of the memory of lists of Python ints.
+    """
+
+    windows: list[list[np.ndarray]]
+    targets: Any
 
     @property
     def lengths(self) -> list[int]:
-        return [len(s) for s in self.sequences]
+        """Tokens per document, all windows together (what a batch of it costs)."""
+        return [sum(len(w) for w in ws) for ws in self.windows]
+
+    @property
+    def n_windows(self) -> int:
+        return sum(len(ws) for ws in self.windows)
 
 
 def encode_labeled(
-    tokenizer: Tokenizer, data: LabeledData, labels: Sequence[str], max_length: int
+    tokenizer: Tokenizer, data: LabeledData, labels: Sequence[str], max_length: int,
+    truncation: Truncation | None = None,
 ) -> EncodedSet:
-    """Tokenize once up front; a label outside ``labels`` is a DataError naming it."""
+    """Tokenize once up front, by ``truncation``; a label outside ``labels`` is a DataError."""
     index = {label: i for i, label in enumerate(labels)}
-    unknown = sorted(set(data.labels) - set(index))
+    seen = set(data.label_counts())
+    unknown = sorted(seen - set(index))
     if unknown:
         raise DataError(
             f"{data.source}: labels {unknown} are not among the model's labels {list(labels)}"
         )
-    return EncodedSet(
-        sequences=tok_lib.encode_unpadded(tokenizer, data.texts, max_length),
-        targets=[index[label] for label in data.labels],
-    )
+    windower = Windower(tokenizer, max_length, truncation)
+    windows = [
+        [np.asarray(w, dtype=np.int32) for w in ws] for ws in windower.windows(data.texts)
+    ]
+    if data.tag_sets is not None:
+        return EncodedSet(windows, multi_hot(data.tag_sets, labels))
+    return EncodedSet(windows, [index[label] for label in data.labels])
 
 
 def class_weights(targets: Sequence[int], n_classes: int) -> torch.Tensor:
@@ -219,6 +245,9 @@ def fit(
     device: str | torch.device = "auto",
     progress: bool = True,
     extra_checkpoint: dict[str, Any] | None = None,
+    truncation: Truncation | None = None,
+    pos_weight: bool = False,
+    log_every_s: float = DEFAULT_INTERVAL_S,
     loss_fn: LossFn | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train``, select the best epoch on ``val``, return the result.
@@ -227,18 +256,26 @@ def fit(
     ``resume``: continue from that checkpoint (it must exist and match model and labels).
     ``extra_checkpoint``: JSON-able facts stored in the checkpoint (e.g. how the model was
     initialised), handed back in ``TrainResult.extra`` on resume.
-    ``loss_fn``: the training loss instead of cross-entropy with the gold labels (validation
-    always scores the gold labels); it gets each batch's row indices into ``train``.
+    ``truncation``: how texts are read (default: the first ``max_length`` tokens).
+    Multi-label training is chosen by the data (``train.tag_sets``); ``pos_weight`` then
+    weighs each label's positives by its negatives/positives ratio (capped).
+    ``log_every_s``: seconds between progress lines in the log (0: none).
+    ``loss_fn``: the training loss instead of the objective's (validation always scores the
+    gold labels); it gets each batch's row indices into ``train``.
     """
     labels = list(labels)
     if model.config.n_classes != len(labels):
         raise DataError(
             f"the model has {model.config.n_classes} outputs but there are {len(labels)} labels"
         )
+    multi_label = train.multi_label
+    if val.multi_label != multi_label:
+        raise DataError(f"{train.source} and {val.source}: one is multi-label, the other is not")
+    truncation = truncation or Truncation()
     ctx = init_distributed(device)
     max_length = model.config.max_length
-    train_set = encode_labeled(tokenizer, train, labels, max_length)
-    val_set = encode_labeled(tokenizer, val, labels, max_length)
+    train_set = encode_labeled(tokenizer, train, labels, max_length, truncation)
+    val_set = encode_labeled(tokenizer, val, labels, max_length, truncation)
     pad = tok_lib.pad_id(tokenizer)
     if pad != model.config.pad_id:
         raise DataError(
@@ -259,9 +296,14 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(total_steps, cfg.warmup_ratio, cfg.schedule)
     )
-    weights = (
-        class_weights(train_set.targets, len(labels)).to(ctx.device) if cfg.class_weights else None
-    )
+    objective = Objective(multi_label=multi_label, pooling=truncation.pooling)
+    if multi_label:
+        if pos_weight:
+            objective.pos_weight = torch.from_numpy(positive_weights(train_set.targets)).to(ctx.device)
+    else:
+        objective.label_smoothing = cfg.label_smoothing
+        if cfg.class_weights:
+            objective.class_weight = class_weights(train_set.targets, len(labels)).to(ctx.device)
 
     state = _LoopState()
     ckpt_path = Path(checkpoint_path) if checkpoint_path else None
@@ -283,16 +325,20 @@ def fit(
     if ctx.is_main:
         log.info(
             "training",
-            examples=len(train_set.targets), validation=len(val_set.targets), labels=labels,
+            examples=len(train), validation=len(val), labels=labels,
+            task="multi_label" if multi_label else "single_label",
+            truncation=truncation.strategy, windows=train_set.n_windows,
             epochs=cfg.epochs, batch_size=cfg.batch_size, steps_per_epoch=steps_per_epoch,
             device=str(ctx.device), world_size=ctx.world_size, bf16=autocast,
             parameters=sum(p.numel() for p in model.parameters()),
         )
+    ticker = ProgressLog(log, interval_s=log_every_s if ctx.is_main else 0.0,
+                         steps_per_epoch=steps_per_epoch, epochs=cfg.epochs)
 
-    run_seconds = 0.0
     while state.epoch < cfg.epochs and not state.stopped_early:
         epoch = state.epoch + 1
         started = time.perf_counter()
+        ticker.start_epoch(epoch)
         batches = training_batches(train_set.lengths, cfg.batch_size, cfg.seed + epoch)
         mine = batches[: steps_per_epoch * ctx.world_size][ctx.rank :: ctx.world_size]
         net.train()
@@ -301,18 +347,16 @@ def fit(
             mine, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
             disable=not (progress and ctx.is_main), dynamic_ncols=True,
         )
-        for batch in bar:
-            ids, mask = pad_batch([train_set.sequences[i] for i in batch], pad)
-            target = torch.tensor([train_set.targets[i] for i in batch], device=ctx.device)
+        for step, batch in enumerate(bar, start=1):
+            ids, mask, counts = _window_batch(train_set, batch, pad)
+            target = _targets(train_set, batch, ctx.device)
             ids, mask = ids.to(ctx.device), mask.to(ctx.device)
             with torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=autocast):
                 logits = net(_drop_tokens(ids, mask, cfg.token_dropout, tokenizer), mask)
             if loss_fn is not None:
-                loss = loss_fn(logits.float(), batch, target)
+                loss = loss_fn(logits.float(), counts, list(batch), target, objective)
             else:
-                loss = F.cross_entropy(
-                    logits.float(), target, weight=weights, label_smoothing=cfg.label_smoothing
-                )
+                loss = document_loss(logits, counts, target, objective)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -327,18 +371,22 @@ def fit(
                 ex_s=f"{seen * ctx.world_size / max(elapsed, 1e-9):.0f}",
                 lr=f"{scheduler.get_last_lr()[-1]:.2e}",
             )
+            if ticker.interval_s > 0 and bar.disable:
+                ticker.step(step, seen * ctx.world_size, loss_sum / seen)
+            elif ticker.interval_s > 0:
+                with tqdm.external_write_mode():
+                    ticker.step(step, seen * ctx.world_size, loss_sum / seen)
         bar.close()
         train_loss = _mean_across(loss_sum, seen, ctx)
         train_seconds = time.perf_counter() - started
-        val_metrics, val_loss = _validate(model, val_set, labels, pad, cfg, ctx, autocast)
+        val_metrics, val_loss = _validate(model, val_set, labels, pad, cfg, ctx, autocast,
+                                          objective, truncation)
         seconds = time.perf_counter() - started
-        run_seconds += seconds
         record = {
             "epoch": epoch,
             "train_loss": train_loss,
             "val_loss": val_loss,
-            "val_accuracy": val_metrics["accuracy"],
-            "val_macro_f1": val_metrics["macro_f1"],
+            **{f"val_{k}": val_metrics[k] for k in _HISTORY_METRICS if k in val_metrics},
             "lr": scheduler.get_last_lr()[-1],
             "seconds": seconds,
             "examples_per_s": seen * ctx.world_size / max(train_seconds, 1e-9),
@@ -355,7 +403,8 @@ def fit(
             state.stale = 0
         else:
             state.stale += 1
-            if cfg.patience and state.stale >= cfg.patience:
+            # Stopping early means skipping epochs: after the last one there is nothing to skip.
+            if cfg.patience and state.stale >= cfg.patience and epoch < cfg.epochs:
                 state.stopped_early = True
         state.seconds += seconds
         if ctx.is_main:
@@ -369,8 +418,8 @@ def fit(
                 _save_checkpoint(ckpt_path, model, optimizer, scheduler, state, labels, cfg,
                                  tokenizer, extra)
     if state.stopped_early and ctx.is_main:
-        log.info("early_stop", epoch=state.epoch, best_epoch=state.best_epoch,
-                 patience=cfg.patience)
+        log.info("early_stop", epoch=state.epoch, of_epochs=cfg.epochs,
+                 best_epoch=state.best_epoch, patience=cfg.patience)
 
     if state.best_state is not None:
         model.load_state_dict(state.best_state)
@@ -386,7 +435,25 @@ def fit(
         device=str(ctx.device),
         world_size=ctx.world_size,
         extra=extra,
+        thresholds=state.best_metrics.get("thresholds") if multi_label else None,
     )
+
+
+# What each epoch's record keeps of the validation metrics (those the task has).
+_HISTORY_METRICS = ("accuracy", "macro_f1", "micro_f1", "exact_match")
+
+
+def _window_batch(data: EncodedSet, batch: Sequence[int], pad: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Every window of the batch's documents as one padded batch, and windows per document."""
+    rows = [w for i in batch for w in data.windows[i]]
+    ids, mask = pad_batch(rows, pad)
+    return ids, mask, [len(data.windows[i]) for i in batch]
+
+
+def _targets(data: EncodedSet, batch: Sequence[int], device: torch.device) -> torch.Tensor:
+    if isinstance(data.targets, np.ndarray):
+        return torch.from_numpy(data.targets[list(batch)]).to(device)
+    return torch.tensor([data.targets[i] for i in batch], device=device)
 
 
 def _drop_tokens(
@@ -419,22 +486,39 @@ def _validate(
     cfg: TrainConfig,
     ctx: DistContext,
     autocast: bool,
+    objective: Objective,
+    truncation: Truncation,
 ) -> tuple[dict[str, Any], float]:
-    """Validation metrics and mean loss; each process scores its share, then they are summed."""
+    """Validation metrics and mean loss per document.
+
+    Single-label: each process scores its share and the confusion matrices are summed.
+    Multi-label: every process scores the whole (small) set, since thresholds are tuned on all
+    of it; the metrics are those at the tuned thresholds, which are returned with them.
+    """
     model.eval()
     batches = sorted_batches(data.lengths, cfg.batch_size * EVAL_BATCH_MULTIPLIER)
-    targets: list[int] = []
-    preds: list[int] = []
+    multi_label = objective.multi_label
+    shard = batches if multi_label else batches[ctx.rank :: ctx.world_size]
+    order: list[int] = []
+    doc_probs: list[np.ndarray] = []
     loss_sum = 0.0
-    for batch in batches[ctx.rank :: ctx.world_size]:
-        ids, mask = pad_batch([data.sequences[i] for i in batch], pad)
-        target = torch.tensor([data.targets[i] for i in batch], device=ctx.device)
+    for batch in shard:
+        ids, mask, counts = _window_batch(data, batch, pad)
+        target = _targets(data, batch, ctx.device)
         with torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=autocast):
             logits = model(ids.to(ctx.device), mask.to(ctx.device)).float()
-        loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
-        targets.extend(target.tolist())
-        preds.extend(logits.argmax(dim=-1).tolist())
-    cm = confusion_matrix(targets, preds, len(labels))
+        eval_objective = Objective(multi_label=multi_label, pooling=objective.pooling)  # unweighted
+        loss_sum += document_loss(logits, counts, target, eval_objective, reduction="sum").item()
+        window_probs = (logits.sigmoid() if multi_label else logits.softmax(dim=-1)).cpu().numpy()
+        doc_probs.append(pool(window_probs, counts, truncation.pooling, multi_label))
+        order.extend(batch)
+    probs = np.concatenate(doc_probs) if doc_probs else np.zeros((0, len(labels)), np.float32)
+    if multi_label:
+        targets = data.targets[order]
+        thresholds = tune_thresholds(probs, targets)
+        # BCE's mean is over every (text, label) pair, as in training.
+        return multilabel_metrics(probs, targets, thresholds, labels), loss_sum / max(targets.size, 1)
+    cm = confusion_matrix([data.targets[i] for i in order], probs.argmax(axis=1).tolist(), len(labels))
     if ctx.distributed:
         totals = torch.tensor(np.append(cm.ravel(), 0), dtype=torch.float64)
         totals[-1] = loss_sum

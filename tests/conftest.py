@@ -7,11 +7,18 @@ first of these that applies:
 2. A Docker engine answers: testcontainers' ``KafkaContainer`` in KRaft mode (image from
    ``TAGSTREAM_TEST_KAFKA_IMAGE``, default ``confluentinc/cp-kafka:7.6.0``, the tag that
    testcontainers itself tests KRaft with).
-3. Otherwise the local JVM broker of ``worker/localkafka`` (Java 17+; Maven once for the jars),
+3. Otherwise the local JVM broker of ``localkafka`` (Java 17+; Maven once for the jars),
    on free ports with a fresh log folder, stopped at the end of the session.
 
-``TAGSTREAM_TEST_BROKER=docker`` or ``=local`` forces 2 or 3. The SCRAM broker (``kafka_scram``)
-is always a second local JVM broker, started only when a test uses it.
+``TAGSTREAM_TEST_BROKER=docker`` or ``=local`` forces 2 or 3.
+
+Two more kinds of broker are always local JVM brokers, started only when a test uses them:
+
+- ``kafka_secure``: one session broker with every listener (PLAINTEXT, SASL_PLAINTEXT, SSL and
+  SASL_SSL; SCRAM-SHA-256/512 user ``SCRAM_USER``; throwaway certificates). ``kafka_scram``,
+  ``kafka_ssl`` and ``kafka_sasl_ssl`` are its listeners, as ``localkafka.Endpoint``s.
+- ``restartable_kafka``: a factory of brokers of a test's own, for tests that halt, kill -9,
+  restart or freeze them; each is stopped for good after its test.
 
 Tests in ``tests/integration/`` are marked ``integration`` automatically;
 ``pytest -m "not integration"`` runs everything that needs no broker.
@@ -31,7 +38,7 @@ from typing import Any
 
 import pytest
 
-from worker.localkafka import LocalKafka, LocalKafkaError, ScramEndpoint, ScramUser
+from localkafka import Endpoint, LocalKafka, LocalKafkaError, ScramUser, make_ca
 
 BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"
 SOURCE_ENV = "TAGSTREAM_TEST_BROKER"  # auto (default), docker, local
@@ -96,7 +103,7 @@ def skip_without_local_toolchain(what: str) -> None:
     """
     if broker_source() == "local":
         return
-    from worker.localkafka.toolchain import find_java
+    from localkafka.toolchain import find_java
 
     try:
         find_java()
@@ -118,9 +125,10 @@ def _start_local(**kwargs: Any) -> LocalKafka:
     except LocalKafkaError as exc:
         pytest.fail(f"could not start the local Kafka broker: {exc}", pytrace=False)
     assert broker.jars is not None
+    extras = [name for name, on in (("SCRAM", broker.scram_users), ("TLS", broker.tls)) if on]
     _broker_notes.append(
         f"local Kafka {broker.jars.version} broker at {broker.bootstrap_servers}"
-        f"{' with SCRAM' if broker.scram_users else ''}: JVM start to ready "
+        f"{' with ' + ' and '.join(extras) if extras else ''}: JVM start to ready "
         f"{broker.startup_s:.1f} s, {time.monotonic() - began:.1f} s in all"
     )
     return broker
@@ -171,18 +179,21 @@ def kafka_admin(kafka_bootstrap: str) -> Iterator[Any]:
 
 @pytest.fixture
 def new_topic(kafka_admin: Any) -> Iterator[Callable[..., str]]:
-    """Factory: ``new_topic(partitions=1, prefix="test") -> name`` of a fresh topic, ready to use.
+    """Factory: ``new_topic(partitions=1, prefix="test", configs=None) -> name`` of a fresh topic, ready to use.
 
     The topic exists, with a leader for every partition, when the name is returned; topics made
     by a test are deleted after it.
     """
     created: list[str] = []
 
-    def make(partitions: int = 1, prefix: str = "test") -> str:
+    def make(partitions: int = 1, prefix: str = "test", configs: dict[str, str] | None = None, name: str | None = None) -> str:
         if not _TOPIC_PREFIX.match(prefix):
             raise ValueError(f"topic prefix {prefix!r}: use 1-100 of A-Z a-z 0-9 . _ -")
-        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
-        kafka_admin.create_topics({name: {"num_partitions": partitions, "replication_factor": -1}})
+        name = name or f"{prefix}-{uuid.uuid4().hex[:12]}"
+        spec: dict[str, Any] = {"num_partitions": partitions, "replication_factor": -1}
+        if configs:
+            spec["configs"] = configs
+        kafka_admin.create_topics({name: spec})
         created.append(name)
         kafka_admin.wait_for_topics([name], timeout_ms=TOPIC_READY_TIMEOUT_MS)
         return name
@@ -204,16 +215,116 @@ def new_group() -> Callable[..., str]:
 
 
 @pytest.fixture(scope="session")
-def kafka_scram() -> Iterator[ScramEndpoint]:
-    """A local broker with a SASL_PLAINTEXT listener (SCRAM-SHA-256 and -512) and one user.
+def kafka_secure() -> Iterator[LocalKafka]:
+    """One local broker with PLAINTEXT, SASL_PLAINTEXT, SSL and SASL_SSL listeners, for the session.
 
-    Yields a ``ScramEndpoint``: ``bootstrap_servers`` of the SCRAM listener, ``username``,
-    ``password``, ``mechanisms``, ``log_path`` (the broker's log), and
-    ``client_config(mechanism, password=...)`` giving kafka-python settings.
+    SCRAM-SHA-256 and -512 with user ``SCRAM_USER``; ``ca_file`` is the throwaway CA that signed
+    its certificate (for 127.0.0.1 and localhost). One JVM serves every security test.
     """
-    skip_without_local_toolchain("the SCRAM broker")
-    broker = _start_local(scram_users=[SCRAM_USER])
+    skip_without_local_toolchain("the SCRAM/TLS broker")
+    broker = _start_local(scram_users=[SCRAM_USER], tls=True)
     try:
-        yield broker.scram_endpoint()
+        yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_scram(kafka_secure: LocalKafka) -> Endpoint:
+    """The SASL_PLAINTEXT (SCRAM) listener of ``kafka_secure``.
+
+    An ``Endpoint``: ``bootstrap_servers``, ``username``, ``password``, ``mechanisms``,
+    ``log_path`` (the broker's log), and ``client_config(mechanism, password=...)`` giving
+    kafka-python settings.
+    """
+    return kafka_secure.endpoint("SASL_PLAINTEXT")
+
+
+@pytest.fixture(scope="session")
+def kafka_ssl(kafka_secure: LocalKafka) -> Endpoint:
+    """The SSL listener of ``kafka_secure``; ``cafile`` is the CA clients must trust."""
+    return kafka_secure.endpoint("SSL")
+
+
+@pytest.fixture(scope="session")
+def kafka_sasl_ssl(kafka_secure: LocalKafka) -> Endpoint:
+    """The SASL_SSL listener of ``kafka_secure`` (SCRAM over TLS), as ``SCRAM_USER``."""
+    return kafka_secure.endpoint("SASL_SSL")
+
+
+@pytest.fixture(scope="session")
+def wrong_ca_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A valid CA certificate (PEM) that signed no broker's certificate: clients must refuse."""
+    from localkafka.toolchain import find_java, find_keytool
+
+    skip_without_local_toolchain("keytool")
+    return make_ca(tmp_path_factory.mktemp("wrong-ca"), find_keytool(find_java()))
+
+
+@pytest.fixture
+def restartable_kafka(local_toolchain: None) -> Iterator[Callable[..., LocalKafka]]:
+    """Factory: ``restartable_kafka(**LocalKafka options) -> LocalKafka``, started, of this test's own.
+
+    The test may ``halt()``, ``kill()``, ``restart()``, ``freeze()``/``thaw()`` it (topics and
+    committed offsets survive restarts); every broker made is stopped for good after the test.
+    Each costs a JVM start (seconds): use the session brokers unless a test stops its broker.
+    """
+    brokers: list[LocalKafka] = []
+
+    def make(**options: Any) -> LocalKafka:
+        broker = LocalKafka(**options)
+        brokers.append(broker)
+        try:
+            broker.start()
+        except LocalKafkaError as exc:
+            pytest.fail(f"could not start a restartable Kafka broker: {exc}", pytrace=False)
+        return broker
+
+    yield make
+    for broker in brokers:
+        if broker.ready_times_s:
+            _broker_notes.append(
+                f"restartable broker at {broker.bootstrap_servers}: started "
+                f"{len(broker.ready_times_s)}x, JVM start to ready "
+                f"{', '.join(f'{t:.1f}' for t in broker.ready_times_s)} s"
+            )
+        broker.stop()
+
+
+# -- workers (the worker's integration tests and the fault suite) ---------------------------------
+@pytest.fixture
+def tiny_bundle(tmp_path: Path) -> Path:
+    """A random tiny bundle of this test's own (tests may replace it in place)."""
+    from worker_support import make_tiny_bundle
+
+    return make_tiny_bundle(tmp_path / "bundle", seed=0)
+
+
+@pytest.fixture
+def start_worker(kafka_bootstrap: str, new_group: Callable[..., str]) -> Iterator[Callable[..., Any]]:
+    """Factory: ``start_worker(topic, bundle, **settings) -> Worker``, started in this process and
+    always stopped at the end of the test."""
+    from worker.app import Worker
+    from worker.settings import load_settings
+
+    workers: list[Worker] = []
+    group = new_group()
+
+    def start(topic: str, bundle: Path, **overrides: Any) -> Worker:
+        settings = load_settings(
+            **{
+                "bootstrap_servers": kafka_bootstrap, "input_topics": [topic], "bundle_path": bundle,
+                "group_id": group, "metrics_port": 0, "max_wait_ms": 10, "commit_interval_ms": 200,
+                "drain_timeout_s": 15, "reload_interval_s": 0, **overrides,
+            }
+        )
+        worker = Worker(settings)
+        workers.append(worker)
+        worker.start()
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+    for worker in workers:
+        worker.wait(timeout=30)

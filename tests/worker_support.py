@@ -8,7 +8,10 @@ predictions are confident, which keeps "same label online and offline" free of t
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,10 +19,11 @@ from typing import Any
 
 import torch
 
-from model.bundle import write_bundle
+from model.bundle import MULTI_LABEL, SINGLE_LABEL, write_bundle
 from model.config import EncoderConfig, TokenizerConfig
 from model.encoder import EncoderClassifier, ProbabilityModel
 from model.tokenizer import pad_id, train_tokenizer
+from model.truncation import Truncation
 
 LABELS = ["ham", "spam", "news"]
 
@@ -50,8 +54,15 @@ def make_tiny_bundle(
     name: str = "tiny-test",
     max_length: int = 32,
     d_model: int = 32,
+    thresholds: list[float] | None = None,
+    truncation: Truncation | None = None,
+    head_scale: float = 200.0,
 ) -> Path:
-    """Write a random tiny bundle to ``out_dir`` and return its path."""
+    """Write a random tiny bundle to ``out_dir`` and return its path.
+
+    ``thresholds`` (one per label) make it a multi-label bundle (sigmoid outputs); ``truncation``
+    how it reads long texts (default head).
+    """
     labels = list(labels or LABELS)
     tokenizer = train_tokenizer(fixture_texts(300, seed=1234), TokenizerConfig(vocab_size=300, min_frequency=1))
     torch.manual_seed(seed)
@@ -62,9 +73,9 @@ def make_tiny_bundle(
     )
     model = EncoderClassifier(cfg)
     with torch.no_grad():
-        model.head.weight.mul_(200.0)  # confident, well-separated predictions
+        model.head.weight.mul_(head_scale)  # confident, well-separated predictions
     model.eval()
-    scripted = torch.jit.script(ProbabilityModel(model).eval())
+    scripted = torch.jit.script(ProbabilityModel(model, multi_label=thresholds is not None).eval())
     return write_bundle(
         out_dir,
         scripted_model=scripted,
@@ -76,6 +87,9 @@ def make_tiny_bundle(
         model_config=cfg.to_dict(),
         metrics={},
         training={"note": "random weights for tests"},
+        task=MULTI_LABEL if thresholds is not None else SINGLE_LABEL,
+        thresholds=thresholds,
+        truncation=truncation,
     )
 
 
@@ -83,14 +97,21 @@ def make_tiny_bundle(
 # A worker with the tiny bundle starts in well under a second; results of a few thousand events
 # arrive in seconds. The timeouts only bound a failure.
 RESULTS_TIMEOUT_S = 90
+# Readers often start before the worker creates its output topic on first use: a subscription to a
+# topic that does not exist yet is only noticed at the next metadata refresh (5 min by default).
+READER_METADATA_MAX_AGE_MS = 1_000
 QUIET_S = 1.0  # after the expected count, keep reading this long to catch duplicates
 
 
-def produce_events(bootstrap: str, topic: str, texts: list[str], prefix: str = "e") -> list[str]:
-    """Send one JSON event per text (id ``{prefix}{i}``, key = id, a header); return the ids."""
+def produce_events(
+    bootstrap: str, topic: str, texts: list[str], prefix: str = "e", **client: Any
+) -> list[str]:
+    """Send one JSON event per text (id ``{prefix}{i}``, key = id, a header); return the ids.
+
+    ``client``: more kafka-python settings (security), e.g. ``Endpoint.client_config()``'s."""
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    producer = KafkaProducer(**{"bootstrap_servers": bootstrap, "linger_ms": 5, **client})
     ids = []
     for i, text in enumerate(texts):
         event_id = f"{prefix}{i}"
@@ -103,13 +124,16 @@ def produce_events(bootstrap: str, topic: str, texts: list[str], prefix: str = "
 
 
 def read_records(
-    bootstrap: str, topic: str, expected: int, timeout_s: float = RESULTS_TIMEOUT_S, quiet_s: float = QUIET_S
+    bootstrap: str, topic: str, expected: int, timeout_s: float = RESULTS_TIMEOUT_S, quiet_s: float = QUIET_S,
+    **client: Any,
 ) -> list[Any]:
-    """Read ``topic`` from the start until ``expected`` records arrived, then ``quiet_s`` longer."""
+    """Read ``topic`` from the start until ``expected`` records arrived, then ``quiet_s`` longer.
+
+    ``client``: more kafka-python settings (security), as for ``produce_events``."""
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None,
+        topic, **{"bootstrap_servers": bootstrap, **client}, auto_offset_reset="earliest", group_id=None, metadata_max_age_ms=READER_METADATA_MAX_AGE_MS,
         enable_auto_commit=False,
     )
     try:
@@ -139,3 +163,72 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> No
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(0.05)
+
+
+# -- worker processes ----------------------------------------------------------------------------
+START_TIMEOUT_S = 60  # a fresh Python with torch imports in a few seconds; this bounds a hang
+DRAIN_TIMEOUT_S = 10  # what worker_env gives TAGSTREAM_DRAIN_TIMEOUT_S
+
+
+def worker_env(bootstrap: str, topic: str, bundle: Path, group: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAGSTREAM_")}
+    env.update(
+        TAGSTREAM_BOOTSTRAP_SERVERS=bootstrap, TAGSTREAM_INPUT_TOPICS=topic, TAGSTREAM_BUNDLE_PATH=str(bundle),
+        TAGSTREAM_GROUP_ID=group, TAGSTREAM_METRICS_PORT="0", TAGSTREAM_MAX_WAIT_MS="10",
+        TAGSTREAM_COMMIT_INTERVAL_MS="200", TAGSTREAM_DRAIN_TIMEOUT_S=str(DRAIN_TIMEOUT_S),
+        TAGSTREAM_RELOAD_INTERVAL_S="0", TAGSTREAM_LOG_FORMAT="json", **extra,
+    )
+    return env
+
+
+def spawn(env: dict[str, str], log: Path, command: str = "run") -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", command], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT
+    )
+
+
+
+
+# -- the null bundle: a real bundle whose model costs (almost) nothing ------------------------------
+class _NullModel(torch.nn.Module):
+    """Returns the same probabilities for every input at once: what is left is the worker's own cost."""
+
+    def __init__(self, n_labels: int) -> None:
+        super().__init__()
+        probs = torch.full((1, n_labels), 0.5 / max(1, n_labels - 1))
+        probs[0, 0] = 0.5
+        self.register_buffer("probs", probs)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.probs.expand(input_ids.size(0), -1)  # (B, n_labels)
+
+
+def make_null_bundle(
+    out_dir: Path, *, tokenizer_from: Path | None = None, labels: list[str] | None = None, max_length: int = 128
+) -> Path:
+    """A bundle with a real tokenizer (``tokenizer_from``: a bundle or a tokenizer.json; else a small
+    one trained here)
+    and a TorchScript model that returns fixed probabilities without computing anything."""
+    from tokenizers import Tokenizer
+
+    from model.bundle import Bundle
+
+    if tokenizer_from is not None and Path(tokenizer_from).is_file():  # a tokenizer.json
+        tokenizer = Tokenizer.from_file(str(tokenizer_from))
+        lowercase = True
+    elif tokenizer_from is not None:
+        source = Bundle.load(tokenizer_from)
+        tokenizer = Tokenizer.from_str(source.tokenizer.to_str())
+        labels = labels or list(source.labels)
+        max_length = source.max_length
+        lowercase = source.lowercase
+    else:
+        tokenizer = train_tokenizer(fixture_texts(300, seed=1234), TokenizerConfig(vocab_size=300, min_frequency=1))
+        lowercase = True
+    labels = list(labels or LABELS)
+    scripted = torch.jit.script(_NullModel(len(labels)).eval())
+    return write_bundle(
+        out_dir, scripted_model=scripted, tokenizer=tokenizer, labels=labels, name="null", max_length=max_length,
+        lowercase=lowercase, model_config={"kind": "null"}, metrics={},
+        training={"note": "fixed probabilities: measures everything but the model"},
+    )

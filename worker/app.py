@@ -19,9 +19,7 @@ path (committing only what was acknowledged) and ``wait()`` returns its exit cod
 
 from __future__ import annotations
 
-import os
 import queue
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -29,23 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer
-from kafka import errors as kafka_errors
-
 from worker.allocator import tune_allocator
 from worker.batcher import Batch, Batcher, BatchLimits
-from worker.errors import (
-    BrokerError,
-    Failure,
-    InferenceError,
-    SettingsError,
-    WorkerError,
-    failure_for_kafka_error,
-)
+from worker.errors import BrokerError, Failure, InferenceError, SettingsError, WorkerError
 from worker.events import DeadLetter, Event, ParseConfig
 from worker.handoff import InputHandoff
-from worker.kafka_compat import apply_join_fix
-from worker.offsets import Committer, OffsetTracker, commit_failure
+from worker.kafka.base import ConsumerClient, ProducerClient, open_clients
+from worker.kafka.tls import check_tls
+from worker.offsets import Committer, OffsetCommitter, OffsetTracker, commit_failure
 from worker.reload import BundleWatcher, RunnerSlot
 from worker.runner import (
     Classified,
@@ -56,18 +45,18 @@ from worker.runner import (
     resolve_streams,
 )
 from worker.settings import WorkerSettings, check_against_bundle
-from worker.sink import Router, Sink
+from worker.sink import Router, Sink, input_dead_letter
 from worker.source import Source
+from worker.stages import StageClock, name_native_threads
 from worker.telemetry import Health, Metrics, TelemetryServer, get_logger
+from worker.transactions import Barrier, TransactionalCommitter, transactional_id
 
 log = get_logger("tagstream.worker")
 
-BOOTSTRAP_TIMEOUT_MS = 15_000  # how long start-up waits for a broker before exiting non-zero
-SEND_MAX_BLOCK_MS = 15_000  # how long send() may block on topic metadata or a full buffer
 IDLE_WAIT_S = 0.1  # batcher wake-up when idle: bounds how fast it notices a shutdown or a revocation
 SINK_QUEUE_BATCHES = 4  # model threads -> sink: enough to overlap, small enough to bound memory
-PRODUCER_LINGER_MS = 5  # results of one batch leave in a few produce requests, not one each
-PRODUCER_BATCH_BYTES = 256 * 1024
+COMMIT_FAILURE_LOG_EVERY_S = 10.0  # at most one commit_failed line this often (the metric counts them all)
+SINK_IDLE_S = 0.05  # the sink thread's wait for work: bounds how late a refused output is resent
 DRAIN_RESERVE_MAX_S = 3.0  # of the drain deadline, kept for flush + commit + close
 
 
@@ -89,26 +78,35 @@ class Worker:
     def __init__(self, settings: WorkerSettings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.health = Health()
+        self.health = Health(broker_outage_s=settings.broker_outage_s)
         self.tracker = OffsetTracker()
         self.handoff: InputHandoff[Event, DeadLetter] = InputHandoff(settings.max_pending_events)
         self.telemetry: TelemetryServer | None = None
         self.slot: RunnerSlot | None = None
         self._stopping = threading.Event()
+        self._commit_log_quiet_until = 0.0
+        self._commit_failures_unlogged = 0
         self._stop_at: float | None = None
         self._fatal: WorkerError | None = None
         self._fatal_lock = threading.Lock()
         self._sink_queue: queue.Queue[Any] = queue.Queue(maxsize=SINK_QUEUE_BATCHES)
         self._streams = 1
+        self._exactly_once = settings.processing_guarantee == "exactly_once"
+        # Batches handed to the model threads and finished by them: a barrier waits for the two to meet.
+        self._batches_issued = 0
+        self._batches_done = 0
+        self._batches_cond = threading.Condition()
         # batcher -> model threads: one formed batch waits per stream (TEI's prefetch of one)
         self._batch_queue: queue.Queue[Any] = queue.Queue()
         self._threads: dict[str, threading.Thread] = {}
-        self._producer: Any = None
-        self._consumer: Any = None
+        self._producer: ProducerClient | None = None
+        self._consumer: ConsumerClient | None = None
         self._source: Source | None = None
         self._sink: Sink | None = None
+        self._transactions: TransactionalCommitter | None = None
         self._limits = BatchLimits(settings.max_batch_size, settings.max_batch_tokens, settings.max_wait_ms / 1000)
         self._debug = settings.log_level == "DEBUG"  # per-batch log lines only when asked for
+        self.stage_clock = StageClock(self.metrics, enabled=settings.stage_timing)
         # Of drain_timeout_s, the part kept for the final flush, commit and close.
         self._drain_reserve_s = min(DRAIN_RESERVE_MAX_S, settings.drain_timeout_s / 4)
 
@@ -145,6 +143,8 @@ class Worker:
         self._start_telemetry()
         self._connect()
         self._start_threads(device, dtype)
+        if s.stage_timing:
+            name_native_threads()  # so per-thread CPU shows the stages and the client's threads
 
     def stop(self) -> None:
         """Begin a graceful drain (signal handlers, tests); returns at once."""
@@ -207,29 +207,15 @@ class Worker:
 
     def _connect(self) -> None:
         s = self.settings
-        apply_join_fix()  # kafka-python 3.0 can drop a completed group join: see kafka_compat.py
-        common: dict[str, Any] = {
-            "bootstrap_servers": [x.strip() for x in s.bootstrap_servers.split(",")],
-            "client_id": f"tagstream-{socket.gethostname()}-{os.getpid()}",
-            "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS,
-            "metrics_enabled": False,  # kafka-python's own sensors cost CPU per record; we count ourselves
-            **s.kafka_security(),
-        }
-        self._producer = _kafka_call(
-            s, lambda: KafkaProducer(
-                acks="all", linger_ms=PRODUCER_LINGER_MS, batch_size=PRODUCER_BATCH_BYTES,
-                max_block_ms=SEND_MAX_BLOCK_MS, **common,
-            )
-        )
-        self._consumer = _kafka_call(
-            s, lambda: KafkaConsumer(
-                group_id=s.group_id, enable_auto_commit=False, auto_offset_reset=s.auto_offset_reset,
-                allow_auto_create_topics=False, max_poll_records=500, **common,
-            )
-        )
-        consumer = self._consumer
+        check_tls(s)  # a TLS problem is named at once, not after a bootstrap timeout
+        txn_id = transactional_id(s.group_id, s.group_instance_id) if self._exactly_once else None
+        self._consumer, self._producer = open_clients(s, transactional_id=txn_id)
+        if txn_id is not None:
+            # Fences an older worker with this id and aborts the transaction it left open.
+            self._producer.init_transactions()
+            log.info("transactions_ready", transactional_id=txn_id)
         for topic in s.input_topics:
-            if not _kafka_call(s, lambda t=topic: consumer.partitions_for_topic(t)):  # type: ignore[misc]
+            if not self._consumer.partitions_for_topic(topic):
                 raise BrokerError(
                     f"input topic {topic!r} does not exist (TAGSTREAM_INPUT_TOPICS); create it, or fix the name",
                     Failure.TOPIC_MISSING,
@@ -238,14 +224,26 @@ class Worker:
     def _start_threads(self, device: Any, dtype: Any) -> None:
         s = self.settings
         assert self.slot is not None
-        committer = Committer(
-            self._consumer, self.tracker, interval_s=s.commit_interval_ms / 1000, on_result=self._on_commit
-        )
+        assert self._consumer is not None and self._producer is not None
+        committer: OffsetCommitter
+        if self._exactly_once:
+            committer = self._transactions = TransactionalCommitter(
+                self._consumer, self._producer, self.tracker, self.metrics,
+                interval_s=s.commit_interval_ms / 1000, on_result=self._on_commit,
+            )
+            committer.attach(self.handoff)
+            committer.begin()
+        else:
+            committer = Committer(
+                self._consumer, self.tracker, interval_s=s.commit_interval_ms / 1000, on_result=self._on_commit
+            )
         self._source = Source(
             self._consumer,
             topics=list(s.input_topics),
             pattern=s.subscription_pattern(),
-            parse_config=ParseConfig(s.input_format, s.text_field, s.id_field, s.max_payload_bytes),
+            parse_config=ParseConfig(
+                s.input_format, s.text_field, s.id_field, s.max_payload_bytes, s.dead_letter_max_bytes
+            ),
             tracker=self.tracker,
             committer=committer,
             handoff=self.handoff,
@@ -253,8 +251,12 @@ class Worker:
             metrics=self.metrics,
             health=self.health,
             revoke_grace_s=min(s.drain_timeout_s, 10.0),
+            clock=self.stage_clock,
         )
-        self._sink = Sink(self._producer, Router(s), self.tracker, self.metrics, self._fail)
+        self._sink = Sink(
+            self._producer, Router(s), self.tracker, self.metrics, self._fail,
+            dead_letter_max_bytes=s.dead_letter_max_bytes, transactions=self._transactions, clock=self.stage_clock,
+        )
         self._source.subscribe()
         self._spawn("source", self._source_main)
         self._batch_queue = queue.Queue(maxsize=self._streams)
@@ -292,6 +294,8 @@ class Worker:
         assert self._source is not None
         try:
             self._source.run(self._stopping)
+        except BaseException as exc:
+            self._fail(exc, stage="source")  # recorded before the drain, whose own failure comes second
         finally:
             self.stop()  # whatever ended the loop, the rest drains
             deadline = (self._stop_at or time.monotonic()) + self.settings.drain_timeout_s
@@ -299,9 +303,12 @@ class Worker:
                 left = self._source.drain(deadline - self._drain_reserve_s / 2, downstream_done=self._downstream_done)
                 level = log.warning if left else log.info
                 level("drained", unacknowledged_left_for_redelivery=left)
+            except WorkerError as exc:
+                self._fail(exc, stage="drain")
             finally:
                 try:
-                    self._consumer.close(autocommit=False, timeout_ms=int(1000 * max(0.5, self._remaining())))
+                    assert self._consumer is not None
+                    self._consumer.close(max(0.5, self._remaining()), leave_group=self.settings.leave_group_on_stop)
                 except Exception as exc:
                     log.warning("consumer_close_failed", error=repr(exc))
 
@@ -309,6 +316,7 @@ class Worker:
         """Take inputs from the source, form batches, hand them to the model threads."""
         assert self.slot is not None
         batcher: Batcher[Event] = Batcher(self._limits)
+        clock = self.stage_clock
         handoff = self.handoff
         tracker = self.tracker
         revocations = tracker.revocations
@@ -323,7 +331,8 @@ class Worker:
                 now = time.monotonic()
                 due = batcher.time_until_due(now)
                 wait = IDLE_WAIT_S if due is None else min(due, IDLE_WAIT_S)
-                events, letters, closed = handoff.take(wait)  # returns at once once closed
+                events, letters, closed, barrier = handoff.take(wait)  # returns at once once closed
+                t = clock.start()
                 if closed and self._remaining() < self._drain_reserve_s:
                     # Shutting down and out of time: what has not run yet is redelivered after
                     # the restart; the time left is for flushing and committing what has.
@@ -343,11 +352,15 @@ class Worker:
                         batcher.add(event, event.n_tokens, event.received)
                     else:
                         self._abandon([event])
-                while (batch := batcher.next_batch(time.monotonic(), flush=closed)) is not None:
+                flush = closed or barrier is not None  # a barrier closes every batch before it
+                while (batch := batcher.next_batch(time.monotonic(), flush=flush)) is not None:
                     handoff.release(len(batch.items))
                     if not self._put_batch((batch, self.slot.current)):
                         self._abandon(batch.items, release=False)  # no model thread left
-                if closed and not events and not letters and len(batcher) == 0:
+                clock.stop("batch", t, len(events))
+                if barrier is not None:
+                    self._pass_barrier(barrier)
+                if closed and not events and not letters and barrier is None and len(batcher) == 0:
                     return
         finally:
             for _ in range(self._streams):
@@ -365,18 +378,29 @@ class Worker:
             if work is _STOP:
                 return
             batch, runner = work
-            self._run_batch(batch, runner)
+            try:
+                self._run_batch(batch, runner)
+            finally:
+                with self._batches_cond:
+                    self._batches_done += 1
+                    self._batches_cond.notify_all()
 
     def _sink_main(self) -> None:
         assert self._sink is not None
         sink = self._sink
         try:
             while True:
-                work = self._sink_queue.get()
+                sink.settle_pending()  # refused outputs; an abort asked for (exactly-once)
+                try:
+                    work = self._sink_queue.get(timeout=SINK_IDLE_S)
+                except queue.Empty:
+                    continue
                 if work is _STOP:
                     break
                 if isinstance(work, _Results):
                     sink.publish_results(work.events, work.classified, work.labels, work.model_name, work.model_version)
+                elif isinstance(work, Barrier):
+                    sink.commit_transaction(work, max(1.0, self._remaining()) if self._stop_at else 30.0)
                 else:
                     sink.publish_dead_letters(work)
         finally:
@@ -394,11 +418,13 @@ class Worker:
         if stale:  # tokenized by a bundle swapped out since: redo with this one
             for event, ids in zip(stale, runner.tokenize([e.text for e in stale]), strict=True):
                 event.token_ids, event.tokenizer_key = ids, key
+        t = self.stage_clock.start()
         try:
             classified = runner.classify([e.token_ids for e in events])
         except InferenceError as exc:
             self._retry_one_by_one(events, runner, exc)
             return
+        self.stage_clock.stop("inference", t, len(events))
         self._observe_batch(batch, events, classified)
         if self._debug:
             first = events[0]
@@ -414,22 +440,20 @@ class Worker:
         self.metrics.count_failure(Failure.BATCH_FAILED)
         log.warning("batch_failed_retrying_singly", size=len(events), error=str(error))
         ok: list[Event] = []
-        indices: list[list[int]] = []
-        scores: list[list[float]] = []
+        parts: list[Classified] = []
         letters: list[DeadLetter] = []
         for event in events:
             try:
                 one = runner.classify([event.token_ids])
             except InferenceError as exc:
-                letters.append(_inference_dead_letter(event, exc))
+                letters.append(input_dead_letter(event, Failure.INFERENCE_FAILED, str(exc)))
                 continue
             ok.append(event)
-            indices.extend(one.top_indices)
-            scores.extend(one.top_scores)
+            parts.append(one)
         if not ok and len(events) > 1:
             raise WorkerError(f"the model fails on every input, alone too: {error}", Failure.MODEL_FAILED)
         if ok:
-            self._to_sink(_Results(ok, Classified(indices, scores, 0.0), runner.labels, runner.name, runner.version))
+            self._to_sink(_Results(ok, Classified.join(parts), runner.labels, runner.name, runner.version))
         if letters:
             self._to_sink(letters)
 
@@ -474,11 +498,25 @@ class Worker:
         while True:
             try:
                 self._batch_queue.put(work, timeout=0.5)
+                if work is not _STOP:
+                    with self._batches_cond:
+                        self._batches_issued += 1
                 return True
             except queue.Full:
                 models = [t for name, t in self._threads.items() if name.startswith("model-")]
                 if not any(t.is_alive() for t in models):
                     return False
+
+    def _pass_barrier(self, barrier: Barrier) -> None:
+        """Exactly-once: once every batch issued before ``barrier`` is finished (its outputs are in
+        the sink queue, ahead of it), the barrier follows them to the sink, which commits."""
+        with self._batches_cond:
+            while self._batches_done < self._batches_issued:
+                models = [t for name, t in self._threads.items() if name.startswith("model-")]
+                if not any(t.is_alive() for t in models):
+                    return  # nothing more will finish: the transaction is not committed
+                self._batches_cond.wait(0.1)
+        self._to_sink(barrier)
 
     def _put_stop_for_sink(self) -> None:
         self._to_sink(_STOP)
@@ -495,14 +533,11 @@ class Worker:
 
     def _close_connections(self) -> None:
         """After a failed start: close whatever was opened, quietly."""
-        closers = []
-        if self._consumer is not None:
-            closers.append(lambda: self._consumer.close(autocommit=False, timeout_ms=2000))
-        if self._producer is not None:
-            closers.append(lambda: self._producer.close(timeout=2))
-        for close in closers:
+        for client in (self._consumer, self._producer):
+            if client is None:
+                continue
             try:
-                close()
+                client.close(2.0)
             except Exception as exc:
                 log.debug("close_after_failed_start", error=repr(exc))
         self._consumer = self._producer = None
@@ -513,7 +548,7 @@ class Worker:
     def _close(self) -> None:
         if self._producer is not None:
             try:
-                self._producer.close(timeout=max(1.0, self._remaining()))
+                self._producer.close(max(1.0, self._remaining()))
             except Exception as exc:
                 log.warning("producer_close_failed", error=repr(exc))
             self._producer = None
@@ -540,11 +575,26 @@ class Worker:
     def _on_commit(self, positions: dict, error: BaseException | None) -> None:
         if error is None:
             self.metrics.commits.labels(result="ok").inc()
+            self.health.commit_result(ok=True)
             return
         self.metrics.commits.labels(result="failed").inc()
         failure = commit_failure(error)
         self.metrics.count_failure(failure)
-        log.warning("commit_failed", kind=failure.label, error=repr(error), partitions=len(positions))
+        now = time.monotonic()
+        if now < self._commit_log_quiet_until:  # an outage fails every commit: say so every few seconds
+            self._commit_failures_unlogged += 1
+            return
+        self._commit_log_quiet_until = now + COMMIT_FAILURE_LOG_EVERY_S
+        # A timeout or a lost connection says the broker is away; a rebalance says nothing about it.
+        original = error.failure if isinstance(error, WorkerError) else Failure.INTERNAL
+        self.health.commit_result(
+            ok=False, broker_unreachable=original in (Failure.BROKER_UNREACHABLE, Failure.KAFKA_TRANSIENT)
+        )
+        log.warning(
+            "commit_failed", kind=failure.label, error=str(error), partitions=len(positions),
+            failed_since_last_line=self._commit_failures_unlogged,
+        )
+        self._commit_failures_unlogged = 0
 
 
 def _split(items: list, accepts: Callable[[tuple[str, int], int], bool]) -> tuple[list, list]:
@@ -554,71 +604,3 @@ def _split(items: list, accepts: Callable[[tuple[str, int], int], bool]) -> tupl
     for item in items:
         (keep if accepts((item.topic, item.partition), item.epoch) else drop).append(item)
     return keep, drop
-
-
-def _inference_dead_letter(event: Event, exc: BaseException) -> DeadLetter:
-    import json
-
-    value = json.dumps({"id": event.event_id, "text": event.text}, ensure_ascii=False).encode()
-    return DeadLetter(
-        event.topic, event.partition, event.offset, event.timestamp_ms, event.key, value, event.headers,
-        Failure.INFERENCE_FAILED, str(exc)[:500], event.epoch,
-    )
-
-
-def _kafka_call(settings: WorkerSettings, call: Callable[[], Any]) -> Any:
-    """Run a start-up Kafka call, translating its errors into BrokerErrors that say what to fix."""
-    try:
-        return call()
-    except kafka_errors.KafkaTimeoutError as exc:
-        raise _bootstrap_timeout_error(settings, exc) from exc
-    except kafka_errors.KafkaError as exc:
-        failure = failure_for_kafka_error(exc)
-        hint = {
-            Failure.AUTHENTICATION_FAILED: "; check TAGSTREAM_SASL_MECHANISM, TAGSTREAM_SASL_USERNAME and"
-            " TAGSTREAM_SASL_PASSWORD",
-            Failure.AUTHORIZATION_FAILED: "; grant these credentials access to the topics and group",
-            Failure.BROKER_UNREACHABLE: "; check TAGSTREAM_BOOTSTRAP_SERVERS",
-        }.get(failure, "")
-        raise BrokerError(f"Kafka refused the connection: {exc}{hint}", failure) from exc
-
-
-def _bootstrap_timeout_error(settings: WorkerSettings, exc: BaseException) -> BrokerError:
-    """Why bootstrapping timed out, as far as we can tell.
-
-    kafka-python reports a refused SASL login as a timeout (the broker delays its answer to a
-    failed authentication), so a plain TCP probe tells "nothing listens" from "it listens but
-    would not let us in".
-    """
-    listening = []
-    for server in settings.bootstrap_servers.split(","):
-        host, _, port = server.strip().rpartition(":")
-        try:
-            with socket.create_connection((host, int(port)), timeout=2):
-                listening.append(server.strip())
-        except OSError:
-            pass
-    waited = f"within {BOOTSTRAP_TIMEOUT_MS // 1000} s"
-    if not listening:
-        return BrokerError(
-            f"nothing accepts connections at {settings.bootstrap_servers} ({exc}); check"
-            " TAGSTREAM_BOOTSTRAP_SERVERS and that the broker is up",
-            Failure.BROKER_UNREACHABLE,
-        )
-    if settings.security_protocol.startswith("SASL_"):
-        return BrokerError(
-            f"the broker at {listening[0]} accepts connections but the SASL login did not complete {waited}:"
-            " the credentials or mechanism are probably wrong; check TAGSTREAM_SASL_MECHANISM,"
-            " TAGSTREAM_SASL_USERNAME and TAGSTREAM_SASL_PASSWORD",
-            Failure.AUTHENTICATION_FAILED,
-        )
-    hint = (
-        "check TAGSTREAM_SSL_CAFILE, TAGSTREAM_SSL_CERTFILE and TAGSTREAM_SSL_KEYFILE"
-        if settings.security_protocol == "SSL"
-        else "is TAGSTREAM_SECURITY_PROTOCOL right for this listener?"
-    )
-    return BrokerError(
-        f"the broker at {listening[0]} accepts connections but did not answer Kafka requests {waited}"
-        f" ({exc}); {hint}",
-        Failure.BROKER_UNREACHABLE,
-    )

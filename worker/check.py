@@ -2,18 +2,20 @@
 
 Prints the resolved settings (secrets masked), then runs each start-up step the worker would,
 without consuming anything: resolve device and dtype, verify and load the bundle, check the
-settings against it, reach the broker, look up the input topics (and report whether each output
-topic exists yet). Exit code 0 when every step passes, else the failing step's exit code.
+settings against it, bind the metrics port, reach the broker with the configured client, look up
+the input topics (and report whether each output topic exists yet). Exit code 0 when every step
+passes, else the failing step's exit code.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from worker.errors import BrokerError, Failure, WorkerError
+from worker.errors import BrokerError, Failure, SettingsError, WorkerError
 from worker.settings import WorkerSettings, check_against_bundle
 
 
@@ -27,6 +29,7 @@ def run_check(settings: WorkerSettings, out: TextIO = sys.stdout) -> int:
         ("device", lambda: _device(settings, state)),
         ("bundle", lambda: _bundle(settings, state)),
         ("settings vs bundle", lambda: _against_bundle(settings, state)),
+        ("metrics port", lambda: _metrics_port(settings)),
         ("broker", lambda: _broker(settings, state)),
         ("topics", lambda: _topics(settings, state)),
     ]
@@ -43,9 +46,9 @@ def run_check(settings: WorkerSettings, out: TextIO = sys.stdout) -> int:
             code = 1
             break
         out.write(f"ok   {title}: {detail}\n")
-    consumer = state.get("consumer")
-    if consumer is not None:
-        consumer.close(autocommit=False)
+    for client in (state.get("consumer"), state.get("producer")):
+        if client is not None:
+            client.close(2.0)
     out.write("\nworker can start\n" if code == 0 else "\nworker would not start (see FAIL above)\n")
     out.flush()
     return code
@@ -80,27 +83,31 @@ def _against_bundle(settings: WorkerSettings, state: dict[str, Any]) -> str:
     return f"largest batch {rows} x {width} tokens fits max_batch_tokens={settings.max_batch_tokens}"
 
 
+def _metrics_port(settings: WorkerSettings) -> str:
+    """The worker serves /metrics, /healthz and /readyz here: a taken port would stop it at start."""
+    port = settings.metrics_port
+    try:
+        with socket.create_server(("0.0.0.0", port)) as server:
+            bound = server.getsockname()[1]
+    except OSError as exc:
+        raise SettingsError(
+            f"TAGSTREAM_METRICS_PORT={port}: cannot listen ({exc.strerror}); pick a free port, or 0 for any"
+        ) from exc
+    return f"{bound} is free" if port else "0: any free port"
+
+
 def _broker(settings: WorkerSettings, state: dict[str, Any]) -> str:
-    from kafka import KafkaConsumer
+    from worker.kafka.base import open_clients
+    from worker.kafka.tls import check_tls
 
-    from worker.app import BOOTSTRAP_TIMEOUT_MS, _kafka_call
-
-    state["consumer"] = _kafka_call(
-        settings,
-        lambda: KafkaConsumer(
-            bootstrap_servers=[x.strip() for x in settings.bootstrap_servers.split(",")],
-            bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS, allow_auto_create_topics=False,
-            metrics_enabled=False, **settings.kafka_security(),
-        ),
-    )
-    return f"connected to {settings.bootstrap_servers} ({settings.security_protocol})"
+    check_tls(settings)  # at once, with its reason, rather than a bootstrap timeout later
+    state["consumer"], state["producer"] = open_clients(settings)
+    return f"connected to {settings.bootstrap_servers} ({settings.security_protocol}, {settings.kafka_client})"
 
 
 def _topics(settings: WorkerSettings, state: dict[str, Any]) -> str:
-    from worker.app import _kafka_call
-
     consumer = state["consumer"]
-    existing = _kafka_call(settings, consumer.topics)
+    existing = consumer.topics()
     if settings.input_pattern is not None:
         import re
 

@@ -3,6 +3,8 @@
 tagstream-worker run      consume, classify, publish (the long-running worker)
 tagstream-worker check    print resolved settings, reach the broker, verify the bundle
 tagstream-worker kafka    start/stop/show a local single-node Kafka broker (development)
+tagstream-worker dlq      dead letters: stats, redrive (worker/ops/)
+tagstream-worker rewind   move the worker group's offsets back to a time (worker/ops/)
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run_commands(sub)
     _add_kafka_commands(sub)
+    _add_ops_commands(sub)
     return parser
 
 
@@ -119,10 +122,17 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _add_kafka_commands(sub: argparse._SubParsersAction) -> None:
-    # `kafka up|down|status|fetch`: the local development broker (worker/localkafka/cli.py).
-    from worker.localkafka.cli import add_kafka_commands
+    # `kafka up|down|status|fetch`: the local development broker (localkafka/cli.py).
+    from localkafka.cli import add_kafka_commands
 
     add_kafka_commands(sub)
+
+
+def _add_ops_commands(sub: argparse._SubParsersAction) -> None:
+    # `dlq stats|redrive` and `rewind`: day-2 operations (worker/ops/cli.py).
+    from worker.ops.cli import add_ops_commands
+
+    add_ops_commands(sub)
 
 
 def _not_implemented(args: argparse.Namespace) -> int:

@@ -9,6 +9,8 @@ decides what a failure means: code that detects one names the ``Failure`` and lo
     Action.DEAD_LETTER  the input cannot be classified: publish it to the dead-letter topic
                         (original bytes, key, and reason headers), then commit past it
     Action.RETRY        transient: log, count, try again (nothing is committed meanwhile)
+    Action.SKIP         even a bounded dead-letter copy could not be delivered: count it in
+                        tagstream_records_skipped_total, log it with its sha256, commit past it
     Action.REFUSE       keep serving with what we have (a new bundle failed verification)
     Action.EXIT         cannot continue safely: stop without committing anything unacknowledged
                         and exit non-zero so the orchestrator restarts the pod
@@ -18,7 +20,8 @@ Exceptions (third-party errors are translated at the boundary, ``raise ... from 
     WorkerError                 base: carries a Failure; its exit code comes from the table
     ├── SettingsError           a setting is invalid (one line naming it and the fix)
     ├── BrokerError             Kafka unreachable, authentication or authorization refused,
-    │                           a topic missing, a result not delivered
+    │                           a topic missing, a result not delivered (client libraries'
+    │                           exceptions are translated in worker/kafka/<client>.py)
     ├── BundleLoadError         the model bundle is missing, tampered with, or does not fit
     └── InferenceError          the model raised on a batch
 """
@@ -32,6 +35,7 @@ from dataclasses import dataclass
 class Action(enum.Enum):
     DEAD_LETTER = "dead_letter"
     RETRY = "retry"
+    SKIP = "skip"
     REFUSE = "refuse"
     EXIT = "exit"
 
@@ -67,6 +71,21 @@ class Failure(enum.Enum):
     MISSING_TEXT = FailureSpec("missing_text", Action.DEAD_LETTER, 0, "the JSON object has no TAGSTREAM_TEXT_FIELD")
     TEXT_NOT_STRING = FailureSpec("text_not_string", Action.DEAD_LETTER, 0, "the text field is not a string")
     EMPTY_TEXT = FailureSpec("empty_text", Action.DEAD_LETTER, 0, "the text is empty or only whitespace")
+    RECORD_REJECTED = FailureSpec(
+        "record_rejected", Action.DEAD_LETTER, 0,
+        "the producer or the broker refused this input's result record (too large for the producer's"
+        " max_request_size or the topic's max.message.bytes, or invalid): the input is dead-lettered",
+    )
+    INVALID_HEADER = FailureSpec(
+        "invalid_header", Action.DEAD_LETTER, 0,
+        "a header key is not UTF-8 (other clients can send such keys): dead-lettered with its key and value,"
+        " the undecodable headers left out",
+    )
+    UNREADABLE_RECORD = FailureSpec(
+        "unreadable_record", Action.DEAD_LETTER, 0,
+        "the Kafka client could not decode the record at all (a corrupt batch): its location is"
+        " dead-lettered without its bytes, and reading goes on after it",
+    )
     INFERENCE_FAILED = FailureSpec(
         "inference_failed", Action.DEAD_LETTER, 0,
         "the model raised on this input alone (after its batch failed and was retried one by one)",
@@ -81,6 +100,21 @@ class Failure(enum.Enum):
     )
     KAFKA_TRANSIENT = FailureSpec(
         "kafka_transient", Action.RETRY, 0, "a retriable Kafka error (leader change, timeout)"
+    )
+    TRANSACTION_ABORTED = FailureSpec(
+        "transaction_aborted", Action.RETRY, 0,
+        "exactly-once: a transaction was aborted (revocation or a failed commit); its inputs are read"
+        " again from the last committed transaction",
+    )
+    BROKER_DOWN = FailureSpec(
+        "broker_down", Action.RETRY, 0,
+        "no broker answers (commits and heartbeats fail): not ready; fatal after TAGSTREAM_BROKER_OUTAGE_S",
+    )
+    # -- skipped past: counted in tagstream_records_skipped_total ----------------------------
+    DEAD_LETTER_REJECTED = FailureSpec(
+        "dead_letter_rejected", Action.SKIP, 0,
+        "even the bounded dead-letter copy of an input was refused: logged with its topic, partition,"
+        " offset, size and sha256, and committed past so it cannot block its partition",
     )
     # -- keep serving --------------------------------------------------------------------------
     RELOAD_REFUSED = FailureSpec(
@@ -103,11 +137,30 @@ class Failure(enum.Enum):
         "the broker's ACLs refuse a topic or the consumer group to these credentials",
     )
     TOPIC_MISSING = FailureSpec(
-        "topic_missing", Action.EXIT, EXIT_KAFKA, "an input or output topic does not exist and auto-creation is off"
+        "topic_missing", Action.EXIT, EXIT_KAFKA,
+        "an input topic does not exist (the worker never creates inputs), or an output topic does not"
+        " exist and the broker does not create topics on first use",
     )
     DELIVERY_FAILED = FailureSpec(
         "delivery_failed", Action.EXIT, EXIT_KAFKA,
         "the broker did not acknowledge a result or dead-letter record; its input is redelivered after restart",
+    )
+    BROKER_OUTAGE = FailureSpec(
+        "broker_outage", Action.EXIT, EXIT_KAFKA,
+        "no broker answered for longer than TAGSTREAM_BROKER_OUTAGE_S: exit so the orchestrator restarts us",
+    )
+    FINAL_COMMIT_FAILED = FailureSpec(
+        "final_commit_failed", Action.EXIT, EXIT_KAFKA,
+        "at shutdown the offsets of delivered results could not be committed: those inputs are"
+        " redelivered (duplicates) after the restart",
+    )
+    INSTANCE_FENCED = FailureSpec(
+        "instance_fenced", Action.EXIT, EXIT_KAFKA,
+        "another worker joined the group with the same TAGSTREAM_GROUP_INSTANCE_ID",
+    )
+    PRODUCER_FENCED = FailureSpec(
+        "producer_fenced", Action.EXIT, EXIT_KAFKA,
+        "exactly-once: a newer worker with the same transactional id took over (this one is a zombie)",
     )
     KAFKA_FATAL = FailureSpec("kafka_fatal", Action.EXIT, EXIT_KAFKA, "a non-retriable Kafka client error")
     MODEL_FAILED = FailureSpec(
@@ -134,6 +187,7 @@ class Failure(enum.Enum):
 
 
 DEAD_LETTER_REASONS = tuple(f for f in Failure if f.action is Action.DEAD_LETTER)
+SKIP_REASONS = tuple(f for f in Failure if f.action is Action.SKIP)
 
 
 class WorkerError(Exception):
@@ -173,25 +227,3 @@ class InferenceError(WorkerError):
     """The model raised while classifying a batch."""
 
     failure = Failure.BATCH_FAILED
-
-
-def failure_for_kafka_error(exc: BaseException) -> Failure:
-    """Map a kafka-python exception to its Failure kind (the one translation table for Kafka)."""
-    from kafka import errors as ke  # local: keeps this module importable without the client
-
-    if isinstance(exc, ke.SaslAuthenticationFailedError | ke.UnsupportedSaslMechanismError):
-        return Failure.AUTHENTICATION_FAILED
-    if isinstance(exc, ke.AuthorizationError):
-        return Failure.AUTHORIZATION_FAILED
-    if isinstance(exc, ke.UnknownTopicOrPartitionError | ke.InvalidTopicError):
-        return Failure.TOPIC_MISSING
-    if isinstance(exc, ke.CommitFailedError | ke.RebalanceInProgressError | ke.IllegalGenerationError
-                  | ke.UnknownMemberIdError):
-        return Failure.COMMIT_FAILED
-    if isinstance(exc, ke.KafkaConnectionError):
-        return Failure.BROKER_UNREACHABLE
-    if isinstance(exc, ke.KafkaError) and getattr(exc, "retriable", False):
-        return Failure.KAFKA_TRANSIENT
-    if isinstance(exc, ke.KafkaError):
-        return Failure.KAFKA_FATAL
-    return Failure.INTERNAL

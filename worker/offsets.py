@@ -24,11 +24,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from kafka.structs import OffsetAndMetadata, TopicPartition
-
-from worker.errors import Failure, failure_for_kafka_error
+from worker.errors import Failure, WorkerError
+from worker.kafka.base import ConsumerClient, Sleep, TopicPartition
 
 
 @dataclass(frozen=True)
@@ -121,6 +120,42 @@ class OffsetTracker:
                 if state.pending:
                     points[tp] = ResumePoint(state.pending[0], frozenset(state.acked))
             return points
+
+    def committed_points(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, ResumePoint]:
+        """Per partition, the last committed position (exactly-once: nothing past it is delivered)."""
+        with self._lock:
+            points = {}
+            for tp in partitions:
+                state = self._parts.get(tp)
+                if state is not None and state.committed is not None and state.last_tracked is not None:
+                    points[tp] = ResumePoint(state.committed, frozenset())
+            return points
+
+    def restart_from_committed(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """Forget everything past the last commit (exactly-once, after an abort): a fresh epoch per
+        partition, so queued and running work is dropped; returns where each must be re-read from."""
+        with self._lock:
+            self._apply_acks()
+            seeks = {}
+            for tp in partitions:
+                state = self._parts.get(tp)
+                if state is None:
+                    continue
+                epoch = self._epochs[tp] + 1
+                self._epochs[tp] = epoch
+                self._parts[tp] = _PartitionState(epoch=epoch, committed=state.committed)
+                if state.committed is not None and state.last_tracked is not None:
+                    seeks[tp] = state.committed
+            self.revocations += 1  # the batcher purges what it holds of the old epochs
+            return seeks
+
+    def uncommitted(self) -> bool:
+        """Whether anything was handed out since the last commit (exactly-once: a transaction is due)."""
+        with self._lock:
+            return any(
+                state.last_tracked is not None and (state.committed is None or state.last_tracked >= state.committed)
+                for state in self._parts.values()
+            )
 
     def skip_delivered(self, tp: TopicPartition, offsets: Iterable[int]) -> None:
         """Offsets of ``tp`` whose outputs were acknowledged before a rebalance gave the partition
@@ -237,12 +272,35 @@ class OffsetTracker:
 CommitListener = Callable[[dict[TopicPartition, int], BaseException | None], None]
 
 
+class OffsetCommitter(Protocol):
+    """What the source calls, on the consumer thread: ``Committer`` (at-least-once) or
+    ``TransactionalCommitter`` (exactly-once, worker/transactions.py)."""
+
+    def service(self) -> None: ...
+
+    def commit_if_due(self) -> None: ...
+
+    def before_drain(self, handoff: Any) -> None: ...
+
+    def commit_now(self, partitions: Iterable[TopicPartition] | None = None, timeout_s: float = 10.0) -> dict: ...
+
+    async def settle(self, partitions: set[TopicPartition], sleep: Sleep | None, deadline: float) -> dict: ...
+
+    def resume_points(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, ResumePoint]: ...
+
+
 class Committer:
-    """The one place offsets are committed (see the module docstring for transactions)."""
+    """The one place offsets are committed, through the consumer group (at-least-once).
+
+    The source calls it from the consumer thread: ``commit_if_due`` and ``service`` on every
+    turn of its loop, ``settle`` and ``resume_points`` when partitions are revoked,
+    ``before_drain`` and ``commit_now`` when it stops. The transactional committer
+    (``worker/transactions.py``) has the same entry points.
+    """
 
     def __init__(
         self,
-        consumer: Any,
+        consumer: ConsumerClient,
         tracker: OffsetTracker,
         *,
         interval_s: float,
@@ -256,6 +314,23 @@ class Committer:
         self._clock = clock
         self._next_at = clock() + interval_s
 
+    def service(self) -> None:
+        """Work the consumer thread does for the committer on each turn (none here)."""
+
+    def before_drain(self, handoff: Any) -> None:
+        """The source is about to stop reading (nothing to do here: commit_now commits)."""
+
+    async def settle(self, partitions: set[TopicPartition], sleep: Sleep | None, deadline: float) -> dict:
+        """Revocation: wait (up to ``deadline``) for running work on ``partitions``, then commit it."""
+        if sleep is not None:
+            while self._tracker.in_flight(partitions) and time.monotonic() < deadline:
+                await sleep(0.01)
+        return await self.commit_in_listener(partitions)
+
+    def resume_points(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, ResumePoint]:
+        """Where revoked partitions resume if assigned straight back (see OffsetTracker.resume_points)."""
+        return self._tracker.resume_points(partitions)
+
     def commit_if_due(self) -> None:
         """Commit acknowledged positions asynchronously, at most once per interval (consumer thread)."""
         now = self._clock()
@@ -264,7 +339,7 @@ class Committer:
         self._next_at = now + self._interval_s
         positions = self._tracker.committable()
         if positions:
-            self._consumer.commit_async(offsets=_to_kafka(positions), callback=self._async_done(positions))
+            self._consumer.commit_async(positions, self._async_done(positions))
 
     def commit_now(self, partitions: Iterable[TopicPartition] | None = None, timeout_s: float = 10.0) -> dict:
         """Commit acknowledged positions and wait for the broker (shutdown; consumer thread)."""
@@ -272,7 +347,7 @@ class Committer:
         if not positions:
             return {}
         try:
-            self._consumer.commit(offsets=_to_kafka(positions), timeout_ms=int(timeout_s * 1000))
+            self._consumer.commit(positions, timeout_s)
         except Exception as exc:
             self._report(positions, exc)
             raise
@@ -281,16 +356,12 @@ class Committer:
         return positions
 
     async def commit_in_listener(self, partitions: Iterable[TopicPartition]) -> dict:
-        """Commit from an async rebalance listener, which runs on kafka-python's I/O loop.
-
-        The blocking ``commit`` may not be called there; the asynchronous one's future is
-        awaited instead, so the commit reaches the broker before the group rejoins.
-        """
+        """Commit from the rebalance handler, before the partitions move (see ConsumerClient)."""
         positions = self._tracker.committable(partitions)
         if not positions:
             return {}
         try:
-            await self._consumer.commit_async(offsets=_to_kafka(positions))
+            await self._consumer.commit_in_rebalance(positions)
         except Exception as exc:
             self._report(positions, exc)
             return {}
@@ -298,10 +369,10 @@ class Committer:
         self._report(positions, None)
         return positions
 
-    def _async_done(self, positions: dict[TopicPartition, int]) -> Callable[[Any, Any], None]:
-        def done(_offsets: Any, response: Any) -> None:
-            if isinstance(response, BaseException):
-                self._report(positions, response)
+    def _async_done(self, positions: dict[TopicPartition, int]) -> Callable[[BaseException | None], None]:
+        def done(error: BaseException | None) -> None:
+            if error is not None:
+                self._report(positions, error)
             else:
                 self._tracker.mark_committed(positions)
                 self._report(positions, None)
@@ -314,10 +385,6 @@ class Committer:
 
 
 def commit_failure(error: BaseException) -> Failure:
-    """How a failed commit is handled: rebalance-related ones are retried by the next commit."""
-    failure = failure_for_kafka_error(error)
+    """How a failed commit is handled: rebalance-related and transient ones are retried by the next commit."""
+    failure = error.failure if isinstance(error, WorkerError) else Failure.INTERNAL
     return Failure.COMMIT_FAILED if failure in (Failure.COMMIT_FAILED, Failure.KAFKA_TRANSIENT) else failure
-
-
-def _to_kafka(positions: dict[TopicPartition, int]) -> dict[TopicPartition, OffsetAndMetadata]:
-    return {tp: OffsetAndMetadata(position, "", -1) for tp, position in positions.items()}

@@ -9,6 +9,19 @@
   ``torch.inference_mode`` and returns the top-k label indices and probabilities as plain
   lists, one device-to-host copy per batch.
 
+Bundles that read long texts otherwise than by their first ``max_length`` tokens
+(``head+tail``, ``chunks``: ``model/truncation.py``, the same code training used) are honoured
+here. ``tokenize`` returns each text's windows laid end to end in one list: every window of a
+text read as several is exactly ``max_length`` tokens long (specials included), so the list's
+length is the tokens the model will compute on (what the batcher's token budget counts) and
+``classify`` cuts it back into windows every ``max_length`` tokens. ``classify`` runs every
+window of the batch, in sub-batches that keep within ``max_batch_size`` rows and
+``max_batch_tokens`` padded tokens (the warmed-up shapes), and pools the window probabilities
+per text (``model.truncation.pool``); ``Classified.windows`` says how many windows each text
+was read as. Multi-label bundles (independent sigmoids) add ``Classified.tags``: per text, the
+labels at or over their thresholds with their probabilities, most probable first (maybe none).
+Plain bundles (single-label, ``head``) take exactly the path they always took.
+
 On a GPU the ids go through a pinned staging buffer allocated once per thread at the largest
 batch and are copied with ``non_blocking=True``; the attention mask is built on the device from the lengths;
 bfloat16 or float16 autocast is applied when asked (``dtype``). On the CPU the model uses
@@ -21,6 +34,7 @@ setting to change when the machine cannot honour them.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import threading
 import time
@@ -32,8 +46,13 @@ import torch
 from tokenizers import Tokenizer
 
 from model.bundle import TOKENIZER_FILE, Bundle, sha256_file
+from model.cpus import available_cpus
 from model.errors import BundleError
+from model.truncation import Windower, pool
 from worker.errors import BundleLoadError, InferenceError, SettingsError
+from worker.telemetry import get_logger
+
+log = get_logger("tagstream.worker.runner")
 
 _threads_configured = threading.Lock()
 _interop_set = False
@@ -97,19 +116,27 @@ def resolve_streams(requested: int, device: torch.device, threads: int) -> tuple
 
     On a CPU, two batches side by side, each on half the threads, beat one batch on all of them:
     small kernels scale poorly across threads, and an intra-op team stalls whenever the OS lends
-    one of its cores to a Kafka thread. A GPU runs one batch at a time.
+    one of its cores to a Kafka thread. A GPU runs one batch at a time. ``threads`` 0 means the
+    CPUs the container may use (``default_threads``), not the node's cores.
     """
-    total = threads or os.cpu_count() or 1
+    total = threads or default_threads()
     if device.type == "cuda":
         return max(1, requested or 1), total
     streams = requested or (2 if total >= 2 else 1)
     return streams, max(1, total // streams)
 
 
+def default_threads() -> int:
+    """The CPUs this process may use (affinity mask and cgroup CPU limit); logs the choice."""
+    budget = available_cpus()
+    log.info("cpu_threads", threads=budget.count, reason=budget.reason, node_cpus=os.cpu_count())
+    return budget.count
+
+
 def configure_threads(threads: int) -> int:
-    """Set torch's intra-op thread count (0 = all cores); returns the count in effect."""
+    """Set torch's intra-op thread count (0 = the container's CPUs); returns the count in effect."""
     global _interop_set
-    n = threads or os.cpu_count() or 1
+    n = threads or default_threads()
     with _threads_configured:
         torch.set_num_threads(n)
         if not _interop_set:
@@ -128,6 +155,20 @@ class Classified:
     top_indices: list[list[int]]  # (B, k) label indices, most probable first
     top_scores: list[list[float]]  # (B, k) their probabilities
     seconds: float  # wall time of the model call, padding and copies included
+    windows: list[int] | None = None  # per input, windows read (bundles not reading by head)
+    tags: list[list[tuple[int, float]]] | None = None  # multi-label: per input, labels over threshold
+
+    @classmethod
+    def join(cls, parts: list[Classified]) -> Classified:
+        """One Classified for inputs classified in several calls (e.g. one at a time), in order."""
+        def cat(name: str) -> list | None:
+            values = [getattr(p, name) for p in parts]
+            return None if any(v is None for v in values) else [x for v in values for x in v]
+
+        return cls(
+            [i for p in parts for i in p.top_indices], [s for p in parts for s in p.top_scores],
+            sum(p.seconds for p in parts), cat("windows"), cat("tags"),
+        )
 
 
 class ModelRunner:
@@ -159,9 +200,19 @@ class ModelRunner:
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length=self.max_length)
         self._encode = getattr(self._tokenizer, "encode_batch_fast", self._tokenizer.encode_batch)
+        self.task = bundle.task
+        self.multi_label = bundle.multi_label
+        self.truncation = bundle.truncation
+        self._thresholds = np.asarray(bundle.thresholds, dtype=np.float32) if self.multi_label else None
+        # Bundles read by head keep the fast path above; the others cut texts into windows.
+        self._windower = Windower(bundle.tokenizer, self.max_length, self.truncation) \
+            if self.truncation.strategy != "head" else None
+        # Whether results carry the windows read (every bundle that does not read by head).
+        self.reports_windows = self._windower is not None
         # Identifies what tokenize() produces: inputs tokenized before a bundle swap are
         # re-tokenized only when the new bundle's tokenizer or max_length differ.
-        self.tokenizer_key = f"{sha256_file(bundle.path / TOKENIZER_FILE)[:16]}:{self.max_length}"
+        self.tokenizer_key = (f"{sha256_file(bundle.path / TOKENIZER_FILE)[:16]}:{self.max_length}"
+                              f":{sorted(self.truncation.to_dict().items())}")
         self._model = bundle.model
         self._arange = np.arange(self.max_length)[None, :]  # (1, max_length), for the padding mask
         # The GPU path stages ids in pinned host memory allocated once at the largest batch,
@@ -215,12 +266,70 @@ class ModelRunner:
         return list(dict.fromkeys(shapes))
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
-        """Token ids per text, truncated to max_length, unpadded (one tokenizer call)."""
-        return [enc.ids for enc in self._encode(texts)]
+        """Token ids per text, unpadded: the first max_length (one tokenizer call), or by the
+        bundle's strategy every window of the text end to end (module docstring)."""
+        if self._windower is None:
+            return [enc.ids for enc in self._encode(texts)]
+        return [[t for window in windows for t in window] for windows in self._windower.windows(texts)]
 
     def classify(self, token_ids: list[list[int]]) -> Classified:
-        """Top-k labels and probabilities for one batch of tokenized inputs."""
+        """Top-k labels and probabilities for one batch of tokenized inputs (as ``tokenize`` gives)."""
+        if self._windower is None and not self.multi_label:
+            return self._classify_rows(token_ids)
+        return self._classify_documents(token_ids)
+
+    def _classify_documents(self, token_ids: list[list[int]]) -> Classified:
+        """Every window of every input, in sub-batches within the limits; pooled per input."""
         started = time.perf_counter()
+        L = self.max_length
+        counts = [max(1, -(-len(ids) // L)) for ids in token_ids]
+        rows = [ids[i : i + L] for ids in token_ids for i in range(0, max(1, len(ids)), L)]
+        probs = np.concatenate([self._probabilities(part) for part in self._sub_batches(rows)])  # (W, n_labels)
+        pooled = pool(probs, counts, self.truncation.pooling, self.multi_label)  # (B, n_labels)
+        top = np.argsort(-pooled, axis=1, kind="stable")[:, : self.top_k]  # (B, k)
+        tags = None
+        if self._thresholds is not None:
+            over = pooled >= self._thresholds[None, :]
+            tags = []
+            for row, on in zip(pooled, over, strict=True):
+                chosen = np.flatnonzero(on)
+                chosen = chosen[np.argsort(-row[chosen], kind="stable")]
+                tags.append([(int(j), float(row[j])) for j in chosen])
+        return Classified(
+            top.tolist(), np.take_along_axis(pooled, top, axis=1).tolist(), time.perf_counter() - started,
+            windows=counts if self.reports_windows else None, tags=tags,
+        )
+
+    def _sub_batches(self, rows: list[list[int]]) -> list[list[list[int]]]:
+        """Consecutive groups of rows within max_batch_size rows and max_batch_tokens padded tokens."""
+        parts: list[list[list[int]]] = []
+        current: list[list[int]] = []
+        longest = 0
+        for row in rows:
+            width = max(longest, len(row))
+            if current and (len(current) + 1 > self.max_batch_size or width * (len(current) + 1) > self.max_batch_tokens):
+                parts.append(current)
+                current, width = [], len(row)
+            current.append(row)
+            longest = width
+        if current:
+            parts.append(current)
+        return parts
+
+    def _probabilities(self, rows: list[list[int]]) -> np.ndarray:
+        """The model's probabilities (rows, n_labels) for one padded batch of windows, on the host."""
+        host, mask, longest = self._padded(rows)
+        try:
+            with torch.inference_mode(), self._autocast():
+                if self.device.type == "cpu":
+                    return self._model(host, mask).float().numpy()
+                ids = host.to(self.device, non_blocking=True)
+                return self._model(ids, mask.to(self.device, non_blocking=True)).float().cpu().numpy()
+        except Exception as exc:
+            raise InferenceError(f"the model failed on a batch of {len(rows)} windows (longest {longest} tokens): {exc}") from exc
+
+    def _padded(self, token_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """ids and mask int64 (B, T), padded to the longest (rounded up to length_step)."""
         n = len(token_ids)
         lengths = [len(ids) for ids in token_ids]
         longest = max(1, max(lengths))
@@ -231,12 +340,20 @@ class ModelRunner:
         else:
             host = torch.empty((n, longest), dtype=torch.long)
         rows = host.numpy()
+        # Built with numpy, in two bulk operations instead of a copy per row: every eager torch
+        # call releases and re-takes the GIL, and on a busy 2-core machine each re-take can wait a
+        # full switch interval behind a Kafka thread.
+        valid = self._arange[:, :longest] < np.asarray(lengths)[:, None]  # (B, T)
         rows.fill(self.pad_id)
-        for i, ids in enumerate(token_ids):
-            rows[i, : len(ids)] = ids
-        # Built with numpy: every eager torch call releases and re-takes the GIL, and on a busy
-        # 2-core machine each re-take can wait a full switch interval behind a Kafka thread.
-        mask = torch.from_numpy((self._arange[:, :longest] < np.asarray(lengths)[:, None]).astype(np.int64))  # (B, T)
+        rows[valid] = np.fromiter(itertools.chain.from_iterable(token_ids), dtype=np.int64, count=sum(lengths))
+        mask = torch.from_numpy(valid.astype(np.int64))  # (B, T)
+        return host, mask, longest
+
+    def _classify_rows(self, token_ids: list[list[int]]) -> Classified:
+        """Single-label, one row per input: the path every bundle took before strategies."""
+        started = time.perf_counter()
+        n = len(token_ids)
+        host, mask, longest = self._padded(token_ids)
         try:
             with torch.inference_mode(), self._autocast():
                 if not self.topk_on_device:

@@ -34,6 +34,9 @@ from worker.errors import SettingsError
 ENV_PREFIX = "TAGSTREAM_"
 CONFIG_FILE_ENV = "TAGSTREAM_CONFIG_FILE"
 TOPIC_PLACEHOLDER = "{topic}"
+_INSTANCE_ID_CHARS = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+# Room for a dead letter's key and headers above its value, in the producer's request limit.
+DEAD_LETTER_HEADROOM_BYTES = 64 * 1024
 # Kafka's legal topic characters; '{' and '}' are allowed in templates only as {topic}.
 _TOPIC_CHARS = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
@@ -72,6 +75,9 @@ class WorkerSettings(BaseSettings):
     ssl_cafile: Path | None = Field(None, description="PEM file of the CA that signed the brokers' certificates.")
     ssl_certfile: Path | None = Field(None, description="PEM client certificate, for brokers that require mTLS.")
     ssl_keyfile: Path | None = Field(None, description="PEM private key of ssl_certfile.")
+    kafka_client: Literal["kafka-python"] = Field(
+        "kafka-python", description="The Kafka client library: kafka-python (pure Python, the default)."
+    )
 
     # -- what to read and where results go ---------------------------------------------------
     input_topics: Annotated[list[str], NoDecode] = Field(
@@ -100,6 +106,38 @@ class WorkerSettings(BaseSettings):
         "{topic}.dlq",
         description="Dead-letter topic (template like output_topic) for inputs that cannot be classified.",
     )
+    group_instance_id: str | None = Field(
+        default_factory=lambda: _default_instance_id(os.environ),
+        description="Static group membership (KIP-345): a restarted worker with the same id gets its partitions"
+        " back at once instead of after session_timeout_ms. Default: the pod's hostname in Kubernetes, else"
+        " unset (dynamic membership); 'none' turns it off. Must be unique within the group.",
+    )
+    leave_group_on_stop: bool = Field(
+        True,
+        description="With group_instance_id: leave the group on SIGTERM so its partitions move at once (scale-down,"
+        " Deployment rollouts). false keeps them for a StatefulSet pod coming back under the same name.",
+    )
+    session_timeout_ms: int = Field(
+        45_000, ge=6_000, le=300_000,
+        description="How long the group waits for a silent member before moving its partitions: shorter"
+        " reassigns a dead worker's partitions sooner, longer tolerates pauses (GC, slow networks).",
+    )
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once",
+        description="at_least_once: commit after the broker acknowledged each output (duplicates possible"
+        " after a crash); exactly_once: outputs and offsets in one Kafka transaction per commit interval,"
+        " readers with isolation_level=read_committed see each input's outcome once (costs throughput).",
+    )
+    transaction_timeout_ms: int = Field(
+        60_000, ge=1_000, le=900_000,
+        description="exactly_once: how long the broker keeps a transaction open before aborting it; a crashed"
+        " worker without group_instance_id holds back read_committed readers this long.",
+    )
+    max_poll_interval_ms: int = Field(
+        300_000, ge=1_000,
+        description="The longest gap between polls before the group evicts this member. The worker polls every"
+        " 100 ms even while the model is busy, so a slow model never trips it.",
+    )
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest",
         description="Where a group with no committed offset starts: earliest (nothing missed) or latest.",
@@ -114,7 +152,14 @@ class WorkerSettings(BaseSettings):
         "id", description="JSON field holding the event id; without it the id is topic:partition:offset."
     )
     max_payload_bytes: int = Field(
-        1_048_576, ge=1, description="Larger values are dead-lettered unread (protects memory and latency)."
+        1_048_576, ge=1,
+        description="Larger values are dead-lettered unread, as a bounded copy (protects memory and latency)."
+        " The producer's max_request_size is set from it (see the README on record sizes).",
+    )
+    dead_letter_max_bytes: int = Field(
+        65_536, ge=1_024,
+        description="A dead letter too large to publish whole (over max_payload_bytes, or refused by the"
+        " producer or the topic) is published as its first N bytes plus headers with its size and sha256.",
     )
 
     # -- batching -----------------------------------------------------------------------------
@@ -160,13 +205,23 @@ class WorkerSettings(BaseSettings):
         9100, ge=0, le=65535,
         description="Port for /metrics, /healthz and /readyz; 0 picks a free port (logged).",
     )
+    broker_outage_s: float = Field(
+        180, gt=0,
+        description="How long the worker waits out a broker it cannot reach (not ready meanwhile) before"
+        " /healthz fails and it exits non-zero so the orchestrator restarts it.",
+    )
     drain_timeout_s: float = Field(
         20, gt=0,
         description="On SIGTERM, how long to finish in-flight batches, flush and commit before exiting.",
     )
     commit_interval_ms: int = Field(
-        1000, ge=10,
+        200, ge=10,
         description="How often acknowledged offsets are committed: shorter means fewer duplicates after a crash.",
+    )
+    stage_timing: bool = Field(
+        False,
+        description="Count CPU seconds per pipeline stage in tagstream_stage_cpu_seconds_total (for finding where"
+        " time goes; bench/kafka_path_bench.py turns it on). Costs a few clock reads per poll and batch.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Least severe log level shown.")
     log_format: Literal["json", "console"] = Field(
@@ -233,6 +288,16 @@ class WorkerSettings(BaseSettings):
                 raise ValueError(f"is not a valid regular expression ({exc})") from None
         return value
 
+    @field_validator("group_instance_id")
+    @classmethod
+    def _check_instance_id(cls, value: str | None) -> str | None:
+        if value is None or value.strip().lower() in ("", "none"):
+            return None
+        value = value.strip()
+        if not _INSTANCE_ID_CHARS.match(value) or value in (".", ".."):
+            raise ValueError(f"{value!r}: use 1-249 of letters, digits, '.', '_', '-' (or none to turn it off)")
+        return value
+
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
@@ -291,6 +356,12 @@ class WorkerSettings(BaseSettings):
                 raise ValueError(f"{env_name(name)}={path}: no such file")
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError(f"set both {env_name('ssl_certfile')} and {env_name('ssl_keyfile')}, or neither")
+        if self.processing_guarantee == "exactly_once" and self.commit_interval_ms >= self.transaction_timeout_ms:
+            raise ValueError(
+                f"{env_name('commit_interval_ms')}={self.commit_interval_ms} must be shorter than"
+                f" {env_name('transaction_timeout_ms')}={self.transaction_timeout_ms}: each commit interval is one"
+                " transaction"
+            )
         # A worker must never consume what it produces: that would loop forever.
         for topic in self.input_topics:
             own = {self.output_topic_for(topic), self.dlq_topic_for(topic)}
@@ -334,6 +405,10 @@ class WorkerSettings(BaseSettings):
         if self.input_pattern is None:
             return None
         return f"(?!(?:{self.own_topic_regex()})$)(?:{self.input_pattern})$"
+
+    def producer_max_request_bytes(self) -> int:
+        """The producer's largest request: a whole dead letter of max_payload_bytes plus its headers."""
+        return max(1_048_576, self.max_payload_bytes + DEAD_LETTER_HEADROOM_BYTES)
 
     def kafka_security(self) -> dict[str, Any]:
         """kafka-python keyword arguments for the connection's security settings."""
@@ -380,6 +455,14 @@ class _ConfigFileSource(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         return dict(_FILE_VALUES.get())
+
+
+def _default_instance_id(environ: Mapping[str, str]) -> str | None:
+    """In Kubernetes, the pod's hostname (its name): stable across container restarts, and for a
+    StatefulSet across pod replacements too. Elsewhere none: two workers on one host would share it."""
+    if environ.get("KUBERNETES_SERVICE_HOST") and environ.get("HOSTNAME"):
+        return environ["HOSTNAME"]
+    return None
 
 
 def _check_template(template: str, what: str) -> None:

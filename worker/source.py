@@ -25,15 +25,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kafka import errors as kafka_errors
-from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.structs import TopicPartition
-
-from worker.errors import BrokerError, Failure, failure_for_kafka_error
+from worker.errors import BrokerError, Failure
 from worker.events import DeadLetter, Event, ParseConfig, parse_record
 from worker.handoff import InputHandoff
-from worker.offsets import Committer, OffsetTracker, ResumePoint
+from worker.kafka.base import ConsumerClient, Sleep, TopicPartition
+from worker.offsets import OffsetCommitter, OffsetTracker, ResumePoint
 from worker.runner import ModelRunner
+from worker.stages import StageClock
 from worker.telemetry import Health, Metrics, get_logger
 
 log = get_logger("tagstream.worker.source")
@@ -47,21 +45,23 @@ class Source:
 
     def __init__(
         self,
-        consumer: Any,
+        consumer: ConsumerClient,
         *,
         topics: list[str],
         pattern: str | None,
         parse_config: ParseConfig,
         tracker: OffsetTracker,
-        committer: Committer,
+        committer: OffsetCommitter,
         handoff: InputHandoff[Event, DeadLetter],
         current_runner: Callable[[], ModelRunner],
         metrics: Metrics,
         health: Health,
         revoke_grace_s: float,
         max_poll_records: int = 500,
+        clock: StageClock | None = None,
     ) -> None:
         self._consumer = consumer
+        self._clock = clock or StageClock(metrics, enabled=False)
         self._topics = topics
         self._pattern = pattern
         self._parse_config = parse_config
@@ -75,19 +75,18 @@ class Source:
         self._max_poll_records = max_poll_records
         self._paused = False
         self._in_counters: dict[str, Any] = {}
+        # Per partition, the offset after the last one counted in events_in: a record read again
+        # (after a rebalance or a rewind) is not counted twice.
+        self._counted_upto: dict[TopicPartition, int] = {}
         self._lag_at = 0.0
+        self._end_offsets: dict[TopicPartition, int] = {}
         self._rewind: dict[TopicPartition, ResumePoint] = {}  # where revoked partitions resume
 
     # -- the loop --------------------------------------------------------------------------
     def subscribe(self) -> None:
-        listener = _Listener(self)
-        try:
-            if self._pattern is not None:
-                self._consumer.subscribe(pattern=self._pattern, listener=listener)
-            else:
-                self._consumer.subscribe(topics=self._topics, listener=listener)
-        except kafka_errors.KafkaError as exc:
-            raise BrokerError(f"cannot subscribe: {exc}", failure_for_kafka_error(exc)) from exc
+        self._consumer.subscribe(
+            topics=None if self._pattern is not None else self._topics, pattern=self._pattern, handler=self
+        )
 
     def run(self, stopping: threading.Event) -> None:
         """Poll until ``stopping`` is set; then hand over to ``drain`` (called by the app)."""
@@ -96,8 +95,14 @@ class Source:
             if records:
                 self._ingest(records)
             self._apply_backpressure()
-            self._committer.commit_if_due()
+            self._watch_broker()
+            t = self._clock.start()
+            self._committer.service()
+            if not self._health.broker_down_for():  # no commit attempts into a known outage
+                self._committer.commit_if_due()
+            self._clock.stop("commit", t)
             self._refresh_lag()
+            self._metrics.in_flight.set(self._tracker.in_flight())
 
     def drain(self, deadline: float, downstream_done: Callable[[], bool]) -> int:
         """Stop fetching, let in-flight inputs finish, commit; returns the inputs left unacknowledged.
@@ -106,40 +111,52 @@ class Source:
         at ``deadline`` (time.monotonic) or once downstream has finished (no more acks can come).
         """
         self._pause_all()
+        self._committer.before_drain(self._handoff)
         self._handoff.close()
         while time.monotonic() < deadline:
             if self._tracker.in_flight() == 0 or downstream_done():
                 break
             self._poll(timeout_ms=20)
             self._pause_all()  # a rebalance during the drain brings unpaused partitions
+            self._committer.service()
             self._committer.commit_if_due()
         left = self._tracker.in_flight()
+        self._metrics.in_flight.set(left)
         try:
             self._committer.commit_now(timeout_s=max(1.0, deadline - time.monotonic()))
         except Exception as exc:
-            log.warning("final_commit_failed", error=repr(exc))
+            raise BrokerError(
+                f"the final offset commit failed ({exc}): results already published for inputs after the last"
+                " committed offsets will be published again after the restart (duplicates, nothing lost)",
+                Failure.FINAL_COMMIT_FAILED,
+            ) from exc
         return left
 
     def _poll(self, timeout_ms: int = POLL_TIMEOUT_MS) -> dict:
+        t = self._clock.start()
         try:
-            records = self._consumer.poll(timeout_ms=timeout_ms, max_records=self._max_poll_records)
-        except kafka_errors.KafkaError as exc:
-            failure = failure_for_kafka_error(exc)
-            if failure in (Failure.KAFKA_TRANSIENT, Failure.COMMIT_FAILED):
-                self._metrics.count_failure(failure)
-                log.warning("poll_failed_retrying", error=repr(exc), kind=failure.label)
+            records = self._consumer.poll(timeout_ms, self._max_poll_records)
+        except BrokerError as exc:
+            if exc.failure in (Failure.KAFKA_TRANSIENT, Failure.COMMIT_FAILED, Failure.BROKER_UNREACHABLE):
+                self._metrics.count_failure(exc.failure)
+                log.warning("poll_failed_retrying", error=str(exc), kind=exc.failure.label)
+                self._health.loop_turned()
                 return {}
-            raise BrokerError(f"the consumer failed: {exc}", failure) from exc
+            raise
+        self._clock.stop("fetch", t, sum(len(b) for b in records.values()) if self._clock.enabled and records else 0)
         self._health.loop_turned()
         return records
 
     def _ingest(self, records: dict[TopicPartition, list[Any]]) -> None:
         """Parse one poll's records, tokenize its texts in one call, and hand them over."""
+        clock = self._clock
         received = time.monotonic()
         events: list[Event] = []
         letters: list[DeadLetter] = []
         parse, config = parse_record, self._parse_config
+        n = 0
         for tp, batch in records.items():
+            t = clock.start()
             # Re-read after a rebalance with their outputs already acknowledged: tracked, not re-run.
             delivered = self._tracker.delivered(tp)
             skip = {r.offset for r in batch if r.offset in delivered} if delivered else None
@@ -147,10 +164,8 @@ class Source:
                 epoch = self._tracker.track(tp, [r.offset for r in batch])
             except KeyError:
                 continue  # revoked between fetch and now: the next owner reads them
-            counter = self._in_counters.get(tp.topic)
-            if counter is None:
-                counter = self._in_counters[tp.topic] = self._metrics.events_in.labels(topic=tp.topic)
-            counter.inc(len(batch))
+            self._count_in(tp, batch)
+            t = clock.stop("track", t)
             for record in batch:
                 if skip and record.offset in skip:
                     continue
@@ -159,6 +174,9 @@ class Source:
                     events.append(item)
                 else:
                     letters.append(item)  # type: ignore[arg-type]
+            n += len(batch)
+            clock.stop("parse", t, len(batch))
+        t = clock.start()
         if events:
             runner = self._current_runner()
             token_ids = runner.tokenize([e.text for e in events])
@@ -166,8 +184,22 @@ class Source:
             for event, ids in zip(events, token_ids, strict=True):
                 event.token_ids = ids
                 event.tokenizer_key = key
+        t = clock.stop("tokenize", t, len(events))
         self._handoff.put(events, letters)
-        self._metrics.in_flight.set(self._handoff.pending)
+        clock.stop("track", t, n)
+
+    def _count_in(self, tp: TopicPartition, batch: list[Any]) -> None:
+        """Count records in events_in once each, however often they are read."""
+        upto = self._counted_upto.get(tp, -1)
+        last = batch[-1].offset
+        if last < upto:
+            return
+        new = len(batch) if batch[0].offset >= upto else sum(1 for r in batch if r.offset >= upto)
+        self._counted_upto[tp] = last + 1
+        counter = self._in_counters.get(tp.topic)
+        if counter is None:
+            counter = self._in_counters[tp.topic] = self._metrics.events_in.labels(topic=tp.topic)
+        counter.inc(new)
 
     # -- backpressure ----------------------------------------------------------------------
     def _apply_backpressure(self) -> None:
@@ -180,7 +212,7 @@ class Source:
             self._paused = False
             assigned = self._consumer.assignment()
             if assigned:
-                self._consumer.resume(*assigned)
+                self._consumer.resume(assigned)
             self._metrics.paused.set(0)
             log.debug("resumed", pending=self._handoff.pending)
         elif self._paused:
@@ -189,39 +221,62 @@ class Source:
     def _pause_all(self) -> None:
         assigned = self._consumer.assignment()
         if assigned:
-            self._consumer.pause(*assigned)
+            self._consumer.pause(assigned)
+
+    # -- broker health ------------------------------------------------------------------------
+    def _watch_broker(self) -> None:
+        """Tell health whether the group coordinator answers; past the outage limit, give up."""
+        self._health.broker_seen(self._consumer.coordinator_known())
+        down_s = self._health.broker_down_for()
+        if down_s > self._health.broker_outage_s:
+            raise BrokerError(
+                f"no broker has answered for {down_s:.0f} s (TAGSTREAM_BROKER_OUTAGE_S={self._health.broker_outage_s:g}):"
+                f" exiting so that a restart reconnects; check the brokers at the bootstrap servers",
+                Failure.BROKER_OUTAGE,
+            )
 
     # -- lag ---------------------------------------------------------------------------------
     def _refresh_lag(self) -> None:
+        """Every LAG_INTERVAL_S: in-flight inputs, and the lag of every assigned partition
+        (end offset - committed position; 0 when caught up, never missing)."""
         now = time.monotonic()
         if now - self._lag_at < LAG_INTERVAL_S:
             return
         self._lag_at = now
-        self._metrics.in_flight.set(self._tracker.in_flight())
-        for tp in self._consumer.assignment():
+        assigned = self._consumer.assignment()
+        try:
+            self._end_offsets.update(self._consumer.end_offsets(assigned))
+        except BrokerError as exc:
+            log.debug("end_offsets_unavailable", error=str(exc))  # keep the last known ones
+        unknown = [tp for tp in assigned if self._tracker.committed_position(tp) is None]
+        committed: dict[TopicPartition, int | None] = {}
+        if unknown:  # nothing read from these yet: the group's committed offset says where we are
             try:
-                highwater = self._consumer.highwater(tp)
-            except kafka_errors.IllegalStateError:
-                continue
+                committed = self._consumer.committed(unknown)
+            except BrokerError as exc:
+                log.debug("committed_offsets_unavailable", error=str(exc))
+        for tp in assigned:
+            end = self._end_offsets.get(tp)
             position = self._tracker.committed_position(tp)
-            if highwater is not None and position is not None:
-                self._metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
-                    max(0, highwater - position)
-                )
+            if position is None:
+                position = committed.get(tp)
+            if position is None and end == 0:
+                position = 0  # an empty partition nobody committed on: nothing to catch up
+            if end is not None and position is not None:
+                self._metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, end - position))
 
     # -- rebalance (called on kafka-python's I/O loop) -----------------------------------------
-    async def on_revoked(self, revoked: set[TopicPartition], sleep: Callable[[float], Any] | None) -> None:
+    async def on_revoked(self, revoked: set[TopicPartition], sleep: Sleep | None) -> None:
         if not revoked:
             return
         self._tracker.begin_revoke(revoked)  # queued inputs are dropped, running batches finish
         deadline = time.monotonic() + self._revoke_grace_s
-        if sleep is not None:
-            while self._tracker.in_flight(revoked) and time.monotonic() < deadline:
-                await sleep(0.01)
-        committed = await self._committer.commit_in_listener(revoked)
+        # At-least-once: wait for running work and commit what was delivered. Exactly-once: abort
+        # the open transaction (its outputs are discarded) and resume at the last committed one.
+        committed = await self._committer.settle(revoked, sleep, deadline)
         # kafka-python keeps its fetch position for a partition assigned back to this member
         # in the same rebalance; dropped inputs are then re-read from here (see on_assigned).
-        self._rewind = self._tracker.resume_points(revoked)
+        self._rewind = self._committer.resume_points(revoked)
         dropped = self._tracker.revoke(revoked)
         self._forget_lag(revoked)
         self._health.assigned = len(self._tracker.assigned())
@@ -254,29 +309,9 @@ class Source:
 
     def _forget_lag(self, partitions: set[TopicPartition]) -> None:
         for tp in partitions:
+            self._end_offsets.pop(tp, None)
             with contextlib.suppress(KeyError):
                 self._metrics.consumer_lag.remove(tp.topic, str(tp.partition))
-
-
-class _Listener(AsyncConsumerRebalanceListener):
-    """Forwards kafka-python's rebalance callbacks to the Source."""
-
-    def __init__(self, source: Source) -> None:
-        self._source = source
-        # kafka-python 3.0's event-loop sleep: awaiting it lets heartbeats run while we wait
-        # for in-flight work. Without it (another client version) revocation drops and
-        # redelivers instead of waiting, which is equally safe.
-        net = getattr(source._consumer, "_net", None)
-        self._sleep = getattr(net, "sleep", None)
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._source.on_revoked(set(revoked), self._sleep)
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._source.on_assigned(set(assigned))
-
-    async def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
-        self._source.on_lost(set(lost))
 
 
 def _name(tp: TopicPartition) -> str:

@@ -7,7 +7,8 @@ several workers in one process):
 |---|---|---|---|
 | events_in_total | counter | topic | input records read |
 | events_out_total | counter | topic | results acknowledged by the broker (by input topic) |
-| dead_letters_total | counter | reason | inputs dead-lettered, by Failure label |
+| dead_letters_total | counter | reason | dead letters acknowledged by the broker, by Failure label |
+| records_skipped_total | counter | reason | inputs whose every output was refused, even bounded: skipped past |
 | failures_total | counter | kind | every failure by kind (dead letters, retries, refusals, fatal) |
 | batches_total | counter | reason | batches run, by the limit that closed them (size, tokens, wait, flush) |
 | batch_size | histogram | | inputs per batch |
@@ -19,12 +20,17 @@ several workers in one process):
 | in_flight_events | gauge | | read and not yet acknowledged |
 | consumer_paused | gauge | | 1 while backpressure pauses fetching |
 | commits_total | counter | result | offset commits (ok, failed) |
+| transactions_total | counter | result | exactly-once transactions (committed, aborted) |
 | model_info | gauge | name, version | 1 for the bundle serving now |
+| stage_cpu_seconds_total, stage_events_total | counter | stage | CPU time and inputs per pipeline stage, with TAGSTREAM_STAGE_TIMING |
 | bundle_reloads_total | counter | result | swapped, refused |
+| ready | gauge | | 1 while /readyz answers 200 (read from Health at scrape time) |
 
-``/healthz`` answers 200 while every stage thread is alive and the consumer loop has turned
-within ``LOOP_STALL_S``; ``/readyz`` answers 200 once the bundle is warmed up and the worker
-holds at least one partition. Both answer JSON saying why.
+``/healthz`` answers 200 while every stage thread is alive, the consumer loop has turned within
+``LOOP_STALL_S`` and the broker has not been unreachable for longer than
+``TAGSTREAM_BROKER_OUTAGE_S``; ``/readyz`` answers 200 once the bundle is warmed up, the worker
+holds at least one partition, the broker answers and offset commits succeed. Both answer JSON
+saying why (see ``Health``).
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from worker.errors import DEAD_LETTER_REASONS, Failure
+from worker.errors import DEAD_LETTER_REASONS, SKIP_REASONS, Failure
 
 # A consumer loop that has not turned for this long is stuck (it polls every 100 ms, and
 # the longest blocking step, a synchronous commit, is bounded well below this).
@@ -66,7 +72,12 @@ class Metrics:
             "tagstream_events_out", "Results acknowledged by the broker, by input topic.", ["topic"], registry=r
         )
         self.dead_letters = Counter(
-            "tagstream_dead_letters", "Inputs sent to the dead-letter topic, by reason.", ["reason"], registry=r
+            "tagstream_dead_letters", "Dead letters acknowledged by the broker, by reason.", ["reason"], registry=r
+        )
+        self.records_skipped = Counter(
+            "tagstream_records_skipped",
+            "Inputs skipped past because even a bounded dead letter of them was refused, by reason.",
+            ["reason"], registry=r,
         )
         self.failures = Counter("tagstream_failures", "Failures by kind (see worker/errors.py).", ["kind"], registry=r)
         self.batches = Counter("tagstream_batches", "Batches run, by the limit that closed them.", ["reason"], registry=r)
@@ -97,23 +108,39 @@ class Metrics:
         self.in_flight = Gauge("tagstream_in_flight_events", "Inputs read and not yet acknowledged.", registry=r)
         self.paused = Gauge("tagstream_consumer_paused", "1 while backpressure pauses fetching.", registry=r)
         self.commits = Counter("tagstream_commits", "Offset commits by result.", ["result"], registry=r)
+        self.transactions = Counter(
+            "tagstream_transactions", "Exactly-once transactions by result (committed, aborted).", ["result"],
+            registry=r,
+        )
+        self.stage_cpu = Counter(
+            "tagstream_stage_cpu_seconds", "CPU seconds per pipeline stage (TAGSTREAM_STAGE_TIMING; see worker/stages.py).",
+            ["stage"], registry=r,
+        )
+        self.stage_events = Counter(
+            "tagstream_stage_events", "Inputs through each pipeline stage (TAGSTREAM_STAGE_TIMING).", ["stage"], registry=r
+        )
         self.model_info = Gauge("tagstream_model_info", "1 for the bundle serving now.", ["name", "version"], registry=r)
         self.bundle_reloads = Counter("tagstream_bundle_reloads", "Bundle reloads by result.", ["result"], registry=r)
+        # Follows Health.readiness() once the telemetry server serves it (see TelemetryServer).
+        self.ready = Gauge("tagstream_ready", "1 while /readyz would answer 200.", registry=r)
         # Every label exists from the start (at 0), so dashboards and alerts see them all.
         for failure in Failure:
             self.failures.labels(kind=failure.label)
         for reason in DEAD_LETTER_REASONS:
             self.dead_letters.labels(reason=reason.label)
+        for reason in SKIP_REASONS:
+            self.records_skipped.labels(reason=reason.label)
         for result in ("ok", "failed"):
             self.commits.labels(result=result)
+        for result in ("committed", "aborted"):
+            self.transactions.labels(result=result)
         for result in ("swapped", "refused"):
             self.bundle_reloads.labels(result=result)
         self._model_labels: tuple[str, str] | None = None
 
     def count_failure(self, failure: Failure, n: int = 1) -> None:
+        """A failure happened (dead letters are counted again, per reason, once delivered)."""
         self.failures.labels(kind=failure.label).inc(n)
-        if failure in DEAD_LETTER_REASONS:
-            self.dead_letters.labels(reason=failure.label).inc(n)
 
     def set_model(self, name: str, version: str) -> None:
         if self._model_labels is not None:
@@ -128,14 +155,22 @@ class Metrics:
 
 
 class Health:
-    """What /healthz and /readyz report; stages update it, the HTTP thread reads it."""
+    """What /healthz and /readyz report; stages update it, the HTTP thread reads it.
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    Ready: the model is warmed up, the worker holds partitions, the broker answers and the last
+    offset commit succeeded. Live: every stage thread runs, the consumer loop turned within
+    LOOP_STALL_S, and the broker has not been unreachable for longer than ``broker_outage_s``.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, broker_outage_s: float = 180.0) -> None:
         self._clock = clock
         self._loop_at = clock()
         self._threads: list[threading.Thread] = []
         self.model_ready = False
         self.assigned = 0
+        self.broker_outage_s = broker_outage_s
+        self._broker_down_since: float | None = None
+        self.commit_failing = False
 
     def loop_turned(self) -> None:
         self._loop_at = self._clock()
@@ -143,15 +178,40 @@ class Health:
     def watch(self, thread: threading.Thread) -> None:
         self._threads.append(thread)
 
+    def broker_seen(self, reachable: bool) -> None:
+        """The latest sign of the broker: reachable (coordinator known, a commit went through) or not."""
+        if reachable:
+            self._broker_down_since = None
+        elif self._broker_down_since is None:
+            self._broker_down_since = self._clock()
+
+    def broker_down_for(self) -> float:
+        """Seconds the broker has been unreachable without a break (0 while it answers)."""
+        since = self._broker_down_since
+        return 0.0 if since is None else self._clock() - since
+
+    def commit_result(self, ok: bool, broker_unreachable: bool = False) -> None:
+        self.commit_failing = not ok
+        if ok or broker_unreachable:
+            self.broker_seen(ok)
+
     def liveness(self) -> tuple[bool, dict[str, Any]]:
         dead = [t.name for t in self._threads if not t.is_alive()]
         stalled_s = self._clock() - self._loop_at
-        ok = not dead and stalled_s < LOOP_STALL_S
-        return ok, {"ok": ok, "dead_threads": dead, "loop_idle_s": round(stalled_s, 3)}
+        down_s = self.broker_down_for()
+        ok = not dead and stalled_s < LOOP_STALL_S and down_s <= self.broker_outage_s
+        return ok, {
+            "ok": ok, "dead_threads": dead, "loop_idle_s": round(stalled_s, 3), "broker_down_s": round(down_s, 1),
+            "broker_outage_limit_s": self.broker_outage_s,
+        }
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        ok = self.model_ready and self.assigned > 0
-        return ok, {"ok": ok, "model_ready": self.model_ready, "assigned_partitions": self.assigned}
+        broker_ok = self._broker_down_since is None
+        ok = self.model_ready and self.assigned > 0 and broker_ok and not self.commit_failing
+        return ok, {
+            "ok": ok, "model_ready": self.model_ready, "assigned_partitions": self.assigned,
+            "broker_reachable": broker_ok, "commits_failing": self.commit_failing,
+        }
 
 
 class TelemetryServer:
@@ -159,6 +219,8 @@ class TelemetryServer:
 
     def __init__(self, metrics: Metrics, health: Health, port: int, host: str = "0.0.0.0") -> None:
         handler = _make_handler(metrics, health)
+        # tagstream_ready is read from the same Health object as /readyz, at scrape time.
+        metrics.ready.set_function(lambda: float(health.readiness()[0]))
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]

@@ -14,6 +14,8 @@ What changes on the way, so that a JSON Schema validator judges a manifest as th
 - ``x-kubernetes-int-or-string`` becomes ``anyOf: [integer, string]`` where the CRD did not
   spell that out; ``nullable: true`` adds ``"null"`` to the type.
 - ``description`` and the other ``x-kubernetes-*`` markers are dropped (no effect on validity).
+- A ``pattern`` with inline flags after ``^`` (``^(?i)abort``, fine in Go's RE2, an error in
+  Python's re) gets them moved to the front (``(?i)^abort``), which means the same in both.
 
 Only PyYAML and the standard library are needed.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,15 @@ from typing import Any
 import yaml
 
 JSON_SCHEMA_DIALECT = "http://json-schema.org/draft-07/schema#"
+
+
+def portable_pattern(pattern: str) -> str:
+    """``^(?i)...`` -> ``(?i)^...``: Go's RE2 takes inline flags anywhere, Python's re only first.
+
+    Both mean the same; moved, the pattern works in both (jsonschema checks patterns with re).
+    """
+    match = re.match(r"^\^(\(\?[a-zA-Z]+\))", pattern)
+    return match.group(1) + "^" + pattern[match.end():] if match else pattern
 
 
 def convert_node(node: Any) -> Any:
@@ -45,6 +57,8 @@ def convert_node(node: Any) -> Any:
             out[key] = {name: convert_node(sub) for name, sub in value.items()}
         elif key in ("items", "additionalProperties", "not", "allOf", "anyOf", "oneOf"):
             out[key] = convert_node(value)
+        elif key == "pattern" and isinstance(value, str):
+            out[key] = portable_pattern(value)
         else:
             out[key] = value
     if node.get("x-kubernetes-int-or-string") and "anyOf" not in out:

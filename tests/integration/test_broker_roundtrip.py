@@ -12,7 +12,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaTimeoutError
 from worker_support import poll_records
 
-from worker.localkafka import SCRAM_MECHANISMS, ScramEndpoint
+from localkafka import SCRAM_MECHANISMS, Endpoint
 
 pytestmark = pytest.mark.integration
 
@@ -123,7 +123,7 @@ def _roundtrip(config: dict[str, Any], topic: str, n: int = 20) -> list[bytes]:
 
 @pytest.mark.parametrize("mechanism", SCRAM_MECHANISMS)
 def test_scram_right_password_connects_and_round_trips(
-    kafka_scram: ScramEndpoint, mechanism: str
+    kafka_scram: Endpoint, mechanism: str
 ) -> None:
     """With the right SCRAM password a client creates a topic, produces and consumes through the SASL listener."""
     config = kafka_scram.client_config(mechanism)
@@ -140,7 +140,7 @@ def test_scram_right_password_connects_and_round_trips(
 
 @pytest.mark.parametrize("mechanism", SCRAM_MECHANISMS)
 def test_scram_wrong_password_is_refused_as_an_authentication_failure(
-    kafka_scram: ScramEndpoint, mechanism: str
+    kafka_scram: Endpoint, mechanism: str
 ) -> None:
     """With a wrong SCRAM password no client connects, and the broker records an authentication failure."""
     assert kafka_scram.log_path is not None

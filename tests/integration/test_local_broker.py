@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from worker.localkafka import answer_metadata
-from worker.localkafka.daemon import read_state
-from worker.localkafka.ports import free_ports
-from worker.localkafka.procs import is_running
+from localkafka import answer_metadata
+from localkafka.daemon import read_state
+from localkafka.ports import free_ports
+from localkafka.procs import is_running
 
 pytestmark = pytest.mark.integration
 
@@ -51,11 +51,17 @@ def cli(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
 def test_kafka_up_status_down_manage_a_background_broker(
     state_env: dict[str, str], tmp_path: Path
 ) -> None:
-    """`up --scram` leaves a broker that answers on both listeners, `status` shows it, `down` stops it."""
-    port, scram_port = free_ports(2)
-    up = cli(state_env, "up", "--port", str(port), "--scram", "--scram-port", str(scram_port))
+    """`up --scram --tls` leaves a broker that answers on all four listeners (TLS with the CA file it
+    prints), `status` shows it, `down` stops it and removes its data and certificates."""
+    port, scram_port, ssl_port, sasl_ssl_port = free_ports(4)
+    up = cli(
+        state_env, "up", "--port", str(port), "--scram", "--scram-port", str(scram_port),
+        "--tls", "--ssl-port", str(ssl_port), "--sasl-ssl-port", str(sasl_ssl_port),
+    )
     assert up.returncode == 0, up.stderr
-    assert f"127.0.0.1:{port}" in up.stdout and f"127.0.0.1:{scram_port}" in up.stdout
+    for listener in (port, scram_port, ssl_port, sasl_ssl_port):
+        assert f"127.0.0.1:{listener}" in up.stdout
+    assert "TAGSTREAM_SECURITY_PROTOCOL=SASL_SSL" in up.stdout and "TAGSTREAM_SSL_CAFILE=" in up.stdout
 
     state = read_state(tmp_path / "state")
     assert state is not None and state.running
@@ -64,6 +70,16 @@ def test_kafka_up_status_down_manage_a_background_broker(
         f"127.0.0.1:{scram_port}",
         security_protocol="SASL_PLAINTEXT",
         sasl_mechanism="SCRAM-SHA-256",
+        sasl_plain_username=state.scram_user,
+        sasl_plain_password=state.scram_password,
+    )
+    assert state.ssl_cafile is not None and f"TAGSTREAM_SSL_CAFILE={state.ssl_cafile}" in up.stdout
+    answer_metadata(f"127.0.0.1:{ssl_port}", security_protocol="SSL", ssl_cafile=state.ssl_cafile)
+    answer_metadata(
+        f"127.0.0.1:{sasl_ssl_port}",
+        security_protocol="SASL_SSL",
+        ssl_cafile=state.ssl_cafile,
+        sasl_mechanism="SCRAM-SHA-512",
         sasl_plain_username=state.scram_user,
         sasl_plain_password=state.scram_password,
     )
@@ -83,13 +99,13 @@ def test_kafka_up_status_down_manage_a_background_broker(
     assert down.returncode == 0 and f"stopped the broker (pid {state.pid})" in down.stdout
     assert not is_running(state.pid)
     assert cli(state_env, "status").returncode == 1
-    assert not (tmp_path / "state" / "data").exists()
+    assert not (tmp_path / "state" / "data").exists() and not (tmp_path / "state" / "tls").exists()
 
 
 STARTER = textwrap.dedent(
     """
     import json, time
-    from worker.localkafka import LocalKafka
+    from localkafka import LocalKafka
     broker = LocalKafka().start()
     print(json.dumps({"pid": broker.pid, "run_dir": str(broker.run_dir)}), flush=True)
     time.sleep(600)
@@ -115,3 +131,21 @@ def test_broker_is_stopped_when_its_starter_is_killed(
         time.sleep(0.1)
     assert not is_running(pid), "the broker outlived its starter"
     assert not run_dir.exists(), "the broker's temporary folder was left behind"
+
+
+def test_tls_certificate_names_loopback_and_chains_to_the_ca_file(kafka_secure) -> None:
+    """The TLS listener's certificate chains to ``ca_file`` and holds 127.0.0.1 and localhost; the CA's
+    private key is gone (tls/ keeps only ca.pem and the broker's keystore)."""
+    import socket
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(kafka_secure.ca_file))
+    host, port = kafka_secure.ssl_bootstrap_servers.rsplit(":", 1)
+    for name in ("127.0.0.1", "localhost"):
+        with (
+            socket.create_connection((host, int(port)), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname=name) as tls,
+        ):
+            names = tls.getpeercert()["subjectAltName"]
+    assert ("IP Address", "127.0.0.1") in names and ("DNS", "localhost") in names
+    assert sorted(p.name for p in kafka_secure.ca_file.parent.iterdir()) == ["broker.p12", "ca.pem"]

@@ -1,4 +1,4 @@
-"""The kafka-python 3.0 group-join fix (worker/kafka_compat.py) against a real broker."""
+"""The kafka-python 3.0 group-join fix (worker.kafka.compat.py) against a real broker."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ SCENARIO = textwrap.dedent(
     from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
     bootstrap, fix = sys.argv[1], sys.argv[2] == "fix"
     if fix:
-        from worker.kafka_compat import apply_join_fix
+        from worker.kafka.compat import apply_join_fix
         assert apply_join_fix()
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     topic = "compat-" + uuid.uuid4().hex[:8]

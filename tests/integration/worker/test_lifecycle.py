@@ -4,40 +4,27 @@ two workers split the partitions, and fatal start-up problems exit non-zero with
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer
-from worker_support import fixture_texts, produce_events, read_records, wait_until
+from worker_support import (
+    DRAIN_TIMEOUT_S,
+    READER_METADATA_MAX_AGE_MS,
+    START_TIMEOUT_S,
+    fixture_texts,
+    produce_events,
+    read_records,
+    spawn,
+    wait_until,
+    worker_env,
+)
 
 pytestmark = pytest.mark.integration
-
-START_TIMEOUT_S = 60  # a fresh Python with torch imports in a few seconds; this bounds a hang
-DRAIN_TIMEOUT_S = 10
-
-
-def worker_env(bootstrap: str, topic: str, bundle: Path, group: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TAGSTREAM_")}
-    env.update(
-        TAGSTREAM_BOOTSTRAP_SERVERS=bootstrap, TAGSTREAM_INPUT_TOPICS=topic, TAGSTREAM_BUNDLE_PATH=str(bundle),
-        TAGSTREAM_GROUP_ID=group, TAGSTREAM_METRICS_PORT="0", TAGSTREAM_MAX_WAIT_MS="10",
-        TAGSTREAM_COMMIT_INTERVAL_MS="200", TAGSTREAM_DRAIN_TIMEOUT_S=str(DRAIN_TIMEOUT_S),
-        TAGSTREAM_RELOAD_INTERVAL_S="0", TAGSTREAM_LOG_FORMAT="json", **extra,
-    )
-    return env
-
-
-def spawn(env: dict[str, str], log: Path, command: str = "run") -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", command], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT
-    )
-
 
 class ResultWatcher:
     """Reads the results topic in the background, counting results per id."""
@@ -46,7 +33,7 @@ class ResultWatcher:
         self.ids: list[str] = []
         self._stop = threading.Event()
         self._consumer = KafkaConsumer(
-            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None, metadata_max_age_ms=READER_METADATA_MAX_AGE_MS
         )
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -196,6 +183,25 @@ def test_check_passes_with_a_good_setup_and_names_a_missing_topic(
                          text=True, timeout=START_TIMEOUT_S)
     assert bad.returncode == 4
     assert "FAIL topics: input topic(s) ['no-such-topic-here'] do not exist" in bad.stdout
+
+
+def test_check_fails_when_the_metrics_port_is_taken_like_run_would(
+    kafka_bootstrap, new_topic, new_group, tiny_bundle
+):
+    """With TAGSTREAM_METRICS_PORT taken, `check` and `run` both exit 2 with a line naming the setting."""
+    import socket
+
+    topic = new_topic(partitions=1, prefix="worker-port")
+    with socket.create_server(("0.0.0.0", 0)) as taken:
+        env = worker_env(kafka_bootstrap, topic, tiny_bundle, new_group())
+        env["TAGSTREAM_METRICS_PORT"] = str(taken.getsockname()[1])
+        check = subprocess.run([sys.executable, "-m", "worker.cli", "check"], env=env, capture_output=True,
+                               text=True, timeout=START_TIMEOUT_S)
+        run = subprocess.run([sys.executable, "-m", "worker.cli", "run"], env=env, capture_output=True,
+                             text=True, timeout=START_TIMEOUT_S)
+    assert run.returncode == 2 and "TAGSTREAM_METRICS_PORT" in run.stderr.splitlines()[-1]
+    assert check.returncode == 2, check.stdout
+    assert "FAIL metrics port: TAGSTREAM_METRICS_PORT=" in check.stdout and "worker would not start" in check.stdout
 
 
 @pytest.mark.parametrize(

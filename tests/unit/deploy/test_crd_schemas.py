@@ -101,3 +101,24 @@ def test_scaledobject_schema_rejects_a_misspelt_field(validator: ModuleType) -> 
     assert problems == [
         "ScaledObject/w: spec: Additional properties are not allowed ('maxReplicas' was unexpected) (keda.sh/v1alpha1 CRD schema)"
     ]
+
+
+def test_converter_moves_inline_flags_that_python_rejects(converter: ModuleType) -> None:
+    """RE2's `^(?i)x` becomes `(?i)^x` (same meaning, valid in Python's re); other patterns stay."""
+    import re
+
+    assert converter.portable_pattern("^(?i)(abort|warn)?$") == "(?i)^(abort|warn)?$"
+    assert re.fullmatch(converter.portable_pattern("^(?i)(abort|warn)?$"), "WARN")
+    assert converter.portable_pattern("^[0-9]+s$") == "^[0-9]+s$"
+
+
+def test_prometheusrule_schema_rejects_a_misspelt_rule_field(validator: ModuleType) -> None:
+    """The PrometheusRule schema catches `expression` (should be expr) in a rule."""
+    obj = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "r"},
+        "spec": {"groups": [{"name": "g", "rules": [{"alert": "A", "expression": "up == 0"}]}]},
+    }
+    problems = " ".join(str(p) for p in validator.validate_schemas([obj], ["1.37"]))
+    assert "'expression' was unexpected" in problems and "'expr' is a required property" in problems

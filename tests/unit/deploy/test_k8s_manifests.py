@@ -55,12 +55,14 @@ def test_kustomize_is_the_pinned_version(validator: ModuleType, kustomize: Path)
         (
             CPU,
             {"Namespace", "ServiceAccount", "ConfigMap", "Service", "PersistentVolumeClaim", "Deployment",
-             "PodDisruptionBudget", "ScaledObject", "TriggerAuthentication", "PodMonitor", "NetworkPolicy"},
+             "PodDisruptionBudget", "ScaledObject", "TriggerAuthentication", "PodMonitor", "PrometheusRule",
+             "NetworkPolicy"},
         ),
         (
             GPU,
             {"Namespace", "ServiceAccount", "ConfigMap", "Service", "PersistentVolumeClaim", "Deployment",
-             "PodDisruptionBudget", "ScaledObject", "TriggerAuthentication", "PodMonitor", "NetworkPolicy"},
+             "PodDisruptionBudget", "ScaledObject", "TriggerAuthentication", "PodMonitor", "PrometheusRule",
+             "NetworkPolicy"},
         ),
         (TRAINING, {"PersistentVolumeClaim", "Job", "NetworkPolicy"}),
         (PROMOTE, {"ConfigMap", "Job", "NetworkPolicy"}),
@@ -93,6 +95,7 @@ def test_custom_resources_are_checked_against_vendored_crds(validator: ModuleTyp
         ("keda.sh/v1alpha1", "ScaledObject"),
         ("keda.sh/v1alpha1", "TriggerAuthentication"),
         ("monitoring.coreos.com/v1", "PodMonitor"),
+        ("monitoring.coreos.com/v1", "PrometheusRule"),
     }
 
 
@@ -299,8 +302,8 @@ BROKEN = {
         "TAGSTREAM_MAX_BATCH is not a tagstream setting",
     ),
     "threads above the CPU limit": (
-        _config("TAGSTREAM_THREADS", "0"),
-        "TAGSTREAM_THREADS=0 but the CPU limit is 4",
+        _config("TAGSTREAM_THREADS", "16"),
+        "TAGSTREAM_THREADS=16 but the CPU limit is 4",
     ),
     "GPU pod without toleration": (
         _set(_POD + ".tolerations", _DELETE),
@@ -336,6 +339,7 @@ def test_validator_cli_rejects_a_broken_copy_of_the_tree(validator: ModuleType, 
     """`deploy/validate.py` on an edited copy of deploy/k8s exits 1 and names the object and the fix."""
     tree = tmp_path / "k8s"
     shutil.copytree(DEPLOY_DIR / "k8s", tree)
+    shutil.copytree(DEPLOY_DIR / "grafana", tmp_path / "grafana")  # the overlays' dashboard component
     deployment = tree / "base" / "deployment.yaml"
     text = deployment.read_text()
     assert "terminationGracePeriodSeconds: 45" in text
@@ -379,6 +383,7 @@ def test_readme_external_broker_patch_renders_and_validates(validator: ModuleTyp
     snippet = readme.split("# in overlays/<yours>/kustomization.yaml\n", 1)[1].split("```", 1)[0]
     tree = tmp_path / "k8s"
     shutil.copytree(DEPLOY_DIR / "k8s", tree)
+    shutil.copytree(DEPLOY_DIR / "grafana", tmp_path / "grafana")  # the overlays' dashboard component
     overlay = tree / "overlays" / "external"
     overlay.mkdir()
     (overlay / "kustomization.yaml").write_text(

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from localkafka_fakes import write_script
 
-from worker.localkafka.jars import kafka_version
+from localkafka.jars import kafka_version
 
 
 @pytest.fixture
@@ -45,8 +45,9 @@ def fake_java(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[.
 
     ``fake_java(version="17.0.2", format_exit=0, broker="exit")`` where ``broker`` is
     ``"exit"`` (prints a fatal error, exits 1), ``"bind"`` (fails to bind its port),
-    or ``"hang"`` (never gets ready). Every broker launch appends its pid to ``launches.txt``
-    in the broker's run folder.
+    ``"hang"`` (never gets ready) or ``"ready"`` (logs the readiness line, then waits; pair it
+    with ``no_metadata_probe``). Every broker launch appends its pid to ``launches.txt`` and
+    every format to ``formats.txt``, in the broker's run folder.
     """
 
     def install(version: str = "17.0.2", format_exit: int = 0, broker: str = "exit") -> Path:
@@ -61,6 +62,9 @@ def fake_java(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[.
                 sys.exit(0)
             if "kafka.tools.StorageTool" in args:
                 print("Formatting (fake)")
+                run_dir = os.path.dirname(args[args.index("--config") + 1])
+                with open(os.path.join(run_dir, "formats.txt"), "a") as f:
+                    f.write("formatted\\n")
                 sys.exit({format_exit})
             with open("launches.txt", "a") as f:
                 f.write(f"{{os.getpid()}}\\n")
@@ -72,6 +76,9 @@ def fake_java(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[.
                 print("org.apache.kafka.common.KafkaException: Socket server failed to bind to "
                       "127.0.0.1:1: Address already in use.")
                 sys.exit(1)
+            if "{broker}" == "ready":
+                print("[2024-01-01 00:00:00,000] INFO [KafkaRaftServer nodeId=1] Kafka Server started "
+                      "(kafka.server.KafkaRaftServer)", flush=True)
             time.sleep(600)
             """,
         )
@@ -91,3 +98,9 @@ def taken_port() -> Iterator[int]:
         yield sock.getsockname()[1]
     finally:
         sock.close()
+
+
+@pytest.fixture
+def no_metadata_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Readiness needs no metadata answer (the fake broker speaks no Kafka protocol)."""
+    monkeypatch.setattr("localkafka.broker.answer_metadata", lambda *args, **kwargs: {})

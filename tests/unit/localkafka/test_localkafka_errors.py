@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from localkafka_fakes import read_pids, write_script
 
-from worker.localkafka import (
+from localkafka import (
     BrokerStartError,
     FetchError,
     JavaNotFoundError,
@@ -20,9 +20,9 @@ from worker.localkafka import (
     ensure_jars,
     kafka_version,
 )
-from worker.localkafka.jars import maven_failure_reason
-from worker.localkafka.procs import is_running
-from worker.localkafka.toolchain import find_java, parse_java_major
+from localkafka.jars import maven_failure_reason
+from localkafka.procs import is_running
+from localkafka.toolchain import find_java, parse_java_major
 
 
 def assert_one_line(message: str) -> None:
@@ -152,7 +152,7 @@ def test_requested_port_taken_is_refused_before_anything_starts(
 
 def test_requested_scram_port_taken_names_scram_port(isolated_env: Path, taken_port: int) -> None:
     """A taken SCRAM port names --scram-port."""
-    from worker.localkafka import ScramUser
+    from localkafka import ScramUser
 
     with pytest.raises(PortInUseError, match=r"SCRAM listener.*--scram-port"):
         LocalKafka(scram_users=[ScramUser("u", "p")], scram_port=taken_port).start()

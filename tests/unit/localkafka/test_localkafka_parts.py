@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from localkafka_fakes import write_script
 
-from worker.localkafka import ScramUser, kafka_version, procs
-from worker.localkafka.broker import new_cluster_id
-from worker.localkafka.config import Ports, scram_format_args, server_properties
-from worker.localkafka.jars import cache_root, package_file, pinned_versions
-from worker.localkafka.ports import free_ports, port_is_free
+from localkafka import ScramUser, kafka_version, procs
+from localkafka.broker import new_cluster_id
+from localkafka.config import Ports, scram_format_args, server_properties
+from localkafka.jars import cache_root, package_file, pinned_versions
+from localkafka.ports import free_ports, port_is_free
 
 
 def properties(text: str) -> dict[str, str]:
@@ -169,7 +169,7 @@ def test_stop_pid_kills_what_ignores_sigterm(tmp_path: Path) -> None:
 
 
 def test_wheel_ships_the_pom_and_the_log_configuration(tmp_path: Path) -> None:
-    """The built wheel contains worker/localkafka/pom.xml and log4j2.properties."""
+    """The built wheel contains localkafka/pom.xml and log4j2.properties."""
     uv = Path.home() / ".cache/tagstream/tools/uv-0.13.9/bin/uv"
     if not uv.exists():
         pytest.skip("uv is installed by `make install`")
@@ -182,4 +182,4 @@ def test_wheel_ships_the_pom_and_the_log_configuration(tmp_path: Path) -> None:
     )
     (wheel,) = tmp_path.glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"worker/localkafka/pom.xml", "worker/localkafka/log4j2.properties"} <= names
+    assert {"localkafka/pom.xml", "localkafka/log4j2.properties"} <= names

@@ -76,3 +76,58 @@ def test_version_is_derived_from_content(bundle_dir, bundle_copy):
     (bundle_copy / MANIFEST_FILE).write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="version does not match"):
         verify_bundle(bundle_copy)
+
+
+def _rewrite_config(root, change) -> None:
+    """Edit config.json and re-sign the manifest, as an exporter of that content would have."""
+    from model.bundle import CONFIG_FILE
+
+    config = json.loads((root / CONFIG_FILE).read_text())
+    change(config)
+    (root / CONFIG_FILE).write_text(json.dumps(config))
+    manifest = json.loads((root / MANIFEST_FILE).read_text())
+    manifest["files"] = {name: sha256_file(root / name) for name in manifest["files"]}
+    manifest["version"] = content_version(manifest["files"])
+    (root / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+def test_bundles_from_before_tasks_load_and_score_as_they_did(bundle_dir, bundle_copy):
+    """A bundle without task, thresholds or truncation is single-label, head, and scores the same."""
+    def drop(config):
+        for key in ("task", "thresholds", "truncation", "vocab_coverage"):
+            config.pop(key, None)
+
+    _rewrite_config(bundle_copy, drop)
+    old, new = Bundle.load(bundle_copy), Bundle.load(bundle_dir)
+    assert old.task == "single_label" and old.thresholds == [] and old.truncation.strategy == "head"
+    texts = ["rain and wind " * 40, "goal"]
+    assert (old.predict_proba(texts) - new.predict_proba(texts)).abs().max() == 0.0
+    ids, mask = old.encode(texts)
+    assert (old.model(ids, mask) - old.predict_proba(texts)).abs().max() == 0.0
+
+
+def test_multi_label_config_without_one_threshold_per_label_is_refused(bundle_copy):
+    """A multi_label bundle must list one threshold in [0, 1] per label."""
+    _rewrite_config(bundle_copy, lambda c: c.update(task="multi_label", thresholds=[0.5, 0.5]))
+    with pytest.raises(BundleError, match="3 thresholds"):
+        Bundle.load(bundle_copy)
+
+
+def test_unknown_task_and_strategy_are_refused(bundle_copy, tmp_path):
+    """A task or truncation this code cannot serve fails the load, naming it."""
+    other = shutil.copytree(bundle_copy, tmp_path / "other")
+    _rewrite_config(bundle_copy, lambda c: c.update(task="ranking"))
+    with pytest.raises(BundleError, match="ranking"):
+        Bundle.load(bundle_copy)
+    _rewrite_config(other, lambda c: c.update(truncation={"strategy": "middle"}))
+    with pytest.raises(BundleError, match="middle"):
+        Bundle.load(other)
+
+
+def test_formats_this_code_does_not_know_are_refused(bundle_copy):
+    """Formats 1 and 2 load; a newer format is refused with the formats this code reads."""
+    manifest = json.loads((bundle_copy / MANIFEST_FILE).read_text())
+    manifest["format"] = 3
+    (bundle_copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="reads formats 1, 2"):
+        Bundle.load(bundle_copy)

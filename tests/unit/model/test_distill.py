@@ -15,7 +15,7 @@ from model_support import TOPICS, synthetic_rows, tiny_config, write_jsonl
 from model import distill
 from model import train as train_lib
 from model.bundle import Bundle
-from model.cli import main
+from model.cli import configure_logging, main
 from model.config import TokenizerConfig, TrainConfig
 from model.data import LabeledData
 from model.encoder import EncoderClassifier
@@ -25,6 +25,13 @@ from model.tokenizer import train_tokenizer
 from model.unlabeled import read_texts
 
 LABELS = sorted(TOPICS)
+
+
+@pytest.fixture(autouse=True)
+def info_logging_after():
+    """The command sets structlog to warning; later tests in the session expect info lines."""
+    yield
+    configure_logging("info")
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +64,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
 def _distill(capsys, teacher, files, out, *extra: str) -> tuple[int, str, str]:
     code = main(["--log-level", "warning", "distill", "--teacher", str(teacher),
                  "--train", str(files["train"]), "--test", str(files["test"]), "--out", str(out),
-                 "--preset", "tiny", "--epochs", "2", "--no-progress", *extra])
+                 "--preset", "tiny", "--epochs", "2", "--no-progress", "--threads", "1", *extra])
     out_text, err = capsys.readouterr()
     return code, out_text, err
 
@@ -112,7 +119,8 @@ def test_fit_trains_on_the_loss_hook_with_each_batchs_rows():
     tok = train_tokenizer(data.texts, TokenizerConfig(vocab_size=200, min_frequency=1))
     seen: list[int] = []
 
-    def hook(logits, batch, target):
+    def hook(logits, counts, batch, target, objective):
+        assert counts == [1] * len(batch)
         seen.extend(batch)
         return F.cross_entropy(logits, target)
 
@@ -330,7 +338,7 @@ def test_a_student_can_share_the_teachers_tokenizer_and_embeddings(capsys, teach
     assert student.tokenizer.get_vocab() == parent.tokenizer.get_vocab()
     assert student.config["training"]["init_embeddings"] == "teacher"
     code, _, err = _distill(capsys, teacher, files, tmp_path / "o", "--init-embeddings", "teacher")
-    assert code == 1 and "needs --tokenizer teacher" in err
+    assert code == 1 and "needs the teacher's tokenizer" in err
 
 
 def test_labels_the_teacher_does_not_know_are_a_clear_error(capsys, teacher, tmp_path):

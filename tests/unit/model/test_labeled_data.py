@@ -118,3 +118,59 @@ def test_stratified_split_keeps_proportions_and_is_seeded():
 def test_infer_labels_sorted():
     """Without a label list, labels are every one seen, sorted."""
     assert infer_labels(_data({"b": 1, "a": 2})) == ["a", "b"]
+
+
+# ------------------------------------------------------------------------------ multi-label
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_jsonl_tag_lists_are_detected_from_the_labels_field(tmp_path):
+    """Rows with "labels": [...] (and no "label") read as tag sets; an empty list is a row with no tags."""
+    path = _jsonl(tmp_path / "t.jsonl", [
+        {"text": "oil and wheat", "labels": ["crude", "grain"]},
+        {"text": "nothing to tag", "labels": []},
+        {"text": "profit up", "labels": ["earn", "earn"]},
+    ])
+    data = read_labeled(path)
+    assert data.multi_label and data.labels == []
+    assert data.tag_sets == [["crude", "grain"], [], ["earn"]]
+    assert infer_labels(data) == ["crude", "earn", "grain"]
+    assert data.label_counts() == {"crude": 1, "earn": 1, "grain": 1}
+
+
+def test_csv_delimited_tags_are_detected(tmp_path):
+    """A CSV cell with the delimiter makes the file multi-label; other cells become one tag."""
+    path = tmp_path / "t.csv"
+    path.write_text("body,tags\noil and wheat,crude|grain\nprofit up,earn\n", encoding="utf-8")
+    data = read_labeled(path, text_field="body", label_field="tags")
+    assert data.tag_sets == [["crude", "grain"], ["earn"]]
+    data = read_labeled(path, text_field="body", label_field="tags", label_delimiter=";")
+    assert not data.multi_label and data.labels == ["crude|grain", "earn"]
+
+
+def test_forced_modes_and_bad_tag_rows(tmp_path):
+    """--single-label refuses list values; tags outside the label list are bad rows with line numbers."""
+    path = _jsonl(tmp_path / "t.jsonl", [
+        {"text": "a", "label": ["x", "y"]},
+        {"text": "b", "label": ["x", "zzz"]},
+        {"text": "c", "label": [True]},
+    ])
+    with pytest.raises(DataError, match="pass --multi-label"):
+        read_labeled(path, multi_label=False, on_bad="stop")
+    data = read_labeled(path, labels=["x", "y"])
+    assert data.tag_sets == [["x", "y"]]
+    assert [(b.line, "zzz" in b.reason or "bool" in b.reason) for b in data.bad_rows] == [(2, True), (3, True)]
+
+
+def test_tag_split_puts_rare_tags_into_validation(tmp_path):
+    """The split stratifies on each text's rarest tag: a tag on only 2 texts reaches validation."""
+    rows = [{"text": f"common {i}", "labels": ["common"]} for i in range(60)]
+    rows += [{"text": f"rare {i}", "labels": ["common", "rare"]} for i in range(2)]
+    data = read_labeled(_jsonl(tmp_path / "t.jsonl", rows))
+    train, val = stratified_split(data, 0.1, seed=3)
+    assert val.multi_label and "rare" in val.label_counts() and "rare" in train.label_counts()
+    assert len(train) + len(val) == 62

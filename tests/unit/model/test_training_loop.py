@@ -187,3 +187,45 @@ def test_ddp_on_cpu_with_gloo_keeps_ranks_in_step(tok, splits, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(r0["state"].values(), r1["state"].values(), strict=True))
     assert [h["val_macro_f1"] for h in r0["history"]] == [h["val_macro_f1"] for h in r1["history"]]
     assert r0["history"][-1]["val_macro_f1"] > 0.5
+
+
+def test_finishing_every_epoch_is_not_stopping_early(tok, splits):
+    """Reaching patience on the last epoch is not early stopping: every epoch ran."""
+    cfg = dataclasses.replace(FAST, epochs=2, patience=1, lr=1e-9, warmup_ratio=0.0)
+    result = _fit(tok, splits, cfg)
+    assert len(result.history) == 2 and not result.stopped_early
+
+
+def test_progress_lines_come_at_the_interval_with_rate_loss_and_eta():
+    """A progress line is logged once the interval has passed, with steps, examples/s, loss and ETA."""
+    from model.progress import ProgressLog
+
+    now = [0.0]
+    events = []
+
+    class Log:
+        def info(self, event, **fields):
+            events.append((event, fields))
+
+    ticker = ProgressLog(Log(), interval_s=30.0, steps_per_epoch=100, epochs=2, clock=lambda: now[0])
+    ticker.start_epoch(1)
+    now[0] = 10.0
+    assert not ticker.step(10, 320, 0.9)
+    now[0] = 31.0
+    assert ticker.step(31, 992, 0.7)
+    [(event, fields)] = events
+    assert event == "progress" and fields["step"] == "31/100" and fields["epoch"] == "1/2"
+    assert fields["examples_per_s"] == 32.0 and fields["loss"] == 0.7
+    assert fields["eta_epoch"] == "1m09s" and fields["eta_run"] == "2m49s"
+
+
+def test_multi_label_training_tunes_thresholds(tok, splits):
+    """Tag sets train a sigmoid head; the result carries one validation-tuned threshold per label."""
+    def tagged(data):
+        return LabeledData(data.texts, [], source=data.source, tag_sets=[[x] for x in data.labels])
+
+    result = train_lib.fit(_model(tok), tok, tagged(splits[0]), tagged(splits[1]), LABELS, FAST,
+                           device="cpu", progress=False, pos_weight=True)
+    assert result.thresholds is not None and len(result.thresholds) == 3
+    assert result.best_val_metrics["task"] == "multi_label" and result.best_val_metrics["micro_f1"] > 0.8
+    assert "val_micro_f1" in result.history[-1] and "val_accuracy" not in result.history[-1]

@@ -6,8 +6,8 @@ import socket
 
 from kafka.errors import KafkaTimeoutError
 
-from worker.app import _bootstrap_timeout_error
 from worker.errors import Failure
+from worker.kafka.diagnose import bootstrap_timeout_error as _bootstrap_timeout_error
 from worker.settings import WorkerSettings
 
 

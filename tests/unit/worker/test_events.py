@@ -87,12 +87,40 @@ def test_bad_records_become_dead_letters(value, reason):
     assert letter.value == value and letter.key == b"k1"
 
 
-def test_payload_over_the_limit_is_dead_lettered_unread():
-    """A value over max_payload_bytes is refused before decoding."""
-    config = ParseConfig(max_payload_bytes=10)
-    letter = parse_record(Record(b'{"text": "a long enough text"}'), config, received=0.0)
+def test_payload_over_the_limit_is_dead_lettered_unread_as_a_bounded_copy():
+    """A value over max_payload_bytes is refused before decoding; its dead letter keeps the first bytes and a digest."""
+    import hashlib
+
+    value = b'{"text": "a long enough text"}'
+    config = ParseConfig(max_payload_bytes=10, dead_letter_max_bytes=8)
+    letter = parse_record(Record(value), config, received=0.0)
     assert isinstance(letter, DeadLetter) and letter.reason is Failure.PAYLOAD_TOO_LARGE
     assert "max_payload_bytes=10" in letter.detail
+    assert letter.value == value[:8] and letter.original_size == len(value)
+    assert letter.original_sha256 == hashlib.sha256(value).hexdigest()
+    headers = dict(dead_letter_headers(letter))
+    assert headers["tagstream.truncated"] == b"true" and headers["tagstream.original.size"] == str(len(value)).encode()
+
+
+def test_a_bounded_copy_leaves_out_a_long_key_and_large_headers():
+    """Keys over 1 KiB and headers over 4 KiB in all are left out of a bounded copy, and it says so."""
+    from worker.events import bounded_copy
+
+    letter = DeadLetter("t", 0, 1, 0, b"k" * 2000, b"v" * 100, [("h", b"x" * 5000)], Failure.INVALID_JSON, "bad")
+    copy = bounded_copy(letter, 10)
+    assert copy.key is None and copy.headers == [] and copy.value == b"v" * 10
+    assert dict(dead_letter_headers(copy))["tagstream.dropped"] == b"key,headers"
+
+
+def test_a_record_with_header_keys_that_are_not_utf8_is_dead_lettered_with_its_bytes():
+    """The client's marker (worker/kafka/compat.py) makes an invalid_header dead letter, the marker itself dropped."""
+    from worker.events import INVALID_HEADERS_MARKER
+
+    record = Record(b'{"text": "fine"}', headers=[(INVALID_HEADERS_MARKER, b"1"), ("ok", b"2")])
+    letter = parse_record(record, JSON, received=0.0)
+    assert isinstance(letter, DeadLetter) and letter.reason is Failure.INVALID_HEADER
+    assert letter.value == b'{"text": "fine"}' and letter.headers == [("ok", b"2")]
+    assert dict(dead_letter_headers(letter))["tagstream.dropped"] == b"headers"
 
 
 def test_long_text_is_accepted_not_rejected():
@@ -103,13 +131,14 @@ def test_long_text_is_accepted_not_rejected():
 
 
 def test_result_schema():
-    """The result JSON has id, label, score, top-k, model, version, source and latency."""
+    """The single-label result JSON has its schema, id, label, score, top-k, model, version, source and latency."""
     event = Event("sms", 2, 41, 1_764_330_000_123, b"k1", [], "order-7", "hi", 0.0)
     value = result_value(
         event, label="spam", score=0.97, top_k=[("spam", 0.97), ("ham", 0.03)],
         model_name="sms-spam", model_version="abc123", latency_ms=12.34567,
     )
     assert json.loads(value) == {
+        "schema": "tagstream.single_label/1",
         "id": "order-7",
         "label": "spam",
         "score": 0.97,
@@ -119,6 +148,23 @@ def test_result_schema():
         "source": {"topic": "sms", "partition": 2, "offset": 41, "timestamp_ms": 1_764_330_000_123},
         "latency_ms": 12.346,
     }
+
+
+def test_multi_label_result_schema():
+    """A multi-label result has its own schema, every tag over threshold with scores (maybe none), top-k, windows."""
+    event = Event("news", 0, 5, 1_764_330_000_123, None, [], "n-1", "oil and wheat", 0.0)
+    value = result_value(
+        event, tags=[("crude", 0.91), ("grain", 0.62)], top_k=[("crude", 0.91), ("grain", 0.62), ("ship", 0.2)],
+        model_name="tags", model_version="v1", latency_ms=3.0, windows=3,
+    )
+    record = json.loads(value)
+    assert record["schema"] == "tagstream.multi_label/1" and "label" not in record and "score" not in record
+    assert record["labels"] == [{"label": "crude", "score": 0.91}, {"label": "grain", "score": 0.62}]
+    assert [x["label"] for x in record["top_k"]] == ["crude", "grain", "ship"] and record["windows"] == 3
+    assert record["source"] == {"topic": "news", "partition": 0, "offset": 5, "timestamp_ms": 1_764_330_000_123}
+    empty = json.loads(result_value(event, tags=[], top_k=[("ship", 0.2)], model_name="tags", model_version="v1",
+                                    latency_ms=1.0))
+    assert empty["labels"] == [] and "windows" not in empty
 
 
 def test_result_keeps_unicode_text_ids():

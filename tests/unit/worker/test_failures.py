@@ -16,8 +16,8 @@ from worker.errors import (
     Failure,
     SettingsError,
     WorkerError,
-    failure_for_kafka_error,
 )
+from worker.kafka.kafkapython import failure_for_error
 from worker.telemetry import Metrics
 
 
@@ -44,12 +44,12 @@ def test_every_failure_has_a_metric_from_the_start():
         assert metrics.registry.get_sample_value("tagstream_dead_letters_total", {"reason": reason.label}) == 0.0
 
 
-def test_counting_a_dead_letter_counts_both_series():
-    """A dead-lettered input increments its reason and the failure kind."""
+def test_counting_a_failure_leaves_delivered_dead_letters_alone():
+    """A failure is counted when it happens; tagstream_dead_letters_total counts delivered dead letters only."""
     metrics = Metrics()
     metrics.count_failure(Failure.INVALID_JSON, 3)
-    assert metrics.value("tagstream_dead_letters_total", {"reason": "invalid_json"}) == 3
     assert metrics.value("tagstream_failures_total", {"kind": "invalid_json"}) == 3
+    assert metrics.value("tagstream_dead_letters_total", {"reason": "invalid_json"}) == 0
 
 
 def test_bad_input_is_dead_lettered_never_fatal():
@@ -57,7 +57,8 @@ def test_bad_input_is_dead_lettered_never_fatal():
     bad_input = {
         Failure.PAYLOAD_TOO_LARGE, Failure.EMPTY_PAYLOAD, Failure.INVALID_UTF8, Failure.INVALID_JSON,
         Failure.NOT_AN_OBJECT, Failure.MISSING_TEXT, Failure.TEXT_NOT_STRING, Failure.EMPTY_TEXT,
-        Failure.INFERENCE_FAILED,
+        Failure.INFERENCE_FAILED, Failure.RECORD_REJECTED, Failure.UNREADABLE_RECORD,
+        Failure.INVALID_HEADER,
     }
     assert set(DEAD_LETTER_REASONS) == bad_input
 
@@ -74,13 +75,18 @@ def test_bad_input_is_dead_lettered_never_fatal():
         (ke.KafkaConnectionError(), Failure.BROKER_UNREACHABLE),
         (ke.NotLeaderForPartitionError(), Failure.KAFKA_TRANSIENT),
         (ke.RequestTimedOutError(), Failure.KAFKA_TRANSIENT),
-        (ke.MessageSizeTooLargeError(), Failure.KAFKA_FATAL),
+        (ke.MessageSizeTooLargeError(), Failure.RECORD_REJECTED),
+        (ke.RecordListTooLargeError(), Failure.RECORD_REJECTED),
+        (ke.InvalidRecordError(), Failure.RECORD_REJECTED),
+        (ke.FencedInstanceIdError(), Failure.INSTANCE_FENCED),
+        (ke.ProducerFencedError(), Failure.PRODUCER_FENCED),
+        (ke.TransactionAbortedError(), Failure.TRANSACTION_ABORTED),
         (ValueError("not kafka"), Failure.INTERNAL),
     ],
 )
 def test_kafka_errors_are_translated(exc, failure):
     """kafka-python exceptions map to the Failure kinds the worker acts on."""
-    assert failure_for_kafka_error(exc) is failure
+    assert failure_for_error(exc) is failure
 
 
 def test_exceptions_carry_their_failure_and_exit_code():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from kafka.structs import OffsetAndMetadata, TopicPartition
+from kafka.structs import TopicPartition
 
 from worker.offsets import Committer, OffsetTracker
 
@@ -110,32 +110,28 @@ def test_acks_from_another_thread():
 
 
 class FakeConsumer:
+    """The commit half of a ConsumerClient (worker/kafka/base.py)."""
+
     def __init__(self, fail: BaseException | None = None) -> None:
         self.sync: list[dict] = []
         self.async_: list[dict] = []
         self.fail = fail
 
-    def commit(self, offsets, timeout_ms=None):
+    def commit(self, positions, timeout_s):
         if self.fail:
             raise self.fail
-        self.sync.append(offsets)
+        self.sync.append(positions)
 
-    def commit_async(self, offsets, callback=None):
-        self.async_.append(offsets)
-        if callback:
-            callback(offsets, self.fail or object())
-        return _DoneFuture()
+    def commit_async(self, positions, on_done):
+        self.async_.append(positions)
+        on_done(self.fail)
 
-
-class _DoneFuture:
-    def __await__(self):
-        if False:
-            yield
-        return None
+    async def commit_in_rebalance(self, positions):
+        self.async_.append(positions)
 
 
 def test_committer_commits_on_its_interval_only():
-    """commit_if_due commits asynchronously once per interval, with OffsetAndMetadata positions."""
+    """commit_if_due commits asynchronously once per interval, the acknowledged positions."""
     now = [0.0]
     tracker = tracker_with(TP)
     consumer = FakeConsumer()
@@ -146,7 +142,7 @@ def test_committer_commits_on_its_interval_only():
     assert consumer.async_ == []  # not due yet
     now[0] = 1.0
     committer.commit_if_due()
-    assert consumer.async_ == [{TP: OffsetAndMetadata(1, "", -1)}]
+    assert consumer.async_ == [{TP: 1}]
     now[0] = 1.5
     tracker.ack(TP, 1, epoch)
     committer.commit_if_due()
@@ -155,12 +151,12 @@ def test_committer_commits_on_its_interval_only():
 
 def test_failed_async_commit_is_retried_next_interval():
     """A rejected commit is not marked committed, so the next interval sends it again."""
-    from kafka.errors import CommitFailedError
+    from worker.errors import BrokerError, Failure
 
     now = [0.0]
     tracker = tracker_with(TP)
     results = []
-    consumer = FakeConsumer(fail=CommitFailedError("rebalance"))
+    consumer = FakeConsumer(fail=BrokerError("rebalance", Failure.COMMIT_FAILED))
     committer = Committer(consumer, tracker, interval_s=1.0, clock=lambda: now[0],
                           on_result=lambda pos, err: results.append(err))
     epoch = tracker.track(TP, [0])
@@ -171,7 +167,7 @@ def test_failed_async_commit_is_retried_next_interval():
     now[0] = 2.0
     committer.commit_if_due()
     assert len(consumer.async_) == 2 and consumer.async_[0] == consumer.async_[1]
-    assert isinstance(results[0], CommitFailedError) and results[1] is None
+    assert isinstance(results[0], BrokerError) and results[1] is None
 
 
 def test_commit_now_and_listener_commit():
@@ -185,7 +181,7 @@ def test_commit_now_and_listener_commit():
     tracker.ack(TP1, 7, e1)
     assert asyncio.run(committer.commit_in_listener([TP1])) == {TP1: 8}
     assert committer.commit_now() == {TP: 6}
-    assert consumer.sync == [{TP: OffsetAndMetadata(6, "", -1)}]
+    assert consumer.sync == [{TP: 6}]
     assert tracker.committable() == {}
 
 

@@ -8,7 +8,7 @@ from worker_support import fixture_texts
 
 from model.bundle import Bundle
 from worker.errors import BundleLoadError, InferenceError, SettingsError
-from worker.runner import ModelRunner, configure_threads, resolve_device, resolve_dtype
+from worker.runner import Classified, ModelRunner, configure_threads, resolve_device, resolve_dtype
 
 CPU = torch.device("cpu")
 
@@ -155,7 +155,7 @@ def test_warm_up_covers_the_largest_batches(tiny_bundle):
 
 
 def test_thread_setting_applies():
-    """configure_threads sets torch's intra-op threads (0 means all cores)."""
+    """configure_threads sets torch's intra-op threads."""
     before = torch.get_num_threads()
     try:
         assert configure_threads(1) == 1
@@ -223,3 +223,97 @@ def test_concurrent_streams_give_the_same_answers(tiny_bundle):
         assert a.top_indices == b.top_indices
         for row_a, row_b in zip(a.top_scores, b.top_scores, strict=True):
             assert row_a == pytest.approx(row_b, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def chunks_bundle(tmp_path_factory):
+    """A tiny single-label bundle that reads long texts as windows of 32 tokens (up to 4)."""
+    from worker_support import make_tiny_bundle
+
+    from model.truncation import Truncation
+
+    return make_tiny_bundle(tmp_path_factory.mktemp("b") / "chunks", seed=2,
+                            truncation=Truncation(strategy="chunks", stride=20, max_windows=4))
+
+
+@pytest.fixture(scope="module")
+def tags_bundle(tmp_path_factory):
+    """A tiny multi-label bundle (sigmoids, thresholds 0.5/0.3/0.7) that reads windows, max-pooled."""
+    from worker_support import make_tiny_bundle
+
+    from model.truncation import Truncation
+
+    return make_tiny_bundle(tmp_path_factory.mktemp("b") / "tags", seed=3, thresholds=[0.5, 0.3, 0.7],
+                            head_scale=5.0, truncation=Truncation(strategy="chunks", stride=30, max_windows=3,
+                                                                  pooling="max"))
+
+
+def test_windowed_scores_equal_the_bundles_pooled_scores(chunks_bundle):
+    """Every window is read and pooled as the bundle (and training) does; results say how many."""
+    runner = runner_for(chunks_bundle)
+    offline = Bundle.load(chunks_bundle)
+    texts = fixture_texts(30, seed=4, min_words=2, max_words=90)
+    tokens = runner.tokenize(texts)
+    got = runner.classify(tokens)
+    expected_windows = [len(w) for w in offline.windower.windows(texts)]
+    assert got.windows == expected_windows and max(expected_windows) == 4 and min(expected_windows) == 1
+    assert [len(t) for t in tokens] == [sum(len(w) for w in ws) for ws in offline.windower.windows(texts)]
+    probs = offline.predict_proba(texts)
+    for i in range(len(texts)):
+        for j, p in zip(got.top_indices[i], got.top_scores[i], strict=True):
+            assert p == pytest.approx(float(probs[i, j]), abs=1e-5)
+
+
+def test_windows_are_run_in_sub_batches_within_the_limits(chunks_bundle, monkeypatch):
+    """A batch whose windows exceed the token budget is split into model calls that fit, same answers."""
+    texts = fixture_texts(8, seed=5, min_words=60, max_words=90)  # 3-4 windows of 32 each
+    wide = runner_for(chunks_bundle, max_batch_size=64, max_batch_tokens=4096)
+    narrow = runner_for(chunks_bundle, max_batch_size=4, max_batch_tokens=96)
+    shapes = []
+    real = narrow._model
+
+    def spy(ids, mask):
+        shapes.append(tuple(ids.shape))
+        return real(ids, mask)
+
+    monkeypatch.setattr(narrow, "_model", spy)
+    a, b = wide.classify(wide.tokenize(texts)), narrow.classify(narrow.tokenize(texts))
+    assert a.top_indices == b.top_indices and a.windows == b.windows
+    assert all(rows <= 4 and rows * width <= 96 for rows, width in shapes) and len(shapes) > 1
+    assert all(x == pytest.approx(y, abs=1e-6) for x, y in zip(a.top_scores, b.top_scores, strict=True))
+
+
+def test_multi_label_tags_are_the_labels_over_their_thresholds(tags_bundle):
+    """Tags are every label at or over its own threshold, most probable first, as offline."""
+    runner = runner_for(tags_bundle, top_k=2)
+    offline = Bundle.load(tags_bundle)
+    texts = fixture_texts(40, seed=6, max_words=70)
+    got = runner.classify(runner.tokenize(texts))
+    probs = offline.predict_proba(texts).numpy()
+    assert got.tags is not None and len(got.top_indices[0]) == 2
+    for i, tags in enumerate(got.tags):
+        expected = [j for j in range(3) if probs[i, j] >= offline.thresholds[j]]
+        assert sorted(j for j, _ in tags) == expected
+        assert [p for _, p in tags] == sorted((p for _, p in tags), reverse=True)
+    assert any(not t for t in got.tags) or any(len(t) > 1 for t in got.tags)
+
+
+def test_joined_results_keep_windows_and_tags(tags_bundle):
+    """Inputs classified one at a time (after a failed batch) keep their windows and tags."""
+    runner = runner_for(tags_bundle)
+    texts = fixture_texts(3, seed=7, max_words=70)
+    one_by_one = Classified.join([runner.classify(runner.tokenize([t])) for t in texts])
+    together = runner.classify(runner.tokenize(texts))
+    assert one_by_one.windows == together.windows and one_by_one.top_indices == together.top_indices
+    assert [[j for j, _ in t] for t in one_by_one.tags or []] == [[j for j, _ in t] for t in together.tags or []]
+
+
+def test_worker_default_threads_follow_the_container_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TAGSTREAM_THREADS=0 resolves through the same budget (not os.cpu_count())."""
+    import worker.runner as runner
+    from model.cpus import CpuBudget
+
+    monkeypatch.setattr(runner, "available_cpus", lambda: CpuBudget(3, 64, 2.5, "/fake/cpu.max"))
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 64)
+    assert runner.resolve_streams(0, torch.device("cpu"), 0) == (2, 1)
+    assert runner.resolve_streams(1, torch.device("cpu"), 0) == (1, 3)

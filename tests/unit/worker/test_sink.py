@@ -24,13 +24,15 @@ def settings(**kw) -> WorkerSettings:
     return WorkerSettings(bundle_path="/b", input_topics=["sms"], **kw)
 
 
-def make_sink(**kw):
+def make_sink(dead_letter_max_bytes: int = 65_536, **kw):
     producer = FakeProducer()
     tracker = OffsetTracker()
     tracker.assign([TopicPartition("sms", 0)])
     fatal: list[BaseException] = []
     metrics = Metrics()
-    sink = Sink(producer, Router(settings(**kw)), tracker, metrics, fatal.append)
+    sink = Sink(
+        producer, Router(settings(**kw)), tracker, metrics, fatal.append, dead_letter_max_bytes=dead_letter_max_bytes
+    )
     return sink, producer, tracker, fatal, metrics
 
 
@@ -93,11 +95,11 @@ def test_failed_delivery_is_fatal_and_never_acknowledged():
     assert tracker.committable() == {}
 
 
-def test_send_timeout_on_metadata_means_missing_topic():
-    """send() timing out on metadata is a TOPIC_MISSING error that says how to fix it."""
+def test_a_missing_topic_on_send_is_fatal():
+    """A send the client refuses for a missing topic stops the sink (it concerns every record, not one)."""
     sink, producer, tracker, _, _ = make_sink()
-    producer.raise_on_send = ke.KafkaTimeoutError("Failed to update metadata after 15.0 secs.")
-    with pytest.raises(BrokerError, match="create it or enable auto-creation") as info:
+    producer.raise_on_send = BrokerError("cannot send: does it exist?", Failure.TOPIC_MISSING)
+    with pytest.raises(BrokerError) as info:
         sink.publish_results(events(tracker, 1), classified([0]), LABELS, "m", "v1")
     assert info.value.failure is Failure.TOPIC_MISSING
 
@@ -120,3 +122,122 @@ def test_dead_letters_keep_bytes_key_and_add_reason_headers():
     producer.ack_all()
     assert tracker.committable() == {TopicPartition("sms", 0): 2}
     assert metrics.value("tagstream_dead_letters_total", {"reason": "invalid_utf8"}) == 1
+
+
+def refused(message: str = "too large for the topic") -> BaseException:
+    return ke.MessageSizeTooLargeError(message)
+
+
+def test_a_refused_result_becomes_a_bounded_dead_letter():
+    """A result the broker refuses is replaced by a bounded dead letter (reason record_rejected) of its input."""
+    sink, producer, tracker, fatal, metrics = make_sink(dead_letter_max_bytes=1024)
+    [event, other] = events(tracker, 2)
+    event.text = "long text " * 1000
+    sink.publish_results([event, other], classified([0, 1]), LABELS, "m", "v1")
+    producer.sent[0].future.fail(refused())
+    producer.sent[1].future.succeed()
+    assert fatal == [] and sink.refused_waiting
+    sink.resend_refused()
+    letter = producer.sent[2]
+    headers = dict(letter.headers)
+    assert letter.topic == "sms.dlq" and len(letter.value) == 1024
+    assert headers["tagstream.reason"] == b"record_rejected" and headers["tagstream.truncated"] == b"true"
+    assert int(headers["tagstream.original.size"]) > 1024 and len(headers["tagstream.original.sha256"]) == 64
+    assert headers["tagstream.source.offset"] == b"0"
+    letter.future.succeed()
+    assert tracker.committable() == {TopicPartition("sms", 0): 2}
+    assert metrics.value("tagstream_dead_letters_total", {"reason": "record_rejected"}) == 1
+    assert metrics.value("tagstream_events_out_total", {"topic": "sms"}) == 1
+    assert fatal == []
+
+
+def test_an_output_refused_at_every_step_is_skipped_counted_and_acknowledged():
+    """When even the bounded dead letter is refused the input is skipped: counted, logged, and committed past."""
+    sink, producer, tracker, fatal, metrics = make_sink()
+    epoch = tracker.track(TopicPartition("sms", 0), [0, 1])
+    letter = DeadLetter("sms", 0, 0, 1, b"k", b"{" * 5000, [], Failure.INVALID_JSON, "bad", epoch)
+    sink.publish_dead_letters([letter])
+    producer.sent[-1].future.fail(refused())  # the whole dead letter
+    sink.resend_refused()
+    producer.sent[-1].future.fail(refused())  # its bounded copy
+    sink.resend_refused()
+    assert len(producer.sent) == 2 and fatal == []
+    assert metrics.value("tagstream_records_skipped_total", {"reason": "dead_letter_rejected"}) == 1
+    epoch_ok = tracker.epoch(TopicPartition("sms", 0))
+    tracker.ack(TopicPartition("sms", 0), 1, epoch_ok)
+    assert tracker.committable() == {TopicPartition("sms", 0): 2}  # the skipped input does not block
+
+
+def test_a_record_the_producer_refuses_up_front_goes_straight_to_a_bounded_copy():
+    """A dead letter over the producer's own request limit is not resent whole: its bounded copy goes instead."""
+    sink, producer, tracker, fatal, _ = make_sink(dead_letter_max_bytes=2048)
+    epoch = tracker.track(TopicPartition("sms", 0), [0])
+    producer.raise_on_send = ke.MessageSizeTooLargeError("larger than the maximum request size")
+    sink.publish_dead_letters([DeadLetter("sms", 0, 0, 1, None, b"x" * 9000, [], Failure.INVALID_UTF8, "b", epoch)])
+    producer.raise_on_send = None
+    sink.resend_refused()
+    [copy] = producer.sent
+    assert len(copy.value) == 2048 and dict(copy.headers)["tagstream.original.size"] == b"9000"
+    assert fatal == []
+
+
+def test_flush_resends_refused_outputs_before_reporting_done():
+    """flush settles refused outputs too, so a drain commits past them."""
+    sink, producer, tracker, _, _ = make_sink()
+    sink.publish_results(events(tracker, 1), classified([0]), LABELS, "m", "v1")
+    producer.sent[0].future.fail(refused())
+    assert sink.flush(1.0) is True
+    assert len(producer.sent) == 2  # the bounded copy went out during the flush
+
+
+def tagged(tags: list[list[int]]) -> Classified:
+    """A multi-label batch: per event, its tags (label indices) with score 0.9, top-2 as well."""
+    return Classified([[t[0] if t else 0, 1] for t in tags], [[0.9, 0.1] for _ in tags], 0.01,
+                      windows=[2] * len(tags), tags=[[(j, 0.9) for j in t] for t in tags])
+
+
+def test_multi_label_results_go_to_every_routed_tag_and_ack_once():
+    """A result with tags spam and news goes to both routes; its input is done only when both copies are."""
+    sink, producer, tracker, _, metrics = make_sink(routes={"spam": "mail.spam", "news": "feed.news"})
+    sink.publish_results(events(tracker, 1), tagged([[1, 2]]), LABELS, "m", "v1")
+    assert sorted(s.topic for s in producer.sent) == ["feed.news", "mail.spam"]
+    body = json.loads(producer.sent[0].value)
+    assert body["schema"] == "tagstream.multi_label/1" and body["windows"] == 2
+    assert [x["label"] for x in body["labels"]] == ["spam", "news"]
+    producer.sent[0].future.succeed()
+    assert tracker.committable() == {}  # one copy of two: not done yet
+    producer.sent[1].future.succeed()
+    assert tracker.committable() == {TopicPartition("sms", 0): 1}
+    assert metrics.value("tagstream_events_out_total", {"topic": "sms"}) == 1
+
+
+def test_multi_label_results_without_a_route_or_a_tag_go_to_the_output_topic():
+    """Unrouted tags share one copy on the output topic; a result with no tag goes there too."""
+    sink, producer, tracker, _, _ = make_sink(routes={"spam": "mail.spam"})
+    sink.publish_results(events(tracker, 3), tagged([[0, 2], [], [0, 1]]), LABELS, "m", "v1")
+    assert [s.topic for s in producer.sent] == ["sms.labels", "sms.labels", "sms.labels", "mail.spam"]
+    assert json.loads(producer.sent[1].value)["labels"] == []
+    producer.ack_all()
+    assert tracker.committable() == {TopicPartition("sms", 0): 3}
+
+
+def test_a_failed_copy_leaves_the_input_unacknowledged():
+    """If one copy of a routed multi-label result fails, the input is never committed."""
+    sink, producer, tracker, fatal, _ = make_sink(routes={"spam": "mail.spam", "news": "feed.news"})
+    sink.publish_results(events(tracker, 1), tagged([[1, 2]]), LABELS, "m", "v1")
+    producer.sent[0].future.succeed()
+    producer.sent[1].future.fail(ke.KafkaTimeoutError("expired"))
+    assert len(fatal) == 1 and tracker.committable() == {}
+
+
+def test_a_copy_refused_as_a_record_sends_the_input_down_the_ladder_once():
+    """One copy of a routed multi-label result refused as too large: the input gets one bounded dead letter."""
+    sink, producer, tracker, fatal, _ = make_sink(routes={"spam": "mail.spam", "news": "feed.news"})
+    sink.publish_results(events(tracker, 1), tagged([[1, 2]]), LABELS, "m", "v1")
+    producer.sent[0].future.succeed()
+    producer.sent[1].future.fail(refused())
+    sink.resend_refused()
+    [letter] = producer.sent[2:]
+    assert letter.topic == "sms.dlq" and dict(letter.headers)["tagstream.reason"] == b"record_rejected"
+    letter.future.succeed()
+    assert tracker.committable() == {TopicPartition("sms", 0): 1} and fatal == []

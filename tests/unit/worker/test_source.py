@@ -73,7 +73,7 @@ def test_one_tokenizer_call_per_poll():
     source, consumer, tracker, handoff, runner, metrics = make_source()
     consumer.polls.append({TP0: records(TP0, 0, 5), TP1: records(TP1, 0, 4)})
     run_once(source)
-    events, letters, _ = handoff.take(0)
+    events, letters, *_ = handoff.take(0)
     assert len(events) == 9 and letters == []
     assert runner.calls == 1
     assert all(e.token_ids == [1, 1, 1] and e.tokenizer_key == "tok1" for e in events)
@@ -86,7 +86,7 @@ def test_bad_records_are_handed_over_as_dead_letters():
     source, consumer, tracker, handoff, _, _ = make_source()
     consumer.polls.append({TP0: records(TP0, 0, 4, bad={1, 3})})
     run_once(source)
-    events, letters, _ = handoff.take(0)
+    events, letters, *_ = handoff.take(0)
     assert [e.offset for e in events] == [0, 2]
     assert [(d.offset, d.reason.label) for d in letters] == [(1, "invalid_json"), (3, "invalid_json")]
     assert tracker.in_flight() == 4
@@ -116,7 +116,7 @@ def test_revocation_commits_acknowledged_and_drops_the_rest():
     tracker.ack(TP0, 0, epoch)
     tracker.ack(TP0, 1, epoch)
     asyncio.run(source.on_revoked({TP0}, sleep=None))
-    assert consumer.commits[-1][TP0].offset == 2
+    assert consumer.commits[-1][TP0] == 2
     assert tracker.epoch(TP0) is None and not tracker.is_current(TP0, epoch)
 
 
@@ -130,7 +130,7 @@ def test_revocation_waits_for_in_flight_work():
         tracker.ack(TP0, 1, epoch)
 
     asyncio.run(source.on_revoked({TP0}, sleep=sleep_and_ack))
-    assert consumer.commits[-1][TP0].offset == 2
+    assert consumer.commits[-1][TP0] == 2
 
 
 def test_drain_commits_and_stops_when_acknowledged():
@@ -144,7 +144,7 @@ def test_drain_commits_and_stops_when_acknowledged():
     assert left == 0
     assert consumer.paused() == {TP0, TP1}
     assert handoff.take(0)[2] is True
-    assert consumer.commits[-1][TP1].offset == 2
+    assert consumer.commits[-1][TP1] == 2
 
 
 def test_partition_assigned_straight_back_resumes_at_the_dropped_inputs():
@@ -159,7 +159,7 @@ def test_partition_assigned_straight_back_resumes_at_the_dropped_inputs():
     assert consumer.seeks == [(TP0, 1)]
     consumer.polls.append({TP0: records(TP0, 1, 3)})
     run_once(source)
-    events, _, _ = handoff.take(0)
+    events, *_ = handoff.take(0)
     assert [e.offset for e in events] == [1, 3]  # 2 already has its result
     new_epoch = tracker.epoch(TP0)
     tracker.ack(TP0, 1, new_epoch)
@@ -167,3 +167,57 @@ def test_partition_assigned_straight_back_resumes_at_the_dropped_inputs():
     assert tracker.committable() == {TP0: 4}
     source.on_assigned({TP0})  # a later assignment does not rewind again
     assert consumer.seeks == [(TP0, 1)]
+
+
+def test_records_read_again_are_counted_in_events_in_once():
+    """A partition re-read after a rebalance does not count its records in events_in a second time."""
+    source, consumer, _tracker, _handoff, _, metrics = make_source(grace=0.0)
+    consumer.polls.append({TP0: records(TP0, 0, 5)})
+    run_once(source)
+    asyncio.run(source.on_revoked({TP0}, sleep=None))  # nothing acknowledged: all five are dropped
+    source.on_assigned({TP0})
+    consumer.polls.append({TP0: records(TP0, 0, 7)})  # re-read 0-4, then two new ones
+    run_once(source)
+    assert metrics.value("tagstream_events_in_total", {"topic": "in"}) == 7
+
+
+def test_lag_is_reported_for_every_assigned_partition_and_in_flight_returns_to_zero():
+    """Each assigned partition has a lag series (0 when caught up), and in-flight is 0 once all is acknowledged."""
+    import time
+
+    source, consumer, tracker, handoff, _, metrics = make_source()
+    consumer.ends = {TP0: 3, TP1: 10}
+    consumer.group_committed = {TP1: 10}  # nothing read from TP1: the group is caught up there
+    consumer.polls.append({TP0: records(TP0, 0, 3)})
+    run_once(source)
+    events, *_ = handoff.take(0)
+    assert metrics.value("tagstream_in_flight_events") == 3
+    epoch = tracker.epoch(TP0)
+    for e in events:
+        tracker.ack(TP0, e.offset, epoch)
+    source._committer.commit_now()
+    source._lag_at = time.monotonic() - 60  # the refresh is due
+    run_once(source)
+    lag = {
+        p: metrics.registry.get_sample_value("tagstream_consumer_lag", {"topic": "in", "partition": p})
+        for p in ("0", "1")
+    }
+    assert lag == {"0": 0.0, "1": 0.0}
+    assert metrics.value("tagstream_in_flight_events") == 0
+
+
+def test_an_unreachable_coordinator_marks_the_broker_down_and_past_the_limit_stops_the_loop():
+    """The poll loop tells health when the coordinator is gone, and raises BROKER_OUTAGE past the limit."""
+    import pytest
+
+    from worker.errors import BrokerError, Failure
+
+    source, consumer, *_ = make_source()
+    consumer.coordinator = False
+    run_once(source)
+    assert source._health.readiness()[1]["broker_reachable"] is False
+    source._health.broker_outage_s = 0.0
+    source._health._broker_down_since -= 1.0  # an outage that began a second ago
+    with pytest.raises(BrokerError) as info:
+        run_once(source)
+    assert info.value.failure is Failure.BROKER_OUTAGE and "TAGSTREAM_BROKER_OUTAGE_S" in str(info.value)

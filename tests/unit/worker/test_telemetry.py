@@ -62,3 +62,62 @@ def test_model_info_follows_swaps():
     metrics.set_model("m", "v2")
     assert metrics.value("tagstream_model_info", {"name": "m", "version": "v2"}) == 1
     assert metrics.registry.get_sample_value("tagstream_model_info", {"name": "m", "version": "v1"}) is None
+
+
+def test_readiness_drops_while_the_broker_is_away_or_commits_fail():
+    """/readyz turns false while the broker is unreachable or the last commit failed, and back once it succeeds."""
+    health = Health(clock=lambda: 0.0)
+    health.model_ready, health.assigned = True, 2
+    assert health.readiness()[0]
+    health.broker_seen(False)
+    ok, body = health.readiness()
+    assert not ok and body["broker_reachable"] is False
+    health.broker_seen(True)
+    health.commit_result(ok=False)
+    ok, body = health.readiness()
+    assert not ok and body["commits_failing"] is True and body["broker_reachable"] is True
+    health.commit_result(ok=True)
+    assert health.readiness()[0]
+
+
+def test_liveness_fails_once_the_outage_outlasts_its_limit():
+    """A broker away for longer than broker_outage_s fails /healthz; a reconnect before that does not."""
+    now = [0.0]
+    health = Health(clock=lambda: now[0], broker_outage_s=60)
+    health.broker_seen(False)
+    now[0] = 59.0
+    health.loop_turned()
+    assert health.liveness()[0] and health.broker_down_for() == 59.0
+    health.broker_seen(False)  # still away: the outage is counted from its start
+    now[0] = 61.0
+    health.loop_turned()
+    ok, body = health.liveness()
+    assert not ok and body["broker_down_s"] == 61.0
+    health.broker_seen(True)
+    assert health.liveness()[0] and health.broker_down_for() == 0.0
+
+
+def test_a_commit_timeout_counts_as_the_broker_away_but_a_rebalance_does_not():
+    """Commit results feed broker health only when they say something about the broker."""
+    health = Health(clock=lambda: 0.0)
+    health.commit_result(ok=False, broker_unreachable=False)  # rejected by a rebalance
+    assert health.broker_down_for() == 0.0 and health.commit_failing
+    health.commit_result(ok=False, broker_unreachable=True)
+    assert health.readiness()[1]["broker_reachable"] is False
+
+
+def test_ready_gauge_follows_readiness():
+    """tagstream_ready is 1 exactly while /readyz would answer 200 (model warmed up and partitions held)."""
+    metrics, health = Metrics(), Health()
+    server = TelemetryServer(metrics, health, port=0, host="127.0.0.1")
+    server.start()
+    try:
+        assert metrics.value("tagstream_ready") == 0
+        health.model_ready = True
+        assert metrics.value("tagstream_ready") == 0  # no partitions yet
+        health.assigned = 2
+        assert metrics.value("tagstream_ready") == 1
+        health.assigned = 0
+        assert metrics.value("tagstream_ready") == 0
+    finally:
+        server.stop()

@@ -9,27 +9,19 @@ from kafka.structs import TopicPartition
 
 
 class FakeFuture:
-    """A send() future whose outcome the test decides."""
+    """The outcome of one send, decided by the test; reported like a ProducerClient backend does."""
 
-    def __init__(self) -> None:
-        self.callbacks: list[tuple[Any, tuple]] = []
-        self.errbacks: list[tuple[Any, tuple]] = []
+    def __init__(self, producer: FakeProducer, token: Any) -> None:
+        self._producer = producer
+        self._token = token
 
-    def add_callback(self, fn, *args):
-        self.callbacks.append((fn, args))
-        return self
-
-    def add_errback(self, fn, *args):
-        self.errbacks.append((fn, args))
-        return self
-
-    def succeed(self, metadata: Any = None) -> None:
-        for fn, args in self.callbacks:
-            fn(*args, metadata)
+    def succeed(self) -> None:
+        self._producer.handler.delivered(self._token)
 
     def fail(self, exc: BaseException) -> None:
-        for fn, args in self.errbacks:
-            fn(*args, exc)
+        from worker.kafka.kafkapython import translate
+
+        self._producer.handler.failed(self._token, translate(exc, "the broker did not acknowledge a record"))
 
 
 @dataclass
@@ -42,22 +34,35 @@ class Sent:
 
 
 class FakeProducer:
+    """A ProducerClient (worker/kafka/base.py) that keeps what was sent; flush settles nothing."""
+
     def __init__(self) -> None:
         self.sent: list[Sent] = []
         self.raise_on_send: BaseException | None = None
+        self.handler: Any = None
+        self.flushes = 0
 
-    def send(self, topic, value=None, key=None, headers=None):
+    def set_handler(self, handler) -> None:
+        self.handler = handler
+
+    def send(self, topic, value, key, headers, token):
         if self.raise_on_send is not None:
-            raise self.raise_on_send
-        future = FakeFuture()
-        self.sent.append(Sent(topic, value, key, headers or [], future))
-        return future
+            from worker.errors import BrokerError
+            from worker.kafka.kafkapython import translate
+
+            exc = self.raise_on_send
+            raise exc if isinstance(exc, BrokerError) else translate(exc, f"cannot send to topic {topic!r}")
+        self.sent.append(Sent(topic, value, key, headers or [], FakeFuture(self, token)))
 
     def ack_all(self) -> None:
         for sent in self.sent:
             sent.future.succeed()
 
-    def flush(self, timeout=None):
+    def flush(self, timeout_s=None):
+        self.flushes += 1
+        return True
+
+    def close(self, timeout_s=None):
         return None
 
 
@@ -73,7 +78,7 @@ class Record:
 
 
 class FakeConsumer:
-    """Serves queued poll results; records pause/resume/commit calls."""
+    """A ConsumerClient (worker/kafka/base.py) serving queued poll results; records pause/resume/commit calls."""
 
     def __init__(self, partitions: list[TopicPartition]) -> None:
         self._assignment = set(partitions)
@@ -83,6 +88,9 @@ class FakeConsumer:
         self.resume_calls = 0
         self.commits: list[dict] = []
         self.seeks: list[tuple] = []
+        self.ends: dict[TopicPartition, int] = {}
+        self.group_committed: dict[TopicPartition, int | None] = {}
+        self.coordinator = True
 
     def assignment(self):
         return set(self._assignment)
@@ -95,11 +103,11 @@ class FakeConsumer:
                 return batch
         return {}
 
-    def pause(self, *tps):
+    def pause(self, tps):
         self.pause_calls += 1
         self._paused |= set(tps)
 
-    def resume(self, *tps):
+    def resume(self, tps):
         self.resume_calls += 1
         self._paused -= set(tps)
 
@@ -109,13 +117,21 @@ class FakeConsumer:
     def seek(self, tp, offset):
         self.seeks.append((tp, offset))
 
-    def highwater(self, tp):
-        return None
+    def end_offsets(self, tps):
+        return {tp: self.ends[tp] for tp in tps if tp in self.ends}
 
-    def commit(self, offsets, timeout_ms=None):
-        self.commits.append(offsets)
+    def committed(self, tps):
+        return {tp: self.group_committed.get(tp) for tp in tps}
 
-    def commit_async(self, offsets, callback=None):
-        self.commits.append(offsets)
-        if callback:
-            callback(offsets, object())
+    def coordinator_known(self):
+        return self.coordinator
+
+    def commit(self, positions, timeout_s=None):
+        self.commits.append(positions)
+
+    def commit_async(self, positions, on_done):
+        self.commits.append(positions)
+        on_done(None)
+
+    async def commit_in_rebalance(self, positions):
+        self.commits.append(positions)

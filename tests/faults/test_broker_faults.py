@@ -1,0 +1,100 @@
+"""Broker faults while events stream (issue 10, point 7): a restart that keeps the broker's data,
+and a broker gone for good."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from harness import SIZES, START_TIMEOUT_S, Outcomes, Row, Stream, WorkerProcess, wait_for
+from kafka import KafkaAdminClient
+from worker_support import worker_env
+
+RESULTS_TIMEOUT_S = 240
+
+
+def make_topic(bootstrap: str, name: str, partitions: int) -> str:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics({name: {"num_partitions": partitions, "replication_factor": -1}})
+        admin.wait_for_topics([name], timeout_ms=30_000)
+    finally:
+        admin.close()
+    return name
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_broker_restart_mid_stream_keeping_its_data(
+    restartable_kafka, new_group, tiny_bundle, tmp_path, fault_report, guarantee
+):
+    """The broker restarts (data kept) in the middle of a stream: 0 missing, and the worker carries on by itself."""
+    began = time.monotonic()
+    broker = restartable_kafka()
+    bootstrap = broker.bootstrap_servers
+    topic = make_topic(bootstrap, f"fault-restart-{guarantee}", 3)
+    env = worker_env(bootstrap, topic, tiny_bundle, new_group())
+    env.update(TAGSTREAM_PROCESSING_GUARANTEE=guarantee, TAGSTREAM_GROUP_INSTANCE_ID="restart-0")
+    exactly_once = guarantee == "exactly_once"
+    worker = WorkerProcess(env, tmp_path / "worker.log").start()
+    try:
+        wait_for(lambda: any(e["partitions"] for e in worker.events("partitions_assigned")), START_TIMEOUT_S,
+                 "the worker to get partitions")
+        # The first half of the stream, then the restart, then the rest once the broker is back.
+        first = Stream(bootstrap, topic, SIZES.restart_events // 2, rate=1_000.0, prefix="a").start()
+        sent = first.join()
+        down_at = time.monotonic()
+        broker.restart(down_s=3.0)
+        back_s = time.monotonic() - down_at
+        second = Stream(bootstrap, topic, SIZES.restart_events // 2, rate=1_000.0, prefix="b").start()
+        sent.update(second.join())
+        outcomes = Outcomes(bootstrap, topic, read_committed=exactly_once)
+        try:
+            outcomes.wait_for(sent, RESULTS_TIMEOUT_S)
+        finally:
+            outcomes.close()
+        still_running = worker.exit_code() is None
+    finally:
+        code = worker.stop()
+    counts = outcomes.account(sent)
+    fault_report.add(Row(
+        "broker restart mid-stream, data kept (3 s down)", guarantee, len(sent), counts["results"],
+        counts["dead_letters"], counts["missing"], counts["duplicates"], time.monotonic() - began,
+        notes=f"broker back in {back_s:.0f} s; the worker reconnected by itself",
+    ))
+    assert still_running, "the worker exited during the broker restart"
+    assert counts["missing"] == 0
+    if exactly_once:
+        assert counts["duplicates"] == 0
+    assert code == 0
+
+
+def test_broker_gone_for_good(restartable_kafka, new_group, tiny_bundle, tmp_path, fault_report):
+    """The broker never comes back: readiness drops, then liveness (TAGSTREAM_BROKER_OUTAGE_S), then exit 4."""
+    began = time.monotonic()
+    broker = restartable_kafka()
+    bootstrap = broker.bootstrap_servers
+    topic = make_topic(bootstrap, "fault-gone", 2)
+    env = worker_env(bootstrap, topic, tiny_bundle, new_group())
+    env["TAGSTREAM_BROKER_OUTAGE_S"] = str(SIZES.outage_s)
+    worker = WorkerProcess(env, tmp_path / "worker.log").start()
+    try:
+        wait_for(lambda: worker.probe("/readyz") == 200, START_TIMEOUT_S, "the worker to be ready")
+        stream = Stream(bootstrap, topic, 1_000, rate=1_000.0).start()
+        sent = stream.join()
+        broker.stop()
+        gone = time.monotonic()
+        not_ready_s = wait_for(lambda: worker.probe("/readyz") != 200, 60, "/readyz to fail")
+        not_live_s = wait_for(lambda: worker.probe("/healthz") != 200, SIZES.outage_s + 60, "/healthz to fail")
+        wait_for(lambda: worker.exit_code() is not None, 120, "the worker to exit")
+        exit_s = time.monotonic() - gone
+        code = worker.exit_code()
+    finally:
+        worker.kill()
+    fault_report.add(Row(
+        f"broker gone for good (TAGSTREAM_BROKER_OUTAGE_S={SIZES.outage_s:g})", "at_least_once", len(sent), 0, 0, 0, 0,
+        time.monotonic() - began,
+        notes=f"not ready after {not_ready_s:.1f} s, not live after {not_live_s:.1f} s, exit {code} after {exit_s:.1f} s",
+    ))
+    assert not_ready_s < not_live_s
+    assert code == 4
+    assert any("no broker has answered" in e.get("error", "") for e in worker.events("fatal"))

@@ -1,0 +1,127 @@
+"""Health that tells the truth (issue 10, finding 2): without a broker the worker is not ready, then
+not live, then it exits non-zero; a drain whose final commit fails exits non-zero too."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from kafka import KafkaAdminClient
+from worker_support import (
+    START_TIMEOUT_S,
+    fixture_texts,
+    produce_events,
+    read_records,
+    spawn,
+    wait_until,
+    worker_env,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def make_topic(bootstrap: str, name: str, partitions: int = 2) -> str:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics({name: {"num_partitions": partitions, "replication_factor": -1}})
+        admin.wait_for_topics([name], timeout_ms=30_000)
+    finally:
+        admin.close()
+    return name
+
+
+def status(port: int, path: str) -> int | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return None
+
+
+def test_readiness_drops_while_the_broker_is_down_and_returns_with_it(
+    restartable_kafka, start_worker, tiny_bundle
+):
+    """Broker halted: /readyz 503 (broker unreachable), /healthz still 200; broker back: ready, and work goes on."""
+    broker = restartable_kafka()
+    topic = make_topic(broker.bootstrap_servers, "health-down")
+    produce_events(broker.bootstrap_servers, topic, fixture_texts(20, seed=1), prefix="a")
+    worker = start_worker(topic, tiny_bundle, bootstrap_servers=broker.bootstrap_servers)
+    port = worker.metrics_port
+    wait_until(lambda: status(port, "/readyz") == 200, 60, "the worker to be ready")
+
+    broker.halt()
+    wait_until(lambda: status(port, "/readyz") == 503, 60, "/readyz to turn 503 without a broker")
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2)
+    except urllib.error.HTTPError as exc:
+        assert json.loads(exc.read())["broker_reachable"] is False
+    assert status(port, "/healthz") == 200  # within TAGSTREAM_BROKER_OUTAGE_S: waited out, not restarted
+
+    broker.start()
+    wait_until(lambda: status(port, "/readyz") == 200, 120, "/readyz to recover with the broker")
+    produce_events(broker.bootstrap_servers, topic, fixture_texts(20, seed=2), prefix="b")
+    # The work goes on: results for the inputs sent after the restart are acknowledged.
+    wait_until(lambda: worker.metrics.value("tagstream_events_out_total", {"topic": topic}) >= 40, 120,
+               "results for the inputs sent after the restart")
+    assert worker.fatal is None
+
+
+def test_a_broker_gone_for_good_fails_readiness_then_liveness_then_exits_4(
+    restartable_kafka, new_group, tiny_bundle, tmp_path
+):
+    """Broker stopped for good: /readyz goes 503, then /healthz past TAGSTREAM_BROKER_OUTAGE_S, then exit 4 with the reason."""
+    broker = restartable_kafka()
+    topic = make_topic(broker.bootstrap_servers, "health-gone")
+    env = worker_env(broker.bootstrap_servers, topic, tiny_bundle, new_group())
+    port = 0
+    with __import__("socket").socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env.update(TAGSTREAM_METRICS_PORT=str(port), TAGSTREAM_BROKER_OUTAGE_S="8")
+    log = tmp_path / "worker.log"
+    proc = spawn(env, log)
+    try:
+        wait_until(lambda: status(port, "/readyz") == 200, START_TIMEOUT_S, "the worker to be ready")
+        broker.halt()
+        gone_at = time.monotonic()
+        wait_until(lambda: status(port, "/readyz") == 503, 60, "/readyz to turn 503")
+        not_ready_s = time.monotonic() - gone_at
+        assert status(port, "/healthz") == 200  # not yet past the outage limit
+        wait_until(lambda: status(port, "/healthz") in (503, None), 60, "/healthz to turn 503")
+        not_live_s = time.monotonic() - gone_at
+        code = proc.wait(90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not_ready_s < not_live_s
+    assert code == 4, log.read_text()[-2000:]
+    lines = log.read_text().splitlines()
+    assert any("TAGSTREAM_BROKER_OUTAGE_S" in line and "no broker has answered" in line for line in lines)
+
+
+def test_sigterm_when_the_final_commit_fails_exits_non_zero(restartable_kafka, new_group, tiny_bundle, tmp_path):
+    """SIGTERM while the broker is down and results wait to be committed: exit 4 and a line saying why."""
+    broker = restartable_kafka()
+    topic = make_topic(broker.bootstrap_servers, "health-final")
+    produce_events(broker.bootstrap_servers, topic, fixture_texts(50, seed=3))
+    env = worker_env(broker.bootstrap_servers, topic, tiny_bundle, new_group())
+    env.update(TAGSTREAM_COMMIT_INTERVAL_MS="600000", TAGSTREAM_DRAIN_TIMEOUT_S="8")  # results wait uncommitted
+    log = tmp_path / "worker.log"
+    proc = spawn(env, log)
+    try:
+        read_records(broker.bootstrap_servers, f"{topic}.labels", expected=50, quiet_s=0.5)
+        broker.halt()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert code == 4, text[-2000:]
+    assert "final_commit_failed" in text and "duplicates, nothing lost" in text

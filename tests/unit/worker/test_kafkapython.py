@@ -1,0 +1,47 @@
+"""The kafka-python backend's translation at the boundary: what the library raises becomes a BrokerError."""
+
+from __future__ import annotations
+
+import pytest
+from kafka import errors as ke
+
+from worker.errors import BrokerError, Failure
+from worker.kafka.kafkapython import KafkaPythonProducer
+
+
+class RaisingKafkaProducer:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def send(self, *args, **kwargs):
+        raise self.exc
+
+
+class Handler:
+    def delivered(self, token):
+        pass
+
+    def failed(self, token, error):
+        pass
+
+
+def producer_raising(exc: BaseException) -> KafkaPythonProducer:
+    producer = KafkaPythonProducer(RaisingKafkaProducer(exc))  # type: ignore[arg-type]
+    producer.set_handler(Handler())
+    return producer
+
+
+def test_send_timeout_on_metadata_means_missing_topic():
+    """send() timing out on metadata is a TOPIC_MISSING error that says how to fix it."""
+    producer = producer_raising(ke.KafkaTimeoutError("Failed to update metadata after 15.0 secs."))
+    with pytest.raises(BrokerError, match="create it or enable auto-creation") as info:
+        producer.send("sms.labels", b"v", None, [], token=None)
+    assert info.value.failure is Failure.TOPIC_MISSING
+
+
+def test_a_record_over_the_request_limit_is_rejected_alone():
+    """The producer's own size check refusing a record is RECORD_REJECTED: that record's problem only."""
+    producer = producer_raising(ke.MessageSizeTooLargeError("The message is 2000000 bytes when serialized"))
+    with pytest.raises(BrokerError) as info:
+        producer.send("sms.dlq", b"x" * 10, None, [], token=None)
+    assert info.value.failure is Failure.RECORD_REJECTED

@@ -1,0 +1,178 @@
+"""The interfaces between the pipeline and a Kafka client library.
+
+The source, the sink and the committers only use what is declared here. A backend module
+(``kafkapython.py``, later others) implements both clients and translates every exception of its
+library into ``BrokerError`` with a ``Failure`` (see ``worker/errors.py``).
+
+Positions are plain ints: the offset of the next record to read, as Kafka commits them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+if TYPE_CHECKING:
+    from worker.errors import BrokerError
+    from worker.settings import WorkerSettings
+
+
+class TopicPartition(NamedTuple):
+    """A partition of a topic; equal to (and hashed like) any client's (topic, partition) tuple."""
+
+    topic: str
+    partition: int
+
+
+class Record(Protocol):
+    """One consumed record, as every backend hands it over."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int  # ms since the epoch (the record's CreateTime or LogAppendTime)
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes | None]]
+
+
+@dataclass(slots=True)
+class UnreadableRecord:
+    """Where a record is that the client could not decode: dead-lettered (reason unreadable_record),
+    without its bytes, and read past."""
+
+    topic: str
+    partition: int
+    offset: int
+    error: str
+    timestamp: int = -1
+    key: bytes | None = None
+    value: bytes | None = None
+    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
+
+
+Sleep = Callable[[float], Awaitable[Any]]
+
+
+class RebalanceHandler(Protocol):
+    """What the consumer calls when partitions move (the source implements it).
+
+    ``on_revoked`` is a coroutine so that a backend running it on an I/O loop can keep
+    heartbeating while it waits (``sleep`` yields to that loop; None where waiting is not
+    possible, and then revocation drops in-flight work for redelivery instead of waiting).
+    """
+
+    async def on_revoked(self, partitions: set[TopicPartition], sleep: Sleep | None) -> None: ...
+
+    def on_assigned(self, partitions: set[TopicPartition]) -> None: ...
+
+    def on_lost(self, partitions: set[TopicPartition]) -> None: ...
+
+
+class ConsumerClient(Protocol):
+    """A consumer-group member. Used from one thread (the source's), like the libraries require."""
+
+    def subscribe(self, *, topics: list[str] | None, pattern: str | None, handler: RebalanceHandler) -> None: ...
+
+    def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Record]]:
+        """Records by partition, each list in offset order (empty when none came in time)."""
+        ...
+
+    def assignment(self) -> set[TopicPartition]: ...
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None: ...
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None: ...
+
+    def seek(self, tp: TopicPartition, offset: int) -> None: ...
+
+    def commit_async(
+        self, positions: dict[TopicPartition, int], on_done: Callable[[BaseException | None], None]
+    ) -> None: ...
+
+    def commit(self, positions: dict[TopicPartition, int], timeout_s: float) -> None:
+        """Commit and wait for the broker (raises BrokerError)."""
+        ...
+
+    async def commit_in_rebalance(self, positions: dict[TopicPartition, int]) -> None:
+        """Commit from inside ``RebalanceHandler.on_revoked`` (raises BrokerError)."""
+        ...
+
+    def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """The latest known end offset (high watermark) of each partition; may ask the broker."""
+        ...
+
+    def committed(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:
+        """The group's committed position of each partition (None: nothing committed)."""
+        ...
+
+    def group_metadata(self) -> Any:
+        """The membership snapshot a transactional producer sends with the offsets (KIP-447)."""
+        ...
+
+    def coordinator_known(self) -> bool:
+        """Whether the group coordinator is known and reachable right now (a health signal)."""
+        ...
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None: ...
+
+    def topics(self) -> set[str]: ...
+
+    def close(self, timeout_s: float, leave_group: bool = True) -> None:
+        """Close the connections without auto-committing. A dynamic member leaves the group; a static
+        one (group_instance_id) only when ``leave_group`` is true, else its partitions wait for it."""
+        ...
+
+
+class DeliveryHandler(Protocol):
+    """Where a producer reports the outcome of each ``send`` (the sink implements it)."""
+
+    def delivered(self, token: Any) -> None:
+        """The broker acknowledged the record sent with ``token`` (producer I/O thread)."""
+        ...
+
+    def failed(self, token: Any, error: BrokerError) -> None:
+        """The record sent with ``token`` will never be acknowledged (producer I/O thread)."""
+        ...
+
+
+class ProducerClient(Protocol):
+    """An asynchronous producer, thread-safe; transactional when given a transactional id."""
+
+    def set_handler(self, handler: DeliveryHandler) -> None: ...
+
+    def send(
+        self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes | None]], token: Any
+    ) -> None:
+        """Queue one record; its outcome reaches the handler with ``token``.
+
+        Raises BrokerError at once when the record cannot even be queued: with
+        ``Failure.RECORD_REJECTED`` when this record alone is at fault (too large).
+        """
+        ...
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until every queued record has an outcome; False when the time ran out."""
+        ...
+
+    def init_transactions(self) -> None: ...
+
+    def begin_transaction(self) -> None: ...
+
+    def send_offsets_to_transaction(self, positions: dict[TopicPartition, int], group_metadata: Any) -> None: ...
+
+    def commit_transaction(self) -> None: ...
+
+    def abort_transaction(self) -> None: ...
+
+    def close(self, timeout_s: float) -> None: ...
+
+
+def open_clients(
+    settings: WorkerSettings, *, transactional_id: str | None = None
+) -> tuple[ConsumerClient, ProducerClient]:
+    """The consumer and producer of the configured client library, connected (BrokerError if not)."""
+    from worker.kafka import kafkapython
+
+    return kafkapython.open_clients(settings, transactional_id=transactional_id)

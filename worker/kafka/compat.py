@@ -1,0 +1,174 @@
+"""Fixes for kafka-python 3.0 bugs that can stop a worker consuming forever.
+
+1. The group-join bug (``apply_join_fix``)
+
+The bug (kafka-python 3.0.12, ``BaseCoordinator.join_group_async``): a group join runs as a
+task on the client's I/O loop while ``consumer.poll(timeout_ms=...)`` waits for it. When the
+poll's timeout expires first (a rebalance listener that finishes in-flight work, or a JoinGroup
+the broker holds until every member rejoins, easily outlasts a 100 ms poll), the task goes on
+and completes, but its result is never applied: the next poll either starts a fresh join
+(dropping the completed one) or, when ``need_rejoin()`` has meanwhile become false (the group
+leader updates its metadata snapshot while assigning), never looks at it again. The member
+then holds no partitions, stays in REBALANCING, and the poll loop spins without consuming.
+Seen here with one worker whose rebalance was triggered by a metadata change while its revoke
+listener waited for in-flight batches.
+
+The fix: a join task that completed while nobody waited is applied by the next poll (its
+assignment installed and the listeners called, exactly as the library does when the waiter is
+still there), and ``need_rejoin()`` stays true while such a task exists so that the next poll
+gets there. Applied only to kafka-python 3.0.x, whose code it was written against; a test
+(tests/integration/worker/test_kafka_compat.py) reproduces the hang without it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kafka
+from kafka import errors as kafka_errors
+from kafka.consumer.fetcher import Fetcher
+from kafka.coordinator.base import BaseCoordinator
+from kafka.coordinator.consumer import ConsumerCoordinator
+from kafka.structs import MemberState
+
+from worker.events import INVALID_HEADERS_MARKER  # the first header of a record re-read by (a)
+
+_PATCHED_ATTR = "_tagstream_join_fix"
+
+
+def needs_fix(version: str = kafka.__version__) -> bool:
+    return version.startswith("3.0.")
+
+
+def apply_join_fix() -> bool:
+    """Patch the coordinator once per process; returns whether the fix is in place."""
+    if getattr(BaseCoordinator, _PATCHED_ATTR, False):
+        return True
+    if not needs_fix():
+        return False
+    original_join = BaseCoordinator.join_group_async
+    original_need_rejoin = ConsumerCoordinator.need_rejoin
+
+    async def join_group_async(self: Any, timeout_ms: Any = None) -> Any:
+        task = self._join_task
+        if task is not None and task.is_done and self.rejoining:
+            # A join completed after its waiter gave up: apply it now instead of dropping it.
+            self._join_task = None
+            if task.succeeded():
+                with self._lock:
+                    self.rejoining = False
+                    self.rejoin_needed = False
+                    self.state = MemberState.STABLE
+                    self._enable_heartbeat()
+                await self._on_join_complete_async(
+                    self._generation.generation_id,
+                    self._generation.member_id,
+                    self._generation.protocol,
+                    task.value,
+                )
+                if not self.need_rejoin():
+                    return True
+            # A failed join: its response handler already requested a rejoin; retry as usual.
+        return await original_join(self, timeout_ms)
+
+    def need_rejoin(self: Any) -> bool:
+        if getattr(self, "_join_task", None) is not None and getattr(self, "rejoining", False):
+            return True  # a join is in flight or completed unapplied: poll must finish it
+        return original_need_rejoin(self)
+
+    BaseCoordinator.join_group_async = join_group_async  # type: ignore[method-assign]
+    ConsumerCoordinator.need_rejoin = need_rejoin  # type: ignore[method-assign]
+    setattr(BaseCoordinator, _PATCHED_ATTR, True)
+    return True
+
+
+# 2. Records the client cannot decode (``apply_unreadable_fix``)
+#
+# kafka-python decodes header keys as UTF-8 and, when one is not (other clients send such keys
+# happily), raises CorruptRecordError from every poll() at that position, without saying which
+# partition or offset: a poison pill inside the client, and the rest of that record batch with it.
+# Two patches:
+#
+# a. ``DefaultRecordBatch.__next__``: a record whose header keys are not UTF-8 is read again with
+#    the keys it cannot decode left out, and a first header ``INVALID_HEADERS_MARKER`` saying how
+#    many; the worker dead-letters it (reason invalid_header) with its key and value intact.
+# b. ``PartitionRecords.take``: any other CorruptRecordError (a batch failing its CRC) gets the
+#    partition and offset it happened at (``UNREADABLE_AT``), so the backend can dead-letter that
+#    offset by location and seek past it.
+
+UNREADABLE_AT = "tagstream_unreadable_at"  # (TopicPartition, offset) set on CorruptRecordError
+_UNREADABLE_PATCHED_ATTR = "_tagstream_unreadable_fix"
+
+
+def apply_unreadable_fix() -> bool:
+    """Patch the record batch reader and the fetcher once per process; returns whether they are in place."""
+    from kafka.record.default_records import DefaultRecord, DefaultRecordBatch
+
+    records_class = Fetcher.PartitionRecords
+    if getattr(records_class, _UNREADABLE_PATCHED_ATTR, False):
+        return True
+    if not needs_fix():
+        return False
+    original_next = DefaultRecordBatch.__next__
+    original_take = records_class.take
+
+    def next_record(self: Any) -> Any:
+        try:
+            return original_next(self)
+        except kafka_errors.CorruptRecordError as exc:
+            if not isinstance(exc.__context__, UnicodeDecodeError):
+                raise
+            record = _read_record_keeping_utf8_headers(self, DefaultRecord)
+            self._next_record_index += 1
+            return record
+
+    def take(self: Any, n: Any = None) -> Any:
+        try:
+            return original_take(self, n)
+        except kafka_errors.CorruptRecordError as exc:
+            setattr(exc, UNREADABLE_AT, (self.topic_partition, self.next_fetch_offset))
+            raise
+
+    DefaultRecordBatch.__next__ = next_record  # type: ignore[method-assign]
+    DefaultRecordBatch.next = next_record  # type: ignore[attr-defined]
+    records_class.take = take  # type: ignore[method-assign]
+    setattr(records_class, _UNREADABLE_PATCHED_ATTR, True)
+    return True
+
+
+def _read_record_keeping_utf8_headers(batch: Any, record_class: Any) -> Any:
+    """One v2 record (the layout kafka-python's _read_msg reads), header keys that are not UTF-8
+    left out and counted in a first INVALID_HEADERS_MARKER header."""
+    from kafka.record.util import decode_varint
+
+    buffer, pos = batch._buffer, batch._pos
+    length, pos = decode_varint(buffer, pos)
+    end = pos + length
+    _, pos = decode_varint(buffer, pos)  # attributes
+    ts_delta, pos = decode_varint(buffer, pos)
+    timestamp = batch.max_timestamp if batch.timestamp_type == batch.LOG_APPEND_TIME else batch.first_timestamp + ts_delta
+    offset_delta, pos = decode_varint(buffer, pos)
+
+    def nullable_bytes(pos: int) -> tuple[bytes | None, int]:
+        size, pos = decode_varint(buffer, pos)
+        if size < 0:
+            return None, pos
+        return bytes(buffer[pos: pos + size]), pos + size
+
+    key, pos = nullable_bytes(pos)
+    value, pos = nullable_bytes(pos)
+    count, pos = decode_varint(buffer, pos)
+    headers: list[tuple[str, bytes | None]] = []
+    invalid = 0
+    for _ in range(max(0, count)):
+        raw_key, pos = nullable_bytes(pos)
+        header_value, pos = nullable_bytes(pos)
+        try:
+            headers.append(((raw_key or b"").decode("utf-8"), header_value))
+        except UnicodeDecodeError:
+            invalid += 1
+    if pos != end:
+        raise kafka_errors.CorruptRecordError(f"Invalid record size: expected {length} bytes, read {pos - end + length}")
+    batch._pos = end
+    headers.insert(0, (INVALID_HEADERS_MARKER, str(invalid).encode()))
+    return record_class(length, batch.base_offset + offset_delta, timestamp, batch.timestamp_type, key, value, headers)

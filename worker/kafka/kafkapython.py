@@ -1,0 +1,403 @@
+"""The kafka-python backend (the default client): consumer, producer, error translation.
+
+``failure_for_error`` is the one table from kafka-python's exceptions to ``Failure`` kinds;
+every call into the library that can raise goes through ``_translated`` (or ``connect_call`` at
+start-up), so the pipeline only ever sees ``BrokerError``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from kafka import KafkaConsumer, KafkaProducer
+from kafka import errors as ke
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+from kafka.structs import OffsetAndMetadata
+from kafka.structs import TopicPartition as KafkaTopicPartition
+
+from worker.errors import BrokerError, Failure
+from worker.kafka import diagnose
+from worker.kafka.base import (
+    DeliveryHandler,
+    RebalanceHandler,
+    Record,
+    TopicPartition,
+    UnreadableRecord,
+)
+from worker.kafka.compat import UNREADABLE_AT, apply_join_fix, apply_unreadable_fix
+from worker.kafka.diagnose import CONNECT_HINTS, bootstrap_timeout_error
+
+if TYPE_CHECKING:
+    from worker.settings import WorkerSettings
+
+log = structlog.get_logger("tagstream.worker.kafka")
+
+SEND_MAX_BLOCK_MS = 15_000  # how long send() may block on topic metadata or a full buffer
+PRODUCER_LINGER_MS = 5  # results of one batch leave in a few produce requests, not one each
+PRODUCER_BATCH_BYTES = 256 * 1024
+MAX_POLL_RECORDS = 500
+RECONNECT_BACKOFF_MAX_MS = 5_000
+END_OFFSETS_TIMEOUT_MS = 1_000  # the lag refresh blocks the poll loop at most this long
+
+# Refusals that concern one record, not the connection: the sink handles that record alone.
+_RECORD_ERRORS = (ke.MessageSizeTooLargeError, ke.RecordListTooLargeError, ke.InvalidRecordError)
+
+
+def failure_for_error(exc: BaseException) -> Failure:
+    """Map a kafka-python exception to its Failure kind (the one translation table for this client)."""
+    if isinstance(exc, _RECORD_ERRORS):
+        return Failure.RECORD_REJECTED
+    if isinstance(exc, ke.TransactionAbortedError):
+        return Failure.TRANSACTION_ABORTED
+    if isinstance(exc, ke.SaslAuthenticationFailedError | ke.UnsupportedSaslMechanismError):
+        return Failure.AUTHENTICATION_FAILED
+    if isinstance(exc, ke.AuthorizationError):
+        return Failure.AUTHORIZATION_FAILED
+    if isinstance(exc, ke.UnknownTopicOrPartitionError | ke.InvalidTopicError):
+        return Failure.TOPIC_MISSING
+    if isinstance(exc, ke.FencedInstanceIdError):
+        return Failure.INSTANCE_FENCED
+    if isinstance(exc, ke.ProducerFencedError | ke.InvalidProducerEpochError | ke.TransactionCoordinatorFencedError):
+        return Failure.PRODUCER_FENCED
+    if isinstance(
+        exc, ke.CommitFailedError | ke.RebalanceInProgressError | ke.IllegalGenerationError | ke.UnknownMemberIdError
+    ):
+        return Failure.COMMIT_FAILED
+    if isinstance(exc, ke.KafkaConnectionError):
+        return Failure.BROKER_UNREACHABLE
+    if isinstance(exc, ke.KafkaError) and getattr(exc, "retriable", False):
+        return Failure.KAFKA_TRANSIENT
+    if isinstance(exc, ke.KafkaError):
+        return Failure.KAFKA_FATAL
+    return Failure.INTERNAL
+
+
+def translate(exc: BaseException, what: str) -> BrokerError:
+    return BrokerError(f"{what}: {exc}", failure_for_error(exc))
+
+
+def connect_call(settings: WorkerSettings, call: Callable[[], Any]) -> Any:
+    """Run a start-up call, translating its errors into BrokerErrors that say what to fix."""
+    try:
+        return call()
+    except ke.KafkaTimeoutError as exc:
+        raise bootstrap_timeout_error(settings, exc) from exc
+    except ke.KafkaError as exc:
+        failure = failure_for_error(exc)
+        raise BrokerError(f"Kafka refused the connection: {exc}{CONNECT_HINTS.get(failure, '')}", failure) from exc
+
+
+def common_config(settings: WorkerSettings) -> dict[str, Any]:
+    """Connection settings shared by every kafka-python client we create."""
+    return {
+        "bootstrap_servers": [x.strip() for x in settings.bootstrap_servers.split(",")],
+        "client_id": f"tagstream-{socket.gethostname()}-{os.getpid()}",
+        "bootstrap_timeout_ms": diagnose.BOOTSTRAP_TIMEOUT_MS,
+        "metrics_enabled": False,  # kafka-python's own sensors cost CPU per record; we count ourselves
+        # A broker that comes back is noticed within seconds (the library's default backs off to 30 s).
+        "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
+        **settings.kafka_security(),
+    }
+
+
+def open_clients(
+    settings: WorkerSettings, *, transactional_id: str | None = None
+) -> tuple[KafkaPythonConsumer, KafkaPythonProducer]:
+    apply_join_fix()  # kafka-python 3.0 can drop a completed group join: see compat.py
+    apply_unreadable_fix()  # ...and get stuck on a record it cannot decode
+    common = common_config(settings)
+    producer_config: dict[str, Any] = {
+        "acks": "all",
+        "linger_ms": PRODUCER_LINGER_MS,
+        "batch_size": PRODUCER_BATCH_BYTES,
+        "max_block_ms": SEND_MAX_BLOCK_MS,
+        "max_request_size": settings.producer_max_request_bytes(),
+        # A record keeps being retried this long (broker down, leader moving) before its delivery
+        # fails, which is fatal: as long as the broker outage the worker waits out.
+        "delivery_timeout_ms": int(settings.broker_outage_s * 1000) + 30_000,
+        **common,
+    }
+    if transactional_id is not None:
+        producer_config["transactional_id"] = transactional_id
+        producer_config["transaction_timeout_ms"] = settings.transaction_timeout_ms
+    else:
+        # kafka-python 3.0.12 puts an idempotent, non-transactional producer into a fatal state when
+        # the broker refuses one batch as too large (MESSAGE_TOO_LARGE), after which every later
+        # send fails: one oversized record would stop the worker for good. Without idempotence the
+        # refusal fails that batch alone (the library first splits multi-record batches), and a
+        # retry after a timeout may write a result twice, which at-least-once allows anyway.
+        producer_config["enable_idempotence"] = False
+    producer = KafkaPythonProducer(connect_call(settings, lambda: KafkaProducer(**producer_config)))
+    consumer_config: dict[str, Any] = {
+        "group_id": settings.group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": settings.auto_offset_reset,
+        "allow_auto_create_topics": False,
+        "max_poll_records": MAX_POLL_RECORDS,
+        "session_timeout_ms": settings.session_timeout_ms,
+        "max_poll_interval_ms": settings.max_poll_interval_ms,
+        **common,
+    }
+    if settings.group_instance_id:
+        consumer_config["group_instance_id"] = settings.group_instance_id
+    if transactional_id is not None:
+        consumer_config["isolation_level"] = "read_committed"
+    try:
+        consumer = KafkaPythonConsumer(connect_call(settings, lambda: KafkaConsumer(**consumer_config)), settings)
+    except BaseException:
+        producer.close(2)
+        raise
+    return consumer, producer
+
+
+class KafkaPythonConsumer:
+    """``ConsumerClient`` over ``kafka.KafkaConsumer``."""
+
+    def __init__(self, consumer: KafkaConsumer, settings: WorkerSettings) -> None:
+        self._consumer = consumer
+        self._settings = settings  # start-up lookups explain their failures in its terms
+
+    def subscribe(self, *, topics: list[str] | None, pattern: str | None, handler: RebalanceHandler) -> None:
+        listener = _Listener(handler, getattr(getattr(self._consumer, "_net", None), "sleep", None))
+        try:
+            if pattern is not None:
+                self._consumer.subscribe(pattern=pattern, listener=listener)
+            else:
+                self._consumer.subscribe(topics=topics, listener=listener)
+        except ke.KafkaError as exc:
+            raise translate(exc, "cannot subscribe") from exc
+
+    def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Record]]:
+        try:
+            return self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)  # type: ignore[no-any-return]
+        except ke.CorruptRecordError as exc:
+            where = getattr(exc, UNREADABLE_AT, None)
+            if where is None:
+                raise translate(exc, "the consumer failed") from exc
+            # Hand the offset over as an unreadable record (it is dead-lettered), read on after it.
+            # Never behind the fetch position: a batch refetched from inside itself fails at the
+            # same record again, and each round must move on by one.
+            tp, reported = where
+            offset = max(reported, self._position(tp, reported))
+            self._consumer.seek(tp, offset + 1)
+            return {TopicPartition(tp.topic, tp.partition): [UnreadableRecord(tp.topic, tp.partition, offset, str(exc))]}
+        except ke.KafkaError as exc:
+            raise translate(exc, "the consumer failed") from exc
+
+    def _position(self, tp: Any, default: int) -> int:
+        try:
+            return int(self._consumer.position(tp, timeout_ms=END_OFFSETS_TIMEOUT_MS))
+        except Exception:
+            return default
+
+    def assignment(self) -> set[TopicPartition]:
+        return self._consumer.assignment()  # type: ignore[no-any-return]
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        self._consumer.pause(*_kafka_tps(partitions))
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        self._consumer.resume(*_kafka_tps(partitions))
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self._consumer.seek(KafkaTopicPartition(*tp), offset)
+
+    def commit_async(
+        self, positions: dict[TopicPartition, int], on_done: Callable[[BaseException | None], None]
+    ) -> None:
+        def done(_offsets: Any, response: Any) -> None:
+            if isinstance(response, BaseException):
+                on_done(translate(response, "the offset commit failed"))
+            else:
+                on_done(None)
+
+        try:
+            self._consumer.commit_async(offsets=_to_kafka(positions), callback=done)
+        except ke.KafkaError as exc:
+            on_done(translate(exc, "the offset commit failed"))
+
+    def commit(self, positions: dict[TopicPartition, int], timeout_s: float) -> None:
+        try:
+            self._consumer.commit(offsets=_to_kafka(positions), timeout_ms=int(timeout_s * 1000))
+        except ke.KafkaError as exc:
+            raise translate(exc, "the offset commit failed") from exc
+
+    async def commit_in_rebalance(self, positions: dict[TopicPartition, int]) -> None:
+        # The listener runs on kafka-python's I/O loop, where the blocking commit may not be
+        # called; the asynchronous commit's future is awaited instead.
+        try:
+            await self._consumer.commit_async(offsets=_to_kafka(positions))
+        except ke.KafkaError as exc:
+            raise translate(exc, "the offset commit failed") from exc
+
+    def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        tps = _kafka_tps(partitions)
+        if not tps:
+            return {}
+        try:
+            return self._consumer.end_offsets(tps, timeout_ms=END_OFFSETS_TIMEOUT_MS)  # type: ignore[no-any-return]
+        except ke.KafkaError as exc:
+            raise translate(exc, "cannot read the end offsets") from exc
+
+    def committed(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:
+        try:
+            return {tp: self._consumer.committed(KafkaTopicPartition(*tp), timeout_ms=END_OFFSETS_TIMEOUT_MS)
+                    for tp in partitions}
+        except ke.KafkaError as exc:
+            raise translate(exc, "cannot read the committed offsets") from exc
+
+    def group_metadata(self) -> Any:
+        return self._consumer.group_metadata()
+
+    def coordinator_known(self) -> bool:
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        if coordinator is None:
+            return True
+        try:
+            return not coordinator.coordinator_unknown()
+        except Exception:
+            return False
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        return connect_call(self._settings, lambda: self._consumer.partitions_for_topic(topic))  # type: ignore[no-any-return]
+
+    def topics(self) -> set[str]:
+        return connect_call(self._settings, self._consumer.topics)  # type: ignore[no-any-return]
+
+    def close(self, timeout_s: float, leave_group: bool = True) -> None:
+        self._consumer.close(autocommit=False, timeout_ms=int(1000 * timeout_s))
+        instance = self._settings.group_instance_id
+        if instance and leave_group:
+            # A static member's close() does not leave the group (KIP-345): ask the coordinator to
+            # remove it, so its partitions move now rather than after session_timeout_ms.
+            from kafka import KafkaAdminClient
+            from kafka.admin import MemberToRemove
+
+            try:
+                config = {k: v for k, v in common_config(self._settings).items() if k != "metrics_enabled"}
+                admin = KafkaAdminClient(**config, request_timeout_ms=int(1000 * max(1.0, timeout_s)))
+                try:
+                    admin.remove_group_members(
+                        self._settings.group_id, [MemberToRemove(group_instance_id=instance, reason="tagstream stopped")]
+                    )
+                finally:
+                    admin.close()
+            except Exception as exc:  # best effort: the session timeout moves them otherwise
+                log.warning("leave_group_failed", group_instance_id=instance, error=str(exc))
+
+
+class KafkaPythonProducer:
+    """``ProducerClient`` over ``kafka.KafkaProducer`` (futures with callbacks per record)."""
+
+    def __init__(self, producer: KafkaProducer) -> None:
+        self._producer = producer
+        self._delivered: Callable[[Any], None] = _unset
+        self._failed: Callable[[Any, BrokerError], None] = _unset
+
+    def set_handler(self, handler: DeliveryHandler) -> None:
+        self._delivered, self._failed = handler.delivered, handler.failed
+
+    def _outcome(self, token: Any, result: Any) -> None:
+        """One callback for both outcomes (a future calls it with metadata, or with the exception)."""
+        if isinstance(result, BaseException):
+            self._failed(token, translate(result, "the broker did not acknowledge a record"))
+        else:
+            self._delivered(token)
+
+    def send(
+        self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes | None]], token: Any
+    ) -> None:
+        try:
+            future = self._producer.send(topic, value=value, key=key, headers=headers)
+        except ke.KafkaTimeoutError as exc:
+            # send() blocks up to max_block_ms for the topic's metadata or for buffer space.
+            missing = "metadata" in str(exc).lower()
+            raise BrokerError(
+                f"cannot send to topic {topic!r}: {exc}"
+                + (" (does it exist? create it or enable auto-creation on the broker)" if missing else ""),
+                Failure.TOPIC_MISSING if missing else Failure.DELIVERY_FAILED,
+            ) from exc
+        except ke.KafkaError as exc:
+            raise translate(exc, f"cannot send to topic {topic!r}") from exc
+        outcome = partial(self._outcome, token)  # one partial per record, for either outcome
+        future.add_callback(outcome)
+        future.add_errback(outcome)
+
+    def flush(self, timeout_s: float) -> bool:
+        try:
+            self._producer.flush(timeout=timeout_s)
+        except ke.KafkaTimeoutError:
+            return False
+        return True
+
+    def init_transactions(self) -> None:
+        self._transactional(self._producer.init_transactions, "cannot initialise transactions")
+
+    def begin_transaction(self) -> None:
+        self._transactional(self._producer.begin_transaction, "cannot begin a transaction")
+
+    def send_offsets_to_transaction(self, positions: dict[TopicPartition, int], group_metadata: Any) -> None:
+        self._transactional(
+            lambda: self._producer.send_offsets_to_transaction(_to_kafka(positions), group_metadata),
+            "cannot add the offsets to the transaction",
+        )
+
+    def commit_transaction(self) -> None:
+        self._transactional(self._producer.commit_transaction, "cannot commit the transaction")
+
+    def abort_transaction(self) -> None:
+        self._transactional(self._producer.abort_transaction, "cannot abort the transaction")
+
+    def close(self, timeout_s: float) -> None:
+        self._producer.close(timeout=timeout_s)
+
+    @staticmethod
+    def _transactional(call: Callable[[], Any], what: str) -> None:
+        try:
+            result = call()
+            wait = getattr(result, "wait", None)  # some calls return a TransactionalRequestResult
+            if callable(wait):
+                wait()
+        except ke.KafkaError as exc:
+            raise translate(exc, what) from exc
+
+
+class _Listener(AsyncConsumerRebalanceListener):
+    """Forwards kafka-python's rebalance callbacks (run on its I/O loop) to the handler."""
+
+    def __init__(self, handler: RebalanceHandler, sleep: Any) -> None:
+        self._handler = handler
+        # kafka-python 3.0's event-loop sleep: awaiting it lets heartbeats run while we wait
+        # for in-flight work. Without it (another client version) revocation drops and
+        # redelivers instead of waiting, which is equally safe.
+        self._sleep = sleep
+
+    async def on_partitions_revoked(self, revoked: set[KafkaTopicPartition]) -> None:
+        await self._handler.on_revoked(_ours(revoked), self._sleep)
+
+    async def on_partitions_assigned(self, assigned: set[KafkaTopicPartition]) -> None:
+        self._handler.on_assigned(_ours(assigned))
+
+    async def on_partitions_lost(self, lost: set[KafkaTopicPartition]) -> None:
+        self._handler.on_lost(_ours(lost))
+
+
+def _ours(tps: Iterable[Any]) -> set[TopicPartition]:
+    return {TopicPartition(tp.topic, tp.partition) for tp in tps}
+
+
+def _kafka_tps(tps: Iterable[TopicPartition]) -> list[KafkaTopicPartition]:
+    return [tp if isinstance(tp, KafkaTopicPartition) else KafkaTopicPartition(*tp) for tp in tps]
+
+
+def _to_kafka(positions: dict[TopicPartition, int]) -> dict[KafkaTopicPartition, OffsetAndMetadata]:
+    return {KafkaTopicPartition(*tp): OffsetAndMetadata(position, "", -1) for tp, position in positions.items()}
+
+
+def _unset(*_args: Any) -> None:
+    raise RuntimeError("set_handler() was not called before send()")

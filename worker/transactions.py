@@ -1,0 +1,247 @@
+"""Exactly-once processing: outputs and input offsets committed in one Kafka transaction.
+
+``TAGSTREAM_PROCESSING_GUARANTEE=exactly_once`` replaces the at-least-once ``Committer`` with
+``TransactionalCommitter`` (the same entry points for the source) and makes the producer
+transactional. Every commit interval:
+
+    consumer thread   puts a Barrier (with the consumer's group metadata) into the input hand-off
+    batcher thread    finishes every input before the barrier (flushes the batcher, waits for the
+                      model threads), then passes the barrier to the sink queue
+    sink thread       has sent every output before the barrier; at the barrier: flush (all
+                      acknowledged), send_offsets_to_transaction(acknowledged positions, group
+                      metadata), commit_transaction, begin_transaction
+
+So a transaction holds exactly the outputs of the inputs below the offsets it commits, and a
+reader with ``isolation_level=read_committed`` sees each input's outcome once.
+
+Aborts. Anything that fails a transaction (a failed flush or commit, a record the broker refuses
+inside it, a revocation) aborts it: its outputs are discarded, and every partition is re-read from
+the last committed transaction (the tracker starts a new epoch, so queued and running work is
+dropped; the consumer seeks back). A record the broker refused is remembered, so when it comes
+round again its bounded dead letter goes instead (and if that is refused too, it is skipped):
+a refusal cannot loop. A fenced producer (a newer worker with the same transactional id) or a
+fenced group member is fatal: this worker is a zombie and exits.
+
+Fencing (what kafka-python 3.0.12 offers, and its limits):
+
+- ``send_offsets_to_transaction`` gets the consumer's ``group_metadata()`` (KIP-447: group id,
+  generation, member id, instance id), so the broker refuses offsets from a member whose
+  generation is over: a worker that lost its partitions in a rebalance cannot commit them.
+- The transactional id is ``<group_id>.<group_instance_id>`` when static membership is on (in
+  Kubernetes, the pod name): a restarted worker's ``init_transactions`` fences its predecessor
+  and aborts the transaction it left open at once. Without an instance id the id is unique per
+  process, so a crashed worker's open transaction holds back read_committed readers of its
+  output partitions until ``transaction.timeout.ms`` (TAGSTREAM_TRANSACTION_TIMEOUT_MS) expires.
+- kafka-python implements the classic (eager) rebalance protocol only; every rebalance revokes
+  every partition, and the open transaction is aborted (at most one commit interval of work is
+  redone).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from worker.errors import BrokerError, Failure, WorkerError
+from worker.kafka.base import ConsumerClient, ProducerClient, Sleep, TopicPartition
+from worker.offsets import OffsetTracker, ResumePoint
+from worker.telemetry import Metrics, get_logger
+
+log = get_logger("tagstream.worker.transactions")
+
+REWIND_WAIT_S = 30.0  # the sink waits this long for the consumer thread to rewind after an abort
+
+
+@dataclass(frozen=True)
+class Barrier:
+    """A transaction boundary travelling through the pipeline after the inputs it closes."""
+
+    seq: int
+    group_metadata: Any  # the consumer's membership when the barrier was made (KIP-447)
+    final: bool = False  # the last one before the worker stops
+
+
+def transactional_id(group_id: str, instance_id: str | None) -> str:
+    """Stable across restarts with static membership (fences the predecessor), else per process."""
+    if instance_id:
+        return f"{group_id}.{instance_id}"
+    return f"{group_id}.{socket.gethostname()}.{os.getpid()}"
+
+
+class TransactionalCommitter:
+    """Barriers and rewinds on the consumer thread; commits and aborts on the sink thread."""
+
+    def __init__(
+        self,
+        consumer: ConsumerClient,
+        producer: ProducerClient,
+        tracker: OffsetTracker,
+        metrics: Metrics,
+        *,
+        interval_s: float,
+        on_result: Callable[[dict[TopicPartition, int], BaseException | None], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._consumer = consumer
+        self._producer = producer
+        self._tracker = tracker
+        self._metrics = metrics
+        self._interval_s = interval_s
+        self._on_result = on_result
+        self._clock = clock
+        self._next_at = clock() + interval_s
+        self._handoff: Any = None
+        self._seq = 0
+        # Set by a revocation or a refused record (any thread; a plain flag: a commit that races
+        # it is still consistent), honoured by the sink before its next output or commit.
+        self._abort_requested = False
+        self._rewind_requested = threading.Event()  # sink -> consumer thread
+        self._rewound = threading.Event()  # consumer thread -> sink
+        self._final_done = threading.Event()
+        self._in_transaction = False
+
+    def attach(self, handoff: Any) -> None:
+        """The hand-off the barriers go into (set once the pipeline is built)."""
+        self._handoff = handoff
+
+    # -- the sink thread -----------------------------------------------------------------------
+    def begin(self) -> None:
+        if not self._in_transaction:
+            self._producer.begin_transaction()
+            self._in_transaction = True
+
+    @property
+    def abort_pending(self) -> bool:
+        """An abort was asked for and has not happened yet (any thread)."""
+        return self._abort_requested
+
+    def request_abort(self, why: str) -> None:
+        """Doom the open transaction (any thread): the sink aborts it before committing anything."""
+        if not self._abort_requested:
+            log.warning("transaction_abort_requested", reason=why)
+        self._abort_requested = True
+
+    def abort_if_requested(self) -> bool:
+        """Abort now if asked to (sink thread, between outputs); True when it did."""
+        if not self._abort_requested:
+            return False
+        self._abort_and_rewind("requested")
+        return True
+
+    def commit(self, barrier: Barrier, flush: Callable[[], bool]) -> bool:
+        """Commit the open transaction at ``barrier`` (sink thread); False when it was aborted instead."""
+        if self._abort_requested:
+            self._abort_and_rewind("requested")
+            return False
+        if not flush() or self._abort_requested:
+            self._abort_and_rewind("the outputs were not all acknowledged")
+            return False
+        positions = self._tracker.committable()
+        try:
+            if positions:
+                self._producer.send_offsets_to_transaction(positions, barrier.group_metadata)
+            self._producer.commit_transaction()
+        except BrokerError as exc:
+            if exc.failure in (Failure.PRODUCER_FENCED, Failure.INSTANCE_FENCED):
+                raise
+            self._report(positions, exc)
+            self._abort_and_rewind(f"the commit failed: {exc}")
+            return False
+        self._in_transaction = False
+        self._tracker.mark_committed(positions)
+        self._metrics.transactions.labels(result="committed").inc()
+        self._report(positions, None)
+        if barrier.final:
+            self._final_done.set()
+        else:
+            self.begin()
+        return True
+
+    def _abort_and_rewind(self, why: str) -> None:
+        """Abort the open transaction, then have the consumer thread re-read from the last commit."""
+        try:
+            if self._in_transaction:
+                self._producer.abort_transaction()
+        except BrokerError as exc:
+            if exc.failure in (Failure.PRODUCER_FENCED, Failure.INSTANCE_FENCED):
+                raise
+            raise WorkerError(f"the transaction could not be aborted: {exc}", Failure.DELIVERY_FAILED) from exc
+        self._in_transaction = False
+        self._abort_requested = False
+        self._metrics.transactions.labels(result="aborted").inc()
+        self._metrics.count_failure(Failure.TRANSACTION_ABORTED)
+        log.warning("transaction_aborted", reason=why)
+        self._rewound.clear()
+        self._rewind_requested.set()
+        # Nothing may be sent until the old epochs are over, or stale outputs would join the next
+        # transaction: wait for the consumer thread (it turns every 100 ms).
+        if not self._rewound.wait(REWIND_WAIT_S):
+            raise WorkerError("the consumer did not rewind after an aborted transaction", Failure.INTERNAL)
+        self.begin()
+
+    # -- the consumer thread (the source's committer interface) -----------------------------------
+    def service(self) -> None:
+        """After an abort: new epochs for every partition and seeks back to the last commit."""
+        if self._rewind_requested.is_set():
+            self._rewind(self._consumer.assignment())
+
+    def _rewind(self, partitions: Iterable[TopicPartition]) -> None:
+        self._rewind_requested.clear()
+        seeks = self._tracker.restart_from_committed(partitions)
+        for tp, position in seeks.items():
+            self._consumer.seek(tp, position)
+        log.info("rewound_to_last_transaction", positions={f"{tp.topic}[{tp.partition}]": o for tp, o in seeks.items()})
+        self._rewound.set()
+
+    def commit_if_due(self) -> None:
+        """Every interval, a barrier after what was read so far, if anything was."""
+        now = self._clock()
+        if now < self._next_at:
+            return
+        self._next_at = now + self._interval_s
+        if self._handoff is not None and self._tracker.uncommitted():
+            self._put_barrier(final=False)
+
+    def before_drain(self, handoff: Any) -> None:
+        """The last barrier: the sink commits everything before it, then reports done."""
+        self._put_barrier(final=True)
+
+    def commit_now(self, partitions: Iterable[TopicPartition] | None = None, timeout_s: float = 10.0) -> dict:
+        """At shutdown: wait for the sink's final transaction (the source must not leave the group first)."""
+        if not self._final_done.wait(timeout_s) and self._tracker.uncommitted():
+            raise BrokerError(
+                f"the final transaction did not commit within {timeout_s:.0f} s", Failure.FINAL_COMMIT_FAILED
+            )
+        return {}
+
+    async def settle(self, partitions: set[TopicPartition], sleep: Sleep | None, deadline: float) -> dict:
+        """Revocation: abort the open transaction (its outputs are discarded) and wait for it.
+
+        The revoked partitions keep their state for the source's revocation (which resumes them
+        at their last commit if they come straight back); any others are rewound here.
+        """
+        self.request_abort("partitions revoked")
+        if sleep is not None:
+            while not self._rewind_requested.is_set() and time.monotonic() < deadline:
+                await sleep(0.01)
+        if self._rewind_requested.is_set():  # the sink aborted and waits for this thread
+            self._rewind(self._consumer.assignment() - partitions)
+        return {}
+
+    def resume_points(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, ResumePoint]:
+        """Exactly-once resumes at the last committed transaction: nothing after it is delivered."""
+        return self._tracker.committed_points(partitions)
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _put_barrier(self, final: bool) -> None:
+        self._seq += 1
+        self._handoff.put_barrier(Barrier(self._seq, self._consumer.group_metadata(), final=final))
+
+    def _report(self, positions: dict[TopicPartition, int], error: BaseException | None) -> None:
+        if self._on_result is not None:
+            self._on_result(positions, error)
