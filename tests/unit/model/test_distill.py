@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from model_support import TOPICS, synthetic_rows, tiny_config, write_jsonl
+from model_support import TOPICS, synthetic_rows, tagged_rows, tiny_config, write_jsonl
 
 from model import distill
 from model import train as train_lib
@@ -367,3 +367,134 @@ def test_distill_help_documents_the_loss_and_the_options(capsys):
     for needle in ("--temperature", "--alpha", "--unlabeled", "--teacher-cache", "KL", "small",
                    "teacher-cache/"):
         assert needle in out
+
+
+# ------------------------------------------------------------------------ tokenizer choice
+
+
+@pytest.fixture(scope="module")
+def pretrained_teacher(tmp_path_factory, teacher) -> Path:
+    """The tiny teacher re-exported as if fine-tuned from a pretrained encoder (config init = a folder)."""
+    bundle = Bundle.load(teacher)
+    rows = synthetic_rows(240, seed=11)
+    model = EncoderClassifier(tiny_config(bundle.tokenizer.get_vocab_size()))
+    model.load_state_dict(_state_of(bundle))
+    out = tmp_path_factory.mktemp("pretrained-teacher") / "bundle"
+    export_bundle(model, bundle.tokenizer, LABELS, out, parity_texts=[r["text"] for r in rows[:16]],
+                  name="tiny-finetuned", metrics={"accuracy": 1.0}, training={"init": "/models/tiny-pretrained"})
+    return out
+
+
+def _state_of(bundle: Bundle) -> dict[str, torch.Tensor]:
+    """An EncoderClassifier state dict from a bundle's compiled probability model."""
+    prefix = "classifier."
+    return {k[len(prefix):]: v for k, v in bundle.model.state_dict().items() if k.startswith(prefix)}
+
+
+def test_auto_shares_a_fine_tuned_teachers_tokenizer_and_token_table(capsys, pretrained_teacher, files, tmp_path):
+    """--tokenizer auto (the default) takes a fine-tuned teacher's tokenizer and PCA-reduced token table."""
+    out = tmp_path / "student"
+    code, _, err = _distill(capsys, pretrained_teacher, files, out, "--no-scratch-baseline")
+    assert code == 0, err
+    teacher_bundle = Bundle.load(pretrained_teacher)
+    training = Bundle.load(out / "bundle").config["training"]
+    assert training["tokenizer"] == f"teacher tiny-finetuned {teacher_bundle.version}"
+    assert training["init_embeddings"] == "teacher" and "fine-tuned pretrained" in training["tokenizer_choice"]
+    assert Bundle.load(out / "bundle").tokenizer.get_vocab() == teacher_bundle.tokenizer.get_vocab()
+
+
+def test_trained_tokenizer_keeps_the_old_behaviour(capsys, pretrained_teacher, files, tmp_path):
+    """--tokenizer trained trains a tokenizer on the data and starts from random embeddings."""
+    out = tmp_path / "student"
+    code, _, err = _distill(capsys, pretrained_teacher, files, out, "--tokenizer", "trained",
+                            "--no-scratch-baseline")
+    assert code == 0, err
+    training = Bundle.load(out / "bundle").config["training"]
+    assert training["tokenizer"] == "trained" and training["init_embeddings"] == "none"
+    assert training["tokenizer_config"] is not None
+
+
+def test_auto_trains_a_tokenizer_for_a_scratch_teacher(capsys, teacher, files, tmp_path):
+    """A teacher trained from scratch brings no pretrained vocabulary: auto trains one, and says why."""
+    out = tmp_path / "student"
+    code, _, err = _distill(capsys, teacher, files, out, "--no-scratch-baseline")
+    assert code == 0, err
+    training = Bundle.load(out / "bundle").config["training"]
+    assert training["tokenizer"] == "trained" and "from scratch" in training["tokenizer_choice"]
+
+
+# ------------------------------------------------------------------------------ multi-label
+
+
+def test_the_loss_hook_uses_the_objective_and_gives_every_window_the_teachers_targets():
+    """The hook's gold term is the objective's (windows pooled); its teacher term matches each
+    window to its text's softened teacher probabilities."""
+    from model.objectives import Objective, document_loss
+
+    torch.manual_seed(2)
+    probs = np.array([[0.9, 0.2, 0.6], [0.1, 0.7, 0.3]], dtype=np.float32)
+    settings = distill.DistillSettings(temperature=2.0, alpha=0.4)
+    hook = distill.DistillLoss(probs, settings, task="multi_label")
+    objective = Objective(multi_label=True)
+    gold = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    one = torch.randn(2, 3)
+    expected = distill.distill_loss(one, gold, distill.soften(probs, 2.0, "multi_label"),
+                                    temperature=2.0, alpha=0.4, task="multi_label")
+    assert hook(one, [1, 1], [0, 1], gold, objective).item() == pytest.approx(expected.item(), rel=1e-5)
+    windows = torch.randn(3, 3)  # text 0 has two windows, text 1 one
+    soft = distill.soften(probs, 2.0, "multi_label")[[0, 0, 1]]
+    expected = (0.6 * document_loss(windows, [2, 1], gold, objective)
+                + 0.4 * distill.teacher_term(windows, soft, 2.0, "multi_label"))
+    assert hook(windows, [2, 1], [0, 1], gold, objective).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tagger(tmp_path_factory) -> dict[str, Path]:
+    """A tiny multi-label teacher (tag sets of the synthetic topics) and its data files."""
+    root = tmp_path_factory.mktemp("tagger")
+    train = write_jsonl(root / "train.jsonl", tagged_rows(300))
+    test = write_jsonl(root / "test.jsonl", tagged_rows(60, seed=7))
+    unlabeled = root / "unlabeled.txt"
+    unlabeled.write_text("\n".join(r["text"] for r in tagged_rows(20, seed=9)) + "\n")
+    code = main(["--log-level", "warning", "train", "--train", str(train), "--test", str(test),
+                 "--out", str(root / "teacher"), "--preset", "tiny", "--epochs", "4", "--pos-weight",
+                 "--name", "tiny-tagger", "--no-progress", "--threads", "1"])
+    assert code == 0
+    return {"bundle": root / "teacher" / "bundle", "train": train, "test": test, "unlabeled": unlabeled}
+
+
+def test_a_multi_label_teacher_distils_into_a_multi_label_student(capsys, tagger, tmp_path, monkeypatch):
+    """A tagger teacher gives a tagger student: sigmoid soft targets, thresholds tuned on validation,
+    micro-F1 in the report beside teacher and scratch student, and unlabeled texts tagged by the
+    teacher at its thresholds."""
+    trained: list[LabeledData] = []
+    real_fit = train_lib.fit
+
+    def recording_fit(model, tokenizer, train, *args, **kwargs):
+        trained.append(train)
+        return real_fit(model, tokenizer, train, *args, **kwargs)
+
+    monkeypatch.setattr(train_lib, "fit", recording_fit)
+    out = tmp_path / "student"
+    code, stdout, err = _distill(capsys, tagger["bundle"], tagger, out, "--unlabeled", str(tagger["unlabeled"]),
+                                 "--pos-weight", "--epochs", "3", "--teacher-dtype", "fp32")
+    assert code == 0, err
+    assert "micro-f1" in stdout and "scratch student (no teacher)" in stdout
+    student = Bundle.load(out / "bundle")
+    teacher_bundle = Bundle.load(tagger["bundle"])
+    assert student.multi_label and len(student.thresholds) == len(teacher_bundle.labels)
+    assert student.config["training"]["distillation"]["teacher"]["version"] == teacher_bundle.version
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["metrics"]["task"] == "multi_label"
+    assert report["comparison"]["headline"] == "micro_f1"
+    assert [r["model"] for r in report["comparison"]["rows"]][:2] == ["student (distilled)", "teacher (tiny-tagger)"]
+    texts = read_texts(tagger["unlabeled"]).texts
+    probs = teacher_bundle.predict_proba(texts).numpy()
+    expected = distill.pseudo_labels(probs, teacher_bundle.labels, "multi_label", teacher_bundle.thresholds)
+    assert trained[0].multi_label and trained[0].tag_sets[-len(texts):] == expected
+
+
+def test_class_weights_are_refused_for_a_multi_label_teacher(capsys, tagger, tmp_path):
+    """--class-weights is single-label; a tagger teacher asks for --pos-weight instead, by name."""
+    code, _, err = _distill(capsys, tagger["bundle"], tagger, tmp_path / "o", "--class-weights")
+    assert code == 1 and "--pos-weight" in err
