@@ -13,6 +13,8 @@ For AG News and SMS spam, all through the real `tagstream-train` commands:
   2. the scratch student: `train --preset small`, the same as bench/train_bench.py;
   3. the distilled student: `distill --preset small` from that teacher (+ flags after --), or
      one per --variant NAME=FLAGS (a sweep: every variant beside the same baseline and teacher);
+     by default it shares the teacher's tokenizer and starts from its PCA-reduced token table
+     (`--variant "trained=--tokenizer trained"` adds the student on a tokenizer of its own);
   4. TF-IDF + logistic regression on the same training split (train_bench's baseline);
   5. model-only texts/s of the bundles on the dataset's test texts (pre-tokenized, batch 64,
      the students measured alternately, best of three rounds).
