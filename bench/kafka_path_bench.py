@@ -1,25 +1,33 @@
 """Where the worker's CPU goes when the model costs nothing: the Kafka path, stage by stage (not a test).
 
     python bench/kafka_path_bench.py [--events 100000] [--partitions 3] [--repeats 2]
-                                     [--tokenizer-from BUNDLE] [--client kafka-python] [--profile]
+                                     [--tokenizer-from BUNDLE] [--client kafka-python,confluent] [--profile]
 
-On a pre-filled topic of AG News texts (../shared/datasets, else fixture sentences):
+On a pre-filled topic of AG News texts (../shared/datasets, else fixture sentences), for each client
+named by ``--client`` (TAGSTREAM_KAFKA_CLIENT values, comma-separated; default both), in the same run:
 
-floor   a bare loop with the same Kafka client, in its own process: poll (500 at a time), json-decode
-        each value, produce one small JSON result per record, flush at the end. What any consumer of
-        this client pays per event. A second floor also tokenizes each poll's texts with the null
-        bundle's tokenizer (one call per poll, as the worker does): what any consumer that feeds a
-        Transformer pays.
+floor   a bare loop with the same Kafka client, in its own process: poll (500 at a time: kafka-python's
+        ``poll(max_records=500)``, confluent-kafka's ``consume(num_messages=500)``), json-decode each
+        value, produce one small JSON result per record, flush at the end. What any consumer of this
+        client pays per event.
 worker  ``tagstream-worker run`` with a *null* bundle (a real bundle and tokenizer whose TorchScript
         model returns fixed probabilities at once), with TAGSTREAM_STAGE_TIMING on, in its own
         process: CPU per event in all, and per stage (worker/stages.py), plus the client's own
         threads read from /proc (network I/O, delivery callbacks).
 
-floor and worker alternate ``--repeats`` times; the best run of each counts. CPU per event is the
-process's user+system time over the events, every thread included. ``--profile`` records the
-worker with py-spy, sampling only threads that hold the GIL (the Python work itself, not the
-waits for the GIL that crowd a profile of 8 busy threads on 2 cores), as speedscope JSON in
-bench/results/. Figures also go to
+floor and worker alternate ``--repeats`` times, each client in turn on a topic of its own; the best
+run of each counts. CPU per event is the process's user+system time over the events, every thread
+included (librdkafka's C threads too).
+
+tokenize  the bundle's tokenizer alone (``ModelRunner.tokenize``, what the source calls once per
+        poll) on the same texts in poll-sized chunks, in its own process, every thread counted: HF
+        tokenizers encode on a thread pool of their own, so the worker's ``tokenize`` stage (the
+        calling thread only) shows a fraction of it. "worker minus tokenizing" subtracts this: what
+        the Kafka path and the pipeline cost apart from the tokenizer, which any bundle pays; "floor +
+        tokenizing alone" is what any consumer that feeds a Transformer pays.
+
+``--profile`` records the worker with py-spy, sampling only threads that hold the GIL (the Python
+work itself, not the waits for the GIL), as speedscope JSON in bench/results/. Figures also go to
 bench/results/kafka_path_bench.json.
 """
 
@@ -29,6 +37,7 @@ import argparse
 import json
 import os
 import resource
+import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +56,9 @@ STAGE_ORDER = ("fetch", "parse", "tokenize", "track", "commit", "batch", "infere
 
 
 # -- the floor: a bare consume -> produce loop ------------------------------------------------------------
+POLL_RECORDS = 500  # records per poll in both floors: the worker's own poll size (worker/source.py)
+
+
 def bare_loop_main(argv: list[str]) -> int:
     """Child process: consume ``--count`` records, decode, produce a small result each; print figures."""
     parser = argparse.ArgumentParser()
@@ -56,6 +68,8 @@ def bare_loop_main(argv: list[str]) -> int:
     parser.add_argument("--client", default="kafka-python")
     parser.add_argument("--tokenizer", help="also tokenize each poll's texts with this tokenizer.json")
     args = parser.parse_args(argv)
+    if args.client == "confluent":
+        return bare_loop_confluent(args)
     from kafka import KafkaConsumer, KafkaProducer
 
     encode = None
@@ -68,7 +82,7 @@ def bare_loop_main(argv: list[str]) -> int:
 
     consumer = KafkaConsumer(
         args.topic, bootstrap_servers=args.bootstrap, group_id=f"floor-{os.getpid()}", auto_offset_reset="earliest",
-        enable_auto_commit=False, max_poll_records=500, metrics_enabled=False,
+        enable_auto_commit=False, max_poll_records=POLL_RECORDS, metrics_enabled=False,
     )
     producer = KafkaProducer(
         bootstrap_servers=args.bootstrap, linger_ms=5, batch_size=256 * 1024, metrics_enabled=False,
@@ -78,7 +92,7 @@ def bare_loop_main(argv: list[str]) -> int:
     seen = 0
     started = cpu_started = None
     while seen < args.count:
-        batches = consumer.poll(timeout_ms=200, max_records=500)
+        batches = consumer.poll(timeout_ms=200, max_records=POLL_RECORDS)
         if batches and started is None:
             started, cpu_started = time.monotonic(), _cpu()
         for records in batches.values():
@@ -94,6 +108,80 @@ def bare_loop_main(argv: list[str]) -> int:
     producer.close()
     print(json.dumps({"events": seen, "eps": seen / wall, "cpu_us": cpu / seen * 1e6}))
     return 0
+
+
+def bare_loop_confluent(args: argparse.Namespace) -> int:
+    """The same loop with confluent-kafka: consume(num_messages=...) in bulk, produce, flush."""
+    from confluent_kafka import Consumer, Producer
+
+    consumer = Consumer({
+        "bootstrap.servers": args.bootstrap, "group.id": f"floor-{os.getpid()}", "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+    })
+    producer = Producer({"bootstrap.servers": args.bootstrap, "linger.ms": 5, "batch.size": 256 * 1024})
+    consumer.subscribe([args.topic])
+    out = f"{args.topic}.floor"
+    seen = 0
+    started = cpu_started = None
+    while seen < args.count:
+        messages = consumer.consume(num_messages=POLL_RECORDS, timeout=0.2)
+        if messages and started is None:
+            started, cpu_started = time.monotonic(), _cpu()
+        for m in messages:
+            if m.error() is not None:
+                continue
+            obj = json.loads(m.value())
+            value = json.dumps({"id": obj["id"], "label": "x", "score": 0.5}).encode()
+            while True:
+                try:
+                    producer.produce(out, value, key=m.key())
+                    break
+                except BufferError:
+                    producer.poll(0.05)  # the local queue is full: let deliveries drain it
+            seen += 1
+        producer.poll(0)  # serve delivery reports
+    producer.flush(120)
+    wall, cpu = time.monotonic() - (started or 0.0), _cpu() - (cpu_started or 0.0)
+    consumer.close()
+    print(json.dumps({"events": seen, "eps": seen / wall, "cpu_us": cpu / seen * 1e6}))
+    return 0
+
+
+def tokenize_main(argv: list[str]) -> int:
+    """Child process: tokenize the texts as the worker's source does; print CPU per text (all threads)."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument("--texts", type=Path, required=True)
+    args = parser.parse_args(argv)
+    import torch
+
+    from worker.runner import ModelRunner
+
+    texts = json.loads(args.texts.read_text())
+    runner = ModelRunner.load(args.bundle, device=torch.device("cpu"), autocast_dtype=None, max_batch_size=64,
+                              max_batch_tokens=8192, top_k=3)
+    runner.tokenize(texts[:POLL_RECORDS])  # warm
+    began, cpu_began = time.monotonic(), _cpu()
+    for i in range(0, len(texts), POLL_RECORDS):
+        runner.tokenize(texts[i: i + POLL_RECORDS])
+    wall, cpu = time.monotonic() - began, _cpu() - cpu_began
+    print(json.dumps({"texts": len(texts), "cpu_us": cpu / len(texts) * 1e6, "eps": len(texts) / wall}))
+    return 0
+
+
+def tokenize_alone(bundle: Path, texts: list[str]) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(texts, handle)
+    try:
+        proc = subprocess.run(
+            [sys.executable, __file__, "--tokenize", "--bundle", str(bundle), "--texts", handle.name],
+            capture_output=True, text=True, timeout=wb.RUN_TIMEOUT_S, cwd=REPO,
+        )
+    finally:
+        os.unlink(handle.name)
+    if proc.returncode != 0:
+        raise SystemExit(f"tokenizing alone failed:\n{proc.stderr[-3000:]}")
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
 def _cpu() -> float:
@@ -143,8 +231,10 @@ def stage_figures(text: str) -> dict[str, tuple[float, float]]:
     return {stage: (cpu.get(stage, 0.0), events.get(stage, 0.0)) for stage in cpu}
 
 
-def worker_run(bootstrap: str, topic: str, bundle: Path, count: int, args: argparse.Namespace) -> dict[str, Any]:
-    extra = {"TAGSTREAM_STAGE_TIMING": "true", "TAGSTREAM_KAFKA_CLIENT": args.client}
+def worker_run(
+    bootstrap: str, topic: str, bundle: Path, count: int, args: argparse.Namespace, client: str
+) -> dict[str, Any]:
+    extra = {"TAGSTREAM_STAGE_TIMING": "true", "TAGSTREAM_KAFKA_CLIENT": client}
     worker = wb.WorkerProcess(bootstrap, topic, bundle, args, f"path-{topic}", extra_env=extra)
     profiler = None
     try:
@@ -153,7 +243,7 @@ def worker_run(bootstrap: str, topic: str, bundle: Path, count: int, args: argpa
         cpu_started = wb.cpu_seconds(worker.proc.pid)
         if args.profile:
             wb.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-            profile_path = wb.RESULTS_DIR / f"kafka_path_profile-{args.label}.speedscope.json"
+            profile_path = wb.RESULTS_DIR / f"kafka_path_profile-{args.label}-{client}.speedscope.json"
             py_spy = _py_spy()
             if py_spy is None:
                 print("py-spy not found (make install puts it in .venv/bin): no profile", file=sys.stderr)
@@ -186,6 +276,18 @@ def worker_run(bootstrap: str, topic: str, bundle: Path, count: int, args: argpa
     }
 
 
+# Threads of the Kafka clients (Linux names, 15 characters): kafka-python's consumer I/O thread and
+# producer sender thread (named after its client id "tagstream-<host>-<pid>", the prefix dropped),
+# librdkafka's "rdk:*" threads and the confluent backend's delivery-report thread.
+CLIENT_THREADS = ("kafka-io", "rdk:", "kafka-dr", f"{socket.gethostname()}-")
+
+
+def client_share(run: dict[str, Any]) -> float:
+    """CPU us per event spent in the Kafka client: its stages on the pipeline's threads, and its own threads."""
+    stages = sum(run["stages"].get(s, {}).get("cpu_us", 0.0) for s in ("fetch", "produce"))
+    return stages + sum(us for name, us in run["threads_us"].items() if name.startswith(CLIENT_THREADS))
+
+
 def _py_spy() -> str | None:
     import shutil
 
@@ -205,13 +307,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--bare-loop":
         return bare_loop_main(argv[1:])
+    if argv and argv[0] == "--tokenize":
+        return tokenize_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bootstrap", help="an existing broker (default: start a local one)")
     parser.add_argument("--datasets", type=Path, default=wb.DATASETS)
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--partitions", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--client", default="kafka-python", help="TAGSTREAM_KAFKA_CLIENT for the worker and the floor")
+    parser.add_argument("--client", default="kafka-python,confluent",
+                        help="TAGSTREAM_KAFKA_CLIENT values to measure, comma-separated (floor and worker each)")
     parser.add_argument("--tokenizer-from", type=Path, help="a bundle (or tokenizer.json) whose tokenizer the null bundle uses")
     parser.add_argument("--profile", action="store_true", help="record the worker with py-spy")
     parser.add_argument("--label", default="run", help="names the profile file")
@@ -233,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="null-bundle-"))
     bundle = build_null_bundle(args.tokenizer_from, tmp / "bundle")
 
+    clients = [c.strip() for c in args.client.split(",") if c.strip()]
+    unknown = sorted(set(clients) - {"kafka-python", "confluent"})
+    if unknown:
+        raise SystemExit(f"--client: unknown {unknown}; use kafka-python and/or confluent")
     broker = None
     bootstrap = args.bootstrap
     if bootstrap is None:
@@ -240,44 +349,68 @@ def main(argv: list[str] | None = None) -> int:
 
         broker = LocalKafka().start()
         bootstrap = broker.bootstrap_servers
-    floors: list[dict[str, Any]] = []
-    token_floors: list[dict[str, Any]] = []
-    workers: list[dict[str, Any]] = []
+    floors: dict[str, list[dict[str, Any]]] = {c: [] for c in clients}
+    workers: dict[str, list[dict[str, Any]]] = {c: [] for c in clients}
+    tokenizing: list[dict[str, Any]] = []
     try:
         for round_ in range(args.repeats):
-            topic = wb.create_topic(bootstrap, "path-in", partitions=args.partitions)
-            wb.prefill(bootstrap, topic, texts, "p")
-            floors.append(floor(bootstrap, topic, len(texts), args.client))
-            token_floors.append(floor(bootstrap, topic, len(texts), args.client, bundle / "tokenizer.json"))
-            workers.append(worker_run(bootstrap, topic, bundle, len(texts), args))
-            print(f"round {round_ + 1}: floor {floors[-1]['eps']:,.0f} ev/s {floors[-1]['cpu_us']:.0f} us/ev;"
-                  f" worker {workers[-1]['eps']:,.0f} ev/s {workers[-1]['cpu_us']:.0f} us/ev; load {wb.load_avg()}",
-                  file=sys.stderr, flush=True)
+            tokenizing.append(tokenize_alone(bundle, texts))
+            print(f"round {round_ + 1}: tokenizing alone {tokenizing[-1]['cpu_us']:.0f} us/text", file=sys.stderr)
+            for client in clients:
+                topic = wb.create_topic(bootstrap, "path-in", partitions=args.partitions)
+                wb.prefill(bootstrap, topic, texts, "p")
+                floors[client].append(floor(bootstrap, topic, len(texts), client))
+                workers[client].append(worker_run(bootstrap, topic, bundle, len(texts), args, client))
+                f, w = floors[client][-1], workers[client][-1]
+                print(f"round {round_ + 1}, {client}: floor {f['eps']:,.0f} ev/s {f['cpu_us']:.0f} us/ev;"
+                      f" worker {w['eps']:,.0f} ev/s {w['cpu_us']:.0f} us/ev; load {wb.load_avg()}",
+                      file=sys.stderr, flush=True)
     finally:
         if broker is not None:
             broker.stop()
-    best_floor = min(floors, key=lambda r: r["cpu_us"])
-    best_token_floor = min(token_floors, key=lambda r: r["cpu_us"])
-    best = min(workers, key=lambda r: r["cpu_us"])
-    print(f"\nKafka path, {len(texts):,} events on {args.partitions} partitions, client {args.client},"
-          f" null bundle; best of {args.repeats}; {wb.load_avg()}")
-    print("| what | CPU us/event | events/s |")
-    print("|---|---:|---:|")
-    print(f"| floor: bare consume -> decode -> produce loop | {best_floor['cpu_us']:.1f} | {best_floor['eps']:,.0f} |")
-    print(f"| floor + tokenizing each poll's texts | {best_token_floor['cpu_us']:.1f} | {best_token_floor['eps']:,.0f} |")
-    print(f"| worker, end to end (all threads) | {best['cpu_us']:.1f} | {best['eps']:,.0f} |")
+    best_floor = {c: min(floors[c], key=lambda r: r["cpu_us"]) for c in clients}
+    best = {c: min(workers[c], key=lambda r: r["cpu_us"]) for c in clients}
+    print(f"\nKafka path, {len(texts):,} events on {args.partitions} partitions, null bundle; best of {args.repeats}"
+          f" per client, clients alternating in one run; {wb.load_avg()}")
+    print("| what | " + " | ".join(f"{c}: CPU us/event | {c}: events/s" for c in clients) + " |")
+    print("|---|" + "---:|---:|" * len(clients))
+
+    def row(what: str, cells: list[tuple[float | None, str]]) -> None:
+        print(f"| {what} | " + " | ".join(f"{'' if us is None else f'{us:.1f}'} | {eps}" for us, eps in cells) + " |")
+
+    row("floor: bare consume -> decode -> produce loop",
+        [(best_floor[c]["cpu_us"], f"{best_floor[c]['eps']:,.0f}") for c in clients])
+    row("worker, end to end (all threads)", [(best[c]["cpu_us"], f"{best[c]['eps']:,.0f}") for c in clients])
+    row("of which the client: fetch + produce stages, its own threads",
+        [(client_share(best[c]), "") for c in clients])
+    tok = min(tokenizing, key=lambda r: r["cpu_us"])
+    row("tokenizing alone (the null bundle's tokenizer, every thread)",
+        [(tok["cpu_us"], f"{tok['eps']:,.0f}") for _ in clients])
+    row("worker minus tokenizing", [(best[c]["cpu_us"] - tok["cpu_us"], "") for c in clients])
     for stage in STAGE_ORDER:
-        if stage in best["stages"]:
-            us = best["stages"][stage]["cpu_us"]
-            print(f"| stage: {stage} | {us:.1f} | {1e6 / us if us else 0:,.0f} (alone) |")
-    for name, us in best["threads_us"].items():
-        if us >= 0.5:
-            print(f"| thread: {name} | {us:.1f} | |")
-    print(f"\nworker / floor: {best['cpu_us'] / best_floor['cpu_us']:.2f}x the CPU per event;"
-          f" worker / (floor + tokenizing): {best['cpu_us'] / best_token_floor['cpu_us']:.2f}x")
+        if any(stage in best[c]["stages"] for c in clients):
+            cells = []
+            for c in clients:
+                us = best[c]["stages"].get(stage, {}).get("cpu_us")
+                cells.append((us, f"{1e6 / us:,.0f} (alone)" if us else ""))
+            row(f"stage: {stage}", cells)
+    threads = sorted({name for c in clients for name, us in best[c]["threads_us"].items() if us >= 0.5})
+    for name in threads:
+        row(f"thread: {name}", [(best[c]["threads_us"].get(name), "") for c in clients])
+    print()
+    for c in clients:
+        floor_us, worker_us = best_floor[c]["cpu_us"], best[c]["cpu_us"]
+        print(f"{c}: worker / floor {worker_us / floor_us:.2f}x the CPU per event;"
+              f" worker / (floor + tokenizing alone) {worker_us / (floor_us + tok['cpu_us']):.2f}x")
+    if len(clients) > 1:
+        base = clients[0]
+        for c in clients[1:]:
+            print(f"{c} / {base}: worker {best[c]['cpu_us'] / best[base]['cpu_us']:.2f}x,"
+                  f" floor {best_floor[c]['cpu_us'] / best_floor[base]['cpu_us']:.2f}x the CPU per event")
     wb.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (wb.RESULTS_DIR / "kafka_path_bench.json").write_text(
-        json.dumps({"floor": floors, "floor_tokenizing": token_floors, "worker": workers}, indent=1)
+        json.dumps({"floor": floors, "worker": workers, "tokenize": tokenizing, "events": len(texts),
+                    "load": wb.load_avg()}, indent=1)
     )
     return 0
 

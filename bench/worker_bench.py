@@ -19,6 +19,14 @@ absent) on a 3-partition input topic:
     inference time of one full batch (measured in (a)).
 (e) the worker process's peak RSS (VmHWM) over (b) and (d). Target: < 1.5 GB (MiniLM bundle).
 
+``--processes 1,2`` (feeder processes, TAGSTREAM_PROCESSES) replaces (b)-(e) with a scaling table:
+(a), then (b) once per feeder count on a topic of lcm(counts) partitions (at least 4), the counts
+alternating ``--repeats`` times in one run. Per count: events/s over the middle 80% of the results
+(same window for every count, so the start-up rebalance of N > 1 is not what is compared), that
+against N = 1 and against (a), CPU per event summed over every process of the pod, the cores the
+pod kept busy (its CPU seconds over the run's wall time: one process cannot pass about one, its
+interpreter lock), and the pod's memory (sum of each process's RSS). Target (issue 11): N = 2 on the ``tiny`` bundle >= 1.5x N = 1.
+
 Without ``--bootstrap`` a local broker (localkafka) is started on free ports and stopped at
 the end. The machine's load average is printed with each figure: other work on the cores
 changes them. Raw figures also go to bench/results/worker_bench.json.
@@ -27,7 +35,9 @@ changes them. Raw figures also go to bench/results/worker_bench.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
 import random
 import signal
@@ -50,6 +60,7 @@ if str(REPO) not in sys.path:
 WORKER_START_TIMEOUT_S = 120  # torch import + bundle load + warm-up, on a busy machine
 RUN_TIMEOUT_S = 1800  # bounds one phase if the worker stalls
 POLL_S = 0.25  # /metrics polling while waiting for the worker
+SCALING_POLL_S = 1.0  # the same in --processes mode (throughput comes from the results' own timestamps)
 
 
 @dataclass
@@ -266,6 +277,44 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a pod's supervisor, model process and feeders)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    total = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):  # exited meanwhile
+            total += cpu_seconds(member)
+    return total
+
+
+def tree_rss_mb(pid: int) -> float:
+    total = 0.0
+    for member in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+        except OSError:
+            pass
+    return total
+
+
 def load_avg() -> str:
     one, five, _ = os.getloadavg()
     return f"{one:.1f}/{five:.1f} (1/5 min) on {os.cpu_count()} cores"
@@ -297,21 +346,23 @@ class WorkerProcess:
             stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT,
         )
 
-    def wait_ready(self) -> None:
+    def wait_ready(self, feeders: int = 1) -> None:
+        """Until /readyz answers 200 (and, for a pod of feeders, every feeder answers too)."""
         deadline = time.monotonic() + WORKER_START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise SystemExit(f"the worker exited ({self.proc.returncode}); see {self.log_path}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as response:
-                    if response.status == 200:
+                    body = json.loads(response.read() or b"{}")
+                    if response.status == 200 and body.get("feeders_up", 1) >= feeders:
                         return
-            except OSError:
+            except (OSError, ValueError):
                 pass
             time.sleep(POLL_S)
         raise SystemExit(f"the worker was not ready within {WORKER_START_TIMEOUT_S} s; see {self.log_path}")
 
-    def wait_out(self, count: int) -> None:
+    def wait_out(self, count: int, poll_s: float = POLL_S) -> None:
         """Until ``count`` inputs have their output acknowledged."""
         deadline = time.monotonic() + RUN_TIMEOUT_S
         while metric(self.port, "tagstream_events_out_total", f'topic="{self.topic}"') < count:
@@ -319,7 +370,7 @@ class WorkerProcess:
                 raise SystemExit(f"the worker exited ({self.proc.returncode}); see {self.log_path}")
             if time.monotonic() > deadline:
                 raise SystemExit(f"the worker did not finish within {RUN_TIMEOUT_S} s; see {self.log_path}")
-            time.sleep(POLL_S)
+            time.sleep(poll_s)
 
     def stop(self) -> float:
         """SIGTERM, wait; returns the peak RSS in MB (read before it exits)."""
@@ -360,6 +411,141 @@ def worker_throughput(bootstrap: str, bundle: Path, texts: list[str], args: argp
     }
 
 
+# -- (b) per feeder count: TAGSTREAM_PROCESSES ------------------------------------------------------------------
+
+
+def steady_eps(results: list[tuple[int, dict[str, Any]]]) -> float:
+    """Results per second over the middle 80% of them, by their acknowledgement times."""
+    times = sorted(ts for ts, _ in results)
+    if len(times) < 10:
+        return 0.0
+    lo, hi = times[len(times) // 10], times[(len(times) * 9) // 10]
+    return (len(times) * 0.8) / max(1e-3, (hi - lo) / 1000)
+
+
+def pod_throughput(
+    bootstrap: str, bundle: Path, texts: list[str], args: argparse.Namespace, processes: int, partitions: int
+) -> dict[str, Any]:
+    """(b) with TAGSTREAM_PROCESSES=processes on a pre-filled topic of ``partitions`` partitions."""
+    topic = create_topic(bootstrap, "bench-in", partitions=partitions)
+    prefill(bootstrap, topic, texts, "t")
+    worker = WorkerProcess(bootstrap, topic, bundle, args, f"scaling-n{processes}-{topic}",
+                           extra_env={"TAGSTREAM_PROCESSES": str(processes)})
+    try:
+        worker.wait_ready(feeders=processes)
+        cpu_started, wall_started = tree_cpu_seconds(worker.proc.pid), time.monotonic()
+        # A pod's scrape reads every process's /metrics: poll seldom, so the bench costs the pod little.
+        worker.wait_out(len(texts), poll_s=SCALING_POLL_S)
+        cpu = tree_cpu_seconds(worker.proc.pid) - cpu_started
+        wall = time.monotonic() - wall_started
+        rss = tree_rss_mb(worker.proc.pid)
+        batch_requests = metric(worker.port, "tagstream_model_batch_requests_sum")
+        model_batches = metric(worker.port, "tagstream_model_batches_total")
+    finally:
+        worker.stop()
+    records = read_all(bootstrap, f"{topic}.labels", len(texts))
+    results = [(r.timestamp, json.loads(r.value)) for r in records]
+    first_read_ms = min(ts - res["latency_ms"] for ts, res in results)
+    last_ms = max(ts for ts, _ in results)
+    return {
+        "eps": steady_eps(results),
+        "overall_eps": len(results) / max(1e-3, (last_ms - first_read_ms) / 1000),
+        "results": len(results),
+        "unique": len({res["id"] for _, res in results}),
+        "cpu_us": cpu / len(texts) * 1e6,
+        "cores": cpu / max(wall, 1e-3),
+        "rss_mb": rss,
+        "merged": batch_requests / model_batches if model_batches > 0 else 0.0,
+    }
+
+
+@dataclass
+class ScalingRow:
+    processes: int
+    runs: list[float] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=dict)
+    load: str = ""
+
+
+@dataclass
+class ScalingReport:
+    bundle: str
+    name: str = ""
+    events: int = 0
+    partitions: int = 0
+    ceiling_eps: float = 0.0
+    ceiling_runs: list[float] = field(default_factory=list)
+    ceiling_load: str = ""
+    rows: list[ScalingRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def scaling_partitions(counts: list[int]) -> int:
+    lcm = 1
+    for n in counts:
+        lcm = lcm * n // math.gcd(lcm, n)
+    return lcm * -(-4 // lcm)  # a multiple of every count, at least 4
+
+
+def bench_scaling(bundle: Path, bootstrap: str, texts: list[str], args: argparse.Namespace) -> ScalingReport:
+    counts = args.processes
+    report = ScalingReport(bundle=str(bundle), partitions=scaling_partitions(counts))
+    step = lambda text: print(f"[{time.strftime('%H:%M:%S')}] {bundle.name}: {text}", file=sys.stderr, flush=True)  # noqa: E731
+    step("(a) model-only ceiling (probe)")
+    probe = model_ceiling(bundle, take(texts, min(2000, len(texts))), args)
+    report.name = probe["name"]
+    events = args.events or int(min(max(probe["eps"] * args.target_seconds, 4000), 60_000))
+    report.events = events
+    workload = take(texts, events)
+    report.rows = [ScalingRow(n) for n in counts]
+    for run in range(args.repeats):
+        step(f"(a) model-only ceiling on {events} events, run {run + 1}/{args.repeats}")
+        load = load_avg()
+        ceiling = model_ceiling(bundle, workload, args)
+        report.ceiling_runs.append(ceiling["eps"])
+        if ceiling["eps"] >= max(report.ceiling_runs):
+            report.ceiling_eps, report.ceiling_load = ceiling["eps"], load
+        order = report.rows if run % 2 == 0 else list(reversed(report.rows))  # neither count always goes first
+        for row in order:
+            step(f"(b) pod of {row.processes} feeder(s) on {events} events, {report.partitions} partitions,"
+                 f" run {run + 1}/{args.repeats}")
+            load = load_avg()
+            got = pod_throughput(bootstrap, bundle, workload, args, row.processes, report.partitions)
+            row.runs.append(got["eps"])
+            if got["unique"] != events:
+                report.notes.append(f"N={row.processes} run {run + 1}: {got['unique']} distinct ids for {events} inputs")
+            if got["eps"] >= max(row.runs):
+                row.best, row.load = got, load
+    return report
+
+
+def print_scaling(r: ScalingReport, args: argparse.Namespace) -> None:
+    print(f"\n## {r.name}: feeder processes (TAGSTREAM_PROCESSES), {r.bundle}")
+    print(
+        f"load: {r.events} events (AG News + SMS texts) pre-filled on {r.partitions} partitions; batch limits"
+        f" {args.max_batch_size} / {args.max_batch_tokens} / {args.max_wait_ms} ms; dtype {args.dtype}; {os.cpu_count()}"
+        f" cores. Best of {args.repeats} alternating runs; events/s over the middle 80% of results."
+    )
+    print(f"model-only ceiling (a): {r.ceiling_eps:,.0f} events/s (runs: {_runs(r.ceiling_runs)}; load {r.ceiling_load})")
+    base = r.rows[0].best.get("eps", 0.0) if r.rows else 0.0
+    print("| feeders | events/s (runs) | vs N=1 | of ceiling | overall events/s | CPU us/event (all processes)"
+          " | cores used | feeder batches per model batch | pod RSS MB | load avg during |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for row in r.rows:
+        b = row.best
+        if not b:
+            continue
+        ratio = b["eps"] / base if base else 0.0
+        merged = f"{b['merged']:.2f}" if row.processes > 1 else "(one process)"
+        print(
+            f"| {row.processes} | {b['eps']:,.0f} ({_runs(row.runs)}) | {ratio:.2f}x | {b['eps'] / r.ceiling_eps:.0%} |"
+            f" {b['overall_eps']:,.0f} | {b['cpu_us']:,.0f} | {b['cores']:.2f} | {merged} | {b['rss_mb']:,.0f} |"
+            f" {row.load} |"
+        )
+    for note in r.notes:
+        print(f"note: {note}")
+
+
 # -- (c) the naive worker ------------------------------------------------------------------------------------
 
 
@@ -372,7 +558,6 @@ def naive_worker_main(argv: list[str]) -> int:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--dtype", default="auto")
     args = parser.parse_args(argv)
-    import contextlib
 
     import torch
     from kafka import KafkaConsumer, KafkaProducer
@@ -587,6 +772,13 @@ def bench_bundle(bundle: Path, bootstrap: str, texts: list[str], args: argparse.
     return report
 
 
+def _counts(text: str) -> list[int]:
+    counts = [int(part) for part in text.split(",") if part.strip()]
+    if not counts or any(not 1 <= n <= 64 for n in counts):
+        raise argparse.ArgumentTypeError("give feeder counts from 1 to 64, comma-separated, e.g. 1,2")
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_naive"]:
@@ -611,6 +803,9 @@ def main(argv: list[str] | None = None) -> int:
                              " the truncation strategies change) (default: %(default)s)")
     parser.add_argument("--throughput-only", action="store_true",
                         help="only (a) the ceiling and (b) the worker: to compare bundles' cost, e.g. strategies")
+    parser.add_argument("--processes", type=_counts, default=None, metavar="N,N,...",
+                        help="feeder counts to compare (TAGSTREAM_PROCESSES), e.g. 1,2: a scaling table instead of"
+                        " (b)-(e)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="compute precision of the worker, the ceiling and the naive worker (auto:"
                         " bf16 on CPUs with native bf16, else float32)")
@@ -633,16 +828,21 @@ def main(argv: list[str] | None = None) -> int:
         print("starting a local Kafka broker ...", file=sys.stderr, flush=True)
         broker = LocalKafka().start()
         bootstrap = broker.bootstrap_servers
-    reports = []
+    reports: list[Any] = []
     try:
         for bundle in args.bundles:
+            if args.processes:
+                scaling = bench_scaling(bundle.resolve(), bootstrap, texts, args)
+                reports.append(scaling)
+                print_scaling(scaling, args)
+                continue
             report = bench_bundle(bundle.resolve(), bootstrap, texts, args)
             reports.append(report)
             print_report(report, args)
     finally:
         if broker is not None:
             broker.stop()
-        out = RESULTS_DIR / "worker_bench.json"
+        out = RESULTS_DIR / ("worker_bench_scaling.json" if args.processes else "worker_bench.json")
         out.write_text(json.dumps([asdict(r) for r in reports], indent=2) + "\n")
         print(f"\nraw figures: {out}", file=sys.stderr)
     return 0

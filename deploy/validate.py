@@ -96,6 +96,7 @@ SETTINGS_ENV = frozenset(
         "TAGSTREAM_THREADS",
         "TAGSTREAM_INFERENCE_STREAMS",
         "TAGSTREAM_TOP_K",
+        "TAGSTREAM_PROCESSES",
         "TAGSTREAM_METRICS_PORT",
         "TAGSTREAM_DRAIN_TIMEOUT_S",
         "TAGSTREAM_COMMIT_INTERVAL_MS",
@@ -113,6 +114,8 @@ SETTINGS_ENV = frozenset(
         "TAGSTREAM_LOG_FORMAT",
     }
 )
+# The Kafka client libraries TAGSTREAM_KAFKA_CLIENT may name (worker/settings.py); the image has both.
+KAFKA_CLIENTS = ("kafka-python", "confluent")
 # Settings that must come from a Secret, never from a ConfigMap or a literal value.
 SECRET_SETTINGS = frozenset({"TAGSTREAM_SASL_PASSWORD"})
 FROM_SECRET = "<from Secret>"
@@ -283,6 +286,19 @@ def container_settings(objects: list[dict[str, Any]], container: dict[str, Any])
     return settings
 
 
+def feeders_per_pod(settings: dict[str, str], container: dict[str, Any]) -> int:
+    """Consumer-group members one pod runs: TAGSTREAM_PROCESSES, with ``auto`` resolved as the worker
+    does (worker/procs/plan.py): min(CPU limit - 1, 8) with a GPU, else 1."""
+    value = str(settings.get("TAGSTREAM_PROCESSES", "1")).strip().lower()
+    if value != "auto":
+        return max(1, as_int(value, 1))
+    limits = (container.get("resources") or {}).get("limits") or {}
+    if as_int(limits.get(GPU_RESOURCE), 0) < 1 or settings.get("TAGSTREAM_DEVICE") == "cpu":
+        return 1
+    cpus = cpu_cores(limits.get("cpu"))
+    return 8 if cpus is None else max(1, min(math.ceil(cpus) - 1, 8))
+
+
 def cpu_cores(quantity: str | int | float | None) -> float | None:
     if quantity is None:
         return None
@@ -415,6 +431,12 @@ def check_worker(objects: list[dict[str, Any]], deployment: dict[str, Any]) -> I
                 yield Problem(name, f"{where}: {key} is not a tagstream setting (typo? see deploy/README.md)")
             if key in SECRET_SETTINGS and value != FROM_SECRET:
                 yield Problem(name, f"{where}: {key} must come from a Secret (secretKeyRef), not a ConfigMap or value")
+        client = settings.get("TAGSTREAM_KAFKA_CLIENT", KAFKA_CLIENTS[0])
+        if client not in KAFKA_CLIENTS:
+            yield Problem(name, f"{where}: TAGSTREAM_KAFKA_CLIENT={client!r}: use {' or '.join(KAFKA_CLIENTS)}")
+        processes = str(settings.get("TAGSTREAM_PROCESSES", "1")).strip().lower()
+        if processes != "auto" and not (processes.isdigit() and 1 <= int(processes) <= 64):
+            yield Problem(name, f"{where}: TAGSTREAM_PROCESSES={processes!r}: use auto or a whole number from 1 to 64")
         threads = as_int(settings.get("TAGSTREAM_THREADS"), 0)
         cpu_limit = cpu_cores(((container.get("resources") or {}).get("limits") or {}).get("cpu"))
         # 0 is derived from the pod's cgroup CPU limit at start (model/cpus.py): ceil(limit).
@@ -465,6 +487,14 @@ def check_scaledobject(objects: list[dict[str, Any]], so: dict[str, Any]) -> Ite
         return
     containers = pod_template(deployment).get("spec", {}).get("containers") or [{}]
     settings = container_settings(objects, containers[0])
+    feeders = feeders_per_pod(settings, containers[0])
+    if partitions >= 1 and feeders > 1 and max_replicas * feeders > partitions:
+        yield Problem(
+            name,
+            f"maxReplicaCount {max_replicas} x {feeders} feeder processes per pod (TAGSTREAM_PROCESSES="
+            f"{settings.get('TAGSTREAM_PROCESSES')}) = {max_replicas * feeders} consumers exceed the input topic's"
+            f" {partitions} partitions: lower maxReplicaCount to {max(1, partitions // feeders)} or the feeders",
+        )
     triggers = [t for t in spec.get("triggers") or [] if t.get("type") == "kafka"]
     if not triggers:
         yield Problem(name, "no kafka trigger: the worker scales on consumer lag")

@@ -20,6 +20,10 @@ Two more kinds of broker are always local JVM brokers, started only when a test 
 - ``restartable_kafka``: a factory of brokers of a test's own, for tests that halt, kill -9,
   restart or freeze them; each is stopped for good after its test.
 
+The worker's tests run once per Kafka client (``kafka_client``: kafka-python and confluent;
+``TAGSTREAM_TEST_KAFKA_CLIENTS=kafka-python`` restricts them), in process (``start_worker``) and
+as processes (``worker_support.worker_env``).
+
 Tests in ``tests/integration/`` are marked ``integration`` automatically;
 ``pytest -m "not integration"`` runs everything that needs no broker.
 """
@@ -49,6 +53,9 @@ DOCKER_PROBE_TIMEOUT_S = 2.0
 CONTAINER_START_TIMEOUT_S = 180  # includes pulling the image the first time
 TOPIC_READY_TIMEOUT_MS = 30_000
 SCRAM_USER = ScramUser("tagstream-test", "right-password-42")
+KAFKA_CLIENTS = ("kafka-python", "confluent")  # TAGSTREAM_KAFKA_CLIENT values the worker's tests run with
+CLIENTS_ENV = "TAGSTREAM_TEST_KAFKA_CLIENTS"  # restrict them, e.g. =kafka-python for a quick run
+CLIENT_ENV = "TAGSTREAM_TEST_KAFKA_CLIENT"  # the client of the test in progress, for worker processes
 _TOPIC_PREFIX = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 
 # What the session used, for the summary line at the end of the run.
@@ -300,10 +307,44 @@ def tiny_bundle(tmp_path: Path) -> Path:
     return make_tiny_bundle(tmp_path / "bundle", seed=0)
 
 
+def _client_params() -> list[Any]:
+    """The clients the worker's tests run with: ``TAGSTREAM_TEST_KAFKA_CLIENTS`` (comma-separated),
+    default both; confluent is skipped, saying why, where its extra is not installed."""
+    import importlib.util
+
+    wanted = [c.strip() for c in os.environ.get(CLIENTS_ENV, ",".join(KAFKA_CLIENTS)).split(",") if c.strip()]
+    unknown = sorted(set(wanted) - set(KAFKA_CLIENTS))
+    if unknown:
+        raise pytest.UsageError(f"{CLIENTS_ENV}: unknown client(s) {unknown}; use {', '.join(KAFKA_CLIENTS)}")
+    missing = importlib.util.find_spec("confluent_kafka") is None
+    return [
+        pytest.param(c, id=c, marks=pytest.mark.skip(reason="confluent-kafka is not installed (make install has it)"))
+        if c == "confluent" and missing else pytest.param(c, id=c)
+        for c in wanted
+    ]
+
+
+@pytest.fixture(params=_client_params())
+def kafka_client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The worker's Kafka client for this test (TAGSTREAM_KAFKA_CLIENT): each test that asks for it,
+    directly or through ``start_worker``, runs once per client, so the two cannot drift apart.
+    Worker processes get it too (``worker_support.worker_env`` reads ``TAGSTREAM_TEST_KAFKA_CLIENT``)."""
+    client = str(request.param)
+    # A test may name its client itself (indirect parametrization, as the fault suite does): the
+    # restriction and the missing extra apply there too.
+    wanted = {str(p.values[0]) for p in _client_params() if not p.marks}
+    if client not in wanted:
+        pytest.skip(f"{client}: not among {CLIENTS_ENV} or not installed")
+    monkeypatch.setenv(CLIENT_ENV, client)
+    return client
+
+
 @pytest.fixture
-def start_worker(kafka_bootstrap: str, new_group: Callable[..., str]) -> Iterator[Callable[..., Any]]:
-    """Factory: ``start_worker(topic, bundle, **settings) -> Worker``, started in this process and
-    always stopped at the end of the test."""
+def start_worker(
+    kafka_bootstrap: str, new_group: Callable[..., str], kafka_client: str
+) -> Iterator[Callable[..., Any]]:
+    """Factory: ``start_worker(topic, bundle, **settings) -> Worker``, started in this process with
+    this test's ``kafka_client``, and always stopped at the end of the test."""
     from worker.app import Worker
     from worker.settings import load_settings
 
@@ -315,7 +356,7 @@ def start_worker(kafka_bootstrap: str, new_group: Callable[..., str]) -> Iterato
             **{
                 "bootstrap_servers": kafka_bootstrap, "input_topics": [topic], "bundle_path": bundle,
                 "group_id": group, "metrics_port": 0, "max_wait_ms": 10, "commit_interval_ms": 200,
-                "drain_timeout_s": 15, "reload_interval_s": 0, **overrides,
+                "drain_timeout_s": 15, "reload_interval_s": 0, "kafka_client": kafka_client, **overrides,
             }
         )
         worker = Worker(settings)

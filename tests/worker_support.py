@@ -171,7 +171,11 @@ DRAIN_TIMEOUT_S = 10  # what worker_env gives TAGSTREAM_DRAIN_TIMEOUT_S
 
 
 def worker_env(bootstrap: str, topic: str, bundle: Path, group: str, **extra: str) -> dict[str, str]:
+    """A worker process's environment: these settings, and the test's Kafka client (conftest's
+    ``kafka_client`` fixture sets TAGSTREAM_TEST_KAFKA_CLIENT; kafka-python without it)."""
+    client = os.environ.get("TAGSTREAM_TEST_KAFKA_CLIENT", "kafka-python")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAGSTREAM_")}
+    env["TAGSTREAM_KAFKA_CLIENT"] = client
     env.update(
         TAGSTREAM_BOOTSTRAP_SERVERS=bootstrap, TAGSTREAM_INPUT_TOPICS=topic, TAGSTREAM_BUNDLE_PATH=str(bundle),
         TAGSTREAM_GROUP_ID=group, TAGSTREAM_METRICS_PORT="0", TAGSTREAM_MAX_WAIT_MS="10",

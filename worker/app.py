@@ -4,17 +4,22 @@
                         also: commits (the Committer), rebalance callbacks, lag
     batcher thread      InputHandoff -> Batcher -> batch queue (one batch waiting per stream)
                         also: swaps in a reloaded bundle between batches, purges revoked inputs
-    model threads       batch queue -> ModelRunner.classify -> sink queue (capacity 4); one per
+    model threads       batch queue -> Runner.classify -> sink queue (capacity 4); one per
                         inference stream, each on threads/streams intra-op threads
     sink thread         sink queue -> producer.send; delivery callbacks ack offsets in the tracker
-    watcher thread      BundleWatcher: verifies and loads new bundles in the background
+    watcher thread      BundleWatcher: verifies and loads new bundles in the background (none
+                        in a feeder: its model process reloads, and the link offers the result)
     telemetry thread    /metrics, /healthz, /readyz
 
 Start-up fails fast (settings, bundle, broker, topics) before anything is consumed, and the
-model is warmed up at the largest batch first. ``stop()`` (SIGTERM/SIGINT) starts the drain:
-fetching stops, the batcher flushes, the producer flushes, acknowledged offsets are committed,
-all within ``drain_timeout_s``; then ``wait()`` returns 0. A fatal error anywhere takes the same
-path (committing only what was acknowledged) and ``wait()`` returns its exit code.
+model is warmed up at the largest batch first. The model comes from a ``ModelHost``
+(worker/inference.py): loaded here (worker/local_model.py), or, in a feeder process of a pod
+with ``TAGSTREAM_PROCESSES`` > 1, served by the pod's model process (worker/procs/).
+
+``stop()`` (SIGTERM/SIGINT) starts the drain: fetching stops, the batcher flushes, the producer
+flushes, acknowledged offsets are committed, all within ``drain_timeout_s``; then ``wait()``
+returns 0. A fatal error anywhere takes the same path (committing only what was acknowledged) and
+``wait()`` returns its exit code.
 """
 
 from __future__ import annotations
@@ -24,27 +29,18 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from worker.allocator import tune_allocator
 from worker.batcher import Batch, Batcher, BatchLimits
 from worker.errors import BrokerError, Failure, InferenceError, SettingsError, WorkerError
 from worker.events import DeadLetter, Event, ParseConfig
 from worker.handoff import InputHandoff
+from worker.inference import Classified, ModelHost, Runner
 from worker.kafka.base import ConsumerClient, ProducerClient, open_clients
 from worker.kafka.tls import check_tls
 from worker.offsets import Committer, OffsetCommitter, OffsetTracker, commit_failure
-from worker.reload import BundleWatcher, RunnerSlot
-from worker.runner import (
-    Classified,
-    ModelRunner,
-    configure_threads,
-    resolve_device,
-    resolve_dtype,
-    resolve_streams,
-)
-from worker.settings import WorkerSettings, check_against_bundle
+from worker.reload import RunnerSlot
+from worker.settings import WorkerSettings
 from worker.sink import Router, Sink, input_dead_letter
 from worker.source import Source
 from worker.stages import StageClock, name_native_threads
@@ -75,8 +71,17 @@ _STOP = object()
 class Worker:
     """One worker: everything between ``start()`` and ``wait()``'s exit code."""
 
-    def __init__(self, settings: WorkerSettings, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        metrics: Metrics | None = None,
+        *,
+        model: ModelHost | None = None,
+        telemetry_host: str = "0.0.0.0",
+    ) -> None:
         self.settings = settings
+        self._model = model  # None: load the bundle here (LocalModel), at start
+        self._telemetry_host = telemetry_host
         self.metrics = metrics or Metrics()
         self.health = Health(broker_outage_s=settings.broker_outage_s)
         self.tracker = OffsetTracker()
@@ -123,27 +128,19 @@ class Worker:
             raise
 
     def _start(self) -> None:
-        s = self.settings
-        device = resolve_device(s.device)
-        dtype = resolve_dtype(s.dtype, device)
-        self._streams, per_stream = resolve_streams(s.inference_streams, device, s.threads)
-        threads = configure_threads(per_stream)
-        allocator = tune_allocator()  # before the model allocates anything
-        runner = self._load_runner(s.bundle_path, device, dtype)
-        warm_s = runner.warm_up()
-        log.info(
-            "model_ready", name=runner.name, version=runner.version, labels=runner.labels, device=str(device),
-            dtype=str(dtype or "float32"), streams=self._streams, threads_per_stream=threads,
-            warm_up_s=round(warm_s, 3),
-            warm_up_shapes=runner.warm_up_shapes, allocator=allocator,
-        )
+        if self._model is None:
+            from worker.local_model import LocalModel  # torch: imported only where the model runs
+
+            self._model = LocalModel(self.settings)
+        runner = self._model.open()
+        self._streams = self._model.streams
         self.slot = RunnerSlot(runner)
         self.metrics.set_model(runner.name, runner.version)
         self.health.model_ready = True
         self._start_telemetry()
         self._connect()
-        self._start_threads(device, dtype)
-        if s.stage_timing:
+        self._start_threads()
+        if self.settings.stage_timing:
             name_native_threads()  # so per-thread CPU shows the stages and the client's threads
 
     def stop(self) -> None:
@@ -185,18 +182,11 @@ class Worker:
         return self.telemetry.port if self.telemetry else None
 
     # -- start-up steps ---------------------------------------------------------------------------
-    def _load_runner(self, path: Path, device: Any, dtype: Any) -> ModelRunner:
-        s = self.settings
-        runner = ModelRunner.load(
-            path, device=device, autocast_dtype=dtype, max_batch_size=s.max_batch_size,
-            max_batch_tokens=s.max_batch_tokens, top_k=s.top_k,
-        )
-        check_against_bundle(s, labels=runner.labels, max_length=runner.max_length)
-        return runner
-
     def _start_telemetry(self) -> None:
         try:
-            self.telemetry = TelemetryServer(self.metrics, self.health, self.settings.metrics_port)
+            self.telemetry = TelemetryServer(
+                self.metrics, self.health, self.settings.metrics_port, host=self._telemetry_host
+            )
         except OSError as exc:
             raise SettingsError(
                 f"TAGSTREAM_METRICS_PORT={self.settings.metrics_port}: cannot listen ({exc.strerror});"
@@ -221,9 +211,9 @@ class Worker:
                     Failure.TOPIC_MISSING,
                 )
 
-    def _start_threads(self, device: Any, dtype: Any) -> None:
+    def _start_threads(self) -> None:
         s = self.settings
-        assert self.slot is not None
+        assert self.slot is not None and self._model is not None
         assert self._consumer is not None and self._producer is not None
         committer: OffsetCommitter
         if self._exactly_once:
@@ -264,17 +254,9 @@ class Worker:
         for i in range(self._streams):
             self._spawn(f"model-{i}", self._model_main)
         self._spawn("batcher", self._batcher_main)
-        if s.reload_interval_s > 0:
-            watcher = BundleWatcher(
-                s.bundle_path, slot=self.slot, metrics=self.metrics, interval_s=s.reload_interval_s,
-                load=lambda path: self._load_and_warm(path, device, dtype),
-            )
-            self._spawn("watcher", lambda: watcher.run(self._stopping), daemon=True, watched=False)
-
-    def _load_and_warm(self, path: Path, device: Any, dtype: Any) -> ModelRunner:
-        runner = self._load_runner(path, device, dtype)
-        runner.warm_up()
-        return runner
+        reload_loop = self._model.watch(self.slot, self.metrics, self._stopping)
+        if reload_loop is not None:
+            self._spawn("watcher", reload_loop, daemon=True, watched=False)
 
     def _spawn(self, name: str, target: Callable[[], None], daemon: bool = False, watched: bool = True) -> None:
         def main() -> None:
@@ -408,7 +390,7 @@ class Worker:
                 log.warning("producer_flush_timed_out")
 
     # -- model-thread helpers --------------------------------------------------------------------------
-    def _run_batch(self, batch: Batch[Event], runner: ModelRunner) -> None:
+    def _run_batch(self, batch: Batch[Event], runner: Runner) -> None:
         events, dropped = _split(batch.items, self.tracker.accepts)
         self._abandon(dropped, release=False)
         if not events:
@@ -435,7 +417,7 @@ class Worker:
             )
         self._to_sink(_Results(events, classified, runner.labels, runner.name, runner.version))
 
-    def _retry_one_by_one(self, events: list[Event], runner: ModelRunner, error: InferenceError) -> None:
+    def _retry_one_by_one(self, events: list[Event], runner: Runner, error: InferenceError) -> None:
         """A failed batch: classify each input alone; the ones that still fail are dead-lettered."""
         self.metrics.count_failure(Failure.BATCH_FAILED)
         log.warning("batch_failed_retrying_singly", size=len(events), error=str(error))
@@ -477,7 +459,7 @@ class Worker:
         m.batch_padding_ratio.observe(1.0 - real / padded if padded else 0.0)
         m.inference_seconds.observe(classified.seconds)
 
-    def _on_swap(self, runner: ModelRunner) -> None:
+    def _on_swap(self, runner: Runner) -> None:
         self.metrics.set_model(runner.name, runner.version)
         self.metrics.bundle_reloads.labels(result="swapped").inc()
         log.info("bundle_swapped", name=runner.name, version=runner.version)

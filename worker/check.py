@@ -1,7 +1,8 @@
 """``tagstream-worker check``: could the worker start with these settings? Say what to fix if not.
 
 Prints the resolved settings (secrets masked), then runs each start-up step the worker would,
-without consuming anything: resolve device and dtype, verify and load the bundle, check the
+without consuming anything: resolve device and dtype, the feeder processes (TAGSTREAM_PROCESSES)
+and their shared memory, verify and load the bundle, check the
 settings against it, bind the metrics port, reach the broker with the configured client, look up
 the input topics (and report whether each output topic exists yet). Exit code 0 when every step
 passes, else the failing step's exit code.
@@ -27,6 +28,7 @@ def run_check(settings: WorkerSettings, out: TextIO = sys.stdout) -> int:
     state: dict[str, Any] = {}
     steps: list[tuple[str, Callable[[], str]]] = [
         ("device", lambda: _device(settings, state)),
+        ("processes", lambda: _processes(settings)),
         ("bundle", lambda: _bundle(settings, state)),
         ("settings vs bundle", lambda: _against_bundle(settings, state)),
         ("metrics port", lambda: _metrics_port(settings)),
@@ -60,6 +62,16 @@ def _device(settings: WorkerSettings, state: dict[str, Any]) -> str:
     state["device"] = device = resolve_device(settings.device)
     state["dtype"] = dtype = resolve_dtype(settings.dtype, device)
     return f"{device}, {dtype or 'float32'}"
+
+
+def _processes(settings: WorkerSettings) -> str:
+    """TAGSTREAM_PROCESSES resolved, and whether /dev/shm holds the feeders' slots (worker/procs/)."""
+    from worker.procs.plan import check_shared_memory, feeder_count
+
+    feeders = feeder_count(settings)
+    if feeders == 1:
+        return "1: the model runs in the worker's own process"
+    return f"{feeders} feeder processes around 1 model process; shared memory {check_shared_memory(settings, feeders)}"
 
 
 def _bundle(settings: WorkerSettings, state: dict[str, Any]) -> str:

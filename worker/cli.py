@@ -78,6 +78,18 @@ def _run(args: argparse.Namespace) -> int:
     settings = _load(args)
     if settings is None:
         return 2
+    from worker.errors import SettingsError
+    from worker.procs.plan import feeder_count
+
+    try:
+        feeders = feeder_count(settings)  # type: ignore[arg-type]
+    except SettingsError as exc:
+        print(f"tagstream-worker: invalid setting: {exc}", file=sys.stderr)
+        return 2
+    if feeders > 1:  # TAGSTREAM_PROCESSES: feeder processes around one model process (worker/procs/)
+        from worker.procs.supervisor import run_pod
+
+        return run_pod(settings, feeders)  # type: ignore[arg-type]
     import os
     import signal
 

@@ -167,6 +167,11 @@ class Failure(enum.Enum):
         "model_failed", Action.EXIT, EXIT_BUNDLE,
         "the model fails on every input of a batch, each alone too: the model or the device is broken",
     )
+    MODEL_PROCESS_LOST = FailureSpec(
+        "model_process_lost", Action.EXIT, EXIT_INTERNAL,
+        "TAGSTREAM_PROCESSES > 1: the pod's model process died or stopped answering; the feeders drain what"
+        " was acknowledged and the pod exits non-zero so the orchestrator restarts it",
+    )
     INTERNAL = FailureSpec("internal", Action.EXIT, EXIT_INTERNAL, "a bug: an unexpected exception in a stage")
 
     @property

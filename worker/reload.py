@@ -16,10 +16,9 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from model.bundle import MANIFEST_FILE, read_manifest, verify_bundle
 from model.errors import BundleError
 from worker.errors import Failure, WorkerError
-from worker.runner import ModelRunner
+from worker.inference import Runner
 from worker.telemetry import Metrics, get_logger
 
 log = get_logger("tagstream.worker.reload")
@@ -30,20 +29,20 @@ Fingerprint = tuple[str, tuple[tuple[str, int, int], ...]]
 class RunnerSlot:
     """The runner serving now, and at most one verified replacement waiting to be swapped in."""
 
-    def __init__(self, runner: ModelRunner) -> None:
+    def __init__(self, runner: Runner) -> None:
         self._lock = threading.Lock()
         self._current = runner
-        self._offered: ModelRunner | None = None
+        self._offered: Runner | None = None
 
     @property
-    def current(self) -> ModelRunner:
+    def current(self) -> Runner:
         return self._current
 
-    def offer(self, runner: ModelRunner) -> None:
+    def offer(self, runner: Runner) -> None:
         with self._lock:
             self._offered = runner  # a newer offer replaces one not yet taken
 
-    def swap_if_offered(self) -> ModelRunner | None:
+    def swap_if_offered(self) -> Runner | None:
         """Make the offered runner current (batcher thread, between batches); return it."""
         if self._offered is None:  # the common case, without the lock
             return None
@@ -62,7 +61,7 @@ class BundleWatcher:
         path: Path,
         *,
         slot: RunnerSlot,
-        load: Callable[[Path], ModelRunner],
+        load: Callable[[Path], Runner],
         metrics: Metrics,
         interval_s: float,
     ) -> None:
@@ -83,6 +82,9 @@ class BundleWatcher:
 
     def check(self) -> str:
         """Look once: 'unchanged', 'waiting', 'offered' (a new version was loaded) or 'refused'."""
+        # Here, not at the top: model.bundle imports torch, which a feeder process never needs.
+        from model.bundle import MANIFEST_FILE, read_manifest, verify_bundle
+
         now = fingerprint(self._path)
         if now == self._seen:
             return "unchanged"

@@ -43,14 +43,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer
 
 from model.bundle import TOKENIZER_FILE, Bundle, sha256_file
 from model.cpus import available_cpus
 from model.errors import BundleError
 from model.truncation import Windower, pool
 from worker.errors import BundleLoadError, InferenceError, SettingsError
+from worker.inference import Classified, truncating_tokenizer
 from worker.telemetry import get_logger
+
+__all__ = ["Classified", "ModelRunner", "configure_threads", "resolve_device", "resolve_dtype", "resolve_streams"]
 
 log = get_logger("tagstream.worker.runner")
 
@@ -149,26 +151,12 @@ def configure_threads(threads: int) -> int:
 
 
 @dataclass(frozen=True)
-class Classified:
-    """One batch's answers, as plain Python lists (one host copy per batch)."""
+class PackedAnswers:
+    """One batch's answers as arrays: what the model process writes back into shared memory."""
 
-    top_indices: list[list[int]]  # (B, k) label indices, most probable first
-    top_scores: list[list[float]]  # (B, k) their probabilities
-    seconds: float  # wall time of the model call, padding and copies included
-    windows: list[int] | None = None  # per input, windows read (bundles not reading by head)
-    tags: list[list[tuple[int, float]]] | None = None  # multi-label: per input, labels over threshold
-
-    @classmethod
-    def join(cls, parts: list[Classified]) -> Classified:
-        """One Classified for inputs classified in several calls (e.g. one at a time), in order."""
-        def cat(name: str) -> list | None:
-            values = [getattr(p, name) for p in parts]
-            return None if any(v is None for v in values) else [x for v in values for x in v]
-
-        return cls(
-            [i for p in parts for i in p.top_indices], [s for p in parts for s in p.top_scores],
-            sum(p.seconds for p in parts), cat("windows"), cat("tags"),
-        )
+    top_indices: np.ndarray  # (B, k) int64 label indices, most probable first
+    top_scores: np.ndarray  # (B, k) float32 probabilities
+    seconds: float
 
 
 class ModelRunner:
@@ -195,10 +183,7 @@ class ModelRunner:
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.top_k = max(1, min(top_k, len(self.labels)))
-        # A private tokenizer copy: truncation on, padding off (the batch pads itself).
-        self._tokenizer = Tokenizer.from_str(bundle.tokenizer.to_str())
-        self._tokenizer.no_padding()
-        self._tokenizer.enable_truncation(max_length=self.max_length)
+        self._tokenizer = truncating_tokenizer(bundle.tokenizer.to_str(), self.max_length)
         self._encode = getattr(self._tokenizer, "encode_batch_fast", self._tokenizer.encode_batch)
         self.task = bundle.task
         self.multi_label = bundle.multi_label
@@ -272,6 +257,11 @@ class ModelRunner:
             return [enc.ids for enc in self._encode(texts)]
         return [[t for window in windows for t in window] for windows in self._windower.windows(texts)]
 
+    @property
+    def tokenizer_json(self) -> str:
+        """The tokenizer as configured here (truncation, no padding), for a feeder process to rebuild."""
+        return str(self._tokenizer.to_str())
+
     def classify(self, token_ids: list[list[int]]) -> Classified:
         """Top-k labels and probabilities for one batch of tokenized inputs (as ``tokenize`` gives)."""
         if self._windower is None and not self.multi_label:
@@ -330,9 +320,14 @@ class ModelRunner:
 
     def _padded(self, token_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """ids and mask int64 (B, T), padded to the longest (rounded up to length_step)."""
-        n = len(token_ids)
-        lengths = [len(ids) for ids in token_ids]
-        longest = max(1, max(lengths))
+        lengths = np.fromiter((len(ids) for ids in token_ids), dtype=np.int64, count=len(token_ids))
+        flat = np.fromiter(itertools.chain.from_iterable(token_ids), dtype=np.int64, count=int(lengths.sum()))
+        return self._padded_packed(flat, lengths)
+
+    def _padded_packed(self, flat_ids: np.ndarray, lengths: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """``_padded`` for rows given end to end (``flat_ids``) with each row's length."""
+        n = len(lengths)
+        longest = max(1, int(lengths.max())) if n else 1
         longest = max(longest, min(self.max_length, -(-longest // self.length_step) * self.length_step))
         pinned = self._pinned_buffer()
         if pinned is not None and n * longest <= pinned.numel():
@@ -343,33 +338,53 @@ class ModelRunner:
         # Built with numpy, in two bulk operations instead of a copy per row: every eager torch
         # call releases and re-takes the GIL, and on a busy 2-core machine each re-take can wait a
         # full switch interval behind a Kafka thread.
-        valid = self._arange[:, :longest] < np.asarray(lengths)[:, None]  # (B, T)
+        valid = self._arange[:, :longest] < lengths[:, None]  # (B, T)
         rows.fill(self.pad_id)
-        rows[valid] = np.fromiter(itertools.chain.from_iterable(token_ids), dtype=np.int64, count=sum(lengths))
+        rows[valid] = flat_ids
         mask = torch.from_numpy(valid.astype(np.int64))  # (B, T)
         return host, mask, longest
 
     def _classify_rows(self, token_ids: list[list[int]]) -> Classified:
         """Single-label, one row per input: the path every bundle took before strategies."""
         started = time.perf_counter()
-        n = len(token_ids)
-        host, mask, longest = self._padded(token_ids)
+        lengths = np.fromiter((len(ids) for ids in token_ids), dtype=np.int64, count=len(token_ids))
+        flat = np.fromiter(itertools.chain.from_iterable(token_ids), dtype=np.int64, count=int(lengths.sum()))
+        answers = self.classify_packed(flat, lengths)
+        return Classified(answers.top_indices.tolist(), answers.top_scores.tolist(), time.perf_counter() - started)
+
+    @property
+    def serves_packed(self) -> bool:
+        """Whether ``classify_packed`` can serve this bundle: single-label, read by head (one row
+        per input, top-k answers of a fixed shape). Feeder processes need it (worker/procs/)."""
+        return self._windower is None and not self.multi_label
+
+    def classify_packed(self, flat_ids: np.ndarray, lengths: np.ndarray) -> PackedAnswers:
+        """Like ``classify``, for a batch given as every row's ids end to end (``flat_ids``) and each
+        row's length: the model process's merged batches arrive that way from shared memory.
+        Single-label bundles read by head only (``serves_packed``)."""
+        if not self.serves_packed:
+            raise InferenceError(
+                f"bundle {self.name} is {'multi-label' if self.multi_label else 'read in windows'}:"
+                " feeder processes serve single-label bundles read by head (TAGSTREAM_PROCESSES=1 serves it)"
+            )
+        started = time.perf_counter()
+        n = len(lengths)
+        host, mask, longest = self._padded_packed(flat_ids, lengths)
         try:
             with torch.inference_mode(), self._autocast():
                 if not self.topk_on_device:
                     probs = self._model(host, mask).float().numpy()  # (B, n_labels)
-                    top_indices_np = np.argsort(-probs, axis=1, kind="stable")[:, : self.top_k]  # (B, k)
-                    top_scores = np.take_along_axis(probs, top_indices_np, axis=1).tolist()
-                    top_indices = top_indices_np.tolist()
+                    top_indices = np.argsort(-probs, axis=1, kind="stable")[:, : self.top_k]  # (B, k)
+                    top_scores = np.take_along_axis(probs, top_indices, axis=1)
                 else:
                     input_ids = host.to(self.device, non_blocking=True)
                     device_mask = mask.to(self.device, non_blocking=True)
                     scores, indices = self._model(input_ids, device_mask).float().topk(self.top_k, dim=1)  # (B, k)
-                    top_scores = scores.cpu().tolist()  # the synchronising copies back
-                    top_indices = indices.cpu().tolist()
+                    top_scores = scores.cpu().numpy()  # the synchronising copies back
+                    top_indices = indices.cpu().numpy()
         except Exception as exc:
             raise InferenceError(f"the model failed on a batch of {n} inputs (longest {longest} tokens): {exc}") from exc
-        return Classified(top_indices, top_scores, time.perf_counter() - started)
+        return PackedAnswers(top_indices, top_scores, time.perf_counter() - started)
 
     def warm_up(self) -> float:
         """Run the largest allowed batches (and a one-input batch) once; returns the seconds taken.

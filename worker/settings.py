@@ -12,6 +12,7 @@ bundle's maximum length, routes against its labels) are in ``check_against_bundl
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -35,6 +36,9 @@ ENV_PREFIX = "TAGSTREAM_"
 CONFIG_FILE_ENV = "TAGSTREAM_CONFIG_FILE"
 TOPIC_PLACEHOLDER = "{topic}"
 _INSTANCE_ID_CHARS = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+# Feeder processes per pod: each is a consumer-group member with its own connections; beyond a
+# few dozen the group's rebalances, not the CPUs, become the limit.
+MAX_PROCESSES = 64
 # Room for a dead letter's key and headers above its value, in the producer's request limit.
 DEAD_LETTER_HEADROOM_BYTES = 64 * 1024
 # Kafka's legal topic characters; '{' and '}' are allowed in templates only as {topic}.
@@ -75,8 +79,11 @@ class WorkerSettings(BaseSettings):
     ssl_cafile: Path | None = Field(None, description="PEM file of the CA that signed the brokers' certificates.")
     ssl_certfile: Path | None = Field(None, description="PEM client certificate, for brokers that require mTLS.")
     ssl_keyfile: Path | None = Field(None, description="PEM private key of ssl_certfile.")
-    kafka_client: Literal["kafka-python"] = Field(
-        "kafka-python", description="The Kafka client library: kafka-python (pure Python, the default)."
+    kafka_client: Literal["kafka-python", "confluent"] = Field(
+        "kafka-python",
+        description="The Kafka client library: kafka-python (pure Python, the default) or confluent"
+        " (librdkafka through confluent-kafka, the [confluent] extra): several times less CPU per event,"
+        " for workers that must keep a GPU fed.",
     )
 
     # -- what to read and where results go ---------------------------------------------------
@@ -199,6 +206,13 @@ class WorkerSettings(BaseSettings):
         " CPU with 2+ threads (keeps every core busy while Kafka work preempts one), 1 on a GPU.",
     )
     top_k: int = Field(3, ge=1, description="How many label scores each result carries (at most the label count).")
+    processes: int | Literal["auto"] = Field(
+        1,
+        description="Processes per pod: 1 runs everything in one process; N (2-64) runs N feeder processes (each a"
+        " consumer-group member that polls, parses, tokenizes, produces and commits) around one model process that"
+        " holds the model once and merges their batches; auto = min(CPUs - 1, 8) with a GPU, 1 without. More"
+        " feeders keep a fast GPU busy; each is one more group member (partitions >= pods x feeders).",
+    )
 
     # -- operations -----------------------------------------------------------------------------
     metrics_port: int = Field(
@@ -298,6 +312,20 @@ class WorkerSettings(BaseSettings):
             raise ValueError(f"{value!r}: use 1-249 of letters, digits, '.', '_', '-' (or none to turn it off)")
         return value
 
+    @field_validator("processes", mode="before")
+    @classmethod
+    def _parse_processes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text == "auto":
+                return text
+            if not text.isdigit():
+                raise ValueError("use auto or a whole number from 1 to 64")
+            value = int(text)
+        if isinstance(value, int) and not 1 <= value <= MAX_PROCESSES:
+            raise ValueError(f"use auto or a whole number from 1 to {MAX_PROCESSES}")
+        return value
+
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
@@ -354,6 +382,11 @@ class WorkerSettings(BaseSettings):
             path = getattr(self, name)
             if path is not None and not path.is_file():
                 raise ValueError(f"{env_name(name)}={path}: no such file")
+        if self.kafka_client == "confluent" and importlib.util.find_spec("confluent_kafka") is None:
+            raise ValueError(
+                f"{env_name('kafka_client')}=confluent needs the confluent-kafka package: install the"
+                " confluent extra (pip install 'tagstream[confluent]'; make install has it), or use kafka-python"
+            )
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError(f"set both {env_name('ssl_certfile')} and {env_name('ssl_keyfile')}, or neither")
         if self.processing_guarantee == "exactly_once" and self.commit_interval_ms >= self.transaction_timeout_ms:
@@ -480,6 +513,7 @@ _FIX_HINTS: dict[str, str] = {
     "max_batch_tokens": "use a whole number at least the bundle's max_length (8192 is the default)",
     "max_wait_ms": "use milliseconds from 0 to 60000 (20 is the default)",
     "metrics_port": "use a port from 1 to 65535, or 0 for any free port",
+    "processes": "use auto or a whole number from 1 to 64",
 }
 
 

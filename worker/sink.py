@@ -44,9 +44,9 @@ import orjson
 
 from worker.errors import BrokerError, Failure
 from worker.events import DeadLetter, Event, bounded_copy, dead_letter_headers, result_value
+from worker.inference import Classified
 from worker.kafka.base import ProducerClient, TopicPartition
 from worker.offsets import OffsetTracker
-from worker.runner import Classified
 from worker.settings import WorkerSettings
 from worker.stages import StageClock
 from worker.telemetry import Metrics, get_logger

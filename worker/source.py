@@ -28,9 +28,9 @@ from typing import Any
 from worker.errors import BrokerError, Failure
 from worker.events import DeadLetter, Event, ParseConfig, parse_record
 from worker.handoff import InputHandoff
+from worker.inference import Runner
 from worker.kafka.base import ConsumerClient, Sleep, TopicPartition
 from worker.offsets import OffsetCommitter, OffsetTracker, ResumePoint
-from worker.runner import ModelRunner
 from worker.stages import StageClock
 from worker.telemetry import Health, Metrics, get_logger
 
@@ -53,7 +53,7 @@ class Source:
         tracker: OffsetTracker,
         committer: OffsetCommitter,
         handoff: InputHandoff[Event, DeadLetter],
-        current_runner: Callable[[], ModelRunner],
+        current_runner: Callable[[], Runner],
         metrics: Metrics,
         health: Health,
         revoke_grace_s: float,

@@ -41,6 +41,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -214,14 +215,35 @@ class Health:
         }
 
 
+@dataclass(frozen=True)
+class Endpoints:
+    """What the three paths answer: a worker's own Metrics and Health, or a pod's aggregate of its
+    processes (worker/procs/podview.py)."""
+
+    metrics: Callable[[], bytes]  # the Prometheus text exposition
+    liveness: Callable[[], tuple[bool, dict[str, Any]]]  # /healthz: (ok, JSON body)
+    readiness: Callable[[], tuple[bool, dict[str, Any]]]  # /readyz: (ok, JSON body)
+
+
 class TelemetryServer:
     """Serves /metrics, /healthz and /readyz on one port from a daemon thread."""
 
     def __init__(self, metrics: Metrics, health: Health, port: int, host: str = "0.0.0.0") -> None:
-        handler = _make_handler(metrics, health)
         # tagstream_ready is read from the same Health object as /readyz, at scrape time.
         metrics.ready.set_function(lambda: float(health.readiness()[0]))
-        self._server = ThreadingHTTPServer((host, port), handler)
+        self._serve(
+            Endpoints(lambda: generate_latest(metrics.registry), health.liveness, health.readiness), port, host
+        )
+
+    @classmethod
+    def serving(cls, endpoints: Endpoints, port: int, host: str = "0.0.0.0") -> TelemetryServer:
+        """A server of any ``Endpoints`` (binds at once; OSError when the port is taken)."""
+        server = cls.__new__(cls)
+        server._serve(endpoints, port, host)
+        return server
+
+    def _serve(self, endpoints: Endpoints, port: int, host: str) -> None:
+        self._server = ThreadingHTTPServer((host, port), _make_handler(endpoints))
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="telemetry-http", daemon=True)
@@ -234,14 +256,14 @@ class TelemetryServer:
         self._server.server_close()
 
 
-def _make_handler(metrics: Metrics, health: Health) -> type[BaseHTTPRequestHandler]:
+def _make_handler(endpoints: Endpoints) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
+                self._send(200, endpoints.metrics(), CONTENT_TYPE_LATEST)
             elif path in ("/healthz", "/readyz"):
-                ok, body = health.liveness() if path == "/healthz" else health.readiness()
+                ok, body = endpoints.liveness() if path == "/healthz" else endpoints.readiness()
                 self._send(200 if ok else 503, json.dumps(body).encode(), "application/json")
             else:
                 self._send(404, b'{"error": "try /metrics, /healthz or /readyz"}', "application/json")
@@ -259,12 +281,23 @@ def _make_handler(metrics: Metrics, health: Health) -> type[BaseHTTPRequestHandl
     return Handler
 
 
-def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
-    """structlog for our events, stdlib logging (kafka-python) routed through the same renderer."""
+def configure_logging(level: str = "INFO", fmt: str = "json", context: dict[str, Any] | None = None) -> None:
+    """structlog for our events, stdlib logging (kafka-python) routed through the same renderer.
+
+    ``context``: keys added to every line of this process, every thread's (e.g. which process of
+    a pod wrote it: ``{"process": "feeder-1"}``)."""
     renderer: Any = (
         structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     )
+    fixed = dict(context or {})
+
+    def add_context(_logger: Any, _name: str, event: Any) -> Any:
+        for key, value in fixed.items():
+            event.setdefault(key, value)
+        return event
+
     shared: list[Any] = [
+        *([add_context] if fixed else []),
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,

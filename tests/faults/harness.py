@@ -48,6 +48,14 @@ class Sizes:
 
 SIZES = Sizes()
 
+KAFKA_CLIENTS = ("kafka-python", "confluent")
+
+
+def clients(reduced: str) -> list[str]:
+    """The Kafka clients a scenario runs with: both at full size (``make faults``); at the reduced size
+    of ``make test`` only ``reduced``, so each scenario runs once and the clients share the scenarios."""
+    return list(KAFKA_CLIENTS) if FULL else [reduced]
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -244,6 +252,7 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, step_s:
 class Row:
     scenario: str
     guarantee: str
+    client: str
     sent: int
     results: int
     dead_letters: int
@@ -265,12 +274,12 @@ class Report:
         lines = [
             f"# {title}",
             "",
-            "| scenario | guarantee | events sent | results | dead letters | skipped | missing | duplicates | wall s | notes |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+            "| scenario | guarantee | client | events sent | results | dead letters | skipped | missing | duplicates | wall s | notes |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for r in self.rows:
             lines.append(
-                f"| {r.scenario} | {r.guarantee} | {r.sent:,} | {r.results:,} | {r.dead_letters:,} | {r.skipped:,}"
+                f"| {r.scenario} | {r.guarantee} | {r.client} | {r.sent:,} | {r.results:,} | {r.dead_letters:,} | {r.skipped:,}"
                 f" | {r.missing:,} | {r.duplicates:,} | {r.wall_s:.0f} | {r.notes} |"
             )
         return "\n".join(lines) + "\n"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from harness import SIZES, START_TIMEOUT_S, Outcomes, Row, Stream, WorkerProcess, wait_for
+from harness import SIZES, START_TIMEOUT_S, Outcomes, Row, Stream, WorkerProcess, clients, wait_for
 from kafka import KafkaAdminClient
 from worker_support import worker_env
 
@@ -23,9 +23,16 @@ def make_topic(bootstrap: str, name: str, partitions: int) -> str:
     return name
 
 
-@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+# (guarantee, client): both clients at full size; at the reduced size one each (harness.clients)
+RESTART_VARIANTS = [
+    *(pytest.param("at_least_once", c, id=f"at_least_once-{c}") for c in clients("kafka-python")),
+    *(pytest.param("exactly_once", c, id=f"exactly_once-{c}") for c in clients("confluent")),
+]
+
+
+@pytest.mark.parametrize(("guarantee", "kafka_client"), RESTART_VARIANTS, indirect=["kafka_client"])
 def test_broker_restart_mid_stream_keeping_its_data(
-    restartable_kafka, new_group, tiny_bundle, tmp_path, fault_report, guarantee
+    restartable_kafka, new_group, tiny_bundle, tmp_path, fault_report, guarantee, kafka_client
 ):
     """The broker restarts (data kept) in the middle of a stream: 0 missing, and the worker carries on by itself."""
     began = time.monotonic()
@@ -57,7 +64,7 @@ def test_broker_restart_mid_stream_keeping_its_data(
         code = worker.stop()
     counts = outcomes.account(sent)
     fault_report.add(Row(
-        "broker restart mid-stream, data kept (3 s down)", guarantee, len(sent), counts["results"],
+        "broker restart mid-stream, data kept (3 s down)", guarantee, kafka_client, len(sent), counts["results"],
         counts["dead_letters"], counts["missing"], counts["duplicates"], time.monotonic() - began,
         notes=f"broker back in {back_s:.0f} s; the worker reconnected by itself",
     ))
@@ -68,7 +75,8 @@ def test_broker_restart_mid_stream_keeping_its_data(
     assert code == 0
 
 
-def test_broker_gone_for_good(restartable_kafka, new_group, tiny_bundle, tmp_path, fault_report):
+@pytest.mark.parametrize("kafka_client", clients("kafka-python"), indirect=True)
+def test_broker_gone_for_good(restartable_kafka, new_group, tiny_bundle, tmp_path, fault_report, kafka_client):
     """The broker never comes back: readiness drops, then liveness (TAGSTREAM_BROKER_OUTAGE_S), then exit 4."""
     began = time.monotonic()
     broker = restartable_kafka()
@@ -91,7 +99,7 @@ def test_broker_gone_for_good(restartable_kafka, new_group, tiny_bundle, tmp_pat
     finally:
         worker.kill()
     fault_report.add(Row(
-        f"broker gone for good (TAGSTREAM_BROKER_OUTAGE_S={SIZES.outage_s:g})", "at_least_once", len(sent), 0, 0, 0, 0,
+        f"broker gone for good (TAGSTREAM_BROKER_OUTAGE_S={SIZES.outage_s:g})", "at_least_once", kafka_client, len(sent), 0, 0, 0, 0,
         time.monotonic() - began,
         notes=f"not ready after {not_ready_s:.1f} s, not live after {not_live_s:.1f} s, exit {code} after {exit_s:.1f} s",
     ))

@@ -9,24 +9,43 @@ import statistics
 import time
 
 import pytest
-from harness import FULL, SIZES, START_TIMEOUT_S, Outcomes, Row, Stream, WorkerProcess, wait_for
+from harness import (
+    FULL,
+    SIZES,
+    START_TIMEOUT_S,
+    Outcomes,
+    Row,
+    Stream,
+    WorkerProcess,
+    clients,
+    wait_for,
+)
 from worker_support import worker_env
 
 RESULTS_TIMEOUT_S = 240
 
+BEFORE_ONLY_FULL = pytest.mark.skipif(
+    not FULL, reason="the 'before' row (dynamic membership, 1 s commits) waits out a 45 s session timeout per kill:"
+    " make faults only",
+)
 KILL_VARIANTS = [
-    # (guarantee, static membership, commit interval ms, full run only)
-    pytest.param("at_least_once", False, 1000, id="at-least-once-before",
-                 marks=pytest.mark.skipif(not FULL, reason="the 'before' row (dynamic membership, 1 s commits) waits"
-                                          " out a 45 s session timeout per kill: make faults only")),
-    pytest.param("at_least_once", True, 200, id="at-least-once"),
-    pytest.param("exactly_once", True, 200, id="exactly-once"),
+    # (guarantee, static membership, commit interval ms, client) for each client of the scenario
+    # (both at full size; at the reduced size one each: see harness.clients)
+    *(pytest.param("at_least_once", False, 1000, c, id=f"at-least-once-before-{c}", marks=BEFORE_ONLY_FULL)
+      for c in clients("kafka-python")),
+    *(pytest.param("at_least_once", True, 200, c, id=f"at-least-once-{c}") for c in clients("kafka-python")),
+    *(pytest.param("exactly_once", True, 200, c, id=f"exactly-once-{c}") for c in clients("confluent")),
+]
+SCALE_VARIANTS = [
+    *(pytest.param("at_least_once", c, id=f"at_least_once-{c}") for c in clients("confluent")),
+    *(pytest.param("exactly_once", c, id=f"exactly_once-{c}") for c in clients("kafka-python")),
 ]
 
 
-@pytest.mark.parametrize(("guarantee", "static", "commit_ms"), KILL_VARIANTS)
+@pytest.mark.parametrize(("guarantee", "static", "commit_ms", "kafka_client"), KILL_VARIANTS, indirect=["kafka_client"])
 def test_kill_9_again_and_again_while_streaming(
-    kafka_bootstrap, new_topic, new_group, tiny_bundle, tmp_path, fault_report, guarantee, static, commit_ms
+    kafka_bootstrap, new_topic, new_group, tiny_bundle, tmp_path, fault_report, guarantee, static, commit_ms,
+    kafka_client,
 ):
     """kill -9 at random moments while events stream: 0 missing; exactly-once also 0 duplicates (read_committed)."""
     began = time.monotonic()
@@ -60,7 +79,7 @@ def test_kill_9_again_and_again_while_streaming(
         outcomes.close()
     counts = outcomes.account(sent)
     fault_report.add(Row(
-        f"kill -9 x{SIZES.kills} while streaming, {SIZES.kill_partitions} partitions", guarantee, len(sent),
+        f"kill -9 x{SIZES.kills} while streaming, {SIZES.kill_partitions} partitions", guarantee, kafka_client, len(sent),
         counts["results"], counts["dead_letters"], counts["missing"], counts["duplicates"], time.monotonic() - began,
         notes=(f"{'static' if static else 'dynamic'} membership, commits every {commit_ms} ms;"
                f" {counts['duplicates'] / SIZES.kills:,.0f} duplicates per kill;"
@@ -72,9 +91,9 @@ def test_kill_9_again_and_again_while_streaming(
     assert code == 0
 
 
-@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+@pytest.mark.parametrize(("guarantee", "kafka_client"), SCALE_VARIANTS, indirect=["kafka_client"])
 def test_one_to_three_to_one_workers_while_streaming(
-    kafka_bootstrap, new_topic, new_group, tiny_bundle, tmp_path, fault_report, guarantee
+    kafka_bootstrap, new_topic, new_group, tiny_bundle, tmp_path, fault_report, guarantee, kafka_client
 ):
     """Scale 1 -> 3 -> 1 workers (SIGTERM on the way down) during a stream: 0 missing."""
     began = time.monotonic()
@@ -106,7 +125,7 @@ def test_one_to_three_to_one_workers_while_streaming(
         outcomes.close()
     counts = outcomes.account(sent)
     fault_report.add(Row(
-        "1 -> 3 -> 1 workers while streaming, 6 partitions", guarantee, len(sent), counts["results"],
+        "1 -> 3 -> 1 workers while streaming, 6 partitions", guarantee, kafka_client, len(sent), counts["results"],
         counts["dead_letters"], counts["missing"], counts["duplicates"], time.monotonic() - began,
         notes="two join mid-stream, then both stop (SIGTERM) mid-stream",
     ))
@@ -116,8 +135,9 @@ def test_one_to_three_to_one_workers_while_streaming(
     assert exits == [0, 0, 0]
 
 
+@pytest.mark.parametrize("kafka_client", clients("confluent"), indirect=True)
 def test_a_model_slower_than_max_poll_interval_keeps_its_membership(
-    kafka_bootstrap, new_topic, start_worker, tiny_bundle, fault_report
+    kafka_bootstrap, new_topic, start_worker, tiny_bundle, fault_report, kafka_client
 ):
     """Batches that take longer than max.poll.interval.ms: no rebalance, no failed commit, every input labeled."""
     from worker_support import fixture_texts, produce_events, read_records
@@ -144,7 +164,8 @@ def test_a_model_slower_than_max_poll_interval_keeps_its_membership(
     worker.stop()
     assert worker.wait(timeout=60) == 0
     fault_report.add(Row(
-        "model slower than max.poll.interval.ms (2 s batches, 1.5 s limit)", "at_least_once", n, len(results), 0,
+        "model slower than max.poll.interval.ms (2 s batches, 1.5 s limit)", "at_least_once", kafka_client, n,
+        len(results), 0,
         n - len({r.value for r in results}), len(results) - n, time.monotonic() - began,
         notes=f"commit failures: {failed_commits:.0f}; the member stayed in the group",
     ))

@@ -9,7 +9,17 @@ import string
 import time
 from typing import Any
 
-from harness import SIZES, START_TIMEOUT_S, Outcomes, Row, WorkerProcess, send_records, wait_for
+import pytest
+from harness import (
+    SIZES,
+    START_TIMEOUT_S,
+    Outcomes,
+    Row,
+    WorkerProcess,
+    clients,
+    send_records,
+    wait_for,
+)
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from worker_support import fixture_texts, worker_env
@@ -65,13 +75,14 @@ HOSTILE = st.one_of(*KINDS)
 MIX = st.tuples(st.tuples(*KINDS), st.lists(HOSTILE, min_size=SIZES.hostile_records, max_size=SIZES.hostile_records))
 
 
+@pytest.mark.parametrize("kafka_client", clients("confluent"), indirect=True)
 @settings(
     max_examples=SIZES.hostile_examples, deadline=None, database=None, phases=[Phase.generate],
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(MIX)
 def test_hostile_records_mixed_into_a_valid_stream_never_stop_the_worker(
-    kafka_bootstrap, new_topic, new_group, tiny_bundle, tmp_path_factory, fault_report, mix
+    kafka_bootstrap, new_topic, new_group, tiny_bundle, tmp_path_factory, fault_report, kafka_client, mix
 ):
     """Every hostile record gets its dead letter (or its result, if valid), every valid one a result; no exit."""
     began = time.monotonic()
@@ -106,7 +117,8 @@ def test_hostile_records_mixed_into_a_valid_stream_never_stop_the_worker(
     }
     reasons = sorted({want for want in expected.values() if want != LABELED})
     fault_report.add(Row(
-        f"hostile records mixed 1:1 into a valid stream ({len(hostile)} hostile)", "at_least_once", len(expected),
+        f"hostile records mixed 1:1 into a valid stream ({len(hostile)} hostile)", "at_least_once", kafka_client,
+        len(expected),
         counts["results"], counts["dead_letters"], counts["missing"], counts["duplicates"], time.monotonic() - began,
         notes=f"hypothesis; reasons seen: {', '.join(reasons)}; wrong outcomes: {len(wrong)}",
     ))

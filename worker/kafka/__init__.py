@@ -3,6 +3,8 @@
     worker/kafka/base.py          the interfaces (ConsumerClient, ProducerClient), TopicPartition,
                                   the rebalance handler the source implements
     worker/kafka/kafkapython.py   kafka-python (the default): clients and its error translation
+    worker/kafka/confluent.py     confluent-kafka (librdkafka, the [confluent] extra): clients and its
+                                  error table; several times less CPU per event
     worker/kafka/diagnose.py      why a connection failed, in words that name the setting to fix
 
 ``open_clients(settings)`` builds the consumer and producer of the client named by

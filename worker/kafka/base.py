@@ -1,7 +1,7 @@
 """The interfaces between the pipeline and a Kafka client library.
 
 The source, the sink and the committers only use what is declared here. A backend module
-(``kafkapython.py``, later others) implements both clients and translates every exception of its
+(``kafkapython.py``, ``confluent.py``) implements both clients and translates every exception of its
 library into ``BrokerError`` with a ``Failure`` (see ``worker/errors.py``).
 
 Positions are plain ints: the offset of the next record to read, as Kafka commits them.
@@ -173,6 +173,17 @@ def open_clients(
     settings: WorkerSettings, *, transactional_id: str | None = None
 ) -> tuple[ConsumerClient, ProducerClient]:
     """The consumer and producer of the configured client library, connected (BrokerError if not)."""
+    if settings.kafka_client == "confluent":
+        try:
+            from worker.kafka import confluent
+        except ImportError as exc:  # settings check this at load; an install can still be broken
+            from worker.errors import SettingsError
+
+            raise SettingsError(
+                f"TAGSTREAM_KAFKA_CLIENT=confluent: confluent-kafka cannot be imported ({exc}); install the"
+                " confluent extra (pip install 'tagstream[confluent]'), or use kafka-python"
+            ) from exc
+        return confluent.open_clients(settings, transactional_id=transactional_id)
     from worker.kafka import kafkapython
 
     return kafkapython.open_clients(settings, transactional_id=transactional_id)

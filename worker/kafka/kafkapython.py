@@ -271,24 +271,32 @@ class KafkaPythonConsumer:
 
     def close(self, timeout_s: float, leave_group: bool = True) -> None:
         self._consumer.close(autocommit=False, timeout_ms=int(1000 * timeout_s))
-        instance = self._settings.group_instance_id
-        if instance and leave_group:
-            # A static member's close() does not leave the group (KIP-345): ask the coordinator to
-            # remove it, so its partitions move now rather than after session_timeout_ms.
-            from kafka import KafkaAdminClient
-            from kafka.admin import MemberToRemove
+        if self._settings.group_instance_id and leave_group:
+            remove_static_member(self._settings, timeout_s)
 
-            try:
-                config = {k: v for k, v in common_config(self._settings).items() if k != "metrics_enabled"}
-                admin = KafkaAdminClient(**config, request_timeout_ms=int(1000 * max(1.0, timeout_s)))
-                try:
-                    admin.remove_group_members(
-                        self._settings.group_id, [MemberToRemove(group_instance_id=instance, reason="tagstream stopped")]
-                    )
-                finally:
-                    admin.close()
-            except Exception as exc:  # best effort: the session timeout moves them otherwise
-                log.warning("leave_group_failed", group_instance_id=instance, error=str(exc))
+
+def remove_static_member(settings: WorkerSettings, timeout_s: float) -> None:
+    """Take this worker's static member (group_instance_id) out of the group, best effort.
+
+    A static member's close() does not leave the group (KIP-345), with either client: ask the
+    coordinator to remove it, so its partitions move now rather than after session_timeout_ms.
+    The confluent backend uses this too (confluent-kafka's admin client cannot remove members).
+    """
+    from kafka import KafkaAdminClient
+    from kafka.admin import MemberToRemove
+
+    instance = settings.group_instance_id
+    try:
+        config = {k: v for k, v in common_config(settings).items() if k != "metrics_enabled"}
+        admin = KafkaAdminClient(**config, request_timeout_ms=int(1000 * max(1.0, timeout_s)))
+        try:
+            admin.remove_group_members(
+                settings.group_id, [MemberToRemove(group_instance_id=instance, reason="tagstream stopped")]
+            )
+        finally:
+            admin.close()
+    except Exception as exc:  # best effort: the session timeout moves them otherwise
+        log.warning("leave_group_failed", group_instance_id=instance, error=str(exc))
 
 
 class KafkaPythonProducer:

@@ -51,7 +51,7 @@ def locked_version(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def venv(uv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A venv built by install.sh with the Dockerfile's defaults (lock as is, extra `pretrained`)."""
+    """A venv built by install.sh with the Dockerfile's defaults (lock as is, extras `pretrained confluent`)."""
     root = tmp_path_factory.mktemp("image")
     run_install(uv, root / "venv", root / "work")
     return root / "venv"
@@ -66,13 +66,15 @@ def run(venv: Path, *args: str, cwd: Path, env: dict[str, str] | None = None) ->
 
 
 def test_clean_install_gives_working_commands(venv: Path, tmp_path: Path) -> None:
-    """The installed wheel provides tagstream-worker (run, check) and tagstream-train, importing from the venv only."""
+    """The installed wheel provides tagstream-worker (run, check) and tagstream-train, importing from the venv only,
+    with the confluent client's library there too."""
     worker = run(venv, "tagstream-worker", "--help", cwd=tmp_path)
     assert worker.returncode == 0, worker.stderr
     assert "run" in worker.stdout and "check" in worker.stdout
     train = run(venv, "tagstream-train", "--help", cwd=tmp_path)
     assert train.returncode == 0, train.stderr
-    where = run(venv, "python", "-c", "import worker, model.bundle, torch; print(worker.__file__); print(torch.__version__)", cwd=tmp_path)
+    where = run(venv, "python", "-c", "import worker, model.bundle, torch, confluent_kafka; print(worker.__file__);"
+                " print(torch.__version__)", cwd=tmp_path)
     assert where.returncode == 0, where.stderr
     worker_file, torch_version = where.stdout.split()
     assert worker_file.startswith(str(venv)) and "site-packages" in worker_file

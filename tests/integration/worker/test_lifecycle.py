@@ -50,7 +50,7 @@ class ResultWatcher:
 
 
 def test_sigterm_mid_stream_then_restart_leaves_no_input_without_a_result(
-    kafka_bootstrap, new_topic, new_group, tiny_bundle, tmp_path
+    kafka_bootstrap, new_topic, new_group, tiny_bundle, tmp_path, kafka_client
 ):
     """SIGTERM while events stream in drains and exits 0; a restarted worker covers every remaining input."""
     topic = new_topic(partitions=3, prefix="worker-sigterm")
@@ -169,15 +169,17 @@ def test_hot_reload_swaps_a_new_bundle_and_refuses_a_tampered_one(
 
 
 def test_check_passes_with_a_good_setup_and_names_a_missing_topic(
-    kafka_bootstrap, new_topic, new_group, tiny_bundle, tmp_path
+    kafka_bootstrap, new_topic, new_group, tiny_bundle, tmp_path, kafka_client
 ):
-    """`tagstream-worker check` exits 0 for a good setup and non-zero naming a missing input topic."""
+    """`tagstream-worker check` exits 0 for a good setup, naming the client it connected with, and non-zero
+    naming a missing input topic."""
     topic = new_topic(partitions=1, prefix="worker-check")
     env = worker_env(kafka_bootstrap, topic, tiny_bundle, new_group())
     good = subprocess.run([sys.executable, "-m", "worker.cli", "check"], env=env, capture_output=True,
                           text=True, timeout=START_TIMEOUT_S)
     assert good.returncode == 0, good.stdout + good.stderr
     assert "ok   bundle: tiny-test version" in good.stdout and "worker can start" in good.stdout
+    assert f"PLAINTEXT, {kafka_client})" in good.stdout
     env["TAGSTREAM_INPUT_TOPICS"] = "no-such-topic-here"
     bad = subprocess.run([sys.executable, "-m", "worker.cli", "check"], env=env, capture_output=True,
                          text=True, timeout=START_TIMEOUT_S)
@@ -212,7 +214,7 @@ def test_check_fails_when_the_metrics_port_is_taken_like_run_would(
     ],
 )
 def test_fatal_start_up_problems_exit_non_zero_with_the_reason(
-    kafka_bootstrap, new_topic, new_group, tiny_bundle, tmp_path, change, exit_code, message
+    kafka_bootstrap, new_topic, new_group, tiny_bundle, tmp_path, change, exit_code, message, kafka_client
 ):
     """A tampered bundle exits 3 and a missing input topic exits 4, each with a one-line reason."""
     topic = new_topic(partitions=1, prefix="worker-fatal")

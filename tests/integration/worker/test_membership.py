@@ -29,7 +29,7 @@ def log_events(path, event: str) -> list[dict]:
 
 
 def test_a_killed_static_member_gets_its_partitions_back_at_once(
-    kafka_bootstrap, new_topic, new_group, tiny_bundle, tmp_path
+    kafka_bootstrap, new_topic, new_group, tiny_bundle, tmp_path, kafka_client
 ):
     """SIGKILL, then a restart with the same group_instance_id: partitions assigned in well under the session timeout."""
     topic = new_topic(partitions=3, prefix="static-kill")

@@ -69,10 +69,11 @@ class NotUtf8(str):
 
 
 def test_a_record_the_client_cannot_decode_is_dead_lettered_and_read_past(
-    kafka_bootstrap, new_topic, start_worker, tiny_bundle
+    kafka_bootstrap, new_topic, start_worker, tiny_bundle, kafka_client
 ):
-    """A header key that is not UTF-8 (which kafka-python cannot decode) dead-letters that record with its
-    bytes; the records after it, in the same batch too, are labeled."""
+    """A header key that is not UTF-8 (which neither client can decode) dead-letters that record with its
+    key and value (kafka-python keeps its decodable headers, confluent-kafka none); the records after it,
+    in the same batch too, are labeled."""
     topic = new_topic(partitions=1, prefix="unreadable")
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=50)  # one batch with the rest
     value = b'{"id": "u", "text": "hostile headers"}'
@@ -91,6 +92,10 @@ def test_a_record_the_client_cannot_decode_is_dead_lettered_and_read_past(
     headers = dict(letter.headers)
     assert headers["tagstream.reason"] == b"invalid_header" and headers["tagstream.source.offset"] == b"0"
     assert letter.value == value and letter.key == b"u"
-    assert headers["fine"] == b"1" and headers["tagstream.dropped"] == b"headers"
+    assert headers["tagstream.dropped"] == b"headers"
+    if kafka_client == "kafka-python":
+        assert headers["fine"] == b"1"
+    else:  # confluent-kafka's headers() fails for the whole record (worker/kafka/confluent.py)
+        assert "fine" not in headers
     assert "tagstream.invalid_header_keys" not in headers
     assert worker.fatal is None

@@ -52,9 +52,10 @@ def with_short_bootstrap(command: str) -> list[str]:
 
 
 def security(endpoint: Endpoint, mechanism: str = "SCRAM-SHA-512", **override: Any) -> dict[str, Any]:
-    """The worker's settings (field names) that reach ``endpoint``."""
+    """The worker's settings (field names) that reach ``endpoint``, with the test's Kafka client."""
     settings: dict[str, Any] = {
         "bootstrap_servers": endpoint.bootstrap_servers, "security_protocol": endpoint.security_protocol,
+        "kafka_client": os.environ.get("TAGSTREAM_TEST_KAFKA_CLIENT", "kafka-python"),  # conftest's kafka_client
     }
     if endpoint.uses_tls:
         settings["ssl_cafile"] = endpoint.cafile
@@ -111,18 +112,19 @@ def check(kafka_scram, tiny_bundle, topic: str, password: str) -> subprocess.Com
                           timeout=START_TIMEOUT_S)
 
 
-def test_scram_credentials(kafka_scram, tiny_bundle):
+def test_scram_credentials(kafka_scram, tiny_bundle, kafka_client):
     """With the right SCRAM password `check` passes (password masked); with a wrong one it exits 4 naming authentication."""
+    topic = f"scram-events-{uuid.uuid4().hex[:8]}"
     admin = KafkaAdminClient(**kafka_scram.client_config("SCRAM-SHA-256"))
     try:
-        admin.create_topics({"scram-events": {"num_partitions": 1, "replication_factor": -1}})
-        admin.wait_for_topics(["scram-events"], timeout_ms=30_000)
+        admin.create_topics({topic: {"num_partitions": 1, "replication_factor": -1}})
+        admin.wait_for_topics([topic], timeout_ms=30_000)
     finally:
         admin.close()
-    good = check(kafka_scram, tiny_bundle, "scram-events", kafka_scram.password)
+    good = check(kafka_scram, tiny_bundle, topic, kafka_scram.password)
     assert good.returncode == 0, good.stdout + good.stderr
     assert kafka_scram.password not in good.stdout and '"**********"' in good.stdout
-    bad = check(kafka_scram, tiny_bundle, "scram-events", "wrong-password")
+    bad = check(kafka_scram, tiny_bundle, topic, "wrong-password")
     assert bad.returncode == 4, bad.stdout + bad.stderr
     assert "FAIL broker" in bad.stdout and "TAGSTREAM_SASL" in bad.stdout
 
@@ -202,11 +204,11 @@ def test_sasl_ssl_with_a_wrong_ca_blames_the_ca_not_the_login(
 
 
 def test_wrong_password_over_sasl_ssl_names_the_sasl_settings_and_leaks_no_password(
-    kafka_sasl_ssl: Endpoint, secure_topic, tiny_bundle, monkeypatch, caplog
+    kafka_sasl_ssl: Endpoint, secure_topic, tiny_bundle, monkeypatch, caplog, kafka_client
 ):
     """A wrong SCRAM password over SASL_SSL fails naming the TAGSTREAM_SASL_* settings, in `run` and `check`;
     neither password is in the errors (message, repr, cause chain, traceback), `check`'s output, or
-    kafka-python's DEBUG log lines."""
+    the client's DEBUG log lines (kafka-python's, or librdkafka's with its debug contexts on)."""
     monkeypatch.setattr(worker.kafka.diagnose, "BOOTSTRAP_TIMEOUT_MS", SHORT_BOOTSTRAP_MS)
     caplog.set_level(logging.DEBUG, logger="kafka")
     wrong = f"wrong-{uuid.uuid4().hex}"
@@ -250,8 +252,8 @@ def structlog_at_debug() -> Iterator[None]:
 def test_worker_over_sasl_ssl_logs_metrics_and_check_show_no_password(
     kafka_sasl_ssl: Endpoint, secure_topic, start_worker, tiny_bundle, caplog, structlog_at_debug
 ):
-    """A worker classifying over SASL_SSL at DEBUG: no password in its structlog events, kafka-python's
-    DEBUG log lines, /metrics, or `check`'s output."""
+    """A worker classifying over SASL_SSL at DEBUG: no password in its structlog events, the client's
+    DEBUG log lines (kafka-python's or librdkafka's), /metrics, or `check`'s output."""
     caplog.set_level(logging.DEBUG)  # every stdlib logger: kafka-python's included
     password = kafka_sasl_ssl.password
     assert password

@@ -158,6 +158,20 @@ def test_gpu_overlay_takes_one_gpu_on_gpu_nodes(rendered: Callable[[str], Object
     assert pod["containers"][0]["image"].endswith(":0.1.0-gpu")
 
 
+def test_gpu_pods_run_feeder_processes_and_never_more_consumers_than_partitions(rendered: Callable[[str], Objects]) -> None:
+    """The GPU overlay runs 4 feeders around one model process, with CPUs for each, and caps replicas so that
+    pods x feeders stays within the input partitions; the CPU overlay keeps one process."""
+    objects = rendered(GPU)
+    so = find(objects, "ScaledObject")
+    feeders = int(worker_config(objects)["TAGSTREAM_PROCESSES"])
+    partitions = int(so["metadata"]["annotations"]["tagstream.io/input-partitions"])
+    cpu = int(find(objects, "Deployment", "tagstream-worker")["spec"]["template"]["spec"]["containers"][0]
+              ["resources"]["limits"]["cpu"])
+    assert feeders == 4 and cpu >= feeders + 1
+    assert so["spec"]["maxReplicaCount"] * feeders <= partitions
+    assert worker_config(rendered(CPU)).get("TAGSTREAM_PROCESSES", "1") == "1"
+
+
 def test_cpu_replicas_scale_at_a_lower_lag_than_gpu_replicas(rendered: Callable[[str], Objects]) -> None:
     """A CPU replica clears fewer texts a second, so the CPU overlay adds replicas at a smaller backlog."""
     def threshold(target: str) -> int:
@@ -301,9 +315,22 @@ BROKEN = {
         _config("TAGSTREAM_MAX_BATCH", "64"),
         "TAGSTREAM_MAX_BATCH is not a tagstream setting",
     ),
+    "unknown Kafka client": (
+        _config("TAGSTREAM_KAFKA_CLIENT", "librdkafka"),
+        "TAGSTREAM_KAFKA_CLIENT='librdkafka': use kafka-python or confluent",
+    ),
     "threads above the CPU limit": (
         _config("TAGSTREAM_THREADS", "16"),
-        "TAGSTREAM_THREADS=16 but the CPU limit is 4",
+        "TAGSTREAM_THREADS=16 but the CPU limit is 6",
+    ),
+    "more feeders than partitions": (
+        _set("ScaledObject:spec.maxReplicaCount", 4),
+        "maxReplicaCount 4 x 4 feeder processes per pod (TAGSTREAM_PROCESSES=4) = 16 consumers exceed the input"
+        " topic's 12 partitions: lower maxReplicaCount to 3 or the feeders",
+    ),
+    "feeder count not a number": (
+        _config("TAGSTREAM_PROCESSES", "many"),
+        "container worker: TAGSTREAM_PROCESSES='many': use auto or a whole number from 1 to 64",
     ),
     "GPU pod without toleration": (
         _set(_POD + ".tolerations", _DELETE),

@@ -317,3 +317,19 @@ def test_worker_default_threads_follow_the_container_budget(monkeypatch: pytest.
     monkeypatch.setattr(runner.os, "cpu_count", lambda: 64)
     assert runner.resolve_streams(0, torch.device("cpu"), 0) == (2, 1)
     assert runner.resolve_streams(1, torch.device("cpu"), 0) == (1, 3)
+
+
+@pytest.mark.parametrize("fixture", ["tags_bundle", "chunks_bundle"])
+def test_feeder_processes_refuse_bundles_their_shared_memory_cannot_answer(fixture, request):
+    """The model process of feeder processes refuses multi-label and windowed bundles, naming the setting that serves them."""
+    from worker.local_model import LocalModel
+    from worker.settings import WorkerSettings
+
+    path = request.getfixturevalue(fixture)
+    settings = WorkerSettings(bundle_path=str(path), input_topics=["t"])
+    feeders, alone = LocalModel(settings, packed_only=True), LocalModel(settings)
+    for local in (feeders, alone):
+        local.device, local.dtype = CPU, None
+    with pytest.raises(BundleLoadError, match="TAGSTREAM_PROCESSES=1"):
+        feeders.load(path)
+    assert not alone.load(path).serves_packed  # one process serves it

@@ -1,0 +1,290 @@
+"""TAGSTREAM_PROCESSES=2 against a real broker: one pod of two feeder processes and a model process.
+
+Every input is labeled once; SIGTERM drains both feeders and exits 0; a feeder killed with SIGKILL
+is restarted and nothing is lost; exactly-once holds per feeder; a new bundle is swapped in across
+the processes without ever running one bundle's token ids on another's model; the pod exits
+non-zero when its model process dies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import KafkaConsumer
+from worker_support import (
+    DRAIN_TIMEOUT_S,
+    fixture_texts,
+    make_tiny_bundle,
+    produce_events,
+    read_records,
+    spawn,
+    wait_until,
+    worker_env,
+)
+
+pytestmark = pytest.mark.integration
+
+POD_START_S = 180  # three Python processes, one importing torch, on a busy 2-core machine
+RESULTS_S = 180
+
+
+class Pod:
+    """``tagstream-worker run`` with TAGSTREAM_PROCESSES=2 as a subprocess, read through its JSON log."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self.proc = spawn({**env, "TAGSTREAM_PROCESSES": "2"}, log)
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if name is None or event.get("event") == name:
+                    out.append(event)
+        return out
+
+    def port(self) -> int:
+        wait_until(lambda: self.events("telemetry_listening") or self.proc.poll() is not None, POD_START_S,
+                   "the pod's telemetry")
+        assert self.proc.poll() is None, self.tail()
+        return int(self.events("telemetry_listening")[0]["port"])
+
+    def feeder_pids(self, index: int) -> list[int]:
+        return [e["pid"] for e in self.events("feeder_started") if e["feeder"] == index]
+
+    def wait_started(self) -> None:
+        wait_until(lambda: (self.feeder_pids(0) and self.feeder_pids(1)) or self.proc.poll() is not None,
+                   POD_START_S, "both feeders to start")
+        assert self.proc.poll() is None, self.tail()
+
+    def metric(self, name: str, labels: str = "") -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port()}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        key = f"{name}{{{labels}}}" if labels else name
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(key + " "))
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(DRAIN_TIMEOUT_S + 30)
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class Results:
+    """Reads a results topic in the background (read_committed when asked), counting results per id."""
+
+    def __init__(self, bootstrap: str, topic: str, **client: Any) -> None:
+        self.values: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                       group_id=None, **client)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for batch in self._consumer.poll(timeout_ms=100).values():
+                self.values.extend(json.loads(r.value) for r in batch)
+
+    def ids(self) -> Counter:
+        return Counter(v["id"] for v in list(self.values))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._consumer.close()
+
+
+@pytest.fixture
+def pods(tmp_path):
+    made: list[Pod] = []
+
+    def start(env: dict[str, str], name: str) -> Pod:
+        pod = Pod(env, tmp_path / f"{name}.log")
+        made.append(pod)
+        return pod
+
+    yield start
+    for pod in made:
+        pod.kill()
+
+
+def produce_steadily(bootstrap: str, topic: str, texts: list[str], per_second: float) -> tuple[threading.Thread, list[str]]:
+    """Produce ``texts`` in the background at about ``per_second``; returns the thread and the ids (filled as sent)."""
+    ids: list[str] = []
+
+    def run() -> None:
+        for start in range(0, len(texts), 50):
+            ids.extend(produce_events(bootstrap, topic, texts[start : start + 50], prefix=f"s{start}-"))
+            time.sleep(50 / per_second)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, ids
+
+
+def test_two_feeders_label_every_input_once_and_sigterm_drains_both(
+    kafka_bootstrap, new_topic, new_group, tiny_bundle, pods
+):
+    """Both feeders take partitions and label inputs; SIGTERM mid-stream drains both and exits 0; after a
+    restart every input has exactly one result."""
+    topic = new_topic(partitions=4, prefix="pod-drain")
+    env = worker_env(kafka_bootstrap, topic, tiny_bundle, new_group())
+    results = Results(kafka_bootstrap, f"{topic}.labels")
+    try:
+        first = pods(env, "first")
+        first.wait_started()
+        streaming, ids = produce_steadily(kafka_bootstrap, topic, fixture_texts(4000, seed=41), per_second=200)
+        wait_until(
+            lambda: {e["process"] for e in first.events("partitions_assigned") if e["partitions"]}
+            == {"feeder-0", "feeder-1"} or first.proc.poll() is not None,
+            60, "both feeders to hold partitions",
+        )
+        wait_until(lambda: len(results.values) >= 500 or first.proc.poll() is not None, RESULTS_S,
+                   "the first results")
+        assert first.metric("tagstream_ready") == 1
+        assert first.metric("tagstream_feeders", 'state="running"') == 2
+        assert first.stop() == 0, first.tail()
+        drained = first.events("drained")
+        assert sorted(e["process"] for e in drained) == ["feeder-0", "feeder-1"]
+        assert all(e["unacknowledged_left_for_redelivery"] == 0 for e in drained)
+        assert first.events("model_process_stopped")
+        assert streaming.is_alive(), "the stop was not mid-stream"
+        streaming.join(60)
+
+        second = pods(env, "second")
+        wait_until(lambda: set(ids) <= set(results.ids()) or second.proc.poll() is not None, RESULTS_S,
+                   "results for every input")
+        time.sleep(1.0)  # a duplicate would come right behind
+        assert second.stop() == 0, second.tail()
+    finally:
+        results.close()
+    counts = results.ids()
+    assert len(ids) == 4000 and set(counts) == set(ids)
+    assert max(counts.values()) == 1, f"{sum(c > 1 for c in counts.values())} inputs labeled more than once"
+
+
+def test_a_feeder_killed_with_sigkill_is_restarted_and_nothing_is_lost_and_a_dead_model_stops_the_pod(
+    kafka_bootstrap, new_topic, new_group, tiny_bundle, pods
+):
+    """SIGKILL of one feeder mid-stream: it is restarted (its static id gets its partitions back), the other
+    carries on, and every input gets a result; SIGKILL of the model process makes the pod exit 1."""
+    topic = new_topic(partitions=4, prefix="pod-kill")
+    env = worker_env(kafka_bootstrap, topic, tiny_bundle, new_group(),
+                     TAGSTREAM_GROUP_INSTANCE_ID=f"pod-{uuid.uuid4().hex[:6]}")
+    ids = produce_events(kafka_bootstrap, topic, fixture_texts(5000, seed=42))
+    results = Results(kafka_bootstrap, f"{topic}.labels")
+    try:
+        pod = pods(env, "pod")
+        pod.wait_started()
+        wait_until(lambda: len(results.values) >= 500 or pod.proc.poll() is not None, RESULTS_S, "the first results")
+        victim = pod.feeder_pids(0)[-1]
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: len(pod.feeder_pids(0)) == 2 or pod.proc.poll() is not None, 60, "feeder 0's restart")
+        assert pod.proc.poll() is None, pod.tail()
+        assert pod.feeder_pids(0)[-1] != victim
+        assert pod.events("feeder_restarting")[0]["feeder"] == 0
+        wait_until(lambda: set(ids) <= set(results.ids()), RESULTS_S, "results for every input")
+        assert pod.metric("tagstream_feeder_restarts_total", 'feeder="0"') == 1
+        assert pod.metric("tagstream_feeder_restarts_total", 'feeder="1"') == 0
+
+        model_pid = pod.events("model_process_ready")[0]["pid"]
+        os.kill(model_pid, signal.SIGKILL)
+        assert pod.proc.wait(DRAIN_TIMEOUT_S + 30) == 1, pod.tail()
+        assert pod.events("pod_failing")[0]["reason"] == "the model process exited (killed by SIGKILL)"
+    finally:
+        results.close()
+    assert set(results.ids()) == set(ids)
+
+
+def test_exactly_once_holds_per_feeder_through_a_feeder_sigkill(kafka_bootstrap, new_topic, new_group, tiny_bundle, pods):
+    """Exactly-once with two feeders: a read_committed reader sees each input once, though a feeder is killed."""
+    topic = new_topic(partitions=4, prefix="pod-eos")
+    env = worker_env(kafka_bootstrap, topic, tiny_bundle, new_group(), TAGSTREAM_PROCESSING_GUARANTEE="exactly_once",
+                     TAGSTREAM_GROUP_INSTANCE_ID=f"pod-{uuid.uuid4().hex[:6]}")
+    ids = produce_events(kafka_bootstrap, topic, fixture_texts(4000, seed=43))
+    results = Results(kafka_bootstrap, f"{topic}.labels", isolation_level="read_committed")
+    try:
+        pod = pods(env, "pod")
+        pod.wait_started()
+        wait_until(lambda: len(results.values) >= 500 or pod.proc.poll() is not None, RESULTS_S, "the first results")
+        os.kill(pod.feeder_pids(1)[-1], signal.SIGKILL)
+        wait_until(lambda: set(ids) <= set(results.ids()) or pod.proc.poll() is not None, RESULTS_S,
+                   "committed results for every input")
+        time.sleep(2.0)  # a duplicate would come right behind
+        assert len(pod.feeder_pids(1)) == 2, "feeder 1 was restarted"
+        assert pod.stop() == 0, pod.tail()
+    finally:
+        results.close()
+    counts = results.ids()
+    assert set(counts) == set(ids)
+    assert max(counts.values()) == 1
+
+
+def test_a_new_bundle_is_swapped_in_across_processes_and_each_result_comes_from_its_own_bundle(
+    kafka_bootstrap, new_topic, new_group, tmp_path, pods
+):
+    """Mid-stream the bundle folder is replaced by one with another tokenizer length: the model process swaps it
+    in, the feeders follow, and every result's label is what its own bundle predicts for that text."""
+    import torch
+
+    from worker.runner import ModelRunner
+
+    served = make_tiny_bundle(tmp_path / "served", seed=0, max_length=32)
+    staged = make_tiny_bundle(tmp_path / "staged", seed=9, max_length=16, name="tiny-test")
+    topic = new_topic(partitions=2, prefix="pod-reload")
+    env = {**worker_env(kafka_bootstrap, topic, served, new_group()), "TAGSTREAM_RELOAD_INTERVAL_S": "0.3"}
+    texts = fixture_texts(3000, seed=44, min_words=20, max_words=40)  # longer than 16 tokens: truncation differs
+    by_id: dict[str, str] = {}
+    pod = pods(env, "pod")
+    pod.wait_started()
+    by_id.update(zip(produce_events(kafka_bootstrap, topic, texts[:1500], prefix="a"), texts[:1500], strict=True))
+    references = {}
+    for path in (served, staged):
+        runner = ModelRunner.load(path, device=torch.device("cpu"), autocast_dtype=None, max_batch_size=64,
+                                  max_batch_tokens=8192, top_k=3)
+        references[runner.version] = runner
+    wait_until(lambda: pod.metric("tagstream_events_out_total", f'topic="{topic}"') >= 500, RESULTS_S,
+               "results from the first bundle")
+    shutil.rmtree(served)
+    shutil.copytree(staged, served)  # replace the served folder, as a deploy would
+    late = produce_events(kafka_bootstrap, topic, texts[1500:], prefix="b")
+    by_id.update(zip(late, texts[1500:], strict=True))
+    records = read_records(kafka_bootstrap, f"{topic}.labels", expected=3000, timeout_s=RESULTS_S)
+    assert pod.stop() == 0, pod.tail()
+    values = [json.loads(r.value) for r in records]
+    assert {v["id"] for v in values} == set(by_id)
+    versions = Counter(v["model_version"] for v in values)
+    assert set(versions) == set(references), versions
+    wrong = 0
+    for version, runner in references.items():
+        mine = [v for v in values if v["model_version"] == version]
+        for start in range(0, len(mine), 64):
+            chunk = mine[start : start + 64]
+            answers = runner.classify(runner.tokenize([by_id[v["id"]] for v in chunk])).top_indices
+            wrong += sum(v["label"] != runner.labels[top[0]] for v, top in zip(chunk, answers, strict=True))
+    assert wrong == 0, f"{wrong} results disagree with the bundle they name"
+    assert not pod.events("stale_requests")
+    swaps = Counter(e["process"] for e in pod.events("bundle_swapped"))
+    assert swaps == {"model": 1, "feeder-0": 1, "feeder-1": 1}  # the model process swaps, each feeder follows

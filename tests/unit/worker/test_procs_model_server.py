@@ -1,0 +1,218 @@
+"""The model process and its feeders' runners, in one test process: answers, merging, swaps, failures.
+
+The model server runs on threads here (the pod runs it in a process of its own); the feeders'
+links reach it through the same socket and shared memory as in a pod.
+"""
+
+from __future__ import annotations
+
+import gc
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from worker_support import fixture_texts, make_tiny_bundle, wait_until
+
+from worker.errors import Failure, InferenceError, WorkerError
+from worker.procs.model_server import ModelServer
+from worker.procs.plan import slot_shape
+from worker.procs.remote import ModelLink, RemoteRunner
+from worker.procs.transport import Channel
+from worker.reload import RunnerSlot
+from worker.runner import ModelRunner
+from worker.settings import load_settings
+from worker.telemetry import Metrics
+
+KEY = secrets.token_bytes(16)
+
+
+@pytest.fixture
+def pod(tiny_bundle):
+    """Factory: ``pod.server(**settings)`` starts a model server; ``pod.feeder(server, i)`` connects one."""
+    run_dir = Path(tempfile.mkdtemp(prefix="ts-"))  # short: a Unix socket path has ~100 bytes
+    made: dict[str, list] = {"servers": [], "links": [], "channels": []}
+
+    class Pod:
+        def server(self, bundle: Path = tiny_bundle, **overrides) -> ModelServer:
+            settings = load_settings(
+                input_topics="in", bundle_path=bundle,
+                **{"max_batch_size": 16, "max_batch_tokens": 512, "reload_interval_s": 0, "inference_streams": 1,
+                   "threads": 1, **overrides},
+            )
+            server = ModelServer(settings)
+            server.load()
+            server.address = str(run_dir / f"m{len(made['servers'])}.sock")  # type: ignore[attr-defined]
+            server.start(server.address, KEY)  # type: ignore[attr-defined]
+            made["servers"].append(server)
+            return server
+
+        def feeder(self, server: ModelServer, index: int) -> tuple[ModelLink, RemoteRunner]:
+            shape = slot_shape(server.settings)
+            channel = Channel.create(shape, 2)
+            made["channels"].append(channel)
+            link = ModelLink(server.address, KEY, feeder=index, segment=channel.name, shape=shape, slots=2)  # type: ignore[attr-defined]
+            made["links"].append(link)
+            return link, link.open()
+
+    yield Pod()
+    for link in made["links"]:
+        link.close()
+    for server in made["servers"]:
+        server.stop()
+    gc.collect()
+    for channel in made["channels"]:
+        channel.close()
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def local_answers(bundle: Path, texts: list[str]) -> tuple[list[list[int]], np.ndarray]:
+    """Each text classified alone, in this process: the reference."""
+    import torch
+
+    runner = ModelRunner.load(bundle, device=torch.device("cpu"), autocast_dtype=None, max_batch_size=16,
+                              max_batch_tokens=512, top_k=3)
+    indices, scores = [], []
+    for ids in runner.tokenize(texts):
+        one = runner.classify([ids])
+        indices.extend(one.top_indices)
+        scores.extend(one.top_scores)
+    return indices, np.array(scores)
+
+
+def test_answers_land_with_the_right_feeder_and_row_and_padding_changes_nothing(pod, tiny_bundle):
+    """Two feeders' concurrent batches of mixed lengths get the same labels and scores as one text at a time."""
+    server = pod.server()
+    feeders = [pod.feeder(server, 0), pod.feeder(server, 1)]
+    texts = {i: fixture_texts(96, seed=10 + i, min_words=1, max_words=60) for i in range(2)}
+    got: dict[int, tuple[list, list]] = {0: ([], []), 1: ([], [])}
+
+    def feed(i: int, part: int) -> None:
+        _, runner = feeders[i]
+        chunk = texts[i][part * 48 : (part + 1) * 48]
+        for start in range(0, len(chunk), 12):  # batches of 12 rows, two in flight per feeder
+            answer = runner.classify(runner.tokenize(chunk[start : start + 12]))
+            got[i][0].append((part, start, answer.top_indices))
+            got[i][1].append((part, start, answer.top_scores))
+
+    threads = [threading.Thread(target=feed, args=(i, part)) for i in range(2) for part in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for i in range(2):
+        indices = [row for _, _, rows in sorted(got[i][0]) for row in rows]
+        scores = np.array([row for _, _, rows in sorted(got[i][1]) for row in rows])
+        want_indices, want_scores = local_answers(tiny_bundle, texts[i])
+        assert indices == want_indices
+        assert np.allclose(scores, want_scores, atol=1e-5)
+
+
+def test_requests_of_different_feeders_waiting_together_run_as_one_merged_batch(pod, tiny_bundle):
+    """While the model is busy, two feeders' requests queue, then run as one batch, each answered correctly."""
+    server = pod.server()
+    (link_a, runner_a), (link_b, runner_b) = pod.feeder(server, 0), pod.feeder(server, 1)
+    model = server._generations[1]
+    gate, calls = threading.Event(), []
+    real = model.classify_packed
+
+    def gated(ids, lengths):
+        calls.append(len(lengths))
+        if len(calls) == 1:
+            gate.wait(30)  # the first batch holds the only stream while the others queue
+        return real(ids, lengths)
+
+    model.classify_packed = gated
+    texts = fixture_texts(11, seed=3)
+    batches = {"first": texts[:3], "a": texts[3:7], "b": texts[7:11]}
+    answers: dict[str, object] = {}
+    runners = {"first": runner_a, "a": runner_a, "b": runner_b}
+
+    def send(name: str) -> None:
+        answers[name] = runners[name].classify(runners[name].tokenize(batches[name]))
+
+    first = threading.Thread(target=send, args=("first",))
+    first.start()
+    wait_until(lambda: len(calls) == 1, 10, "the first batch to reach the model")
+    others = [threading.Thread(target=send, args=(name,)) for name in ("a", "b")]
+    for thread in others:
+        thread.start()
+    wait_until(lambda: link_a._free.qsize() == 0 and link_b._free.qsize() == 1, 10, "both requests to be sent")
+    time.sleep(0.3)  # the messages are on their way to the (busy) model process
+    gate.set()
+    for thread in [first, *others]:
+        thread.join(30)
+    assert calls == [3, 8]  # the two waiting requests ran as one batch of 4 + 4 rows
+    assert server.metrics.value("tagstream_model_batch_requests_sum") == 3
+    want_indices, _ = local_answers(tiny_bundle, texts)
+    got = [*answers["first"].top_indices, *answers["a"].top_indices, *answers["b"].top_indices]  # type: ignore[attr-defined]
+    assert got == want_indices
+
+
+def test_a_bundle_swap_reaches_the_feeders_and_old_batches_finish_on_their_own_bundle(pod, tiny_bundle, tmp_path):
+    """After a swap the feeder is offered the new bundle; the old runner still answers with the old model until
+    released, then the model process unloads it and refuses its ids (never runs them on the new model)."""
+    server = pod.server()
+    link, old = pod.feeder(server, 0)
+    slot = RunnerSlot(old)
+    link.watch(slot, Metrics(), threading.Event())
+    new_bundle = make_tiny_bundle(tmp_path / "new", seed=7, max_length=16, name="tiny-new")
+    server._slot.offer(server._local.load_and_warm(new_bundle))
+    wait_until(lambda: slot._offered is not None, 10, "the feeder to be offered the new bundle")
+    new = slot.swap_if_offered()
+    assert new is not None and new.generation == 2 and new.version != old.version
+    assert new.tokenizer_key != old.tokenizer_key  # max_length differs: inputs must be re-tokenized
+
+    texts = fixture_texts(8, seed=5)
+    assert old.classify(old.tokenize(texts)).top_indices == local_answers(tiny_bundle, texts)[0]
+    assert new.classify(new.tokenize(texts)).top_indices == local_answers(new_bundle, texts)[0]
+    assert server.metrics.value("tagstream_bundle_reloads_total", {"result": "swapped"}) == 1
+
+    ids, old_key = old.tokenize(texts), old.tokenizer_key
+    del old  # the slot holds the new runner now: nothing here references the old one
+    gc.collect()
+    wait_until(lambda: 1 not in server._generations, 10, "the old bundle to be unloaded")
+    with pytest.raises(WorkerError) as raised:  # a late request for it: refused, never run on the new model
+        link.request(ids, 1, old_key)
+    assert raised.value.failure is Failure.MODEL_PROCESS_LOST
+    assert server.metrics.value("tagstream_model_stale_requests_total") == 1
+
+
+def test_the_model_raising_on_a_batch_is_an_inference_error_in_the_feeder(pod):
+    """A batch the model fails on comes back as InferenceError, so the feeder retries it one input at a time."""
+    server = pod.server()
+    _, runner = pod.feeder(server, 0)
+
+    def broken(ids, lengths):
+        raise InferenceError("boom")
+
+    server._generations[1].classify_packed = broken
+    with pytest.raises(InferenceError, match="boom"):
+        runner.classify(runner.tokenize(["a text"]))
+
+
+def test_a_feeder_whose_model_process_goes_away_fails_with_model_process_lost(pod):
+    """When the model process stops, the feeder's next classify raises WorkerError (model_process_lost) at once."""
+    server = pod.server()
+    _, runner = pod.feeder(server, 0)
+    assert runner.classify(runner.tokenize(["before"])).top_indices
+    server.stop()
+    started = time.monotonic()
+    with pytest.raises(WorkerError) as raised:
+        for _ in range(50):  # the link notices the closed socket on its receiver thread
+            runner.classify(runner.tokenize(["after"]))
+            time.sleep(0.1)
+    assert raised.value.failure is Failure.MODEL_PROCESS_LOST
+    assert time.monotonic() - started < 10
+
+
+def test_a_batch_longer_than_a_slot_is_sent_in_parts_and_answered_in_order(pod, tiny_bundle):
+    """A batch over the slot's rows (e.g. re-tokenized after a swap) is split, and its answers keep their order."""
+    server = pod.server(max_batch_size=4, max_batch_tokens=128)
+    _, runner = pod.feeder(server, 0)
+    texts = fixture_texts(10, seed=8)
+    assert runner.classify(runner.tokenize(texts)).top_indices == local_answers(tiny_bundle, texts)[0]

@@ -1,0 +1,877 @@
+"""The confluent-kafka backend (librdkafka, ``TAGSTREAM_KAFKA_CLIENT=confluent``): consumer, producer.
+
+librdkafka does the network I/O, batching, compression and record decoding in C threads of its
+own, so the worker's interpreter pays a few microseconds per record instead of kafka-python's
+tens. Same interfaces and guarantees as ``kafkapython.py``; where librdkafka works differently,
+this module bridges it:
+
+- Delivery reports and error/log callbacks only run inside ``poll()``/``flush()``: a small
+  thread (``tagstream-kafka-dr``) polls the producer, so acknowledgements reach the sink as
+  kafka-python's I/O thread delivers them. ``flush`` holds that thread off, so when it returns
+  every acknowledgement has been applied (the exactly-once commit reads the tracker next).
+- Rebalance callbacks run inside ``consume()`` on the consumer thread. ``on_revoked`` (a
+  coroutine) runs to completion there under ``asyncio.run``; librdkafka heartbeats on its own
+  threads meanwhile. Seeks made in ``on_assigned`` become the starting offsets of the
+  ``assign()`` call (librdkafka refuses a seek before its fetcher has started), and a seek
+  refused later is retried before each poll, the partition's records held back until it holds.
+- ``consume(n, timeout)`` waits for all ``n`` records; ``poll`` takes what is there at once and
+  waits only when nothing is, so a quiet topic costs no batching delay.
+- Pattern subscriptions are resolved here (librdkafka's regex has no look-ahead, which the
+  pattern that excludes the worker's own topics needs) and re-resolved every
+  ``PATTERN_REFRESH_S``.
+- A static member's ``close()`` does not leave the group (KIP-345) and confluent's admin client
+  cannot remove members: the kafka-python admin client does it, as for the other backend.
+- Blocking calls librdkafka does not bound (a synchronous offset commit, ``close``) run in a
+  helper thread that is waited for with the caller's timeout.
+- A record whose header keys are not UTF-8 cannot be decoded by confluent-kafka at all (its
+  ``headers()`` raises): it is handed over with the ``INVALID_HEADERS_MARKER`` header alone, and
+  dead-lettered (invalid_header) with its key and value but none of its headers.
+- A produce request the broker refuses as too large fails every record in it (librdkafka does
+  not split batches the way kafka-python does): each is sent again alone, through a second
+  producer that makes one-record batches, before its refusal counts (at-least-once only; in a
+  transaction the refusal aborts it, as with kafka-python).
+
+``failure_for_error`` is this client's one table from ``KafkaError`` codes to ``Failure`` kinds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import operator
+import os
+import re
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import confluent_kafka as ck
+import structlog
+from confluent_kafka import KafkaError, KafkaException
+
+from worker.errors import BrokerError, Failure
+from worker.events import INVALID_HEADERS_MARKER
+from worker.kafka import diagnose
+from worker.kafka.base import (
+    DeliveryHandler,
+    RebalanceHandler,
+    Record,
+    TopicPartition,
+    UnreadableRecord,
+)
+from worker.kafka.diagnose import CONNECT_HINTS, bootstrap_timeout_error
+
+if TYPE_CHECKING:
+    from worker.settings import WorkerSettings
+
+log = structlog.get_logger("tagstream.worker.kafka")
+# librdkafka's own log lines, through stdlib logging like kafka-python's ("kafka" is at WARNING
+# in the worker: see telemetry.configure_logging). At DEBUG its debug contexts are turned on.
+LIBRDKAFKA_LOGGER = "kafka.librdkafka"
+LIBRDKAFKA_DEBUG_CONTEXTS = "generic,broker,security,cgrp,topic"
+
+PRODUCER_LINGER_MS = 5  # results of one batch leave in a few produce requests, not one each
+PRODUCER_BATCH_BYTES = 256 * 1024  # as kafka-python's backend; kept under topics' usual 1 MiB limit
+PRODUCER_BUFFER_KBYTES = 32 * 1024  # as kafka-python's buffer_memory: a full buffer blocks send
+SEND_MAX_BLOCK_S = 15.0  # how long send() waits for buffer space (kafka-python's max_block_ms)
+TOPIC_METADATA_WAIT_MS = 15_000  # records for a topic the broker says does not exist fail after this
+CONSUMER_QUEUE_KBYTES = 16 * 1024  # records prefetched per consumer: bounds memory, ample for throughput
+STATS_INTERVAL_MS = 1_000  # how often librdkafka reports the group coordinator's state (coordinator_known)
+END_OFFSETS_TIMEOUT_S = 1.0  # the lag refresh blocks the poll loop at most this long
+COMMIT_TIMEOUT_S = 30.0  # an offset commit inside a rebalance callback waits at most this long
+TRANSACTION_TIMEOUT_S = 60.0  # transactional calls (commit, abort, offsets) wait at most this long
+PATTERN_REFRESH_S = 10.0  # how often a pattern subscription looks for new matching topics
+DR_POLL_S = 0.02  # the delivery-report thread's wait: bounds how long flush() waits to take over
+CONNECT_PROBE_S = 0.5  # start-up asks for metadata this often until the bootstrap timeout
+
+# -- the error table ------------------------------------------------------------------------------------
+E = KafkaError
+# Codes whose meaning is fixed; anything else goes by the error's own flags (fatal, retriable,
+# txn_requires_abort) in failure_for_error.
+ERROR_TABLE: dict[int, Failure] = {
+    # this record alone: too large for the producer (produce() raises it at once: librdkafka has
+    # no local code of its own for this) or for the topic (the broker's answer), or invalid
+    E.MSG_SIZE_TOO_LARGE: Failure.RECORD_REJECTED,
+    E.RECORD_LIST_TOO_LARGE: Failure.RECORD_REJECTED,
+    E.INVALID_RECORD: Failure.RECORD_REJECTED,
+    E.INVALID_MSG: Failure.RECORD_REJECTED,
+    E.INVALID_MSG_SIZE: Failure.RECORD_REJECTED,
+    E.INVALID_TIMESTAMP: Failure.RECORD_REJECTED,
+    # exactly-once: the transaction is being aborted (records purged by abort_transaction)
+    E._PURGE_QUEUE: Failure.TRANSACTION_ABORTED,
+    E._PURGE_INFLIGHT: Failure.TRANSACTION_ABORTED,
+    E.TRANSACTION_ABORTABLE: Failure.TRANSACTION_ABORTED,
+    # credentials
+    E._AUTHENTICATION: Failure.AUTHENTICATION_FAILED,
+    E.SASL_AUTHENTICATION_FAILED: Failure.AUTHENTICATION_FAILED,
+    E.UNSUPPORTED_SASL_MECHANISM: Failure.AUTHENTICATION_FAILED,
+    E.ILLEGAL_SASL_STATE: Failure.AUTHENTICATION_FAILED,
+    E._SSL: Failure.AUTHENTICATION_FAILED,
+    # ACLs
+    E.TOPIC_AUTHORIZATION_FAILED: Failure.AUTHORIZATION_FAILED,
+    E.GROUP_AUTHORIZATION_FAILED: Failure.AUTHORIZATION_FAILED,
+    E.CLUSTER_AUTHORIZATION_FAILED: Failure.AUTHORIZATION_FAILED,
+    E.TRANSACTIONAL_ID_AUTHORIZATION_FAILED: Failure.AUTHORIZATION_FAILED,
+    # topics
+    E.UNKNOWN_TOPIC_OR_PART: Failure.TOPIC_MISSING,
+    E._UNKNOWN_TOPIC: Failure.TOPIC_MISSING,
+    E._UNKNOWN_PARTITION: Failure.TOPIC_MISSING,
+    E.TOPIC_EXCEPTION: Failure.TOPIC_MISSING,
+    # zombies
+    E.FENCED_INSTANCE_ID: Failure.INSTANCE_FENCED,
+    E.PRODUCER_FENCED: Failure.PRODUCER_FENCED,
+    E.INVALID_PRODUCER_EPOCH: Failure.PRODUCER_FENCED,
+    E.TRANSACTION_COORDINATOR_FENCED: Failure.PRODUCER_FENCED,
+    E._FENCED: Failure.PRODUCER_FENCED,
+    # the group moved on: the next commit covers it
+    E.REBALANCE_IN_PROGRESS: Failure.COMMIT_FAILED,
+    E.ILLEGAL_GENERATION: Failure.COMMIT_FAILED,
+    E.UNKNOWN_MEMBER_ID: Failure.COMMIT_FAILED,
+    E._ASSIGNMENT_LOST: Failure.COMMIT_FAILED,
+    E._MAX_POLL_EXCEEDED: Failure.COMMIT_FAILED,
+    E.STALE_MEMBER_EPOCH: Failure.COMMIT_FAILED,
+    # no broker answers
+    E._ALL_BROKERS_DOWN: Failure.BROKER_UNREACHABLE,
+    E._TRANSPORT: Failure.BROKER_UNREACHABLE,
+    E._RESOLVE: Failure.BROKER_UNREACHABLE,
+    # transient (the client retries; the worker's next turn does too)
+    E._TIMED_OUT: Failure.KAFKA_TRANSIENT,
+    E._TIMED_OUT_QUEUE: Failure.KAFKA_TRANSIENT,
+    E.REQUEST_TIMED_OUT: Failure.KAFKA_TRANSIENT,
+    E._WAIT_COORD: Failure.KAFKA_TRANSIENT,
+    E.COORDINATOR_NOT_AVAILABLE: Failure.KAFKA_TRANSIENT,
+    E.NOT_COORDINATOR: Failure.KAFKA_TRANSIENT,
+    E.COORDINATOR_LOAD_IN_PROGRESS: Failure.KAFKA_TRANSIENT,
+    E.NOT_LEADER_FOR_PARTITION: Failure.KAFKA_TRANSIENT,
+    E.LEADER_NOT_AVAILABLE: Failure.KAFKA_TRANSIENT,
+    E.NETWORK_EXCEPTION: Failure.KAFKA_TRANSIENT,
+    E.NOT_ENOUGH_REPLICAS: Failure.KAFKA_TRANSIENT,
+    E.CONCURRENT_TRANSACTIONS: Failure.KAFKA_TRANSIENT,
+    # a record outlived message.timeout.ms (the broker was away longer than broker_outage_s)
+    E._MSG_TIMED_OUT: Failure.DELIVERY_FAILED,
+    # the client is unusable (its flags do not always say so; see _consumer_failure)
+    E._FATAL: Failure.KAFKA_FATAL,
+}
+
+# Consumer errors that concern one record: it is dead-lettered by location and read past.
+UNREADABLE_CODES = frozenset({E._BAD_MSG, E._BAD_COMPRESSION, E._KEY_DESERIALIZATION, E._VALUE_DESERIALIZATION})
+# Consumer errors that are news, not failures.
+QUIET_CODES = frozenset({E._PARTITION_EOF, E._NO_OFFSET, E.NO_ERROR})
+
+
+def failure_for_error(error: BaseException | KafkaError) -> Failure:
+    """Map a confluent-kafka error (a KafkaError or the exception carrying one) to its Failure kind."""
+    err = _kafka_error(error)
+    if err is None:
+        return Failure.DELIVERY_FAILED if isinstance(error, BufferError) else Failure.INTERNAL
+    mapped = ERROR_TABLE.get(err.code())
+    if mapped is not None:
+        return mapped
+    if err.txn_requires_abort():
+        return Failure.TRANSACTION_ABORTED
+    if err.fatal():
+        return Failure.KAFKA_FATAL
+    if err.retriable():
+        return Failure.KAFKA_TRANSIENT
+    return Failure.KAFKA_FATAL
+
+
+def translate(error: BaseException | KafkaError, what: str) -> BrokerError:
+    err = _kafka_error(error)
+    text = err.str() if err is not None else str(error)
+    return BrokerError(f"{what}: {text}", failure_for_error(error))
+
+
+def _kafka_error(error: BaseException | KafkaError) -> KafkaError | None:
+    if isinstance(error, KafkaError):
+        return error
+    if isinstance(error, KafkaException) and error.args and isinstance(error.args[0], KafkaError):
+        return error.args[0]
+    return None
+
+
+# -- configuration ----------------------------------------------------------------------------------------
+def common_config(settings: WorkerSettings) -> dict[str, Any]:
+    """librdkafka settings shared by the consumer and the producer: brokers and security."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": ",".join(x.strip() for x in settings.bootstrap_servers.split(",")),
+        "client.id": f"tagstream-{socket.gethostname()}-{os.getpid()}",
+        "security.protocol": settings.security_protocol.lower(),
+        "logger": logging.getLogger(LIBRDKAFKA_LOGGER),
+    }
+    if logging.getLogger(LIBRDKAFKA_LOGGER).isEnabledFor(logging.DEBUG):
+        config["debug"] = LIBRDKAFKA_DEBUG_CONTEXTS
+    if settings.security_protocol.startswith("SASL_"):
+        config["sasl.mechanism"] = settings.sasl_mechanism
+        config["sasl.username"] = settings.sasl_username
+        config["sasl.password"] = settings.sasl_password.get_secret_value() if settings.sasl_password else ""
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        for ours, theirs in (("ssl_cafile", "ssl.ca.location"), ("ssl_certfile", "ssl.certificate.location"),
+                             ("ssl_keyfile", "ssl.key.location")):
+            if getattr(settings, ours) is not None:
+                config[theirs] = str(getattr(settings, ours))
+        config["ssl.endpoint.identification.algorithm"] = "https"  # host names checked, as kafka-python does
+    return config
+
+
+def producer_config(settings: WorkerSettings, transactional_id: str | None) -> dict[str, Any]:
+    config = {
+        **common_config(settings),
+        "acks": "all",
+        "linger.ms": PRODUCER_LINGER_MS,
+        "batch.size": PRODUCER_BATCH_BYTES,
+        "message.max.bytes": settings.producer_max_request_bytes(),
+        "queue.buffering.max.kbytes": PRODUCER_BUFFER_KBYTES,
+        # A record keeps being retried this long (broker down, leader moving) before its delivery
+        # fails, which is fatal: as long as the broker outage the worker waits out.
+        "message.timeout.ms": int(settings.broker_outage_s * 1000) + 30_000,
+        "topic.metadata.propagation.max.ms": TOPIC_METADATA_WAIT_MS,
+        # Idempotence (no duplicates or reordering from retries) is safe here: librdkafka fails a
+        # refused record alone and carries on (tests/integration/worker/test_confluent_client.py), unlike
+        # kafka-python 3.0's idempotent producer, which a refused batch puts in a fatal state.
+        "enable.idempotence": True,
+    }
+    if transactional_id is not None:
+        config["transactional.id"] = transactional_id
+        config["transaction.timeout.ms"] = settings.transaction_timeout_ms
+        # librdkafka requires it: a record cannot outlive its transaction, which the broker
+        # aborts after transaction.timeout.ms anyway.
+        config["message.timeout.ms"] = min(config["message.timeout.ms"], settings.transaction_timeout_ms)
+    return config
+
+
+def consumer_config(settings: WorkerSettings, transactional: bool) -> dict[str, Any]:
+    config = {
+        **common_config(settings),
+        "group.id": settings.group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": settings.auto_offset_reset,
+        "allow.auto.create.topics": False,
+        "session.timeout.ms": settings.session_timeout_ms,
+        # librdkafka refuses a poll interval below the session timeout; the worker polls every
+        # 100 ms whatever the model does, so the larger of the two changes nothing.
+        "max.poll.interval.ms": max(settings.max_poll_interval_ms, settings.session_timeout_ms),
+        # read_committed where exactly-once needs it; otherwise what kafka-python reads by default.
+        "isolation.level": "read_committed" if transactional else "read_uncommitted",
+        "queued.max.messages.kbytes": CONSUMER_QUEUE_KBYTES,
+        "statistics.interval.ms": STATS_INTERVAL_MS,
+    }
+    if settings.group_instance_id:
+        config["group.instance.id"] = settings.group_instance_id
+    return config
+
+
+# -- start-up ------------------------------------------------------------------------------------------
+class _Errors:
+    """The error callback's record of what went wrong, for start-up diagnosis and health."""
+
+    def __init__(self, client: str) -> None:
+        self._client = client
+        self.auth: KafkaError | None = None  # a refused login or TLS handshake, if any
+        self.all_down_at: float | None = None  # when librdkafka last said no broker is up
+
+    def __call__(self, err: KafkaError) -> None:
+        code = err.code()
+        if code in (E._AUTHENTICATION, E.SASL_AUTHENTICATION_FAILED, E._SSL, E.UNSUPPORTED_SASL_MECHANISM):
+            self.auth = err
+        if code == E._ALL_BROKERS_DOWN:
+            self.all_down_at = time.monotonic()
+        quiet = code in (E._TRANSPORT, E._ALL_BROKERS_DOWN, E._RESOLVE)  # logged by librdkafka already
+        (log.debug if quiet else log.warning)(
+            "kafka_client_error", client=self._client, code=err.name(), error=err.str(), fatal=err.fatal()
+        )
+
+
+def _connect(settings: WorkerSettings, client: Any, errors: _Errors) -> None:
+    """Wait until ``client`` has cluster metadata, or raise a BrokerError saying what to fix.
+
+    librdkafka connects lazily and retries forever; a refused login or TLS handshake reaches the
+    error callback within milliseconds, so start-up stops at once instead of timing out.
+    """
+    deadline = time.monotonic() + diagnose.BOOTSTRAP_TIMEOUT_MS / 1000
+    last: BaseException | None = None
+    while True:
+        if errors.auth is not None:
+            failure = failure_for_error(errors.auth)
+            raise BrokerError(
+                f"Kafka refused the connection: {errors.auth.str()}{CONNECT_HINTS.get(failure, '')}", failure
+            )
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise bootstrap_timeout_error(settings, last or TimeoutError("no metadata"))
+        try:
+            client.list_topics(timeout=min(CONNECT_PROBE_S, left))
+            return
+        except KafkaException as exc:
+            last = exc
+            failure = failure_for_error(exc)
+            if failure in (Failure.AUTHENTICATION_FAILED, Failure.AUTHORIZATION_FAILED):
+                raise BrokerError(
+                    f"Kafka refused the connection: {translate(exc, 'metadata')}{CONNECT_HINTS.get(failure, '')}",
+                    failure,
+                ) from exc
+
+
+def open_clients(
+    settings: WorkerSettings, *, transactional_id: str | None = None
+) -> tuple[ConfluentConsumer, ConfluentProducer]:
+    producer = ConfluentProducer(settings, transactional_id)
+    try:
+        _connect(settings, producer.client, producer.errors)
+        consumer = ConfluentConsumer(settings, transactional=transactional_id is not None)
+    except BaseException:
+        producer.close(2)
+        raise
+    try:
+        _connect(settings, consumer.client, consumer.errors)
+    except BaseException:
+        consumer.close(2, leave_group=False)
+        producer.close(2)
+        raise
+    return consumer, producer
+
+
+def _new(kind: Callable[[dict[str, Any]], Any], config: dict[str, Any]) -> Any:
+    try:
+        return kind(config)
+    except KafkaException as exc:  # a setting librdkafka refuses: say which, never the values
+        raise BrokerError(f"the Kafka client refused its configuration: {translate(exc, 'config')}",
+                          Failure.SETTINGS_INVALID) from exc
+
+
+def _bounded(call: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """Run a blocking librdkafka call that has no timeout of its own, waiting at most ``timeout_s``."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="tagstream-kafka-call", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise BrokerError(f"{what}: no answer within {timeout_s:g} s", Failure.KAFKA_TRANSIENT)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+# -- records ---------------------------------------------------------------------------------------------
+class _Record:
+    """One consumed record with the attributes ``parse_record`` reads (cheaper than a dataclass)."""
+
+    __slots__ = ("headers", "key", "offset", "partition", "timestamp", "topic", "value")
+
+    def __init__(self, topic: str, partition: int, offset: int, timestamp: int, key: bytes | None,
+                 value: bytes | None, headers: list[tuple[str, bytes | None]]) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.timestamp = timestamp
+        self.key = key
+        self.value = value
+        self.headers = headers
+
+
+# confluent-kafka cannot decode a record's headers when a key is not UTF-8; parse_record
+# dead-letters a record whose first header is this marker (reason invalid_header).
+_UNDECODABLE_HEADERS = [(INVALID_HEADERS_MARKER, b"one or more")]
+# Message.headers() then returns with the decoding error still set instead of raising it. A call
+# the interpreter has specialised (a hot loop's m.headers()) does not check for that, and the
+# error surfaces at some later, unrelated call as a SystemError. A call through methodcaller is
+# always checked, so the error is raised here, where it belongs.
+_headers = operator.methodcaller("headers")
+
+
+# -- the consumer ------------------------------------------------------------------------------------------
+class ConfluentConsumer:
+    """``ConsumerClient`` over ``confluent_kafka.Consumer``. Used from the source's thread only."""
+
+    def __init__(self, settings: WorkerSettings, *, transactional: bool) -> None:
+        self._settings = settings
+        self.errors = _Errors("consumer")
+        self._handler: RebalanceHandler | None = None
+        self._closing = False
+        self._assigning: dict[TopicPartition, int] | None = None  # seeks made inside on_assigned
+        self._pending_seeks: dict[TopicPartition, int] = {}  # seeks librdkafka refused for now
+        self._callback_error: BaseException | None = None  # raised by a handler inside consume()
+        self._deferred: BaseException | None = None  # raised at the next poll, before reading more
+        self._commits: deque[tuple[frozenset[tuple[str, int, int]], Callable[[BaseException | None], None]]] = deque()
+        self._coordinator_state: str | None = None  # from the statistics: "up" when it answers
+        self._pattern: re.Pattern[str] | None = None
+        self._pattern_topics: list[str] = []
+        self._pattern_at = 0.0
+        config = consumer_config(settings, transactional)
+        config.update(error_cb=self.errors, stats_cb=self._on_stats, on_commit=self._on_commit)
+        self.client = _new(ck.Consumer, config)
+
+    # -- subscription and rebalances --------------------------------------------------------------------
+    def subscribe(self, *, topics: list[str] | None, pattern: str | None, handler: RebalanceHandler) -> None:
+        self._handler = handler
+        if pattern is not None:
+            self._pattern = re.compile(pattern)
+            self._refresh_pattern(force=True)
+        else:
+            self._subscribe(list(topics or ()))
+
+    def _subscribe(self, topics: list[str]) -> None:
+        try:
+            if topics:
+                self.client.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                      on_lost=self._on_lost)
+            else:
+                self.client.unsubscribe()
+        except KafkaException as exc:
+            raise translate(exc, "cannot subscribe") from exc
+
+    def _refresh_pattern(self, force: bool = False) -> None:
+        """Subscribe to the topics the pattern matches now (librdkafka's regex lacks look-ahead)."""
+        now = time.monotonic()
+        if not force and now - self._pattern_at < PATTERN_REFRESH_S:
+            return
+        self._pattern_at = now
+        assert self._pattern is not None
+        try:
+            names = self.client.list_topics(timeout=END_OFFSETS_TIMEOUT_S).topics
+        except KafkaException as exc:
+            log.debug("pattern_refresh_failed", error=str(exc))
+            return
+        matching = sorted(t for t in names if not t.startswith("__") and self._pattern.match(t))
+        if matching != self._pattern_topics:
+            self._pattern_topics = matching
+            log.info("pattern_subscription", topics=matching)
+            self._subscribe(matching)
+
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        ours = {TopicPartition(p.topic, p.partition) for p in partitions}
+        self._assigning = {}
+        try:
+            if self._handler is not None and not self._closing:
+                self._handler.on_assigned(ours)
+        except BaseException as exc:
+            self._callback_error = self._callback_error or exc
+        finally:
+            seeks, self._assigning = self._assigning, None
+        # Start where on_assigned sought, else at the group's committed offset (or the reset point).
+        consumer.assign([ck.TopicPartition(p.topic, p.partition, seeks.get(TopicPartition(p.topic, p.partition),
+                                                                              ck.OFFSET_INVALID))
+                         for p in partitions])
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        self._run_revoke({TopicPartition(p.topic, p.partition) for p in partitions}, lost=False)
+
+    def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        self._run_revoke({TopicPartition(p.topic, p.partition) for p in partitions}, lost=True)
+
+    def _run_revoke(self, partitions: set[TopicPartition], lost: bool) -> None:
+        for tp in partitions:
+            self._pending_seeks.pop(tp, None)
+        if self._handler is None or self._closing:
+            return  # close(): kafka-python calls no listener there either
+        try:
+            if lost:
+                self._handler.on_lost(partitions)
+            else:
+                # Run to completion here; librdkafka heartbeats on its own threads meanwhile.
+                asyncio.run(self._handler.on_revoked(partitions, asyncio.sleep))
+        except BaseException as exc:
+            self._callback_error = self._callback_error or exc
+
+    # -- polling ----------------------------------------------------------------------------------------------
+    def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Record]]:
+        if self._deferred is not None:
+            error, self._deferred = self._deferred, None
+            raise error
+        if self._pattern is not None:
+            self._refresh_pattern()
+        if self._pending_seeks:
+            self._apply_pending_seeks()
+        consume = self.client.consume
+        try:
+            messages = consume(max_records, 0)
+            if not messages:
+                messages = consume(1, timeout_ms / 1000)
+                if messages and max_records > 1:
+                    messages.extend(consume(max_records - 1, 0))
+        except KafkaException as exc:
+            raise translate(exc, "the consumer failed") from exc
+        finally:
+            if self._callback_error is not None:  # a handler raised: after these records, at the next poll
+                self._deferred, self._callback_error = self._callback_error, None
+        return self._records(messages) if messages else {}
+
+    def _records(self, messages: list[Any]) -> dict[TopicPartition, list[Record]]:
+        """Group by partition (offset order is kept within each), decoding each message once."""
+        out: dict[TopicPartition, list[Any]] = {}
+        batch: list[Any] = []
+        last_topic, last_partition = None, -1
+        held = self._pending_seeks
+        for m in messages:
+            if m.error() is not None:
+                self._message_error(m, out)
+                last_topic = None
+                continue
+            topic, partition = m.topic(), m.partition()
+            if partition != last_partition or topic != last_topic:
+                last_topic, last_partition = topic, partition
+                tp = TopicPartition(topic, partition)
+                # While a seek is pending, records of that partition are from before it: dropped.
+                batch = [] if held and tp in held else out.get(tp) or out.setdefault(tp, [])
+            try:
+                headers = _headers(m) or []
+            except (SystemError, UnicodeDecodeError):
+                headers = list(_UNDECODABLE_HEADERS)
+            batch.append(_Record(topic, partition, m.offset(), m.timestamp()[1], m.key(), m.value(), headers))
+        return out
+
+    def _message_error(self, m: Any, out: dict[TopicPartition, list[Any]]) -> None:
+        """A consumer error delivered as a message: one unreadable record, or news about the client."""
+        err = m.error()
+        code = err.code()
+        if code in QUIET_CODES:
+            return
+        partition, offset = m.partition(), m.offset()
+        if code in UNREADABLE_CODES and m.topic() and partition is not None and partition >= 0 and offset >= 0:
+            # Dead-letter that offset by its location and read on after it (never backwards:
+            # a later record of this partition already handed over means the client moved on).
+            tp = TopicPartition(m.topic(), partition)
+            records = out.setdefault(tp, [])
+            if records and records[-1].offset >= offset:
+                return
+            records.append(UnreadableRecord(tp.topic, partition, offset, err.str()))
+            self._pending_seeks[tp] = offset + 1
+            return
+        error = translate(err, "the consumer failed")
+        error.failure = _consumer_failure(err, error.failure)
+        if self._deferred is None:
+            self._deferred = error  # raised at the next poll: the records of this one are handed over first
+
+    def _apply_pending_seeks(self) -> None:
+        assigned = self.assignment()
+        for tp, offset in list(self._pending_seeks.items()):
+            if tp not in assigned:
+                del self._pending_seeks[tp]
+                continue
+            try:
+                self.client.seek(ck.TopicPartition(tp.topic, tp.partition, offset))
+            except KafkaException:
+                continue  # the fetcher is not ready yet: next poll
+            del self._pending_seeks[tp]
+
+    # -- positions -------------------------------------------------------------------------------------------
+    def assignment(self) -> set[TopicPartition]:
+        try:
+            return {TopicPartition(p.topic, p.partition) for p in self.client.assignment()}
+        except (KafkaException, RuntimeError):
+            return set()
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        self._call(self.client.pause, _theirs(partitions), "cannot pause")
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        self._call(self.client.resume, _theirs(partitions), "cannot resume")
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        tp = TopicPartition(*tp)
+        if self._assigning is not None:  # inside on_assigned: becomes the assign() offset
+            self._assigning[tp] = offset
+            return
+        try:
+            self.client.seek(ck.TopicPartition(tp.topic, tp.partition, offset))
+            self._pending_seeks.pop(tp, None)
+        except KafkaException as exc:
+            if _kafka_error(exc) is None or exc.args[0].code() != E._STATE:
+                raise translate(exc, f"cannot seek {tp.topic}[{tp.partition}]") from exc
+            self._pending_seeks[tp] = offset  # fetcher not started yet: retried before each poll
+
+    @staticmethod
+    def _call(call: Callable[[Any], Any], arg: Any, what: str) -> None:
+        if not arg:
+            return
+        try:
+            call(arg)
+        except KafkaException as exc:
+            raise translate(exc, what) from exc
+
+    # -- commits ---------------------------------------------------------------------------------------------
+    def commit_async(
+        self, positions: dict[TopicPartition, int], on_done: Callable[[BaseException | None], None]
+    ) -> None:
+        offsets = _offsets(positions)
+        try:
+            self.client.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as exc:
+            on_done(translate(exc, "the offset commit failed"))
+            return
+        self._commits.append((_key(offsets), on_done))
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[Any]) -> None:
+        """Every commit's result, asynchronous ones (matched by content) and synchronous echoes."""
+        key = _key(partitions)
+        match = next((i for i, (pending, _) in enumerate(self._commits) if pending == key), None)
+        if match is None:
+            return  # a synchronous commit's echo: its caller already has the result
+        on_done = self._commits[match][1]
+        del self._commits[match]
+        failed = err if err is not None else next((p.error for p in partitions if p.error is not None), None)
+        on_done(None if failed is None else translate(failed, "the offset commit failed"))
+
+    def commit(self, positions: dict[TopicPartition, int], timeout_s: float) -> None:
+        offsets = _offsets(positions)
+        try:
+            done = _bounded(lambda: self.client.commit(offsets=offsets, asynchronous=False), timeout_s,
+                            "the offset commit failed")
+        except KafkaException as exc:
+            raise translate(exc, "the offset commit failed") from exc
+        failed = next((p.error for p in done or () if p.error is not None), None)
+        if failed is not None:
+            raise translate(failed, "the offset commit failed")
+
+    async def commit_in_rebalance(self, positions: dict[TopicPartition, int]) -> None:
+        # on_revoked runs on the consumer thread inside consume(): a blocking commit is allowed.
+        self.commit(positions, COMMIT_TIMEOUT_S)
+
+    def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """High watermarks: from the latest fetch response when there is one, else asked for."""
+        deadline = time.monotonic() + END_OFFSETS_TIMEOUT_S
+        out: dict[TopicPartition, int] = {}
+        for tp in partitions:
+            theirs = ck.TopicPartition(tp.topic, tp.partition)
+            try:
+                _low, high = self.client.get_watermark_offsets(theirs, cached=True)
+                if high < 0:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        continue
+                    _low, high = self.client.get_watermark_offsets(theirs, timeout=left)
+            except KafkaException as exc:
+                raise translate(exc, "cannot read the end offsets") from exc
+            if high >= 0:
+                out[TopicPartition(*tp)] = high
+        return out
+
+    def committed(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:
+        tps = _theirs(partitions)
+        if not tps:
+            return {}
+        try:
+            found = self.client.committed(tps, timeout=END_OFFSETS_TIMEOUT_S)
+        except KafkaException as exc:
+            raise translate(exc, "cannot read the committed offsets") from exc
+        return {TopicPartition(p.topic, p.partition): (p.offset if p.offset >= 0 else None) for p in found}
+
+    def group_metadata(self) -> Any:
+        return self.client.consumer_group_metadata()
+
+    # -- health and metadata -----------------------------------------------------------------------------------
+    def _on_stats(self, stats: str) -> None:
+        with contextlib.suppress(ValueError):
+            self._coordinator_state = json.loads(stats).get("cgrp", {}).get("state")
+
+    def coordinator_known(self) -> bool:
+        state = self._coordinator_state
+        if state is None:  # no statistics yet: go by the error callback alone
+            down = self.errors.all_down_at
+            return down is None or time.monotonic() - down > 2 * STATS_INTERVAL_MS / 1000
+        return state == "up"
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        meta = self._metadata(topic)
+        found = meta.topics.get(topic)
+        if found is None or found.error is not None:
+            return None
+        return set(found.partitions)
+
+    def topics(self) -> set[str]:
+        return set(self._metadata(None).topics)
+
+    def _metadata(self, topic: str | None) -> Any:
+        try:
+            return self.client.list_topics(topic=topic, timeout=diagnose.BOOTSTRAP_TIMEOUT_MS / 1000)
+        except KafkaException as exc:
+            raise bootstrap_timeout_error(self._settings, exc) from exc
+
+    def close(self, timeout_s: float, leave_group: bool = True) -> None:
+        self._closing = True  # librdkafka revokes inside close(): the handler is not told
+        try:
+            _bounded(self.client.close, max(0.5, timeout_s), "closing the consumer")
+        except Exception as exc:
+            log.warning("consumer_close_failed", error=str(exc))
+        instance = self._settings.group_instance_id
+        if instance and leave_group:
+            from worker.kafka.kafkapython import remove_static_member
+
+            remove_static_member(self._settings, timeout_s)
+
+
+def _consumer_failure(err: KafkaError, failure: Failure) -> Failure:
+    """What a consumer error delivered among the records means for the worker."""
+    if failure is Failure.TOPIC_MISSING:
+        return Failure.KAFKA_TRANSIENT  # a subscribed topic gone: not this worker's end
+    if err.code() == E._FATAL and "group.instance.id" in err.str():
+        # librdkafka reports a fenced static member as a generic fatal error, its cause in words only
+        return Failure.INSTANCE_FENCED
+    return failure
+
+
+def _theirs(tps: Iterable[TopicPartition]) -> list[Any]:
+    return [ck.TopicPartition(tp[0], tp[1]) for tp in tps]
+
+
+def _offsets(positions: dict[TopicPartition, int]) -> list[Any]:
+    return [ck.TopicPartition(tp[0], tp[1], position) for tp, position in positions.items()]
+
+
+def _key(partitions: Iterable[Any]) -> frozenset[tuple[str, int, int]]:
+    return frozenset((p.topic, p.partition, p.offset) for p in partitions)
+
+
+# -- the producer ------------------------------------------------------------------------------------------
+class ConfluentProducer:
+    """``ProducerClient`` over ``confluent_kafka.Producer``, with a thread that serves delivery reports."""
+
+    def __init__(self, settings: WorkerSettings, transactional_id: str | None) -> None:
+        self._settings = settings
+        self._transactional = transactional_id is not None
+        self.errors = _Errors("producer")
+        config = producer_config(settings, transactional_id)
+        config["error_cb"] = self.errors
+        self.client = _new(ck.Producer, config)
+        self._alone: Any = None  # one-record batches, for records refused in a batch (module docstring)
+        self._alone_lock = threading.Lock()
+        self._delivered: Callable[[Any], None] = _unset
+        self._failed: Callable[[Any, BrokerError], None] = _unset
+        self._serving = threading.Lock()  # held while delivery reports are served
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="tagstream-kafka-dr", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        """Serve delivery reports (and error and log callbacks) as they come in."""
+        while not self._stop.is_set():
+            with self._serving:
+                self.client.poll(DR_POLL_S)
+                if self._alone is not None:
+                    self._alone.poll(0)
+
+    def set_handler(self, handler: DeliveryHandler) -> None:
+        self._delivered, self._failed = handler.delivered, handler.failed
+
+    def _outcome(self, token: Any, err: KafkaError | None, msg: Any) -> None:
+        if err is None:
+            self._delivered(token)
+        elif not self._transactional and err.code() == E.MSG_SIZE_TOO_LARGE:
+            self._send_alone(token, msg)  # refused with its batch: is it too large by itself?
+        else:
+            self._failed(token, translate(err, "the broker did not acknowledge a record"))
+
+    def _outcome_alone(self, token: Any, err: KafkaError | None, _msg: Any) -> None:
+        if err is None:
+            self._delivered(token)
+        else:
+            self._failed(token, translate(err, "the broker did not acknowledge a record"))
+
+    def _send_alone(self, token: Any, msg: Any) -> None:
+        with self._alone_lock:
+            if self._alone is None:
+                config = producer_config(self._settings, None)
+                config.update(error_cb=self.errors, **{"batch.num.messages": 1, "linger.ms": 0})
+                self._alone = _new(ck.Producer, config)
+        try:
+            headers = _headers(msg)
+        except (SystemError, UnicodeDecodeError):
+            headers = None
+        try:
+            self._alone.produce(msg.topic(), msg.value(), msg.key(), headers=headers,
+                                on_delivery=partial(self._outcome_alone, token))
+        except (KafkaException, BufferError) as exc:
+            self._failed(token, translate(exc, f"cannot send to topic {msg.topic()!r}"))
+
+    def send(
+        self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes | None]], token: Any
+    ) -> None:
+        on_delivery = partial(self._outcome, token)  # one partial per record, for either outcome
+        produce = self.client.produce
+        deadline = 0.0
+        while True:
+            try:
+                produce(topic, value, key, headers=headers or None, on_delivery=on_delivery)
+                return
+            except BufferError as exc:
+                # The buffer is full (the broker is slow or away): wait for room, as kafka-python's
+                # send() blocks up to max_block_ms.
+                now = time.monotonic()
+                deadline = deadline or now + SEND_MAX_BLOCK_S
+                if now >= deadline:
+                    raise BrokerError(
+                        f"cannot send to topic {topic!r}: the producer's buffer stayed full for"
+                        f" {SEND_MAX_BLOCK_S:g} s ({exc})", Failure.DELIVERY_FAILED,
+                    ) from exc
+                time.sleep(0.01)
+            except KafkaException as exc:
+                error = translate(exc, f"cannot send to topic {topic!r}")
+                err = exc.args[0]
+                if self._transactional and (err.code() == E._STATE or err.txn_requires_abort()):
+                    # The transaction failed already (its abort is under way): this record is
+                    # re-read after the abort, like every other of the transaction.
+                    self._failed(token, BrokerError(error.args[0], Failure.TRANSACTION_ABORTED))
+                    return
+                raise error from exc
+
+    def flush(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        # Serve every outstanding report on this thread, the serving thread held off: when this
+        # returns True, each acknowledgement has reached the handler.
+        with self._serving:
+            left = self.client.flush(max(0.0, deadline - time.monotonic()))
+            if self._alone is not None:
+                left += self._alone.flush(max(0.0, deadline - time.monotonic()))
+        return left == 0
+
+    # -- transactions ------------------------------------------------------------------------------------------
+    def init_transactions(self) -> None:
+        self._txn(lambda: self.client.init_transactions(diagnose.BOOTSTRAP_TIMEOUT_MS / 1000 + TRANSACTION_TIMEOUT_S),
+                  "cannot initialise transactions")
+
+    def begin_transaction(self) -> None:
+        self._txn(self.client.begin_transaction, "cannot begin a transaction")
+
+    def send_offsets_to_transaction(self, positions: dict[TopicPartition, int], group_metadata: Any) -> None:
+        self._txn(lambda: self.client.send_offsets_to_transaction(_offsets(positions), group_metadata,
+                                                                  TRANSACTION_TIMEOUT_S),
+                  "cannot add the offsets to the transaction")
+
+    def commit_transaction(self) -> None:
+        self._txn(lambda: self.client.commit_transaction(TRANSACTION_TIMEOUT_S), "cannot commit the transaction")
+
+    def abort_transaction(self) -> None:
+        self._txn(lambda: self.client.abort_transaction(TRANSACTION_TIMEOUT_S), "cannot abort the transaction")
+
+    @staticmethod
+    def _txn(call: Callable[[], Any], what: str) -> None:
+        try:
+            call()
+        except KafkaException as exc:
+            raise translate(exc, what) from exc
+
+    def close(self, timeout_s: float) -> None:
+        try:
+            if not self.flush(timeout_s):
+                log.warning("producer_close_unflushed", left=len(self.client))
+        finally:
+            self._stop.set()
+            self._thread.join(max(1.0, DR_POLL_S * 10))
+
+
+def _unset(*_args: Any) -> None:
+    raise RuntimeError("set_handler() was not called before send()")

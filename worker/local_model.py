@@ -1,0 +1,92 @@
+"""The model in the worker's own process (``TAGSTREAM_PROCESSES=1``, the default).
+
+``LocalModel.open`` turns the settings into a device, a compute precision, inference streams
+and threads; caps malloc's arenas; loads and verifies the bundle, checks the settings against it
+and warms it up at the largest batch. ``watch`` returns the bundle watcher's loop (hot reload),
+which loads and warms each new version off the hot path (worker/reload.py).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from worker.allocator import tune_allocator
+from worker.errors import BundleLoadError
+from worker.reload import BundleWatcher, RunnerSlot
+from worker.runner import (
+    ModelRunner,
+    configure_threads,
+    resolve_device,
+    resolve_dtype,
+    resolve_streams,
+)
+from worker.settings import WorkerSettings, check_against_bundle
+from worker.telemetry import Metrics, get_logger
+
+log = get_logger("tagstream.worker")
+
+
+class LocalModel:
+    """Loads the bundle here; see the module docstring."""
+
+    def __init__(self, settings: WorkerSettings, *, packed_only: bool = False) -> None:
+        self.settings = settings
+        # The model process of feeder processes (worker/procs/) answers through fixed-shape
+        # shared memory: single-label bundles read by head only.
+        self.packed_only = packed_only
+        self.device: Any = None
+        self.dtype: Any = None
+        self._streams = 1
+
+    @property
+    def streams(self) -> int:
+        return self._streams
+
+    def open(self) -> ModelRunner:
+        s = self.settings
+        self.device = resolve_device(s.device)
+        self.dtype = resolve_dtype(s.dtype, self.device)
+        self._streams, per_stream = resolve_streams(s.inference_streams, self.device, s.threads)
+        threads = configure_threads(per_stream)
+        allocator = tune_allocator()  # before the model allocates anything
+        runner = self.load(s.bundle_path)
+        warm_s = runner.warm_up()
+        log.info(
+            "model_ready", name=runner.name, version=runner.version, labels=runner.labels, device=str(self.device),
+            dtype=str(self.dtype or "float32"), streams=self._streams, threads_per_stream=threads,
+            warm_up_s=round(warm_s, 3), warm_up_shapes=runner.warm_up_shapes, allocator=allocator,
+        )
+        return runner
+
+    def load(self, path: Path) -> ModelRunner:
+        """Load and verify the bundle at ``path`` and check the settings against it (not warmed up)."""
+        s = self.settings
+        runner = ModelRunner.load(
+            path, device=self.device, autocast_dtype=self.dtype, max_batch_size=s.max_batch_size,
+            max_batch_tokens=s.max_batch_tokens, top_k=s.top_k,
+        )
+        check_against_bundle(s, labels=runner.labels, max_length=runner.max_length)
+        if self.packed_only and not runner.serves_packed:
+            kind = "multi-label" if runner.multi_label else f"read by {runner.truncation.strategy}"
+            raise BundleLoadError(
+                f"bundle {runner.name} {runner.version} is {kind}: feeder processes (TAGSTREAM_PROCESSES > 1)"
+                " serve single-label bundles read by head; run this bundle with TAGSTREAM_PROCESSES=1"
+            )
+        return runner
+
+    def load_and_warm(self, path: Path) -> ModelRunner:
+        runner = self.load(path)
+        runner.warm_up()
+        return runner
+
+    def watch(self, slot: RunnerSlot, metrics: Metrics, stopping: threading.Event) -> Callable[[], None] | None:
+        if self.settings.reload_interval_s <= 0:
+            return None
+        watcher = BundleWatcher(
+            self.settings.bundle_path, slot=slot, metrics=metrics, interval_s=self.settings.reload_interval_s,
+            load=self.load_and_warm,
+        )
+        return lambda: watcher.run(stopping)

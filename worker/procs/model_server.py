@@ -1,0 +1,385 @@
+"""The model process: holds the bundle once on the device and runs every feeder's batches.
+
+    accept thread      Listener (Unix socket, authkey) -> HELLO: attach the feeder's shared memory,
+                       send it the bundle (MODEL)
+    stream threads     one per inference stream (1 on a GPU, 2 on a CPU): each in turn leads:
+                       swaps in a reloaded bundle, reads the feeders' messages, merges waiting
+                       requests (merge.py), then runs its merged batch and answers each feeder
+    watcher thread     BundleWatcher: verifies, loads and warms new bundles (as one process does)
+    telemetry thread   /metrics, /healthz, /readyz on 127.0.0.1 (the supervisor aggregates them)
+
+Bundle swaps. A new bundle becomes generation g+1 between two batches and is announced to every
+feeder; each feeder re-tokenizes what it had tokenized for the old one (worker/app.py's
+``_run_batch``). Batches already formed for generation g still run on g, exactly as in one
+process: g stays loaded until every feeder has released it (its last runner object of g is gone),
+or has disconnected. A request for a generation no longer held is refused (STALE).
+
+The process stops when the supervisor says so (STOP on its control pipe) or disappears (the pipe
+closes), never on a terminal's Ctrl-C: it must outlive the feeders' drain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing import connection
+from typing import Any
+
+import numpy as np
+from prometheus_client import Counter, Histogram
+
+from worker.errors import InferenceError, WorkerError
+from worker.procs.merge import Request, take_merged
+from worker.procs.transport import (
+    DONE,
+    FAILED,
+    HELLO,
+    MODEL,
+    OK,
+    RELEASE,
+    REQUEST,
+    STALE,
+    Channel,
+    ModelInfo,
+)
+from worker.settings import WorkerSettings
+from worker.telemetry import Health, Metrics, TelemetryServer, configure_logging, get_logger
+
+log = get_logger("tagstream.worker.model")
+
+IDLE_WAIT_S = 0.1  # a leader's wait for requests: bounds how late a new feeder or a swap is noticed
+ACCEPT_IDLE_WAIT_S = 30.0  # a reconnecting feeder waits this long for its old requests to finish
+
+
+class ModelServerMetrics:
+    """The model process's own metrics, beside the worker's (``tagstream_model_*``)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        r = metrics.registry
+        self.batches = Counter("tagstream_model_batches", "Merged batches the model process ran.", registry=r)
+        self.batch_rows = Histogram(
+            "tagstream_model_batch_rows", "Inputs per merged batch in the model process.",
+            buckets=(1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096), registry=r,
+        )
+        self.batch_requests = Histogram(
+            "tagstream_model_batch_requests", "Feeder batches merged into one model batch.",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32), registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "tagstream_model_batch_seconds", "Model call per merged batch, seconds (the device's own time).",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r,
+        )
+        self.busy = Counter(
+            "tagstream_model_busy_seconds",
+            "Seconds the model process spent running batches, summed over its streams: its rate near the"
+            " stream count means the model is the bottleneck, not the feeders.",
+            registry=r,
+        )
+        self.stale = Counter(
+            "tagstream_model_stale_requests", "Requests refused for a bundle generation no longer loaded.", registry=r
+        )
+
+
+@dataclass(eq=False)
+class FeederPort:
+    """One connected feeder, as the model process sees it."""
+
+    index: int
+    conn: connection.Connection
+    channel: Channel
+    holds: set[int] = field(default_factory=set)  # generations this feeder may still send
+    alive: bool = True
+    send_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def send(self, message: tuple) -> None:
+        """Send, ignoring a feeder that has gone (its requests are dropped, its inputs redelivered)."""
+        with self.send_lock:
+            if not self.alive:
+                return
+            try:
+                self.conn.send(message)
+            except (OSError, EOFError, ValueError):
+                self.alive = False
+
+
+class ModelServer:
+    """See the module docstring."""
+
+    def __init__(self, settings: WorkerSettings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.model_metrics = ModelServerMetrics(self.metrics)
+        self.health = Health(broker_outage_s=settings.broker_outage_s)
+        self.telemetry: TelemetryServer | None = None
+        self._stopping = threading.Event()
+        self._generations: dict[int, Any] = {}  # generation -> ModelRunner
+        self._current = 0
+        self._info: ModelInfo | None = None
+        self._ports: list[FeederPort] = []
+        self._ports_lock = threading.Lock()
+        self._channels: dict[str, Channel] = {}  # attached once per segment, kept across reconnections
+        self._in_flight: dict[str, int] = {}  # running requests per segment
+        self._in_flight_cond = threading.Condition()
+        self._pending: deque[Request] = deque()
+        self._lead = threading.Lock()  # one stream at a time reads messages and forms a batch
+        self._threads: list[threading.Thread] = []
+        self._listener: connection.Listener | None = None
+        self._local: Any = None
+        self._slot: Any = None
+
+    # -- start and stop --------------------------------------------------------------------------
+    def load(self) -> ModelInfo:
+        """Load, check and warm up the bundle (WorkerError when it cannot serve)."""
+        from worker.local_model import LocalModel
+        from worker.reload import RunnerSlot
+
+        self._local = LocalModel(self.settings, packed_only=True)
+        runner = self._local.open()
+        self._slot = RunnerSlot(runner)
+        self._install(runner)
+        self.health.model_ready = True
+        assert self._info is not None
+        return self._info
+
+    def start(self, address: str, authkey: bytes) -> int:
+        """Listen for feeders and start the streams; returns the telemetry port (127.0.0.1)."""
+        self._listener = connection.Listener(address, family="AF_UNIX", authkey=authkey)
+        self.telemetry = TelemetryServer(self.metrics, self.health, 0, host="127.0.0.1")
+        self.telemetry.start()
+        self._spawn("accept", self._accept_main, watched=False, joined=False)
+        for i in range(self._local.streams):
+            self._spawn(f"model-{i}", self._stream_main)
+        reload_loop = self._local.watch(self._slot, self.metrics, self._stopping)
+        if reload_loop is not None:
+            self._spawn("watcher", reload_loop, watched=False, joined=False)
+        return self.telemetry.port
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        with self._ports_lock:
+            ports, self._ports = self._ports, []
+        for port in ports:
+            with contextlib.suppress(OSError):
+                port.conn.close()
+        if self.telemetry is not None:
+            self.telemetry.stop()
+
+    def _spawn(self, name: str, target: Any, watched: bool = True, joined: bool = True) -> None:
+        # Daemons: the accept thread stays blocked in accept() (closing a listening socket does not
+        # wake it on Linux) and the watcher may be loading a bundle; neither must hold up the exit.
+        thread = threading.Thread(target=target, name=f"tagstream-{name}", daemon=True)
+        if joined:
+            self._threads.append(thread)
+        if watched:
+            self.health.watch(thread)
+        thread.start()
+
+    # -- feeders connecting ----------------------------------------------------------------------
+    def _accept_main(self) -> None:
+        assert self._listener is not None
+        while not self._stopping.is_set():
+            try:
+                conn = self._listener.accept()
+            except (OSError, EOFError):
+                if self._stopping.is_set():
+                    return
+                continue  # a client that failed the authentication handshake
+            try:
+                self._welcome(conn)
+            except Exception as exc:  # one bad client must not stop the others
+                log.warning("feeder_connect_failed", error=repr(exc))
+                with contextlib.suppress(OSError):
+                    conn.close()
+
+    def _welcome(self, conn: connection.Connection) -> None:
+        kind, index, segment, slots, shape = conn.recv()
+        if kind != HELLO:
+            raise ValueError(f"expected {HELLO}, got {kind!r}")
+        channel = self._channels.get(segment)
+        if channel is None:
+            channel = self._channels[segment] = Channel.attach(segment, shape, slots)
+        # A restarted feeder reuses its predecessor's slots: answers still being written for the
+        # predecessor must land before the newcomer owns them.
+        with self._in_flight_cond:
+            self._in_flight_cond.wait_for(lambda: self._in_flight.get(segment, 0) == 0, ACCEPT_IDLE_WAIT_S)
+        port = FeederPort(index, conn, channel)
+        with self._ports_lock:
+            assert self._info is not None
+            port.holds.add(self._info.generation)
+            port.send((MODEL, self._info))
+            self._ports.append(port)
+        log.info("feeder_connected", feeder=index, segment=segment, slots=slots)
+
+    def _drop(self, port: FeederPort, why: str) -> None:
+        """A feeder left: forget it and its waiting requests (they are redelivered by Kafka)."""
+        port.alive = False
+        with self._ports_lock:
+            if port in self._ports:
+                self._ports.remove(port)
+        dropped = [r for r in self._pending if r.port is port]
+        if dropped:
+            self._pending = deque(r for r in self._pending if r.port is not port)
+        with contextlib.suppress(OSError):
+            port.conn.close()
+        log.info("feeder_disconnected", feeder=port.index, reason=why, requests_dropped=len(dropped))
+        self._retire_unused()
+
+    # -- the streams -----------------------------------------------------------------------------
+    def _stream_main(self) -> None:
+        while not self._stopping.is_set():
+            with self._lead:
+                group = self._collect()
+            if group:
+                self._run(group)
+
+    def _collect(self) -> list[Request]:
+        """As the leader: swap, read what the feeders sent, and take the next merged batch."""
+        swapped = self._slot.swap_if_offered()
+        if swapped is not None:
+            self._install(swapped)
+        with self._ports_lock:
+            ports = {port.conn: port for port in self._ports}
+        timeout = 0.0 if self._pending else IDLE_WAIT_S
+        if ports:
+            ready = connection.wait(list(ports), timeout)
+        else:
+            self._stopping.wait(timeout)
+            ready = []
+        for conn in ready:
+            self._read(ports[conn])  # type: ignore[index]
+        self.health.loop_turned()
+        group = take_merged(self._pending, self.settings.max_batch_size, self.settings.max_batch_tokens)
+        if group:
+            with self._in_flight_cond:
+                for request in group:
+                    segment = request.port.channel.name
+                    self._in_flight[segment] = self._in_flight.get(segment, 0) + 1
+        return group
+
+    def _read(self, port: FeederPort) -> None:
+        try:
+            while port.conn.poll():
+                message = port.conn.recv()
+                kind = message[0]
+                if kind == REQUEST:
+                    _, slot, rows, tokens, generation, key = message
+                    lengths = port.channel.slots[slot].lengths[:rows]
+                    longest = int(lengths.max()) if rows else 0
+                    self._pending.append(Request(port, slot, rows, tokens, longest, generation, key))
+                elif kind == RELEASE:
+                    port.holds.discard(message[1])
+                    self._retire_unused()
+        except (EOFError, OSError) as exc:
+            self._drop(port, "connection closed" if isinstance(exc, EOFError) else repr(exc))
+
+    def _run(self, group: list[Request]) -> None:
+        first = group[0]
+        runner = self._generations.get(first.generation)
+        try:
+            if runner is None or runner.tokenizer_key != first.tokenizer_key:
+                self.model_metrics.stale.inc(len(group))
+                log.warning("stale_requests", generation=first.generation, serving=self._current, requests=len(group))
+                for request in group:
+                    request.port.send((DONE, request.slot, STALE, 0, 0.0, "bundle no longer loaded"))
+                return
+            self._classify(group, runner)
+        finally:
+            with self._in_flight_cond:
+                for request in group:
+                    self._in_flight[request.port.channel.name] -= 1
+                self._in_flight_cond.notify_all()
+
+    def _classify(self, group: list[Request], runner: Any) -> None:
+        views = [r.port.channel.slots[r.slot].request(r.rows, r.tokens) for r in group]
+        if len(views) == 1:
+            ids, lengths = views[0]
+        else:
+            ids = np.concatenate([v[0] for v in views])
+            lengths = np.concatenate([v[1] for v in views])
+        started = time.perf_counter()
+        try:
+            answers = runner.classify_packed(ids, lengths)
+        except InferenceError as exc:
+            for request in group:
+                request.port.send((DONE, request.slot, FAILED, 0, 0.0, str(exc)))
+            return
+        finally:
+            self.model_metrics.busy.inc(time.perf_counter() - started)
+        # Counted before the answers go out: a feeder that got its answer sees its batch counted.
+        m = self.model_metrics
+        m.batches.inc()
+        m.batch_rows.observe(len(lengths))
+        m.batch_requests.observe(len(group))
+        m.batch_seconds.observe(answers.seconds)
+        k = answers.top_indices.shape[1]
+        row = 0
+        for request in group:
+            end = row + request.rows
+            request.port.channel.slots[request.slot].write_answer(
+                answers.top_indices[row:end], answers.top_scores[row:end]
+            )
+            request.port.send((DONE, request.slot, OK, k, answers.seconds, None))
+            row = end
+
+    # -- bundles ---------------------------------------------------------------------------------
+    def _install(self, runner: Any) -> None:
+        """Serve ``runner`` as the next generation and tell every feeder."""
+        self._current += 1
+        self._generations[self._current] = runner
+        self._info = ModelInfo(
+            self._current, runner.name, runner.version, tuple(runner.labels), runner.max_length,
+            runner.tokenizer_key, runner.tokenizer_json,
+        )
+        self.metrics.set_model(runner.name, runner.version)
+        if self._current > 1:
+            self.metrics.bundle_reloads.labels(result="swapped").inc()
+            log.info("bundle_swapped", name=runner.name, version=runner.version, generation=self._current)
+        with self._ports_lock:
+            for port in self._ports:
+                port.holds.add(self._current)
+                port.send((MODEL, self._info))
+        self._retire_unused()
+
+    def _retire_unused(self) -> None:
+        """Unload generations no feeder can send any more (the current one always stays)."""
+        with self._ports_lock:
+            held = set().union(*(port.holds for port in self._ports)) if self._ports else set()
+        for generation in [g for g in self._generations if g != self._current and g not in held]:
+            runner = self._generations.pop(generation)
+            log.info("bundle_unloaded", generation=generation, version=runner.version)
+
+
+def model_process_main(settings: WorkerSettings, address: str, authkey: bytes, control: connection.Connection) -> None:
+    """Entry point of the model process (multiprocessing, spawn): load, report, serve until told to stop.
+
+    Reports ("ready", telemetry port, ModelInfo fields) or ("failed", exit code, message) on
+    ``control`` and exits with that code."""
+    os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor only, which stops the feeders first
+    configure_logging(settings.log_level, settings.log_format, context={"process": "model"})
+    server = ModelServer(settings)
+    try:
+        info = server.load()
+        port = server.start(address, authkey)
+    except WorkerError as exc:
+        log.error("cannot_start", kind=exc.failure.label, error=str(exc), exit_code=exc.exit_code)
+        control.send(("failed", exc.exit_code, str(exc)))
+        raise SystemExit(exc.exit_code) from None
+    control.send(("ready", port, info.name, info.version))
+    try:
+        while True:
+            message = control.recv()  # EOFError: the supervisor has gone
+            if message[0] == "stop":
+                break
+    except (EOFError, OSError):
+        log.warning("supervisor_gone", action="stopping")
+    server.stop()
+    log.info("model_process_stopped")

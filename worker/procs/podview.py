@@ -1,0 +1,227 @@
+"""The pod's one /metrics, /healthz and /readyz, made from its processes' own (each on 127.0.0.1).
+
+Metrics: every scrape reads the model process's and each running feeder's /metrics and merges
+them by name and labels, so dashboards and alerts see one worker per pod, as with one process:
+
+- summed: counters, histograms and gauges (events, failures, batches, lag per partition (each
+  partition is one feeder's), in-flight inputs, ...); the model process's copies of the feeder
+  metrics are zero;
+- the model process's alone: ``tagstream_model_info``, ``tagstream_bundle_reloads_total`` (it does
+  the reloads; feeders only follow) and its own ``tagstream_model_*`` (merged batches, device time);
+- the largest: ``tagstream_consumer_paused`` (1 while any feeder pauses);
+- the pod's: ``tagstream_ready`` (what /readyz answers), plus ``tagstream_feeders`` (configured,
+  running) and ``tagstream_feeder_restarts_total{feeder}``.
+
+Counters stay monotonic across a feeder's restart: the last values read from a feeder that died
+are kept and added to its successor's (what it counted after the last scrape is lost, never
+subtracted). A process that does not answer a scrape in time is shown with its last values.
+
+Health: live while the model process answers /healthz and every running feeder does (a feeder
+being restarted does not fail it); ready while the model is ready, the feeders together hold a
+partition, every running feeder reaches the broker and none has failing commits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+FETCH_TIMEOUT_S = 2.0  # one process's answer to a scrape or a probe (all are on this host)
+MODEL_OWNED = frozenset({"tagstream_model_info", "tagstream_bundle_reloads"})
+LARGEST = frozenset({"tagstream_consumer_paused"})
+POD_OWNED = frozenset({"tagstream_ready"})
+MONOTONIC_TYPES = frozenset({"counter", "histogram", "summary"})
+
+Fetch = Callable[[int, str], bytes]  # (port, path) -> body; raises OSError when it cannot
+
+
+def http_fetch(port: int, path: str) -> bytes:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=FETCH_TIMEOUT_S) as response:
+            return bytes(response.read())
+    except urllib.error.HTTPError as exc:  # 503 from a probe still carries its JSON
+        return bytes(exc.read())
+
+
+@dataclass
+class Member:
+    """One process of the pod, as the view knows it."""
+
+    name: str  # "model", "feeder-0", ...
+    port: int | None  # its telemetry port, once it has one
+    incarnation: int = 0  # bumped on each restart of a feeder
+
+
+SampleKey = tuple[str, tuple[tuple[str, str], ...]]  # (sample name, sorted labels)
+
+
+class PodView:
+    """See the module docstring. Thread-safe: the HTTP server calls it from its threads."""
+
+    def __init__(self, feeders: int, fetch: Fetch = http_fetch) -> None:
+        self._fetch = fetch
+        self._lock = threading.Lock()
+        self.model = Member("model", None)
+        self.feeders = [Member(f"feeder-{i}", None) for i in range(feeders)]
+        self.model_alive = True
+        # family -> (type, help, {sample key: value}): the last values read per member incarnation
+        self._last: dict[tuple[str, int], dict[str, tuple[str, str, dict[SampleKey, float]]]] = {}
+        self._retired: dict[str, tuple[str, str, dict[SampleKey, float]]] = {}
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.configured = Gauge("tagstream_feeders", "Feeder processes: configured, running.", ["state"],
+                                registry=self.registry)
+        self.restarts = Counter("tagstream_feeder_restarts", "Feeder processes restarted after they died.",
+                                ["feeder"], registry=self.registry)
+        self.configured.labels(state="configured").set(feeders)
+        self.configured.labels(state="running").set_function(
+            lambda: float(sum(1 for f in self.feeders if f.port is not None))
+        )
+        for i in range(feeders):
+            self.restarts.labels(feeder=str(i))
+
+    # -- what the supervisor tells it -----------------------------------------------------------
+    def feeder_up(self, index: int, port: int) -> None:
+        with self._lock:
+            self.feeders[index].port = port
+
+    def feeder_down(self, index: int, restarting: bool) -> None:
+        """A feeder exited: keep its counters' last values so the pod's sums never go down."""
+        with self._lock:
+            member = self.feeders[index]
+            last = self._last.pop((member.name, member.incarnation), {})
+            for family, (kind, doc, samples) in last.items():
+                if kind not in MONOTONIC_TYPES:
+                    continue
+                _, _, kept = self._retired.setdefault(family, (kind, doc, {}))
+                for key, value in samples.items():
+                    if not key[0].endswith("_created"):
+                        kept[key] = kept.get(key, 0.0) + value
+            member.port = None
+            member.incarnation += 1
+        if restarting:
+            self.restarts.labels(feeder=str(index)).inc()
+
+    # -- /metrics ----------------------------------------------------------------------------------
+    def metrics(self) -> bytes:
+        merged: dict[str, tuple[str, str, dict[SampleKey, float]]] = {}
+        for member in [self.model, *self.feeders]:
+            families = self._read(member)
+            for family, (kind, doc, samples) in families.items():
+                if family in POD_OWNED or (family in MODEL_OWNED and member is not self.model):
+                    continue
+                _, _, into = merged.setdefault(family, (kind, doc, {}))
+                for key, value in samples.items():
+                    into[key] = _combine(family, key[0], into.get(key), value)
+        with self._lock:
+            retired = {f: (k, d, dict(s)) for f, (k, d, s) in self._retired.items()}
+        for family, (kind, doc, samples) in retired.items():
+            _, _, into = merged.setdefault(family, (kind, doc, {}))
+            for key, value in samples.items():
+                into[key] = into.get(key, 0.0) + value
+        ready = Metric("tagstream_ready", "1 while /readyz would answer 200.", "gauge")
+        ready.add_sample("tagstream_ready", {}, float(self.readiness()[0]))
+        metrics = [_to_metric(family, *entry) for family, entry in merged.items()]
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Fixed([*metrics, ready]))
+        return bytes(generate_latest(registry)) + bytes(generate_latest(self.registry))
+
+    def _read(self, member: Member) -> dict[str, tuple[str, str, dict[SampleKey, float]]]:
+        """A member's metrics now, or the last ones read when it does not answer."""
+        with self._lock:
+            port, key = member.port, (member.name, member.incarnation)
+        if port is None:
+            return {}
+        try:
+            text = self._fetch(port, "/metrics").decode()
+        except OSError:
+            with self._lock:
+                return self._last.get(key, {})
+        families: dict[str, tuple[str, str, dict[SampleKey, float]]] = {}
+        for family in text_string_to_metric_families(text):
+            samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in family.samples}
+            families[family.name] = (family.type, family.documentation, samples)
+        with self._lock:
+            if member.incarnation == key[1]:  # not restarted meanwhile
+                self._last[key] = families
+        return families
+
+    # -- /healthz and /readyz ------------------------------------------------------------------------
+    def liveness(self) -> tuple[bool, dict[str, Any]]:
+        model_ok, model = self._probe(self.model, "/healthz")
+        model_ok = model_ok and self.model_alive
+        feeders: dict[str, Any] = {}
+        ok = model_ok
+        for member in self.feeders:
+            if member.port is None:
+                feeders[member.name] = {"state": "starting or restarting"}
+                continue
+            feeder_ok, body = self._probe(member, "/healthz")
+            feeders[member.name] = body
+            ok = ok and feeder_ok
+        return ok, {"ok": ok, "model_process": model, "feeders": feeders}
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        _, model = self._probe(self.model, "/readyz")
+        model_ready = bool(model.get("model_ready")) and self.model_alive
+        assigned, reachable, failing, up = 0, True, False, 0
+        for member in self.feeders:
+            if member.port is None:
+                continue
+            _, body = self._probe(member, "/readyz")
+            if not body:
+                continue
+            up += 1
+            assigned += int(body.get("assigned_partitions", 0))
+            reachable = reachable and bool(body.get("broker_reachable", False))
+            failing = failing or bool(body.get("commits_failing", False))
+        ok = model_ready and up > 0 and assigned > 0 and reachable and not failing
+        return ok, {
+            "ok": ok, "model_ready": model_ready, "assigned_partitions": assigned, "broker_reachable": reachable,
+            "commits_failing": failing, "feeders_up": up, "feeders": len(self.feeders),
+        }
+
+    def _probe(self, member: Member, path: str) -> tuple[bool, dict[str, Any]]:
+        port = member.port
+        if port is None:
+            return False, {}
+        try:
+            body = json.loads(self._fetch(port, path))
+        except (OSError, ValueError) as exc:
+            return False, {"ok": False, "error": f"no answer: {exc}"}
+        return bool(body.get("ok")), body
+
+
+def _combine(family: str, sample: str, old: float | None, new: float) -> float:
+    if old is None:
+        return new
+    if sample.endswith("_created"):
+        return min(old, new)
+    if family in LARGEST:
+        return max(old, new)
+    return old + new
+
+
+def _to_metric(family: str, kind: str, doc: str, samples: dict[SampleKey, float]) -> Metric:
+    metric = Metric(family, doc, kind)
+    for (name, labels), value in samples.items():
+        metric.add_sample(name, dict(labels), value if not math.isnan(value) else 0.0)
+    return metric
+
+
+class _Fixed:
+    """A collector of ready-made metric families (for generate_latest)."""
+
+    def __init__(self, metrics: list[Metric]) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> list[Metric]:
+        return self._metrics

@@ -1,0 +1,227 @@
+"""A feeder's side of the model process: ``ModelLink`` (a ``ModelHost``) and ``RemoteRunner`` (a ``Runner``).
+
+The feeder's Worker runs unchanged: its source tokenizes with ``RemoteRunner.tokenize`` (here, in
+the feeder), its model threads call ``RemoteRunner.classify``, which copies the batch's ids into a
+free shared-memory slot, sends a REQUEST and waits for DONE (transport.py). One receiver thread
+reads the model process's messages: answers wake their caller; a MODEL message (a bundle swap)
+becomes a new ``RemoteRunner`` offered to the worker's ``RunnerSlot``, which the batcher swaps in
+between batches; inputs tokenized for the previous bundle are re-tokenized before they run.
+
+When the last reference to a runner goes (no batch of it is waiting or running), the link tells
+the model process it may unload that bundle (RELEASE). If the model process goes away, every
+waiting and later ``classify`` raises a WorkerError (model_process_lost): the feeder drains,
+committing only what was acknowledged, and exits; the supervisor then stops the pod.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from multiprocessing import connection
+from typing import Any
+
+from worker.errors import Failure, InferenceError, WorkerError
+from worker.inference import Classified, truncating_tokenizer
+from worker.procs.transport import (
+    DONE,
+    FAILED,
+    HELLO,
+    MODEL,
+    OK,
+    RELEASE,
+    REQUEST,
+    Channel,
+    ModelInfo,
+    SlotShape,
+)
+from worker.reload import RunnerSlot
+from worker.telemetry import Metrics, get_logger
+
+log = get_logger("tagstream.worker.feeder")
+
+CONNECT_TIMEOUT_S = 60.0  # the model process is ready before feeders start; this bounds a hang
+ANSWER_POLL_S = 1.0  # how often a waiting classify looks whether the model process is still there
+
+
+class ModelLink:
+    """A feeder's connection to the model process (see the module docstring)."""
+
+    def __init__(
+        self, address: str, authkey: bytes, *, feeder: int, segment: str, shape: SlotShape, slots: int
+    ) -> None:
+        self._address = address
+        self._authkey = authkey
+        self.feeder = feeder
+        self._segment = segment
+        self.shape = shape
+        self._slots = slots
+        self._conn: connection.Connection | None = None
+        self._channel: Channel | None = None
+        self._send_lock = threading.RLock()  # model threads, and runners' finalizers, send
+        self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._done = [threading.Event() for _ in range(slots)]
+        self._answers: list[tuple] = [()] * slots
+        self._lost: str | None = None
+        self._offer: Callable[[Any], None] | None = None
+        self._receiver: threading.Thread | None = None
+
+    # -- ModelHost -------------------------------------------------------------------------------
+    @property
+    def streams(self) -> int:
+        return self._slots  # one model thread per slot: each has one batch in the model process
+
+    def open(self) -> RemoteRunner:
+        """Connect, attach the slots, and take the bundle the model process serves."""
+        try:
+            self._conn = connection.Client(self._address, family="AF_UNIX", authkey=self._authkey)
+        except (OSError, EOFError) as exc:
+            raise WorkerError(f"cannot reach the model process at {self._address}: {exc}", Failure.MODEL_PROCESS_LOST) from exc
+        self._channel = Channel.attach(self._segment, self.shape, self._slots)
+        for slot in range(self._slots):
+            self._free.put(slot)
+        self._conn.send((HELLO, self.feeder, self._segment, self._slots, self.shape))
+        if not self._conn.poll(CONNECT_TIMEOUT_S):
+            raise WorkerError(f"the model process did not answer within {CONNECT_TIMEOUT_S:g} s", Failure.MODEL_PROCESS_LOST)
+        kind, info = self._conn.recv()
+        assert kind == MODEL, kind
+        runner = RemoteRunner(self, info)
+        self._receiver = threading.Thread(target=self._receive_main, name="tagstream-model-link", daemon=True)
+        self._receiver.start()
+        log.info(
+            "model_ready", name=runner.name, version=runner.version, labels=runner.labels, generation=info.generation,
+            served_by="model process", slots=self._slots,
+        )
+        return runner
+
+    def watch(self, slot: RunnerSlot, metrics: Metrics, stopping: threading.Event) -> Callable[[], None] | None:
+        self._offer = slot.offer  # the model process watches the bundle; swaps arrive as messages
+        return None
+
+    # -- requests --------------------------------------------------------------------------------
+    def request(self, token_ids: list[list[int]], generation: int, key: str) -> Classified:
+        """Run one batch that fits a slot in the model process; raises InferenceError (the model
+        raised: retried one by one) or WorkerError (the model process is gone)."""
+        self._check_alive()
+        assert self._channel is not None
+        slot = self._free.get()
+        try:
+            started = time.perf_counter()
+            rows, tokens = self._channel.slots[slot].write_request(token_ids)
+            done = self._done[slot]
+            done.clear()
+            self._send((REQUEST, slot, rows, tokens, generation, key))
+            while not done.wait(ANSWER_POLL_S):
+                self._check_alive()
+            self._check_alive()
+            _, _, status, k, _seconds, error = self._answers[slot]
+            if status == OK:
+                indices, scores = self._channel.slots[slot].read_answer(rows, k)
+                return Classified(indices, scores, time.perf_counter() - started)
+            if status == FAILED:
+                raise InferenceError(error)
+            raise WorkerError(
+                f"the model process no longer holds bundle generation {generation} ({error}); restarting"
+                " this feeder re-reads the inputs with the bundle served now", Failure.MODEL_PROCESS_LOST,
+            )
+        finally:
+            self._free.put(slot)
+
+    def release(self, generation: int) -> None:
+        """No runner of ``generation`` is left here (a finalizer): the model process may unload it."""
+        if self._lost is None:
+            with contextlib.suppress(WorkerError):
+                self._send((RELEASE, generation))
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with self._send_lock, contextlib.suppress(OSError):
+                self._conn.close()
+        self._lost = self._lost or "closed"
+        if self._channel is not None:
+            self._channel.close()
+
+    # -- internals -------------------------------------------------------------------------------
+    def _send(self, message: tuple) -> None:
+        assert self._conn is not None
+        with self._send_lock:
+            try:
+                self._conn.send(message)
+            except (OSError, ValueError) as exc:
+                self._lose(f"sending to the model process failed: {exc!r}")
+                self._check_alive()
+
+    def _receive_main(self) -> None:
+        assert self._conn is not None
+        while True:
+            try:
+                message = self._conn.recv()
+            except (EOFError, OSError):
+                self._lose("the model process closed the connection (it stopped or died)")
+                return
+            if message[0] == DONE:
+                slot = message[1]
+                self._answers[slot] = message
+                self._done[slot].set()
+            elif message[0] == MODEL:
+                runner = RemoteRunner(self, message[1])
+                log.info("bundle_offered", name=runner.name, version=runner.version, generation=runner.generation)
+                if self._offer is not None:
+                    self._offer(runner)
+
+    def _lose(self, why: str) -> None:
+        if self._lost is None:
+            self._lost = why
+            log.error("model_process_lost", reason=why)
+        for done in self._done:
+            done.set()
+
+    def _check_alive(self) -> None:
+        if self._lost is not None:
+            raise WorkerError(f"the model process is gone: {self._lost}", Failure.MODEL_PROCESS_LOST)
+
+
+class RemoteRunner:
+    """The bundle the model process serves, from a feeder: tokenizes here, classifies there."""
+
+    def __init__(self, link: ModelLink, info: ModelInfo) -> None:
+        self.name = info.name
+        self.version = info.version
+        self.labels = list(info.labels)
+        self.max_length = info.max_length
+        self.tokenizer_key = info.tokenizer_key
+        self.generation = info.generation
+        self._link = link
+        tokenizer = truncating_tokenizer(info.tokenizer_json, info.max_length)
+        self._encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+        # Runs when the last batch holding this runner is done (CPython frees it then): the model
+        # process may unload this generation once no feeder holds it.
+        weakref.finalize(self, link.release, info.generation)
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids per text, truncated to max_length, unpadded (one tokenizer call)."""
+        return [enc.ids for enc in self._encode(texts)]
+
+    def classify(self, token_ids: list[list[int]]) -> Classified:
+        """Top-k labels and probabilities for one batch, computed by the model process."""
+        shape = self._link.shape
+        lengths = [len(ids) for ids in token_ids]
+        if max(lengths, default=0) > shape.tokens:
+            raise InferenceError(
+                f"an input of {max(lengths)} tokens does not fit a request of max_batch_tokens={shape.tokens}"
+            )
+        ranges = shape.chunks(lengths)
+        if len(ranges) == 1:
+            return self._link.request(token_ids, self.generation, self.tokenizer_key)
+        indices: list[list[int]] = []
+        scores: list[list[float]] = []
+        seconds = 0.0
+        for start, end in ranges:
+            part = self._link.request(token_ids[start:end], self.generation, self.tokenizer_key)
+            indices.extend(part.top_indices)
+            scores.extend(part.top_scores)
+            seconds += part.seconds
+        return Classified(indices, scores, seconds)

@@ -1,0 +1,165 @@
+"""Between a feeder and the model process: token ids and answers in shared memory, tiny messages on a socket.
+
+Each feeder has one shared-memory segment (``Channel``) of ``slots`` slots. The supervisor creates
+it, so it outlives a feeder's restart and is removed once, at the end; the feeder and the model
+process attach to it by name. A slot holds one request and, later, its answer::
+
+    lengths  int32[rows]        each row's token count
+    ids      int32[tokens]      the rows' token ids end to end, unpadded
+    indices  int32[rows * k]    answer: each row's top-k label indices, most probable first
+    scores   float32[rows * k]  answer: their probabilities
+
+Ownership of a slot passes with the messages: the feeder fills a free slot and sends REQUEST; the
+model process reads it, writes the answer and sends DONE; the feeder reads the answer and frees
+the slot. Nobody touches a slot it does not own, so there are no locks, and no batch is ever
+pickled: the messages are tuples of a few numbers on a ``multiprocessing.connection`` socket.
+
+    feeder -> model   (HELLO, feeder, segment name, slots, shape)     once, on connecting
+                      (REQUEST, slot, rows, tokens, generation, tokenizer_key)
+                      (RELEASE, generation)   the feeder holds no runner of that bundle any more
+    model -> feeder   (MODEL, ModelInfo)      on connecting, and after each bundle swap
+                      (DONE, slot, status, k, seconds, error)
+
+``generation`` numbers the bundles the model process has served (1 at start, +1 per swap);
+``tokenizer_key`` says which tokenizer produced the ids. The model process runs a request on the
+bundle of its generation and refuses one whose tokenizer key does not match (STALE): ids from one
+tokenizer never reach another bundle's model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import secrets
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+
+import numpy as np
+
+HELLO, REQUEST, RELEASE, MODEL, DONE = "hello", "request", "release", "model", "done"
+OK, FAILED, STALE = 0, 1, 2  # DONE statuses: answered; the model raised (error says why); bundle gone
+_ALIGN = 64  # each array starts on a cache line
+
+
+@dataclass(frozen=True)
+class SlotShape:
+    """The most one request may hold: the feeder's batch limits and top_k."""
+
+    rows: int  # max_batch_size
+    tokens: int  # max_batch_tokens: a batch's real tokens never exceed its padded ones
+    k: int  # top_k
+
+    @property
+    def slot_bytes(self) -> int:
+        sizes = (self.rows * 4, self.tokens * 4, self.rows * self.k * 4, self.rows * self.k * 4)
+        return sum(-(-size // _ALIGN) * _ALIGN for size in sizes)
+
+    def chunks(self, lengths: list[int]) -> list[tuple[int, int]]:
+        """(start, end) row ranges, in order, each fitting one slot. One range unless the rows came
+        from a tokenizer with longer outputs than the batcher counted (a bundle swap)."""
+        ranges = []
+        start, tokens = 0, 0
+        for i, n in enumerate(lengths):
+            if i > start and (i - start >= self.rows or tokens + n > self.tokens):
+                ranges.append((start, i))
+                start, tokens = i, 0
+            tokens += n
+        ranges.append((start, len(lengths)))
+        return ranges
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a feeder needs to know of the bundle the model process serves."""
+
+    generation: int
+    name: str
+    version: str
+    labels: tuple[str, ...]
+    max_length: int
+    tokenizer_key: str
+    tokenizer_json: str  # sent once per connection and swap (a few hundred KB at most)
+
+
+class Slot:
+    """Numpy views on one slot of a channel."""
+
+    def __init__(self, buf: memoryview, offset: int, shape: SlotShape) -> None:
+        views = []
+        for dtype, count in ((np.int32, shape.rows), (np.int32, shape.tokens), (np.int32, shape.rows * shape.k),
+                             (np.float32, shape.rows * shape.k)):
+            views.append(np.ndarray((count,), dtype=dtype, buffer=buf, offset=offset))
+            offset += -(-count * 4 // _ALIGN) * _ALIGN
+        self.lengths, self.ids, self.indices, self.scores = views
+        self.shape = shape
+
+    # -- the feeder's side ----------------------------------------------------------------------
+    def write_request(self, token_ids: list[list[int]]) -> tuple[int, int]:
+        """Copy a batch's ids in; returns (rows, tokens). The batch must fit (``SlotShape.chunks``)."""
+        rows = len(token_ids)
+        lengths = np.fromiter(map(len, token_ids), dtype=np.int32, count=rows)
+        tokens = int(lengths.sum())
+        if rows > self.shape.rows or tokens > self.shape.tokens:
+            raise ValueError(f"a request of {rows} rows / {tokens} tokens exceeds the slot ({self.shape})")
+        self.lengths[:rows] = lengths
+        self.ids[:tokens] = np.fromiter(itertools.chain.from_iterable(token_ids), dtype=np.int32, count=tokens)
+        return rows, tokens
+
+    def read_answer(self, rows: int, k: int) -> tuple[list[list[int]], list[list[float]]]:
+        """The answer's (top indices, top scores) per row, as lists."""
+        n = rows * k
+        return (self.indices[:n].reshape(rows, k).tolist(), self.scores[:n].reshape(rows, k).tolist())
+
+    # -- the model process's side ---------------------------------------------------------------
+    def request(self, rows: int, tokens: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids end to end, lengths): views, valid until the answer is sent."""
+        return self.ids[:tokens], self.lengths[:rows]
+
+    def write_answer(self, top_indices: np.ndarray, top_scores: np.ndarray) -> None:
+        """Copy one request's (rows, k) answers in."""
+        n = top_indices.size
+        self.indices[:n] = top_indices.reshape(-1)
+        self.scores[:n] = top_scores.reshape(-1)
+
+
+class Channel:
+    """One feeder's shared-memory slots (see the module docstring)."""
+
+    def __init__(self, shm: shared_memory.SharedMemory, shape: SlotShape, slots: int, owner: bool) -> None:
+        self._shm = shm
+        self.shape = shape
+        self.owner = owner
+        buf = shm.buf
+        assert buf is not None
+        self.slots = [Slot(buf, i * shape.slot_bytes, shape) for i in range(slots)]
+
+    @classmethod
+    def create(cls, shape: SlotShape, slots: int) -> Channel:
+        """A new segment (the supervisor's; it unlinks it at the end)."""
+        name = f"tagstream-{secrets.token_hex(6)}"
+        shm = shared_memory.SharedMemory(name=name, create=True, size=max(1, slots * shape.slot_bytes))
+        return cls(shm, shape, slots, owner=True)
+
+    @classmethod
+    def attach(cls, name: str, shape: SlotShape, slots: int) -> Channel:
+        return cls(shared_memory.SharedMemory(name=name), shape, slots, owner=False)
+
+    @staticmethod
+    def size_bytes(shape: SlotShape, slots: int) -> int:
+        return slots * shape.slot_bytes
+
+    @property
+    def name(self) -> str:
+        return self._shm.name
+
+    def close(self) -> None:
+        """Unmap (views must be gone); the creator also removes the segment."""
+        self.slots = []
+        try:
+            self._shm.close()
+        except BufferError:
+            return  # a view is still alive somewhere: the mapping goes with the process
+        finally:
+            if self.owner:
+                with contextlib.suppress(FileNotFoundError):
+                    self._shm.unlink()
