@@ -5,6 +5,7 @@
     tagstream-train predict  BUNDLE [TEXT ...]                       JSON lines; stdin without TEXT
     tagstream-train explain  BUNDLE TEXT [--png FILE]                tokens that mattered, and why
     tagstream-train inspect  BUNDLE [--json]                         what a bundle holds
+    tagstream-train distill  --teacher BUNDLE --train FILE --out DIR a fast student of a fine-tuned bundle
 
 Each command lives in ``model/commands/`` (one module per command group); this module builds
 the parser from them, configures logging and maps errors to exit codes.
@@ -23,7 +24,7 @@ from typing import Any
 
 import structlog
 
-from model.commands import evaluate, inspect, train, use
+from model.commands import distill, evaluate, inspect, train, use
 from model.errors import ModelError
 
 
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     use.add_predict_parser(sub)
     use.add_explain_parser(sub)
     inspect.add_parser(sub)
+    distill.add_parser(sub)
     return parser
 
 

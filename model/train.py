@@ -36,7 +36,7 @@ import os
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,11 @@ log = structlog.get_logger(__name__)
 CHECKPOINT_FORMAT = 1
 # Validation batches are larger than training ones: no activations are kept for backward.
 EVAL_BATCH_MULTIPLIER = 2
+
+# A training loss in place of the objective's (e.g. distillation, model/distill.py):
+# (logits float32 (W, n_labels) for every window of the batch, windows per document, the
+# batch's row indices into ``train``, targets, the Objective) -> scalar.
+LossFn = Callable[[torch.Tensor, list[int], list[int], torch.Tensor, Objective], torch.Tensor]
 
 
 @dataclass
@@ -243,6 +248,7 @@ def fit(
     truncation: Truncation | None = None,
     pos_weight: bool = False,
     log_every_s: float = DEFAULT_INTERVAL_S,
+    loss_fn: LossFn | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train``, select the best epoch on ``val``, return the result.
 
@@ -254,6 +260,8 @@ def fit(
     Multi-label training is chosen by the data (``train.tag_sets``); ``pos_weight`` then
     weighs each label's positives by its negatives/positives ratio (capped).
     ``log_every_s``: seconds between progress lines in the log (0: none).
+    ``loss_fn``: the training loss instead of the objective's (validation always scores the
+    gold labels); it gets each batch's row indices into ``train``.
     """
     labels = list(labels)
     if model.config.n_classes != len(labels):
@@ -345,7 +353,10 @@ def fit(
             ids, mask = ids.to(ctx.device), mask.to(ctx.device)
             with torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=autocast):
                 logits = net(_drop_tokens(ids, mask, cfg.token_dropout, tokenizer), mask)
-            loss = document_loss(logits, counts, target, objective)
+            if loss_fn is not None:
+                loss = loss_fn(logits.float(), counts, list(batch), target, objective)
+            else:
+                loss = document_loss(logits, counts, target, objective)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:

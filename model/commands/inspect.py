@@ -71,6 +71,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if training:
         print(f"training preset {training.get('preset')}   init {training.get('init')}   best epoch"
               f" {training.get('best_epoch')}/{training.get('epochs_run')}   {training.get('train_seconds')}s")
+        from model.distill import describe as describe_distillation
+
+        if line := describe_distillation(training):
+            print(line)
     if bundle.metrics:
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in bundle.metrics.items()
                  if not isinstance(v, dict | list)}
