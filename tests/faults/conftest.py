@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import FULL, Report
+from harness import FULL, LIVE_WORKERS, Report
 
 REPORT_PATH = Path(__file__).resolve().parents[2] / "bench" / "results" / "faults.md"
 _report = Report()
@@ -27,6 +27,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.faults)
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_outlives_its_test() -> Iterator[None]:
+    """A test stopped by pytest-timeout (or an error) must not leave its worker processes running."""
+    yield
+    while LIVE_WORKERS:
+        LIVE_WORKERS.pop().kill()
 
 
 @pytest.fixture(scope="session")

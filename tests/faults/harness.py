@@ -178,6 +178,9 @@ class Outcomes:
             }
 
 
+LIVE_WORKERS: list[WorkerProcess] = []  # started and not yet reaped: conftest kills leftovers after each test
+
+
 class WorkerProcess:
     """``tagstream-worker run`` as a child process, with its metrics port known."""
 
@@ -194,6 +197,7 @@ class WorkerProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "worker.cli", "run"], env=self.env, stdout=out, stderr=subprocess.STDOUT
             )
+        LIVE_WORKERS.append(self)
         return self
 
     def kill(self) -> None:
