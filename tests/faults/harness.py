@@ -53,8 +53,12 @@ KAFKA_CLIENTS = ("kafka-python", "confluent")
 
 def clients(reduced: str) -> list[str]:
     """The Kafka clients a scenario runs with: both at full size (``make faults``); at the reduced size
-    of ``make test`` only ``reduced``, so each scenario runs once and the clients share the scenarios."""
-    return list(KAFKA_CLIENTS) if FULL else [reduced]
+    of ``make test`` only ``reduced``, so each scenario runs once and the clients share the scenarios.
+    ``TAGSTREAM_TEST_KAFKA_CLIENTS`` (as for the other tests) narrows the full size to those named."""
+    if not FULL:
+        return [reduced]
+    wanted = [c.strip() for c in os.environ.get("TAGSTREAM_TEST_KAFKA_CLIENTS", "").split(",") if c.strip()]
+    return [c for c in KAFKA_CLIENTS if not wanted or c in wanted]
 
 
 def free_port() -> int:
