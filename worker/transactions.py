@@ -20,7 +20,10 @@ the last committed transaction (the tracker starts a new epoch, so queued and ru
 dropped; the consumer seeks back). A record the broker refused is remembered, so when it comes
 round again its bounded dead letter goes instead (and if that is refused too, it is skipped):
 a refusal cannot loop. A fenced producer (a newer worker with the same transactional id) or a
-fenced group member is fatal: this worker is a zombie and exits.
+fenced group member is fatal: this worker is a zombie and exits. The producer bounds every
+transactional call, so a client library that never returns (librdkafka after a broker restart)
+fails the transaction like any other failure instead of holding the sink thread; an abort that
+cannot wait for the consumer thread's rewind (it has stopped) ends the sink with a clear error.
 
 Fencing (what kafka-python 3.0.12 offers, and its limits):
 

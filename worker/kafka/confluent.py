@@ -778,11 +778,22 @@ class ConfluentProducer:
 
     def _serve(self) -> None:
         """Serve delivery reports (and error and log callbacks) as they come in."""
+        said: str | None = None
         while not self._stop.is_set():
-            with self._serving:
-                self.client.poll(DR_POLL_S)
-                if self._alone is not None:
-                    self._alone.poll(0)
+            try:
+                with self._serving:
+                    self.client.poll(DR_POLL_S)
+                    if self._alone is not None:
+                        self._alone.poll(0)
+            except KafkaException as exc:
+                # poll() raises the client's fatal error (fenced by a newer instance): the next send,
+                # flush or transactional call raises it too, and the worker exits from there. This
+                # thread keeps serving what still comes (from a replacement client, say).
+                text = str(translate(exc, "the producer failed"))
+                if text != said:
+                    log.warning("producer_poll_failed", error=text)
+                    said = text
+                time.sleep(DR_POLL_S)
 
     def set_handler(self, handler: DeliveryHandler) -> None:
         self._delivered, self._failed = handler.delivered, handler.failed
@@ -853,9 +864,12 @@ class ConfluentProducer:
         # Serve every outstanding report on this thread, the serving thread held off: when this
         # returns True, each acknowledgement has reached the handler.
         with self._serving:
-            left = self.client.flush(max(0.0, deadline - time.monotonic()))
-            if self._alone is not None:
-                left += self._alone.flush(max(0.0, deadline - time.monotonic()))
+            try:
+                left = self.client.flush(max(0.0, deadline - time.monotonic()))
+                if self._alone is not None:
+                    left += self._alone.flush(max(0.0, deadline - time.monotonic()))
+            except KafkaException as exc:  # the client's fatal error (see _serve)
+                raise translate(exc, "cannot flush the producer") from exc
         return left == 0
 
     # -- transactions ------------------------------------------------------------------------------------------
