@@ -20,7 +20,10 @@ the last committed transaction (the tracker starts a new epoch, so queued and ru
 dropped; the consumer seeks back). A record the broker refused is remembered, so when it comes
 round again its bounded dead letter goes instead (and if that is refused too, it is skipped):
 a refusal cannot loop. A fenced producer (a newer worker with the same transactional id) or a
-fenced group member is fatal: this worker is a zombie and exits.
+fenced group member is fatal: this worker is a zombie and exits. The producer bounds every
+transactional call, so a client library that never returns (librdkafka after a broker restart)
+fails the transaction like any other failure instead of holding the sink thread; an abort that
+cannot wait for the consumer thread's rewind (it has stopped) ends the sink with a clear error.
 
 Fencing (what kafka-python 3.0.12 offers, and its limits):
 
@@ -103,6 +106,8 @@ class TransactionalCommitter:
         self._rewind_requested = threading.Event()  # sink -> consumer thread
         self._rewound = threading.Event()  # consumer thread -> sink
         self._final_done = threading.Event()
+        self._final_put = False  # the last barrier is out: no more after it (consumer thread)
+        self._source_done = threading.Event()  # the consumer thread rewinds no more (it has stopped)
         self._in_transaction = False
 
     def attach(self, handoff: Any) -> None:
@@ -135,6 +140,8 @@ class TransactionalCommitter:
 
     def commit(self, barrier: Barrier, flush: Callable[[], bool]) -> bool:
         """Commit the open transaction at ``barrier`` (sink thread); False when it was aborted instead."""
+        if self._final_done.is_set():
+            return True  # the last transaction is committed: nothing is open, nothing comes after it
         if self._abort_requested:
             self._abort_and_rewind("requested")
             return False
@@ -179,9 +186,16 @@ class TransactionalCommitter:
         self._rewound.clear()
         self._rewind_requested.set()
         # Nothing may be sent until the old epochs are over, or stale outputs would join the next
-        # transaction: wait for the consumer thread (it turns every 100 ms).
-        if not self._rewound.wait(REWIND_WAIT_S):
-            raise WorkerError("the consumer did not rewind after an aborted transaction", Failure.INTERNAL)
+        # transaction: wait for the consumer thread (it turns every 100 ms), unless it has stopped.
+        deadline = time.monotonic() + REWIND_WAIT_S
+        while not self._rewound.wait(0.05):
+            if self._source_done.is_set():
+                raise WorkerError(
+                    "a transaction was aborted after the consumer stopped: its inputs are read again after the"
+                    " restart", Failure.FINAL_COMMIT_FAILED,
+                )
+            if time.monotonic() >= deadline:
+                raise WorkerError("the consumer did not rewind after an aborted transaction", Failure.INTERNAL)
         self.begin()
 
     # -- the consumer thread (the source's committer interface) -----------------------------------
@@ -204,19 +218,23 @@ class TransactionalCommitter:
         if now < self._next_at:
             return
         self._next_at = now + self._interval_s
-        if self._handoff is not None and self._tracker.uncommitted():
+        if self._handoff is not None and not self._final_put and self._tracker.uncommitted():
             self._put_barrier(final=False)
 
     def before_drain(self, handoff: Any) -> None:
         """The last barrier: the sink commits everything before it, then reports done."""
         self._put_barrier(final=True)
+        self._final_put = True
 
     def commit_now(self, partitions: Iterable[TopicPartition] | None = None, timeout_s: float = 10.0) -> dict:
         """At shutdown: wait for the sink's final transaction (the source must not leave the group first)."""
-        if not self._final_done.wait(timeout_s) and self._tracker.uncommitted():
-            raise BrokerError(
-                f"the final transaction did not commit within {timeout_s:.0f} s", Failure.FINAL_COMMIT_FAILED
-            )
+        try:
+            if not self._final_done.wait(timeout_s) and self._tracker.uncommitted():
+                raise BrokerError(
+                    f"the final transaction did not commit within {timeout_s:.0f} s", Failure.FINAL_COMMIT_FAILED
+                )
+        finally:
+            self._source_done.set()  # the consumer thread leaves: an abort from now on cannot wait for its rewind
         return {}
 
     async def settle(self, partitions: set[TopicPartition], sleep: Sleep | None, deadline: float) -> dict:

@@ -1,5 +1,5 @@
-"""Broker faults while events stream (issue 10, point 7): a restart that keeps the broker's data,
-and a broker gone for good."""
+"""Broker faults while events stream (issue 10, point 7): a restart that keeps the broker's data (and a
+worker stopped right after one), and a broker gone for good."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 import pytest
 from harness import SIZES, START_TIMEOUT_S, Outcomes, Row, Stream, WorkerProcess, clients, wait_for
 from kafka import KafkaAdminClient
-from worker_support import worker_env
+from worker_support import DRAIN_TIMEOUT_S, worker_env
 
 RESULTS_TIMEOUT_S = 240
 
@@ -72,6 +72,51 @@ def test_broker_restart_mid_stream_keeping_its_data(
     assert counts["missing"] == 0
     if exactly_once:
         assert counts["duplicates"] == 0
+    assert code == 0
+
+
+@pytest.mark.parametrize("kafka_client", clients("confluent"), indirect=True)
+def test_worker_stopped_right_after_a_broker_restart_exits_and_a_successor_finishes_exactly_once(
+    restartable_kafka, new_group, tiny_bundle, tmp_path, fault_report, kafka_client
+):
+    """SIGTERM right after a broker restart, while a transactional call may still be waiting on the old
+    coordinator: the worker exits within its drain timeout, and a successor with the same instance id
+    finishes the stream with 0 missing and 0 duplicates for a read_committed reader."""
+    began = time.monotonic()
+    broker = restartable_kafka()
+    bootstrap = broker.bootstrap_servers
+    topic = make_topic(bootstrap, "fault-restart-stop", 3)
+    env = worker_env(bootstrap, topic, tiny_bundle, new_group())
+    env.update(TAGSTREAM_PROCESSING_GUARANTEE="exactly_once", TAGSTREAM_GROUP_INSTANCE_ID="stop-0")
+    first = WorkerProcess(env, tmp_path / "first.log").start()
+    successor: WorkerProcess | None = None
+    try:
+        wait_for(lambda: any(e["partitions"] for e in first.events("partitions_assigned")), START_TIMEOUT_S,
+                 "the worker to get partitions")
+        sent = Stream(bootstrap, topic, SIZES.restart_events // 2, rate=1_000.0, prefix="a").start().join()
+        broker.restart(down_s=3.0)
+        sent.update(Stream(bootstrap, topic, SIZES.restart_events // 2, rate=1_000.0, prefix="b").start().join())
+        stopping = time.monotonic()
+        first_code = first.stop(timeout_s=DRAIN_TIMEOUT_S + 20)
+        stop_s = time.monotonic() - stopping
+        successor = WorkerProcess(env, tmp_path / "successor.log").start()
+        outcomes = Outcomes(bootstrap, topic, read_committed=True)
+        try:
+            outcomes.wait_for(sent, RESULTS_TIMEOUT_S)
+        finally:
+            outcomes.close()
+    finally:
+        first.kill()
+        code = successor.stop() if successor is not None else None
+    counts = outcomes.account(sent)
+    fault_report.add(Row(
+        "SIGTERM right after a broker restart, then a successor", "exactly_once", kafka_client, len(sent),
+        counts["results"], counts["dead_letters"], counts["missing"], counts["duplicates"], time.monotonic() - began,
+        notes=f"the first worker exited {first_code} after {stop_s:.1f} s (drain timeout {DRAIN_TIMEOUT_S} s)",
+    ))
+    assert first_code is not None, f"the worker did not exit within {DRAIN_TIMEOUT_S + 20} s of SIGTERM"
+    assert counts["missing"] == 0
+    assert counts["duplicates"] == 0
     assert code == 0
 
 

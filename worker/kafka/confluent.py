@@ -23,6 +23,13 @@ this module bridges it:
   cannot remove members: the kafka-python admin client does it, as for the other backend.
 - Blocking calls librdkafka does not bound (a synchronous offset commit, ``close``) run in a
   helper thread that is waited for with the caller's timeout.
+- Transactional calls (exactly-once) are retried while librdkafka says the same call may be
+  retried, and each attempt runs in a helper thread: one that outlives its own timeout (librdkafka
+  2.16 can block in ``send_offsets_to_transaction`` forever after a broker restart, see
+  ``TXN_STUCK_GRACE_S``) fails the transaction, and the abort that follows replaces the stuck
+  client with a new one whose ``init_transactions`` fences it and aborts its open transaction.
+  The worker's threads never wait on librdkafka without a bound, so a stuck call cannot hang the
+  worker or its exit.
 - A record whose header keys are not UTF-8 cannot be decoded by confluent-kafka at all (its
   ``headers()`` raises): it is handed over with the ``INVALID_HEADERS_MARKER`` header alone, and
   dead-lettered (invalid_header) with its key and value but none of its headers.
@@ -85,7 +92,13 @@ CONSUMER_QUEUE_KBYTES = 16 * 1024  # records prefetched per consumer: bounds mem
 STATS_INTERVAL_MS = 1_000  # how often librdkafka reports the group coordinator's state (coordinator_known)
 END_OFFSETS_TIMEOUT_S = 1.0  # the lag refresh blocks the poll loop at most this long
 COMMIT_TIMEOUT_S = 30.0  # an offset commit inside a rebalance callback waits at most this long
-TRANSACTION_TIMEOUT_S = 60.0  # transactional calls (commit, abort, offsets) wait at most this long
+TRANSACTION_TIMEOUT_S = 60.0  # a transactional call (commit, abort, offsets), retries included, ends within this
+TXN_CALL_TIMEOUT_S = 10.0  # librdkafka's own timeout for one attempt (a healthy one takes milliseconds)
+# Past its own timeout, an attempt that has not returned is stuck: librdkafka 2.16's
+# send_offsets_to_transaction can wait forever for a group coordinator that went away with a
+# broker restart (confluentinc/librdkafka#5456, #5511). The client is then replaced.
+TXN_STUCK_GRACE_S = 5.0
+TXN_RETRY_PAUSE_S = 0.5  # between attempts of a call librdkafka says may be retried
 PATTERN_REFRESH_S = 10.0  # how often a pattern subscription looks for new matching topics
 DR_POLL_S = 0.02  # the delivery-report thread's wait: bounds how long flush() waits to take over
 CONNECT_PROBE_S = 0.5  # start-up asks for metadata this often until the bootstrap timeout
@@ -276,8 +289,11 @@ class _Errors:
         self._client = client
         self.auth: KafkaError | None = None  # a refused login or TLS handshake, if any
         self.all_down_at: float | None = None  # when librdkafka last said no broker is up
+        self.muted = False  # the client was replaced: what it still says is no news
 
     def __call__(self, err: KafkaError) -> None:
+        if self.muted:
+            return
         code = err.code()
         if code in (E._AUTHENTICATION, E.SASL_AUTHENTICATION_FAILED, E._SSL, E.UNSUPPORTED_SASL_MECHANISM):
             self.auth = err
@@ -743,10 +759,14 @@ class ConfluentProducer:
     def __init__(self, settings: WorkerSettings, transactional_id: str | None) -> None:
         self._settings = settings
         self._transactional = transactional_id is not None
+        self._config = producer_config(settings, transactional_id)
         self.errors = _Errors("producer")
-        config = producer_config(settings, transactional_id)
-        config["error_cb"] = self.errors
-        self.client = _new(ck.Producer, config)
+        self.client = _new(ck.Producer, {**self._config, "error_cb": self.errors})
+        # Exactly-once: the call a stuck client is still in (it is replaced at the next abort), and
+        # the clients replaced so far (kept, never destroyed: destroying a stuck one can block).
+        self._stuck_in: str | None = None
+        self._replaced: list[Any] = []
+        self._closing = threading.Event()
         self._alone: Any = None  # one-record batches, for records refused in a batch (module docstring)
         self._alone_lock = threading.Lock()
         self._delivered: Callable[[Any], None] = _unset
@@ -758,11 +778,22 @@ class ConfluentProducer:
 
     def _serve(self) -> None:
         """Serve delivery reports (and error and log callbacks) as they come in."""
+        said: str | None = None
         while not self._stop.is_set():
-            with self._serving:
-                self.client.poll(DR_POLL_S)
-                if self._alone is not None:
-                    self._alone.poll(0)
+            try:
+                with self._serving:
+                    self.client.poll(DR_POLL_S)
+                    if self._alone is not None:
+                        self._alone.poll(0)
+            except KafkaException as exc:
+                # poll() raises the client's fatal error (fenced by a newer instance): the next send,
+                # flush or transactional call raises it too, and the worker exits from there. This
+                # thread keeps serving what still comes (from a replacement client, say).
+                text = str(translate(exc, "the producer failed"))
+                if text != said:
+                    log.warning("producer_poll_failed", error=text)
+                    said = text
+                time.sleep(DR_POLL_S)
 
     def set_handler(self, handler: DeliveryHandler) -> None:
         self._delivered, self._failed = handler.delivered, handler.failed
@@ -833,40 +864,131 @@ class ConfluentProducer:
         # Serve every outstanding report on this thread, the serving thread held off: when this
         # returns True, each acknowledgement has reached the handler.
         with self._serving:
-            left = self.client.flush(max(0.0, deadline - time.monotonic()))
-            if self._alone is not None:
-                left += self._alone.flush(max(0.0, deadline - time.monotonic()))
+            try:
+                left = self.client.flush(max(0.0, deadline - time.monotonic()))
+                if self._alone is not None:
+                    left += self._alone.flush(max(0.0, deadline - time.monotonic()))
+            except KafkaException as exc:  # the client's fatal error (see _serve)
+                raise translate(exc, "cannot flush the producer") from exc
         return left == 0
 
     # -- transactions ------------------------------------------------------------------------------------------
     def init_transactions(self) -> None:
-        self._txn(lambda: self.client.init_transactions(diagnose.BOOTSTRAP_TIMEOUT_MS / 1000 + TRANSACTION_TIMEOUT_S),
-                  "cannot initialise transactions")
+        self._txn(lambda c, t: c.init_transactions(t), "cannot initialise transactions",
+                  timeout_s=diagnose.BOOTSTRAP_TIMEOUT_MS / 1000 + TRANSACTION_TIMEOUT_S)
 
     def begin_transaction(self) -> None:
-        self._txn(self.client.begin_transaction, "cannot begin a transaction")
+        if self._stuck_in is not None:
+            raise BrokerError(f"cannot begin a transaction: the producer is stuck in {self._stuck_in}",
+                              Failure.KAFKA_TRANSIENT)
+        try:
+            self.client.begin_transaction()  # local: librdkafka does not block here
+        except KafkaException as exc:
+            raise translate(exc, "cannot begin a transaction") from exc
 
     def send_offsets_to_transaction(self, positions: dict[TopicPartition, int], group_metadata: Any) -> None:
-        self._txn(lambda: self.client.send_offsets_to_transaction(_offsets(positions), group_metadata,
-                                                                  TRANSACTION_TIMEOUT_S),
+        offsets = _offsets(positions)
+        self._txn(lambda c, t: c.send_offsets_to_transaction(offsets, group_metadata, t),
                   "cannot add the offsets to the transaction")
 
     def commit_transaction(self) -> None:
-        self._txn(lambda: self.client.commit_transaction(TRANSACTION_TIMEOUT_S), "cannot commit the transaction")
+        self._txn(lambda c, t: c.commit_transaction(t), "cannot commit the transaction")
 
     def abort_transaction(self) -> None:
-        self._txn(lambda: self.client.abort_transaction(TRANSACTION_TIMEOUT_S), "cannot abort the transaction")
+        """Abort the open transaction; a stuck client, or one that cannot abort, is replaced instead."""
+        if self._stuck_in is None:
+            try:
+                self._txn(lambda c, t: c.abort_transaction(t), "cannot abort the transaction")
+                return
+            except BrokerError as exc:
+                if exc.failure in (Failure.PRODUCER_FENCED, Failure.INSTANCE_FENCED) or self._closing.is_set():
+                    raise  # a zombie exits; a closing worker leaves it to the broker's transaction timeout
+                why = str(exc)
+        else:
+            why = f"stuck in {self._stuck_in}"
+        self._replace(why)
 
-    @staticmethod
-    def _txn(call: Callable[[], Any], what: str) -> None:
+    def _replace(self, why: str) -> None:
+        """A new client with the same transactional id: its init_transactions fences the old one and
+        aborts the transaction it left open, so nothing the old one sent is ever read committed."""
+        if self._closing.is_set():
+            raise BrokerError(f"cannot abort the transaction ({why}): the producer is closing",
+                              Failure.TRANSACTION_ABORTED)
+        log.warning("producer_replacing", reason=why)
+        errors = _Errors("producer")
+        client = _new(ck.Producer, {**self._config, "error_cb": errors})
         try:
-            call()
-        except KafkaException as exc:
-            raise translate(exc, what) from exc
+            self._attempts(client, lambda c, t: c.init_transactions(t), "cannot initialise the replacement producer",
+                           diagnose.BOOTSTRAP_TIMEOUT_MS / 1000 + TRANSACTION_TIMEOUT_S)
+        except BrokerError:
+            self._replaced.append(client)
+            raise
+        with self._serving:  # the old client's reports are never served: its transaction is aborted
+            old, self.client = self.client, client
+            self.errors.muted = True
+            self.errors = errors
+        self._replaced.append(old)
+        self._stuck_in = None
+        log.warning("producer_replaced", reason=why, replaced_so_far=len(self._replaced))
+
+    def _txn(self, call: Callable[[Any, float], Any], what: str, timeout_s: float = TRANSACTION_TIMEOUT_S) -> None:
+        if self._stuck_in is not None:
+            raise BrokerError(f"{what}: the producer is stuck in {self._stuck_in}", Failure.KAFKA_TRANSIENT)
+        self._attempts(self.client, call, what, timeout_s)
+
+    def _attempts(self, client: Any, call: Callable[[Any, float], Any], what: str, timeout_s: float) -> None:
+        """``call(client, timeout)`` until it succeeds, fails for good, or ``timeout_s`` is spent.
+
+        librdkafka's rules: a retriable error means the same call may be made again; one that
+        requires an abort, or a fatal one, ends it here (the caller aborts, or the worker exits).
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            attempt_s = max(1.0, min(TXN_CALL_TIMEOUT_S, deadline - time.monotonic()))
+            try:
+                self._attempt(partial(call, client, attempt_s), attempt_s, what)
+                return
+            except KafkaException as exc:
+                err = _kafka_error(exc)
+                if (err is None or not err.retriable() or err.txn_requires_abort() or err.fatal()
+                        or time.monotonic() + TXN_RETRY_PAUSE_S >= deadline or self._closing.is_set()):
+                    raise translate(exc, what) from exc
+                log.warning("transaction_call_retried", call=what, error=err.str())
+                time.sleep(TXN_RETRY_PAUSE_S)
+
+    def _attempt(self, call: Callable[[], Any], attempt_s: float, what: str) -> None:
+        """One attempt in a helper thread; one that outlives its own timeout marks the client stuck."""
+        outcome: dict[str, BaseException] = {}
+
+        def run() -> None:
+            try:
+                call()
+            except BaseException as exc:
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=run, name="tagstream-kafka-txn", daemon=True)
+        thread.start()
+        give_up = time.monotonic() + attempt_s + TXN_STUCK_GRACE_S
+        while thread.is_alive():
+            closing = self._closing.is_set()
+            if closing or time.monotonic() >= give_up:
+                self._stuck_in = what
+                if closing:
+                    raise BrokerError(f"{what}: given up, the producer is closing", Failure.TRANSACTION_ABORTED)
+                log.error("transaction_call_stuck", call=what, waited_s=round(attempt_s + TXN_STUCK_GRACE_S, 1),
+                          action="the transaction is aborted and the producer replaced")
+                raise BrokerError(
+                    f"{what}: librdkafka did not return within {attempt_s + TXN_STUCK_GRACE_S:g} s (its own timeout"
+                    f" is {attempt_s:g} s); the producer is stuck and will be replaced", Failure.KAFKA_TRANSIENT,
+                )
+            thread.join(0.1)
+        if "error" in outcome:
+            raise outcome["error"]
 
     def close(self, timeout_s: float) -> None:
+        self._closing.set()  # a transactional call still waited for gives up now
         try:
-            if not self.flush(timeout_s):
+            if self._stuck_in is None and not self.flush(timeout_s):
                 log.warning("producer_close_unflushed", left=len(self.client))
         finally:
             self._stop.set()

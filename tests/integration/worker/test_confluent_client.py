@@ -1,7 +1,8 @@
 """What the confluent-kafka backend must bridge in librdkafka, against the real broker: refused records
 never stop the (idempotent) producer, innocent records refused with their batch are delivered, a quiet
-topic costs no batching delay, pattern subscriptions never include the worker's own topics, and health
-follows the broker through an outage."""
+topic costs no batching delay, pattern subscriptions never include the worker's own topics, health
+follows the broker through an outage, and a stuck transactional call neither hangs the worker nor leaks
+its transaction."""
 
 
 from __future__ import annotations
@@ -89,6 +90,76 @@ def test_records_refused_with_their_batch_are_delivered_alone(kafka_bootstrap, n
     assert set(handler.failed) == {"big"} and handler.failed["big"].failure is Failure.RECORD_REJECTED
     assert sorted(handler.delivered) == list(range(300))
     assert len(read_records(kafka_bootstrap, topic, expected=300, quiet_s=0.5)) == 300
+
+
+def test_a_stuck_transactional_call_is_given_up_and_a_replacement_producer_fences_the_stuck_one(
+    kafka_bootstrap, new_topic, monkeypatch
+):
+    """A transactional call that does not return (librdkafka 2.16 after a broker restart) fails within its bound,
+    the abort replaces the client, and a read_committed reader sees what the replacement committed, never the
+    record of the stuck client's open transaction."""
+    topic = new_topic(partitions=1, prefix="cfl-stuck")
+    s = load_settings(bootstrap_servers=kafka_bootstrap, input_topics=["x"], bundle_path="/dev/null",
+                      kafka_client="confluent", processing_guarantee="exactly_once")
+    client = confluent.ConfluentProducer(s, f"cfl-stuck-{uuid.uuid4().hex[:8]}")
+    handler = Handler()
+    client._delivered, client._failed = handler.delivered_, handler.failed_
+    monkeypatch.setattr(confluent, "TXN_STUCK_GRACE_S", 0.5)
+    never = threading.Event()
+    try:
+        client.init_transactions()
+        client.begin_transaction()
+        client.send(topic, b"doomed", None, [], "doomed")
+        assert client.flush(30)
+        began = time.monotonic()
+        with pytest.raises(BrokerError, match="did not return within"):
+            client._txn(lambda _client, _timeout: never.wait(), "a call that never returns", timeout_s=1.0)
+        assert time.monotonic() - began < 5  # its 1 s timeout and the 0.5 s grace, not forever
+        with pytest.raises(BrokerError, match="stuck"):
+            client.commit_transaction()  # the stuck client takes no further transactional call
+        stuck = client.client
+        client.abort_transaction()  # replaces it: the new client's init_transactions fences the stuck one
+        assert client.client is not stuck
+        client.begin_transaction()
+        client.send(topic, b"kept", None, [], "kept")
+        assert client.flush(30)
+        client.commit_transaction()
+    finally:
+        never.set()
+        client.close(10)
+    committed = read_records(kafka_bootstrap, topic, expected=1, quiet_s=2.0, isolation_level="read_committed")
+    assert [r.value for r in committed] == [b"kept"]
+    assert "doomed" in handler.delivered and "kept" in handler.delivered and not handler.failed
+
+
+def test_a_transactional_call_still_waited_for_gives_up_when_the_producer_closes(kafka_bootstrap):
+    """Closing the producer ends the wait for a transactional call that has not returned at once, so a stuck call
+    cannot hold up the worker's exit."""
+    s = load_settings(bootstrap_servers=kafka_bootstrap, input_topics=["x"], bundle_path="/dev/null",
+                      kafka_client="confluent", processing_guarantee="exactly_once")
+    client = confluent.ConfluentProducer(s, f"cfl-closing-{uuid.uuid4().hex[:8]}")
+    never = threading.Event()
+    outcome: list[BaseException] = []
+
+    def stuck_commit() -> None:
+        try:
+            client._txn(lambda _client, _timeout: never.wait(), "a call that never returns")
+        except BrokerError as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=stuck_commit)
+    try:
+        waiter.start()
+        time.sleep(0.5)
+        began = time.monotonic()
+        client.close(2)
+        waiter.join(5)
+        assert not waiter.is_alive() and time.monotonic() - began < 5
+        assert "closing" in str(outcome[0])
+        with pytest.raises(BrokerError, match="closing"):
+            client.abort_transaction()  # left to the broker's transaction timeout or the successor's fencing
+    finally:
+        never.set()
 
 
 class Quiet:
