@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,10 @@ PRODUCER_BATCH_BYTES = 256 * 1024
 MAX_POLL_RECORDS = 500
 RECONNECT_BACKOFF_MAX_MS = 5_000
 END_OFFSETS_TIMEOUT_MS = 1_000  # the lag refresh blocks the poll loop at most this long
+# kafka-python's send_offsets_to_transaction, commit_transaction and abort_transaction wait without
+# a limit; a request lost in a broker restart can leave that wait unanswered for ever (seen in the
+# fault suite). A healthy call takes milliseconds, a slow broker seconds.
+TXN_CALL_LIMIT_S = 45.0
 
 # Refusals that concern one record, not the connection: the sink handles that record alone.
 _RECORD_ERRORS = (ke.MessageSizeTooLargeError, ke.RecordListTooLargeError, ke.InvalidRecordError)
@@ -306,6 +311,7 @@ class KafkaPythonProducer:
         self._producer = producer
         self._delivered: Callable[[Any], None] = _unset
         self._failed: Callable[[Any, BrokerError], None] = _unset
+        self._wedged: str | None = None  # why this producer cannot go on (see _bounded)
 
     def set_handler(self, handler: DeliveryHandler) -> None:
         self._delivered, self._failed = handler.delivered, handler.failed
@@ -346,20 +352,49 @@ class KafkaPythonProducer:
     def init_transactions(self) -> None:
         self._transactional(self._producer.init_transactions, "cannot initialise transactions")
 
+    def _bounded(self, call: Callable[[], Any], what: str) -> None:
+        """A transactional call that waits without a limit, waited for at most TXN_CALL_LIMIT_S.
+
+        A call left unanswered wedges this producer (its transaction manager keeps the pending
+        request): every later transactional call is refused at once, the committer cannot abort,
+        and the worker exits with that error, so that its successor (same transactional id)
+        fences this producer and aborts its open transaction. Nothing is lost: the inputs of
+        the open transaction were never committed and are read again."""
+        if self._wedged is not None:
+            raise BrokerError(f"{what}: {self._wedged}", Failure.DELIVERY_FAILED)
+        outcome: dict[str, BaseException] = {}
+
+        def run() -> None:
+            try:
+                self._transactional(call, what)
+            except BaseException as exc:  # handed to the calling thread
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=run, name="tagstream-kafka-txn", daemon=True)
+        thread.start()
+        thread.join(TXN_CALL_LIMIT_S)
+        if thread.is_alive():
+            self._wedged = (f"a transactional request got no answer within {TXN_CALL_LIMIT_S:g} s"
+                            " (lost in a broker restart?); this producer cannot go on")
+            log.error("transaction_call_stuck", call=what, limit_s=TXN_CALL_LIMIT_S)
+            raise BrokerError(f"{what}: {self._wedged}", Failure.DELIVERY_FAILED)
+        if "error" in outcome:
+            raise outcome["error"]
+
     def begin_transaction(self) -> None:
         self._transactional(self._producer.begin_transaction, "cannot begin a transaction")
 
     def send_offsets_to_transaction(self, positions: dict[TopicPartition, int], group_metadata: Any) -> None:
-        self._transactional(
+        self._bounded(
             lambda: self._producer.send_offsets_to_transaction(_to_kafka(positions), group_metadata),
             "cannot add the offsets to the transaction",
         )
 
     def commit_transaction(self) -> None:
-        self._transactional(self._producer.commit_transaction, "cannot commit the transaction")
+        self._bounded(self._producer.commit_transaction, "cannot commit the transaction")
 
     def abort_transaction(self) -> None:
-        self._transactional(self._producer.abort_transaction, "cannot abort the transaction")
+        self._bounded(self._producer.abort_transaction, "cannot abort the transaction")
 
     def close(self, timeout_s: float) -> None:
         self._producer.close(timeout=timeout_s)

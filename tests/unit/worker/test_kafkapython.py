@@ -45,3 +45,31 @@ def test_a_record_over_the_request_limit_is_rejected_alone():
     with pytest.raises(BrokerError) as info:
         producer.send("sms.dlq", b"x" * 10, None, [], token=None)
     assert info.value.failure is Failure.RECORD_REJECTED
+
+
+def test_a_transactional_call_left_unanswered_is_given_up_and_wedges_the_producer(monkeypatch):
+    """kafka-python's commit_transaction waits without a limit: after TXN_CALL_LIMIT_S it fails, and every later transactional call (the abort) is refused at once, so the worker exits instead of hanging."""
+    import threading
+    import time
+
+    from worker.errors import BrokerError
+    from worker.kafka import kafkapython
+
+    monkeypatch.setattr(kafkapython, "TXN_CALL_LIMIT_S", 0.3)
+    never = threading.Event()
+
+    class _Stuck:
+        def commit_transaction(self) -> None:
+            never.wait(30)  # a request lost in a broker restart: no answer
+
+        def abort_transaction(self) -> None:
+            raise AssertionError("a wedged producer must not be asked again")
+
+    producer = kafkapython.KafkaPythonProducer(_Stuck())  # type: ignore[arg-type]
+    began = time.monotonic()
+    with pytest.raises(BrokerError, match=r"no answer within 0\.3 s"):
+        producer.commit_transaction()
+    assert time.monotonic() - began < 5
+    with pytest.raises(BrokerError, match="cannot abort the transaction"):
+        producer.abort_transaction()
+    never.set()
