@@ -246,6 +246,7 @@ class Worker:
         self._sink = Sink(
             self._producer, Router(s), self.tracker, self.metrics, self._fail,
             dead_letter_max_bytes=s.dead_letter_max_bytes, transactions=self._transactions, clock=self.stage_clock,
+            broker_down=lambda: self.health.broker_down_for() > 0, stopping=self._stopping,
         )
         self._source.subscribe()
         self._spawn("source", self._source_main)

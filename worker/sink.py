@@ -105,8 +105,14 @@ class Sink:
         dead_letter_max_bytes: int = 65_536,
         transactions: TransactionalCommitter | None = None,
         clock: StageClock | None = None,
+        broker_down: Callable[[], bool] = lambda: False,
+        stopping: threading.Event | None = None,
     ) -> None:
         self._producer = producer
+        # While no broker answers, a send that timed out waiting for metadata says nothing about the
+        # topic: the sink waits for the broker (the worker's outage limit ends the wait) and sends again.
+        self._broker_down = broker_down
+        self._stopping = stopping or threading.Event()
         self._router = router
         self._tracker = tracker
         self._metrics = metrics
@@ -308,7 +314,7 @@ class Sink:
 
     def _send(self, topic: str, value: bytes | None, key: bytes | None, headers: list, token: Any) -> None:
         try:
-            self._producer.send(topic, value, key, headers, token)
+            self._send_through_outages(topic, value, key, headers, token)
         except BrokerError as exc:
             if exc.failure is not Failure.RECORD_REJECTED:
                 raise
@@ -320,6 +326,21 @@ class Sink:
                 return
             retry = token if type(token) is _Retry else None
             self._refused.append((token if retry is None else retry.item, 1 if retry is None else retry.step + 1, exc))
+
+    def _send_through_outages(
+        self, topic: str, value: bytes | None, key: bytes | None, headers: list, token: Any
+    ) -> None:
+        while True:
+            try:
+                self._producer.send(topic, value, key, headers, token)
+                return
+            except BrokerError as exc:
+                if exc.failure not in (Failure.TOPIC_MISSING, Failure.DELIVERY_FAILED) or not self._broker_down():
+                    raise
+                log.warning("send_waits_for_the_broker", topic=topic, error=str(exc))
+                while self._broker_down():
+                    if self._stopping.wait(0.5):
+                        raise
 
     def _resend(self, item: Event | DeadLetter, step: int, error: BrokerError) -> None:
         """Take a refused output one step down the ladder (module docstring)."""

@@ -39,6 +39,15 @@ def event(i: int, text: str = "free prize call now") -> bytes:
     return json.dumps({"id": f"h{i}", "text": text}).encode()
 
 
+def _json_or_utf8(value: bytes) -> str:
+    """The reason a value that is not JSON gets: invalid_utf8 when its bytes are not UTF-8 to begin with."""
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return "invalid_utf8"
+    return "invalid_json"
+
+
 texts = st.text(string.ascii_letters + " ", min_size=1, max_size=40).filter(str.strip)
 
 # Each strategy gives (value, key, headers, expected reason or LABELED).
@@ -50,7 +59,7 @@ KINDS = (
     st.integers(min_value=2_000, max_value=50_000).map(lambda d: (b"[" * d + b"]" * d, None, [], "invalid_json")),
     st.integers(min_value=2_000, max_value=20_000).map(lambda d: (b'{"a":' * d + b"1" + b"}" * d, None, [], "invalid_json")),
     texts.map(lambda t: (b'{"id": "n", "text": "' + t.encode() + b'\x00"}', None, [], "invalid_json")),
-    st.binary(min_size=1, max_size=8).map(lambda b: (b"\x00" + b, None, [], "invalid_json")),
+    st.binary(min_size=1, max_size=8).map(lambda b: (b"\x00" + b, None, [], _json_or_utf8(b"\x00" + b))),
     st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.booleans(), st.none(),
               st.lists(st.integers(), max_size=3)).map(
         lambda v: (json.dumps({"id": "w", "text": v}).encode(), None, [], "text_not_string")

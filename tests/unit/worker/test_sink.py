@@ -241,3 +241,35 @@ def test_a_copy_refused_as_a_record_sends_the_input_down_the_ladder_once():
     assert letter.topic == "sms.dlq" and dict(letter.headers)["tagstream.reason"] == b"record_rejected"
     letter.future.succeed()
     assert tracker.committable() == {TopicPartition("sms", 0): 1} and fatal == []
+
+
+def test_a_send_that_timed_out_while_no_broker_answers_waits_for_the_broker_and_is_sent_again():
+    """A metadata timeout during a broker outage is not a missing topic: the sink waits for the broker, then sends."""
+    class _Outage(FakeProducer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+
+        def send(self, topic, value, key, headers, token) -> None:
+            self.calls += 1
+            if self.calls == 1:
+                raise BrokerError("cannot send: Failed to update metadata after 15.0 secs", Failure.TOPIC_MISSING)
+
+    down = iter([True, True, False])
+    producer = _Outage()
+    sink = Sink(producer, Router(settings()), OffsetTracker(), Metrics(), lambda exc: None,  # type: ignore[arg-type]
+                broker_down=lambda: next(down, False))
+    sink._send("sms.labels", b"v", None, [], object())
+    assert producer.calls == 2
+
+
+def test_a_missing_topic_while_the_broker_answers_is_still_fatal():
+    """The same metadata timeout with the broker answering means the topic is missing: it is raised at once."""
+    class _Missing(FakeProducer):
+        def send(self, topic, value, key, headers, token) -> None:
+            raise BrokerError("cannot send: Failed to update metadata after 15.0 secs", Failure.TOPIC_MISSING)
+
+    sink = Sink(_Missing(), Router(settings()), OffsetTracker(), Metrics(), lambda exc: None,  # type: ignore[arg-type]
+                broker_down=lambda: False)
+    with pytest.raises(BrokerError, match="metadata"):
+        sink._send("sms.labels", b"v", None, [], object())
