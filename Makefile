@@ -82,8 +82,11 @@ deploy-check: install deploy-tools  ## validate deploy/: k8s manifests, alert ru
 demo: install  ## the whole story: local broker, a model trained on sample data, events through the worker, live results (DATA=path)
 	$(BIN)/python demo/run_demo.py
 
+# Two pytest workers (pytest-xdist), each with its own local broker, files kept whole: most of the
+# suite waits on brokers and worker processes, so two at a time halve the wall time on 2 cores.
+TEST_WORKERS ?= 2
 test: install deploy-tools  ## run the whole test suite (starts and stops a local Kafka broker itself)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 faults: install  ## the fault suite at full size (kill -9 loops, broker restarts, scaling, hostile input); rewrites bench/results/faults.md
 	TAGSTREAM_FAULTS=full $(BIN)/python -m pytest tests/faults -m faults --timeout=3600
