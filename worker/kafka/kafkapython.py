@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -137,7 +138,10 @@ def open_clients(
         # refusal fails that batch alone (the library first splits multi-record batches), and a
         # retry after a timeout may write a result twice, which at-least-once allows anyway.
         producer_config["enable_idempotence"] = False
-    producer = KafkaPythonProducer(connect_call(settings, lambda: KafkaProducer(**producer_config)))
+    producer = KafkaPythonProducer(
+        connect_call(settings, lambda: KafkaProducer(**producer_config)),
+        make=(lambda: KafkaProducer(**producer_config)) if transactional_id is not None else None,
+    )
     consumer_config: dict[str, Any] = {
         "group_id": settings.group_id,
         "enable_auto_commit": False,
@@ -307,8 +311,9 @@ def remove_static_member(settings: WorkerSettings, timeout_s: float) -> None:
 class KafkaPythonProducer:
     """``ProducerClient`` over ``kafka.KafkaProducer`` (futures with callbacks per record)."""
 
-    def __init__(self, producer: KafkaProducer) -> None:
+    def __init__(self, producer: KafkaProducer, make: Callable[[], KafkaProducer] | None = None) -> None:
         self._producer = producer
+        self._make = make  # a new producer with the same settings (transactional id): see _replace
         self._delivered: Callable[[Any], None] = _unset
         self._failed: Callable[[Any, BrokerError], None] = _unset
         self._wedged: str | None = None  # why this producer cannot go on (see _bounded)
@@ -316,8 +321,10 @@ class KafkaPythonProducer:
     def set_handler(self, handler: DeliveryHandler) -> None:
         self._delivered, self._failed = handler.delivered, handler.failed
 
-    def _outcome(self, token: Any, result: Any) -> None:
+    def _outcome(self, producer: KafkaProducer, token: Any, result: Any) -> None:
         """One callback for both outcomes (a future calls it with metadata, or with the exception)."""
+        if producer is not self._producer:
+            return  # a replaced producer's record: its transaction was aborted by fencing, inputs re-read
         if isinstance(result, BaseException):
             self._failed(token, translate(result, "the broker did not acknowledge a record"))
         else:
@@ -338,7 +345,7 @@ class KafkaPythonProducer:
             ) from exc
         except ke.KafkaError as exc:
             raise translate(exc, f"cannot send to topic {topic!r}") from exc
-        outcome = partial(self._outcome, token)  # one partial per record, for either outcome
+        outcome = partial(self._outcome, self._producer, token)  # one partial per record, for either outcome
         future.add_callback(outcome)
         future.add_errback(outcome)
 
@@ -356,10 +363,10 @@ class KafkaPythonProducer:
         """A transactional call that waits without a limit, waited for at most TXN_CALL_LIMIT_S.
 
         A call left unanswered wedges this producer (its transaction manager keeps the pending
-        request): every later transactional call is refused at once, the committer cannot abort,
-        and the worker exits with that error, so that its successor (same transactional id)
-        fences this producer and aborts its open transaction. Nothing is lost: the inputs of
-        the open transaction were never committed and are read again."""
+        request): every later transactional call is refused at once, and the committer's abort
+        replaces the producer (``abort_transaction``), which fences this one and aborts its open
+        transaction. Nothing is lost: the inputs of that transaction were never committed and
+        are read again."""
         if self._wedged is not None:
             raise BrokerError(f"{what}: {self._wedged}", Failure.DELIVERY_FAILED)
         outcome: dict[str, BaseException] = {}
@@ -394,7 +401,40 @@ class KafkaPythonProducer:
         self._bounded(self._producer.commit_transaction, "cannot commit the transaction")
 
     def abort_transaction(self) -> None:
-        self._bounded(self._producer.abort_transaction, "cannot abort the transaction")
+        """Abort the open transaction; when this producer is wedged (a transactional request left
+        unanswered), replace it instead: the new producer's init_transactions, under the same
+        transactional id, fences this one and aborts its open transaction at the coordinator."""
+        if self._wedged is None:
+            try:
+                self._bounded(self._producer.abort_transaction, "cannot abort the transaction")
+                return
+            except BrokerError:
+                if self._wedged is None or self._make is None:
+                    raise
+        if self._make is None:
+            raise BrokerError(f"cannot abort the transaction: {self._wedged}", Failure.DELIVERY_FAILED)
+        self._replace()
+
+    def _replace(self) -> None:
+        assert self._make is not None
+        old = self._producer
+        log.warning("producer_replacing", reason=self._wedged)
+        new = self._make()
+        deadline = time.monotonic() + TXN_CALL_LIMIT_S
+        while True:
+            try:
+                new.init_transactions()  # waits up to max_block_ms; the coordinator may still be loading
+                break
+            except ke.KafkaTimeoutError as exc:
+                if time.monotonic() >= deadline:
+                    raise BrokerError(f"a new producer could not initialise transactions: {exc}",
+                                      Failure.DELIVERY_FAILED) from exc
+            except ke.KafkaError as exc:
+                raise translate(exc, "a new producer could not initialise transactions") from exc
+        self._producer, self._wedged = new, None
+        # Closing the wedged producer may block on its pending request: off this thread.
+        threading.Thread(target=lambda: old.close(timeout=1), name="tagstream-kafka-close", daemon=True).start()
+        log.warning("producer_replaced", note="the stuck producer is fenced; its open transaction was aborted")
 
     def close(self, timeout_s: float) -> None:
         self._producer.close(timeout=timeout_s)

@@ -73,3 +73,49 @@ def test_a_transactional_call_left_unanswered_is_given_up_and_wedges_the_produce
     with pytest.raises(BrokerError, match="cannot abort the transaction"):
         producer.abort_transaction()
     never.set()
+
+
+def test_a_wedged_transactional_producer_is_replaced_by_the_abort_and_its_stale_outcomes_are_ignored(monkeypatch):
+    """The abort after a stuck call makes a new producer (init_transactions fences the old one under the same
+    transactional id), later calls go to it, and a late outcome of the old producer's records reaches nobody."""
+    import threading
+
+    from worker.errors import BrokerError
+    from worker.kafka import kafkapython
+
+    monkeypatch.setattr(kafkapython, "TXN_CALL_LIMIT_S", 0.3)
+    never = threading.Event()
+    made: list[_Fresh] = []
+
+    class _Stuck:
+        def commit_transaction(self) -> None:
+            never.wait(30)
+
+        def close(self, timeout: float) -> None:
+            pass
+
+    class _Fresh:
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+            made.append(self)
+
+        def init_transactions(self) -> None:
+            self.calls.append("init")
+
+        def commit_transaction(self) -> None:
+            self.calls.append("commit")
+
+    stuck = _Stuck()
+    producer = kafkapython.KafkaPythonProducer(stuck, make=_Fresh)  # type: ignore[arg-type]
+    outcomes: list[str] = []
+    producer._delivered = lambda token: outcomes.append(token)
+    with pytest.raises(BrokerError):
+        producer.commit_transaction()
+    producer.abort_transaction()  # replaces instead of waiting on the stuck one
+    assert len(made) == 1 and made[0].calls == ["init"]
+    producer.commit_transaction()
+    assert made[0].calls == ["init", "commit"]
+    producer._outcome(stuck, "late", object())  # the old producer's record acknowledged after all
+    producer._outcome(made[0], "new", object())
+    assert outcomes == ["new"]
+    never.set()
