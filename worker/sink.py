@@ -314,8 +314,11 @@ class Sink:
 
     def _send(self, topic: str, value: bytes | None, key: bytes | None, headers: list, token: Any) -> None:
         try:
-            self._send_through_outages(topic, value, key, headers, token)
+            self._producer.send(topic, value, key, headers, token)
         except BrokerError as exc:
+            if exc.failure in (Failure.TOPIC_MISSING, Failure.DELIVERY_FAILED) and self._broker_down():
+                self._send_after_outage(topic, value, key, headers, token, exc)
+                return
             if exc.failure is not Failure.RECORD_REJECTED:
                 raise
             # The producer refused it before sending (its own size check): this record alone.
@@ -327,20 +330,16 @@ class Sink:
             retry = token if type(token) is _Retry else None
             self._refused.append((token if retry is None else retry.item, 1 if retry is None else retry.step + 1, exc))
 
-    def _send_through_outages(
-        self, topic: str, value: bytes | None, key: bytes | None, headers: list, token: Any
+    def _send_after_outage(
+        self, topic: str, value: bytes | None, key: bytes | None, headers: list, token: Any, error: BrokerError
     ) -> None:
-        while True:
-            try:
-                self._producer.send(topic, value, key, headers, token)
-                return
-            except BrokerError as exc:
-                if exc.failure not in (Failure.TOPIC_MISSING, Failure.DELIVERY_FAILED) or not self._broker_down():
-                    raise
-                log.warning("send_waits_for_the_broker", topic=topic, error=str(exc))
-                while self._broker_down():
-                    if self._stopping.wait(0.5):
-                        raise
+        """The send timed out while no broker answers: wait for one (the worker's outage limit ends
+        the wait), then send again."""
+        log.warning("send_waits_for_the_broker", topic=topic, error=str(error))
+        while self._broker_down():
+            if self._stopping.wait(0.5):
+                raise error
+        self._send(topic, value, key, headers, token)
 
     def _resend(self, item: Event | DeadLetter, step: int, error: BrokerError) -> None:
         """Take a refused output one step down the ladder (module docstring)."""

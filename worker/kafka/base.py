@@ -9,6 +9,8 @@ Positions are plain ints: the offset of the next record to read, as Kafka commit
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -187,3 +189,30 @@ def open_clients(
     from worker.kafka import kafkapython
 
     return kafkapython.open_clients(settings, transactional_id=transactional_id)
+
+
+def run_bounded(
+    call: Callable[[], Any], timeout_s: float, name: str, stop: threading.Event | None = None
+) -> tuple[bool, Any]:
+    """Run a blocking client call that has no (reliable) timeout of its own on a daemon thread,
+    waiting at most ``timeout_s``, or until ``stop`` is set. Returns (True, its value) when it
+    returned, re-raises what it raised, and (False, None) when it is still running (the thread is
+    left behind: a call stuck inside a client cannot be cancelled)."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # handed to the waiting thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while thread.is_alive() and (left := deadline - time.monotonic()) > 0 and not (stop and stop.is_set()):
+        thread.join(min(0.1, left))
+    if thread.is_alive():
+        return False, None
+    if "error" in outcome:
+        raise outcome["error"]
+    return True, outcome.get("value")

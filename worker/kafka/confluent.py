@@ -71,6 +71,7 @@ from worker.kafka.base import (
     Record,
     TopicPartition,
     UnreadableRecord,
+    run_bounded,
 )
 from worker.kafka.diagnose import CONNECT_HINTS, bootstrap_timeout_error
 
@@ -364,22 +365,10 @@ def _new(kind: Callable[[dict[str, Any]], Any], config: dict[str, Any]) -> Any:
 
 def _bounded(call: Callable[[], Any], timeout_s: float, what: str) -> Any:
     """Run a blocking librdkafka call that has no timeout of its own, waiting at most ``timeout_s``."""
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["value"] = call()
-        except BaseException as exc:
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run, name="tagstream-kafka-call", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    if thread.is_alive():
+    finished, value = run_bounded(call, timeout_s, "tagstream-kafka-call")
+    if not finished:
         raise BrokerError(f"{what}: no answer within {timeout_s:g} s", Failure.KAFKA_TRANSIENT)
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("value")
+    return value
 
 
 # -- records ---------------------------------------------------------------------------------------------
@@ -958,32 +947,18 @@ class ConfluentProducer:
 
     def _attempt(self, call: Callable[[], Any], attempt_s: float, what: str) -> None:
         """One attempt in a helper thread; one that outlives its own timeout marks the client stuck."""
-        outcome: dict[str, BaseException] = {}
-
-        def run() -> None:
-            try:
-                call()
-            except BaseException as exc:
-                outcome["error"] = exc
-
-        thread = threading.Thread(target=run, name="tagstream-kafka-txn", daemon=True)
-        thread.start()
-        give_up = time.monotonic() + attempt_s + TXN_STUCK_GRACE_S
-        while thread.is_alive():
-            closing = self._closing.is_set()
-            if closing or time.monotonic() >= give_up:
-                self._stuck_in = what
-                if closing:
-                    raise BrokerError(f"{what}: given up, the producer is closing", Failure.TRANSACTION_ABORTED)
-                log.error("transaction_call_stuck", call=what, waited_s=round(attempt_s + TXN_STUCK_GRACE_S, 1),
-                          action="the transaction is aborted and the producer replaced")
-                raise BrokerError(
-                    f"{what}: librdkafka did not return within {attempt_s + TXN_STUCK_GRACE_S:g} s (its own timeout"
-                    f" is {attempt_s:g} s); the producer is stuck and will be replaced", Failure.KAFKA_TRANSIENT,
-                )
-            thread.join(0.1)
-        if "error" in outcome:
-            raise outcome["error"]
+        finished, _ = run_bounded(call, attempt_s + TXN_STUCK_GRACE_S, "tagstream-kafka-txn", stop=self._closing)
+        if finished:
+            return
+        self._stuck_in = what
+        if self._closing.is_set():
+            raise BrokerError(f"{what}: given up, the producer is closing", Failure.TRANSACTION_ABORTED)
+        log.error("transaction_call_stuck", call=what, waited_s=round(attempt_s + TXN_STUCK_GRACE_S, 1),
+                  action="the transaction is aborted and the producer replaced")
+        raise BrokerError(
+            f"{what}: librdkafka did not return within {attempt_s + TXN_STUCK_GRACE_S:g} s (its own timeout"
+            f" is {attempt_s:g} s); the producer is stuck and will be replaced", Failure.KAFKA_TRANSIENT,
+        )
 
     def close(self, timeout_s: float) -> None:
         self._closing.set()  # a transactional call still waited for gives up now

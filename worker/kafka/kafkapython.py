@@ -30,6 +30,7 @@ from worker.kafka.base import (
     Record,
     TopicPartition,
     UnreadableRecord,
+    run_bounded,
 )
 from worker.kafka.compat import UNREADABLE_AT, apply_join_fix, apply_unreadable_fix
 from worker.kafka.diagnose import CONNECT_HINTS, bootstrap_timeout_error
@@ -369,24 +370,12 @@ class KafkaPythonProducer:
         are read again."""
         if self._wedged is not None:
             raise BrokerError(f"{what}: {self._wedged}", Failure.DELIVERY_FAILED)
-        outcome: dict[str, BaseException] = {}
-
-        def run() -> None:
-            try:
-                self._transactional(call, what)
-            except BaseException as exc:  # handed to the calling thread
-                outcome["error"] = exc
-
-        thread = threading.Thread(target=run, name="tagstream-kafka-txn", daemon=True)
-        thread.start()
-        thread.join(TXN_CALL_LIMIT_S)
-        if thread.is_alive():
+        finished, _ = run_bounded(lambda: self._transactional(call, what), TXN_CALL_LIMIT_S, "tagstream-kafka-txn")
+        if not finished:
             self._wedged = (f"a transactional request got no answer within {TXN_CALL_LIMIT_S:g} s"
                             " (lost in a broker restart?); this producer cannot go on")
             log.error("transaction_call_stuck", call=what, limit_s=TXN_CALL_LIMIT_S)
             raise BrokerError(f"{what}: {self._wedged}", Failure.DELIVERY_FAILED)
-        if "error" in outcome:
-            raise outcome["error"]
 
     def begin_transaction(self) -> None:
         self._transactional(self._producer.begin_transaction, "cannot begin a transaction")
