@@ -80,11 +80,14 @@ def _bundle(settings: WorkerSettings, state: dict[str, Any]) -> str:
     runner = ModelRunner.load(
         settings.bundle_path, device=state["device"], autocast_dtype=state["dtype"],
         max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens, top_k=settings.top_k,
+        fast_tokenizer=settings.fast_tokenizer,
     )
     state["runner"] = runner
+    tokenizer = runner.head_tokenizer
+    engine = tokenizer.engine + (f" ({tokenizer.why_not_flash})" if tokenizer.why_not_flash else "")
     return (
         f"{runner.name} version {runner.version}, labels {runner.labels}, max_length {runner.max_length},"
-        f" verified"
+        f" verified; tokenizer: {engine}"
     )
 
 

@@ -20,8 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from tokenizers import Tokenizer
-
 if TYPE_CHECKING:
     from worker.reload import RunnerSlot
     from worker.telemetry import Metrics
@@ -90,13 +88,3 @@ class ModelHost(Protocol):
         """Arrange for newer bundles to be offered to ``slot``; returns a loop for the worker to
         run on a thread of its own, or None when nothing needs one."""
         ...
-
-
-def truncating_tokenizer(tokenizer_json: str, max_length: int) -> Tokenizer:
-    """A private tokenizer from its JSON that truncates to ``max_length`` and never pads (a batch pads
-    itself). Both runners build theirs here: the model's from the bundle, a feeder's from the JSON its
-    model process sends."""
-    tokenizer = Tokenizer.from_str(tokenizer_json)
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=max_length)
-    return tokenizer

@@ -49,8 +49,9 @@ from model.cpus import available_cpus
 from model.errors import BundleError
 from model.truncation import Windower, pool
 from worker.errors import BundleLoadError, InferenceError, SettingsError
-from worker.inference import Classified, truncating_tokenizer
+from worker.inference import Classified
 from worker.telemetry import get_logger
+from worker.tokenizing import HeadTokenizer
 
 __all__ = ["Classified", "ModelRunner", "configure_threads", "resolve_device", "resolve_dtype", "resolve_streams"]
 
@@ -171,6 +172,7 @@ class ModelRunner:
         max_batch_size: int,
         max_batch_tokens: int,
         top_k: int,
+        fast_tokenizer: bool = True,
     ) -> None:
         self.bundle = bundle
         self.name = bundle.name
@@ -183,8 +185,8 @@ class ModelRunner:
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.top_k = max(1, min(top_k, len(self.labels)))
-        self._tokenizer = truncating_tokenizer(bundle.tokenizer.to_str(), self.max_length)
-        self._encode = getattr(self._tokenizer, "encode_batch_fast", self._tokenizer.encode_batch)
+        self._tokenizer_json = str(bundle.tokenizer.to_str())
+        self.head_tokenizer = HeadTokenizer(self._tokenizer_json, self.max_length, fast=fast_tokenizer)
         self.task = bundle.task
         self.multi_label = bundle.multi_label
         self.truncation = bundle.truncation
@@ -225,6 +227,7 @@ class ModelRunner:
         max_batch_size: int,
         max_batch_tokens: int,
         top_k: int,
+        fast_tokenizer: bool = True,
     ) -> ModelRunner:
         """Load and verify the bundle at ``path`` (BundleLoadError when it cannot be used)."""
         try:
@@ -235,7 +238,7 @@ class ModelRunner:
             raise BundleLoadError(f"bundle {path} cannot be loaded: {exc}") from exc
         return cls(
             bundle, device=device, autocast_dtype=autocast_dtype, max_batch_size=max_batch_size,
-            max_batch_tokens=max_batch_tokens, top_k=top_k,
+            max_batch_tokens=max_batch_tokens, top_k=top_k, fast_tokenizer=fast_tokenizer,
         )
 
     @property
@@ -254,13 +257,13 @@ class ModelRunner:
         """Token ids per text, unpadded: the first max_length (one tokenizer call), or by the
         bundle's strategy every window of the text end to end (module docstring)."""
         if self._windower is None:
-            return [enc.ids for enc in self._encode(texts)]
+            return self.head_tokenizer.encode(texts)
         return [[t for window in windows for t in window] for windows in self._windower.windows(texts)]
 
     @property
     def tokenizer_json(self) -> str:
-        """The tokenizer as configured here (truncation, no padding), for a feeder process to rebuild."""
-        return str(self._tokenizer.to_str())
+        """The bundle's tokenizer, for a feeder process to build its own (worker.tokenizing)."""
+        return self._tokenizer_json
 
     def classify(self, token_ids: list[list[int]]) -> Classified:
         """Top-k labels and probabilities for one batch of tokenized inputs (as ``tokenize`` gives)."""

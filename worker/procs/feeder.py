@@ -48,7 +48,8 @@ def feeder_main(plan: FeederPlan, control: connection.Connection) -> None:
     s = plan.settings
     configure_logging(s.log_level, s.log_format, context={"process": f"feeder-{plan.index}"})
     link = ModelLink(
-        plan.address, plan.authkey, feeder=plan.index, segment=plan.segment, shape=plan.shape, slots=plan.slots
+        plan.address, plan.authkey, feeder=plan.index, segment=plan.segment, shape=plan.shape, slots=plan.slots,
+        fast_tokenizer=s.fast_tokenizer,
     )
     worker = Worker(s, model=link, telemetry_host="127.0.0.1")
 

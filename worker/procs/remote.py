@@ -25,7 +25,7 @@ from multiprocessing import connection
 from typing import Any
 
 from worker.errors import Failure, InferenceError, WorkerError
-from worker.inference import Classified, truncating_tokenizer
+from worker.inference import Classified
 from worker.procs.transport import (
     DONE,
     FAILED,
@@ -40,6 +40,7 @@ from worker.procs.transport import (
 )
 from worker.reload import RunnerSlot
 from worker.telemetry import Metrics, get_logger
+from worker.tokenizing import HeadTokenizer
 
 log = get_logger("tagstream.worker.feeder")
 
@@ -51,8 +52,10 @@ class ModelLink:
     """A feeder's connection to the model process (see the module docstring)."""
 
     def __init__(
-        self, address: str, authkey: bytes, *, feeder: int, segment: str, shape: SlotShape, slots: int
+        self, address: str, authkey: bytes, *, feeder: int, segment: str, shape: SlotShape, slots: int,
+        fast_tokenizer: bool = True,
     ) -> None:
+        self.fast_tokenizer = fast_tokenizer
         self._address = address
         self._authkey = authkey
         self.feeder = feeder
@@ -93,7 +96,7 @@ class ModelLink:
         self._receiver.start()
         log.info(
             "model_ready", name=runner.name, version=runner.version, labels=runner.labels, generation=info.generation,
-            served_by="model process", slots=self._slots,
+            served_by="model process", slots=self._slots, tokenizer=runner.head_tokenizer.engine,
         )
         return runner
 
@@ -195,15 +198,14 @@ class RemoteRunner:
         self.tokenizer_key = info.tokenizer_key
         self.generation = info.generation
         self._link = link
-        tokenizer = truncating_tokenizer(info.tokenizer_json, info.max_length)
-        self._encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+        self.head_tokenizer = HeadTokenizer(info.tokenizer_json, info.max_length, fast=link.fast_tokenizer)
         # Runs when the last batch holding this runner is done (CPython frees it then): the model
         # process may unload this generation once no feeder holds it.
         weakref.finalize(self, link.release, info.generation)
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         """Token ids per text, truncated to max_length, unpadded (one tokenizer call)."""
-        return [enc.ids for enc in self._encode(texts)]
+        return self.head_tokenizer.encode(texts)
 
     def classify(self, token_ids: list[list[int]]) -> Classified:
         """Top-k labels and probabilities for one batch, computed by the model process."""
