@@ -15,6 +15,11 @@ worker  ``tagstream-worker run`` with a *null* bundle (a real bundle and tokeniz
         process: CPU per event in all, and per stage (worker/stages.py), plus the client's own
         threads read from /proc (network I/O, delivery callbacks).
 
+The worker runs once per tokenizer engine named by ``--tokenizers`` (TAGSTREAM_FAST_TOKENIZER:
+``fast``, the default, tokenizes ASCII texts with flash-tokenizer where it gives HF tokenizers' ids;
+``huggingface`` uses HF tokenizers for every text, as before it existed); the table's stages and
+threads are the first engine's.
+
 floor and worker alternate ``--repeats`` times, each client in turn on a topic of its own; the best
 run of each counts. CPU per event is the process's user+system time over the events, every thread
 included (librdkafka's C threads too).
@@ -52,6 +57,7 @@ for path in (REPO, REPO / "bench", REPO / "tests"):
 
 import worker_bench as wb  # noqa: E402  (broker, topic, worker-process helpers)
 
+ENGINES = ("fast", "huggingface")  # TAGSTREAM_FAST_TOKENIZER true / false
 STAGE_ORDER = ("fetch", "parse", "tokenize", "track", "commit", "batch", "inference", "result_build", "produce")
 
 
@@ -152,6 +158,7 @@ def tokenize_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--texts", type=Path, required=True)
+    parser.add_argument("--engine", choices=ENGINES, default="fast")
     args = parser.parse_args(argv)
     import torch
 
@@ -159,7 +166,7 @@ def tokenize_main(argv: list[str]) -> int:
 
     texts = json.loads(args.texts.read_text())
     runner = ModelRunner.load(args.bundle, device=torch.device("cpu"), autocast_dtype=None, max_batch_size=64,
-                              max_batch_tokens=8192, top_k=3)
+                              max_batch_tokens=8192, top_k=3, fast_tokenizer=args.engine == "fast")
     runner.tokenize(texts[:POLL_RECORDS])  # warm
     began, cpu_began = time.monotonic(), _cpu()
     for i in range(0, len(texts), POLL_RECORDS):
@@ -169,12 +176,13 @@ def tokenize_main(argv: list[str]) -> int:
     return 0
 
 
-def tokenize_alone(bundle: Path, texts: list[str]) -> dict[str, Any]:
+def tokenize_alone(bundle: Path, texts: list[str], engine: str) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(texts, handle)
     try:
         proc = subprocess.run(
-            [sys.executable, __file__, "--tokenize", "--bundle", str(bundle), "--texts", handle.name],
+            [sys.executable, __file__, "--tokenize", "--bundle", str(bundle), "--texts", handle.name,
+             "--engine", engine],
             capture_output=True, text=True, timeout=wb.RUN_TIMEOUT_S, cwd=REPO,
         )
     finally:
@@ -232,9 +240,10 @@ def stage_figures(text: str) -> dict[str, tuple[float, float]]:
 
 
 def worker_run(
-    bootstrap: str, topic: str, bundle: Path, count: int, args: argparse.Namespace, client: str
+    bootstrap: str, topic: str, bundle: Path, count: int, args: argparse.Namespace, client: str, engine: str
 ) -> dict[str, Any]:
-    extra = {"TAGSTREAM_STAGE_TIMING": "true", "TAGSTREAM_KAFKA_CLIENT": client}
+    extra = {"TAGSTREAM_STAGE_TIMING": "true", "TAGSTREAM_KAFKA_CLIENT": client,
+             "TAGSTREAM_FAST_TOKENIZER": str(engine == "fast").lower()}
     worker = wb.WorkerProcess(bootstrap, topic, bundle, args, f"path-{topic}", extra_env=extra)
     profiler = None
     try:
@@ -317,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--client", default="kafka-python,confluent",
                         help="TAGSTREAM_KAFKA_CLIENT values to measure, comma-separated (floor and worker each)")
+    parser.add_argument("--tokenizers", default=",".join(ENGINES),
+                        help="worker tokenizer engines to measure, comma-separated: fast (TAGSTREAM_FAST_TOKENIZER=true,"
+                             " the default) and/or huggingface (false)")
     parser.add_argument("--tokenizer-from", type=Path, help="a bundle (or tokenizer.json) whose tokenizer the null bundle uses")
     parser.add_argument("--profile", action="store_true", help="record the worker with py-spy")
     parser.add_argument("--label", default="run", help="names the profile file")
@@ -342,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(clients) - {"kafka-python", "confluent"})
     if unknown:
         raise SystemExit(f"--client: unknown {unknown}; use kafka-python and/or confluent")
+    engines = [e.strip() for e in args.tokenizers.split(",") if e.strip()]
+    if not engines or set(engines) - set(ENGINES):
+        raise SystemExit(f"--tokenizers: use {' and/or '.join(ENGINES)}")
     broker = None
     bootstrap = args.bootstrap
     if bootstrap is None:
@@ -350,28 +365,37 @@ def main(argv: list[str] | None = None) -> int:
         broker = LocalKafka().start()
         bootstrap = broker.bootstrap_servers
     floors: dict[str, list[dict[str, Any]]] = {c: [] for c in clients}
-    workers: dict[str, list[dict[str, Any]]] = {c: [] for c in clients}
-    tokenizing: list[dict[str, Any]] = []
+    workers: dict[tuple[str, str], list[dict[str, Any]]] = {(c, e): [] for c in clients for e in engines}
+    tokenizing: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
     try:
         for round_ in range(args.repeats):
-            tokenizing.append(tokenize_alone(bundle, texts))
-            print(f"round {round_ + 1}: tokenizing alone {tokenizing[-1]['cpu_us']:.0f} us/text", file=sys.stderr)
+            for engine in engines:
+                tokenizing[engine].append(tokenize_alone(bundle, texts, engine))
+                print(f"round {round_ + 1}: tokenizing alone, {engine}: {tokenizing[engine][-1]['cpu_us']:.0f} us/text",
+                      file=sys.stderr)
             for client in clients:
                 topic = wb.create_topic(bootstrap, "path-in", partitions=args.partitions)
                 wb.prefill(bootstrap, topic, texts, "p")
                 floors[client].append(floor(bootstrap, topic, len(texts), client))
-                workers[client].append(worker_run(bootstrap, topic, bundle, len(texts), args, client))
-                f, w = floors[client][-1], workers[client][-1]
-                print(f"round {round_ + 1}, {client}: floor {f['eps']:,.0f} ev/s {f['cpu_us']:.0f} us/ev;"
-                      f" worker {w['eps']:,.0f} ev/s {w['cpu_us']:.0f} us/ev; load {wb.load_avg()}",
-                      file=sys.stderr, flush=True)
+                f = floors[client][-1]
+                print(f"round {round_ + 1}, {client}: floor {f['eps']:,.0f} ev/s {f['cpu_us']:.0f} us/ev", file=sys.stderr)
+                for engine in engines:
+                    topic = wb.create_topic(bootstrap, "path-in", partitions=args.partitions)
+                    wb.prefill(bootstrap, topic, texts, "p")
+                    workers[client, engine].append(worker_run(bootstrap, topic, bundle, len(texts), args, client, engine))
+                    w = workers[client, engine][-1]
+                    print(f"round {round_ + 1}, {client}, {engine} tokenizer: worker {w['eps']:,.0f} ev/s"
+                          f" {w['cpu_us']:.0f} us/ev; load {wb.load_avg()}", file=sys.stderr, flush=True)
     finally:
         if broker is not None:
             broker.stop()
     best_floor = {c: min(floors[c], key=lambda r: r["cpu_us"]) for c in clients}
-    best = {c: min(workers[c], key=lambda r: r["cpu_us"]) for c in clients}
+    best_of = {k: min(v, key=lambda r: r["cpu_us"]) for k, v in workers.items()}
+    tok = {e: min(tokenizing[e], key=lambda r: r["cpu_us"]) for e in engines}
+    main_engine = engines[0]
+    best = {c: best_of[c, main_engine] for c in clients}
     print(f"\nKafka path, {len(texts):,} events on {args.partitions} partitions, null bundle; best of {args.repeats}"
-          f" per client, clients alternating in one run; {wb.load_avg()}")
+          f" per client and tokenizer, alternating in one run; {wb.load_avg()}")
     print("| what | " + " | ".join(f"{c}: CPU us/event | {c}: events/s" for c in clients) + " |")
     print("|---|" + "---:|---:|" * len(clients))
 
@@ -380,28 +404,36 @@ def main(argv: list[str] | None = None) -> int:
 
     row("floor: bare consume -> decode -> produce loop",
         [(best_floor[c]["cpu_us"], f"{best_floor[c]['eps']:,.0f}") for c in clients])
-    row("worker, end to end (all threads)", [(best[c]["cpu_us"], f"{best[c]['eps']:,.0f}") for c in clients])
-    row("of which the client: fetch + produce stages, its own threads",
+    for engine in engines:
+        row(f"worker, end to end (all threads), {engine} tokenizer",
+            [(best_of[c, engine]["cpu_us"], f"{best_of[c, engine]['eps']:,.0f}") for c in clients])
+    row(f"of which the client: fetch + produce stages, its own threads ({main_engine})",
         [(client_share(best[c]), "") for c in clients])
-    tok = min(tokenizing, key=lambda r: r["cpu_us"])
-    row("tokenizing alone (the null bundle's tokenizer, every thread)",
-        [(tok["cpu_us"], f"{tok['eps']:,.0f}") for _ in clients])
-    row("worker minus tokenizing", [(best[c]["cpu_us"] - tok["cpu_us"], "") for c in clients])
+    for engine in engines:
+        row(f"tokenizing alone, {engine} (the null bundle's tokenizer, every thread)",
+            [(tok[engine]["cpu_us"], f"{tok[engine]['eps']:,.0f}") for _ in clients])
+    for engine in engines:
+        row(f"worker minus tokenizing ({engine})", [(best_of[c, engine]["cpu_us"] - tok[engine]["cpu_us"], "") for c in clients])
     for stage in STAGE_ORDER:
         if any(stage in best[c]["stages"] for c in clients):
             cells = []
             for c in clients:
                 us = best[c]["stages"].get(stage, {}).get("cpu_us")
                 cells.append((us, f"{1e6 / us:,.0f} (alone)" if us else ""))
-            row(f"stage: {stage}", cells)
+            row(f"stage: {stage} ({main_engine})", cells)
     threads = sorted({name for c in clients for name, us in best[c]["threads_us"].items() if us >= 0.5})
     for name in threads:
-        row(f"thread: {name}", [(best[c]["threads_us"].get(name), "") for c in clients])
+        row(f"thread: {name} ({main_engine})", [(best[c]["threads_us"].get(name), "") for c in clients])
     print()
     for c in clients:
-        floor_us, worker_us = best_floor[c]["cpu_us"], best[c]["cpu_us"]
-        print(f"{c}: worker / floor {worker_us / floor_us:.2f}x the CPU per event;"
-              f" worker / (floor + tokenizing alone) {worker_us / (floor_us + tok['cpu_us']):.2f}x")
+        floor_us = best_floor[c]["cpu_us"]
+        for engine in engines:
+            worker_us = best_of[c, engine]["cpu_us"]
+            print(f"{c}, {engine} tokenizer: worker / floor {worker_us / floor_us:.2f}x the CPU per event;"
+                  f" worker / (floor + tokenizing alone) {worker_us / (floor_us + tok[engine]['cpu_us']):.2f}x")
+        if len(engines) > 1:
+            a, b = (best_of[c, e]["cpu_us"] for e in engines[:2])
+            print(f"{c}: {engines[0]} / {engines[1]} tokenizer: {a / b:.2f}x the worker's CPU per event")
     if len(clients) > 1:
         base = clients[0]
         for c in clients[1:]:
@@ -409,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
                   f" floor {best_floor[c]['cpu_us'] / best_floor[base]['cpu_us']:.2f}x the CPU per event")
     wb.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (wb.RESULTS_DIR / "kafka_path_bench.json").write_text(
-        json.dumps({"floor": floors, "worker": workers, "tokenize": tokenizing, "events": len(texts),
+        json.dumps({"floor": floors, "worker": {f"{c}/{e}": v for (c, e), v in workers.items()},
+                    "tokenize": tokenizing, "events": len(texts),
                     "load": wb.load_avg()}, indent=1)
     )
     return 0

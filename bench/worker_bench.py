@@ -339,8 +339,9 @@ class WorkerProcess:
             TAGSTREAM_MAX_BATCH_SIZE=str(args.max_batch_size), TAGSTREAM_MAX_BATCH_TOKENS=str(args.max_batch_tokens),
             TAGSTREAM_MAX_WAIT_MS=str(args.max_wait_ms), TAGSTREAM_THREADS=str(args.threads),
             TAGSTREAM_INFERENCE_STREAMS=str(args.streams), TAGSTREAM_DTYPE=args.dtype,
-            TAGSTREAM_RELOAD_INTERVAL_S="0", TAGSTREAM_LOG_LEVEL="INFO", **(extra_env or {}),
+            TAGSTREAM_RELOAD_INTERVAL_S="0", TAGSTREAM_LOG_LEVEL="INFO",
         )
+        env.update(extra_env or {})
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "worker.cli", "run"], cwd=REPO, env=env,
             stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT,

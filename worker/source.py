@@ -37,6 +37,10 @@ from worker.telemetry import Health, Metrics, get_logger
 log = get_logger("tagstream.worker.source")
 
 POLL_TIMEOUT_MS = 100  # how long one poll may wait for data: bounds shutdown and backpressure reaction
+# While paused a poll returns nothing and would wait its whole timeout, by which time a fast model
+# has emptied the hand-off: resuming then leaves it idle until the client has fetched again (after
+# a pause, librdkafka re-fetches what it had prefetched). A short wait resumes at the half mark.
+PAUSED_POLL_TIMEOUT_MS = 5
 LAG_INTERVAL_S = 5.0  # how often the per-partition lag gauges are refreshed
 
 
@@ -91,7 +95,7 @@ class Source:
     def run(self, stopping: threading.Event) -> None:
         """Poll until ``stopping`` is set; then hand over to ``drain`` (called by the app)."""
         while not stopping.is_set():
-            records = self._poll()
+            records = self._poll(PAUSED_POLL_TIMEOUT_MS if self._paused else POLL_TIMEOUT_MS)
             if records:
                 self._ingest(records)
             self._apply_backpressure()

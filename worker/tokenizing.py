@@ -82,6 +82,9 @@ class HeadTokenizer:
 
     # -- the hot path --------------------------------------------------------------------------
     def encode(self, texts: list[str]) -> list[list[int]]:
+        chunk = int(os.environ.get("FLASH_CHUNK", "0"))
+        if chunk and len(texts) > chunk:
+            return [ids for i in range(0, len(texts), chunk) for ids in self.encode(texts[i:i + chunk])]
         if self._flash is None or not texts:
             return self._hf_ids(texts)
         if self._passes("\n".join(texts)):  # the usual case: one scan for the whole call

@@ -90,6 +90,13 @@ PRODUCER_BUFFER_KBYTES = 32 * 1024  # as kafka-python's buffer_memory: a full bu
 SEND_MAX_BLOCK_S = 15.0  # how long send() waits for buffer space (kafka-python's max_block_ms)
 TOPIC_METADATA_WAIT_MS = 15_000  # records for a topic the broker says does not exist fail after this
 CONSUMER_QUEUE_KBYTES = 16 * 1024  # records prefetched per consumer: bounds memory, ample for throughput
+# Backpressure pauses the whole assignment for tens of milliseconds at a time. librdkafka's pause
+# discards what it has prefetched for a partition and its resume fetches it again, which left a
+# fast worker idle half a second after each resume (bench/kafka_path_bench.py, null bundle: 3,100
+# events/s against 9,300 without pauses). Such a pause first only stops consume() calls: the
+# prefetch queue fills to queued.max.messages.kbytes and the fetcher stops by itself. One that lasts
+# longer becomes librdkafka's pause, so that polls serve rebalance callbacks and statistics again.
+SOFT_PAUSE_S = 1.0
 STATS_INTERVAL_MS = 1_000  # how often librdkafka reports the group coordinator's state (coordinator_known)
 END_OFFSETS_TIMEOUT_S = 1.0  # the lag refresh blocks the poll loop at most this long
 COMMIT_TIMEOUT_S = 30.0  # an offset commit inside a rebalance callback waits at most this long
@@ -416,6 +423,9 @@ class ConfluentConsumer:
         self._pattern: re.Pattern[str] | None = None
         self._pattern_topics: list[str] = []
         self._pattern_at = 0.0
+        self._held: set[TopicPartition] = set()  # paused by not consuming (SOFT_PAUSE_S)
+        self._held_since = 0.0
+        self._paused: set[TopicPartition] = set()  # paused in librdkafka
         config = consumer_config(settings, transactional)
         config.update(error_cb=self.errors, stats_cb=self._on_stats, on_commit=self._on_commit)
         self.client = _new(ck.Consumer, config)
@@ -459,6 +469,7 @@ class ConfluentConsumer:
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         ours = {TopicPartition(p.topic, p.partition) for p in partitions}
+        self._forget_pauses(ours)  # assign() starts them unpaused
         self._assigning = {}
         try:
             if self._handler is not None and not self._closing:
@@ -479,6 +490,7 @@ class ConfluentConsumer:
         self._run_revoke({TopicPartition(p.topic, p.partition) for p in partitions}, lost=True)
 
     def _run_revoke(self, partitions: set[TopicPartition], lost: bool) -> None:
+        self._forget_pauses(partitions)
         for tp in partitions:
             self._pending_seeks.pop(tp, None)
         if self._handler is None or self._closing:
@@ -501,6 +513,9 @@ class ConfluentConsumer:
             self._refresh_pattern()
         if self._pending_seeks:
             self._apply_pending_seeks()
+        if self._held and self._holding():
+            time.sleep(timeout_ms / 1000)
+            return {}
         consume = self.client.consume
         try:
             messages = consume(max_records, 0)
@@ -581,10 +596,35 @@ class ConfluentConsumer:
             return set()
 
     def pause(self, partitions: Iterable[TopicPartition]) -> None:
-        self._call(self.client.pause, _theirs(partitions), "cannot pause")
+        new = {TopicPartition(*tp) for tp in partitions} - self._held - self._paused
+        if not new:
+            return
+        if not self._held:
+            self._held_since = time.monotonic()
+        self._held |= new  # a pause of part of the assignment becomes librdkafka's at the next poll
 
     def resume(self, partitions: Iterable[TopicPartition]) -> None:
-        self._call(self.client.resume, _theirs(partitions), "cannot resume")
+        parts = {TopicPartition(*tp) for tp in partitions}
+        self._held -= parts
+        paused, self._paused = self._paused & parts, self._paused - parts
+        if paused:
+            self._call(self.client.resume, _theirs(paused), "cannot resume")
+
+    def _forget_pauses(self, partitions: set[TopicPartition]) -> None:
+        self._held -= partitions
+        self._paused -= partitions
+
+    def _holding(self) -> bool:
+        """Whether this poll may skip consume() (SOFT_PAUSE_S); otherwise the held partitions are
+        paused in librdkafka now, so that consume() returns none of their records."""
+        assigned = self.assignment()
+        if assigned and assigned <= self._held | self._paused and time.monotonic() - self._held_since < SOFT_PAUSE_S:
+            return True
+        held, self._held = self._held & assigned, set()
+        if held:
+            self._call(self.client.pause, _theirs(held), "cannot pause")
+            self._paused |= held
+        return False
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         tp = TopicPartition(*tp)
