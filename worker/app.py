@@ -84,7 +84,8 @@ class Worker:
         self._telemetry_host = telemetry_host
         self.metrics = metrics or Metrics()
         self.health = Health(broker_outage_s=settings.broker_outage_s)
-        self.tracker = OffsetTracker()
+        self._exactly_once = settings.processing_guarantee == "exactly_once"
+        self.tracker = OffsetTracker(finish_issued_on_revoke=not self._exactly_once)
         self.handoff: InputHandoff[Event, DeadLetter] = InputHandoff(settings.max_pending_events)
         self.telemetry: TelemetryServer | None = None
         self.slot: RunnerSlot | None = None
@@ -96,7 +97,6 @@ class Worker:
         self._fatal_lock = threading.Lock()
         self._sink_queue: queue.Queue[Any] = queue.Queue(maxsize=SINK_QUEUE_BATCHES)
         self._streams = 1
-        self._exactly_once = settings.processing_guarantee == "exactly_once"
         # Batches handed to the model threads and finished by them: a barrier waits for the two to meet.
         self._batches_issued = 0
         self._batches_done = 0
@@ -310,7 +310,8 @@ class Worker:
                     self._on_swap(swapped)
                 if tracker.revocations != revocations:  # a rebalance began: drop what it revokes
                     revocations = tracker.revocations
-                    self._abandon(batcher.remove_if(lambda e: not tracker.accepts((e.topic, e.partition), e.epoch)))
+                    self._abandon(batcher.remove_if(
+                        lambda e: not tracker.accepts((e.topic, e.partition), e.epoch, e.offset)))
                 now = time.monotonic()
                 due = batcher.time_until_due(now)
                 wait = IDLE_WAIT_S if due is None else min(due, IDLE_WAIT_S)
@@ -328,16 +329,18 @@ class Worker:
                     keep, drop = _split(letters, tracker.accepts)
                     self._abandon(drop, release=False)
                     if keep:
+                        tracker.issue(keep)
                         self._to_sink(keep)
                     handoff.release(len(letters))
                 for event in events:
-                    if tracker.accepts((event.topic, event.partition), event.epoch):
+                    if tracker.accepts((event.topic, event.partition), event.epoch, event.offset):
                         batcher.add(event, event.n_tokens, event.received)
                     else:
                         self._abandon([event])
                 flush = closed or barrier is not None  # a barrier closes every batch before it
                 while (batch := batcher.next_batch(time.monotonic(), flush=flush)) is not None:
                     handoff.release(len(batch.items))
+                    tracker.issue(batch.items)  # before a model thread checks them (see begin_revoke)
                     if not self._put_batch((batch, self.slot.current)):
                         self._abandon(batch.items, release=False)  # no model thread left
                 clock.stop("batch", t, len(events))
@@ -580,10 +583,10 @@ class Worker:
         self._commit_failures_unlogged = 0
 
 
-def _split(items: list, accepts: Callable[[tuple[str, int], int], bool]) -> tuple[list, list]:
+def _split(items: list, accepts: Callable[[tuple[str, int], int, int], bool]) -> tuple[list, list]:
     """(still wanted, of revoked partitions) in one pass."""
     keep: list = []
     drop: list = []
     for item in items:
-        (keep if accepts((item.topic, item.partition), item.epoch) else drop).append(item)
+        (keep if accepts((item.topic, item.partition), item.epoch, item.offset) else drop).append(item)
     return keep, drop

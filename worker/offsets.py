@@ -30,6 +30,19 @@ from worker.errors import Failure, WorkerError
 from worker.kafka.base import ConsumerClient, Sleep, TopicPartition
 
 
+class Issued(Protocol):
+    """An input as the tracker sees it when it is issued (an Event or a DeadLetter)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def epoch(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class ResumePoint:
     position: int  # the lowest unacknowledged offset: reading resumes here
@@ -42,7 +55,9 @@ class _PartitionState:
     pending: deque[int] = field(default_factory=deque)  # tracked offsets at or after the position, in order
     acked: set[int] = field(default_factory=set)  # acknowledged offsets still in ``pending``
     abandoned: set[int] = field(default_factory=set)  # dropped during revocation: never acked
-    revoking: bool = False  # revocation has begun: queued work for it is dropped
+    revoking: bool = False  # revocation has begun: queued work for it past ``finish_upto`` is dropped
+    issued: int = -1  # the highest offset handed to the model or the sink (see issue)
+    finish_upto: int = -1  # while revoking: queued inputs up to this offset still run (see begin_revoke)
     delivered: set[int] = field(default_factory=set)  # re-read offsets whose output already exists
     last_tracked: int | None = None
     committed: int | None = None  # last position known to be committed
@@ -51,7 +66,10 @@ class _PartitionState:
 class OffsetTracker:
     """Per-partition bookkeeping of handed-out and acknowledged offsets."""
 
-    def __init__(self) -> None:
+    def __init__(self, finish_issued_on_revoke: bool = True) -> None:
+        """``finish_issued_on_revoke``: at-least-once (see begin_revoke); exactly-once passes False,
+        since its revocation aborts the open transaction and every output after it is discarded."""
+        self._finish_issued = finish_issued_on_revoke
         self._lock = threading.Lock()
         self._parts: dict[TopicPartition, _PartitionState] = {}
         self._epochs: dict[TopicPartition, int] = {}  # survives revocation, so epochs only grow
@@ -71,18 +89,44 @@ class OffsetTracker:
                     self._parts[tp] = _PartitionState(epoch=epoch)
 
     def begin_revoke(self, partitions: Iterable[TopicPartition]) -> None:
-        """Revocation has started: queued inputs of these partitions will be dropped, not run."""
+        """Revocation has started: queued inputs of these partitions past the highest one already
+        issued are dropped, not run; running ones, and (at-least-once) queued ones below it, finish.
+
+        The batcher groups inputs by length, so a partition's inputs reach the model out of offset
+        order. Dropping a queued input below one whose output was already published would hold the
+        committed position back at the dropped one, and the partition's next owner would publish
+        every later output again: queued inputs up to the highest issued offset are therefore run,
+        so that the commit at revocation can cover all that was published.
+        """
         with self._lock:
             for tp in partitions:
                 state = self._parts.get(tp)
-                if state is not None:
+                if state is not None and not state.revoking:
                     state.revoking = True
+                    state.finish_upto = state.issued if self._finish_issued else -1
             self.revocations += 1
 
-    def accepts(self, tp: tuple[str, int], epoch: int) -> bool:
-        """Whether an input read under ``epoch`` should still be processed (not stale, not revoking)."""
+    def accepts(self, tp: tuple[str, int], epoch: int, offset: int) -> bool:
+        """Whether an input read under ``epoch`` should still be processed: not stale, and not
+        dropped by a revocation under way (see begin_revoke)."""
         state = self._parts.get(tp)  # type: ignore[call-overload]
-        return state is not None and state.epoch == epoch and not state.revoking
+        return state is not None and state.epoch == epoch and (not state.revoking or offset <= state.finish_upto)
+
+    def issue(self, items: Iterable[Issued]) -> None:
+        """Inputs about to go to the model or the sink (batcher thread), before any of them is
+        checked with ``accepts`` there: a revocation that begins later finishes every queued input
+        of their partitions up to the highest of them."""
+        highest: dict[tuple[tuple[str, int], int], int] = {}
+        for item in items:
+            key = ((item.topic, item.partition), item.epoch)
+            if highest.get(key, -1) < item.offset:
+                highest[key] = item.offset
+        with self._lock:
+            for (tp, epoch), offset in highest.items():
+                state = self._parts.get(tp)  # type: ignore[call-overload]
+                # Once revoking, the bound is fixed: what was issued past it is dropped where it is checked.
+                if state is not None and state.epoch == epoch and not state.revoking and offset > state.issued:
+                    state.issued = offset
 
     def abandon(self, tp: tuple[str, int], offset: int, epoch: int) -> None:
         """An input dropped without output: no longer in flight, and never committed past."""

@@ -371,7 +371,7 @@ class Sink:
         self._tracker.ack(TopicPartition(letter.topic, letter.partition), letter.offset, letter.epoch)
 
     def _current(self, item: Event | DeadLetter) -> bool:
-        return self._tracker.accepts((item.topic, item.partition), item.epoch)
+        return self._tracker.accepts((item.topic, item.partition), item.epoch, item.offset)
 
     def _exactly_once_rows(self, rows: Any) -> Any:
         """Exactly-once: only inputs of the current epoch, and refused ones straight to their next step."""

@@ -8,11 +8,13 @@ inputs waiting, every assigned partition is paused; below half it resumes.
 Rebalances (kafka-python runs the listener on its I/O loop, so it is asynchronous and awaits
 instead of blocking the heartbeats):
 
-- revoked: inputs of those partitions still queued are dropped (the batcher purges
-  them); batches already in the model or the producer are finished: the listener waits up to
-  ``revoke_grace_s`` for their acknowledgements, commits the acknowledged prefix, then forgets
-  the partitions. Whatever was dropped is redelivered to the next owner: never committed
-  unprocessed.
+- revoked: inputs of those partitions still queued past the highest one already issued to
+  the model are dropped (the batcher purges them); batches already in the model or the producer
+  are finished, and so are queued inputs below that offset (batches leave in length order, not
+  offset order: dropping one of those would hold the commit back below published results, which
+  the next owner would publish again). The listener waits up to ``revoke_grace_s`` for their
+  acknowledgements, commits the acknowledged prefix, then forgets the partitions. Whatever was
+  dropped is redelivered to the next owner: never committed unprocessed.
 - lost (session expired): forget without committing; another member owns them already.
 - assigned: start tracking under a fresh epoch.
 """
@@ -273,7 +275,7 @@ class Source:
     async def on_revoked(self, revoked: set[TopicPartition], sleep: Sleep | None) -> None:
         if not revoked:
             return
-        self._tracker.begin_revoke(revoked)  # queued inputs are dropped, running batches finish
+        self._tracker.begin_revoke(revoked)  # queued inputs past the issued ones are dropped, the rest finish
         deadline = time.monotonic() + self._revoke_grace_s
         # At-least-once: wait for running work and commit what was delivered. Exactly-once: abort
         # the open transaction (its outputs are discarded) and resume at the last committed one.

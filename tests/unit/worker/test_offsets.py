@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import dataclass
 
 from kafka.structs import TopicPartition
 
@@ -186,12 +187,15 @@ def test_commit_now_and_listener_commit():
 
 
 def test_revocation_drops_queued_work_and_waits_only_for_running_work():
-    """After begin_revoke queued inputs are not accepted; abandoned ones stop counting as in flight."""
+    """After begin_revoke queued inputs past every issued one are not accepted; abandoned ones stop
+    counting as in flight."""
     tracker = tracker_with(TP)
     epoch = tracker.track(TP, [0, 1, 2, 3])
-    assert tracker.accepts(TP, epoch)
+    assert tracker.accepts(TP, epoch, 2)
+    tracker.issue([_In(0, epoch), _In(1, epoch)])
     tracker.begin_revoke([TP])
-    assert not tracker.accepts(TP, epoch)
+    assert tracker.accepts(TP, epoch, 1)  # already issued: it finishes
+    assert not tracker.accepts(TP, epoch, 2)
     tracker.ack(TP, 0, epoch)  # a result already with the producer still counts
     tracker.abandon(TP, 2, epoch)
     tracker.abandon(TP, 3, epoch)
@@ -200,3 +204,57 @@ def test_revocation_drops_queued_work_and_waits_only_for_running_work():
     assert tracker.in_flight([TP]) == 0
     assert tracker.committable() == {TP: 2}  # never past the abandoned offset 2
     assert tracker.revoke([TP]) == 2
+
+
+@dataclass
+class _In:
+    """An input as issue() sees it (an Event or a DeadLetter)."""
+
+    offset: int
+    epoch: int
+    topic: str = TP.topic
+    partition: int = TP.partition
+
+
+def test_revocation_finishes_queued_inputs_below_one_already_issued_so_its_commit_covers_every_output():
+    """Batches leave out of offset order: at revocation, queued inputs below the highest issued offset
+    still run (the commit then covers every published output), and only those past it are dropped."""
+    tracker = tracker_with(TP)
+    epoch = tracker.track(TP, range(8))
+    tracker.issue([_In(0, epoch), _In(4, epoch), _In(5, epoch)])  # one batch of similar lengths
+    for offset in (0, 4, 5):
+        tracker.ack(TP, offset, epoch)
+    tracker.begin_revoke([TP])
+    assert [o for o in range(8) if tracker.accepts(TP, epoch, o)] == [0, 1, 2, 3, 4, 5]
+    tracker.issue([_In(7, epoch)])  # issued after the revocation began: does not move the bound
+    assert not tracker.accepts(TP, epoch, 7)
+    assert tracker.in_flight([TP]) == 5  # 1, 2, 3 to run; 6, 7 not yet abandoned
+    for offset in (6, 7):
+        tracker.abandon(TP, offset, epoch)
+    for offset in (1, 2, 3):
+        tracker.ack(TP, offset, epoch)
+    assert tracker.in_flight([TP]) == 0
+    assert tracker.committable([TP]) == {TP: 6}  # past 4 and 5, whose results are published
+
+
+def test_exactly_once_revocation_drops_every_queued_input():
+    """Without finish_issued_on_revoke (exactly-once: the open transaction is aborted) a revocation
+    accepts no queued input of the partition, whatever was issued."""
+    tracker = OffsetTracker(finish_issued_on_revoke=False)
+    tracker.assign([TP])
+    epoch = tracker.track(TP, range(4))
+    tracker.issue([_In(3, epoch)])
+    tracker.begin_revoke([TP])
+    assert not any(tracker.accepts(TP, epoch, o) for o in range(4))
+
+
+def test_stale_epochs_are_not_accepted():
+    """An input read under an older epoch of a partition is never accepted, issued or not."""
+    tracker = tracker_with(TP)
+    old = tracker.track(TP, [0])
+    tracker.issue([_In(0, old)])
+    tracker.revoke([TP])
+    tracker.assign([TP])
+    new = tracker.track(TP, [0])
+    assert not tracker.accepts(TP, old, 0)
+    assert tracker.accepts(TP, new, 0)

@@ -133,6 +133,47 @@ def test_revocation_waits_for_in_flight_work():
     assert consumer.commits[-1][TP0] == 2
 
 
+def test_revocation_commits_past_every_published_result_though_batches_left_out_of_offset_order():
+    """The batcher groups inputs by length, so a later input can be published while an earlier one
+    still waits: the revocation runs the waiting ones up to the highest issued offset, drops the rest,
+    and commits past every published result (none would be published again by the next owner)."""
+    from worker.batcher import Batcher, BatchLimits
+
+    source, consumer, tracker, handoff, _, _ = make_source(grace=5.0)
+    words = [3, 9, 9, 3, 3, 9]  # the first batch, grown from offset 0 by length, takes 0, 3 and 4
+    consumer.polls.append({TP0: [Record("in", 0, i, json.dumps({"id": f"e{i}", "text": "w " * n}).encode())
+                                 for i, n in enumerate(words)]})
+    run_once(source)
+    events, *_ = handoff.take(0)
+    batcher: Batcher = Batcher(BatchLimits(max_batch_size=3, max_batch_tokens=1000, max_wait_s=0.0))
+    for event in events:
+        batcher.add(event, event.n_tokens, 0.0)
+    published: list[int] = []
+
+    def run(batch):  # what the batcher thread and a model thread do with a batch
+        tracker.issue(batch.items)
+        for event in batch.items:
+            if tracker.accepts(("in", 0), event.epoch, event.offset):
+                published.append(event.offset)
+                tracker.ack(TP0, event.offset, event.epoch)
+            else:
+                tracker.abandon(TP0, event.offset, event.epoch)
+
+    first = batcher.next_batch(1.0)
+    assert first is not None and [e.offset for e in first.items] == [0, 3, 4]
+    run(first)
+
+    async def batcher_reacts(_delay):  # the batcher thread notices the revocation while the listener waits
+        for event in batcher.remove_if(lambda e: not tracker.accepts(("in", 0), e.epoch, e.offset)):
+            tracker.abandon(TP0, event.offset, event.epoch)
+        while (batch := batcher.next_batch(1.0, flush=True)) is not None:
+            run(batch)
+
+    asyncio.run(source.on_revoked({TP0}, sleep=batcher_reacts))
+    assert sorted(published) == [0, 1, 2, 3, 4]  # 5, past every issued input, was dropped
+    assert consumer.commits[-1][TP0] == 5
+
+
 def test_drain_commits_and_stops_when_acknowledged():
     """drain pauses fetching, closes the hand-off, waits for acks and commits them."""
     import time
