@@ -231,6 +231,12 @@ class FakeConsumer:
     def assignment(self):
         return self.assigned
 
+    def pause(self, tps):
+        self.calls.append(("pause", sorted((tp.topic, tp.partition) for tp in tps)))
+
+    def resume(self, tps):
+        self.calls.append(("resume", sorted((tp.topic, tp.partition) for tp in tps)))
+
 
 @pytest.fixture
 def consumer(monkeypatch):
@@ -263,6 +269,55 @@ def test_poll_takes_what_is_there_and_waits_only_when_nothing_is(consumer):
     records = consumer.poll(100, 500)
     assert consumer.client.calls == [(500, 0), (1, 0.1), (499, 0)]
     assert [r.offset for r in records[TopicPartition("t", 0)]] == [2, 3]
+
+
+T0, T1 = TopicPartition("t", 0), TopicPartition("t", 1)
+
+
+def test_a_short_pause_of_the_whole_assignment_stops_consuming_without_librdkafkas_pause(consumer):
+    """Backpressure on every assigned partition only stops consume() calls (librdkafka's pause would
+    discard its prefetched records); a resume within SOFT_PAUSE_S consumes again with no pause made."""
+    consumer.pause({T0, T1})
+    consumer.client.script = [[Message("t", 0, 1)]]
+    assert consumer.poll(5, 500) == {}
+    assert consumer.client.calls == []
+    consumer.resume({T0, T1})
+    assert [r.offset for r in consumer.poll(5, 500)[T0]] == [1]
+    assert consumer.client.calls == [(500, 0)]
+
+
+def test_a_pause_past_soft_pause_s_becomes_librdkafkas_and_polls_serve_callbacks_again(consumer, monkeypatch):
+    """Held longer than SOFT_PAUSE_S, the partitions are paused in librdkafka and polls call consume()
+    again (rebalance callbacks, statistics, max.poll.interval.ms); the resume undoes that pause."""
+    monkeypatch.setattr(confluent, "SOFT_PAUSE_S", 0.0)
+    consumer.pause({T0, T1})
+    consumer.poll(5, 500)
+    assert consumer.client.calls[0] == ("pause", [("t", 0), ("t", 1)])
+    assert (500, 0) in consumer.client.calls
+    consumer.pause({T0, T1})  # the source repeats its pause while paused: nothing more to do
+    consumer.client.calls.clear()
+    consumer.resume({T0, T1})
+    assert consumer.client.calls == [("resume", [("t", 0), ("t", 1)])]
+
+
+def test_a_pause_of_part_of_the_assignment_is_librdkafkas_at_once(consumer):
+    """With other partitions still flowing, consume() must not return the paused one's records: the pause
+    is made in librdkafka at the next poll."""
+    consumer.pause({T0})
+    consumer.poll(5, 500)
+    assert consumer.client.calls[0] == ("pause", [("t", 0)])
+
+
+def test_a_rebalance_forgets_the_pauses_of_the_partitions_it_moves(consumer):
+    """assign() starts partitions unpaused, so a pause made before the rebalance no longer counts: the
+    next pause of a re-assigned partition is made again."""
+    consumer.pause({T0})
+    consumer.poll(5, 500)
+    consumer._run_revoke({T0}, lost=False)
+    consumer.client.calls.clear()
+    consumer.pause({T0})
+    consumer.poll(5, 500)
+    assert consumer.client.calls[0] == ("pause", [("t", 0)])
 
 
 def test_a_record_whose_headers_cannot_be_decoded_is_dead_lettered_as_invalid_header(consumer):
