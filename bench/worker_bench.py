@@ -143,7 +143,7 @@ def model_ceiling(bundle: Path, texts: list[str], args: argparse.Namespace) -> d
 
     runner = ModelRunner.load(
         bundle, device=device, autocast_dtype=resolve_dtype(args.dtype, device), max_batch_size=args.max_batch_size,
-        max_batch_tokens=args.max_batch_tokens, top_k=3,
+        max_batch_tokens=args.max_batch_tokens, top_k=3, fast_tokenizer=getattr(args, "fast_tokenizer", "true") == "true",
     )
     runner.warm_up()
     limits = BatchLimits(args.max_batch_size, args.max_batch_tokens, args.max_wait_ms / 1000)
@@ -340,6 +340,7 @@ class WorkerProcess:
             TAGSTREAM_MAX_WAIT_MS=str(args.max_wait_ms), TAGSTREAM_THREADS=str(args.threads),
             TAGSTREAM_INFERENCE_STREAMS=str(args.streams), TAGSTREAM_DTYPE=args.dtype,
             TAGSTREAM_RELOAD_INTERVAL_S="0", TAGSTREAM_LOG_LEVEL="INFO",
+            TAGSTREAM_FAST_TOKENIZER=getattr(args, "fast_tokenizer", "true"),
         )
         env.update(extra_env or {})
         self.proc = subprocess.Popen(
@@ -807,6 +808,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=_counts, default=None, metavar="N,N,...",
                         help="feeder counts to compare (TAGSTREAM_PROCESSES), e.g. 1,2: a scaling table instead of"
                         " (b)-(e)")
+    parser.add_argument("--fast-tokenizer", default="true", choices=["true", "false"],
+                        help="TAGSTREAM_FAST_TOKENIZER for the worker and the ceiling (false: HF tokenizers for every"
+                        " text, as before flash-tokenizer was used)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="compute precision of the worker, the ceiling and the naive worker (auto:"
                         " bf16 on CPUs with native bf16, else float32)")
