@@ -252,7 +252,7 @@ def worker_run(
         cpu_started = wb.cpu_seconds(worker.proc.pid)
         if args.profile:
             wb.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-            profile_path = wb.RESULTS_DIR / f"kafka_path_profile-{args.label}-{client}.speedscope.json"
+            profile_path = wb.RESULTS_DIR / f"kafka_path_profile-{args.label}-{client}-{engine}.speedscope.json"
             py_spy = _py_spy()
             if py_spy is None:
                 print("py-spy not found (make install puts it in .venv/bin): no profile", file=sys.stderr)

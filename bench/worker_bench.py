@@ -341,6 +341,7 @@ class WorkerProcess:
             TAGSTREAM_INFERENCE_STREAMS=str(args.streams), TAGSTREAM_DTYPE=args.dtype,
             TAGSTREAM_RELOAD_INTERVAL_S="0", TAGSTREAM_LOG_LEVEL="INFO",
             TAGSTREAM_FAST_TOKENIZER=getattr(args, "fast_tokenizer", "true"),
+            TAGSTREAM_KAFKA_CLIENT=getattr(args, "kafka_client", "kafka-python"),
         )
         env.update(extra_env or {})
         self.proc = subprocess.Popen(
@@ -808,6 +809,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=_counts, default=None, metavar="N,N,...",
                         help="feeder counts to compare (TAGSTREAM_PROCESSES), e.g. 1,2: a scaling table instead of"
                         " (b)-(e)")
+    parser.add_argument("--kafka-client", default="kafka-python", choices=["kafka-python", "confluent"],
+                        help="TAGSTREAM_KAFKA_CLIENT of the worker")
     parser.add_argument("--fast-tokenizer", default="true", choices=["true", "false"],
                         help="TAGSTREAM_FAST_TOKENIZER for the worker and the ceiling (false: HF tokenizers for every"
                         " text, as before flash-tokenizer was used)")
