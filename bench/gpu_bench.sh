@@ -23,7 +23,8 @@ PY=python3
 # The worker's dependencies that the GPU image lacks, at uv.lock's versions; the image has torch,
 # tokenizers, numpy, pyyaml, prometheus-client and typing-extensions of its own.
 WHEELS=(kafka-python crc32c pydantic pydantic-core pydantic-settings annotated-types typing-inspection
-        python-dotenv structlog orjson)
+        python-dotenv structlog orjson
+        flash-tokenizer requests urllib3 certifi charset-normalizer idna)  # the fast tokenizer (worker/tokenizing.py)
 
 prepare() {
     mkdir -p "$CARRY/wheels"
