@@ -425,7 +425,7 @@ class ConfluentConsumer:
         self._pattern_at = 0.0
         self._held: set[TopicPartition] = set()  # paused by not consuming (SOFT_PAUSE_S)
         self._held_since = 0.0
-        self._paused: set[TopicPartition] = set()  # paused in librdkafka
+        self._paused: set[TopicPartition] = set()  # paused in librdkafka (assigned or not)
         config = consumer_config(settings, transactional)
         config.update(error_cb=self.errors, stats_cb=self._on_stats, on_commit=self._on_commit)
         self.client = _new(ck.Consumer, config)
@@ -469,7 +469,6 @@ class ConfluentConsumer:
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         ours = {TopicPartition(p.topic, p.partition) for p in partitions}
-        self._forget_pauses(ours)  # assign() starts them unpaused
         self._assigning = {}
         try:
             if self._handler is not None and not self._closing:
@@ -482,6 +481,14 @@ class ConfluentConsumer:
         consumer.assign([ck.TopicPartition(p.topic, p.partition, seeks.get(TopicPartition(p.topic, p.partition),
                                                                               ck.OFFSET_INVALID))
                          for p in partitions])
+        # librdkafka keeps a partition's pause through unassign and assign: a partition paused when it
+        # was revoked would come back paused, and nothing would resume it (the source resumes what it
+        # paused since). An assignment starts unpaused, as with kafka-python; a source under
+        # backpressure pauses it again.
+        retained, self._paused = self._paused & ours, self._paused - ours
+        self._held -= ours
+        if retained:
+            consumer.resume(_theirs(retained))
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         self._run_revoke({TopicPartition(p.topic, p.partition) for p in partitions}, lost=False)
@@ -490,7 +497,7 @@ class ConfluentConsumer:
         self._run_revoke({TopicPartition(p.topic, p.partition) for p in partitions}, lost=True)
 
     def _run_revoke(self, partitions: set[TopicPartition], lost: bool) -> None:
-        self._forget_pauses(partitions)
+        self._held -= partitions  # (librdkafka's own pauses outlive the assignment: see _on_assign)
         for tp in partitions:
             self._pending_seeks.pop(tp, None)
         if self._handler is None or self._closing:
@@ -610,10 +617,6 @@ class ConfluentConsumer:
         if paused:
             self._call(self.client.resume, _theirs(paused), "cannot resume")
 
-    def _forget_pauses(self, partitions: set[TopicPartition]) -> None:
-        self._held -= partitions
-        self._paused -= partitions
-
     def _holding(self) -> bool:
         """Whether this poll may skip consume() (SOFT_PAUSE_S); otherwise the held partitions are
         paused in librdkafka now, so that consume() returns none of their records."""
@@ -683,8 +686,18 @@ class ConfluentConsumer:
             raise translate(failed, "the offset commit failed")
 
     async def commit_in_rebalance(self, positions: dict[TopicPartition, int]) -> None:
-        # on_revoked runs on the consumer thread inside consume(): a blocking commit is allowed.
-        self.commit(positions, COMMIT_TIMEOUT_S)
+        # Asynchronous, and not waited for: a synchronous commit made inside the revoke callback was
+        # not served by librdkafka until the callback returned (its cgrp thread sat in
+        # wait-unassign-call), so it timed out after COMMIT_TIMEOUT_S every time, with the whole
+        # group's rebalance held up as long (a two-feeder pod's start: 37 s instead of 7). An
+        # asynchronous one goes out with the generation it belongs to as the callback returns;
+        # librdkafka waits for commits in progress before it completes the unassignment. Its
+        # result arrives at a later poll: a failure is logged, and means re-reading (duplicates).
+        def on_done(error: BaseException | None) -> None:
+            if error is not None:
+                log.warning("revoke_commit_failed", error=str(error), partitions=len(positions))
+
+        self.commit_async(positions, on_done)
 
     def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         """High watermarks: from the latest fetch response when there is one, else asked for."""

@@ -231,6 +231,9 @@ class FakeConsumer:
     def assignment(self):
         return self.assigned
 
+    def commit(self, offsets, asynchronous):
+        self.calls.append(("commit", [(o.partition, o.offset) for o in offsets], asynchronous))
+
     def pause(self, tps):
         self.calls.append(("pause", sorted((tp.topic, tp.partition) for tp in tps)))
 
@@ -308,16 +311,31 @@ def test_a_pause_of_part_of_the_assignment_is_librdkafkas_at_once(consumer):
     assert consumer.client.calls[0] == ("pause", [("t", 0)])
 
 
-def test_a_rebalance_forgets_the_pauses_of_the_partitions_it_moves(consumer):
-    """assign() starts partitions unpaused, so a pause made before the rebalance no longer counts: the
-    next pause of a re-assigned partition is made again."""
-    consumer.pause({T0})
-    consumer.poll(5, 500)
-    consumer._run_revoke({T0}, lost=False)
-    consumer.client.calls.clear()
-    consumer.pause({T0})
+def test_a_partition_paused_when_revoked_comes_back_unpaused(consumer):
+    """librdkafka keeps a pause through unassign and assign, so a partition paused in librdkafka when it
+    was revoked is resumed when it is assigned again (an assignment starts unpaused, as with
+    kafka-python); a partition only held is not touched."""
+    consumer.pause({T0})  # part of the assignment: made in librdkafka at the next poll
     consumer.poll(5, 500)
     assert consumer.client.calls[0] == ("pause", [("t", 0)])
+    consumer._run_revoke({T0, T1}, lost=False)
+    consumer.client.calls.clear()
+    consumer.client.assign = lambda partitions: consumer.client.calls.append(("assign", len(partitions)))
+    consumer._on_assign(consumer.client, [ck.TopicPartition("t", 0), ck.TopicPartition("t", 1)])
+    assert consumer.client.calls == [("assign", 2), ("resume", [("t", 0)])]
+
+
+def test_the_commit_inside_a_revocation_is_asynchronous_and_its_failure_is_only_logged(consumer):
+    """librdkafka serves no synchronous commit made inside the revoke callback until it returns (the
+    group's rebalance waited 30 s for it): the commit is asynchronous and the callback goes on; a
+    failure reported later is logged, not raised (the partition is re-read by its next owner)."""
+    import asyncio
+
+    asyncio.run(consumer.commit_in_rebalance({T0: 5, T1: 7}))
+    assert consumer.client.calls == [("commit", [(0, 5), (1, 7)], True)]
+    failed = [ck.TopicPartition("t", 0, 5), ck.TopicPartition("t", 1, 7)]
+    consumer._on_commit(KafkaError(E.ILLEGAL_GENERATION), failed)  # served at a later poll: no exception
+    assert not consumer._commits
 
 
 def test_a_record_whose_headers_cannot_be_decoded_is_dead_lettered_as_invalid_header(consumer):
