@@ -40,8 +40,8 @@ log = get_logger("tagstream.worker.source")
 
 POLL_TIMEOUT_MS = 100  # how long one poll may wait for data: bounds shutdown and backpressure reaction
 # While paused a poll returns nothing and would wait its whole timeout, by which time a fast model
-# has emptied the hand-off: resuming then leaves it idle until the client has fetched again (after
-# a pause, librdkafka re-fetches what it had prefetched). A short wait resumes at the half mark.
+# has emptied the hand-off and then sits idle until the client has fetched again. A short wait
+# resumes at the half mark, with work still queued.
 PAUSED_POLL_TIMEOUT_MS = 5
 LAG_INTERVAL_S = 5.0  # how often the per-partition lag gauges are refreshed
 

@@ -92,17 +92,17 @@ class HeadTokenizer:
     def encode(self, texts: list[str]) -> list[list[int]]:
         if self._flash is None or not texts:
             return self._hf_ids(texts)
-        if self._passes("\n".join(texts)):  # the usual case: one scan for the whole call
-            fast = list(range(len(texts)))
+        if self._passes("\n".join(texts)):  # the usual case: one scan, one call for all the texts
+            rows = self._flash_ids(texts)
         else:
+            rows = [None] * len(texts)
             fast = [i for i, text in enumerate(texts) if self._passes(text)]
-        out: list[list[int] | None] = [None] * len(texts)
-        for i, ids in zip(fast, self._flash_ids([texts[i] for i in fast]), strict=False):
-            out[i] = ids
-        slow = [i for i, ids in enumerate(out) if ids is None]
-        for i, ids in zip(slow, self._hf_ids([texts[i] for i in slow]), strict=False):
-            out[i] = ids
-        return out  # type: ignore[return-value]  # every slot filled above
+            for i, ids in zip(fast, self._flash_ids([texts[i] for i in fast]), strict=True):
+                rows[i] = ids
+        slow = [i for i, ids in enumerate(rows) if ids is None]  # HF for what flash-tokenizer may not do
+        for i, ids in zip(slow, self._hf_ids([texts[i] for i in slow]), strict=True):
+            rows[i] = ids
+        return rows  # type: ignore[return-value]  # every slot filled above
 
     def _hf_ids(self, texts: list[str]) -> list[list[int]]:
         return [enc.ids for enc in self._hf_encode(texts)] if texts else []
@@ -182,7 +182,7 @@ class HeadTokenizer:
         got = self._flash_ids(probes)
         differ = [
             text
-            for text, a, b in zip(probes, expected, got, strict=False)
+            for text, a, b in zip(probes, expected, got, strict=True)
             if b is not None and a != b
         ]
         if differ:

@@ -99,7 +99,6 @@ CONSUMER_QUEUE_KBYTES = 16 * 1024  # records prefetched per consumer: bounds mem
 SOFT_PAUSE_S = 1.0
 STATS_INTERVAL_MS = 1_000  # how often librdkafka reports the group coordinator's state (coordinator_known)
 END_OFFSETS_TIMEOUT_S = 1.0  # the lag refresh blocks the poll loop at most this long
-COMMIT_TIMEOUT_S = 30.0  # an offset commit inside a rebalance callback waits at most this long
 TRANSACTION_TIMEOUT_S = 60.0  # a transactional call (commit, abort, offsets), retries included, ends within this
 TXN_CALL_TIMEOUT_S = 10.0  # librdkafka's own timeout for one attempt (a healthy one takes milliseconds)
 # Past its own timeout, an attempt that has not returned is stuck: librdkafka 2.16's
@@ -688,8 +687,8 @@ class ConfluentConsumer:
     async def commit_in_rebalance(self, positions: dict[TopicPartition, int]) -> None:
         # Asynchronous, and not waited for: a synchronous commit made inside the revoke callback was
         # not served by librdkafka until the callback returned (its cgrp thread sat in
-        # wait-unassign-call), so it timed out after COMMIT_TIMEOUT_S every time, with the whole
-        # group's rebalance held up as long (a two-feeder pod's start: 37 s instead of 7). An
+        # wait-unassign-call), so it timed out after the 30 s it was given, in most starts of a
+        # two-feeder pod, with the group's rebalance held up as long (37 s instead of 7). An
         # asynchronous one goes out with the generation it belongs to as the callback returns;
         # librdkafka waits for commits in progress before it completes the unassignment. Its
         # result arrives at a later poll: a failure is logged, and means re-reading (duplicates).
