@@ -228,10 +228,18 @@ def test_exactly_once_holds_per_feeder_through_a_feeder_sigkill(kafka_bootstrap,
     try:
         pod = pods(env, "pod")
         pod.wait_started()
+        # Killed while it holds partitions (not before the startup rebalance gives it any, when the
+        # other feeder could finish every input before the restart, 1 s of backoff and a start later).
+        wait_until(
+            lambda: {e["process"] for e in pod.events("partitions_assigned") if e["partitions"]}
+            == {"feeder-0", "feeder-1"} or pod.proc.poll() is not None,
+            60, "both feeders to hold partitions",
+        )
         wait_until(lambda: len(results.values) >= 500 or pod.proc.poll() is not None, RESULTS_S, "the first results")
         os.kill(pod.feeder_pids(1)[-1], signal.SIGKILL)
         wait_until(lambda: set(ids) <= set(results.ids()) or pod.proc.poll() is not None, RESULTS_S,
                    "committed results for every input")
+        wait_until(lambda: len(pod.feeder_pids(1)) == 2 or pod.proc.poll() is not None, 60, "feeder 1's restart")
         time.sleep(2.0)  # a duplicate would come right behind
         assert len(pod.feeder_pids(1)) == 2, "feeder 1 was restarted"
         assert pod.stop() == 0, pod.tail()
