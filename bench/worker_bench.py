@@ -303,6 +303,26 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def tree_cpu_by_role(pid: int) -> dict[str, float]:
+    """CPU seconds of a pod's processes by role, told apart by their names (worker/stages.py
+    name_process): the model process, the feeders, the rest (the supervisor)."""
+    roles: dict[str, float] = {}
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):  # exited meanwhile
+            name = Path(f"/proc/{member}/comm").read_text().strip()
+            role = ("model process" if name == "tagstream-model"
+                    else "feeders" if name.startswith("tagstream-fdr") else "supervisor")
+            roles[role] = roles.get(role, 0.0) + cpu_seconds(member)
+    return roles
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every process on this machine has used (/proc/stat: all but idle and iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
 def tree_rss_mb(pid: int) -> float:
     total = 0.0
     for member in process_tree(pid):
@@ -436,11 +456,20 @@ def pod_throughput(
                            extra_env={"TAGSTREAM_PROCESSES": str(processes)})
     try:
         worker.wait_ready(feeders=processes)
+        broker_pid = getattr(args, "broker_pid", None)
+        broker_started = tree_cpu_seconds(broker_pid) if broker_pid else 0.0
+        machine_started = machine_busy_seconds()
+        roles_started = tree_cpu_by_role(worker.proc.pid)
         cpu_started, wall_started = tree_cpu_seconds(worker.proc.pid), time.monotonic()
         # A pod's scrape reads every process's /metrics: poll seldom, so the bench costs the pod little.
         worker.wait_out(len(texts), poll_s=SCALING_POLL_S)
         cpu = tree_cpu_seconds(worker.proc.pid) - cpu_started
         wall = time.monotonic() - wall_started
+        roles = {role: (seconds - roles_started.get(role, 0.0)) / max(wall, 1e-3)
+                 for role, seconds in tree_cpu_by_role(worker.proc.pid).items()}
+        # Whether the machine had cores to spare: the broker (local, on the same cores) and all else.
+        machine = machine_busy_seconds() - machine_started
+        broker_cpu = tree_cpu_seconds(broker_pid) - broker_started if broker_pid else None
         rss = tree_rss_mb(worker.proc.pid)
         batch_requests = metric(worker.port, "tagstream_model_batch_requests_sum")
         model_batches = metric(worker.port, "tagstream_model_batches_total")
@@ -457,6 +486,9 @@ def pod_throughput(
         "unique": len({res["id"] for _, res in results}),
         "cpu_us": cpu / len(texts) * 1e6,
         "cores": cpu / max(wall, 1e-3),
+        "machine_cores": machine / max(wall, 1e-3),
+        "cores_by_role": roles,
+        "broker_cores": None if broker_cpu is None else broker_cpu / max(wall, 1e-3),
         "rss_mb": rss,
         "merged": batch_requests / model_batches if model_batches > 0 else 0.0,
     }
@@ -532,8 +564,9 @@ def print_scaling(r: ScalingReport, args: argparse.Namespace) -> None:
     print(f"model-only ceiling (a): {r.ceiling_eps:,.0f} events/s (runs: {_runs(r.ceiling_runs)}; load {r.ceiling_load})")
     base = r.rows[0].best.get("eps", 0.0) if r.rows else 0.0
     print("| feeders | events/s (runs) | vs N=1 | of ceiling | overall events/s | CPU us/event (all processes)"
-          " | cores used | feeder batches per model batch | pod RSS MB | load avg during |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          " | cores used | broker cores | machine cores busy | feeder batches per model batch | pod RSS MB"
+          " | load avg during |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in r.rows:
         b = row.best
         if not b:
@@ -542,11 +575,20 @@ def print_scaling(r: ScalingReport, args: argparse.Namespace) -> None:
         merged = f"{b['merged']:.2f}" if row.processes > 1 else "(one process)"
         print(
             f"| {row.processes} | {b['eps']:,.0f} ({_runs(row.runs)}) | {ratio:.2f}x | {b['eps'] / r.ceiling_eps:.0%} |"
-            f" {b['overall_eps']:,.0f} | {b['cpu_us']:,.0f} | {b['cores']:.2f} | {merged} | {b['rss_mb']:,.0f} |"
+            f" {b['overall_eps']:,.0f} | {b['cpu_us']:,.0f} | {b['cores']:.2f} | {_cores(b.get('broker_cores'))} |"
+            f" {b['machine_cores']:.2f} of {os.cpu_count()} | {merged} | {b['rss_mb']:,.0f} |"
             f" {row.load} |"
         )
+    for row in r.rows:
+        if row.best.get("cores_by_role"):
+            split = ", ".join(f"{role} {cores:.2f}" for role, cores in sorted(row.best["cores_by_role"].items()))
+            print(f"N={row.processes}: cores by process: {split}")
     for note in r.notes:
         print(f"note: {note}")
+
+
+def _cores(value: float | None) -> str:
+    return "(not ours)" if value is None else f"{value:.2f}"
 
 
 # -- (c) the naive worker ------------------------------------------------------------------------------------
@@ -836,6 +878,7 @@ def main(argv: list[str] | None = None) -> int:
         print("starting a local Kafka broker ...", file=sys.stderr, flush=True)
         broker = LocalKafka().start()
         bootstrap = broker.bootstrap_servers
+        args.broker_pid = broker.pid
     reports: list[Any] = []
     try:
         for bundle in args.bundles:

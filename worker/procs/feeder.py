@@ -21,6 +21,7 @@ from worker.errors import WorkerError
 from worker.procs.remote import ModelLink
 from worker.procs.transport import SlotShape
 from worker.settings import WorkerSettings
+from worker.stages import name_process
 from worker.telemetry import configure_logging, get_logger
 
 log = get_logger("tagstream.worker.feeder")
@@ -43,6 +44,7 @@ class FeederPlan:
 def feeder_main(plan: FeederPlan, control: connection.Connection) -> None:
     """Entry point of a feeder process (multiprocessing, spawn)."""
     os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor only: it decides the order of stopping
+    name_process(f"tagstream-fdr{plan.index}")
     # The tokenizer's thread pool, sized before its first use: N feeders share the CPUs.
     os.environ.setdefault("RAYON_NUM_THREADS", str(plan.tokenizer_threads))
     s = plan.settings

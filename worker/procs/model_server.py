@@ -47,6 +47,7 @@ from worker.procs.transport import (
     ModelInfo,
 )
 from worker.settings import WorkerSettings
+from worker.stages import name_process
 from worker.telemetry import Health, Metrics, TelemetryServer, configure_logging, get_logger
 
 log = get_logger("tagstream.worker.model")
@@ -364,6 +365,7 @@ def model_process_main(settings: WorkerSettings, address: str, authkey: bytes, c
     Reports ("ready", telemetry port, ModelInfo fields) or ("failed", exit code, message) on
     ``control`` and exits with that code."""
     os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor only, which stops the feeders first
+    name_process("tagstream-model")
     configure_logging(settings.log_level, settings.log_format, context={"process": "model"})
     server = ModelServer(settings)
     try:
