@@ -223,6 +223,26 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return out
 
 
+def kernel_figures(pid: int) -> dict[str, float]:
+    """System CPU seconds and context switches (voluntary: waits, e.g. for the GIL; involuntary:
+    preempted), every thread of a process summed: what handing the GIL between threads costs."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {"system_s": 0.0, "voluntary": 0.0, "involuntary": 0.0}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            status = (task / "status").read_text()
+        except OSError:
+            continue
+        out["system_s"] += int(fields[12]) / ticks
+        for line in status.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                out["voluntary"] += int(line.split()[1])
+            elif line.startswith("nonvoluntary_ctxt_switches:"):
+                out["involuntary"] += int(line.split()[1])
+    return out
+
+
 def scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         return str(response.read().decode())
@@ -249,6 +269,7 @@ def worker_run(
     try:
         worker.wait_ready()
         threads_before = thread_cpu(worker.proc.pid)
+        kernel_before = kernel_figures(worker.proc.pid)
         cpu_started = wb.cpu_seconds(worker.proc.pid)
         if args.profile:
             wb.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -265,6 +286,7 @@ def worker_run(
         worker.wait_out(count)
         cpu = wb.cpu_seconds(worker.proc.pid) - cpu_started
         threads = {k: v - threads_before.get(k, 0.0) for k, v in thread_cpu(worker.proc.pid).items()}
+        kernel = {k: v - kernel_before[k] for k, v in kernel_figures(worker.proc.pid).items()}
         stages = stage_figures(scrape(worker.port))
     finally:
         if profiler is not None:
@@ -281,6 +303,8 @@ def worker_run(
         "cpu_us": cpu / count * 1e6,
         "stages": {k: {"cpu_us": c / max(1.0, n) * 1e6 if n else c / count * 1e6, "events": n}
                    for k, (c, n) in stages.items()},
+        "system_us": kernel["system_s"] / count * 1e6,
+        "switches_per_event": (kernel["voluntary"] + kernel["involuntary"]) / count,
         "threads_us": {k: v / count * 1e6 for k, v in sorted(threads.items(), key=lambda kv: -kv[1]) if v > 0},
     }
 
@@ -385,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
                     workers[client, engine].append(worker_run(bootstrap, topic, bundle, len(texts), args, client, engine))
                     w = workers[client, engine][-1]
                     print(f"round {round_ + 1}, {client}, {engine} tokenizer: worker {w['eps']:,.0f} ev/s"
-                          f" {w['cpu_us']:.0f} us/ev; load {wb.load_avg()}", file=sys.stderr, flush=True)
+                          f" {w['cpu_us']:.0f} us/ev (system {w['system_us']:.0f}, {w['switches_per_event']:.2f}"
+                          f" context switches/ev); load {wb.load_avg()}", file=sys.stderr, flush=True)
     finally:
         if broker is not None:
             broker.stop()
@@ -407,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     for engine in engines:
         row(f"worker, end to end (all threads), {engine} tokenizer",
             [(best_of[c, engine]["cpu_us"], f"{best_of[c, engine]['eps']:,.0f}") for c in clients])
+    row(f"of which system time: the kernel, GIL hand-overs included ({main_engine})",
+        [(best[c]["system_us"], f"{best[c]['switches_per_event']:.2f} context switches/event") for c in clients])
     row(f"of which the client: fetch + produce stages, its own threads ({main_engine})",
         [(client_share(best[c]), "") for c in clients])
     for engine in engines:

@@ -19,6 +19,7 @@ The clock is passed in (``now`` arguments, seconds), so tests drive it by hand.
 from __future__ import annotations
 
 import bisect
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
@@ -65,6 +66,11 @@ class Batcher(Generic[T]):
     def __init__(self, limits: BatchLimits) -> None:
         self.limits = limits
         self._entries: list[_Entry[T]] = []  # sorted by (n_tokens, seq)
+        # The same entries in arrival order, so that finding the oldest is not a scan of all of them
+        # (it was, twice per batch: O(waiting inputs) per batch, per event a cost that grew with the
+        # backlog). Entries taken out of _entries stay here, their seq in _gone, until they reach the front.
+        self._arrivals: deque[_Entry[T]] = deque()
+        self._gone: set[int] = set()
         self._seq = 0
 
     def __len__(self) -> int:
@@ -78,6 +84,7 @@ class Batcher(Generic[T]):
         entry = _Entry(n, self._seq, now, item)
         self._seq += 1
         bisect.insort(self._entries, entry, key=_sort_key)
+        self._arrivals.append(entry)
 
     def add_many(self, items: Iterable[tuple[T, int]], now: float) -> None:
         for item, n_tokens in items:
@@ -90,8 +97,7 @@ class Batcher(Generic[T]):
         _, _, full = self._plan()
         if full:
             return 0.0
-        oldest = min(self._entries, key=_seq_key)
-        return max(0.0, oldest.arrived + self.limits.max_wait_s - now)
+        return max(0.0, self._oldest().arrived + self.limits.max_wait_s - now)
 
     def next_batch(self, now: float, flush: bool = False) -> Batch[T] | None:
         """The next batch if one is due at ``now`` (or any batch when ``flush``), else None."""
@@ -102,8 +108,7 @@ class Batcher(Generic[T]):
             count = hi - lo
             reason: CloseReason = "size" if count >= self.limits.max_batch_size else "tokens"
         else:
-            oldest = min(self._entries, key=_seq_key)
-            if now - oldest.arrived >= self.limits.max_wait_s - _CLOCK_SLACK_S:
+            if now - self._oldest().arrived >= self.limits.max_wait_s - _CLOCK_SLACK_S:
                 reason = "wait"
             elif flush:
                 reason = "flush"
@@ -111,6 +116,7 @@ class Batcher(Generic[T]):
                 return None
         chosen = self._entries[lo:hi]
         del self._entries[lo:hi]
+        self._gone.update(e.seq for e in chosen)
         chosen.sort(key=_seq_key)  # hand the batch out in arrival order
         longest = max(e.n_tokens for e in chosen)
         return Batch(
@@ -128,7 +134,15 @@ class Batcher(Generic[T]):
         for entry in self._entries:
             (removed if predicate(entry.item) else kept).append(entry)
         self._entries = kept
+        self._gone.update(e.seq for e in removed)
         return [e.item for e in sorted(removed, key=_seq_key)]
+
+    def _oldest(self) -> _Entry[T]:
+        """The entry that arrived first among those waiting (there is one)."""
+        arrivals, gone = self._arrivals, self._gone
+        while arrivals[0].seq in gone:
+            gone.discard(arrivals.popleft().seq)
+        return arrivals[0]
 
     def _plan(self) -> tuple[int, int, bool]:
         """The slice [lo, hi) of length-sorted entries for the next batch, and whether it is full.
@@ -141,7 +155,8 @@ class Batcher(Generic[T]):
         entries = self._entries
         size_limit = self.limits.max_batch_size
         token_limit = self.limits.max_batch_tokens
-        start = min(range(len(entries)), key=lambda i: entries[i].seq)
+        oldest = self._oldest()
+        start = bisect.bisect_left(entries, (oldest.n_tokens, oldest.seq), key=_sort_key)
         lo, hi = start, start + 1
         longest = entries[start].n_tokens
         while True:

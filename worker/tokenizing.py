@@ -35,6 +35,7 @@ import tempfile
 import time
 from typing import Any
 
+import numpy as np
 from tokenizers import Tokenizer
 
 from worker.telemetry import get_logger
@@ -53,6 +54,8 @@ _ASCII_SEPARATORS = " \t\n\r\x0b\x0c" + string.punctuation
 # Every separator becomes a space, so that splitting at spaces gives BertPreTokenizer's words: a
 # C-speed scan (a regular expression for over-long words cost 11 µs a news text, as much as
 # tokenizing it).
+_SPACE = ord(" ")
+_NUMPY_SCREEN_BYTES = 4096  # below this, one split costs less than numpy's calls
 _TO_SPACES = bytes.maketrans(_ASCII_SEPARATORS[1:].encode(), b" " * (len(_ASCII_SEPARATORS) - 1))
 # Tokens flash-tokenizer reads past max_length, so that the word crossing max_length is whole
 # (``_flash_ids``): more pieces than any but a pathological word has.
@@ -142,7 +145,7 @@ class HeadTokenizer:
         return (
             text.isascii()  # O(1) in CPython: the string object records it
             and not any(c in text for c in self._added_token_chars)
-            and max(map(len, text.encode("ascii").translate(_TO_SPACES).split(b" "))) <= self._longest_word
+            and _longest_word(text.encode("ascii").translate(_TO_SPACES)) <= self._longest_word
         )
 
     # -- choosing the engine -------------------------------------------------------------------
@@ -193,6 +196,20 @@ class HeadTokenizer:
             log.warning("fast_tokenizer_off", reason=self.why_not_flash, example=differ[0][:80])
             return
         self.engine = "flash-tokenizer for ASCII texts, huggingface otherwise"
+
+
+def _longest_word(spaced: bytes) -> int:
+    """The longest run of bytes other than spaces in ``spaced``: one split for a text, and for a
+    poll's texts joined (about 120 KB) numpy's scan for spaces, which is five times cheaper than
+    splitting it into some 25,000 words."""
+    if len(spaced) < _NUMPY_SCREEN_BYTES:
+        return max(map(len, spaced.split(b" ")))
+    chars = np.frombuffer(spaced, dtype=np.uint8)
+    spaces = np.flatnonzero(chars == _SPACE)
+    if spaces.size == 0:
+        return len(spaced)
+    inner = int(np.diff(spaces).max()) - 1 if spaces.size > 1 else 0
+    return max(int(spaces[0]), len(spaced) - 1 - int(spaces[-1]), inner)
 
 
 def _bert_layout(spec: dict[str, Any]) -> tuple[list[str], bool, int] | str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from worker.batcher import Batcher, BatchLimits
 
@@ -157,3 +159,51 @@ def test_invalid_limits_are_refused():
     """Limits below one input are rejected when the batcher is built."""
     with pytest.raises(ValueError):
         BatchLimits(max_batch_size=0, max_batch_tokens=10, max_wait_s=0.01)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("add"), st.integers(1, 300)),
+            st.tuples(st.just("next"), st.booleans()),
+            st.tuples(st.just("remove"), st.integers(0, 6)),
+        ),
+        max_size=120,
+    )
+)
+def test_every_batch_holds_the_oldest_waiting_input_and_each_input_leaves_once(steps):
+    """Whatever the mix of adds, batches (due or flushed) and removals: the oldest waiting input is
+    in every batch, the wait timer runs from it, and every input comes out exactly once."""
+    b = make(size=5, tokens=600, wait_s=0.02)
+    waiting: dict[int, float] = {}  # seq -> arrival, the reference's view
+    out: list[int] = []
+    now, seq = 0.0, 0
+    for kind, arg in steps:
+        now += 0.004
+        if kind == "add":
+            b.add(seq, arg, now=now)
+            waiting[seq] = now
+            seq += 1
+        elif kind == "next":
+            due = b.time_until_due(now)
+            batch = b.next_batch(now, flush=arg)
+            if waiting:
+                oldest = min(waiting)
+                assert due is not None and (due > 0 or batch is not None)
+                if batch is not None:
+                    assert oldest in batch.items
+            else:
+                assert due is None and batch is None
+            for item in batch.items if batch else ():
+                del waiting[item]
+                out.append(item)
+        else:
+            removed = b.remove_if(lambda item, m=arg: item % 7 == m)
+            assert removed == sorted(item for item in waiting if item % 7 == arg)
+            for item in removed:
+                del waiting[item]
+                out.append(item)
+    while (batch := b.next_batch(now, flush=True)) is not None:
+        out.extend(batch.items)
+    assert sorted(out) == list(range(seq)) and len(b) == 0

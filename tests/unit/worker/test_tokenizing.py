@@ -172,3 +172,17 @@ def test_probe_texts_cover_control_characters_long_words_and_long_texts() -> Non
     assert any(c in joined for c in "\x00\x01\x7f") and set(string.punctuation) <= set(joined)
     assert "x" * 99 in probes and "y" * 100 in probes
     assert max(len(p.split()) for p in probes) >= 300
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=" ab.", max_size=6000))
+def test_the_longest_word_screen_agrees_with_a_split_at_every_size(text):
+    """The screen's two ways (one split for a text, numpy for a poll's texts joined) find the same
+    longest word, wherever it is: first, last, alone, or none at all."""
+    spaced = text.encode("ascii").translate(tokenizing._TO_SPACES)
+    assert tokenizing._longest_word(spaced) == max(map(len, spaced.split(b" ")))
+    padded = spaced + b" " * tokenizing._NUMPY_SCREEN_BYTES  # forces the numpy path
+    assert tokenizing._longest_word(padded) == max(map(len, spaced.split(b" ")))
+    word = b"w" * (len(spaced) + 1)  # over every word of the text, at the end of a long input
+    assert tokenizing._longest_word(padded + word) == len(word)
+    assert tokenizing._longest_word(word + b" " + padded) == len(word)
