@@ -35,6 +35,7 @@ from worker.batcher import Batch, Batcher, BatchLimits
 from worker.errors import BrokerError, Failure, InferenceError, SettingsError, WorkerError
 from worker.events import DeadLetter, Event, ParseConfig
 from worker.handoff import InputHandoff
+from worker.heap import HeapFreezer
 from worker.inference import Classified, ModelHost, Runner
 from worker.kafka.base import ConsumerClient, ProducerClient, open_clients
 from worker.kafka.tls import check_tls
@@ -112,6 +113,7 @@ class Worker:
         self._limits = BatchLimits(settings.max_batch_size, settings.max_batch_tokens, settings.max_wait_ms / 1000)
         self._debug = settings.log_level == "DEBUG"  # per-batch log lines only when asked for
         self.stage_clock = StageClock(self.metrics, enabled=settings.stage_timing)
+        self.heap = HeapFreezer()
         # Of drain_timeout_s, the part kept for the final flush, commit and close.
         self._drain_reserve_s = min(DRAIN_RESERVE_MAX_S, settings.drain_timeout_s / 4)
 
@@ -139,6 +141,7 @@ class Worker:
         self.health.model_ready = True
         self._start_telemetry()
         self._connect()
+        self.heap.freeze()  # model, clients and all: out of the collector's scans (worker/heap.py)
         self._start_threads()
         if self.settings.stage_timing:
             name_native_threads()  # so per-thread CPU shows the stages and the client's threads
@@ -313,6 +316,7 @@ class Worker:
                     self._abandon(batcher.remove_if(
                         lambda e: not tracker.accepts((e.topic, e.partition), e.epoch, e.offset)))
                 now = time.monotonic()
+                self.heap.tick(now)
                 due = batcher.time_until_due(now)
                 wait = IDLE_WAIT_S if due is None else min(due, IDLE_WAIT_S)
                 events, letters, closed, barrier = handoff.take(wait)  # returns at once once closed
@@ -464,6 +468,7 @@ class Worker:
         m.inference_seconds.observe(classified.seconds)
 
     def _on_swap(self, runner: Runner) -> None:
+        self.heap.thaw(time.monotonic())  # the old model may hold reference cycles: collectable again
         self.metrics.set_model(runner.name, runner.version)
         self.metrics.bundle_reloads.labels(result="swapped").inc()
         log.info("bundle_swapped", name=runner.name, version=runner.version)
@@ -542,6 +547,7 @@ class Worker:
             self.telemetry.stop()
             self.telemetry = None
         self.health.model_ready = False
+        self.heap.release()
 
     def _fail(self, exc: BaseException, stage: str = "sink") -> None:
         """Record a fatal error (the first one wins) and start the drain."""
