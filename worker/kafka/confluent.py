@@ -98,6 +98,12 @@ CONSUMER_QUEUE_KBYTES = 16 * 1024  # records prefetched per consumer: bounds mem
 # longer becomes librdkafka's pause, so that polls serve rebalance callbacks and statistics again.
 SOFT_PAUSE_S = 1.0
 STATS_INTERVAL_MS = 1_000  # how often librdkafka reports the group coordinator's state (coordinator_known)
+# A broker that keeps its connections but answers nothing (frozen, or its replies black-holed):
+# librdkafka counts it up until each request's own timeout (60 s), the coordinator too. Seen from
+# outside (a broker stopped with SIGSTOP for 40 s), /readyz stayed ready throughout. Every
+# connection that has requests waiting and has received nothing for this long means the broker
+# is not answering (a fetch is answered within fetch.wait.max.ms, 0.5 s, even with no records).
+SILENT_BROKER_S = 10.0
 END_OFFSETS_TIMEOUT_S = 1.0  # the lag refresh blocks the poll loop at most this long
 TRANSACTION_TIMEOUT_S = 60.0  # a transactional call (commit, abort, offsets), retries included, ends within this
 TXN_CALL_TIMEOUT_S = 10.0  # librdkafka's own timeout for one attempt (a healthy one takes milliseconds)
@@ -419,6 +425,7 @@ class ConfluentConsumer:
         self._deferred: BaseException | None = None  # raised at the next poll, before reading more
         self._commits: deque[tuple[frozenset[tuple[str, int, int]], Callable[[BaseException | None], None]]] = deque()
         self._coordinator_state: str | None = None  # from the statistics: "up" when it answers
+        self._brokers_silent = False  # from the statistics: see SILENT_BROKER_S
         self._pattern: re.Pattern[str] | None = None
         self._pattern_topics: list[str] = []
         self._pattern_at = 0.0
@@ -732,15 +739,17 @@ class ConfluentConsumer:
 
     # -- health and metadata -----------------------------------------------------------------------------------
     def _on_stats(self, stats: str) -> None:
-        with contextlib.suppress(ValueError):
-            self._coordinator_state = json.loads(stats).get("cgrp", {}).get("state")
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            parsed = json.loads(stats)
+            self._coordinator_state = parsed.get("cgrp", {}).get("state")
+            self._brokers_silent = brokers_silent(parsed.get("brokers") or {})
 
     def coordinator_known(self) -> bool:
         state = self._coordinator_state
         if state is None:  # no statistics yet: go by the error callback alone
             down = self.errors.all_down_at
             return down is None or time.monotonic() - down > 2 * STATS_INTERVAL_MS / 1000
-        return state == "up"
+        return state == "up" and not self._brokers_silent
 
     def partitions_for_topic(self, topic: str) -> set[int] | None:
         meta = self._metadata(topic)
@@ -787,6 +796,14 @@ def _theirs(tps: Iterable[TopicPartition]) -> list[Any]:
 
 def _offsets(positions: dict[TopicPartition, int]) -> list[Any]:
     return [ck.TopicPartition(tp[0], tp[1], position) for tp, position in positions.items()]
+
+
+def brokers_silent(brokers: dict[str, Any]) -> bool:
+    """Whether the brokers keep their connections but answer nothing (SILENT_BROKER_S), from
+    librdkafka's statistics: every connection that is up and waits for responses has received
+    nothing for that long. Idle connections (nothing asked) say nothing either way."""
+    waiting = [b for b in brokers.values() if b.get("state") == "UP" and b.get("waitresp_cnt", 0) > 0]
+    return bool(waiting) and all(b.get("rxidle", -1) > SILENT_BROKER_S * 1_000_000 for b in waiting)
 
 
 def _key(partitions: Iterable[Any]) -> frozenset[tuple[str, int, int]]:

@@ -4,6 +4,7 @@ turns consume() results into records by partition (librdkafka's classes replaced
 # ruff: noqa: E402  (the imports after importorskip need confluent-kafka)
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -525,3 +526,28 @@ def test_nothing_listening_fails_at_start_naming_the_bootstrap_setting(monkeypat
         confluent.open_clients(settings(bootstrap_servers=f"127.0.0.1:{port}"))
     assert raised.value.failure is Failure.BROKER_UNREACHABLE and "TAGSTREAM_BOOTSTRAP_SERVERS" in str(raised.value)
     assert time.monotonic() - began < 15
+
+
+def _stats(cgrp_state="up", **brokers):
+    return json.dumps({"cgrp": {"state": cgrp_state}, "brokers": {
+        name: {"state": state, "waitresp_cnt": waiting, "rxidle": idle_s * 1_000_000 if idle_s >= 0 else -1}
+        for name, (state, waiting, idle_s) in brokers.items()
+    }})
+
+
+def test_a_broker_that_keeps_its_connections_but_answers_nothing_counts_as_unreachable(consumer):
+    """A frozen broker: librdkafka keeps its connections up (until each request's own 60 s timeout)
+    while nothing comes back; once every connection waiting on it has heard nothing for
+    SILENT_BROKER_S, the coordinator counts as unknown (health: broker unreachable)."""
+    silent = confluent.SILENT_BROKER_S + 1
+    consumer._on_stats(_stats(**{"b:9092/1": ("UP", 2, 0.2), "b:9092/bootstrap": ("UP", 0, 300)}))
+    assert consumer.coordinator_known()  # answering; an idle bootstrap connection says nothing
+    consumer._on_stats(_stats(**{"b:9092/1": ("UP", 2, silent), "GroupCoordinator": ("UP", 1, silent),
+                                 "b:9092/bootstrap": ("UP", 0, 300)}))
+    assert not consumer.coordinator_known()
+    consumer._on_stats(_stats(**{"b:9092/1": ("UP", 2, silent), "b:9092/2": ("UP", 1, 0.1)}))
+    assert consumer.coordinator_known()  # another broker answers
+    consumer._on_stats(_stats(**{"b:9092/1": ("UP", 0, silent)}))
+    assert consumer.coordinator_known()  # quiet because nothing was asked
+    consumer._on_stats(_stats(cgrp_state="wait-coord", **{"b:9092/1": ("UP", 1, 0.1)}))
+    assert not consumer.coordinator_known()
