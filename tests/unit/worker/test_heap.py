@@ -62,3 +62,22 @@ def test_release_thaws_for_good():
     assert gc.get_freeze_count() == 0
     heap.tick(now=1e12)
     assert gc.get_freeze_count() == 0
+
+
+def test_the_start_up_freeze_collects_young_garbage_first_and_the_refreeze_after_a_swap_all_of_it():
+    heap = HeapFreezer(refreeze_after_s=0.0)
+    young = _cycle()  # start-up temporaries: garbage, not yet collected
+    heap.freeze()
+    assert young() is None  # collected, not frozen
+    heap.thaw(now=0.0)
+    model = _Node()
+    model.other = _Node()
+    model.other.other = model
+    gc.collect(1)
+    gc.collect(1)  # alive through young collections: now in the oldest generation, as a loaded model is
+    swapped_out = weakref.ref(model)
+    del model
+    gc.collect(1)
+    assert swapped_out() is not None  # a young collection does not reach it
+    heap.tick(now=0.0)  # the refreeze after a swap collects fully
+    assert swapped_out() is None
