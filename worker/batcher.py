@@ -116,7 +116,7 @@ class Batcher(Generic[T]):
                 return None
         chosen = self._entries[lo:hi]
         del self._entries[lo:hi]
-        self._gone.update(e.seq for e in chosen)
+        self._forget(chosen)
         chosen.sort(key=_seq_key)  # hand the batch out in arrival order
         longest = max(e.n_tokens for e in chosen)
         return Batch(
@@ -134,8 +134,17 @@ class Batcher(Generic[T]):
         for entry in self._entries:
             (removed if predicate(entry.item) else kept).append(entry)
         self._entries = kept
-        self._gone.update(e.seq for e in removed)
+        self._forget(removed)
         return [e.item for e in sorted(removed, key=_seq_key)]
+
+    def _forget(self, taken: list[_Entry[T]]) -> None:
+        """``taken`` left _entries: mark them gone from the arrival queue (dropped once at its front),
+        or, once nothing waits, empty it, so that it holds no input that has left."""
+        if self._entries:
+            self._gone.update(e.seq for e in taken)
+        else:
+            self._arrivals.clear()
+            self._gone.clear()
 
     def _oldest(self) -> _Entry[T]:
         """The entry that arrived first among those waiting (there is one)."""

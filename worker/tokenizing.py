@@ -54,9 +54,9 @@ _ASCII_SEPARATORS = " \t\n\r\x0b\x0c" + string.punctuation
 # Every separator becomes a space, so that splitting at spaces gives BertPreTokenizer's words: a
 # C-speed scan (a regular expression for over-long words cost 11 µs a news text, as much as
 # tokenizing it).
+_TO_SPACES = bytes.maketrans(_ASCII_SEPARATORS[1:].encode(), b" " * (len(_ASCII_SEPARATORS) - 1))
 _SPACE = ord(" ")
 _NUMPY_SCREEN_BYTES = 4096  # below this, one split costs less than numpy's calls
-_TO_SPACES = bytes.maketrans(_ASCII_SEPARATORS[1:].encode(), b" " * (len(_ASCII_SEPARATORS) - 1))
 # Tokens flash-tokenizer reads past max_length, so that the word crossing max_length is whole
 # (``_flash_ids``): more pieces than any but a pathological word has.
 _FLASH_HEADROOM = 32
@@ -85,7 +85,7 @@ class HeadTokenizer:
         self._hf_encode = getattr(self._hf, "encode_batch_fast", self._hf.encode_batch)
         self._flash: Any = None
         self._added_token_chars: list[str] = []
-        self._longest_word = 0  # set by _try_flash
+        self._max_word_chars = 0  # WordPiece's max_input_chars_per_word; set by _try_flash
         self.engine = "huggingface"
         self.why_not_flash = "off (TAGSTREAM_FAST_TOKENIZER=false)" if not fast else ""
         if fast:
@@ -145,7 +145,7 @@ class HeadTokenizer:
         return (
             text.isascii()  # O(1) in CPython: the string object records it
             and not any(c in text for c in self._added_token_chars)
-            and _longest_word(text.encode("ascii").translate(_TO_SPACES)) <= self._longest_word
+            and _longest_word(text.encode("ascii").translate(_TO_SPACES)) <= self._max_word_chars
         )
 
     # -- choosing the engine -------------------------------------------------------------------
@@ -174,7 +174,7 @@ class HeadTokenizer:
                 if c
             }
         )
-        self._longest_word = longest_word
+        self._max_word_chars = longest_word
         with tempfile.TemporaryDirectory(prefix="tagstream-vocab-") as tmp:
             path = os.path.join(tmp, "vocab.txt")
             with open(path, "w", encoding="utf-8") as fh:
