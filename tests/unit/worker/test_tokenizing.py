@@ -109,6 +109,32 @@ def test_texts_flash_tokenizer_would_get_wrong_go_to_hf_in_the_same_call(
     assert seen == plain
 
 
+def test_a_poll_with_non_ascii_texts_screens_its_ascii_texts_together(
+    tokenizer_json: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Non-ASCII texts among plain ones cost no screening text by text: the ASCII texts are
+    screened joined (two scans in all), all of them go to flash-tokenizer in one call, the
+    non-ASCII ones to HF, and the ids are HF's, in order."""
+    head = HeadTokenizer(tokenizer_json, MAX_LENGTH)
+    screened: list[str] = []
+    passes = head._passes
+    monkeypatch.setattr(head, "_passes", lambda text: screened.append(text) or passes(text))
+    seen: list[list[str]] = []
+    flash = head._flash
+
+    class Recording:
+        def batch_encode(self, texts: list[str], *args: object) -> list[list[int]]:
+            seen.append(list(texts))
+            return flash.batch_encode(texts, *args)
+
+    head._flash = Recording()
+    plain = fixture_texts(40, seed=11)
+    texts = [*plain[:15], "Café naïve", *plain[15:30], "東京 résumé £5", *plain[30:]]
+    assert head.encode(texts) == reference(tokenizer_json, texts)
+    assert seen == [plain]
+    assert len(screened) == 2 and screened[1] == "\n".join(plain)
+
+
 def test_a_word_of_exactly_the_limit_stays_on_the_fast_path(tokenizer_json: str) -> None:
     """A word of max_input_chars_per_word characters (100) is not over the limit: flash-tokenizer
     tokenizes it, with HF's ids."""
