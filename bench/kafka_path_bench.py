@@ -393,10 +393,6 @@ def main(argv: list[str] | None = None) -> int:
     tokenizing: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
     try:
         for round_ in range(args.repeats):
-            for engine in engines:
-                tokenizing[engine].append(tokenize_alone(bundle, texts, engine))
-                print(f"round {round_ + 1}: tokenizing alone, {engine}: {tokenizing[engine][-1]['cpu_us']:.0f} us/text",
-                      file=sys.stderr)
             for client in clients:
                 topic = wb.create_topic(bootstrap, "path-in", partitions=args.partitions)
                 wb.prefill(bootstrap, topic, texts, "p")
@@ -411,6 +407,13 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"round {round_ + 1}, {client}, {engine} tokenizer: worker {w['eps']:,.0f} ev/s"
                           f" {w['cpu_us']:.0f} us/ev (system {w['system_us']:.0f}, {w['switches_per_event']:.2f}"
                           f" context switches/ev); load {wb.load_avg()}", file=sys.stderr, flush=True)
+            # Last in the round, with the broker idle: first, it ran beside a broker that had just
+            # started (its JVM compiling and collecting on the same two cores) and read 20 us a text
+            # where it costs 10-12.
+            for engine in engines:
+                tokenizing[engine].append(tokenize_alone(bundle, texts, engine))
+                print(f"round {round_ + 1}: tokenizing alone, {engine}: {tokenizing[engine][-1]['cpu_us']:.0f} us/text",
+                      file=sys.stderr)
     finally:
         if broker is not None:
             broker.stop()
