@@ -65,6 +65,18 @@ STAGE_ORDER = ("fetch", "parse", "tokenize", "track", "commit", "batch", "infere
 POLL_RECORDS = 500  # records per poll in both floors: the worker's own poll size (worker/source.py)
 
 
+# A bare loop that has read nothing by then gives up (exit NO_RECORDS) and floor() starts another: once,
+# a kafka-python 3.0.12 consumer never found its group coordinator (the broker answered a new consumer at
+# once) and polled for 10 minutes at 90% of a core, where the bench waited up to RUN_TIMEOUT_S.
+FIRST_RECORD_S = 60
+NO_RECORDS = 3
+
+
+def _no_records(args: argparse.Namespace) -> int:
+    print(f"the {args.client} bare loop read no record of {args.topic} in {FIRST_RECORD_S} s", file=sys.stderr)
+    return NO_RECORDS
+
+
 def bare_loop_main(argv: list[str]) -> int:
     """Child process: consume ``--count`` records, decode, produce a small result each; print figures."""
     parser = argparse.ArgumentParser()
@@ -97,10 +109,13 @@ def bare_loop_main(argv: list[str]) -> int:
     out = f"{args.topic}.floor"
     seen = 0
     started = cpu_started = None
+    first_by = time.monotonic() + FIRST_RECORD_S
     while seen < args.count:
         batches = consumer.poll(timeout_ms=200, max_records=POLL_RECORDS)
         if batches and started is None:
             started, cpu_started = time.monotonic(), _cpu()
+        elif started is None and time.monotonic() > first_by:
+            return _no_records(args)
         for records in batches.values():
             objs = [json.loads(record.value) for record in records]
             if encode is not None:
@@ -129,10 +144,13 @@ def bare_loop_confluent(args: argparse.Namespace) -> int:
     out = f"{args.topic}.floor"
     seen = 0
     started = cpu_started = None
+    first_by = time.monotonic() + FIRST_RECORD_S
     while seen < args.count:
         messages = consumer.consume(num_messages=POLL_RECORDS, timeout=0.2)
         if messages and started is None:
             started, cpu_started = time.monotonic(), _cpu()
+        elif started is None and time.monotonic() > first_by:
+            return _no_records(args)
         for m in messages:
             if m.error() is not None:
                 continue
@@ -198,11 +216,16 @@ def _cpu() -> float:
 
 
 def floor(bootstrap: str, topic: str, count: int, client: str, tokenizer: Path | None = None) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, __file__, "--bare-loop", "--bootstrap", bootstrap, "--topic", topic, "--count", str(count),
-         "--client", client, *(["--tokenizer", str(tokenizer)] if tokenizer else [])],
-        capture_output=True, text=True, timeout=wb.RUN_TIMEOUT_S, cwd=REPO,
-    )
+    for attempt in (1, 2):
+        proc = subprocess.run(
+            [sys.executable, __file__, "--bare-loop", "--bootstrap", bootstrap, "--topic", topic, "--count", str(count),
+             "--client", client, *(["--tokenizer", str(tokenizer)] if tokenizer else [])],
+            capture_output=True, text=True, timeout=wb.RUN_TIMEOUT_S, cwd=REPO,
+        )
+        if proc.returncode != NO_RECORDS:
+            break
+        print(f"{proc.stderr.strip().splitlines()[-1]}: {'starting another' if attempt == 1 else 'giving up'}",
+              file=sys.stderr)
     if proc.returncode != 0:
         raise SystemExit(f"the bare loop failed:\n{proc.stderr[-3000:]}")
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -211,15 +234,27 @@ def floor(bootstrap: str, topic: str, count: int, client: str, tokenizer: Path |
 # -- the worker with a null bundle --------------------------------------------------------------------------
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds per thread name of a process (threads of one name summed)."""
+    return {name: cpu for name, (cpu, _) in thread_figures(pid).items()}
+
+
+_SWITCH_FIELDS = ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")
+
+
+def thread_figures(pid: int) -> dict[str, tuple[float, int]]:
+    """CPU seconds and context switches (voluntary and not) per thread name of a process
+    (threads of one name summed): which thread waits, e.g. for the GIL, how often."""
     ticks = os.sysconf("SC_CLK_TCK")
-    out: dict[str, float] = {}
+    out: dict[str, tuple[float, int]] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             name = (task / "comm").read_text().strip()
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            status = (task / "status").read_text()
         except OSError:
             continue
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+        switches = sum(int(line.split()[1]) for line in status.splitlines() if line.split(":")[0] in _SWITCH_FIELDS)
+        cpu, before = out.get(name, (0.0, 0))
+        out[name] = (cpu + (int(fields[11]) + int(fields[12])) / ticks, before + switches)
     return out
 
 
@@ -268,7 +303,7 @@ def worker_run(
     profiler = None
     try:
         worker.wait_ready()
-        threads_before = thread_cpu(worker.proc.pid)
+        threads_before = thread_figures(worker.proc.pid)
         kernel_before = kernel_figures(worker.proc.pid)
         cpu_started = wb.cpu_seconds(worker.proc.pid)
         if args.profile:
@@ -285,7 +320,9 @@ def worker_run(
                 )
         worker.wait_out(count)
         cpu = wb.cpu_seconds(worker.proc.pid) - cpu_started
-        threads = {k: v - threads_before.get(k, 0.0) for k, v in thread_cpu(worker.proc.pid).items()}
+        threads_after = thread_figures(worker.proc.pid)
+        threads = {k: v[0] - threads_before.get(k, (0.0, 0))[0] for k, v in threads_after.items()}
+        thread_switches = {k: v[1] - threads_before.get(k, (0.0, 0))[1] for k, v in threads_after.items()}
         kernel = {k: v - kernel_before[k] for k, v in kernel_figures(worker.proc.pid).items()}
         stages = stage_figures(scrape(worker.port))
     finally:
@@ -306,6 +343,7 @@ def worker_run(
         "system_us": kernel["system_s"] / count * 1e6,
         "switches_per_event": (kernel["voluntary"] + kernel["involuntary"]) / count,
         "threads_us": {k: v / count * 1e6 for k, v in sorted(threads.items(), key=lambda kv: -kv[1]) if v > 0},
+        "threads_switches": {k: v / count for k, v in thread_switches.items()},
     }
 
 
@@ -313,6 +351,10 @@ def worker_run(
 # producer sender thread (named after its client id "tagstream-<host>-<pid>", the prefix dropped),
 # librdkafka's "rdk:*" threads and the confluent backend's delivery-report thread.
 CLIENT_THREADS = ("kafka-io", "rdk:", "kafka-dr", f"{socket.gethostname()}-")
+
+
+def _switches(per_event: float | None) -> str:
+    return "" if per_event is None else f"{per_event:.2f} context switches/event"
 
 
 def client_share(run: dict[str, Any]) -> float:
@@ -453,7 +495,9 @@ def main(argv: list[str] | None = None) -> int:
             row(f"stage: {stage} ({main_engine})", cells)
     threads = sorted({name for c in clients for name, us in best[c]["threads_us"].items() if us >= 0.5})
     for name in threads:
-        row(f"thread: {name} ({main_engine})", [(best[c]["threads_us"].get(name), "") for c in clients])
+        row(f"thread: {name} ({main_engine})", [
+            (best[c]["threads_us"].get(name), _switches(best[c].get("threads_switches", {}).get(name))) for c in clients
+        ])
     print()
     for c in clients:
         floor_us = best_floor[c]["cpu_us"]
