@@ -404,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--streams", type=int, default=1)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--cpu-pinning", default="auto", choices=["auto", "on", "off"],
+                        help="the worker's TAGSTREAM_CPU_PINNING (worker/affinity.py); auto pins only where the"
+                             " process owns its CPUs, which a development machine without a CPU limit does not")
     args = parser.parse_args(argv)
 
     texts = wb.load_texts(args.datasets)

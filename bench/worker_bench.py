@@ -362,6 +362,7 @@ class WorkerProcess:
             TAGSTREAM_RELOAD_INTERVAL_S="0", TAGSTREAM_LOG_LEVEL="INFO",
             TAGSTREAM_FAST_TOKENIZER=getattr(args, "fast_tokenizer", "true"),
             TAGSTREAM_KAFKA_CLIENT=getattr(args, "kafka_client", "kafka-python"),
+            TAGSTREAM_CPU_PINNING=getattr(args, "cpu_pinning", "auto"),
         )
         env.update(extra_env or {})
         self.proc = subprocess.Popen(
@@ -853,6 +854,9 @@ def main(argv: list[str] | None = None) -> int:
                         " (b)-(e)")
     parser.add_argument("--kafka-client", default="kafka-python", choices=["kafka-python", "confluent"],
                         help="TAGSTREAM_KAFKA_CLIENT of the worker")
+    parser.add_argument("--cpu-pinning", default="auto", choices=["auto", "on", "off"],
+                        help="the worker's TAGSTREAM_CPU_PINNING (worker/affinity.py); auto pins only where the"
+                             " process owns its CPUs, which a development machine without a CPU limit does not")
     parser.add_argument("--fast-tokenizer", default="true", choices=["true", "false"],
                         help="TAGSTREAM_FAST_TOKENIZER for the worker and the ceiling (false: HF tokenizers for every"
                         " text, as before flash-tokenizer was used)")

@@ -24,13 +24,17 @@ returns 0. A fatal error anywhere takes the same path (committing only what was 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from model.cpus import available_cpus
+from worker.affinity import PinPlan, pin_this_thread, plan_pinning, release_this_thread
 from worker.batcher import Batch, Batcher, BatchLimits
 from worker.errors import BrokerError, Failure, InferenceError, SettingsError, WorkerError
 from worker.events import DeadLetter, Event, ParseConfig
@@ -79,9 +83,13 @@ class Worker:
         *,
         model: ModelHost | None = None,
         telemetry_host: str = "0.0.0.0",
+        cpu_slot: int = 0,
     ) -> None:
         self.settings = settings
         self._model = model  # None: load the bundle here (LocalModel), at start
+        self._cpu_slot = cpu_slot  # which CPU of the mask its threads are pinned to (worker/affinity.py)
+        self._pin: PinPlan | None = None
+        self._model_threads_unpinned = False
         self._telemetry_host = telemetry_host
         self.metrics = metrics or Metrics()
         self.health = Health(broker_outage_s=settings.broker_outage_s)
@@ -139,12 +147,34 @@ class Worker:
         self.slot = RunnerSlot(runner)
         self.metrics.set_model(runner.name, runner.version)
         self.health.model_ready = True
-        self._start_telemetry()
-        self._connect()
-        self.heap.freeze()  # model, clients and all: out of the collector's scans (worker/heap.py)
-        self._start_threads()
+        with self._pinned():  # every thread started from here on: the clients' and the stages'
+            self._start_telemetry()
+            self._connect()
+            self.heap.freeze()  # model, clients and all: out of the collector's scans (worker/heap.py)
+            self._start_threads()
         if self.settings.stage_timing:
             name_native_threads()  # so per-thread CPU shows the stages and the client's threads
+
+    @contextlib.contextmanager
+    def _pinned(self) -> Iterator[None]:
+        """Threads started inside run on one CPU (worker/affinity.py); the calling thread gets its
+        own CPUs back after. The model threads leave the pin where the model computes on the CPU."""
+        self._pin = plan_pinning(self.settings.cpu_pinning, available_cpus(), self._cpu_slot)
+        device = getattr(self._model, "device", None)  # LocalModel's; a feeder's model is elsewhere
+        self._model_threads_unpinned = device is not None and device.type == "cpu"
+        log.info(
+            "cpu_pinning", cpu=self._pin.cpu, reason=self._pin.reason,
+            model_threads="unpinned (the model computes on the CPU)" if self._model_threads_unpinned else "pinned",
+        )
+        if self._pin.cpu is None:
+            yield
+            return
+        own = os.sched_getaffinity(0)
+        pin_this_thread(self._pin.cpu)
+        try:
+            yield
+        finally:
+            release_this_thread(frozenset(own))
 
     def stop(self) -> None:
         """Begin a graceful drain (signal handlers, tests); returns at once."""
@@ -363,6 +393,8 @@ class Worker:
 
     def _model_main(self) -> None:
         """Run batches through the model until the batcher says stop (one per stream)."""
+        if self._pin is not None and self._pin.cpu is not None and self._model_threads_unpinned:
+            release_this_thread(self._pin.allowed)  # its intra-op threads need every core
         while True:
             work = self._batch_queue.get()
             if work is _STOP:

@@ -53,7 +53,7 @@ def feeder_main(plan: FeederPlan, control: connection.Connection) -> None:
         plan.address, plan.authkey, feeder=plan.index, segment=plan.segment, shape=plan.shape, slots=plan.slots,
         fast_tokenizer=s.fast_tokenizer,
     )
-    worker = Worker(s, model=link, telemetry_host="127.0.0.1")
+    worker = Worker(s, model=link, telemetry_host="127.0.0.1", cpu_slot=plan.index)
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal", signal=signal.Signals(signum).name)

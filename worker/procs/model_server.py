@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 from prometheus_client import Counter, Histogram
 
+from model.cpus import available_cpus
+from worker.affinity import plan_pinning, spare_cpus
 from worker.errors import InferenceError, WorkerError
 from worker.procs.merge import Request, take_merged
 from worker.procs.transport import (
@@ -359,7 +361,9 @@ class ModelServer:
             log.info("bundle_unloaded", generation=generation, version=runner.version)
 
 
-def model_process_main(settings: WorkerSettings, address: str, authkey: bytes, control: connection.Connection) -> None:
+def model_process_main(
+    settings: WorkerSettings, address: str, authkey: bytes, control: connection.Connection, feeders: int = 0
+) -> None:
     """Entry point of the model process (multiprocessing, spawn): load, report, serve until told to stop.
 
     Reports ("ready", telemetry port, ModelInfo fields) or ("failed", exit code, message) on
@@ -367,6 +371,11 @@ def model_process_main(settings: WorkerSettings, address: str, authkey: bytes, c
     os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor only, which stops the feeders first
     name_process("tagstream-model")
     configure_logging(settings.log_level, settings.log_format, context={"process": "model"})
+    # Before torch starts a thread: the CPUs the feeders leave, if any (worker/affinity.py).
+    spare = spare_cpus(plan_pinning(settings.cpu_pinning, available_cpus(), 0), feeders)
+    if spare is not None:
+        os.sched_setaffinity(0, spare)
+        log.info("cpu_pinning", cpus=sorted(spare), reason=f"the CPUs the {feeders} feeders leave")
     server = ModelServer(settings)
     try:
         info = server.load()

@@ -134,7 +134,7 @@ class Supervisor:
     def _start_model(self) -> None:
         ours, theirs = self._ctx.Pipe()
         process = self._ctx.Process(
-            target=model_process_main, args=(self.settings, self._address, self._authkey, theirs),
+            target=model_process_main, args=(self.settings, self._address, self._authkey, theirs, self.n),
             name="tagstream-model", daemon=False,
         )
         process.start()

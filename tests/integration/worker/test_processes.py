@@ -8,6 +8,7 @@ non-zero when its model process dies.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -300,3 +301,49 @@ def test_a_new_bundle_is_swapped_in_across_processes_and_each_result_comes_from_
     assert not pod.events("stale_requests")
     swaps = Counter(e["process"] for e in pod.events("bundle_swapped"))
     assert swaps == {"model": 1, "feeder-0": 1, "feeder-1": 1}  # the model process swaps, each feeder follows
+
+
+def _allowed_cpus(pid: int) -> list[set[int]]:
+    """The CPUs each thread of ``pid`` may run on."""
+    out = []
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        with contextlib.suppress(OSError):
+            line = next(x for x in status.read_text().splitlines() if x.startswith("Cpus_allowed_list:"))
+            out.append(_cpu_list(line.split(":", 1)[1].strip()))
+    return out
+
+
+def _cpu_list(text: str) -> set[int]:
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread affinity from /proc (Linux)")
+def test_pinned_feeders_run_their_threads_each_on_a_cpu_of_its_own(
+    kafka_bootstrap, new_topic, new_group, tiny_bundle, pods
+):
+    """TAGSTREAM_CPU_PINNING=on: feeder i's Kafka and stage threads run on the i-th CPU of the mask
+    (logged as cpu_pinning), and the pod labels every input."""
+    mask = sorted(os.sched_getaffinity(0))
+    topic = new_topic(partitions=4, prefix="pod-pinned")
+    ids = produce_events(kafka_bootstrap, topic, fixture_texts(500, seed=47))
+    results = Results(kafka_bootstrap, f"{topic}.labels")
+    try:
+        pod = pods({**worker_env(kafka_bootstrap, topic, tiny_bundle, new_group()), "TAGSTREAM_CPU_PINNING": "on"},
+                   "pinned")
+        pod.wait_started()
+        wait_until(lambda: set(ids) <= set(results.ids()) or pod.proc.poll() is not None, RESULTS_S,
+                   "results for every input")
+        for index in (0, 1):
+            cpu = mask[index % len(mask)]
+            logged = [e for e in pod.events("cpu_pinning") if e.get("process") == f"feeder-{index}"]
+            assert logged and logged[-1]["cpu"] == cpu, logged
+            pinned = [cpus for cpus in _allowed_cpus(pod.feeder_pids(index)[-1]) if cpus == {cpu}]
+            assert len(pinned) >= 4, _allowed_cpus(pod.feeder_pids(index)[-1])  # source, batcher, sink, model-0, clients'
+        assert pod.stop() == 0, pod.tail()
+    finally:
+        results.close()
+    assert set(results.ids()) == set(ids)
