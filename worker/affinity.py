@@ -52,6 +52,8 @@ class PinPlan:
 
 def plan_pinning(setting: Pinning, budget: CpuBudget, slot: int, allowed: set[int] | None = None) -> PinPlan:
     """The CPU for the worker with index ``slot`` (a feeder's index; 0 for a single process)."""
+    if allowed is None and not hasattr(os, "sched_getaffinity"):  # macOS
+        return PinPlan(None, frozenset(), "this platform cannot pin threads")
     mask = frozenset(os.sched_getaffinity(0) if allowed is None else allowed)
     if setting == "off":
         return PinPlan(None, mask, "TAGSTREAM_CPU_PINNING=off")
