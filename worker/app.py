@@ -162,13 +162,14 @@ class Worker:
         self._pin = plan_pinning(self.settings.cpu_pinning, available_cpus(), self._cpu_slot)
         device = getattr(self._model, "device", None)  # LocalModel's; a feeder's model is elsewhere
         self._model_threads_unpinned = device is not None and device.type == "cpu"
+        if self._pin.cpu is None:
+            log.info("cpu_pinning", cpu=None, reason=self._pin.reason)
+            yield
+            return
         log.info(
             "cpu_pinning", cpu=self._pin.cpu, reason=self._pin.reason,
             model_threads="unpinned (the model computes on the CPU)" if self._model_threads_unpinned else "pinned",
         )
-        if self._pin.cpu is None:
-            yield
-            return
         own = os.sched_getaffinity(0)
         pin_this_thread(self._pin.cpu)
         try:
