@@ -59,6 +59,9 @@ SINK_QUEUE_BATCHES = 4  # model threads -> sink: enough to overlap, small enough
 COMMIT_FAILURE_LOG_EVERY_S = 10.0  # at most one commit_failed line this often (the metric counts them all)
 SINK_IDLE_S = 0.05  # the sink thread's wait for work: bounds how late a refused output is resent
 DRAIN_RESERVE_MAX_S = 3.0  # of the drain deadline, kept for flush + commit + close
+# A send that failed waiting for metadata up to this long after an outage ended is sent again, not
+# taken for a missing topic: the clients block up to 15 s (SEND_MAX_BLOCK_MS, SEND_MAX_BLOCK_S).
+OUTAGE_WINDOW_S = 20.0
 
 
 @dataclass
@@ -281,6 +284,7 @@ class Worker:
             self._producer, Router(s), self.tracker, self.metrics, self._fail,
             dead_letter_max_bytes=s.dead_letter_max_bytes, transactions=self._transactions, clock=self.stage_clock,
             broker_down=lambda: self.health.broker_down_for() > 0, stopping=self._stopping,
+            broker_was_away=lambda: self.health.broker_away_within(OUTAGE_WINDOW_S),
         )
         self._source.subscribe()
         self._spawn("source", self._source_main)

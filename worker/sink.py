@@ -107,11 +107,15 @@ class Sink:
         clock: StageClock | None = None,
         broker_down: Callable[[], bool] = lambda: False,
         stopping: threading.Event | None = None,
+        broker_was_away: Callable[[], bool] | None = None,
     ) -> None:
         self._producer = producer
         # While no broker answers, a send that timed out waiting for metadata says nothing about the
         # topic: the sink waits for the broker (the worker's outage limit ends the wait) and sends again.
+        # So does one whose wait overlapped an outage that has ended (broker_was_away): it was seen
+        # timing out 8 s after the broker's return, and exiting "topic missing" then was wrong.
         self._broker_down = broker_down
+        self._broker_was_away = broker_was_away or broker_down
         self._stopping = stopping or threading.Event()
         self._router = router
         self._tracker = tracker
@@ -316,7 +320,7 @@ class Sink:
         try:
             self._producer.send(topic, value, key, headers, token)
         except BrokerError as exc:
-            if exc.failure in (Failure.TOPIC_MISSING, Failure.DELIVERY_FAILED) and self._broker_down():
+            if exc.failure in (Failure.TOPIC_MISSING, Failure.DELIVERY_FAILED) and self._broker_was_away():
                 self._send_after_outage(topic, value, key, headers, token, exc)
                 return
             if exc.failure is not Failure.RECORD_REJECTED:
@@ -333,8 +337,9 @@ class Sink:
     def _send_after_outage(
         self, topic: str, value: bytes | None, key: bytes | None, headers: list, token: Any, error: BrokerError
     ) -> None:
-        """The send timed out while no broker answers: wait for one (the worker's outage limit ends
-        the wait), then send again."""
+        """The send timed out while no broker answered: wait for one (the worker's outage limit ends
+        the wait), then send again. A topic that is really missing times out again with the broker
+        up, past the outage window (app.py), and is fatal then."""
         log.warning("send_waits_for_the_broker", topic=topic, error=str(error))
         while self._broker_down():
             if self._stopping.wait(0.5):

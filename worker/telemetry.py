@@ -171,6 +171,7 @@ class Health:
         self.assigned = 0
         self.broker_outage_s = broker_outage_s
         self._broker_down_since: float | None = None
+        self._broker_back_at: float | None = None  # when the last outage ended
         self.commit_failing = False
 
     def loop_turned(self) -> None:
@@ -182,6 +183,8 @@ class Health:
     def broker_seen(self, reachable: bool) -> None:
         """The latest sign of the broker: reachable (coordinator known, a commit went through) or not."""
         if reachable:
+            if self._broker_down_since is not None:
+                self._broker_back_at = self._clock()
             self._broker_down_since = None
         elif self._broker_down_since is None:
             self._broker_down_since = self._clock()
@@ -190,6 +193,12 @@ class Health:
         """Seconds the broker has been unreachable without a break (0 while it answers)."""
         since = self._broker_down_since
         return 0.0 if since is None else self._clock() - since
+
+    def broker_away_within(self, seconds: float) -> bool:
+        """Whether the broker is unreachable now or was within the last ``seconds``: a call that
+        waited that long for it may have failed because of the outage, even if it is back."""
+        back = self._broker_back_at
+        return self._broker_down_since is not None or (back is not None and self._clock() - back <= seconds)
 
     def commit_result(self, ok: bool, broker_unreachable: bool = False) -> None:
         self.commit_failing = not ok

@@ -121,3 +121,20 @@ def test_ready_gauge_follows_readiness():
         assert metrics.value("tagstream_ready") == 0
     finally:
         server.stop()
+
+
+def test_the_broker_counts_as_away_for_a_while_after_an_outage_ends():
+    """broker_away_within: during an outage, and for the given seconds after it ended; never before one."""
+    now = [0.0]
+    health = Health(clock=lambda: now[0])
+    assert not health.broker_away_within(20)
+    health.broker_seen(True)
+    assert not health.broker_away_within(20)  # reachable all along: no outage ended
+    health.broker_seen(False)
+    now[0] = 5.0
+    assert health.broker_away_within(20)
+    health.broker_seen(True)  # back at 5 s
+    now[0] = 25.0
+    assert health.broker_away_within(20) and health.broker_down_for() == 0.0
+    now[0] = 25.5
+    assert not health.broker_away_within(20)
