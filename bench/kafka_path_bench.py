@@ -232,11 +232,6 @@ def floor(bootstrap: str, topic: str, count: int, client: str, tokenizer: Path |
 
 
 # -- the worker with a null bundle --------------------------------------------------------------------------
-def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds per thread name of a process (threads of one name summed)."""
-    return {name: cpu for name, (cpu, _) in thread_figures(pid).items()}
-
-
 _SWITCH_FIELDS = ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")
 
 

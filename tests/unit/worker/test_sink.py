@@ -243,20 +243,23 @@ def test_a_copy_refused_as_a_record_sends_the_input_down_the_ladder_once():
     assert tracker.committable() == {TopicPartition("sms", 0): 1} and fatal == []
 
 
+class _MetadataTimeoutOnce(FakeProducer):
+    """A producer whose first send times out waiting for the topic's metadata."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def send(self, topic, value, key, headers, token) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise BrokerError("cannot send: Failed to update metadata after 15.0 secs", Failure.TOPIC_MISSING)
+
+
 def test_a_send_that_timed_out_while_no_broker_answers_waits_for_the_broker_and_is_sent_again():
     """A metadata timeout during a broker outage is not a missing topic: the sink waits for the broker, then sends."""
-    class _Outage(FakeProducer):
-        def __init__(self) -> None:
-            super().__init__()
-            self.calls = 0
-
-        def send(self, topic, value, key, headers, token) -> None:
-            self.calls += 1
-            if self.calls == 1:
-                raise BrokerError("cannot send: Failed to update metadata after 15.0 secs", Failure.TOPIC_MISSING)
-
     down = iter([True, True, False])
-    producer = _Outage()
+    producer = _MetadataTimeoutOnce()
     sink = Sink(producer, Router(settings()), OffsetTracker(), Metrics(), lambda exc: None,  # type: ignore[arg-type]
                 broker_down=lambda: next(down, False))
     sink._send("sms.labels", b"v", None, [], object())
@@ -279,17 +282,7 @@ def test_a_send_whose_wait_overlapped_an_outage_that_has_ended_is_sent_again():
     """A metadata timeout that ends after the broker is back (its 15 s wait began in the outage) is
     not a missing topic either: sent again at once (seen in CI: exit 4 "topic missing" 8 s after
     a broker restart)."""
-    class _Late(FakeProducer):
-        def __init__(self) -> None:
-            super().__init__()
-            self.calls = 0
-
-        def send(self, topic, value, key, headers, token) -> None:
-            self.calls += 1
-            if self.calls == 1:
-                raise BrokerError("cannot send: Failed to update metadata after 15.0 secs", Failure.TOPIC_MISSING)
-
-    producer = _Late()
+    producer = _MetadataTimeoutOnce()
     sink = Sink(producer, Router(settings()), OffsetTracker(), Metrics(), lambda exc: None,  # type: ignore[arg-type]
                 broker_down=lambda: False, broker_was_away=lambda: True)
     sink._send("sms.labels", b"v", None, [], object())

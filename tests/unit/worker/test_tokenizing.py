@@ -40,6 +40,20 @@ def reference(tokenizer_json: str, texts: list[str]) -> list[list[int]]:
     return [enc.ids for enc in hf.encode_batch(texts)]
 
 
+def record_flash_calls(head: HeadTokenizer) -> list[list[str]]:
+    """Wrap ``head``'s flash-tokenizer; returns the list of texts of each call it gets from now on."""
+    calls: list[list[str]] = []
+    flash = head._flash
+
+    class Recording:
+        def batch_encode(self, texts: list[str], *args: object) -> list[list[int]]:
+            calls.append(list(texts))
+            return flash.batch_encode(texts, *args)
+
+    head._flash = Recording()
+    return calls
+
+
 # Texts that stress both engines: ASCII with control characters and punctuation runs, Unicode
 # (accents, CJK, emoji, zero-width and odd spaces), added tokens written as text, over-long words.
 _ascii = st.text(alphabet=st.characters(max_codepoint=127), max_size=120)
@@ -73,15 +87,7 @@ def test_bert_layout_tokenizer_uses_flash_tokenizer_for_plain_ascii_texts(
     flash-tokenizer in one call."""
     head = HeadTokenizer(tokenizer_json, MAX_LENGTH)
     assert head.engine.startswith("flash-tokenizer") and head.why_not_flash == ""
-    seen: list[list[str]] = []
-    flash = head._flash
-
-    class Recording:
-        def batch_encode(self, texts: list[str], *args: object) -> list[list[int]]:
-            seen.append(list(texts))
-            return flash.batch_encode(texts, *args)
-
-    head._flash = Recording()
+    seen = record_flash_calls(head)
     texts = fixture_texts(50, seed=3)
     assert head.encode(texts) == reference(tokenizer_json, texts)
     assert seen == [texts]
@@ -93,20 +99,12 @@ def test_texts_flash_tokenizer_would_get_wrong_go_to_hf_in_the_same_call(
     """Non-ASCII texts, texts holding an added token and texts with a word past
     max_input_chars_per_word are tokenized by HF; the others still by flash-tokenizer; order kept."""
     head = HeadTokenizer(tokenizer_json, MAX_LENGTH)
-    seen: list[str] = []
-    flash = head._flash
-
-    class Recording:
-        def batch_encode(self, texts: list[str], *args: object) -> list[list[int]]:
-            seen.extend(texts)
-            return flash.batch_encode(texts, *args)
-
-    head._flash = Recording()
+    calls = record_flash_calls(head)
     plain = ["oil prices rose", "shares fell tonight", "call me later!"]
     tricky = ["café au lait", "see [CLS] you", "a " + "w" * 101 + " b"]
     texts = [plain[0], tricky[0], plain[1], tricky[1], tricky[2], plain[2]]
     assert head.encode(texts) == reference(tokenizer_json, texts)
-    assert seen == plain
+    assert [text for call in calls for text in call] == plain
 
 
 def test_a_poll_with_non_ascii_texts_screens_its_ascii_texts_together(
@@ -119,15 +117,7 @@ def test_a_poll_with_non_ascii_texts_screens_its_ascii_texts_together(
     screened: list[str] = []
     passes = head._passes
     monkeypatch.setattr(head, "_passes", lambda text: screened.append(text) or passes(text))
-    seen: list[list[str]] = []
-    flash = head._flash
-
-    class Recording:
-        def batch_encode(self, texts: list[str], *args: object) -> list[list[int]]:
-            seen.append(list(texts))
-            return flash.batch_encode(texts, *args)
-
-    head._flash = Recording()
+    seen = record_flash_calls(head)
     plain = fixture_texts(40, seed=11)
     texts = [*plain[:15], "Café naïve", *plain[15:30], "東京 résumé £5", *plain[30:]]
     assert head.encode(texts) == reference(tokenizer_json, texts)
