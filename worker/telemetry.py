@@ -35,6 +35,7 @@ saying why (see ``Health``).
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import sys
@@ -56,6 +57,7 @@ from prometheus_client import (
 )
 
 from worker.errors import DEAD_LETTER_REASONS, SKIP_REASONS, Failure
+from worker.log_repeats import REPEAT_FIELDS, RepeatFilter
 
 # A consumer loop that has not turned for this long is stuck (it polls every 100 ms, and
 # the longest blocking step, a synchronous commit, is bounded well below this).
@@ -291,7 +293,9 @@ def _make_handler(endpoints: Endpoints) -> type[BaseHTTPRequestHandler]:
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json", context: dict[str, Any] | None = None) -> None:
-    """structlog for our events, stdlib logging (kafka-python) routed through the same renderer.
+    """structlog for our events, stdlib logging (kafka-python, librdkafka) routed through the same
+    renderer; above DEBUG, a Kafka client's repeated lines become one line with a count per
+    window (worker/log_repeats.py).
 
     ``context``: keys added to every line of this process, every thread's (e.g. which process of
     a pod wrote it: ``{"process": "feeder-1"}``)."""
@@ -319,7 +323,8 @@ def configure_logging(level: str = "INFO", fmt: str = "json", context: dict[str,
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
+        # A Kafka client's count line (worker/log_repeats.py) carries its count as fields.
+        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder(allow=REPEAT_FIELDS)],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
@@ -328,7 +333,15 @@ def configure_logging(level: str = "INFO", fmt: str = "json", context: dict[str,
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
+    if logging.getLevelName(str(level).upper()) != logging.DEBUG:  # at DEBUG, every line of the clients too
+        repeats = RepeatFilter(handler.handle)
+        handler.addFilter(repeats)
+        atexit.register(repeats.flush)  # runs before logging's own shutdown (atexit is LIFO)
     root = logging.getLogger()
+    for old in root.handlers:  # configured again (tests): what a replaced handler held goes with it
+        for f in old.filters:
+            if isinstance(f, RepeatFilter):
+                atexit.unregister(f.flush)
     root.handlers[:] = [handler]
     root.setLevel(level)
     # kafka-python logs every reconnect and rebalance step at INFO: keep its warnings only.
