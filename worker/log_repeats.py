@@ -30,6 +30,7 @@ WINDOW_S = 30.0
 MAX_KINDS = 512  # kinds tracked at once; past it, new kinds pass untracked (never lost)
 _DIGITS = re.compile(r"\d+")
 _SUMMARY = "_tagstream_repeat_summary"  # marks the filter's own count lines, which always pass
+REPEAT_FIELDS = ("repeated", "repeated_over_s")  # what a count line adds, for the log renderer
 
 
 @dataclass
@@ -122,6 +123,3 @@ class RepeatFilter(logging.Filter):
         while True:
             time.sleep(max(0.5, self.window_s / 6))
             self.sweep()
-
-
-REPEAT_FIELDS = ("repeated", "repeated_over_s")  # what a count line adds, for the log renderer
