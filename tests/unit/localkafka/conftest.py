@@ -7,6 +7,7 @@ the "JVM" does what a test needs: refuse, exit during start-up, or never become 
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +16,16 @@ import pytest
 from localkafka_fakes import write_script
 
 from localkafka.jars import kafka_version
+
+
+@pytest.fixture(autouse=True)
+def kafka_logger_restored() -> Iterator[None]:
+    """The CLI quiets the ``kafka`` logger of its process (no propagation, a null handler): put it
+    back after each test, so that later tests in this process see the client's lines."""
+    kafka = logging.getLogger("kafka")
+    saved = (kafka.propagate, kafka.handlers[:])
+    yield
+    kafka.propagate, kafka.handlers[:] = saved
 
 
 @pytest.fixture
