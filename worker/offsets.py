@@ -251,6 +251,10 @@ class OffsetTracker:
         """The broker acknowledged the output for this input (any thread, no lock)."""
         self._inbox.append((tp, offset, epoch))
 
+    def ack_many(self, acks: list[tuple[TopicPartition, int, int]]) -> None:
+        """``ack`` for several inputs at once: (partition, offset, epoch) each."""
+        self._inbox.extend(acks)
+
     # -- committing ------------------------------------------------------------------------
     def committable(self, partitions: Iterable[TopicPartition] | None = None) -> dict[TopicPartition, int]:
         """Positions (next offset to read) that advanced past the last commit, per partition."""

@@ -43,13 +43,20 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from worker.errors import BrokerError, Failure
-from worker.events import DeadLetter, Event, bounded_copy, dead_letter_headers, result_value
+from worker.events import (
+    DeadLetter,
+    Event,
+    bounded_copy,
+    dead_letter_headers,
+    result_value,
+    single_label_values,
+)
 from worker.inference import Classified
 from worker.kafka.base import ProducerClient, TopicPartition
 from worker.offsets import OffsetTracker
 from worker.settings import WorkerSettings
 from worker.stages import StageClock
-from worker.telemetry import Metrics, get_logger
+from worker.telemetry import Metrics, get_logger, observe_many
 
 if TYPE_CHECKING:
     from worker.transactions import Barrier, TransactionalCommitter
@@ -147,13 +154,23 @@ class Sink:
         t = clock.start()
         now = time.monotonic()
         n = len(events)
+        top_indices, top_scores = classified.top_indices, classified.top_scores
         windows: list[int | None] = list(classified.windows) if classified.windows else [None] * n
         all_tags = classified.tags
-        rows = zip(events, classified.top_indices, classified.top_scores, windows, range(n), strict=True)
+        rows = zip(events, top_indices, top_scores, windows, range(n), strict=True)
         if self._transactions is not None:
             rows = self._exactly_once_rows(rows)  # type: ignore[assignment]
         topic_for = self._router.result_topic
         outgoing: list[tuple[str, bytes, Event, Any]] = []
+        if all_tags is None and not classified.windows:  # the usual case, built per batch
+            if self._transactions is not None:  # only the rows _exactly_once_rows kept
+                kept = list(rows)
+                events, top_indices, top_scores = [r[0] for r in kept], [r[1] for r in kept], [r[2] for r in kept]
+            values = single_label_values(events, top_indices, top_scores, labels, model_name=model_name,
+                                         model_version=model_version, now=now)
+            outgoing = [(topic_for(event.topic, labels[indices[0]]), value, event, event)
+                        for event, indices, value in zip(events, top_indices, values, strict=True)]
+            rows = iter(())  # type: ignore[assignment]
         for event, indices, scores, window_count, i in rows:
             top_k = [(labels[j], p) for j, p in zip(indices, scores, strict=True)]
             latency_ms = (now - event.received) * 1000.0
@@ -276,6 +293,33 @@ class Sink:
                 self._e2e.observe(max(0.0, time.time() - item.timestamp_ms / 1000.0))
         else:
             self._metrics.dead_letters.labels(reason=item.reason.label).inc()  # type: ignore[union-attr]
+
+    def delivered_many(self, tokens: list[Any]) -> None:
+        """``delivered`` for each token, with the bookkeeping and metrics of plain results done in
+        bulk: one hand-over to the tracker, one counter increment per topic, one histogram update."""
+        if self._transactions is not None:
+            for token in tokens:
+                self.delivered(token)
+            return
+        acks: list[tuple[TopicPartition, int, int]] = []
+        out: dict[str, int] = {}
+        ages: list[float] = []
+        now = time.time()
+        for token in tokens:
+            if type(token) is not Event:  # dead letters, copies of multi-label results, retries
+                self.delivered(token)
+                continue
+            acks.append((TopicPartition(token.topic, token.partition), token.offset, token.epoch))
+            out[token.topic] = out.get(token.topic, 0) + 1
+            if token.timestamp_ms > 0:
+                ages.append(max(0.0, now - token.timestamp_ms / 1000.0))
+        self._tracker.ack_many(acks)
+        for topic, n in out.items():
+            counter = self._out_counters.get(topic)
+            if counter is None:
+                counter = self._out_counters[topic] = self._metrics.events_out.labels(topic=topic)
+            counter.inc(n)
+        observe_many(self._e2e, ages)
 
     def failed(self, token: Any, error: BrokerError) -> None:
         txn = self._transactions

@@ -36,6 +36,8 @@ saying why (see ``Health``).
 from __future__ import annotations
 
 import atexit
+import bisect
+import collections
 import json
 import logging
 import sys
@@ -155,6 +157,19 @@ class Metrics:
         """A sample's current value (0 when absent): for tests and the check command."""
         got = self.registry.get_sample_value(name, labels or {})
         return 0.0 if got is None else got
+
+
+def observe_many(histogram: Any, values: list[float]) -> None:
+    """``histogram.observe(v)`` for each of ``values``, with one increment per bucket touched
+    instead of a locked increment and a bucket search per value (per-record delivery reports made
+    that a measurable share of the worker's CPU). It updates the child's buckets and sum as
+    prometheus_client's own ``observe`` does (0.26, pinned; the unit tests compare the two)."""
+    if not values:
+        return
+    bounds = histogram._upper_bounds
+    for i, n in collections.Counter(bisect.bisect_left(bounds, v) for v in values).items():
+        histogram._buckets[i].inc(n)
+    histogram._sum.inc(sum(values))
 
 
 class Health:

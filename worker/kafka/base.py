@@ -134,6 +134,10 @@ class DeliveryHandler(Protocol):
         """The broker acknowledged the record sent with ``token`` (producer I/O thread)."""
         ...
 
+    def delivered_many(self, tokens: list[Any]) -> None:
+        """``delivered`` for each of ``tokens``, in one call (the acknowledgements of one poll)."""
+        ...
+
     def failed(self, token: Any, error: BrokerError) -> None:
         """The record sent with ``token`` will never be acknowledged (producer I/O thread)."""
         ...

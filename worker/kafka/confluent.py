@@ -9,6 +9,8 @@ this module bridges it:
   thread (``tagstream-kafka-dr``) polls the producer, so acknowledgements reach the sink as
   kafka-python's I/O thread delivers them. ``flush`` holds that thread off, so when it returns
   every acknowledgement has been applied (the exactly-once commit reads the tracker next).
+  Outside transactions the acknowledgements one poll serves reach the sink together
+  (``delivered_many``): its bookkeeping and metrics are then paid per poll, not per record.
 - Rebalance callbacks run inside ``consume()`` on the consumer thread. ``on_revoked`` (a
   coroutine) runs to completion there under ``asyncio.run``; librdkafka heartbeats on its own
   threads meanwhile. Seeks made in ``on_assigned`` become the starting offsets of the
@@ -432,6 +434,10 @@ class ConfluentConsumer:
         self._held: set[TopicPartition] = set()  # paused by not consuming (SOFT_PAUSE_S)
         self._held_since = 0.0
         self._paused: set[TopicPartition] = set()  # paused in librdkafka (assigned or not)
+        # The assignment as last read from librdkafka; None once a rebalance callback ran (it
+        # changes only there). The source asks for it several times a loop turn while paused.
+        self._assigned: frozenset[TopicPartition] | None = None
+        self._rebalancing = False
         config = consumer_config(settings, transactional)
         config.update(error_cb=self.errors, stats_cb=self._on_stats, on_commit=self._on_commit)
         self.client = _new(ck.Consumer, config)
@@ -474,6 +480,7 @@ class ConfluentConsumer:
             self._subscribe(matching)
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        self._rebalancing, self._assigned = True, None  # read afresh after consume() returns
         ours = {TopicPartition(p.topic, p.partition) for p in partitions}
         self._assigning = {}
         try:
@@ -503,6 +510,7 @@ class ConfluentConsumer:
         self._run_revoke({TopicPartition(p.topic, p.partition) for p in partitions}, lost=True)
 
     def _run_revoke(self, partitions: set[TopicPartition], lost: bool) -> None:
+        self._rebalancing, self._assigned = True, None  # confluent-kafka unassigns after this returns
         self._held -= partitions  # (librdkafka's own pauses outlive the assignment: see _on_assign)
         for tp in partitions:
             self._pending_seeks.pop(tp, None)
@@ -541,6 +549,8 @@ class ConfluentConsumer:
         finally:
             if self._callback_error is not None:  # a handler raised: after these records, at the next poll
                 self._deferred, self._callback_error = self._callback_error, None
+            if self._rebalancing:
+                self._rebalancing, self._assigned = False, None
         return self._records(messages) if messages else {}
 
     def _records(self, messages: list[Any]) -> dict[TopicPartition, list[Record]]:
@@ -603,10 +613,15 @@ class ConfluentConsumer:
 
     # -- positions -------------------------------------------------------------------------------------------
     def assignment(self) -> set[TopicPartition]:
-        try:
-            return {TopicPartition(p.topic, p.partition) for p in self.client.assignment()}
-        except (KafkaException, RuntimeError):
-            return set()
+        assigned = self._assigned
+        if assigned is None:
+            try:
+                assigned = frozenset(TopicPartition(p.topic, p.partition) for p in self.client.assignment())
+            except (KafkaException, RuntimeError):
+                return set()
+            if not self._rebalancing:  # inside a callback it is about to change
+                self._assigned = assigned
+        return set(assigned)
 
     def pause(self, partitions: Iterable[TopicPartition]) -> None:
         new = {TopicPartition(*tp) for tp in partitions} - self._held - self._paused
@@ -769,6 +784,7 @@ class ConfluentConsumer:
 
     def close(self, timeout_s: float, leave_group: bool = True) -> None:
         self._closing = True  # librdkafka revokes inside close(): the handler is not told
+        self._rebalancing, self._assigned = True, None
         try:
             _bounded(self.client.close, max(0.5, timeout_s), "closing the consumer")
         except Exception as exc:
@@ -828,6 +844,10 @@ class ConfluentProducer:
         self._alone: Any = None  # one-record batches, for records refused in a batch (module docstring)
         self._alone_lock = threading.Lock()
         self._delivered: Callable[[Any], None] = _unset
+        self._delivered_many: Callable[[list[Any]], None] = _unset
+        # Tokens acknowledged in the poll or flush under way, handed to the sink when it returns.
+        # A deque: callbacks may also be served on a thread that holds no lock of ours.
+        self._acked: deque[Any] = deque()
         self._failed: Callable[[Any, BrokerError], None] = _unset
         self._serving = threading.Lock()  # held while delivery reports are served
         self._stop = threading.Event()
@@ -841,6 +861,7 @@ class ConfluentProducer:
             try:
                 with self._serving:
                     self.client.poll(DR_POLL_S)
+                    self._hand_over()
                     if self._alone is not None:
                         self._alone.poll(0)
             except KafkaException as exc:
@@ -855,10 +876,21 @@ class ConfluentProducer:
 
     def set_handler(self, handler: DeliveryHandler) -> None:
         self._delivered, self._failed = handler.delivered, handler.failed
+        self._delivered_many = handler.delivered_many
+
+    def _hand_over(self) -> None:
+        """The acknowledgements collected since the last hand-over, to the sink in one call."""
+        acked = self._acked
+        if acked:
+            popleft = acked.popleft
+            self._delivered_many([popleft() for _ in range(len(acked))])
 
     def _outcome(self, token: Any, err: KafkaError | None, msg: Any) -> None:
         if err is None:
-            self._delivered(token)
+            if self._transactional:
+                self._delivered(token)  # at once: the transaction's commit counts them next
+            else:
+                self._acked.append(token)  # to the sink when this poll or flush returns
         elif not self._transactional and err.code() == E.MSG_SIZE_TOO_LARGE:
             self._send_alone(token, msg)  # refused with its batch: is it too large by itself?
         else:
@@ -924,6 +956,7 @@ class ConfluentProducer:
         with self._serving:
             try:
                 left = self.client.flush(max(0.0, deadline - time.monotonic()))
+                self._hand_over()
                 if self._alone is not None:
                     left += self._alone.flush(max(0.0, deadline - time.monotonic()))
             except KafkaException as exc:  # the client's fatal error (see _serve)

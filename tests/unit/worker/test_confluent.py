@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -219,10 +220,18 @@ class FakeConsumer:
         self.sought: list[tuple[str, int, int]] = []
         self.refuse_seek = False
         self.assigned = [ck.TopicPartition("t", 0), ck.TopicPartition("t", 1)]
+        self.assignment_reads = 0
+        self.during_consume: Callable[[], None] | None = None  # a rebalance callback, say
 
     def consume(self, num_messages, timeout):
         self.calls.append((num_messages, timeout))
+        if self.during_consume is not None:
+            during, self.during_consume = self.during_consume, None
+            during()
         return list(self.script.pop(0)) if self.script else []
+
+    def assign(self, tps):
+        self.assigned = list(tps)
 
     def seek(self, tp):
         if self.refuse_seek:
@@ -230,6 +239,7 @@ class FakeConsumer:
         self.sought.append((tp.topic, tp.partition, tp.offset))
 
     def assignment(self):
+        self.assignment_reads += 1
         return self.assigned
 
     def commit(self, offsets, asynchronous):
@@ -276,6 +286,26 @@ def test_poll_takes_what_is_there_and_waits_only_when_nothing_is(consumer):
 
 
 T0, T1 = TopicPartition("t", 0), TopicPartition("t", 1)
+
+
+def test_the_assignment_is_read_from_librdkafka_once_between_rebalances(consumer):
+    """assignment() asks librdkafka once and answers from memory until a rebalance callback runs
+    inside consume(); then it reads the new assignment, and what the revocation left after it."""
+    assert consumer.assignment() == consumer.assignment() == {T0, T1}
+    assert consumer.client.assignment_reads == 1
+
+    def revoke_then_unassign():
+        consumer._on_revoke(consumer.client, [ck.TopicPartition("t", 1)])
+        assert consumer.assignment() == {T0, T1}  # inside the callback: still the old one, not kept
+        consumer.client.assigned = [ck.TopicPartition("t", 0)]  # confluent-kafka unassigns after it
+
+    consumer.client.during_consume = revoke_then_unassign
+    consumer.poll(5, 500)
+    assert consumer.assignment() == {T0}
+    consumer.client.during_consume = lambda: consumer._on_assign(consumer.client, [ck.TopicPartition("t", 2)])
+    consumer.poll(5, 500)
+    assert consumer.assignment() == consumer.assignment() == {TopicPartition("t", 2)}
+    assert consumer.client.assignment_reads == 4
 
 
 def test_a_short_pause_of_the_whole_assignment_stops_consuming_without_librdkafkas_pause(consumer):
@@ -435,19 +465,30 @@ def test_revocation_runs_the_handlers_coroutine_to_completion(consumer):
 
 
 class FakeProducer:
+    """Acknowledges every record at the next poll or flush, as librdkafka serves delivery reports."""
+
     def __init__(self, config):
         self.config = config
         self.raises: BaseException | None = None
+        self.reports: list[Any] = []
 
     def produce(self, topic, value, key, headers=None, on_delivery=None):
         if self.raises is not None:
             raise self.raises
+        self.reports.append(on_delivery)
+
+    def _serve(self):
+        reports, self.reports = self.reports, []
+        for report in reports:
+            report(None, None)
+        return len(reports)
 
     def poll(self, timeout):
         time.sleep(min(timeout, 0.01))
-        return 0
+        return self._serve()
 
     def flush(self, timeout):
+        self._serve()
         return 0
 
     def __len__(self):
@@ -457,9 +498,14 @@ class FakeProducer:
 class Outcomes:
     def __init__(self):
         self.failed: list[tuple[Any, BrokerError]] = []
+        self.one_by_one: list[Any] = []
+        self.together: list[list[Any]] = []
 
     def delivered(self, token):
-        pass
+        self.one_by_one.append(token)
+
+    def delivered_many(self, tokens):
+        self.together.append(tokens)
 
     def failed_(self, token, error):
         self.failed.append((token, error))
@@ -474,6 +520,7 @@ def producer_for(monkeypatch):
         producer = confluent.ConfluentProducer(settings(), transactional_id)
         outcomes = Outcomes()
         producer._delivered, producer._failed = outcomes.delivered, outcomes.failed_
+        producer._delivered_many = outcomes.delivered_many
         made.append(producer)
         return producer, outcomes
 
@@ -489,6 +536,37 @@ def test_a_record_over_the_producers_limit_is_rejected_alone(producer_for):
     with pytest.raises(BrokerError) as raised:
         producer.send("t.dlq", b"x", None, [], token=1)
     assert raised.value.failure is Failure.RECORD_REJECTED
+
+
+def test_the_acknowledgements_one_poll_serves_reach_the_sink_together(producer_for):
+    """Outside transactions, the delivery reports one poll of the reporting thread serves reach the
+    handler in one delivered_many call, in the order they were served."""
+    producer, outcomes = producer_for()
+    with producer._serving:  # the reporting thread waits: its next poll serves all three
+        for token in ("a", "b", "c"):
+            producer.send("t.labels", b"x", None, [], token=token)
+    deadline = time.monotonic() + 5
+    while not outcomes.together and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert outcomes.together == [["a", "b", "c"]] and outcomes.one_by_one == []
+
+
+def test_flush_returns_only_once_the_acknowledgements_reached_the_sink(producer_for):
+    """flush() hands over what the flush served before returning True: the final commit reads the tracker next."""
+    producer, outcomes = producer_for()
+    with producer._serving:
+        for token in (1, 2):
+            producer.send("t.labels", b"x", None, [], token=token)
+    assert producer.flush(1.0)
+    assert [t for tokens in outcomes.together for t in tokens] == [1, 2]
+
+
+def test_a_transactional_producer_reports_each_acknowledgement_at_once(producer_for):
+    """Exactly-once: each acknowledgement reaches the handler in its own call (the transaction's commit counts them next)."""
+    producer, outcomes = producer_for("g.pod-1")
+    producer.send("t.labels", b"x", None, [], token="tok")
+    assert producer.flush(1.0)
+    assert outcomes.one_by_one == ["tok"] and outcomes.together == []
 
 
 def test_a_full_buffer_blocks_then_fails_the_delivery(producer_for, monkeypatch):

@@ -84,6 +84,28 @@ def test_offsets_are_acknowledged_only_on_delivery():
     assert metrics.value("tagstream_end_to_end_latency_seconds_count") == 3
 
 
+def test_acknowledgements_handed_over_together_count_as_one_by_one():
+    """delivered_many (one poll's acknowledgements) acks the tracker, counts events_out per topic and
+    observes the end-to-end latency exactly as delivered() called for each token would, dead letters included."""
+    one_sink, one_producer, one_tracker, _, one_metrics = make_sink()
+    many_sink, many_producer, many_tracker, _, many_metrics = make_sink()
+    for sink, tracker in ((one_sink, one_tracker), (many_sink, many_tracker)):
+        evs = events(tracker, 4)
+        sink.publish_results(evs[:3], classified([0, 1, 2]), LABELS, "m", "v1")
+        sink.publish_dead_letters([DeadLetter("sms", 0, 3, 0, None, b"x", [], Failure.INVALID_JSON, "bad", evs[3].epoch)])
+    for sent in one_producer.sent:
+        one_sink.delivered(sent.future.token)
+    many_sink.delivered_many([sent.future.token for sent in many_producer.sent])
+    assert many_tracker.committable() == one_tracker.committable() == {TopicPartition("sms", 0): 4}
+    for name, labels in [
+        ("tagstream_events_out_total", {"topic": "sms"}),
+        ("tagstream_dead_letters_total", {"reason": Failure.INVALID_JSON.label}),
+        ("tagstream_end_to_end_latency_seconds_count", None),
+        ("tagstream_end_to_end_latency_seconds_bucket", {"le": "+Inf"}),
+    ]:
+        assert many_metrics.value(name, labels) == one_metrics.value(name, labels) > 0, name
+
+
 def test_failed_delivery_is_fatal_and_never_acknowledged():
     """A delivery error after the producer's retries reports DELIVERY_FAILED and leaves the offset uncommitted."""
     sink, producer, tracker, fatal, _ = make_sink()

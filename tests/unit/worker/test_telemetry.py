@@ -7,7 +7,9 @@ import threading
 import urllib.error
 import urllib.request
 
-from worker.telemetry import Health, Metrics, TelemetryServer
+import pytest
+
+from worker.telemetry import Health, Metrics, TelemetryServer, observe_many
 
 
 def get(port: int, path: str) -> tuple[int, bytes]:
@@ -138,3 +140,22 @@ def test_the_broker_counts_as_away_for_a_while_after_an_outage_ends():
     assert health.broker_away_within(20) and health.broker_down_for() == 0.0
     now[0] = 25.5
     assert not health.broker_away_within(20)
+
+
+def test_observing_many_values_at_once_gives_the_histogram_observe_gives():
+    """observe_many leaves every bucket, the count and the sum of a latency histogram where
+    observe() called per value leaves them, values on bucket bounds and past the last bound included."""
+    one, many = Metrics(), Metrics()
+    bounds = one.end_to_end_latency._upper_bounds
+    values = [0.0, *bounds[:-1], *(b * 1.5 for b in bounds[:-1]), 1e9, 0.003, 0.003, 2.5]
+    for v in values:
+        one.end_to_end_latency.observe(v)
+    observe_many(many.end_to_end_latency, values)
+    observe_many(many.end_to_end_latency, [])
+
+    def samples(metrics: Metrics) -> dict:
+        return {(s.name, tuple(s.labels.items())): s.value for m in metrics.end_to_end_latency.collect()
+                for s in m.samples if not s.name.endswith("_created")}
+
+    assert samples(many) == pytest.approx(samples(one))  # the sum adds the same values in another order
+    assert one.value("tagstream_end_to_end_latency_seconds_count") == len(values)

@@ -13,15 +13,15 @@ class FakeFuture:
 
     def __init__(self, producer: FakeProducer, token: Any) -> None:
         self._producer = producer
-        self._token = token
+        self.token = token
 
     def succeed(self) -> None:
-        self._producer.handler.delivered(self._token)
+        self._producer.handler.delivered(self.token)
 
     def fail(self, exc: BaseException) -> None:
         from worker.kafka.kafkapython import translate
 
-        self._producer.handler.failed(self._token, translate(exc, "the broker did not acknowledge a record"))
+        self._producer.handler.failed(self.token, translate(exc, "the broker did not acknowledge a record"))
 
 
 @dataclass
