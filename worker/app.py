@@ -371,11 +371,12 @@ class Worker:
                         tracker.issue(keep)
                         self._to_sink(keep)
                     handoff.release(len(letters))
-                for event in events:
-                    if tracker.accepts((event.topic, event.partition), event.epoch, event.offset):
-                        batcher.add(event, event.n_tokens, event.received)
-                    else:
-                        self._abandon([event])
+                if events:
+                    accepts = tracker.accepts
+                    kept = [e for e in events if accepts((e.topic, e.partition), e.epoch, e.offset)]
+                    if len(kept) < len(events):
+                        self._abandon([e for e in events if not accepts((e.topic, e.partition), e.epoch, e.offset)])
+                    batcher.add_many(kept, [len(e.token_ids) for e in kept], [e.received for e in kept])
                 flush = closed or barrier is not None  # a barrier closes every batch before it
                 while (batch := batcher.next_batch(time.monotonic(), flush=flush)) is not None:
                     handoff.release(len(batch.items))

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
+import numpy as np
 import orjson
 
 from worker.errors import Failure
@@ -295,6 +296,40 @@ def result_value(
     }
     record["latency_ms"] = round(latency_ms, 3)
     return orjson.dumps(record)
+
+
+def single_label_values(
+    events: list[Event],
+    top_indices: list[list[int]],
+    top_scores: list[list[float]],
+    labels: list[str],
+    *,
+    model_name: str,
+    model_version: str,
+    now: float,
+) -> list[bytes]:
+    """``result_value`` for a batch of single-label results read by head, built per batch: the
+    scores are rounded in one numpy call (Python's ``round`` per score was most of a result's
+    cost) and each record is built directly. ``now``: ``time.monotonic()`` for the latencies.
+    numpy rounds x * 10^6 to an integer: a score on a tie of its 7th decimal may round the other
+    way than ``round`` would, 10^-6 apart; everything else is byte for byte ``result_value``'s."""
+    if not events:
+        return []
+    scores = np.round(np.asarray(top_scores, dtype=np.float64), 6).tolist()
+    received = np.fromiter((e.received for e in events), dtype=np.float64, count=len(events))
+    latencies = np.round((now - received) * 1000.0, 3).tolist()
+    dumps = orjson.dumps
+    values = []
+    for event, indices, rounded, latency_ms in zip(events, top_indices, scores, latencies, strict=True):
+        top = [{"label": labels[j], "score": p} for j, p in zip(indices, rounded, strict=True)]
+        values.append(dumps({
+            "schema": SINGLE_LABEL_SCHEMA, "id": event.event_id, "label": top[0]["label"], "score": rounded[0],
+            "top_k": top, "model": model_name, "model_version": model_version,
+            "source": {"topic": event.topic, "partition": event.partition, "offset": event.offset,
+                       "timestamp_ms": event.timestamp_ms},
+            "latency_ms": latency_ms,
+        }))
+    return values
 
 
 def dead_letter_headers(letter: DeadLetter, now: datetime | None = None) -> list[Header]:

@@ -207,3 +207,28 @@ def test_every_batch_holds_the_oldest_waiting_input_and_each_input_leaves_once(s
     while (batch := b.next_batch(now, flush=True)) is not None:
         out.extend(batch.items)
     assert sorted(out) == list(range(seq)) and len(b) == 0
+
+
+def test_adding_many_at_once_gives_the_batches_adding_one_by_one_gives():
+    """add_many (one hand-over's inputs at once) leaves the batcher as add() per input does: the same
+    batches, in the same order, for inputs of mixed lengths arriving over several hand-overs, lengths
+    past the token budget clamped as add() clamps them."""
+    import random
+
+    rng = random.Random(3)
+    one, many = make(size=16, tokens=400, wait_s=0.02), make(size=16, tokens=400, wait_s=0.02)
+    taken_one, taken_many = [], []
+    for poll in range(40):
+        items = [f"p{poll}e{i}" for i in range(rng.randint(0, 60))]
+        lengths = [rng.choice([0, rng.randint(1, 120), 500]) for _ in items]
+        now = poll * 0.005
+        for item, n in zip(items, lengths, strict=True):
+            one.add(item, n, now)
+        many.add_many(items, lengths, [now] * len(items))
+        for batcher, taken in ((one, taken_one), (many, taken_many)):
+            while (batch := batcher.next_batch(now)) is not None:
+                taken.append((batch.items, batch.longest, batch.reason))
+    for batcher, taken in ((one, taken_one), (many, taken_many)):
+        while (batch := batcher.next_batch(1.0, flush=True)) is not None:
+            taken.append((batch.items, batch.longest, batch.reason))
+    assert taken_many == taken_one and len(taken_one) > 40

@@ -16,6 +16,7 @@ from worker.events import (
     dead_letter_headers,
     parse_record,
     result_value,
+    single_label_values,
 )
 
 
@@ -188,3 +189,32 @@ def test_dead_letter_headers():
     assert headers["tagstream.source.offset"] == b"41"
     assert headers["tagstream.source.timestamp_ms"] == b"1764330000123"
     assert headers["tagstream.dead_lettered_at"] == b"2026-01-02T03:04:05.000+00:00"
+
+
+def test_a_batch_of_single_label_results_is_byte_for_byte_what_result_value_builds():
+    """single_label_values gives, per event, the bytes result_value gives for the same answer (ids,
+    source, labels, top-k and latency), apart from a score on a rounding tie of its 7th decimal."""
+    import random
+
+    rng = random.Random(7)
+    labels = ["World", "Sports", "Business", "Sci/Tech"]
+    events = [
+        Event("news", i % 3, 1000 + i, 1_764_330_000_000 + i, None, [], f"id-{i}", "t", 100.0 + i / 1000, 1)
+        for i in range(200)
+    ]
+    indices = [rng.sample(range(4), 3) for _ in events]
+    scores = [sorted((rng.random() for _ in range(3)), reverse=True) for _ in events]
+    now = 101.5
+    batch = single_label_values(events, indices, scores, labels, model_name="m", model_version="v1", now=now)
+    one_by_one = [
+        result_value(event, label=labels[ix[0]], score=sc[0], top_k=[(labels[j], p) for j, p in zip(ix, sc, strict=True)],
+                     model_name="m", model_version="v1", latency_ms=(now - event.received) * 1000.0)
+        for event, ix, sc in zip(events, indices, scores, strict=True)
+    ]
+    assert len(batch) == len(events)
+    differing = [(a, b) for a, b in zip(batch, one_by_one, strict=True) if a != b]
+    assert len(differing) <= 2  # rounding ties only
+    for a, b in differing:
+        x, y = json.loads(a), json.loads(b)
+        assert x["score"] == pytest.approx(y["score"], abs=1.01e-6) and x["id"] == y["id"]
+    assert single_label_values([], [], [], labels, model_name="m", model_version="v1", now=now) == []
