@@ -97,7 +97,7 @@ class Batcher(Generic[T]):
         cap = self.limits.max_batch_tokens
         start, self._seq = self._seq, self._seq + len(items)
         lengths = [n if 0 < n <= cap else max(1, min(n, cap)) for n in n_tokens]
-        new = list(map(_Entry._make, zip(lengths, range(start, self._seq), arrived, items, strict=True)))
+        new: list[_Entry[T]] = list(map(_Entry._make, zip(lengths, range(start, self._seq), arrived, items, strict=True)))
         self._arrivals.extend(new)
         self._entries.extend(new)
         self._entries.sort()
