@@ -27,20 +27,24 @@ pytestmark = pytest.mark.integration
 
 
 class Handler:
-    """Collects delivery outcomes by token."""
+    """A DeliveryHandler that collects delivery outcomes by token."""
 
     def __init__(self) -> None:
-        self.delivered: list[Any] = []
-        self.failed: dict[Any, BrokerError] = {}
+        self.acked: list[Any] = []
+        self.refused: dict[Any, BrokerError] = {}
         self._lock = threading.Lock()
 
-    def delivered_(self, token: Any) -> None:
+    def delivered(self, token: Any) -> None:
         with self._lock:
-            self.delivered.append(token)
+            self.acked.append(token)
 
-    def failed_(self, token: Any, error: BrokerError) -> None:
+    def delivered_many(self, tokens: list[Any]) -> None:
         with self._lock:
-            self.failed[token] = error
+            self.acked.extend(tokens)
+
+    def failed(self, token: Any, error: BrokerError) -> None:
+        with self._lock:
+            self.refused[token] = error
 
 
 def producer(bootstrap: str, **overrides: Any) -> tuple[confluent.ConfluentProducer, Handler]:
@@ -48,7 +52,7 @@ def producer(bootstrap: str, **overrides: Any) -> tuple[confluent.ConfluentProdu
                       kafka_client="confluent", **overrides)
     client = confluent.ConfluentProducer(s, None)
     handler = Handler()
-    client._delivered, client._failed = handler.delivered_, handler.failed_
+    client.set_handler(handler)
     return client, handler
 
 
@@ -68,8 +72,8 @@ def test_a_refused_two_megabyte_dead_letter_does_not_stop_later_sends(kafka_boot
         assert client.flush(30)
     finally:
         client.close(10)
-    assert set(handler.failed) == {"big"} and handler.failed["big"].failure is Failure.RECORD_REJECTED
-    assert set(handler.delivered) == {"before", "last", *(f"after-{i}" for i in range(50))}
+    assert set(handler.refused) == {"big"} and handler.refused["big"].failure is Failure.RECORD_REJECTED
+    assert set(handler.acked) == {"before", "last", *(f"after-{i}" for i in range(50))}
     values = [r.value for r in read_records(kafka_bootstrap, topic, expected=52, quiet_s=0.5)]
     assert values[0] == b"before" and values[-1] == b"last" and len(values) == 52
 
@@ -87,8 +91,8 @@ def test_records_refused_with_their_batch_are_delivered_alone(kafka_bootstrap, n
         assert client.flush(60)
     finally:
         client.close(10)
-    assert set(handler.failed) == {"big"} and handler.failed["big"].failure is Failure.RECORD_REJECTED
-    assert sorted(handler.delivered) == list(range(300))
+    assert set(handler.refused) == {"big"} and handler.refused["big"].failure is Failure.RECORD_REJECTED
+    assert sorted(handler.acked) == list(range(300))
     assert len(read_records(kafka_bootstrap, topic, expected=300, quiet_s=0.5)) == 300
 
 
@@ -103,7 +107,7 @@ def test_a_stuck_transactional_call_is_given_up_and_a_replacement_producer_fence
                       kafka_client="confluent", processing_guarantee="exactly_once")
     client = confluent.ConfluentProducer(s, f"cfl-stuck-{uuid.uuid4().hex[:8]}")
     handler = Handler()
-    client._delivered, client._failed = handler.delivered_, handler.failed_
+    client.set_handler(handler)
     monkeypatch.setattr(confluent, "TXN_STUCK_GRACE_S", 0.5)
     never = threading.Event()
     try:
@@ -129,7 +133,7 @@ def test_a_stuck_transactional_call_is_given_up_and_a_replacement_producer_fence
         client.close(10)
     committed = read_records(kafka_bootstrap, topic, expected=1, quiet_s=2.0, isolation_level="read_committed")
     assert [r.value for r in committed] == [b"kept"]
-    assert "doomed" in handler.delivered and "kept" in handler.delivered and not handler.failed
+    assert "doomed" in handler.acked and "kept" in handler.acked and not handler.refused
 
 
 def test_a_transactional_call_still_waited_for_gives_up_when_the_producer_closes(kafka_bootstrap):
