@@ -10,6 +10,7 @@ tagstream-worker rewind   move the worker group's offsets back to a time (worker
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -78,6 +79,12 @@ def _run(args: argparse.Namespace) -> int:
     settings = _load(args)
     if settings is None:
         return 2
+    # HF tokenizers hands each encode_batch to a pool of threads as large as the machine, which
+    # spin before they sleep: for the few texts of a poll that flash-tokenizer leaves to it, that
+    # pool cost 2 µs an event in all (the null bundle's Kafka path), more than its work. A worker
+    # scales by processes (TAGSTREAM_PROCESSES), so it tokenizes on the calling thread; the feeder
+    # and model processes inherit this. Set TOKENIZERS_PARALLELISM=true to have the pool back.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from worker.errors import SettingsError
     from worker.procs.plan import feeder_count
 
@@ -90,7 +97,6 @@ def _run(args: argparse.Namespace) -> int:
         from worker.procs.supervisor import run_pod
 
         return run_pod(settings, feeders)  # type: ignore[arg-type]
-    import os
     import signal
 
     from worker.app import Worker
