@@ -154,23 +154,42 @@ class Sink:
         t = clock.start()
         now = time.monotonic()
         n = len(events)
-        top_indices, top_scores = classified.top_indices, classified.top_scores
         windows: list[int | None] = list(classified.windows) if classified.windows else [None] * n
-        all_tags = classified.tags
-        rows = zip(events, top_indices, top_scores, windows, range(n), strict=True)
+        rows: Any = zip(events, classified.top_indices, classified.top_scores, windows, range(n), strict=True)
         if self._transactions is not None:
-            rows = self._exactly_once_rows(rows)  # type: ignore[assignment]
+            rows = list(self._exactly_once_rows(rows))
+        if classified.tags is None and not classified.windows:  # the usual case: built per batch
+            outgoing = self._single_label_outgoing(rows, labels, model_name, model_version, now)
+        else:
+            outgoing = self._outgoing_one_by_one(rows, classified.tags, labels, model_name, model_version, now)
+        t = clock.stop("result_build", t, n)
+        send = self._send
+        for topic, value, event, token in outgoing:
+            send(topic, value, event.key, event.headers, token)
+        clock.stop("produce", t, len(outgoing))
+
+    def _single_label_outgoing(
+        self, rows: Any, labels: list[str], model_name: str, model_version: str, now: float
+    ) -> list[tuple[str, bytes, Event, Any]]:
+        """Single-label results read by head: the records of the batch built at once."""
+        events, top_indices, top_scores = [], [], []
+        for event, indices, scores, _, _ in rows:
+            events.append(event)
+            top_indices.append(indices)
+            top_scores.append(scores)
+        values = single_label_values(events, top_indices, top_scores, labels, model_name=model_name,
+                                     model_version=model_version, now=now)
+        topic_for = self._router.result_topic
+        return [(topic_for(event.topic, labels[indices[0]]), value, event, event)
+                for event, indices, value in zip(events, top_indices, values, strict=True)]
+
+    def _outgoing_one_by_one(
+        self, rows: Any, all_tags: list[list[tuple[int, float]]] | None, labels: list[str], model_name: str,
+        model_version: str, now: float,
+    ) -> list[tuple[str, bytes, Event, Any]]:
+        """Multi-label results (one copy per routed topic) and results of bundles read in windows."""
         topic_for = self._router.result_topic
         outgoing: list[tuple[str, bytes, Event, Any]] = []
-        if all_tags is None and not classified.windows:  # the usual case, built per batch
-            if self._transactions is not None:  # only the rows _exactly_once_rows kept
-                kept = list(rows)
-                events, top_indices, top_scores = [r[0] for r in kept], [r[1] for r in kept], [r[2] for r in kept]
-            values = single_label_values(events, top_indices, top_scores, labels, model_name=model_name,
-                                         model_version=model_version, now=now)
-            outgoing = [(topic_for(event.topic, labels[indices[0]]), value, event, event)
-                        for event, indices, value in zip(events, top_indices, values, strict=True)]
-            rows = iter(())  # type: ignore[assignment]
         for event, indices, scores, window_count, i in rows:
             top_k = [(labels[j], p) for j, p in zip(indices, scores, strict=True)]
             latency_ms = (now - event.received) * 1000.0
@@ -192,11 +211,7 @@ class Sink:
                 topics = [self._router.output_topic(event.topic)]
             token: Any = _Fanout(event, len(topics)) if len(topics) > 1 else event
             outgoing.extend((topic, value, event, token) for topic in topics)
-        t = clock.stop("result_build", t, n)
-        send = self._send
-        for topic, value, event, token in outgoing:
-            send(topic, value, event.key, event.headers, token)
-        clock.stop("produce", t, len(outgoing))
+        return outgoing
 
     def publish_dead_letters(self, letters: list[DeadLetter]) -> None:
         """Each letter to its dead-letter topic: original key and bytes (or a bounded copy), reason headers."""
