@@ -372,10 +372,9 @@ class Worker:
                         self._to_sink(keep)
                     handoff.release(len(letters))
                 if events:
-                    accepts = tracker.accepts
-                    kept = [e for e in events if accepts((e.topic, e.partition), e.epoch, e.offset)]
-                    if len(kept) < len(events):
-                        self._abandon([e for e in events if not accepts((e.topic, e.partition), e.epoch, e.offset)])
+                    kept, dropped = _split(events, tracker.accepts)
+                    if dropped:
+                        self._abandon(dropped)
                     batcher.add_many(kept, [len(e.token_ids) for e in kept], [e.received for e in kept])
                 flush = closed or barrier is not None  # a barrier closes every batch before it
                 while (batch := batcher.next_batch(time.monotonic(), flush=flush)) is not None:

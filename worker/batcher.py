@@ -82,18 +82,14 @@ class Batcher(Generic[T]):
 
     def add(self, item: T, n_tokens: int, now: float) -> None:
         """Queue one input of ``n_tokens`` tokens that arrived at ``now`` (seconds)."""
-        # An input longer than the budget could never be batched; the settings check
-        # (max_batch_tokens >= the bundle's max_length) prevents it, this clamp keeps it safe.
-        n = max(1, min(n_tokens, self.limits.max_batch_tokens))
-        entry = _Entry(n, self._seq, now, item)
-        self._seq += 1
-        bisect.insort(self._entries, entry)
-        self._arrivals.append(entry)
+        self.add_many([item], [n_tokens], [now])
 
     def add_many(self, items: list[T], n_tokens: list[int], arrived: list[float]) -> None:
         """``add`` for several inputs (one hand-over's), in the order given: their entries are made
         in one pass and merged into the length-sorted list by one sort (two sorted runs: a merge),
         not inserted one by one."""
+        # An input longer than the budget could never be batched; the settings check
+        # (max_batch_tokens >= the bundle's max_length) prevents it, this clamp keeps it safe.
         cap = self.limits.max_batch_tokens
         start, self._seq = self._seq, self._seq + len(items)
         lengths = [n if 0 < n <= cap else max(1, min(n, cap)) for n in n_tokens]

@@ -300,10 +300,7 @@ class Sink:
                     self._txn_letters[reason] = self._txn_letters.get(reason, 0) + 1
             return
         if type(item) is Event:
-            counter = self._out_counters.get(item.topic)
-            if counter is None:
-                counter = self._out_counters[item.topic] = self._metrics.events_out.labels(topic=item.topic)
-            counter.inc()
+            self._events_out(item.topic).inc()
             if item.timestamp_ms > 0:
                 self._e2e.observe(max(0.0, time.time() - item.timestamp_ms / 1000.0))
         else:
@@ -330,11 +327,15 @@ class Sink:
                 ages.append(max(0.0, now - token.timestamp_ms / 1000.0))
         self._tracker.ack_many(acks)
         for topic, n in out.items():
-            counter = self._out_counters.get(topic)
-            if counter is None:
-                counter = self._out_counters[topic] = self._metrics.events_out.labels(topic=topic)
-            counter.inc(n)
+            self._events_out(topic).inc(n)
         observe_many(self._e2e, ages)
+
+    def _events_out(self, topic: str) -> Any:
+        """The events_out counter of ``topic`` (its labelled child, looked up once)."""
+        counter = self._out_counters.get(topic)
+        if counter is None:
+            counter = self._out_counters[topic] = self._metrics.events_out.labels(topic=topic)
+        return counter
 
     def failed(self, token: Any, error: BrokerError) -> None:
         txn = self._transactions
