@@ -112,8 +112,15 @@ def test_a_broker_gone_for_good_fails_readiness_then_liveness_then_exits_4(
     client_lines = [json.loads(line) for line in lines if line.startswith("{") and '"logger": "kafka' in line]
     kinds = Counter((e["logger"], e["level"], re.sub(r"\d+", "#", e["event"])) for e in client_lines)
     assert kinds and max(kinds.values()) <= 2, kinds.most_common(3)  # the first, then a count (30 s or exit)
-    held = sum(e.get("repeated", 0) for e in client_lines)
-    assert held > 50, f"only {held} client lines held back in {not_live_s:.0f} s without a broker"
+    # How often librdkafka retries is its own business (its consumer retried every ~50 ms in one run and
+    # a handful of times in 8 s in another): what is asserted is that a kind that came 3 times or more
+    # (it would have written 3 lines) wrote at most 2 (above), the second with the count of those held back:
+    # a kind's attempts are only known from those counts.
+    attempts: Counter[tuple[str, str, str]] = Counter()
+    for e in client_lines:
+        attempts[(e["logger"], e["level"], re.sub(r"\d+", "#", e["event"]))] += 1 + e.get("repeated", 0)
+    flooded = [kind for kind, n in attempts.items() if n >= 3]
+    assert flooded, f"no client complaint counted 3 times in {not_live_s:.0f} s without a broker: {attempts}"
 
 
 def test_sigterm_when_the_final_commit_fails_exits_non_zero(restartable_kafka, new_group, tiny_bundle, tmp_path):
