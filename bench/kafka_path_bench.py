@@ -289,6 +289,16 @@ def stage_figures(text: str) -> dict[str, tuple[float, float]]:
     return {stage: (cpu.get(stage, 0.0), events.get(stage, 0.0)) for stage in cpu}
 
 
+def mean_batch(text: str) -> float:
+    """Inputs per model call on average (``tagstream_batch_size``): per-batch costs divide by it."""
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        for part in ("sum", "count"):
+            if line.startswith(f"tagstream_batch_size_{part} "):
+                totals[part] = float(line.rsplit(" ", 1)[1])
+    return totals.get("sum", 0.0) / max(1.0, totals.get("count", 0.0))
+
+
 def worker_run(
     bootstrap: str, topic: str, bundle: Path, count: int, args: argparse.Namespace, client: str, engine: str
 ) -> dict[str, Any]:
@@ -319,7 +329,8 @@ def worker_run(
         threads = {k: v[0] - threads_before.get(k, (0.0, 0))[0] for k, v in threads_after.items()}
         thread_switches = {k: v[1] - threads_before.get(k, (0.0, 0))[1] for k, v in threads_after.items()}
         kernel = {k: v - kernel_before[k] for k, v in kernel_figures(worker.proc.pid).items()}
-        stages = stage_figures(scrape(worker.port))
+        exposition = scrape(worker.port)
+        stages = stage_figures(exposition)
     finally:
         if profiler is not None:
             profiler.send_signal(2)  # SIGINT: py-spy writes its file
@@ -335,6 +346,7 @@ def worker_run(
         "cpu_us": cpu / count * 1e6,
         "stages": {k: {"cpu_us": c / max(1.0, n) * 1e6 if n else c / count * 1e6, "events": n}
                    for k, (c, n) in stages.items()},
+        "mean_batch": mean_batch(exposition),
         "system_us": kernel["system_s"] / count * 1e6,
         "switches_per_event": (kernel["voluntary"] + kernel["involuntary"]) / count,
         "threads_us": {k: v / count * 1e6 for k, v in sorted(threads.items(), key=lambda kv: -kv[1]) if v > 0},
@@ -446,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
                     w = workers[client, engine][-1]
                     print(f"round {round_ + 1}, {client}, {engine} tokenizer: worker {w['eps']:,.0f} ev/s"
                           f" {w['cpu_us']:.0f} us/ev (system {w['system_us']:.0f}, {w['switches_per_event']:.2f}"
-                          f" context switches/ev); load {wb.load_avg()}", file=sys.stderr, flush=True)
+                          f" context switches/ev; {w['mean_batch']:.1f} inputs a batch); load {wb.load_avg()}",
+                          file=sys.stderr, flush=True)
             # Last in the round, with the broker idle: first, it ran beside a broker that had just
             # started (its JVM compiling and collecting on the same two cores) and read 20 us a text
             # where it costs 10-12.
@@ -484,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
             [(tok[engine]["cpu_us"], f"{tok[engine]['eps']:,.0f}") for _ in clients])
     for engine in engines:
         row(f"worker minus tokenizing ({engine})", [(best_of[c, engine]["cpu_us"] - tok[engine]["cpu_us"], "") for c in clients])
+    row(f"inputs per model call, on average ({main_engine})", [(None, f"{best[c].get('mean_batch', 0):.1f}") for c in clients])
     for stage in STAGE_ORDER:
         if any(stage in best[c]["stages"] for c in clients):
             cells = []
