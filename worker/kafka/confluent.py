@@ -264,6 +264,12 @@ def producer_config(settings: WorkerSettings, transactional_id: str | None) -> d
         # refused record alone and carries on (tests/integration/worker/test_confluent_client.py), unlike
         # kafka-python 3.0's idempotent producer, which a refused batch puts in a fatal state.
         "enable.idempotence": True,
+        # Keyed records to the partition Java's producer (and kafka-python's) picks: murmur2 of the
+        # key. librdkafka's default hashes with CRC32, so results of one key would land on another
+        # partition than under the other client, and a pod fleet mixing the two (a rolling change of
+        # TAGSTREAM_KAFKA_CLIENT) would break their per-key order. Keyless records: no promise
+        # under either client (librdkafka sticks to one partition a while, kafka-python draws).
+        "partitioner": "murmur2_random",
     }
     if transactional_id is not None:
         config["transactional.id"] = transactional_id

@@ -123,6 +123,42 @@ def test_malformed_events_go_to_the_dead_letter_topic_and_the_rest_are_labeled(
         assert worker.metrics.value("tagstream_dead_letters_total", {"reason": reason}) == expected
 
 
+def test_keyed_outputs_land_on_the_partition_javas_producer_picks_with_either_client(
+    kafka_bootstrap, new_topic, start_worker, tiny_bundle
+):
+    """Results and dead letters keep their input's key and go to the partition Java's producer would
+    pick for it (murmur2 of the key): the same under both clients, so pods running either keep one
+    key's outputs on one partition. Keyless inputs are labeled too."""
+    from kafka.partitioner.default import murmur2
+
+    topic = new_topic(partitions=3, prefix="worker-keys")
+    labels_topic = new_topic(partitions=4, name=f"{topic}.labels")
+    dlq_topic = new_topic(partitions=4, name=f"{topic}.dlq")
+    ids = produce_events(kafka_bootstrap, topic, fixture_texts(400, seed=14))
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
+    for i in range(40):
+        producer.send(topic, value=b"{not json", key=f"bad{i}".encode())
+        producer.send(topic, value=json.dumps({"id": f"nokey{i}", "text": "no key here"}).encode())
+    producer.flush(30)
+    producer.close()
+
+    start_worker(topic, tiny_bundle)
+    labeled = read_records(kafka_bootstrap, labels_topic, expected=440)
+    dead = read_records(kafka_bootstrap, dlq_topic, expected=40)
+
+    def java_partition(key: bytes) -> int:
+        return (murmur2(key) & 0x7FFFFFFF) % 4
+
+    keyed = [r for r in labeled if r.key is not None]
+    assert sorted(r.key.decode() for r in keyed) == sorted(ids)
+    assert len(dead) == 40 and all(r.key is not None for r in dead)
+    misplaced = [(r.key, r.partition) for r in keyed + dead if r.partition != java_partition(r.key)]
+    assert misplaced == [], f"{len(misplaced)} of {len(keyed) + len(dead)} keyed outputs off Java's partition"
+    assert {r.partition for r in keyed} == {0, 1, 2, 3}  # the keys spread: the check above had work to do
+    keyless = sorted(json.loads(r.value)["id"] for r in labeled if r.key is None)
+    assert keyless == sorted(f"nokey{i}" for i in range(40))
+
+
 def test_routes_send_labels_to_their_topics(kafka_bootstrap, new_topic, start_worker, tiny_bundle):
     """With a route for one label, its results go to the routed topic and the others to the output topic."""
     topic = new_topic(partitions=1, prefix="worker-route")
