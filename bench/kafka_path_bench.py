@@ -377,6 +377,13 @@ def _py_spy() -> str | None:
     return str(beside) if beside.is_file() else shutil.which("py-spy")
 
 
+UNPINNED_TOKENIZER = (
+    "note: no --tokenizer-from: this run's null bundle has a tokenizer trained for it, which differs from run"
+    " to run (its vocabulary, so its token counts); compare these figures only with this run's own baselines, or"
+    " give every run the same --tokenizer-from"
+)
+
+
 # -- main -----------------------------------------------------------------------------------------------------
 def build_null_bundle(tokenizer_from: Path | None, out: Path) -> Path:
     from worker_support import make_null_bundle  # type: ignore[import-not-found]
@@ -402,7 +409,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenizers", default=",".join(ENGINES),
                         help="worker tokenizer engines to measure, comma-separated: fast (TAGSTREAM_FAST_TOKENIZER=true,"
                              " the default) and/or huggingface (false)")
-    parser.add_argument("--tokenizer-from", type=Path, help="a bundle (or tokenizer.json) whose tokenizer the null bundle uses")
+    parser.add_argument("--tokenizer-from", type=Path,
+                        help="a bundle (or tokenizer.json) whose tokenizer the null bundle uses; without it a small"
+                             " WordPiece is trained for the run, a different one each run (HF's trainer is not"
+                             " deterministic): give the same one to compare runs, e.g. of two checkouts")
     parser.add_argument("--profile", action="store_true", help="record the worker with py-spy")
     parser.add_argument("--label", default="run", help="names the profile file")
     parser.add_argument("--max-batch-size", type=int, default=64)
@@ -425,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     texts = wb.take(texts, args.events)
     tmp = Path(tempfile.mkdtemp(prefix="null-bundle-"))
     bundle = build_null_bundle(args.tokenizer_from, tmp / "bundle")
+    if args.tokenizer_from is None:
+        print(UNPINNED_TOKENIZER, file=sys.stderr)
 
     clients = [c.strip() for c in args.client.split(",") if c.strip()]
     unknown = sorted(set(clients) - {"kafka-python", "confluent"})
@@ -477,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     best = {c: best_of[c, main_engine] for c in clients}
     print(f"\nKafka path, {len(texts):,} events on {args.partitions} partitions, null bundle; best of {args.repeats}"
           f" per client and tokenizer, alternating in one run; {wb.load_avg()}")
+    if args.tokenizer_from is None:
+        print(UNPINNED_TOKENIZER)
     print("| what | " + " | ".join(f"{c}: CPU us/event | {c}: events/s" for c in clients) + " |")
     print("|---|" + "---:|---:|" * len(clients))
 
