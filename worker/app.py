@@ -113,6 +113,7 @@ class Worker:
         self._batches_issued = 0
         self._batches_done = 0
         self._batches_cond = threading.Condition()
+        self._models_running = 0  # model threads that have not ended (under _batches_cond)
         # batcher -> model threads: one formed batch waits per stream (TEI's prefetch of one)
         self._batch_queue: queue.Queue[Any] = queue.Queue()
         self._threads: dict[str, threading.Thread] = {}
@@ -290,6 +291,7 @@ class Worker:
         self._spawn("source", self._source_main)
         self._batch_queue = queue.Queue(maxsize=self._streams)
         self._spawn("sink", self._sink_main)
+        self._models_running = self._streams
         for i in range(self._streams):
             self._spawn(f"model-{i}", self._model_main)
         self._spawn("batcher", self._batcher_main)
@@ -400,17 +402,30 @@ class Worker:
         """Run batches through the model until the batcher says stop (one per stream)."""
         if self._pin is not None and self._pin.cpu is not None and self._model_threads_unpinned:
             release_this_thread(self._pin.allowed)  # its intra-op threads need every core
-        while True:
-            work = self._batch_queue.get()
-            if work is _STOP:
-                return
-            batch, runner = work
-            try:
-                self._run_batch(batch, runner)
-            finally:
-                with self._batches_cond:
-                    self._batches_done += 1
-                    self._batches_cond.notify_all()
+        try:
+            while True:
+                work = self._batch_queue.get()
+                if work is _STOP:
+                    return
+                batch, runner = work
+                try:
+                    self._run_batch(batch, runner)
+                except BaseException:
+                    # Fatal (``_spawn`` records it): nothing of this batch reached the sink, and it
+                    # never will. Given up now, its inputs are not waited for by the drain or a
+                    # rebalance (up to 10 s, holding the partitions); they are read again.
+                    self._abandon(batch.items, release=False)
+                    raise
+                finally:
+                    with self._batches_cond:
+                        self._batches_done += 1
+                        self._batches_cond.notify_all()
+        finally:
+            with self._batches_cond:
+                self._models_running -= 1
+                last = self._models_running == 0
+            if last:
+                self._abandon_queued_batches()
 
     def _sink_main(self) -> None:
         assert self._sink is not None
@@ -522,26 +537,36 @@ class Worker:
                     return  # nothing will be acknowledged, so nothing is committed: redelivered
 
     def _put_batch(self, work: Any) -> bool:
-        """Queue a batch for the model threads, blocking while all are busy; False if none is alive."""
-        while True:
+        """Queue a batch for the model threads, blocking while all are busy; False if none is left."""
+        while self._models_running:
             try:
                 self._batch_queue.put(work, timeout=0.5)
-                if work is not _STOP:
-                    with self._batches_cond:
-                        self._batches_issued += 1
-                return True
             except queue.Full:
-                models = [t for name, t in self._threads.items() if name.startswith("model-")]
-                if not any(t.is_alive() for t in models):
-                    return False
+                continue
+            if work is not _STOP:
+                with self._batches_cond:
+                    self._batches_issued += 1
+                if not self._models_running:  # the last one ended as this was queued: nobody takes it
+                    self._abandon_queued_batches()
+            return True
+        return False
+
+    def _abandon_queued_batches(self) -> None:
+        """No model thread is left: the batches still queued for one never run (read again later)."""
+        while True:
+            try:
+                work = self._batch_queue.get_nowait()
+            except queue.Empty:
+                return
+            if work is not _STOP:
+                self._abandon(work[0].items, release=False)
 
     def _pass_barrier(self, barrier: Barrier) -> None:
         """Exactly-once: once every batch issued before ``barrier`` is finished (its outputs are in
         the sink queue, ahead of it), the barrier follows them to the sink, which commits."""
         with self._batches_cond:
             while self._batches_done < self._batches_issued:
-                models = [t for name, t in self._threads.items() if name.startswith("model-")]
-                if not any(t.is_alive() for t in models):
+                if not self._models_running:
                     return  # nothing more will finish: the transaction is not committed
                 self._batches_cond.wait(0.1)
         self._to_sink(barrier)

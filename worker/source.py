@@ -128,6 +128,10 @@ class Source:
             self._committer.commit_if_due()
         left = self._tracker.in_flight()
         self._metrics.in_flight.set(left)
+        # The drain has waited: what is still in flight now will not be acknowledged before the
+        # consumer closes, so the revocation that closing brings commits at once instead of
+        # waiting revoke_grace_s more (past drain_timeout_s, towards the orchestrator's SIGKILL).
+        self._revoke_grace_s = 0.0
         try:
             self._committer.commit_now(timeout_s=max(1.0, deadline - time.monotonic()))
         except Exception as exc:

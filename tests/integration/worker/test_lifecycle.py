@@ -227,3 +227,40 @@ def test_fatal_start_up_problems_exit_non_zero_with_the_reason(
                           timeout=START_TIMEOUT_S)
     assert proc.returncode == exit_code, proc.stdout + proc.stderr
     assert message in proc.stderr.splitlines()[-1]
+
+
+def test_a_model_stage_lost_mid_stream_exits_without_waiting_for_the_batches_it_held(
+    kafka_bootstrap, new_topic, start_worker, tiny_bundle, kafka_client
+):
+    """When the model stage fails for good mid-stream (a pod's model process lost, say), the batches it
+    held and the ones queued for it can never be acknowledged: the worker gives them up at once (they
+    are read again after the restart) instead of waiting for them in its drain and its rebalance
+    listener (up to 10 s, while its partitions wait), exits with the failure's code, and a successor
+    labels every input."""
+    from worker.errors import Failure, WorkerError
+
+    topic = new_topic(partitions=3, prefix="worker-model-lost")
+    ids = produce_events(kafka_bootstrap, topic, fixture_texts(4000, seed=23))
+    worker = start_worker(topic, tiny_bundle, drain_timeout_s=30)  # rebalance grace: min(30, 10) s
+    runner = worker.slot.current
+    classify, calls = runner.classify, []
+
+    def lost_after_a_few(token_ids):
+        calls.append(len(token_ids))
+        if len(calls) > 3:
+            raise WorkerError("the model process is gone (test)", Failure.MODEL_PROCESS_LOST)
+        return classify(token_ids)
+
+    runner.classify = lost_after_a_few
+    wait_until(lambda: worker.fatal is not None, 60, "the model stage's failure")
+    failed_at = time.monotonic()
+    assert worker.wait(timeout=60) == Failure.MODEL_PROCESS_LOST.exit_code
+    exit_s = time.monotonic() - failed_at
+    assert exit_s < 5, f"the worker waited {exit_s:.1f} s for batches the lost model stage could not finish"
+    assert worker.tracker.in_flight() == 0
+
+    runner.classify = classify
+    successor = start_worker(topic, tiny_bundle)
+    records = read_records(kafka_bootstrap, f"{topic}.labels", expected=len(ids))
+    assert {json.loads(r.value)["id"] for r in records} == set(ids)
+    successor.stop()

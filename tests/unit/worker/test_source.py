@@ -188,6 +188,27 @@ def test_drain_commits_and_stops_when_acknowledged():
     assert consumer.commits[-1][TP1] == 2
 
 
+def test_after_the_drain_the_revocation_closing_brings_does_not_wait_again():
+    """Once the drain has waited (here until downstream finished, an input still unacknowledged), the
+    revocation that closing the consumer brings commits the acknowledged prefix at once: nothing more
+    will be acknowledged, and waiting its grace would run past drain_timeout_s."""
+    import time
+
+    source, consumer, tracker, _, _, _ = make_source(grace=5.0)
+    epoch = tracker.track(TP0, [0, 1, 2])
+    tracker.ack(TP0, 0, epoch)
+    left = source.drain(deadline=time.monotonic() + 5, downstream_done=lambda: True)
+    assert left == 2
+    waits: list[float] = []
+
+    async def record_wait(delay):
+        waits.append(delay)
+
+    asyncio.run(source.on_revoked({TP0}, sleep=record_wait))
+    assert waits == []
+    assert consumer.commits[-1][TP0] == 1
+
+
 def test_partition_assigned_straight_back_resumes_at_the_dropped_inputs():
     """A partition revoked with unacknowledged inputs and assigned straight back is re-read from the
     first of them, and inputs already delivered are not run again."""
