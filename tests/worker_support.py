@@ -207,12 +207,33 @@ class _NullModel(torch.nn.Module):
         return self.probs.expand(input_ids.size(0), -1)  # (B, n_labels)
 
 
+STALL_TOKEN = "[STALL]"  # in a text, makes a stalling null bundle's model call never seem to return
+
+
+class _StallingModel(_NullModel):
+    """_NullModel, except that a batch holding the STALL_TOKEN runs far longer than any test's
+    patience (a hung device call, seen from the worker), computing to no purpose."""
+
+    def __init__(self, n_labels: int, stall_id: int) -> None:
+        super().__init__(n_labels)
+        self.stall_id = stall_id
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if bool((input_ids == self.stall_id).any()):
+            x = torch.ones(128, 128) / 128
+            for _ in range(10_000_000):
+                x = torch.tanh(x @ x)
+        return self.probs.expand(input_ids.size(0), -1)  # (B, n_labels)
+
+
 def make_null_bundle(
-    out_dir: Path, *, tokenizer_from: Path | None = None, labels: list[str] | None = None, max_length: int = 128
+    out_dir: Path, *, tokenizer_from: Path | None = None, labels: list[str] | None = None, max_length: int = 128,
+    stalling: bool = False,
 ) -> Path:
     """A bundle with a real tokenizer (``tokenizer_from``: a bundle or a tokenizer.json; else a small
     one trained here)
-    and a TorchScript model that returns fixed probabilities without computing anything."""
+    and a TorchScript model that returns fixed probabilities without computing anything; with
+    ``stalling``, a model call on a text holding STALL_TOKEN never seems to return."""
     from tokenizers import Tokenizer
 
     from model.bundle import Bundle
@@ -230,7 +251,11 @@ def make_null_bundle(
         tokenizer = train_tokenizer(fixture_texts(300, seed=1234), TokenizerConfig(vocab_size=300, min_frequency=1))
         lowercase = True
     labels = list(labels or LABELS)
-    scripted = torch.jit.script(_NullModel(len(labels)).eval())
+    module: torch.nn.Module = _NullModel(len(labels))
+    if stalling:
+        tokenizer.add_special_tokens([STALL_TOKEN])
+        module = _StallingModel(len(labels), tokenizer.token_to_id(STALL_TOKEN))
+    scripted = torch.jit.script(module.eval())
     return write_bundle(
         out_dir, scripted_model=scripted, tokenizer=tokenizer, labels=labels, name="null", max_length=max_length,
         lowercase=lowercase, model_config={"kind": "null"}, metrics={},

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -95,7 +96,7 @@ class Worker:
         self._model_threads_unpinned = False
         self._telemetry_host = telemetry_host
         self.metrics = metrics or Metrics()
-        self.health = Health(broker_outage_s=settings.broker_outage_s)
+        self.health = Health(broker_outage_s=settings.broker_outage_s, model_stall_s=settings.model_stall_s)
         self._exactly_once = settings.processing_guarantee == "exactly_once"
         self.tracker = OffsetTracker(finish_issued_on_revoke=not self._exactly_once)
         self.handoff: InputHandoff[Event, DeadLetter] = InputHandoff(settings.max_pending_events)
@@ -308,9 +309,9 @@ class Worker:
 
         thread = threading.Thread(target=main, name=f"tagstream-{name}", daemon=daemon)
         self._threads[name] = thread
+        thread.start()  # before /healthz watches it: a thread not started yet reads as dead
         if watched:
             self.health.watch(thread)
-        thread.start()
 
     # -- the stages -----------------------------------------------------------------------------
     def _source_main(self) -> None:
@@ -462,7 +463,8 @@ class Worker:
                 event.token_ids, event.tokenizer_key = ids, key
         t = self.stage_clock.start()
         try:
-            classified = runner.classify([e.token_ids for e in events])
+            with self.health.model_call():
+                classified = runner.classify([e.token_ids for e in events])
         except InferenceError as exc:
             self._retry_one_by_one(events, runner, exc)
             return
@@ -486,7 +488,8 @@ class Worker:
         letters: list[DeadLetter] = []
         for event in events:
             try:
-                one = runner.classify([event.token_ids])
+                with self.health.model_call():
+                    one = runner.classify([event.token_ids])
             except InferenceError as exc:
                 letters.append(input_dead_letter(event, Failure.INFERENCE_FAILED, str(exc)))
                 continue
@@ -658,3 +661,18 @@ def _split(items: list, accepts: Callable[[tuple[str, int], int, int], bool]) ->
     for item in items:
         (keep if accepts((item.topic, item.partition), item.epoch, item.offset) else drop).append(item)
     return keep, drop
+
+
+def exit_past_stuck_threads(code: int) -> None:
+    """Exit with ``code`` at once if a thread of ours is still running once the worker has stopped (a
+    model call that never returned: TAGSTREAM_MODEL_STALL_S): the interpreter would wait for it at
+    exit for ever, and a hung process is never restarted. Returns when none is left."""
+    stuck = [t.name for t in threading.enumerate()
+             if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if not stuck:
+        return
+    log.error("exiting_past_stuck_threads", threads=stuck, exit_code=code)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)

@@ -99,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
         return run_pod(settings, feeders)  # type: ignore[arg-type]
     import signal
 
-    from worker.app import Worker
+    from worker.app import Worker, exit_past_stuck_threads
     from worker.errors import WorkerError
     from worker.telemetry import configure_logging, get_logger
 
@@ -127,7 +127,9 @@ def _run(args: argparse.Namespace) -> int:
     code = worker.wait()
     if worker.fatal is not None:
         print(f"tagstream-worker: {worker.fatal}", file=sys.stderr)
-    return 0 if code is None else code
+    code = 0 if code is None else code
+    exit_past_stuck_threads(code)
+    return code
 
 
 def _check(args: argparse.Namespace) -> int:

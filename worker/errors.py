@@ -172,6 +172,11 @@ class Failure(enum.Enum):
         "TAGSTREAM_PROCESSES > 1: the pod's model process died or stopped answering; the feeders drain what"
         " was acknowledged and the pod exits non-zero so the orchestrator restarts it",
     )
+    MODEL_STALLED = FailureSpec(
+        "model_stalled", Action.EXIT, EXIT_INTERNAL,
+        "a model call ran longer than TAGSTREAM_MODEL_STALL_S (a hung device, a model process that stopped"
+        " answering): the worker exits non-zero so the orchestrator restarts it",
+    )
     INTERNAL = FailureSpec("internal", Action.EXIT, EXIT_INTERNAL, "a bug: an unexpected exception in a stage")
 
     @property

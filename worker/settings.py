@@ -237,6 +237,12 @@ class WorkerSettings(BaseSettings):
         description="How long the worker waits out a broker it cannot reach (not ready meanwhile) before"
         " /healthz fails and it exits non-zero so the orchestrator restarts it.",
     )
+    model_stall_s: float = Field(
+        120, ge=0,
+        description="How long one model call may run before the worker counts its device or model process as"
+        " hung: /healthz fails and it exits non-zero so the orchestrator restarts it (a hung call never returns,"
+        " and its partitions would wait for ever). Above the longest batch the model takes; 0 turns it off.",
+    )
     drain_timeout_s: float = Field(
         20, gt=0,
         description="On SIGTERM, how long to finish in-flight batches, flush and commit before exiting.",

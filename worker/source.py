@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from worker.errors import BrokerError, Failure
+from worker.errors import BrokerError, Failure, WorkerError
 from worker.events import DeadLetter, Event, ParseConfig, parse_record
 from worker.handoff import InputHandoff
 from worker.inference import Runner
@@ -102,6 +102,7 @@ class Source:
                 self._ingest(records)
             self._apply_backpressure()
             self._watch_broker()
+            self._watch_model()
             t = self._clock.start()
             self._committer.service()
             if not self._health.broker_down_for():  # no commit attempts into a known outage
@@ -243,6 +244,17 @@ class Source:
                 f"no broker has answered for {down_s:.0f} s (TAGSTREAM_BROKER_OUTAGE_S={self._health.broker_outage_s:g}):"
                 f" exiting so that a restart reconnects; check the brokers at the bootstrap servers",
                 Failure.BROKER_OUTAGE,
+            )
+
+    def _watch_model(self) -> None:
+        """Past TAGSTREAM_MODEL_STALL_S in one model call, give up: a hung call never returns, and
+        the partitions it holds would wait for ever while the loop turns."""
+        if self._health.model_stalled():
+            raise WorkerError(
+                f"a model call has run for {self._health.model_busy_for():.0f} s (TAGSTREAM_MODEL_STALL_S="
+                f"{self._health.model_stall_s:g}): the device or the model process hangs; exiting so that a restart"
+                " gets a working one (raise the limit if the model is merely this slow)",
+                Failure.MODEL_STALLED,
             )
 
     # -- lag ---------------------------------------------------------------------------------

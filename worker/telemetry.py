@@ -27,8 +27,8 @@ several workers in one process):
 | ready | gauge | | 1 while /readyz answers 200 (read from Health at scrape time) |
 
 ``/healthz`` answers 200 while every stage thread is alive, the consumer loop has turned within
-``LOOP_STALL_S`` and the broker has not been unreachable for longer than
-``TAGSTREAM_BROKER_OUTAGE_S``; ``/readyz`` answers 200 once the bundle is warmed up, the worker
+``LOOP_STALL_S``, the broker has not been unreachable for longer than
+``TAGSTREAM_BROKER_OUTAGE_S`` and no model call has run longer than ``TAGSTREAM_MODEL_STALL_S``; ``/readyz`` answers 200 once the bundle is warmed up, the worker
 holds at least one partition, the broker answers and offset commits succeed. Both answer JSON
 saying why (see ``Health``).
 """
@@ -38,12 +38,13 @@ from __future__ import annotations
 import atexit
 import bisect
 import collections
+import contextlib
 import json
 import logging
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -177,11 +178,16 @@ class Health:
 
     Ready: the model is warmed up, the worker holds partitions, the broker answers and the last
     offset commit succeeded. Live: every stage thread runs, the consumer loop turned within
-    LOOP_STALL_S, and the broker has not been unreachable for longer than ``broker_outage_s``.
+    LOOP_STALL_S, the broker has not been unreachable for longer than ``broker_outage_s``, and no
+    model call has run longer than ``model_stall_s`` (when set).
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, broker_outage_s: float = 180.0) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, broker_outage_s: float = 180.0, model_stall_s: float = 0.0
+    ) -> None:
         self._clock = clock
+        self.model_stall_s = model_stall_s  # 0: no limit
+        self._model_calls: dict[int, float] = {}  # thread ident -> when its running model call began
         self._loop_at = clock()
         self._threads: list[threading.Thread] = []
         self.model_ready = False
@@ -196,6 +202,25 @@ class Health:
 
     def watch(self, thread: threading.Thread) -> None:
         self._threads.append(thread)
+
+    @contextlib.contextmanager
+    def model_call(self) -> Iterator[None]:
+        """Brackets one model call of the calling thread (per batch): how long it runs is watched."""
+        ident = threading.get_ident()
+        self._model_calls[ident] = self._clock()
+        try:
+            yield
+        finally:
+            self._model_calls.pop(ident, None)
+
+    def model_busy_for(self) -> float:
+        """Seconds the longest-running model call has run so far (0 when none runs)."""
+        started = list(self._model_calls.values())
+        return self._clock() - min(started) if started else 0.0
+
+    def model_stalled(self) -> bool:
+        """Whether a model call has run past ``model_stall_s``: the device or model process hangs."""
+        return self.model_stall_s > 0 and self.model_busy_for() > self.model_stall_s
 
     def broker_seen(self, reachable: bool) -> None:
         """The latest sign of the broker: reachable (coordinator known, a commit went through) or not."""
@@ -226,10 +251,13 @@ class Health:
         dead = [t.name for t in self._threads if not t.is_alive()]
         stalled_s = self._clock() - self._loop_at
         down_s = self.broker_down_for()
-        ok = not dead and stalled_s < LOOP_STALL_S and down_s <= self.broker_outage_s
+        model_s = self.model_busy_for()
+        model_ok = not self.model_stall_s or model_s <= self.model_stall_s
+        ok = not dead and stalled_s < LOOP_STALL_S and down_s <= self.broker_outage_s and model_ok
         return ok, {
             "ok": ok, "dead_threads": dead, "loop_idle_s": round(stalled_s, 3), "broker_down_s": round(down_s, 1),
-            "broker_outage_limit_s": self.broker_outage_s,
+            "broker_outage_limit_s": self.broker_outage_s, "model_call_s": round(model_s, 3),
+            "model_stall_limit_s": self.model_stall_s,
         }
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:

@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 from multiprocessing import connection
 
-from worker.app import Worker
+from worker.app import Worker, exit_past_stuck_threads
 from worker.errors import WorkerError
 from worker.procs.remote import ModelLink
 from worker.procs.transport import SlotShape
@@ -70,9 +70,11 @@ def feeder_main(plan: FeederPlan, control: connection.Connection) -> None:
         link.close()
         sys.exit(exc.exit_code)
     _tell(control, ("started", worker.metrics_port))
-    code = worker.wait()
+    waited = worker.wait()
+    code = 0 if waited is None else waited
     link.close()
-    sys.exit(0 if code is None else code)
+    exit_past_stuck_threads(code)
+    sys.exit(code)
 
 
 def _watch_supervisor(control: connection.Connection, worker: Worker) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -34,7 +35,7 @@ from prometheus_client import Counter, Histogram
 
 from model.cpus import available_cpus
 from worker.affinity import plan_pinning, spare_cpus
-from worker.errors import InferenceError, WorkerError
+from worker.errors import Failure, InferenceError, WorkerError
 from worker.procs.merge import Request, take_merged
 from worker.procs.transport import (
     DONE,
@@ -55,6 +56,7 @@ from worker.telemetry import Health, Metrics, TelemetryServer, configure_logging
 log = get_logger("tagstream.worker.model")
 
 IDLE_WAIT_S = 0.1  # a leader's wait for requests: bounds how late a new feeder or a swap is noticed
+STALL_CHECK_S = 1.0  # how often the main thread looks for a model call past TAGSTREAM_MODEL_STALL_S
 ACCEPT_IDLE_WAIT_S = 30.0  # a reconnecting feeder waits this long for its old requests to finish
 
 
@@ -116,7 +118,7 @@ class ModelServer:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.model_metrics = ModelServerMetrics(self.metrics)
-        self.health = Health(broker_outage_s=settings.broker_outage_s)
+        self.health = Health(broker_outage_s=settings.broker_outage_s, model_stall_s=settings.model_stall_s)
         self.telemetry: TelemetryServer | None = None
         self._stopping = threading.Event()
         self._generations: dict[int, Any] = {}  # generation -> ModelRunner
@@ -182,9 +184,9 @@ class ModelServer:
         thread = threading.Thread(target=target, name=f"tagstream-{name}", daemon=True)
         if joined:
             self._threads.append(thread)
+        thread.start()  # before /healthz watches it: a thread not started yet reads as dead
         if watched:
             self.health.watch(thread)
-        thread.start()
 
     # -- feeders connecting ----------------------------------------------------------------------
     def _accept_main(self) -> None:
@@ -310,7 +312,8 @@ class ModelServer:
             lengths = np.concatenate([v[1] for v in views])
         started = time.perf_counter()
         try:
-            answers = runner.classify_packed(ids, lengths)
+            with self.health.model_call():
+                answers = runner.classify_packed(ids, lengths)
         except InferenceError as exc:
             for request in group:
                 request.port.send((DONE, request.slot, FAILED, 0, 0.0, str(exc)))
@@ -387,9 +390,17 @@ def model_process_main(
     control.send(("ready", port, info.name, info.version))
     try:
         while True:
-            message = control.recv()  # EOFError: the supervisor has gone
-            if message[0] == "stop":
-                break
+            if control.poll(STALL_CHECK_S):
+                if control.recv()[0] == "stop":  # EOFError: the supervisor has gone
+                    break
+            elif server.health.model_stalled():
+                # A hung call never returns and holds every feeder's batches: exit at once, so each
+                # feeder gives up its batches and drains (model_process_lost) and the pod restarts.
+                log.error("model_stalled", call_s=round(server.health.model_busy_for(), 3),
+                          limit_s=settings.model_stall_s, exit_code=Failure.MODEL_STALLED.exit_code)
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(Failure.MODEL_STALLED.exit_code)
     except (EOFError, OSError):
         log.warning("supervisor_gone", action="stopping")
     server.stop()

@@ -8,8 +8,9 @@ cores the feeders would take; ask for N explicitly to try).
 Each feeder is an ordinary consumer-group member: the pod's settings with its own metrics port
 (any, on 127.0.0.1: the supervisor serves the pod's), its own static-membership id
 (``<group_instance_id>-<i>``: a restarted feeder gets its partitions back at once, and an
-exactly-once feeder's transactional id, derived from it, fences its predecessor), and no bundle
-watcher (the model process reloads).
+exactly-once feeder's transactional id, derived from it, fences its predecessor), no bundle
+watcher (the model process reloads), and a model-stall limit ``FEEDER_STALL_MARGIN_S`` longer than
+the pod's.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from worker.procs.transport import Channel, SlotShape
 from worker.settings import WorkerSettings, env_name
 
 AUTO_MAX_FEEDERS = 8
+# A feeder times its waits on the model process too (TAGSTREAM_MODEL_STALL_S), but the model process
+# (a hung call) and the supervisor (a model process that answers nothing) act first and stop the pod
+# as a whole; the feeders' limit is this much longer, a backstop that never races them.
+FEEDER_STALL_MARGIN_S = 30.0
 SLOTS_PER_FEEDER = 2  # batches a feeder has in the model process at once: one running, one queued
 SHM_DIR = Path("/dev/shm")
 
@@ -65,6 +70,7 @@ def feeder_settings(settings: WorkerSettings, index: int) -> WorkerSettings:
             "metrics_port": 0,
             "reload_interval_s": 0,
             "group_instance_id": f"{instance}-{index}" if instance else None,
+            "model_stall_s": settings.model_stall_s + FEEDER_STALL_MARGIN_S if settings.model_stall_s else 0.0,
         }
     )
 

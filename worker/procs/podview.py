@@ -189,6 +189,16 @@ class PodView:
             "commits_failing": failing, "feeders_up": up, "feeders": len(self.feeders),
         }
 
+    def answers(self, member: Member) -> bool:
+        """Whether ``member`` answers /healthz at all (live or not) within FETCH_TIMEOUT_S."""
+        if member.port is None:
+            return False
+        try:
+            self._fetch(member.port, "/healthz")
+        except OSError:
+            return False
+        return True
+
     def _probe(self, member: Member, path: str) -> tuple[bool, dict[str, Any]]:
         port = member.port
         if port is None:

@@ -30,6 +30,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0)  # waits before the 1st, 2nd, ...
 EXIT_MARGIN_S = 5.0  # beyond the drain deadline, for a feeder's final commit and process exit
 MODEL_STOP_TIMEOUT_S = 10.0
 MONITOR_TICK_S = 0.2  # how often the supervisor looks at its processes when nothing happens
+MODEL_PROBE_EVERY_S = 5.0  # how often the supervisor checks that the model process answers at all
 EXIT_FORCED = 130
 
 
@@ -128,8 +130,27 @@ class Supervisor:
             ) from exc
         self.telemetry.start()
         log.info("telemetry_listening", port=self.telemetry.port, paths=["/metrics", "/healthz", "/readyz"])
+        if s.model_stall_s:
+            threading.Thread(target=self._watch_model, name="tagstream-model-watch", daemon=True).start()
         for feeder in self._feeders:
             self._start_feeder(feeder)
+
+    def _watch_model(self) -> None:
+        """A model process that answers nothing at all (frozen: stopped, or a hang that holds its
+        interpreter) cannot time its own calls: once it has been silent for TAGSTREAM_MODEL_STALL_S
+        it is killed, and the pod fails as when it dies (its feeders give up their batches and drain)."""
+        limit = self.settings.model_stall_s
+        answered = time.monotonic()
+        while not self._stopping and not self._model_stopped:
+            time.sleep(MODEL_PROBE_EVERY_S)
+            if self.view.answers(self.view.model):
+                answered = time.monotonic()
+                continue
+            silent = time.monotonic() - answered
+            if silent > limit and not self._stopping and self._model is not None:
+                log.error("model_process_unresponsive", silent_s=round(silent, 1), limit_s=limit, action="killing it")
+                self._model.kill()
+                return
 
     def _start_model(self) -> None:
         ours, theirs = self._ctx.Pipe()

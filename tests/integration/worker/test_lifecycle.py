@@ -9,14 +9,18 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 from kafka import KafkaConsumer
 from worker_support import (
     DRAIN_TIMEOUT_S,
     READER_METADATA_MAX_AGE_MS,
+    STALL_TOKEN,
     START_TIMEOUT_S,
     fixture_texts,
+    make_null_bundle,
     produce_events,
     read_records,
     spawn,
@@ -264,3 +268,61 @@ def test_a_model_stage_lost_mid_stream_exits_without_waiting_for_the_batches_it_
     records = read_records(kafka_bootstrap, f"{topic}.labels", expected=len(ids))
     assert {json.loads(r.value)["id"] for r in records} == set(ids)
     successor.stop()
+
+
+def test_a_hung_model_call_fails_liveness_and_the_worker_exits_1_leaving_no_input_unlabeled(
+    kafka_bootstrap, new_topic, new_group, tmp_path, kafka_client
+):
+    """A model call that never returns (the stalling null bundle, on a text holding STALL_TOKEN): past
+    TAGSTREAM_MODEL_STALL_S /healthz fails saying how long the call has run, and the worker exits 1
+    (model_stalled) instead of holding its partitions for ever, leaving the hung thread behind; a
+    successor labels every input, the stalling one included."""
+    topic = new_topic(partitions=2, prefix="worker-stall")
+    group = new_group()
+    texts = fixture_texts(400, seed=24)
+    texts[200] = f"{texts[200]} {STALL_TOKEN}"
+    ids = produce_events(kafka_bootstrap, topic, texts)
+    stalling = make_null_bundle(tmp_path / "stalling", stalling=True)
+    log = tmp_path / "stalling.log"
+    proc = spawn(worker_env(kafka_bootstrap, topic, stalling, group, TAGSTREAM_MODEL_STALL_S="3"), log)
+    unhealthy: list[dict] = []
+
+    def events(name):
+        lines = log.read_text(errors="replace").splitlines()
+        return [e for e in (json.loads(line) for line in lines if line.startswith("{")) if e.get("event") == name]
+
+    def healthz_fails():
+        ports = events("telemetry_listening")
+        if not ports:
+            return proc.poll() is not None
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{ports[0]['port']}/healthz", timeout=2).close()
+        except urllib.error.HTTPError as exc:
+            body = json.loads(exc.read())
+            unhealthy.append(body)
+            return body["model_call_s"] > 0
+        except OSError:
+            return proc.poll() is not None
+        return False
+
+    try:
+        wait_until(healthz_fails, START_TIMEOUT_S, "/healthz to fail")
+        assert unhealthy, log.read_text()[-3000:]
+        assert all(body["model_call_s"] > 3 for body in unhealthy), unhealthy  # nothing else failed it
+        assert unhealthy[-1]["model_stall_limit_s"] == 3
+        assert proc.wait(DRAIN_TIMEOUT_S + 30) == 1, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert events("fatal")[0]["kind"] == "model_stalled"
+    assert events("exiting_past_stuck_threads")[0]["exit_code"] == 1
+
+    watcher = ResultWatcher(kafka_bootstrap, f"{topic}.labels")
+    successor = spawn(worker_env(kafka_bootstrap, topic, make_null_bundle(tmp_path / "null"), group),
+                      tmp_path / "successor.log")
+    try:
+        wait_until(lambda: set(ids) <= set(watcher.ids), RESULTS_TIMEOUT, "results for every input")
+    finally:
+        watcher.close()
+        successor.send_signal(signal.SIGTERM)
+        assert successor.wait(DRAIN_TIMEOUT_S + 15) == 0

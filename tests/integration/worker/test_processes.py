@@ -25,7 +25,9 @@ import pytest
 from kafka import KafkaConsumer
 from worker_support import (
     DRAIN_TIMEOUT_S,
+    STALL_TOKEN,
     fixture_texts,
+    make_null_bundle,
     make_tiny_bundle,
     produce_events,
     read_records,
@@ -217,6 +219,66 @@ def test_a_feeder_killed_with_sigkill_is_restarted_and_nothing_is_lost_and_a_dea
     finally:
         results.close()
     assert set(results.ids()) == set(ids)
+
+
+def test_a_hung_model_call_stops_the_model_process_and_the_pod_and_a_successor_labels_everything(
+    kafka_bootstrap, new_topic, new_group, tmp_path, pods
+):
+    """A model call that never returns in the model process (the stalling null bundle): past
+    TAGSTREAM_MODEL_STALL_S the model process exits at once (model_stalled), its feeders give up their
+    batches and the pod exits 1 instead of holding its partitions for ever; a successor labels every
+    input."""
+    topic = new_topic(partitions=4, prefix="pod-stall")
+    group = new_group()
+    env = worker_env(kafka_bootstrap, topic, make_null_bundle(tmp_path / "stalling", stalling=True), group,
+                     TAGSTREAM_MODEL_STALL_S="3", TAGSTREAM_GROUP_INSTANCE_ID=f"pod-{uuid.uuid4().hex[:6]}")
+    ids = produce_events(kafka_bootstrap, topic, fixture_texts(400, seed=43), prefix="a")
+    results = Results(kafka_bootstrap, f"{topic}.labels")
+    try:
+        pod = pods(env, "pod")
+        pod.wait_started()
+        wait_until(lambda: set(ids) <= set(results.ids()), RESULTS_S, "the first results")
+        texts = fixture_texts(200, seed=44)
+        texts[100] = f"{texts[100]} {STALL_TOKEN}"
+        ids += produce_events(kafka_bootstrap, topic, texts, prefix="b")
+        assert pod.proc.wait(60) == 1, pod.tail()
+        stalled = pod.events("model_stalled")
+        assert stalled and stalled[0]["process"] == "model" and stalled[0]["call_s"] > 3, pod.tail()
+        assert pod.events("pod_failing")[0]["reason"] == "the model process exited (exit code 1)"
+
+        successor = spawn({k: v for k, v in env.items() if k != "TAGSTREAM_BUNDLE_PATH"}
+                          | {"TAGSTREAM_BUNDLE_PATH": str(make_null_bundle(tmp_path / "null"))},
+                          tmp_path / "successor.log")
+        try:
+            wait_until(lambda: set(ids) <= set(results.ids()), RESULTS_S, "results for every input")
+        finally:
+            successor.send_signal(signal.SIGTERM)
+            assert successor.wait(DRAIN_TIMEOUT_S + 15) == 0
+    finally:
+        results.close()
+
+
+def test_a_frozen_model_process_is_killed_past_the_stall_limit_and_the_pod_exits_1(
+    kafka_bootstrap, new_topic, new_group, tiny_bundle, pods
+):
+    """A model process that answers nothing (SIGSTOP: it cannot time its own calls) is killed by the
+    supervisor once silent for TAGSTREAM_MODEL_STALL_S, and the pod exits 1, its inputs read again later."""
+    topic = new_topic(partitions=4, prefix="pod-frozen")
+    env = worker_env(kafka_bootstrap, topic, tiny_bundle, new_group(), TAGSTREAM_MODEL_STALL_S="3",
+                     TAGSTREAM_GROUP_INSTANCE_ID=f"pod-{uuid.uuid4().hex[:6]}")
+    produce_events(kafka_bootstrap, topic, fixture_texts(200, seed=45))
+    pod = pods(env, "pod")
+    pod.wait_started()
+    model_pid = pod.events("model_process_ready")[0]["pid"]
+    os.kill(model_pid, signal.SIGSTOP)
+    try:
+        assert pod.proc.wait(60) == 1, pod.tail()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(model_pid, signal.SIGCONT)
+    unresponsive = pod.events("model_process_unresponsive")
+    assert unresponsive and unresponsive[0]["silent_s"] > 3, pod.tail()
+    assert pod.events("pod_failing")[0]["reason"] == "the model process exited (killed by SIGKILL)"
 
 
 def test_exactly_once_holds_per_feeder_through_a_feeder_sigkill(kafka_bootstrap, new_topic, new_group, tiny_bundle, pods):

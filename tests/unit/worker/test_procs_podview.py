@@ -177,6 +177,26 @@ def test_each_feeder_gets_its_own_static_id_any_port_and_no_bundle_watcher():
     assert one.bootstrap_servers == base.bootstrap_servers and one.max_batch_tokens == base.max_batch_tokens
 
 
+def test_a_feeders_model_stall_limit_is_a_backstop_behind_the_pods():
+    """Feeders time their waits on the model process with a longer limit than the pod's (the model process
+    and the supervisor act first and stop the pod as a whole); 0 stays off."""
+    from worker.procs.plan import FEEDER_STALL_MARGIN_S
+
+    assert feeder_settings(settings(processes=2, model_stall_s=60), 0).model_stall_s == 60 + FEEDER_STALL_MARGIN_S
+    assert feeder_settings(settings(processes=2, model_stall_s=0), 0).model_stall_s == 0
+
+
+def test_a_member_that_answers_unhealthy_still_answers_one_that_is_silent_does_not(fake):
+    """``answers``: any answer to /healthz counts (a stuck feeder answers 503); no answer, or no port yet, does not."""
+    pod, view = fake
+    pod.health[9001]["/healthz"] = {"ok": False}
+    assert view.answers(view.model) and view.answers(view.feeders[0])
+    pod.down.add(9000)
+    assert not view.answers(view.model)
+    view.feeder_down(1, restarting=True)
+    assert not view.answers(view.feeders[1])
+
+
 def test_processes_setting_accepts_auto_or_a_count_and_names_the_fix():
     """TAGSTREAM_PROCESSES is auto or 1-64; anything else fails naming the variable."""
     assert settings(processes="AUTO").processes == "auto"

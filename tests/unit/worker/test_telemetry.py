@@ -99,6 +99,44 @@ def test_liveness_fails_once_the_outage_outlasts_its_limit():
     assert health.liveness()[0] and health.broker_down_for() == 0.0
 
 
+def test_liveness_fails_while_a_model_call_runs_past_its_limit_and_recovers_when_it_returns():
+    """A model call running longer than model_stall_s fails /healthz and says how long; the longest of
+    several threads' calls counts; once it returns the worker is live again; 0 means no limit."""
+    now = [0.0]
+    health = Health(clock=lambda: now[0], model_stall_s=30)
+    other_started = threading.Event()
+    other_may_end = threading.Event()
+
+    def other_call():
+        with health.model_call():
+            other_started.set()
+            other_may_end.wait(10)
+
+    with health.model_call():
+        now[0] = 10.0
+        other = threading.Thread(target=other_call)
+        other.start()
+        other_started.wait(10)
+        now[0] = 30.0
+        health.loop_turned()
+        assert health.liveness()[0] and health.model_busy_for() == 30.0 and not health.model_stalled()
+        now[0] = 31.0
+        health.loop_turned()
+        ok, body = health.liveness()
+        assert not ok and health.model_stalled()
+        assert body["model_call_s"] == 31.0 and body["model_stall_limit_s"] == 30
+    assert health.model_busy_for() == 21.0 and health.liveness()[0]  # the other call began at 10
+    other_may_end.set()
+    other.join(10)
+    assert health.model_busy_for() == 0.0
+
+    unlimited = Health(clock=lambda: now[0])
+    with unlimited.model_call():
+        now[0] = 10_000.0
+        unlimited.loop_turned()
+        assert unlimited.liveness()[0] and not unlimited.model_stalled()
+
+
 def test_a_commit_timeout_counts_as_the_broker_away_but_a_rebalance_does_not():
     """Commit results feed broker health only when they say something about the broker."""
     health = Health(clock=lambda: 0.0)
