@@ -56,7 +56,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -856,6 +856,12 @@ class ConfluentProducer:
         self._acked: deque[Any] = deque()
         self._failed: Callable[[Any, BrokerError], None] = _unset
         self._serving = threading.Lock()  # held while delivery reports are served
+        # Threads other than the serving one waiting for _serving (flush, a producer swap): the
+        # serving thread stands aside while any does. A Lock is not fair: released and taken again
+        # at once in a loop, it went back to the serving thread every time once nothing else ran,
+        # and a transaction's flush waited for ever (seen after a producer replacement).
+        self._wanting = 0
+        self._wanting_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="tagstream-kafka-dr", daemon=True)
         self._thread.start()
@@ -864,6 +870,9 @@ class ConfluentProducer:
         """Serve delivery reports (and error and log callbacks) as they come in."""
         said: str | None = None
         while not self._stop.is_set():
+            if self._wanting:
+                time.sleep(0.001)  # another thread takes _serving first (see __init__)
+                continue
             try:
                 with self._serving:
                     self.client.poll(DR_POLL_S)
@@ -879,6 +888,18 @@ class ConfluentProducer:
                     log.warning("producer_poll_failed", error=text)
                     said = text
                 time.sleep(DR_POLL_S)
+
+    @contextlib.contextmanager
+    def _served_here(self) -> Iterator[None]:
+        """Hold _serving from a thread other than the serving one, which stands aside meanwhile."""
+        with self._wanting_lock:
+            self._wanting += 1
+        try:
+            with self._serving:
+                yield
+        finally:
+            with self._wanting_lock:
+                self._wanting -= 1
 
     def set_handler(self, handler: DeliveryHandler) -> None:
         self._delivered, self._failed = handler.delivered, handler.failed
@@ -959,7 +980,7 @@ class ConfluentProducer:
         deadline = time.monotonic() + timeout_s
         # Serve every outstanding report on this thread, the serving thread held off: when this
         # returns True, each acknowledgement has reached the handler.
-        with self._serving:
+        with self._served_here():
             try:
                 left = self.client.flush(max(0.0, deadline - time.monotonic()))
                 self._hand_over()
@@ -1020,7 +1041,7 @@ class ConfluentProducer:
         except BrokerError:
             self._replaced.append(client)
             raise
-        with self._serving:  # the old client's reports are never served: its transaction is aborted
+        with self._served_here():  # the old client's reports are never served: its transaction is aborted
             old, self.client = self.client, client
             self.errors.muted = True
             self.errors = errors

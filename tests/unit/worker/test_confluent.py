@@ -551,6 +551,24 @@ def test_the_acknowledgements_one_poll_serves_reach_the_sink_together(producer_f
     assert outcomes.together == [["a", "b", "c"]] and outcomes.one_by_one == []
 
 
+def test_flush_takes_over_from_the_reporting_thread_at_once_when_nothing_else_runs(producer_for):
+    """The reporting thread waits in poll() holding the serving lock, then takes it again: flush (a
+    transaction's commit) must still get it within a poll or so. A plain lock went back to the
+    reporting thread every time, and a commit after a producer replacement waited for ever."""
+    producer, _ = producer_for()
+
+    def poll_the_whole_wait(timeout):
+        time.sleep(timeout)
+        return producer.client._serve()
+
+    producer.client.poll = poll_the_whole_wait
+    time.sleep(0.1)  # the reporting thread is in its loop
+    started = time.monotonic()
+    for _ in range(20):
+        assert producer.flush(5.0)
+    assert time.monotonic() - started < 2.0
+
+
 def test_flush_returns_only_once_the_acknowledgements_reached_the_sink(producer_for):
     """flush() hands over what the flush served before returning True: the final commit reads the tracker next."""
     producer, outcomes = producer_for()
