@@ -16,6 +16,13 @@ Counters stay monotonic across a feeder's restart: the last values read from a f
 are kept and added to its successor's (what it counted after the last scrape is lost, never
 subtracted). A process that does not answer a scrape in time is shown with its last values.
 
+Every process is asked at once, each on a thread of its own (``_ask``), so a scrape or a probe
+answers within one ``FETCH_TIMEOUT_S`` however many of the pod's processes hang. Asked one after
+another, a scrape of a pod whose model process was frozen took 4 s (its /metrics, then its /readyz
+for ``tagstream_ready``), and every further silent process added 2 s per path: past the probes'
+3 s and the PodMonitor's 10 s, so the pod would vanish from Prometheus, and its probes would time
+out without naming the process that hangs, just when both are wanted.
+
 Health: live while the model process answers /healthz and every running feeder does (a feeder
 being restarted does not fail it); ready while the model is ready, the feeders together hold a
 partition, every running feeder reaches the broker and none has failing commits.
@@ -26,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +50,10 @@ POD_OWNED = frozenset({"tagstream_ready"})
 MONOTONIC_TYPES = frozenset({"counter", "histogram", "summary"})
 
 Fetch = Callable[[int, str], bytes]  # (port, path) -> body; raises OSError when it cannot
+# What one ask gave: the body; the exception that stopped it (no answer in time, refused, cut
+# short); None for a member with no port yet (or, past the deadline, an answer not come).
+Answer = bytes | Exception | None
+ASK_SLACK_S = 0.5  # beyond FETCH_TIMEOUT_S, what an ask may take before it counts as unanswered
 
 
 def http_fetch(port: int, path: str) -> bytes:
@@ -112,41 +124,44 @@ class PodView:
 
     # -- /metrics ----------------------------------------------------------------------------------
     def metrics(self) -> bytes:
+        members = [self.model, *self.feeders]
+        with self._lock:
+            seen = [(member, member.port, (member.name, member.incarnation)) for member in members]
+        # One round for both: each member's /metrics and the /readyz answers tagstream_ready needs.
+        answers = self._ask([(port, "/metrics") for _, port, _ in seen] + [(port, "/readyz") for _, port, _ in seen])
         merged: dict[str, tuple[str, str, dict[SampleKey, float]]] = {}
-        for member in [self.model, *self.feeders]:
-            families = self._read(member)
+        for (member, port, key), answer in zip(seen, answers, strict=False):
+            families = self._families(member, key, port, answer)
             for family, (kind, doc, samples) in families.items():
                 if family in POD_OWNED or (family in MODEL_OWNED and member is not self.model):
                     continue
                 _, _, into = merged.setdefault(family, (kind, doc, {}))
-                for key, value in samples.items():
-                    into[key] = _combine(family, key[0], into.get(key), value)
+                for sample_key, value in samples.items():
+                    into[sample_key] = _combine(family, sample_key[0], into.get(sample_key), value)
         with self._lock:
             retired = {f: (k, d, dict(s)) for f, (k, d, s) in self._retired.items()}
         for family, (kind, doc, samples) in retired.items():
             _, _, into = merged.setdefault(family, (kind, doc, {}))
-            for key, value in samples.items():
-                into[key] = into.get(key, 0.0) + value
+            for sample_key, value in samples.items():
+                into[sample_key] = into.get(sample_key, 0.0) + value
         ready = Metric("tagstream_ready", "1 while /readyz would answer 200.", "gauge")
-        ready.add_sample("tagstream_ready", {}, float(self.readiness()[0]))
+        ready.add_sample("tagstream_ready", {}, float(self._readiness(answers[len(seen):])[0]))
         metrics = [_to_metric(family, *entry) for family, entry in merged.items()]
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Fixed([*metrics, ready]))
         return bytes(generate_latest(registry)) + bytes(generate_latest(self.registry))
 
-    def _read(self, member: Member) -> dict[str, tuple[str, str, dict[SampleKey, float]]]:
-        """A member's metrics now, or the last ones read when it does not answer."""
-        with self._lock:
-            port, key = member.port, (member.name, member.incarnation)
+    def _families(
+        self, member: Member, key: tuple[str, int], port: int | None, answer: Answer
+    ) -> dict[str, tuple[str, str, dict[SampleKey, float]]]:
+        """A member's metrics from its answer, or the last ones read when it gave none."""
         if port is None:
             return {}
-        try:
-            text = self._fetch(port, "/metrics").decode()
-        except OSError:
+        if not isinstance(answer, bytes):
             with self._lock:
                 return self._last.get(key, {})
         families: dict[str, tuple[str, str, dict[SampleKey, float]]] = {}
-        for family in text_string_to_metric_families(text):
+        for family in text_string_to_metric_families(answer.decode()):
             samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in family.samples}
             families[family.name] = (family.type, family.documentation, samples)
         with self._lock:
@@ -156,28 +171,32 @@ class PodView:
 
     # -- /healthz and /readyz ------------------------------------------------------------------------
     def liveness(self) -> tuple[bool, dict[str, Any]]:
-        model_ok, model = self._probe(self.model, "/healthz")
+        ports = [member.port for member in [self.model, *self.feeders]]
+        answers = self._ask([(port, "/healthz") for port in ports])
+        model_ok, model = _probe_body(answers[0])
         model_ok = model_ok and self.model_alive
         feeders: dict[str, Any] = {}
         ok = model_ok
-        for member in self.feeders:
-            if member.port is None:
+        for member, port, answer in zip(self.feeders, ports[1:], answers[1:], strict=True):
+            if port is None:
                 feeders[member.name] = {"state": "starting or restarting"}
                 continue
-            feeder_ok, body = self._probe(member, "/healthz")
+            feeder_ok, body = _probe_body(answer)
             feeders[member.name] = body
             ok = ok and feeder_ok
         return ok, {"ok": ok, "model_process": model, "feeders": feeders}
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        _, model = self._probe(self.model, "/readyz")
+        return self._readiness(self._ask([(member.port, "/readyz") for member in [self.model, *self.feeders]]))
+
+    def _readiness(self, answers: list[Answer]) -> tuple[bool, dict[str, Any]]:
+        """Ready or not from the /readyz answers of the model process (first) and each feeder."""
+        _, model = _probe_body(answers[0])
         model_ready = bool(model.get("model_ready")) and self.model_alive
         assigned, reachable, failing, up = 0, True, False, 0
-        for member in self.feeders:
-            if member.port is None:
-                continue
-            _, body = self._probe(member, "/readyz")
-            if not body:
+        for answer in answers[1:]:
+            _, body = _probe_body(answer)
+            if not body:  # no port: starting or restarting
                 continue
             up += 1
             assigned += int(body.get("assigned_partitions", 0))
@@ -191,23 +210,48 @@ class PodView:
 
     def answers(self, member: Member) -> bool:
         """Whether ``member`` answers /healthz at all (live or not) within FETCH_TIMEOUT_S."""
-        if member.port is None:
-            return False
-        try:
-            self._fetch(member.port, "/healthz")
-        except OSError:
-            return False
-        return True
+        return isinstance(self._ask([(member.port, "/healthz")])[0], bytes)
 
-    def _probe(self, member: Member, path: str) -> tuple[bool, dict[str, Any]]:
-        port = member.port
-        if port is None:
-            return False, {}
-        try:
-            body = json.loads(self._fetch(port, path))
-        except (OSError, ValueError) as exc:
-            return False, {"ok": False, "error": f"no answer: {exc}"}
-        return bool(body.get("ok")), body
+    def _ask(self, asks: list[tuple[int | None, str]]) -> list[Answer]:
+        """Every (port, path) asked at once, each on a thread of its own (module docstring); the
+        answers in the same order. Whatever has not answered by FETCH_TIMEOUT_S (plus a little)
+        counts as no answer: its thread ends by itself when its own timeout fires."""
+        answers: list[Answer] = [None] * len(asks)
+
+        def ask(i: int, port: int, path: str) -> None:
+            try:
+                answers[i] = self._fetch(port, path)
+            except Exception as exc:  # refused, timed out, or cut short (http.client's own errors)
+                answers[i] = exc
+
+        threads = [
+            threading.Thread(target=ask, args=(i, port, path), name="tagstream-podview-ask", daemon=True)
+            for i, (port, path) in enumerate(asks)
+            if port is not None
+        ]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + FETCH_TIMEOUT_S + ASK_SLACK_S
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        got = list(answers)  # a late answer must not change what this call has decided
+        for i, (port, _) in enumerate(asks):
+            if port is not None and got[i] is None:
+                got[i] = TimeoutError(f"no answer within {FETCH_TIMEOUT_S + ASK_SLACK_S:.1f} s")
+        return got
+
+
+def _probe_body(answer: Answer) -> tuple[bool, dict[str, Any]]:
+    """(ok, body) of a probe's answer; an empty body for a member with no port."""
+    if answer is None:
+        return False, {}
+    if isinstance(answer, Exception):
+        return False, {"ok": False, "error": f"no answer: {answer}"}
+    try:
+        body = json.loads(answer)
+    except ValueError as exc:
+        return False, {"ok": False, "error": f"no answer: {exc}"}
+    return bool(body.get("ok")), body
 
 
 def _combine(family: str, sample: str, old: float | None, new: float) -> float:

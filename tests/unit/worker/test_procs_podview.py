@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from collections import namedtuple
 from pathlib import Path
 
@@ -184,6 +185,61 @@ def test_a_feeders_model_stall_limit_is_a_backstop_behind_the_pods():
 
     assert feeder_settings(settings(processes=2, model_stall_s=60), 0).model_stall_s == 60 + FEEDER_STALL_MARGIN_S
     assert feeder_settings(settings(processes=2, model_stall_s=0), 0).model_stall_s == 0
+
+
+class HangingPod(FakePod):
+    """A FakePod whose ``hung`` ports take every request and never answer (until ``release``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hung: set[int] = set()
+        self.released = threading.Event()
+        self.waiting = 0
+        self.most_waiting = 0  # the most requests hanging at the same time
+        self._lock = threading.Lock()
+
+    def fetch(self, port: int, path: str) -> bytes:
+        if port not in self.hung:
+            return super().fetch(port, path)
+        with self._lock:
+            self.waiting += 1
+            self.most_waiting = max(self.most_waiting, self.waiting)
+        try:
+            self.released.wait(10)
+            raise OSError("timed out")
+        finally:
+            with self._lock:
+                self.waiting -= 1
+
+
+def test_a_scrape_asks_every_process_at_once_so_silent_ones_cost_one_timeout_not_one_each(monkeypatch):
+    """With the model process and a feeder frozen, a scrape asks all four of their endpoints at once (not one
+    after another, 2 s each), shows their last values and tagstream_ready 0; the probes name the silent ones."""
+    import worker.procs.podview as podview
+
+    monkeypatch.setattr(podview, "FETCH_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(podview, "ASK_SLACK_S", 0.1)
+    pod = HangingPod()
+    pod.add(9000, ready={"ok": False, "model_ready": True})
+    for port in (9001, 9002):
+        pod.add(port, ready=dict(FEEDER_READY)).events_in.labels(topic="in").inc(10)
+    view = PodView(2, fetch=pod.fetch)
+    view.model.port = 9000
+    view.feeder_up(0, 9001)
+    view.feeder_up(1, 9002)
+    try:
+        assert values(view.metrics())[("tagstream_ready", ())] == 1
+        pod.hung |= {9000, 9002}
+        got = values(view.metrics())
+        assert pod.most_waiting == 4  # /metrics and /readyz of both, in flight together
+        assert got[("tagstream_events_in_total", (("topic", "in"),))] == 20  # feeder-1's last values kept
+        assert got[("tagstream_ready", ())] == 0
+        ok, body = view.liveness()
+        assert not ok and "no answer" in body["model_process"]["error"] and "no answer" in body["feeders"]["feeder-1"]["error"]
+        assert body["feeders"]["feeder-0"] == {"ok": True}
+        assert not view.readiness()[0]
+    finally:
+        pod.released.set()
 
 
 def test_a_member_that_answers_unhealthy_still_answers_one_that_is_silent_does_not(fake):
