@@ -400,7 +400,13 @@ class Sink:
         """The send timed out while no broker answered: wait for one (the worker's outage limit ends
         the wait), then send again. A topic that is really missing times out again with the broker
         up, past the outage window (app.py), and is fatal then."""
-        log.warning("send_waits_for_the_broker", topic=topic, error=str(error))
+        # The client's own words (a metadata timeout), not the BrokerError's hint that the topic may
+        # not exist: with no broker answering, that hint pointed at the wrong fix.
+        log.warning(
+            "send_waits_for_the_broker", topic=topic, error=str(error.__cause__ or error),
+            hint="no broker answered when this record was sent: it is sent again once one does"
+            " (TAGSTREAM_BROKER_OUTAGE_S bounds the wait)",
+        )
         while self._broker_down():
             if self._stopping.wait(0.5):
                 raise error

@@ -7,6 +7,7 @@ import json
 import pytest
 from kafka import errors as ke
 from kafka.structs import TopicPartition
+from structlog.testing import capture_logs
 from worker_fakes import FakeProducer
 
 from worker.errors import BrokerError, Failure
@@ -275,17 +276,26 @@ class _MetadataTimeoutOnce(FakeProducer):
     def send(self, topic, value, key, headers, token) -> None:
         self.calls += 1
         if self.calls == 1:
-            raise BrokerError("cannot send: Failed to update metadata after 15.0 secs", Failure.TOPIC_MISSING)
+            # As the backend raises it: its hint for a missing topic, the client's error as the cause.
+            raise BrokerError(
+                "cannot send to topic 'sms.labels': Failed to update metadata after 15.0 secs (does it exist?"
+                " create it or enable auto-creation on the broker)", Failure.TOPIC_MISSING,
+            ) from TimeoutError("Failed to update metadata after 15.0 secs")
 
 
 def test_a_send_that_timed_out_while_no_broker_answers_waits_for_the_broker_and_is_sent_again():
-    """A metadata timeout during a broker outage is not a missing topic: the sink waits for the broker, then sends."""
+    """A metadata timeout during a broker outage is not a missing topic: the sink waits for the broker, then
+    sends; its log line says so and does not repeat the missing-topic hint."""
     down = iter([True, True, False])
     producer = _MetadataTimeoutOnce()
     sink = Sink(producer, Router(settings()), OffsetTracker(), Metrics(), lambda exc: None,  # type: ignore[arg-type]
                 broker_down=lambda: next(down, False))
-    sink._send("sms.labels", b"v", None, [], object())
+    with capture_logs() as logs:
+        sink._send("sms.labels", b"v", None, [], object())
     assert producer.calls == 2
+    [line] = [entry for entry in logs if entry["event"] == "send_waits_for_the_broker"]
+    assert "does it exist" not in line["error"] and "metadata" in line["error"]
+    assert "no broker answered" in line["hint"]
 
 
 def test_a_missing_topic_while_the_broker_answers_is_still_fatal():
