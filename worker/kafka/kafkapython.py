@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from kafka import KafkaConsumer, KafkaProducer
+from kafka import codec as kafka_codec
 from kafka import errors as ke
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
@@ -88,6 +89,25 @@ def translate(exc: BaseException, what: str) -> BrokerError:
     return BrokerError(f"{what}: {exc}", failure_for_error(exc))
 
 
+# The codecs other producers compress record batches with, and the package each needs (the
+# kafka-python extras pyproject.toml installs). gzip is in the standard library.
+CODECS = {"snappy": ("has_snappy", "python-snappy"), "lz4": ("has_lz4", "lz4"), "zstd": ("has_zstd", "zstandard")}
+
+
+def check_codecs() -> None:
+    """Refuse to start without a codec: kafka-python raises on the first batch compressed with it,
+    which stopped the worker mid-stream and again after every restart (a producer using snappy,
+    as kcat -z snappy does, kept it from ever getting past that batch)."""
+    missing = [(name, package) for name, (probe, package) in CODECS.items() if not getattr(kafka_codec, probe)()]
+    if missing:
+        raise BrokerError(
+            f"kafka-python cannot read record batches compressed with {', '.join(n for n, _ in missing)}: the"
+            f" package(s) {', '.join(p for _, p in missing)} are not installed. Install"
+            " kafka-python[lz4,snappy,zstd] (tagstream's own install does), or set TAGSTREAM_KAFKA_CLIENT=confluent",
+            Failure.KAFKA_FATAL,
+        )
+
+
 def connect_call(settings: WorkerSettings, call: Callable[[], Any]) -> Any:
     """Run a start-up call, translating its errors into BrokerErrors that say what to fix."""
     try:
@@ -117,6 +137,7 @@ def open_clients(
 ) -> tuple[KafkaPythonConsumer, KafkaPythonProducer]:
     apply_join_fix()  # kafka-python 3.0 can drop a completed group join: see compat.py
     apply_unreadable_fix()  # ...and get stuck on a record it cannot decode
+    check_codecs()  # ...and stop at a compressed batch it has no codec for
     common = common_config(settings)
     producer_config: dict[str, Any] = {
         "acks": "all",

@@ -69,6 +69,28 @@ def test_5000_events_over_3_partitions_get_exactly_one_correct_result_each(
     assert committed_total(kafka_bootstrap, worker.settings.group_id, topic) == 5000
 
 
+def test_inputs_compressed_with_every_codec_kafka_offers_are_all_labeled(
+    kafka_bootstrap, new_topic, start_worker, tiny_bundle
+):
+    """Batches compressed with gzip, snappy, lz4 and zstd, as other producers send them, are all read: 800
+    inputs, 800 results (without its codec packages kafka-python stopped at the first snappy batch)."""
+    topic = new_topic(partitions=2, prefix="worker-codecs")
+    texts = fixture_texts(800, seed=14)
+    ids = []
+    for c, codec in enumerate(("gzip", "snappy", "lz4", "zstd")):
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, compression_type=codec, linger_ms=20)
+        for i in range(200):
+            event_id = f"{codec}-{i}"
+            producer.send(topic, value=json.dumps({"id": event_id, "text": texts[200 * c + i]}).encode())
+            ids.append(event_id)
+        producer.flush(30)
+        producer.close()
+    worker = start_worker(topic, tiny_bundle)
+    labeled = read_records(kafka_bootstrap, f"{topic}.labels", expected=800)
+    assert Counter(json.loads(r.value)["id"] for r in labeled) == Counter(ids)
+    assert worker.metrics.value("tagstream_events_out_total", {"topic": topic}) == 800
+
+
 def test_malformed_events_go_to_the_dead_letter_topic_and_the_rest_are_labeled(
     kafka_bootstrap, new_topic, start_worker, tiny_bundle
 ):

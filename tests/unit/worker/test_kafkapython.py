@@ -119,3 +119,26 @@ def test_a_wedged_transactional_producer_is_replaced_by_the_abort_and_its_stale_
     producer._outcome(made[0], "new", object())
     assert outcomes == ["new"]
     never.set()
+
+
+def test_every_codec_other_producers_compress_with_is_installed():
+    """snappy, lz4 and zstd (gzip is in the standard library) are readable: the install provides them."""
+    from kafka import codec
+
+    from worker.kafka.kafkapython import check_codecs
+
+    assert codec.has_snappy() and codec.has_lz4() and codec.has_zstd() and codec.has_gzip()
+    check_codecs()  # does not raise
+
+
+def test_a_missing_codec_stops_the_worker_at_start_naming_the_package_and_the_other_client(monkeypatch):
+    """Without a codec the worker refuses to start (instead of stopping at the first such batch, again after
+    every restart), naming the package to install and TAGSTREAM_KAFKA_CLIENT=confluent."""
+    from kafka import codec
+
+    from worker.kafka.kafkapython import check_codecs
+
+    monkeypatch.setattr(codec, "has_snappy", lambda: False)
+    with pytest.raises(BrokerError, match=r"snappy.*python-snappy.*TAGSTREAM_KAFKA_CLIENT=confluent") as caught:
+        check_codecs()
+    assert caught.value.failure is Failure.KAFKA_FATAL
