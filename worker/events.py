@@ -203,13 +203,14 @@ def parse_record(record: RecordLike, config: ParseConfig, received: float, epoch
         except UnicodeDecodeError as exc:
             return _dead(record, Failure.INVALID_UTF8, epoch, f"byte {exc.start}: {exc.reason}")
     else:
+        fallback = False
         try:
             obj = orjson.loads(value)  # validates UTF-8 too
         except orjson.JSONDecodeError:
             parsed = _json_failure(record, value, epoch)
             if isinstance(parsed, DeadLetter):
                 return parsed
-            obj = parsed
+            obj, fallback = parsed, True
         if type(obj) is not dict:
             return _dead(record, Failure.NOT_AN_OBJECT, epoch, f"the JSON value is a {type(obj).__name__}, not an object")
         text = obj.get(config.text_field, _MISSING)
@@ -220,6 +221,10 @@ def parse_record(record: RecordLike, config: ParseConfig, received: float, epoch
                 record, Failure.TEXT_NOT_STRING, epoch, f"{config.text_field!r} is a {type(text).__name__}, not a string"
             )
         event_id = obj.get(config.id_field)
+        if fallback:
+            surrogate = _lone_surrogate({config.text_field: text, config.id_field: event_id})
+            if surrogate:
+                return _dead(record, Failure.INVALID_JSON, epoch, surrogate)
     if not text or text.isspace():
         return _dead(record, Failure.EMPTY_TEXT, epoch, "the text is empty or only whitespace")
     if type(event_id) is not str or not event_id:
@@ -260,6 +265,21 @@ def _json_failure(record: RecordLike, value: bytes, epoch: int) -> Any:
         return _dead(record, Failure.INVALID_JSON, epoch, f"line {exc.lineno} column {exc.colno}: {exc.msg}")
     except RecursionError:
         return _dead(record, Failure.INVALID_JSON, epoch, "nested too deeply")
+
+
+def _lone_surrogate(fields: dict[str, Any]) -> str | None:
+    """Why a field the worker uses cannot be kept, when the standard library parsed the value: a
+    ``\\ud800``-style escape of half a UTF-16 pair decodes to a code point that is not a character
+    (orjson refuses it; json takes it). The tokenizer cannot encode such a text (its TypeError
+    stopped the worker on one record, and again after each restart), nor can a result carry such
+    an id."""
+    for name, got in fields.items():
+        if type(got) is str:
+            try:
+                got.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                return f"{name!r} holds a lone UTF-16 surrogate (\\u{ord(got[exc.start]):04x} at character {exc.start})"
+    return None
 
 
 def result_value(

@@ -99,3 +99,30 @@ def test_a_record_the_client_cannot_decode_is_dead_lettered_and_read_past(
         assert "fine" not in headers
     assert "tagstream.invalid_header_keys" not in headers
     assert worker.fatal is None
+
+
+def test_json_whose_text_or_id_escapes_half_a_surrogate_pair_is_dead_lettered_and_the_worker_goes_on(
+    kafka_bootstrap, new_topic, start_worker, tiny_bundle
+):
+    """A \\ud800 escape (valid JSON syntax, not a character) in the text or the id: dead-lettered as
+    invalid_json with the bytes as sent; the inputs around it are labeled and the worker keeps running (the
+    tokenizer's TypeError on such a text stopped it at that record after every restart, found with kcat)."""
+    topic = new_topic(partitions=1, prefix="surrogate")
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    bad = [b'{"id": "s1", "text": "lone \\ud800 surrogate"}', b'{"id": "\\udc00", "text": "fine text"}']
+    before = produce_events(kafka_bootstrap, topic, fixture_texts(10, seed=5), prefix="b")
+    for value in bad:
+        producer.send(topic, value=value, key=b"bad")
+    producer.flush(30)
+    producer.close()
+    after = produce_events(kafka_bootstrap, topic, fixture_texts(10, seed=6), prefix="a")
+    worker = start_worker(topic, tiny_bundle)
+
+    results = read_records(kafka_bootstrap, f"{topic}.labels", expected=20)
+    assert sorted(json.loads(r.value)["id"] for r in results) == sorted(before + after)
+    letters = read_records(kafka_bootstrap, f"{topic}.dlq", expected=2)
+    assert sorted(r.value for r in letters) == sorted(bad)
+    assert {dict(r.headers)["tagstream.reason"] for r in letters} == {b"invalid_json"}
+    assert worker.fatal is None
+    worker.stop()
+    assert worker.wait(timeout=30) == 0

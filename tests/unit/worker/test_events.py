@@ -124,6 +124,23 @@ def test_a_record_with_header_keys_that_are_not_utf8_is_dead_lettered_with_its_b
     assert dict(dead_letter_headers(letter))["tagstream.dropped"] == b"headers"
 
 
+def test_a_lone_surrogate_escape_in_the_text_or_id_is_dead_lettered_not_handed_on():
+    """JSON the standard library takes but orjson refuses (a \\ud800 escape: half a UTF-16 pair) is
+    dead-lettered when the text or the id holds one: the tokenizer raised TypeError on such a text, which
+    stopped the worker at that record after every restart. A surrogate pair, and one in a field the worker
+    does not use, are fine."""
+    for value, named in [(b'{"id": "a", "text": "x \\ud800 y"}', "'text'"), (b'{"id": "\\udfff", "text": "fine"}', "'id'")]:
+        letter = parse_record(Record(value), JSON, received=0.0)
+        assert isinstance(letter, DeadLetter) and letter.reason is Failure.INVALID_JSON
+        assert named in letter.detail and "lone UTF-16 surrogate" in letter.detail
+        assert letter.value == value  # the bytes as they came
+    pair = parse_record(Record(b'{"id": "b", "text": "smile \\ud83d\\ude00"}'), JSON, received=0.0)
+    assert isinstance(pair, Event) and pair.text == "smile \U0001f600"
+    other = parse_record(Record(b'{"id": "c", "text": "ok", "note": "\\ud800", "n": 123456789012345678901234567890}'),
+                         JSON, received=0.0)
+    assert isinstance(other, Event) and other.text == "ok"
+
+
 def test_long_text_is_accepted_not_rejected():
     """A very long text is an Event (the tokenizer truncates it), not a dead letter."""
     text = "word " * 50_000
