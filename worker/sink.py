@@ -33,6 +33,7 @@ are counted in the metrics only once their transaction commits.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import deque
@@ -469,7 +470,10 @@ class Sink:
 def input_dead_letter(event: Event, reason: Failure, detail: str) -> DeadLetter:
     """A dead letter for an input that was parsed (its original bytes are no longer kept): the id
     and text as JSON, which is what the worker read from it."""
-    value = orjson.dumps({"id": event.event_id, "text": event.text})
+    try:
+        value = orjson.dumps({"id": event.event_id, "text": event.text})
+    except orjson.JSONEncodeError:  # a string that is not Unicode (a lone surrogate): escaped, ASCII JSON
+        value = json.dumps({"id": event.event_id, "text": event.text}).encode()
     return DeadLetter(
         event.topic, event.partition, event.offset, event.timestamp_ms, event.key, value, event.headers,
         reason, detail[:500], event.epoch,

@@ -33,6 +33,7 @@ from worker.handoff import InputHandoff
 from worker.inference import Runner
 from worker.kafka.base import ConsumerClient, Sleep, TopicPartition
 from worker.offsets import OffsetCommitter, OffsetTracker, ResumePoint
+from worker.sink import input_dead_letter
 from worker.stages import StageClock
 from worker.telemetry import Health, Metrics, get_logger
 
@@ -190,7 +191,10 @@ class Source:
         t = clock.start()
         if events:
             runner = self._current_runner()
-            token_ids = runner.tokenize([e.text for e in events])
+            try:
+                token_ids = runner.tokenize([e.text for e in events])
+            except Exception as exc:  # one text the tokenizer cannot take must not stop the worker
+                events, token_ids = self._tokenize_one_by_one(runner, events, letters, exc)
             key = runner.tokenizer_key
             for event, ids in zip(events, token_ids, strict=True):
                 event.token_ids = ids
@@ -198,6 +202,32 @@ class Source:
         t = clock.stop("tokenize", t, len(events))
         self._handoff.put(events, letters)
         clock.stop("track", t, n)
+
+    def _tokenize_one_by_one(
+        self, runner: Runner, events: list[Event], letters: list[DeadLetter], error: Exception
+    ) -> tuple[list[Event], list[list[int]]]:
+        """A poll's texts failed to tokenize together: tokenize each alone and dead-letter the ones
+        that fail alone too (inference_failed), as a failed model batch is retried. Before this, one
+        such text (a lone surrogate that the JSON fallback let through) stopped the worker at the
+        same record after every restart. When every text fails alone, the tokenizer is broken, not
+        the input: that is fatal, as for the model."""
+        self._metrics.count_failure(Failure.BATCH_FAILED)
+        log.warning("tokenize_failed_retrying_singly", size=len(events), error=repr(error))
+        kept: list[Event] = []
+        token_ids: list[list[int]] = []
+        failed = 0
+        for event in events:
+            try:
+                [ids] = runner.tokenize([event.text])
+            except Exception as exc:
+                letters.append(input_dead_letter(event, Failure.INFERENCE_FAILED, f"the tokenizer raised on this text: {exc!r}"))
+                failed += 1
+                continue
+            kept.append(event)
+            token_ids.append(ids)
+        if not kept and failed > 1:
+            raise WorkerError(f"the tokenizer fails on every text, alone too: {error!r}", Failure.MODEL_FAILED) from error
+        return kept, token_ids
 
     def _count_in(self, tp: TopicPartition, batch: list[Any]) -> None:
         """Count records in events_in once each, however often they are read."""

@@ -6,9 +6,11 @@ import asyncio
 import json
 import threading
 
+import pytest
 from kafka.structs import TopicPartition
 from worker_fakes import FakeConsumer, Record
 
+from worker.errors import Failure, WorkerError
 from worker.events import ParseConfig
 from worker.handoff import InputHandoff
 from worker.offsets import Committer, OffsetTracker
@@ -90,6 +92,49 @@ def test_bad_records_are_handed_over_as_dead_letters():
     assert [e.offset for e in events] == [0, 2]
     assert [(d.offset, d.reason.label) for d in letters] == [(1, "invalid_json"), (3, "invalid_json")]
     assert tracker.in_flight() == 4
+
+
+class PickyRunner(CountingRunner):
+    """A tokenizer that raises on any text holding ``poison`` (or on every text)."""
+
+    def __init__(self, poison: str | None) -> None:
+        super().__init__()
+        self.poison = poison
+
+    def tokenize(self, texts):
+        if self.poison is None or any(self.poison in t for t in texts):
+            raise TypeError("TextEncodeInput must be Union[TextInputSequence, Tuple[InputSequence, InputSequence]]")
+        return super().tokenize(texts)
+
+
+def test_a_text_the_tokenizer_cannot_take_is_dead_lettered_and_the_rest_of_the_poll_goes_on():
+    """The tokenizer raising on a poll's texts retries them one by one: the one that fails alone becomes an
+    inference_failed dead letter (its id and text), the others are handed on tokenized; nothing stops."""
+    source, consumer, tracker, handoff, _, metrics = make_source()
+    runner = PickyRunner("poison")
+    source._current_runner = lambda: runner
+    batch = records(TP0, 0, 4)
+    batch[2] = Record("in", 0, 2, json.dumps({"id": "e2", "text": "a poison c"}).encode())
+    consumer.polls.append({TP0: batch})
+    run_once(source)
+    events, letters, *_ = handoff.take(0)
+    assert [e.offset for e in events] == [0, 1, 3] and all(e.token_ids == [1, 1, 1] for e in events)
+    [letter] = letters
+    assert (letter.offset, letter.reason.label) == (2, "inference_failed") and "TypeError" in letter.detail
+    assert json.loads(letter.value) == {"id": "e2", "text": "a poison c"}
+    assert tracker.in_flight() == 4  # the dead letter's offset is committed once it is published
+    assert metrics.value("tagstream_failures_total", {"kind": "batch_failed"}) == 1
+
+
+def test_a_tokenizer_that_fails_on_every_text_alone_too_stops_the_worker():
+    """When no text of the poll tokenizes, alone either, the tokenizer is broken: model_failed, not dead letters."""
+    source, consumer, *_ = make_source()
+    runner = PickyRunner(None)
+    source._current_runner = lambda: runner
+    consumer.polls.append({TP0: records(TP0, 0, 3)})
+    with pytest.raises(WorkerError, match="every text") as caught:
+        run_once(source)
+    assert caught.value.failure is Failure.MODEL_FAILED
 
 
 def test_backpressure_pauses_and_resumes():
