@@ -88,7 +88,8 @@ class Failure(enum.Enum):
     )
     INFERENCE_FAILED = FailureSpec(
         "inference_failed", Action.DEAD_LETTER, 0,
-        "the model raised on this input alone (after its batch failed and was retried one by one)",
+        "the model, or its tokenizer, raised on this input alone (after its batch, or its poll's texts,"
+        " failed and were retried one by one)",
     )
     # -- transient: retried, nothing committed meanwhile --------------------------------------
     BATCH_FAILED = FailureSpec(
