@@ -130,7 +130,7 @@ class PodView:
         # One round for both: each member's /metrics and the /readyz answers tagstream_ready needs.
         answers = self._ask([(port, "/metrics") for _, port, _ in seen] + [(port, "/readyz") for _, port, _ in seen])
         merged: dict[str, tuple[str, str, dict[SampleKey, float]]] = {}
-        for (member, port, key), answer in zip(seen, answers, strict=False):
+        for (member, port, key), answer in zip(seen, answers[: len(seen)], strict=True):
             families = self._families(member, key, port, answer)
             for family, (kind, doc, samples) in families.items():
                 if family in POD_OWNED or (family in MODEL_OWNED and member is not self.model):
