@@ -145,6 +145,13 @@ class WorkerSettings(BaseSettings):
         description="The longest gap between polls before the group evicts this member. The worker polls every"
         " 100 ms even while the model is busy, so a slow model never trips it.",
     )
+    isolation_level: Literal["read_committed", "read_uncommitted"] = Field(
+        "read_committed",
+        description="Which input records the worker reads: read_committed skips records of aborted"
+        " transactions (an upstream exactly-once producer retried them; labelling them gave results for"
+        " inputs no other reader ever sees) and waits for open transactions; read_uncommitted reads"
+        " everything at once. Same for both clients. exactly_once needs read_committed.",
+    )
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest",
         description="Where a group with no committed offset starts: earliest (nothing missed) or latest.",
@@ -408,6 +415,11 @@ class WorkerSettings(BaseSettings):
             )
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError(f"set both {env_name('ssl_certfile')} and {env_name('ssl_keyfile')}, or neither")
+        if self.processing_guarantee == "exactly_once" and self.isolation_level != "read_committed":
+            raise ValueError(
+                f"{env_name('processing_guarantee')}=exactly_once needs {env_name('isolation_level')}=read_committed"
+                " (a transaction's outputs must follow inputs that were committed)"
+            )
         if self.processing_guarantee == "exactly_once" and self.commit_interval_ms >= self.transaction_timeout_ms:
             raise ValueError(
                 f"{env_name('commit_interval_ms')}={self.commit_interval_ms} must be shorter than"

@@ -280,7 +280,7 @@ def producer_config(settings: WorkerSettings, transactional_id: str | None) -> d
     return config
 
 
-def consumer_config(settings: WorkerSettings, transactional: bool) -> dict[str, Any]:
+def consumer_config(settings: WorkerSettings) -> dict[str, Any]:
     config = {
         **common_config(settings),
         "group.id": settings.group_id,
@@ -292,8 +292,7 @@ def consumer_config(settings: WorkerSettings, transactional: bool) -> dict[str, 
         # librdkafka refuses a poll interval below the session timeout; the worker polls every
         # 100 ms whatever the model does, so the larger of the two changes nothing.
         "max.poll.interval.ms": max(settings.max_poll_interval_ms, settings.session_timeout_ms),
-        # read_committed where exactly-once needs it; otherwise what kafka-python reads by default.
-        "isolation.level": "read_committed" if transactional else "read_uncommitted",
+        "isolation.level": settings.isolation_level,  # read_committed for exactly-once (settings check it)
         "queued.max.messages.kbytes": CONSUMER_QUEUE_KBYTES,
         "statistics.interval.ms": STATS_INTERVAL_MS,
     }
@@ -362,7 +361,7 @@ def open_clients(
     producer = ConfluentProducer(settings, transactional_id)
     try:
         _connect(settings, producer.client, producer.errors)
-        consumer = ConfluentConsumer(settings, transactional=transactional_id is not None)
+        consumer = ConfluentConsumer(settings)
     except BaseException:
         producer.close(2)
         raise
@@ -422,7 +421,7 @@ _headers = operator.methodcaller("headers")
 class ConfluentConsumer:
     """``ConsumerClient`` over ``confluent_kafka.Consumer``. Used from the source's thread only."""
 
-    def __init__(self, settings: WorkerSettings, *, transactional: bool) -> None:
+    def __init__(self, settings: WorkerSettings) -> None:
         self._settings = settings
         self.errors = _Errors("consumer")
         self._handler: RebalanceHandler | None = None
@@ -444,7 +443,7 @@ class ConfluentConsumer:
         # changes only there). The source asks for it several times a loop turn while paused.
         self._assigned: frozenset[TopicPartition] | None = None
         self._rebalancing = False
-        config = consumer_config(settings, transactional)
+        config = consumer_config(settings)
         config.update(error_cb=self.errors, stats_cb=self._on_stats, on_commit=self._on_commit)
         self.client = _new(ck.Consumer, config)
 

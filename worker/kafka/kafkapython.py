@@ -176,8 +176,7 @@ def open_clients(
     }
     if settings.group_instance_id:
         consumer_config["group_instance_id"] = settings.group_instance_id
-    if transactional_id is not None:
-        consumer_config["isolation_level"] = "read_committed"
+    consumer_config["isolation_level"] = settings.isolation_level  # read_committed for exactly-once
     try:
         consumer = KafkaPythonConsumer(connect_call(settings, lambda: KafkaConsumer(**consumer_config)), settings)
     except BaseException:

@@ -182,7 +182,7 @@ class Quiet:
 def consumer_of(bootstrap: str, topic: str, group: str) -> confluent.ConfluentConsumer:
     s = load_settings(bootstrap_servers=bootstrap, input_topics=[topic], bundle_path="/dev/null",
                       kafka_client="confluent", group_id=group)
-    consumer = confluent.ConfluentConsumer(s, transactional=False)
+    consumer = confluent.ConfluentConsumer(s)
     consumer.subscribe(topics=[topic], pattern=None, handler=Quiet())
     return consumer
 

@@ -91,6 +91,43 @@ def test_inputs_compressed_with_every_codec_kafka_offers_are_all_labeled(
     assert worker.metrics.value("tagstream_events_out_total", {"topic": topic}) == 800
 
 
+def produce_transactions(bootstrap: str, topic: str, texts: list[str]) -> tuple[list[str], list[str]]:
+    """Events written by a transactional producer, as an exactly-once upstream writes them: odd
+    transactions aborted, even ones committed. Returns (committed ids, aborted ids)."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"upstream-{topic}")
+    producer.init_transactions()
+    committed: list[str] = []
+    aborted: list[str] = []
+    for t in range(4):
+        producer.begin_transaction()
+        ids = [f"t{t}-{i}" for i in range(25)]
+        for i, event_id in enumerate(ids):
+            producer.send(topic, value=json.dumps({"id": event_id, "text": texts[25 * t + i]}).encode())
+        producer.flush(30)
+        if t % 2:
+            producer.abort_transaction()
+            aborted += ids
+        else:
+            producer.commit_transaction()
+            committed += ids
+    producer.close()
+    return committed, aborted
+
+
+def test_records_of_aborted_upstream_transactions_are_not_labeled(kafka_bootstrap, new_topic, start_worker, tiny_bundle):
+    """Inputs from a transactional producer: the 50 of its committed transactions get results, the 50 of its
+    aborted ones none (read_committed, the default; at-least-once read them too before)."""
+    topic = new_topic(partitions=2, prefix="worker-txn-input")
+    committed, aborted = produce_transactions(kafka_bootstrap, topic, fixture_texts(100, seed=15))
+    ids = produce_events(kafka_bootstrap, topic, fixture_texts(10, seed=16), prefix="after")  # plain, after them
+    worker = start_worker(topic, tiny_bundle)
+    labeled = read_records(kafka_bootstrap, f"{topic}.labels", expected=60)
+    got = Counter(json.loads(r.value)["id"] for r in labeled)
+    assert got == Counter(committed + ids) and not set(got) & set(aborted)
+    worker.stop()
+    assert worker.wait(timeout=30) == 0
+
+
 def test_malformed_events_go_to_the_dead_letter_topic_and_the_rest_are_labeled(
     kafka_bootstrap, new_topic, start_worker, tiny_bundle
 ):

@@ -138,10 +138,11 @@ def test_producer_and_consumer_settings_follow_the_workers():
     assert producer["message.max.bytes"] == s.producer_max_request_bytes()
     assert producer["message.timeout.ms"] == 90_000 and producer["acks"] == "all"
     assert producer["enable.idempotence"] is True and "transactional.id" not in producer
-    consumer = confluent.consumer_config(s, transactional=False)
+    consumer = confluent.consumer_config(s)
     assert consumer["group.instance.id"] == "pod-1" and consumer["session.timeout.ms"] == 10_000
     assert consumer["max.poll.interval.ms"] == 10_000  # librdkafka wants at least the session timeout
-    assert consumer["enable.auto.commit"] is False and consumer["isolation.level"] == "read_uncommitted"
+    assert consumer["enable.auto.commit"] is False and consumer["isolation.level"] == "read_committed"
+    assert confluent.consumer_config(settings(isolation_level="read_uncommitted"))["isolation.level"] == "read_uncommitted"
     assert consumer["allow.auto.create.topics"] is False
 
 
@@ -151,14 +152,14 @@ def test_exactly_once_settings():
     producer = confluent.producer_config(s, "group.pod-1")
     assert producer["transactional.id"] == "group.pod-1" and producer["transaction.timeout.ms"] == 20_000
     assert producer["message.timeout.ms"] == 20_000
-    assert confluent.consumer_config(s, transactional=True)["isolation.level"] == "read_committed"
+    assert confluent.consumer_config(s)["isolation.level"] == "read_committed"
 
 
 def test_librdkafka_accepts_every_setting_given():
     """librdkafka builds both clients (and the exactly-once producer) from the settings without refusing one."""
     s = settings(bootstrap_servers="127.0.0.1:1", group_instance_id="pod-1")
     producers = [ck.Producer(confluent.producer_config(s, txn)) for txn in (None, "t.1")]
-    consumer = ck.Consumer(confluent.consumer_config(s, transactional=True))
+    consumer = ck.Consumer(confluent.consumer_config(s))
     assert all(isinstance(p, ck.Producer) for p in producers)
     consumer.close()
 
@@ -255,7 +256,7 @@ class FakeConsumer:
 @pytest.fixture
 def consumer(monkeypatch):
     monkeypatch.setattr(ck, "Consumer", FakeConsumer)
-    return confluent.ConfluentConsumer(settings(), transactional=False)
+    return confluent.ConfluentConsumer(settings())
 
 
 def test_records_are_grouped_by_partition_in_offset_order(consumer):

@@ -39,6 +39,7 @@ def test_defaults_match_the_contract(monkeypatch):
     assert s.reload_interval_s == 5 and s.device == "auto" and s.dtype == "auto" and s.threads == 0
     assert s.top_k == 3 and s.metrics_port == 9100 and s.drain_timeout_s == 20
     assert s.log_level == "INFO" and s.log_format == "json"
+    assert s.isolation_level == "read_committed"  # records of aborted upstream transactions are skipped
 
 
 def test_every_contract_variable_is_read(monkeypatch):
@@ -126,6 +127,8 @@ def test_unknown_key_in_config_file_is_named(monkeypatch, tmp_path):
         ({"security_protocol": "SSL", "ssl_cafile": "/nonexistent/ca.pem"}, "TAGSTREAM_SSL_CAFILE"),
         ({"input_pattern": "events.*"}, "TAGSTREAM_INPUT_PATTERN"),  # both topics and a pattern
         ({"output_topic": "events"}, "TAGSTREAM_OUTPUT_TOPIC"),  # would consume its own results
+        ({"isolation_level": "read_dirty"}, "TAGSTREAM_ISOLATION_LEVEL=read_dirty"),
+        ({"processing_guarantee": "exactly_once", "isolation_level": "read_uncommitted"}, "TAGSTREAM_ISOLATION_LEVEL"),
     ],
 )
 def test_invalid_settings_name_the_variable(monkeypatch, env, expected):
