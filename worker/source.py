@@ -290,7 +290,13 @@ class Source:
     # -- lag ---------------------------------------------------------------------------------
     def _refresh_lag(self) -> None:
         """Every LAG_INTERVAL_S: in-flight inputs, and the lag of every assigned partition
-        (end offset - committed position; 0 when caught up, never missing)."""
+        (end offset - committed position; 0 when caught up, never missing).
+
+        A partition with nothing in flight counts from the client's read position when that is
+        further: the transaction markers and aborted records at the end of a transactional input
+        are never returned by a poll, so the committed offset (after the last record read) stays
+        behind them. Counted from there, an idle transactional topic kept a lag of 1 or more for
+        ever, which fired TagstreamStalled (lag and no output)."""
         now = time.monotonic()
         if now - self._lag_at < LAG_INTERVAL_S:
             return
@@ -314,6 +320,11 @@ class Source:
                 position = committed.get(tp)
             if position is None and end == 0:
                 position = 0  # an empty partition nobody committed on: nothing to catch up
+            if position is not None and end is not None and position < end and self._tracker.in_flight([tp]) == 0:
+                # Every record a poll returned from it is done: what the client skipped is too.
+                read_to = self._consumer.position(tp)
+                if read_to is not None:
+                    position = max(position, read_to)
             if end is not None and position is not None:
                 self._metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, end - position))
 

@@ -109,6 +109,12 @@ class ConsumerClient(Protocol):
         """The group's committed position of each partition (None: nothing committed)."""
         ...
 
+    def position(self, tp: TopicPartition) -> int | None:
+        """The offset of the next record a poll would return for an assigned partition: past the
+        records already returned, and past transaction markers and records of aborted transactions,
+        which a read_committed poll never returns (None: not known yet)."""
+        ...
+
     def group_metadata(self) -> Any:
         """The membership snapshot a transactional producer sends with the offsets (KIP-447)."""
         ...

@@ -754,6 +754,13 @@ class ConfluentConsumer:
             raise translate(exc, "cannot read the committed offsets") from exc
         return {TopicPartition(p.topic, p.partition): (p.offset if p.offset >= 0 else None) for p in found}
 
+    def position(self, tp: TopicPartition) -> int | None:
+        try:
+            [got] = self.client.position([ck.TopicPartition(tp.topic, tp.partition)])
+        except KafkaException:
+            return None
+        return got.offset if got.offset >= 0 else None  # negative: no position yet (OFFSET_INVALID)
+
     def group_metadata(self) -> Any:
         return self.client.consumer_group_metadata()
 

@@ -281,6 +281,10 @@ class KafkaPythonConsumer:
         except ke.KafkaError as exc:
             raise translate(exc, "cannot read the committed offsets") from exc
 
+    def position(self, tp: TopicPartition) -> int | None:
+        position = self._position(KafkaTopicPartition(*tp), -1)
+        return position if position >= 0 else None
+
     def group_metadata(self) -> Any:
         return self._consumer.group_metadata()
 

@@ -313,6 +313,34 @@ def test_lag_is_reported_for_every_assigned_partition_and_in_flight_returns_to_z
     assert metrics.value("tagstream_in_flight_events") == 0
 
 
+def test_lag_counts_from_the_read_position_past_what_no_poll_returns_once_nothing_is_in_flight():
+    """Transaction markers and aborted records at a partition's end are skipped by the client: with nothing in
+    flight the lag counts from its read position (0), not from after the last record read (which stayed 2);
+    with an input in flight, from the committed offset as before."""
+    import time
+
+    source, consumer, tracker, handoff, _, metrics = make_source()
+    consumer.ends = {TP0: 5, TP1: 0}
+    consumer.positions = {TP0: 5}  # offsets 3 and 4: a marker and an aborted record, never returned
+    consumer.polls.append({TP0: records(TP0, 0, 3)})
+    run_once(source)
+    events, *_ = handoff.take(0)
+    epoch = tracker.epoch(TP0)
+
+    def lag_after_refresh() -> float | None:
+        source._lag_at = time.monotonic() - 60  # the refresh is due
+        run_once(source)
+        return metrics.registry.get_sample_value("tagstream_consumer_lag", {"topic": "in", "partition": "0"})
+
+    for e in events[:2]:
+        tracker.ack(TP0, e.offset, epoch)
+    source._committer.commit_now()
+    assert lag_after_refresh() == 3.0  # offset 2 in flight: counted from the commit (2)
+    tracker.ack(TP0, events[2].offset, epoch)
+    source._committer.commit_now()
+    assert lag_after_refresh() == 0.0
+
+
 def test_an_unreachable_coordinator_marks_the_broker_down_and_past_the_limit_stops_the_loop():
     """The poll loop tells health when the coordinator is gone, and raises BROKER_OUTAGE past the limit."""
     import pytest

@@ -90,6 +90,7 @@ class FakeConsumer:
         self.seeks: list[tuple] = []
         self.ends: dict[TopicPartition, int] = {}
         self.group_committed: dict[TopicPartition, int | None] = {}
+        self.positions: dict[TopicPartition, int] = {}  # what position() answers (the client's read position)
         self.coordinator = True
 
     def assignment(self):
@@ -122,6 +123,9 @@ class FakeConsumer:
 
     def committed(self, tps):
         return {tp: self.group_committed.get(tp) for tp in tps}
+
+    def position(self, tp):
+        return self.positions.get(tp)
 
     def coordinator_known(self):
         return self.coordinator
