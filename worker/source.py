@@ -315,16 +315,17 @@ class Source:
                 log.debug("committed_offsets_unavailable", error=str(exc))
         for tp in assigned:
             end = self._end_offsets.get(tp)
-            position = self._tracker.committed_position(tp)
+            position = read = self._tracker.committed_position(tp)
             if position is None:
                 position = committed.get(tp)
             if position is None and end == 0:
                 position = 0  # an empty partition nobody committed on: nothing to catch up
-            if position is not None and end is not None and position < end and self._tracker.in_flight([tp]) == 0:
-                # Every record a poll returned from it is done: what the client skipped is too.
+            if read is not None and end is not None and read < end and self._tracker.in_flight([tp]) == 0:
+                # Read from, and every record a poll returned is done: what the client skipped is too.
+                # (Only where it has read: a client without a position yet would go and fetch one.)
                 read_to = self._consumer.position(tp)
                 if read_to is not None:
-                    position = max(position, read_to)
+                    position = max(read, read_to)
             if end is not None and position is not None:
                 self._metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, end - position))
 
