@@ -172,11 +172,11 @@ def open_clients(
         "max_poll_records": MAX_POLL_RECORDS,
         "session_timeout_ms": settings.session_timeout_ms,
         "max_poll_interval_ms": settings.max_poll_interval_ms,
+        "isolation_level": settings.isolation_level,  # read_committed for exactly-once (settings check it)
         **common,
     }
     if settings.group_instance_id:
         consumer_config["group_instance_id"] = settings.group_instance_id
-    consumer_config["isolation_level"] = settings.isolation_level  # read_committed for exactly-once
     try:
         consumer = KafkaPythonConsumer(connect_call(settings, lambda: KafkaConsumer(**consumer_config)), settings)
     except BaseException:
@@ -213,17 +213,12 @@ class KafkaPythonConsumer:
             # Never behind the fetch position: a batch refetched from inside itself fails at the
             # same record again, and each round must move on by one.
             tp, reported = where
-            offset = max(reported, self._position(tp, reported))
+            position = self.position(tp)
+            offset = reported if position is None else max(reported, position)
             self._consumer.seek(tp, offset + 1)
             return {TopicPartition(tp.topic, tp.partition): [UnreadableRecord(tp.topic, tp.partition, offset, str(exc))]}
         except ke.KafkaError as exc:
             raise translate(exc, "the consumer failed") from exc
-
-    def _position(self, tp: Any, default: int) -> int:
-        try:
-            return int(self._consumer.position(tp, timeout_ms=END_OFFSETS_TIMEOUT_MS))
-        except Exception:
-            return default
 
     def assignment(self) -> set[TopicPartition]:
         return self._consumer.assignment()  # type: ignore[no-any-return]
@@ -282,7 +277,10 @@ class KafkaPythonConsumer:
             raise translate(exc, "cannot read the committed offsets") from exc
 
     def position(self, tp: TopicPartition) -> int | None:
-        position = self._position(KafkaTopicPartition(*tp), -1)
+        try:
+            position = int(self._consumer.position(KafkaTopicPartition(*tp), timeout_ms=END_OFFSETS_TIMEOUT_MS))
+        except Exception:
+            return None
         return position if position >= 0 else None
 
     def group_metadata(self) -> Any:
