@@ -33,6 +33,7 @@ from worker.handoff import InputHandoff
 from worker.inference import Runner
 from worker.kafka.base import ConsumerClient, Sleep, TopicPartition
 from worker.offsets import OffsetCommitter, OffsetTracker, ResumePoint
+from worker.retention import DeletedInputWatch
 from worker.sink import input_dead_letter
 from worker.stages import StageClock
 from worker.telemetry import Health, Metrics, get_logger
@@ -88,6 +89,7 @@ class Source:
         self._lag_at = 0.0
         self._end_offsets: dict[TopicPartition, int] = {}
         self._rewind: dict[TopicPartition, ResumePoint] = {}  # where revoked partitions resume
+        self._deleted = DeletedInputWatch(consumer, metrics)  # inputs deleted before they were read
 
     # -- the loop --------------------------------------------------------------------------
     def subscribe(self) -> None:
@@ -101,6 +103,7 @@ class Source:
             records = self._poll(PAUSED_POLL_TIMEOUT_MS if self._paused else POLL_TIMEOUT_MS)
             if records:
                 self._ingest(records)
+            self._deleted.check()  # before the commit below: a new partition's committed offset is the group's
             self._apply_backpressure()
             self._watch_broker()
             self._watch_model()
@@ -177,6 +180,7 @@ class Source:
             except KeyError:
                 continue  # revoked between fetch and now: the next owner reads them
             self._count_in(tp, batch)
+            self._deleted.read(tp, batch[0].offset, batch[-1].offset)
             t = clock.stop("track", t)
             for record in batch:
                 if skip and record.offset in skip:
@@ -342,6 +346,7 @@ class Source:
         # in the same rebalance; dropped inputs are then re-read from here (see on_assigned).
         self._rewind = self._committer.resume_points(revoked)
         dropped = self._tracker.revoke(revoked)
+        self._deleted.revoked(revoked)
         self._forget_lag(revoked)
         self._health.assigned = len(self._tracker.assigned())
         log.info(
@@ -352,6 +357,7 @@ class Source:
     def on_lost(self, lost: set[TopicPartition]) -> None:
         self._rewind = {}  # lost partitions restart from the group's committed offsets
         dropped = self._tracker.revoke(lost)
+        self._deleted.revoked(lost)
         self._forget_lag(lost)
         self._health.assigned = len(self._tracker.assigned())
         log.warning("partitions_lost", partitions=_names(lost), dropped_for_redelivery=dropped)
@@ -360,6 +366,7 @@ class Source:
         rewind, self._rewind = self._rewind, {}
         back = sorted(assigned & rewind.keys())
         self._tracker.assign(assigned)
+        self._deleted.assigned(assigned, {tp: rewind[tp].position for tp in back})
         for tp in back:
             # Assigned straight back: the fetch position is past the inputs dropped at
             # revocation, so re-read from the first of them, skipping those already delivered.

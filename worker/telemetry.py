@@ -9,6 +9,7 @@ several workers in one process):
 | events_out_total | counter | topic | results acknowledged by the broker (by input topic) |
 | dead_letters_total | counter | reason | dead letters acknowledged by the broker, by Failure label |
 | records_skipped_total | counter | reason | inputs whose every output was refused, even bounded: skipped past |
+| inputs_deleted_unread_total | counter | topic | input records the broker deleted (retention, DeleteRecords) before they were read (worker/retention.py) |
 | failures_total | counter | kind | every failure by kind (dead letters, retries, refusals, fatal) |
 | batches_total | counter | reason | batches run, by the limit that closed them (size, tokens, wait, flush) |
 | batch_size | histogram | | inputs per batch |
@@ -84,6 +85,11 @@ class Metrics:
             "tagstream_records_skipped",
             "Inputs skipped past because even a bounded dead letter of them was refused, by reason.",
             ["reason"], registry=r,
+        )
+        self.inputs_deleted_unread = Counter(
+            "tagstream_inputs_deleted_unread",
+            "Input records the broker deleted (retention, DeleteRecords) before this worker read them.",
+            ["topic"], registry=r,
         )
         self.failures = Counter("tagstream_failures", "Failures by kind (see worker/errors.py).", ["kind"], registry=r)
         self.batches = Counter("tagstream_batches", "Batches run, by the limit that closed them.", ["reason"], registry=r)

@@ -109,6 +109,11 @@ class ConsumerClient(Protocol):
         """The group's committed position of each partition (None: nothing committed)."""
         ...
 
+    def start_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """The log start offset of each partition: its earliest record the broker still holds
+        (retention and DeleteRecords move it on); asks the broker."""
+        ...
+
     def position(self, tp: TopicPartition) -> int | None:
         """The offset of the next record a poll would return for an assigned partition: past the
         records already returned, and past transaction markers and records of aborted transactions,

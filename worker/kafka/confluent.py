@@ -744,6 +744,22 @@ class ConfluentConsumer:
                 out[TopicPartition(*tp)] = high
         return out
 
+    def start_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """Asked of the broker: the cached low watermark is only as new as the last fetch response."""
+        deadline = time.monotonic() + END_OFFSETS_TIMEOUT_S
+        out: dict[TopicPartition, int] = {}
+        for tp in partitions:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                low, _high = self.client.get_watermark_offsets(ck.TopicPartition(tp.topic, tp.partition), timeout=left)
+            except KafkaException as exc:
+                raise translate(exc, "cannot read the log start offsets") from exc
+            if low >= 0:
+                out[TopicPartition(*tp)] = low
+        return out
+
     def committed(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:
         tps = _theirs(partitions)
         if not tps:

@@ -269,6 +269,16 @@ class KafkaPythonConsumer:
         except ke.KafkaError as exc:
             raise translate(exc, "cannot read the end offsets") from exc
 
+    def start_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        tps = _kafka_tps(partitions)
+        if not tps:
+            return {}
+        try:
+            found = self._consumer.beginning_offsets(tps, timeout_ms=END_OFFSETS_TIMEOUT_MS)
+        except ke.KafkaError as exc:
+            raise translate(exc, "cannot read the log start offsets") from exc
+        return {TopicPartition(tp.topic, tp.partition): offset for tp, offset in found.items()}
+
     def committed(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:
         try:
             return {tp: self._consumer.committed(KafkaTopicPartition(*tp), timeout_ms=END_OFFSETS_TIMEOUT_MS)

@@ -356,3 +356,17 @@ def test_an_unreachable_coordinator_marks_the_broker_down_and_past_the_limit_sto
     with pytest.raises(BrokerError) as info:
         run_once(source)
     assert info.value.failure is Failure.BROKER_OUTAGE and "TAGSTREAM_BROKER_OUTAGE_S" in str(info.value)
+
+
+def test_inputs_deleted_before_a_new_assignment_read_them_are_counted():
+    """The group stopped at offset 10 and retention deleted 10..39: the first poll after the assignment starts at
+    40. The loop judges it against the group's committed offset (10) in the same turn."""
+    source, consumer, _tracker, handoff, _, metrics = make_source()
+    source.on_assigned({TP0, TP1})
+    consumer.group_committed = {TP0: 10}
+    consumer.starts = {TP0: 40}
+    consumer.polls.append({TP0: records(TP0, 40, 3)})
+    run_once(source)
+    assert metrics.value("tagstream_inputs_deleted_unread_total", {"topic": "in"}) == 30
+    events, *_ = handoff.take(0)
+    assert [e.offset for e in events] == [40, 41, 42]  # the records still there are labelled as usual

@@ -91,6 +91,8 @@ class FakeConsumer:
         self.ends: dict[TopicPartition, int] = {}
         self.group_committed: dict[TopicPartition, int | None] = {}
         self.positions: dict[TopicPartition, int] = {}  # what position() answers (the client's read position)
+        self.starts: dict[TopicPartition, int] = {}  # what start_offsets() answers (log start offsets)
+        self.start_offset_calls = 0
         self.coordinator = True
 
     def assignment(self):
@@ -126,6 +128,10 @@ class FakeConsumer:
 
     def position(self, tp):
         return self.positions.get(tp)
+
+    def start_offsets(self, tps):
+        self.start_offset_calls += 1
+        return {tp: self.starts[tp] for tp in tps if tp in self.starts}
 
     def coordinator_known(self):
         return self.coordinator
