@@ -745,15 +745,20 @@ class ConfluentConsumer:
         return out
 
     def start_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        """Asked of the broker: the cached low watermark is only as new as the last fetch response."""
+        """From the latest fetch response (librdkafka keeps each partition's log start from it): a
+        gap is judged just after the fetch that showed it. Asked of the broker, one request per
+        partition, only where no fetch response has said yet."""
         deadline = time.monotonic() + END_OFFSETS_TIMEOUT_S
         out: dict[TopicPartition, int] = {}
         for tp in partitions:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
+            theirs = ck.TopicPartition(tp.topic, tp.partition)
             try:
-                low, _high = self.client.get_watermark_offsets(ck.TopicPartition(tp.topic, tp.partition), timeout=left)
+                low, _high = self.client.get_watermark_offsets(theirs, cached=True)
+                if low < 0:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        continue
+                    low, _high = self.client.get_watermark_offsets(theirs, timeout=left)
             except KafkaException as exc:
                 raise translate(exc, "cannot read the log start offsets") from exc
             if low >= 0:

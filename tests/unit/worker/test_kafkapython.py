@@ -142,3 +142,31 @@ def test_a_missing_codec_stops_the_worker_at_start_naming_the_package_and_the_ot
     with pytest.raises(BrokerError, match=r"snappy.*python-snappy.*TAGSTREAM_KAFKA_CLIENT=confluent") as caught:
         check_codecs()
     assert caught.value.failure is Failure.KAFKA_FATAL
+
+
+def test_committed_offsets_of_many_partitions_are_asked_in_one_request():
+    """The lag refresh asks for the committed offsets of every partition not read from yet: one OffsetFetch for all
+    of them (the library's committed() asks one partition at a time), partitions with nothing committed None."""
+    from kafka.structs import OffsetAndMetadata
+    from kafka.structs import TopicPartition as KafkaTopicPartition
+
+    from worker.kafka.base import TopicPartition
+    from worker.kafka.kafkapython import KafkaPythonConsumer
+
+    class Coordinator:
+        def __init__(self) -> None:
+            self.requests: list[list] = []
+
+        def fetch_committed_offsets(self, partitions, timeout_ms=None):
+            self.requests.append(list(partitions))
+            return {tp: OffsetAndMetadata(tp.partition * 10, "", -1) for tp in partitions if tp.partition % 2 == 0}
+
+    class Consumer:
+        _coordinator = Coordinator()
+
+    backend = KafkaPythonConsumer.__new__(KafkaPythonConsumer)
+    backend._consumer = Consumer()  # type: ignore[assignment]
+    partitions = [TopicPartition("in", p) for p in range(100)]
+    got = backend.committed(partitions)
+    assert got == {tp: (tp.partition * 10 if tp.partition % 2 == 0 else None) for tp in partitions}
+    assert Consumer._coordinator.requests == [[KafkaTopicPartition("in", p) for p in range(100)]]
