@@ -47,7 +47,7 @@ def test_every_listed_alert_exists(monitoring: ModuleType) -> None:
     names = {rule["alert"] for rule in monitoring.alerts(monitoring.rule_groups())}
     assert names == {
         "TagstreamConsumerLagGrowing", "TagstreamStalled", "TagstreamDeadLetterRateHigh", "TagstreamWorkerNotReady",
-        "TagstreamBundleReloadRefused", "TagstreamLatencyHigh", "TagstreamNoWorkerUp",
+        "TagstreamBundleReloadRefused", "TagstreamLatencyHigh", "TagstreamNoWorkerUp", "TagstreamInputsDeletedUnread",
     }
 
 
@@ -143,4 +143,4 @@ def test_monitoring_cli_passes_the_shipped_files(promtool: Path) -> None:
     proc = subprocess.run([sys.executable, str(DEPLOY_DIR / "monitoring.py"), "--promtool", str(promtool)],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "7 alerts" in proc.stderr and ": ok" in proc.stderr
+    assert "8 alerts" in proc.stderr and ": ok" in proc.stderr
