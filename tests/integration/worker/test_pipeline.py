@@ -116,7 +116,8 @@ def produce_transactions(bootstrap: str, topic: str, texts: list[str]) -> tuple[
 
 def test_records_of_aborted_upstream_transactions_are_not_labeled(kafka_bootstrap, new_topic, start_worker, tiny_bundle):
     """Inputs from a transactional producer: the 50 of its committed transactions get results, the 50 of its
-    aborted ones none (read_committed, the default; at-least-once read them too before)."""
+    aborted ones none (read_committed, the default; at-least-once read them too before), and the offsets no poll
+    returns are not taken for inputs deleted unread."""
     topic = new_topic(partitions=2, prefix="worker-txn-input")
     ids = produce_events(kafka_bootstrap, topic, fixture_texts(10, seed=16), prefix="plain")
     committed, aborted = produce_transactions(kafka_bootstrap, topic, fixture_texts(100, seed=15))
@@ -124,6 +125,8 @@ def test_records_of_aborted_upstream_transactions_are_not_labeled(kafka_bootstra
     labeled = read_records(kafka_bootstrap, f"{topic}.labels", expected=60)
     got = Counter(json.loads(r.value)["id"] for r in labeled)
     assert got == Counter(ids + committed) and not set(got) & set(aborted)
+    # The offsets of markers and aborted records are gaps no poll returns, not inputs deleted unread.
+    assert worker.metrics.value("tagstream_inputs_deleted_unread_total", {"topic": topic}) == 0
 
     worker.stop()
     assert worker.wait(timeout=30) == 0
