@@ -4,7 +4,8 @@ Prints the resolved settings (secrets masked), then runs each start-up step the 
 without consuming anything: resolve device and dtype, the feeder processes (TAGSTREAM_PROCESSES)
 and their shared memory, verify and load the bundle, check the
 settings against it, bind the metrics port, reach the broker with the configured client, look up
-the input topics (and report whether each output topic exists yet). Exit code 0 when every step
+the input topics (and report whether each output topic exists yet, and how long each input topic
+keeps its records: a group stopped or behind for longer loses inputs). Exit code 0 when every step
 passes, else the failing step's exit code.
 """
 
@@ -34,6 +35,7 @@ def run_check(settings: WorkerSettings, out: TextIO = sys.stdout) -> int:
         ("metrics port", lambda: _metrics_port(settings)),
         ("broker", lambda: _broker(settings, state)),
         ("topics", lambda: _topics(settings, state)),
+        ("input retention", lambda: _retention(settings, state)),
     ]
     code = 0
     for title, step in steps:
@@ -129,6 +131,7 @@ def _topics(settings: WorkerSettings, state: dict[str, Any]) -> str:
         pattern = re.compile(settings.subscription_pattern() or "")
         inputs = sorted(t for t in existing if pattern.match(t))
         if not inputs:
+            state["inputs"] = []
             return f"no topic matches {settings.input_pattern!r} yet (the worker waits for one)"
     else:
         missing = [t for t in settings.input_topics if t not in existing]
@@ -138,6 +141,7 @@ def _topics(settings: WorkerSettings, state: dict[str, Any]) -> str:
                 Failure.TOPIC_MISSING,
             )
         inputs = list(settings.input_topics)
+    state["inputs"] = inputs
     outputs = sorted(
         {settings.output_topic_for(t) for t in inputs}
         | {settings.dlq_topic_for(t) for t in inputs}
@@ -148,3 +152,57 @@ def _topics(settings: WorkerSettings, state: dict[str, Any]) -> str:
     return f"inputs {inputs}; outputs {outputs}{note}"
 
 
+
+
+def _retention(settings: WorkerSettings, state: dict[str, Any]) -> str:
+    """How long each input topic keeps its records: a group stopped or behind for longer loses
+    inputs to deletion (worker/retention.py counts them). Informational: a broker that refuses
+    DescribeConfigs (ACLs) does not stop the check."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    from worker.kafka.kafkapython import common_config
+
+    inputs = state.get("inputs") or []
+    if not inputs:
+        return "no input topic yet"
+    names = ["retention.ms", "retention.bytes", "cleanup.policy"]
+    try:
+        config = {k: v for k, v in common_config(settings).items() if k != "metrics_enabled"}
+        admin = KafkaAdminClient(**config)
+        try:
+            found = admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic, names) for topic in inputs], config_filter="all"
+            )["topic"]
+        finally:
+            admin.close()
+    except Exception as exc:  # e.g. no DescribeConfigs permission: say so, carry on
+        return f"not known ({exc}); a group stopped or behind longer than the inputs' retention loses inputs"
+    kept = "; ".join(f"{topic} {_kept(found.get(topic) or {})}" for topic in inputs)
+    return f"{kept}: a group stopped or behind longer than that loses inputs (tagstream_inputs_deleted_unread_total)"
+
+
+def _kept(configs: dict[str, Any]) -> str:
+    """``retention.ms``, ``retention.bytes`` and ``cleanup.policy`` of one topic, in words."""
+    def value(name: str) -> str | None:
+        entry = configs.get(name)
+        return entry.get("value") if isinstance(entry, dict) else None
+
+    policy = value("cleanup.policy") or "delete"
+    if "delete" not in policy:
+        return f"compacted ({policy}): no time limit, older values of a key are dropped"
+    parts = []
+    ms = value("retention.ms")
+    if ms is not None:
+        parts.append("no time limit" if int(ms) < 0 else f"{_duration(int(ms))}")
+    size = value("retention.bytes")
+    if size is not None and int(size) >= 0:
+        parts.append(f"at most {int(size) / 2**20:,.0f} MiB a partition")
+    return ", ".join(parts) or "retention unknown"
+
+
+def _duration(ms: int) -> str:
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("min", 60_000), ("s", 1000)):
+        if ms >= size:
+            return f"{ms / size:.3g} {unit}"
+    return f"{ms} ms"

@@ -175,15 +175,16 @@ def test_hot_reload_swaps_a_new_bundle_and_refuses_a_tampered_one(
 def test_check_passes_with_a_good_setup_and_names_a_missing_topic(
     kafka_bootstrap, new_topic, new_group, tiny_bundle, tmp_path, kafka_client
 ):
-    """`tagstream-worker check` exits 0 for a good setup, naming the client it connected with, and non-zero
-    naming a missing input topic."""
-    topic = new_topic(partitions=1, prefix="worker-check")
+    """`tagstream-worker check` exits 0 for a good setup, naming the client it connected with and how long the
+    input topic keeps its records, and non-zero naming a missing input topic."""
+    topic = new_topic(partitions=1, prefix="worker-check", configs={"retention.ms": "5400000"})
     env = worker_env(kafka_bootstrap, topic, tiny_bundle, new_group())
     good = subprocess.run([sys.executable, "-m", "worker.cli", "check"], env=env, capture_output=True,
                           text=True, timeout=START_TIMEOUT_S)
     assert good.returncode == 0, good.stdout + good.stderr
     assert "ok   bundle: tiny-test version" in good.stdout and "worker can start" in good.stdout
     assert f"PLAINTEXT, {kafka_client})" in good.stdout
+    assert f"ok   input retention: {topic} 1.5 h: a group stopped or behind longer than that loses inputs" in good.stdout
     env["TAGSTREAM_INPUT_TOPICS"] = "no-such-topic-here"
     bad = subprocess.run([sys.executable, "-m", "worker.cli", "check"], env=env, capture_output=True,
                          text=True, timeout=START_TIMEOUT_S)

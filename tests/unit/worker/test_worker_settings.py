@@ -201,3 +201,19 @@ def test_bundle_checks_name_the_setting():
     message = str(info.value)
     assert "TAGSTREAM_MAX_BATCH_TOKENS=64" in message and "at least 128" in message
     assert "TAGSTREAM_ROUTES" in message and "'spam'" in message
+
+
+def test_check_says_how_long_an_input_topic_keeps_its_records():
+    """`tagstream-worker check`'s retention line, from the topic's configs: time, size, no limit, compaction."""
+    from worker.check import _kept
+
+    def configs(**values: str) -> dict:
+        return {name.replace("_", "."): {"value": v} for name, v in values.items()}
+
+    assert _kept(configs(retention_ms="604800000", retention_bytes="-1", cleanup_policy="delete")) == "7 d"
+    assert _kept(configs(retention_ms="5400000", cleanup_policy="delete")) == "1.5 h"
+    assert _kept(configs(retention_ms="-1", retention_bytes="1073741824", cleanup_policy="delete")) == (
+        "no time limit, at most 1,024 MiB a partition"
+    )
+    assert _kept(configs(retention_ms="3600000", cleanup_policy="compact")).startswith("compacted (compact)")
+    assert _kept(configs(retention_ms="3600000", cleanup_policy="compact,delete")) == "1 h"
