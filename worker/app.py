@@ -48,7 +48,7 @@ from worker.offsets import Committer, OffsetCommitter, OffsetTracker, commit_fai
 from worker.reload import RunnerSlot
 from worker.settings import WorkerSettings
 from worker.sink import Router, Sink, input_dead_letter
-from worker.source import Source
+from worker.source import Source, tokenize_events
 from worker.stages import StageClock, name_native_threads
 from worker.telemetry import Health, Metrics, TelemetryServer, get_logger
 from worker.transactions import Barrier, TransactionalCommitter, transactional_id
@@ -459,8 +459,13 @@ class Worker:
         key = runner.tokenizer_key
         stale = [e for e in events if e.tokenizer_key != key]
         if stale:  # tokenized by a bundle swapped out since: redo with this one
-            for event, ids in zip(stale, runner.tokenize([e.text for e in stale]), strict=True):
-                event.token_ids, event.tokenizer_key = ids, key
+            kept, letters = tokenize_events(runner, stale, self.metrics)
+            if letters:  # texts the new tokenizer rejects: dead letters, not a stopped worker
+                rejected = {id(e) for e in stale} - {id(e) for e in kept}
+                events = [e for e in events if id(e) not in rejected]
+                self._to_sink(letters)
+                if not events:
+                    return
         t = self.stage_clock.start()
         try:
             with self.health.model_call():

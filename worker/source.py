@@ -195,43 +195,11 @@ class Source:
         t = clock.start()
         if events:
             runner = self._current_runner()
-            try:
-                token_ids = runner.tokenize([e.text for e in events])
-            except Exception as exc:  # one text the tokenizer cannot take must not stop the worker
-                events, token_ids = self._tokenize_one_by_one(runner, events, letters, exc)
-            key = runner.tokenizer_key
-            for event, ids in zip(events, token_ids, strict=True):
-                event.token_ids = ids
-                event.tokenizer_key = key
+            events, rejected = tokenize_events(runner, events, self._metrics)
+            letters.extend(rejected)
         t = clock.stop("tokenize", t, len(events))
         self._handoff.put(events, letters)
         clock.stop("track", t, n)
-
-    def _tokenize_one_by_one(
-        self, runner: Runner, events: list[Event], letters: list[DeadLetter], error: Exception
-    ) -> tuple[list[Event], list[list[int]]]:
-        """A poll's texts failed to tokenize together: tokenize each alone and dead-letter the ones
-        that fail alone too (inference_failed), as a failed model batch is retried. Before this, one
-        such text (a lone surrogate that the JSON fallback let through) stopped the worker at the
-        same record after every restart. When every text fails alone, the tokenizer is broken, not
-        the input: that is fatal, as for the model."""
-        self._metrics.count_failure(Failure.BATCH_FAILED)
-        log.warning("tokenize_failed_retrying_singly", size=len(events), error=repr(error))
-        kept: list[Event] = []
-        token_ids: list[list[int]] = []
-        failed = 0
-        for event in events:
-            try:
-                [ids] = runner.tokenize([event.text])
-            except Exception as exc:
-                letters.append(input_dead_letter(event, Failure.INFERENCE_FAILED, f"the tokenizer raised on this text: {exc!r}"))
-                failed += 1
-                continue
-            kept.append(event)
-            token_ids.append(ids)
-        if not kept and failed > 1:
-            raise WorkerError(f"the tokenizer fails on every text, alone too: {error!r}", Failure.MODEL_FAILED) from error
-        return kept, token_ids
 
     def _count_in(self, tp: TopicPartition, batch: list[Any]) -> None:
         """Count records in events_in once each, however often they are read."""
@@ -383,6 +351,42 @@ class Source:
             self._end_offsets.pop(tp, None)
             with contextlib.suppress(KeyError):
                 self._metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+
+
+def tokenize_events(runner: Runner, events: list[Event], metrics: Metrics) -> tuple[list[Event], list[DeadLetter]]:
+    """Tokenize the events' texts in one call and set their token ids; returns the events kept and
+    the dead letters of the ones the tokenizer rejects.
+
+    When the call raises, each text is tokenized alone, and the ones that fail alone too become
+    inference_failed dead letters, as a failed model batch is retried. Before this, one such text
+    (a lone surrogate that the JSON fallback let through) stopped the worker at the same record
+    after every restart. When every text fails alone, the tokenizer is broken, not the input: that
+    is fatal (model_failed), as for the model. Used per poll by the source and, after a bundle swap
+    that changed the tokenizer, by the model thread for inputs tokenized by the old one."""
+    key = runner.tokenizer_key
+    letters: list[DeadLetter] = []
+    try:
+        token_ids = runner.tokenize([e.text for e in events])
+    except Exception as error:  # one text the tokenizer cannot take must not stop the worker
+        metrics.count_failure(Failure.BATCH_FAILED)
+        log.warning("tokenize_failed_retrying_singly", size=len(events), error=repr(error))
+        kept: list[Event] = []
+        token_ids = []
+        for event in events:
+            try:
+                [ids] = runner.tokenize([event.text])
+            except Exception as exc:
+                letters.append(input_dead_letter(event, Failure.INFERENCE_FAILED, f"the tokenizer raised on this text: {exc!r}"))
+                continue
+            kept.append(event)
+            token_ids.append(ids)
+        if not kept and len(letters) > 1:
+            raise WorkerError(f"the tokenizer fails on every text, alone too: {error!r}", Failure.MODEL_FAILED) from error
+        events = kept
+    for event, ids in zip(events, token_ids, strict=True):
+        event.token_ids = ids
+        event.tokenizer_key = key
+    return events, letters
 
 
 def _name(tp: TopicPartition) -> str:

@@ -370,3 +370,33 @@ def test_inputs_deleted_before_a_new_assignment_read_them_are_counted():
     assert metrics.value("tagstream_inputs_deleted_unread_total", {"topic": "in"}) == 30
     events, *_ = handoff.take(0)
     assert [e.offset for e in events] == [40, 41, 42]  # the records still there are labelled as usual
+
+
+def test_inputs_of_a_swapped_out_tokenizer_are_tokenized_again_and_a_text_the_new_one_rejects_is_dead_lettered():
+    """What the model thread does after a bundle swap that changed the tokenizer (worker/app.py): the new
+    tokenizer's ids and key for every input, and a text it rejects becomes an inference_failed dead letter
+    instead of stopping the worker."""
+    from worker.events import Event
+    from worker.source import tokenize_events
+
+    class NewTokenizer:
+        tokenizer_key = "tok2"
+
+        def tokenize(self, texts):
+            if any("\ufffe" in t for t in texts):
+                raise TypeError("TextEncodeInput must be Union[...]")
+            return [[7] * len(t.split()) for t in texts]
+
+    def event(offset, text):
+        return Event(topic="in", partition=0, offset=offset, timestamp_ms=0, key=None, headers=[],
+                     event_id=f"e{offset}", text=text, received=0.0, epoch=1, token_ids=[1], tokenizer_key="tok1")
+
+    metrics = Metrics()
+    events = [event(0, "a b"), event(1, "bad \ufffe text"), event(2, "c d e")]
+    kept, letters = tokenize_events(NewTokenizer(), events, metrics)
+    assert [e.offset for e in kept] == [0, 2]
+    assert [(e.token_ids, e.tokenizer_key) for e in kept] == [([7, 7], "tok2"), ([7, 7, 7], "tok2")]
+    assert [(x.offset, x.reason) for x in letters] == [(1, Failure.INFERENCE_FAILED)]
+    with pytest.raises(WorkerError) as failed:  # every text rejected alone: the tokenizer is broken
+        tokenize_events(NewTokenizer(), [event(3, "\ufffe"), event(4, "x \ufffe")], metrics)
+    assert failed.value.failure is Failure.MODEL_FAILED
