@@ -5,13 +5,15 @@
 # committed: every offset of the input is either answered (a result or a dead letter, read back with kcat) or
 # was deleted unread, and the worker's tagstream_inputs_deleted_unread_total equals the broker's count of the
 # latter.
-#   BUNDLE=DIR [CLIENT=kafka-python|confluent] [EVENTS=60000] bash bench/outsider/deleted.sh
+#   BUNDLE=DIR [CLIENT=kafka-python|confluent] [EVENTS=60000] [PROCESSES=1|2] bash bench/outsider/deleted.sh
 source "$(dirname "$0")/common.sh" deleted
-export TAGSTREAM_PROCESSES=1
+export TAGSTREAM_PROCESSES=${PROCESSES:-1}  # 2: a pod of 2 feeders and a model process, stopped and resumed together
 TAGSTREAM_METRICS_PORT=9341 .venv/bin/tagstream-worker run > "$D/worker.log" 2>&1 &
 W=$!
 wait_for_out 9341 $((EVENTS / 10))
-kill -STOP $W  # the worker behind, as a slow or stopped one would be, while the records are deleted
+descendants() { local c; for c in $(pgrep -P "$1"); do echo "$c"; descendants "$c"; done; }
+PIDS="$W $(descendants $W)"
+kill -STOP $PIDS  # the worker behind, as a slow or stopped one would be, while the records are deleted
 .venv/bin/python - > "$D/cuts.json" <<PY
 import json
 from kafka import KafkaConsumer, TopicPartition
@@ -30,7 +32,7 @@ else:
     KafkaAdminClient(bootstrap_servers="$B").delete_records({TopicPartition("$T", p): c for p, c in cuts.items()})
 print(json.dumps(cuts))
 PY
-kill -CONT $W
+kill -CONT $PIDS
 echo "deleted below $(cat "$D/cuts.json") (partition: offset) while the worker was stopped at out $(metric 9341 tagstream_events_out_total)"
 wait_committed
 DELETED=$(metric 9341 tagstream_inputs_deleted_unread_total)
