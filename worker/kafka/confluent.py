@@ -91,6 +91,7 @@ PRODUCER_BATCH_BYTES = 256 * 1024  # as kafka-python's backend; kept under topic
 PRODUCER_BUFFER_KBYTES = 32 * 1024  # as kafka-python's buffer_memory: a full buffer blocks send
 SEND_MAX_BLOCK_S = 15.0  # how long send() waits for buffer space (kafka-python's max_block_ms)
 TOPIC_METADATA_WAIT_MS = 15_000  # records for a topic the broker says does not exist fail after this
+LOW, HIGH = 0, 1  # get_watermark_offsets answers (log start offset, high watermark)
 CONSUMER_QUEUE_KBYTES = 16 * 1024  # records prefetched per consumer: bounds memory, ample for throughput
 # Backpressure pauses the whole assignment for tens of milliseconds at a time. librdkafka's pause
 # discards what it has prefetched for a partition and its resume fetches it again, which left a
@@ -726,43 +727,33 @@ class ConfluentConsumer:
         self.commit_async(positions, on_done)
 
     def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        """High watermarks: from the latest fetch response when there is one, else asked for."""
-        deadline = time.monotonic() + END_OFFSETS_TIMEOUT_S
-        out: dict[TopicPartition, int] = {}
-        for tp in partitions:
-            theirs = ck.TopicPartition(tp.topic, tp.partition)
-            try:
-                _low, high = self.client.get_watermark_offsets(theirs, cached=True)
-                if high < 0:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        continue
-                    _low, high = self.client.get_watermark_offsets(theirs, timeout=left)
-            except KafkaException as exc:
-                raise translate(exc, "cannot read the end offsets") from exc
-            if high >= 0:
-                out[TopicPartition(*tp)] = high
-        return out
+        """High watermarks (see ``_watermarks``)."""
+        return self._watermarks(partitions, HIGH, "cannot read the end offsets")
 
     def start_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        """From the latest fetch response (librdkafka keeps each partition's log start from it): a
-        gap is judged just after the fetch that showed it. Asked of the broker, one request per
-        partition, only where no fetch response has said yet."""
+        """Log start offsets (see ``_watermarks``): a deletion gap is judged just after the fetch
+        that showed it, whose response carried the new log start."""
+        return self._watermarks(partitions, LOW, "cannot read the log start offsets")
+
+    def _watermarks(self, partitions: Iterable[TopicPartition], side: int, what: str) -> dict[TopicPartition, int]:
+        """One side of each partition's watermarks (LOW: log start, HIGH: high watermark): from the
+        latest fetch response, which librdkafka keeps, when there is one; else asked of the broker,
+        one request per partition."""
         deadline = time.monotonic() + END_OFFSETS_TIMEOUT_S
         out: dict[TopicPartition, int] = {}
         for tp in partitions:
             theirs = ck.TopicPartition(tp.topic, tp.partition)
             try:
-                low, _high = self.client.get_watermark_offsets(theirs, cached=True)
-                if low < 0:
+                offset = self.client.get_watermark_offsets(theirs, cached=True)[side]
+                if offset < 0:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         continue
-                    low, _high = self.client.get_watermark_offsets(theirs, timeout=left)
+                    offset = self.client.get_watermark_offsets(theirs, timeout=left)[side]
             except KafkaException as exc:
-                raise translate(exc, "cannot read the log start offsets") from exc
-            if low >= 0:
-                out[TopicPartition(*tp)] = low
+                raise translate(exc, what) from exc
+            if offset >= 0:
+                out[TopicPartition(*tp)] = offset
         return out
 
     def committed(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:
