@@ -88,6 +88,8 @@ class Source:
         self._counted_upto: dict[TopicPartition, int] = {}
         self._lag_at = 0.0
         self._end_offsets: dict[TopicPartition, int] = {}
+        # Per partition: when it was last read from (monotonic) and its last record's timestamp (ms).
+        self._last_read: dict[TopicPartition, tuple[float, int]] = {}
         self._rewind: dict[TopicPartition, ResumePoint] = {}  # where revoked partitions resume
         self._deleted = DeletedInputWatch(consumer, metrics)  # inputs deleted before they were read
 
@@ -181,6 +183,7 @@ class Source:
                 continue  # revoked between fetch and now: the next owner reads them
             self._count_in(tp, batch)
             self._deleted.read(tp, batch[0].offset, batch[-1].offset)
+            self._last_read[tp] = (received, batch[-1].timestamp)
             t = clock.stop("track", t)
             for record in batch:
                 if skip and record.offset in skip:
@@ -299,7 +302,21 @@ class Source:
                 if read_to is not None:
                     position = max(read, read_to)
             if end is not None and position is not None:
-                self._metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, end - position))
+                lag = max(0, end - position)
+                self._metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
+                age = self._read_age(tp, lag, now)
+                self._metrics.consumer_lag_seconds.labels(topic=tp.topic, partition=str(tp.partition)).set(age)
+
+    def _read_age(self, tp: TopicPartition, lag: int, now: float) -> float:
+        """How old the records are that this worker reads from ``tp`` (seconds since their
+        timestamp), while it has lag and reads: far behind, this nears the topic's retention, past
+        which inputs are deleted unread. 0 when caught up, and when it has not read there for two
+        refreshes: a lag of trailing transaction markers on an idle topic must not age for ever
+        (a worker that reads nothing at all is TagstreamStalled's)."""
+        last = self._last_read.get(tp)
+        if lag == 0 or last is None or now - last[0] > 2 * LAG_INTERVAL_S or last[1] <= 0:
+            return 0.0
+        return max(0.0, time.time() - last[1] / 1000.0)
 
     # -- rebalance (called on kafka-python's I/O loop) -----------------------------------------
     async def on_revoked(self, revoked: set[TopicPartition], sleep: Sleep | None) -> None:
@@ -349,8 +366,10 @@ class Source:
     def _forget_lag(self, partitions: set[TopicPartition]) -> None:
         for tp in partitions:
             self._end_offsets.pop(tp, None)
-            with contextlib.suppress(KeyError):
-                self._metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+            self._last_read.pop(tp, None)
+            for gauge in (self._metrics.consumer_lag, self._metrics.consumer_lag_seconds):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(tp.topic, str(tp.partition))
 
 
 def tokenize_events(runner: Runner, events: list[Event], metrics: Metrics) -> tuple[list[Event], list[DeadLetter]]:

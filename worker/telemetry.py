@@ -18,6 +18,7 @@ several workers in one process):
 | inference_seconds | histogram | | model call per batch (padding and copies included) |
 | end_to_end_latency_seconds | histogram | | input record timestamp -> result acknowledged |
 | consumer_lag | gauge | topic, partition | records behind the partition's high watermark |
+| consumer_lag_seconds | gauge | topic, partition | age of the records read while there is lag (0 when caught up or not reading) |
 | in_flight_events | gauge | | read and not yet acknowledged |
 | consumer_paused | gauge | | 1 while backpressure pauses fetching |
 | commits_total | counter | result | offset commits (ok, failed) |
@@ -116,6 +117,11 @@ class Metrics:
         )
         self.consumer_lag = Gauge(
             "tagstream_consumer_lag", "Records behind the high watermark.", ["topic", "partition"], registry=r
+        )
+        self.consumer_lag_seconds = Gauge(
+            "tagstream_consumer_lag_seconds",
+            "Age of the input records this worker reads, while it has lag (0 when caught up or not reading).",
+            ["topic", "partition"], registry=r,
         )
         self.in_flight = Gauge("tagstream_in_flight_events", "Inputs read and not yet acknowledged.", registry=r)
         self.paused = Gauge("tagstream_consumer_paused", "1 while backpressure pauses fetching.", registry=r)

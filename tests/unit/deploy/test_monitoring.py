@@ -48,6 +48,7 @@ def test_every_listed_alert_exists(monitoring: ModuleType) -> None:
     assert names == {
         "TagstreamConsumerLagGrowing", "TagstreamStalled", "TagstreamDeadLetterRateHigh", "TagstreamWorkerNotReady",
         "TagstreamBundleReloadRefused", "TagstreamLatencyHigh", "TagstreamNoWorkerUp", "TagstreamInputsDeletedUnread",
+        "TagstreamReadingOldInput",
     }
 
 
@@ -143,4 +144,4 @@ def test_monitoring_cli_passes_the_shipped_files(promtool: Path) -> None:
     proc = subprocess.run([sys.executable, str(DEPLOY_DIR / "monitoring.py"), "--promtool", str(promtool)],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "8 alerts" in proc.stderr and ": ok" in proc.stderr
+    assert "9 alerts" in proc.stderr and ": ok" in proc.stderr

@@ -400,3 +400,34 @@ def test_inputs_of_a_swapped_out_tokenizer_are_tokenized_again_and_a_text_the_ne
     with pytest.raises(WorkerError) as failed:  # every text rejected alone: the tokenizer is broken
         tokenize_events(NewTokenizer(), [event(3, "\ufffe"), event(4, "x \ufffe")], metrics)
     assert failed.value.failure is Failure.MODEL_FAILED
+
+
+def test_the_age_of_what_a_lagging_worker_reads_is_reported_and_is_0_when_caught_up_or_not_reading():
+    """tagstream_consumer_lag_seconds: while a partition has lag and the worker reads it, the age of its last record
+    read (written 2 h ago here); 0 once caught up, and 0 when nothing was read there for two refreshes (a lag of
+    trailing markers on an idle topic must not age for ever)."""
+    import time
+
+    from worker.source import LAG_INTERVAL_S
+
+    source, consumer, tracker, handoff, _, metrics = make_source()
+    written = int((time.time() - 7200) * 1000)
+    consumer.ends = {TP0: 1000, TP1: 0}
+    consumer.polls.append({TP0: [Record("in", 0, i, json.dumps({"id": f"e{i}", "text": "a b"}).encode(),
+                                        timestamp=written) for i in range(3)]})
+
+    def age_after_refresh() -> float | None:
+        source._lag_at = time.monotonic() - 60  # the refresh is due
+        run_once(source)
+        return metrics.registry.get_sample_value("tagstream_consumer_lag_seconds", {"topic": "in", "partition": "0"})
+
+    assert 7195 < age_after_refresh() < 7300  # 997 records behind, reading records written 2 h ago
+    source._last_read[TP0] = (time.monotonic() - 3 * LAG_INTERVAL_S, written)
+    assert age_after_refresh() == 0.0  # lag, but nothing read there for two refreshes
+    events, *_ = handoff.take(0)
+    for e in events:
+        tracker.ack(TP0, e.offset, tracker.epoch(TP0))
+    source._committer.commit_now()
+    consumer.ends = {TP0: 3, TP1: 0}
+    source._last_read[TP0] = (time.monotonic(), written)
+    assert age_after_refresh() == 0.0  # caught up
