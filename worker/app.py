@@ -459,10 +459,9 @@ class Worker:
         key = runner.tokenizer_key
         stale = [e for e in events if e.tokenizer_key != key]
         if stale:  # tokenized by a bundle swapped out since: redo with this one
-            kept, letters = tokenize_events(runner, stale, self.metrics)
-            if letters:  # texts the new tokenizer rejects: dead letters, not a stopped worker
-                rejected = {id(e) for e in stale} - {id(e) for e in kept}
-                events = [e for e in events if id(e) not in rejected]
+            _, letters = tokenize_events(runner, stale, self.metrics)
+            if letters:  # texts the new tokenizer rejects (still under the old key): dead letters, not a stopped worker
+                events = [e for e in events if e.tokenizer_key == key]
                 self._to_sink(letters)
                 if not events:
                     return

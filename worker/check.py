@@ -153,30 +153,25 @@ def _topics(settings: WorkerSettings, state: dict[str, Any]) -> str:
 
 
 
-
 def _retention(settings: WorkerSettings, state: dict[str, Any]) -> str:
     """How long each input topic keeps its records: a group stopped or behind for longer loses
     inputs to deletion (worker/retention.py counts them). Informational: a broker that refuses
     DescribeConfigs (ACLs) does not stop the check."""
-    from kafka import KafkaAdminClient
     from kafka.admin import ConfigResource, ConfigResourceType
 
-    from worker.kafka.kafkapython import common_config
+    from worker.ops.kafka import admin_client, kafka_call
 
     inputs = state.get("inputs") or []
     if not inputs:
         return "no input topic yet"
     names = ["retention.ms", "retention.bytes", "cleanup.policy"]
+    resources = [ConfigResource(ConfigResourceType.TOPIC, topic, names) for topic in inputs]
     try:
-        config = {k: v for k, v in common_config(settings).items() if k != "metrics_enabled"}
-        admin = KafkaAdminClient(**config)
-        try:
-            found = admin.describe_configs(
-                [ConfigResource(ConfigResourceType.TOPIC, topic, names) for topic in inputs], config_filter="all"
+        with admin_client(settings) as admin:
+            found = kafka_call(
+                "describing the input topics", lambda: admin.describe_configs(resources, config_filter="all")
             )["topic"]
-        finally:
-            admin.close()
-    except Exception as exc:  # e.g. no DescribeConfigs permission: say so, carry on
+    except BrokerError as exc:  # e.g. no DescribeConfigs permission: say so, carry on
         return f"not known ({exc}); a group stopped or behind longer than the inputs' retention loses inputs"
     kept = "; ".join(f"{topic} {_kept(found.get(topic) or {})}" for topic in inputs)
     return f"{kept}: a group stopped or behind longer than that loses inputs (tagstream_inputs_deleted_unread_total)"
@@ -194,7 +189,7 @@ def _kept(configs: dict[str, Any]) -> str:
     parts = []
     ms = value("retention.ms")
     if ms is not None:
-        parts.append("no time limit" if int(ms) < 0 else f"{_duration(int(ms))}")
+        parts.append("no time limit" if int(ms) < 0 else _duration(int(ms)))
     size = value("retention.bytes")
     if size is not None and int(size) >= 0:
         parts.append(f"at most {int(size) / 2**20:,.0f} MiB a partition")

@@ -285,7 +285,7 @@ class KafkaPythonConsumer:
         5 s. With 100 idle partitions that was 100 round trips blocking the poll loop (86 ms on a
         local broker, seconds across zones); it is one now. The coordinator's
         ``fetch_committed_offsets`` is what ``committed`` itself calls, with a list of one."""
-        tps = [KafkaTopicPartition(*tp) for tp in partitions]
+        tps = _kafka_tps(partitions)
         if not tps:
             return {}
         coordinator = getattr(self._consumer, "_coordinator", None)
