@@ -321,6 +321,8 @@ class WorkerSettings(BaseSettings):
     @field_validator("input_pattern")
     @classmethod
     def _check_pattern(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            return None  # an empty variable (a template's value: "") is unset, not a pattern matching nothing
         if value is not None:
             try:
                 re.compile(value)

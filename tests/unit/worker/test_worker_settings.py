@@ -217,3 +217,14 @@ def test_check_says_how_long_an_input_topic_keeps_its_records():
     )
     assert _kept(configs(retention_ms="3600000", cleanup_policy="compact")).startswith("compacted (compact)")
     assert _kept(configs(retention_ms="3600000", cleanup_policy="compact,delete")) == "1 h"
+
+
+def test_an_empty_pattern_variable_is_unset_and_the_topics_are_read(monkeypatch):
+    """TAGSTREAM_INPUT_PATTERN="" (a manifest's empty value) beside TAGSTREAM_INPUT_TOPICS: the topics are read.
+    It was taken for a pattern that matched no topic, and the worker waited for ever."""
+    monkeypatch.setenv("TAGSTREAM_BUNDLE_PATH", "/b")
+    monkeypatch.setenv("TAGSTREAM_INPUT_TOPICS", "events")
+    monkeypatch.setenv("TAGSTREAM_INPUT_PATTERN", "")
+    settings = load_settings()
+    assert settings.input_pattern is None and settings.subscription_pattern() is None
+    assert settings.input_topics == ["events"]
