@@ -104,7 +104,7 @@ def test_dashboard_is_importable_and_its_queries_are_valid_promql(monitoring: Mo
     assert monitoring.check_dashboard_promql(dash, promtool) == []
     titles = {p["title"] for p in monitoring.panels(dash)}
     for wanted in ("Events in / out per second", "Dead letters by reason", "Consumer lag per partition",
-                   "Consumer lag per topic", "End-to-end latency", "Batch size", "Padded tokens per batch",
+                   "Consumer lag per topic", "Consumer lag in time", "End-to-end latency", "Batch size", "Padded tokens per batch",
                    "Inference seconds per batch", "In-flight events per worker", "Paused per worker",
                    "Model serving", "Bundle reloads", "Ready workers"):
         assert wanted in titles
