@@ -18,6 +18,15 @@ assignment installed and the listeners called, exactly as the library does when 
 still there), and ``need_rejoin()`` stays true while such a task exists so that the next poll
 gets there. Applied only to kafka-python 3.0.x, whose code it was written against; a test
 (tests/integration/worker/test_kafka_compat.py) reproduces the hang without it.
+
+3. Consumers create the topics they read (``forbid_topic_creation``)
+
+kafka-python 3.0.12 builds a client's ``ClusterMetadata`` without the consumer's
+``allow_auto_create_topics``, so its metadata requests always allow creation: on a broker with
+``auto.create.topics.enable`` (Apache Kafka's default), a worker whose input topic was deleted
+created it again within a second, with the broker's default partitions and configs, and the
+operator's own create (more partitions, say) then failed with TopicAlreadyExists. Found by
+deleting an input topic under a running worker; confluent-kafka honours the setting.
 """
 
 from __future__ import annotations
@@ -38,6 +47,17 @@ _PATCHED_ATTR = "_tagstream_join_fix"
 
 def needs_fix(version: str = kafka.__version__) -> bool:
     return version.startswith("3.0.")
+
+
+def forbid_topic_creation(client: Any) -> bool:
+    """Make a KafkaConsumer's metadata requests say what its ``allow_auto_create_topics=False``
+    says (section 3); call before it subscribes. Returns whether the setting is now in force."""
+    cluster = getattr(client, "_cluster", None)
+    config = getattr(cluster, "config", None)
+    if not isinstance(config, dict) or "allow_auto_create_topics" not in config:
+        return False  # another layout: nothing known to mend
+    config["allow_auto_create_topics"] = False
+    return True
 
 
 def apply_join_fix() -> bool:

@@ -33,7 +33,12 @@ from worker.kafka.base import (
     UnreadableRecord,
     run_bounded,
 )
-from worker.kafka.compat import UNREADABLE_AT, apply_join_fix, apply_unreadable_fix
+from worker.kafka.compat import (
+    UNREADABLE_AT,
+    apply_join_fix,
+    apply_unreadable_fix,
+    forbid_topic_creation,
+)
 from worker.kafka.diagnose import CONNECT_HINTS, bootstrap_timeout_error
 
 if TYPE_CHECKING:
@@ -178,7 +183,9 @@ def open_clients(
     if settings.group_instance_id:
         consumer_config["group_instance_id"] = settings.group_instance_id
     try:
-        consumer = KafkaPythonConsumer(connect_call(settings, lambda: KafkaConsumer(**consumer_config)), settings)
+        client = connect_call(settings, lambda: KafkaConsumer(**consumer_config))
+        forbid_topic_creation(client)  # a deleted input topic is not created again (compat.py)
+        consumer = KafkaPythonConsumer(client, settings)
     except BaseException:
         producer.close(2)
         raise

@@ -16,6 +16,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka import errors as kafka_errors
 
 from worker.errors import BrokerError, Failure
+from worker.kafka.compat import forbid_topic_creation
 from worker.kafka.kafkapython import failure_for_error as failure_for_kafka_error
 from worker.settings import WorkerSettings
 
@@ -99,6 +100,7 @@ def consumer(settings: WorkerSettings, group_id: str | None = None) -> Iterator[
             allow_auto_create_topics=False, metrics_enabled=False, **_common(settings),
         ),
     )
+    forbid_topic_creation(client)  # rewinding or reading a missing topic must not create it (compat.py)
     try:
         yield client
     finally:
