@@ -277,6 +277,21 @@ class OffsetTracker:
                 if state is not None and (state.committed is None or position > state.committed):
                     state.committed = position
 
+    def last_commit(self, tp: TopicPartition) -> int | None:
+        """The position last committed in this assignment, or where it started reading; None before
+        either (or when ``tp`` is not assigned). Reading resumes at or past it, never below it."""
+        with self._lock:
+            state = self._parts.get(tp)
+            return None if state is None else state.committed
+
+    def started_over(self, tp: TopicPartition, offset: int) -> None:
+        """``tp``'s log started over below its committed position (the topic was deleted and created
+        again): count its position from ``offset``, the first record read of the new log."""
+        with self._lock:
+            state = self._parts.get(tp)
+            if state is not None and state.committed is not None and offset < state.committed:
+                state.committed = offset
+
     def committed_position(self, tp: TopicPartition) -> int | None:
         """The last committed position, else the oldest unacknowledged offset (for lag)."""
         state = self._parts.get(tp)

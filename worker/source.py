@@ -86,6 +86,9 @@ class Source:
         # Per partition, the offset after the last one counted in events_in: a record read again
         # (after a rebalance or a rewind) is not counted twice.
         self._counted_upto: dict[TopicPartition, int] = {}
+        # Per partition revoked, the position committed last: no re-read starts below it, so one that
+        # does reads a log that started over (the topic deleted and created again: _count_in).
+        self._commit_floor: dict[TopicPartition, int] = {}
         self._lag_at = 0.0
         self._end_offsets: dict[TopicPartition, int] = {}
         # Per partition: when it was last read from (monotonic) and its last record's timestamp (ms).
@@ -208,6 +211,8 @@ class Source:
         """Count records in events_in once each, however often they are read."""
         upto = self._counted_upto.get(tp, -1)
         last = batch[-1].offset
+        if batch[0].offset < upto and self._started_over(tp, batch[0].offset):
+            upto = batch[0].offset
         if last < upto:
             return
         new = len(batch) if batch[0].offset >= upto else sum(1 for r in batch if r.offset >= upto)
@@ -216,6 +221,32 @@ class Source:
         if counter is None:
             counter = self._in_counters[tp.topic] = self._metrics.events_in.labels(topic=tp.topic)
         counter.inc(new)
+
+    def _started_over(self, tp: TopicPartition, first: int) -> bool:
+        """Whether a read from ``first``, below what was counted, is of a log that started over.
+
+        Re-reads (after a rebalance, a rewind, an aborted transaction) resume at or past the
+        position last committed; only a log that starts over (the topic deleted and created again,
+        its offsets from 0) is read below it: librdkafka resets to it within the assignment,
+        kafka-python after the deletion's revocation. Its records are new: they count in events_in,
+        and the partition's position counts from them."""
+        floors = [f for f in (self._tracker.last_commit(tp), self._commit_floor.get(tp)) if f is not None]
+        if not floors or first >= max(floors):
+            return False
+        self._commit_floor.pop(tp, None)
+        self._tracker.started_over(tp, first)
+        log.warning(
+            "input_offsets_started_over", partition=_name(tp), read_from=first, committed_before=max(floors),
+            hint="the input topic was deleted and created again (or truncated) under this worker: its records are"
+            " read from the start of the new log",
+        )
+        return True
+
+    def _remember_commit_floor(self, partitions: set[TopicPartition]) -> None:
+        for tp in partitions:
+            committed = self._tracker.last_commit(tp)
+            if committed is not None:
+                self._commit_floor[tp] = max(committed, self._commit_floor.get(tp, committed))
 
     # -- backpressure ----------------------------------------------------------------------
     def _apply_backpressure(self) -> None:
@@ -330,6 +361,7 @@ class Source:
         # kafka-python keeps its fetch position for a partition assigned back to this member
         # in the same rebalance; dropped inputs are then re-read from here (see on_assigned).
         self._rewind = self._committer.resume_points(revoked)
+        self._remember_commit_floor(revoked)
         dropped = self._tracker.revoke(revoked)
         self._deleted.revoked(revoked)
         self._forget_lag(revoked)
@@ -341,6 +373,7 @@ class Source:
 
     def on_lost(self, lost: set[TopicPartition]) -> None:
         self._rewind = {}  # lost partitions restart from the group's committed offsets
+        self._remember_commit_floor(lost)
         dropped = self._tracker.revoke(lost)
         self._deleted.revoked(lost)
         self._forget_lag(lost)

@@ -288,6 +288,42 @@ def test_records_read_again_are_counted_in_events_in_once():
     assert metrics.value("tagstream_events_in_total", {"topic": "in"}) == 7
 
 
+def _read_and_commit(source, consumer, tracker, handoff, start, n):
+    consumer.polls.append({TP0: records(TP0, start, n)})
+    run_once(source)
+    events, *_ = handoff.take(0)
+    for e in events:
+        tracker.ack(TP0, e.offset, e.epoch)
+    source._committer.commit_now()
+
+
+def test_a_log_that_starts_over_under_the_same_assignment_counts_its_records_in_events_in():
+    """librdkafka resets to offset 0 of an input topic deleted and created again, with no rebalance: those
+    records are new (a re-read never starts below the committed position), so they count in events_in, and
+    the partition's committed position follows the new log."""
+    source, consumer, tracker, handoff, _, metrics = make_source()
+    _read_and_commit(source, consumer, tracker, handoff, 0, 5)
+    assert tracker.last_commit(TP0) == 5
+    _read_and_commit(source, consumer, tracker, handoff, 0, 3)  # the new log's first three records
+    assert metrics.value("tagstream_events_in_total", {"topic": "in"}) == 8
+    assert tracker.last_commit(TP0) == 3
+
+
+def test_a_log_that_starts_over_after_its_revocation_counts_its_records_in_events_in():
+    """kafka-python revokes a deleted topic's partitions and assigns them again once it is created again:
+    reading from below the position committed before the revocation is the new log, counted in events_in;
+    a re-read from the committed position is not counted again."""
+    source, consumer, tracker, handoff, _, metrics = make_source()
+    _read_and_commit(source, consumer, tracker, handoff, 0, 5)
+    asyncio.run(source.on_revoked({TP0}, sleep=None))
+    source.on_assigned({TP0})
+    _read_and_commit(source, consumer, tracker, handoff, 5, 2)  # resumes at the commit: two new records
+    asyncio.run(source.on_revoked({TP0}, sleep=None))
+    source.on_assigned({TP0})
+    _read_and_commit(source, consumer, tracker, handoff, 0, 4)  # the topic deleted and created again
+    assert metrics.value("tagstream_events_in_total", {"topic": "in"}) == 11
+
+
 def test_lag_is_reported_for_every_assigned_partition_and_in_flight_returns_to_zero():
     """Each assigned partition has a lag series (0 when caught up), and in-flight is 0 once all is acknowledged."""
     import time
