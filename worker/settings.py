@@ -129,6 +129,13 @@ class WorkerSettings(BaseSettings):
         description="How long the group waits for a silent member before moving its partitions: shorter"
         " reassigns a dead worker's partitions sooner, longer tolerates pauses (GC, slow networks).",
     )
+    metadata_refresh_s: float = Field(
+        30.0, ge=1.0, le=3600.0,
+        description="How often the Kafka clients refresh topic metadata: partitions added to an input topic"
+        " (to scale out further) are read, and new topics matching TAGSTREAM_INPUT_PATTERN found, within this"
+        " time. The clients' own default, 5 min, left records on added partitions unread that long. Each"
+        " refresh is one metadata request per client; raise it on clusters of very many topics.",
+    )
     processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
         "at_least_once",
         description="at_least_once: commit after the broker acknowledged each output (duplicates possible"

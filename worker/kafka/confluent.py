@@ -233,6 +233,8 @@ def common_config(settings: WorkerSettings) -> dict[str, Any]:
         "client.id": f"tagstream-{socket.gethostname()}-{os.getpid()}",
         "security.protocol": settings.security_protocol.lower(),
         "logger": logging.getLogger(LIBRDKAFKA_LOGGER),
+        # Partitions added to a topic are seen within this (librdkafka's default is 5 min).
+        "topic.metadata.refresh.interval.ms": int(settings.metadata_refresh_s * 1000),
     }
     if logging.getLogger(LIBRDKAFKA_LOGGER).isEnabledFor(logging.DEBUG):
         config["debug"] = LIBRDKAFKA_DEBUG_CONTEXTS

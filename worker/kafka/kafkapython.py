@@ -143,7 +143,8 @@ def open_clients(
     apply_join_fix()  # kafka-python 3.0 can drop a completed group join: see compat.py
     apply_unreadable_fix()  # ...and get stuck on a record it cannot decode
     check_codecs()  # ...and stop at a compressed batch it has no codec for
-    common = common_config(settings)
+    # Both clients: partitions added to a topic are seen within this (the library default is 5 min).
+    common = {**common_config(settings), "metadata_max_age_ms": int(settings.metadata_refresh_s * 1000)}
     producer_config: dict[str, Any] = {
         "acks": "all",
         "linger_ms": PRODUCER_LINGER_MS,

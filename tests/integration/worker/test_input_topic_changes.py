@@ -1,5 +1,6 @@
-"""An input topic deleted and created again under a running worker (an operator changing its partitions or
-configs): the worker does not create it again itself, and labels the new topic's records, counted once each."""
+"""An operator changing an input topic under running workers: partitions added (to scale out further) are
+read within TAGSTREAM_METADATA_REFRESH_S; a topic deleted and created again is not created by the worker
+itself, and the new topic's records are labelled, counted once each."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 from collections import Counter
 
 import pytest
-from kafka.admin import NewTopic
+from kafka.admin import NewPartitions, NewTopic
 from worker_support import fixture_texts, produce_events, read_records, wait_until
 
 pytestmark = pytest.mark.integration
@@ -49,3 +50,32 @@ def test_a_deleted_input_topic_stays_deleted_and_once_created_again_its_records_
     assert worker.wait(timeout=30) == 0
     assert worker.metrics.value("tagstream_events_in_total", {"topic": topic}) == 50
     assert worker.metrics.value("tagstream_inputs_deleted_unread_total", {"topic": topic}) == 0
+
+
+def test_partitions_added_to_an_input_topic_are_read_within_the_metadata_refresh(
+    kafka_bootstrap, kafka_admin, new_topic, start_worker, tiny_bundle
+):
+    """Both clients refreshed topic metadata every 5 min by default: records on partitions added to a running
+    worker's input waited that long, unread and out of its lag. With TAGSTREAM_METADATA_REFRESH_S (2 s here)
+    they are labelled within a few refreshes."""
+    from kafka import KafkaProducer
+
+    topic = new_topic(partitions=1, prefix="worker-added-partitions")
+    worker = start_worker(topic, tiny_bundle, metadata_refresh_s=2.0)
+    first = produce_events(kafka_bootstrap, topic, fixture_texts(5, seed=43), prefix="first")
+    read_records(kafka_bootstrap, f"{topic}.labels", expected=5, quiet_s=0.2)
+
+    kafka_admin.create_partitions({topic: NewPartitions(3)})
+    added = time.monotonic()
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    ids = [f"added-{p}" for p in (1, 2)]
+    for p, event_id in zip((1, 2), ids, strict=True):
+        producer.send(topic, json.dumps({"id": event_id, "text": "on a new partition"}).encode(), partition=p)
+    producer.flush()
+    producer.close()
+    labeled = read_records(kafka_bootstrap, f"{topic}.labels", expected=7, timeout_s=60, quiet_s=0.2)
+    waited = time.monotonic() - added
+    assert Counter(json.loads(r.value)["id"] for r in labeled) == Counter(first + ids)
+    assert waited < 30, f"records on the added partitions took {waited:.0f} s"
+    worker.stop()
+    assert worker.wait(timeout=30) == 0
