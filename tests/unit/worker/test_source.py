@@ -309,6 +309,31 @@ def test_a_log_that_starts_over_under_the_same_assignment_counts_its_records_in_
     assert tracker.last_commit(TP0) == 3
 
 
+def test_a_log_that_starts_over_forgets_the_old_logs_end_offset():
+    """The old log's end offset is not kept for the lag of the new one: while the end offsets cannot be read
+    (librdkafka still held partitions the new topic lacks, and the whole call failed), the lag showed the old
+    end minus the new position, hundreds of records that did not exist."""
+    import time
+
+    from worker.errors import BrokerError, Failure
+
+    source, consumer, tracker, handoff, _, metrics = make_source()
+    consumer.ends = {TP0: 5, TP1: 0}
+    _read_and_commit(source, consumer, tracker, handoff, 0, 5)
+    source._lag_at = time.monotonic() - 60  # the refresh is due
+    run_once(source)
+    assert metrics.registry.get_sample_value("tagstream_consumer_lag", {"topic": "in", "partition": "0"}) == 0.0
+
+    def unreadable(_tps):
+        raise BrokerError("cannot read the end offsets: Unknown partition", Failure.KAFKA_TRANSIENT)
+
+    consumer.end_offsets = unreadable
+    _read_and_commit(source, consumer, tracker, handoff, 0, 2)  # the new log
+    source._lag_at = time.monotonic() - 60
+    run_once(source)
+    assert metrics.registry.get_sample_value("tagstream_consumer_lag", {"topic": "in", "partition": "0"}) == 0.0
+
+
 def test_a_log_that_starts_over_after_its_revocation_counts_its_records_in_events_in():
     """kafka-python revokes a deleted topic's partitions and assigns them again once it is created again:
     reading from below the position committed before the revocation is the new log, counted in events_in;
