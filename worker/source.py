@@ -236,6 +236,7 @@ class Source:
         self._commit_floor.pop(tp, None)
         self._tracker.started_over(tp, first)
         self._end_offsets.pop(tp, None)  # the old log's: the lag waits for the new one's
+        self._deleted.revoked({tp})  # its expected offsets were the old log's too
         log.warning(
             "input_offsets_started_over", partition=_name(tp), read_from=first, committed_before=max(floors),
             hint="the input topic was deleted and created again (or truncated) under this worker: its records are"

@@ -309,6 +309,17 @@ def test_a_log_that_starts_over_under_the_same_assignment_counts_its_records_in_
     assert tracker.last_commit(TP0) == 3
 
 
+def test_inputs_deleted_from_a_log_that_started_over_are_counted_against_the_new_log():
+    """After a start-over, deletion gaps are judged by the new log's offsets: offset 3 deleted before it was
+    read (the log starts at 4) counts, where the old log's expectation (5) would have hidden it."""
+    source, consumer, tracker, handoff, _, metrics = make_source()
+    _read_and_commit(source, consumer, tracker, handoff, 0, 5)
+    _read_and_commit(source, consumer, tracker, handoff, 0, 3)  # the new log: 0-2
+    consumer.starts = {TP0: 4}
+    _read_and_commit(source, consumer, tracker, handoff, 4, 1)  # 3 was deleted unread
+    assert metrics.value("tagstream_inputs_deleted_unread_total", {"topic": "in"}) == 1
+
+
 def test_a_log_that_starts_over_forgets_the_old_logs_end_offset():
     """The old log's end offset is not kept for the lag of the new one: while the end offsets cannot be read
     (librdkafka still held partitions the new topic lacks, and the whole call failed), the lag showed the old
