@@ -73,6 +73,8 @@ class OffsetTracker:
         self._lock = threading.Lock()
         self._parts: dict[TopicPartition, _PartitionState] = {}
         self._epochs: dict[TopicPartition, int] = {}  # survives revocation, so epochs only grow
+        # Survives revocation too: each partition's position committed last (see last_commit).
+        self._floors: dict[TopicPartition, int] = {}
         # Acks arrive on the producer's I/O thread; appending to a deque is atomic, so the
         # hot path takes no lock. They are applied when positions are computed.
         self._inbox: deque[tuple[TopicPartition, int, int]] = deque()
@@ -148,6 +150,8 @@ class OffsetTracker:
                 state = self._parts.pop(tp, None)
                 if state is not None:
                     dropped += len(state.pending) - len(state.acked)
+                    if state.committed is not None:
+                        self._floors[tp] = max(state.committed, self._floors.get(tp, state.committed))
             return dropped
 
     def resume_points(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, ResumePoint]:
@@ -278,16 +282,19 @@ class OffsetTracker:
                     state.committed = position
 
     def last_commit(self, tp: TopicPartition) -> int | None:
-        """The position last committed in this assignment, or where it started reading; None before
-        either (or when ``tp`` is not assigned). Reading resumes at or past it, never below it."""
+        """The position last committed for ``tp`` (or where its reading started), in this assignment
+        or an earlier one; None before any. Re-reads (a rebalance, a rewind, an aborted transaction)
+        resume at or past it: only a log that started over is read below it."""
         with self._lock:
             state = self._parts.get(tp)
-            return None if state is None else state.committed
+            known = [c for c in (None if state is None else state.committed, self._floors.get(tp)) if c is not None]
+            return max(known) if known else None
 
     def started_over(self, tp: TopicPartition, offset: int) -> None:
         """``tp``'s log started over below its committed position (the topic was deleted and created
         again): count its position from ``offset``, the first record read of the new log."""
         with self._lock:
+            self._floors.pop(tp, None)
             state = self._parts.get(tp)
             if state is not None and state.committed is not None and offset < state.committed:
                 state.committed = offset

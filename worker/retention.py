@@ -57,7 +57,7 @@ class DeletedInputWatch:
     """Finds the input records a partition lost to deletion before they were read (module docstring).
 
     ``read`` is called by the source thread for each partition's records of a poll, ``check`` once
-    per turn of its loop; ``assigned`` and ``revoked`` may come from the client's rebalance thread.
+    per turn of its loop; ``assigned`` and ``forget`` may come from the client's rebalance thread.
     """
 
     def __init__(
@@ -89,7 +89,8 @@ class DeletedInputWatch:
                     self._resume_at.pop(tp, None)
                 self._fresh.add(tp)
 
-    def revoked(self, partitions: Iterable[TopicPartition]) -> None:
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        """Drop what is known of ``partitions``: revoked, or their log started over."""
         with self._lock:
             for tp in partitions:
                 self._next.pop(tp, None)

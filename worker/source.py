@@ -86,9 +86,6 @@ class Source:
         # Per partition, the offset after the last one counted in events_in: a record read again
         # (after a rebalance or a rewind) is not counted twice.
         self._counted_upto: dict[TopicPartition, int] = {}
-        # Per partition revoked, the position committed last: no re-read starts below it, so one that
-        # does reads a log that started over (the topic deleted and created again: _count_in).
-        self._commit_floor: dict[TopicPartition, int] = {}
         self._lag_at = 0.0
         self._end_offsets: dict[TopicPartition, int] = {}
         # Per partition: when it was last read from (monotonic) and its last record's timestamp (ms).
@@ -223,32 +220,26 @@ class Source:
         counter.inc(new)
 
     def _started_over(self, tp: TopicPartition, first: int) -> bool:
-        """Whether a read from ``first``, below what was counted, is of a log that started over.
+        """Whether a read from ``first``, below what was counted, is of a log that started over; if
+        so, what was kept of the old log is reset.
 
         Re-reads (after a rebalance, a rewind, an aborted transaction) resume at or past the
         position last committed; only a log that starts over (the topic deleted and created again,
         its offsets from 0) is read below it: librdkafka resets to it within the assignment,
         kafka-python after the deletion's revocation. Its records are new: they count in events_in,
         and the partition's position counts from them."""
-        floors = [f for f in (self._tracker.last_commit(tp), self._commit_floor.get(tp)) if f is not None]
-        if not floors or first >= max(floors):
+        committed = self._tracker.last_commit(tp)
+        if committed is None or first >= committed:
             return False
-        self._commit_floor.pop(tp, None)
         self._tracker.started_over(tp, first)
         self._end_offsets.pop(tp, None)  # the old log's: the lag waits for the new one's
-        self._deleted.revoked({tp})  # its expected offsets were the old log's too
+        self._deleted.forget({tp})  # its expected offsets were the old log's too
         log.warning(
-            "input_offsets_started_over", partition=_name(tp), read_from=first, committed_before=max(floors),
+            "input_offsets_started_over", partition=_name(tp), read_from=first, committed_before=committed,
             hint="the input topic was deleted and created again (or truncated) under this worker: its records are"
             " read from the start of the new log",
         )
         return True
-
-    def _remember_commit_floor(self, partitions: set[TopicPartition]) -> None:
-        for tp in partitions:
-            committed = self._tracker.last_commit(tp)
-            if committed is not None:
-                self._commit_floor[tp] = max(committed, self._commit_floor.get(tp, committed))
 
     # -- backpressure ----------------------------------------------------------------------
     def _apply_backpressure(self) -> None:
@@ -363,9 +354,8 @@ class Source:
         # kafka-python keeps its fetch position for a partition assigned back to this member
         # in the same rebalance; dropped inputs are then re-read from here (see on_assigned).
         self._rewind = self._committer.resume_points(revoked)
-        self._remember_commit_floor(revoked)
         dropped = self._tracker.revoke(revoked)
-        self._deleted.revoked(revoked)
+        self._deleted.forget(revoked)
         self._forget_lag(revoked)
         self._health.assigned = len(self._tracker.assigned())
         log.info(
@@ -375,9 +365,8 @@ class Source:
 
     def on_lost(self, lost: set[TopicPartition]) -> None:
         self._rewind = {}  # lost partitions restart from the group's committed offsets
-        self._remember_commit_floor(lost)
         dropped = self._tracker.revoke(lost)
-        self._deleted.revoked(lost)
+        self._deleted.forget(lost)
         self._forget_lag(lost)
         self._health.assigned = len(self._tracker.assigned())
         log.warning("partitions_lost", partitions=_names(lost), dropped_for_redelivery=dropped)
