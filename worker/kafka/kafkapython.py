@@ -269,22 +269,23 @@ class KafkaPythonConsumer:
             raise translate(exc, "the offset commit failed") from exc
 
     def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        tps = _kafka_tps(partitions)
-        if not tps:
-            return {}
-        try:
-            return self._consumer.end_offsets(tps, timeout_ms=END_OFFSETS_TIMEOUT_MS)  # type: ignore[no-any-return]
-        except ke.KafkaError as exc:
-            raise translate(exc, "cannot read the end offsets") from exc
+        return self._log_offsets(self._consumer.end_offsets, partitions, "cannot read the end offsets")
 
     def start_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        return self._log_offsets(self._consumer.beginning_offsets, partitions, "cannot read the log start offsets")
+
+    @staticmethod
+    def _log_offsets(
+        call: Callable[..., dict[Any, int]], partitions: Iterable[TopicPartition], what: str
+    ) -> dict[TopicPartition, int]:
+        """One ListOffsets lookup (``end_offsets`` or ``beginning_offsets``) for all of ``partitions``."""
         tps = _kafka_tps(partitions)
         if not tps:
             return {}
         try:
-            found = self._consumer.beginning_offsets(tps, timeout_ms=END_OFFSETS_TIMEOUT_MS)
+            found = call(tps, timeout_ms=END_OFFSETS_TIMEOUT_MS)
         except ke.KafkaError as exc:
-            raise translate(exc, "cannot read the log start offsets") from exc
+            raise translate(exc, what) from exc
         return {TopicPartition(tp.topic, tp.partition): offset for tp, offset in found.items()}
 
     def committed(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:
