@@ -5,6 +5,8 @@
 # once). Data in ${K3:-/tmp/tagstream-k3}, wiped by `up`.
 #   bash bench/outsider/cluster3.sh up|down|status
 #   bash bench/outsider/cluster3.sh stop|kill|start N     # one node: SIGTERM (controlled), SIGKILL, start
+#   bash bench/outsider/cluster3.sh freeze|thaw N         # one node's JVM stopped (SIGSTOP): its connections
+#                                                          # stay open and nothing answers; resumed (SIGCONT)
 set -u
 K3=${K3:-/tmp/tagstream-k3}
 CP=$(.venv/bin/python -c "from localkafka.jars import cached_jars; j = cached_jars(); print(j.classpath if j else '')")
@@ -55,5 +57,7 @@ status) for n in 1 2 3; do echo "node $n: $(pids "$n" >/dev/null && echo running
 stop) stop "$2" TERM ;;
 kill) stop "$2" KILL ;;
 start) start "$2" ;;
-*) echo "usage: $0 up|down|status|stop N|kill N|start N"; exit 2 ;;
+freeze) pkill -STOP -f "$K3/n$2/server.properties" ;;
+thaw) pkill -CONT -f "$K3/n$2/server.properties" ;;
+*) echo "usage: $0 up|down|status|stop N|kill N|start N|freeze N|thaw N"; exit 2 ;;
 esac

@@ -1,9 +1,11 @@
 #!/bin/bash
 # A rolling restart of a 3-broker cluster under a running worker, input from kcat at a steady rate:
 # each node in turn stopped (MODE=stop: SIGTERM, a controlled shutdown; MODE=kill: SIGKILL), started
-# again, and the next one only once every partition has its 3 replicas in sync again.
+# again, and the next one only once every partition has its 3 replicas in sync again. MODE=freeze
+# stops each node's JVM (SIGSTOP) for FROZEN_S (30) instead: its connections stay open and nothing
+# answers, until the cluster fences it and moves its partitions; then it is resumed.
 #   bash bench/outsider/cluster3.sh up
-#   BUNDLE=DIR [CLIENT=kafka-python|confluent] [MODE=stop|kill] [EVENTS=60000] [RATE=1000] bash bench/outsider/rolling.sh
+#   BUNDLE=DIR [CLIENT=kafka-python|confluent] [MODE=stop|kill|freeze] [EVENTS=60000] [RATE=1000] bash bench/outsider/rolling.sh
 #   bash bench/outsider/cluster3.sh down
 set -u
 command -v kcat >/dev/null || { echo "kcat is needed (Debian: apt-get install kcat)"; exit 2; }
@@ -49,9 +51,14 @@ for _ in $(seq 1 240); do [ "$(metric tagstream_events_out_total)" -ge 2000 ] 2>
 echo "$(date +%T) worker at $(metric tagstream_events_out_total) results; rolling restart ($MODE) starts"
 for n in 1 2 3; do
   bash bench/outsider/cluster3.sh "$MODE" $n
-  echo "$(date +%T) node $n down: results so far $(metric tagstream_events_out_total), /readyz $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 localhost:$PORT/readyz)"
-  sleep 8
-  bash bench/outsider/cluster3.sh start $n
+  echo "$(date +%T) node $n down ($MODE): results so far $(metric tagstream_events_out_total), /readyz $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 localhost:$PORT/readyz)"
+  if [ "$MODE" = freeze ]; then
+    for s in $(seq 1 $((${FROZEN_S:-30} / 5))); do sleep 5; echo "   frozen $((s * 5)) s: results $(metric tagstream_events_out_total), /readyz $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 localhost:$PORT/readyz)"; done
+    bash bench/outsider/cluster3.sh thaw $n
+  else
+    sleep 8
+    bash bench/outsider/cluster3.sh start $n
+  fi
   ok=0; for i in $(seq 1 120); do if in_sync; then ok=$((ok + 1)); [ $ok -ge 5 ] && break; else ok=0; fi; sleep 1; done
   echo "$(date +%T) node $n back, replicas in sync ${i} s later: results $(metric tagstream_events_out_total), worker $(kill -0 $W 2>/dev/null && echo running || echo GONE)"
 done
