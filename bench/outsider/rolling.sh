@@ -46,6 +46,7 @@ export TAGSTREAM_BOOTSTRAP_SERVERS=$B TAGSTREAM_INPUT_TOPICS=$T TAGSTREAM_GROUP_
   TAGSTREAM_KAFKA_CLIENT=$CLIENT TAGSTREAM_DEVICE=cpu TAGSTREAM_METRICS_PORT=$PORT
 .venv/bin/tagstream-worker run > "$D/worker.log" 2>&1 &
 W=$!
+( while kill -0 $W 2>/dev/null; do echo "$(date +%s.%N) $(metric tagstream_events_out_total)"; sleep 0.5; done ) > "$D/out.txt" 2>/dev/null &
 for _ in $(seq 1 240); do [ "$(metric tagstream_events_out_total)" -ge 2000 ] 2>/dev/null && break; sleep 0.5; done
 [ "$(metric tagstream_events_out_total)" -ge 2000 ] 2>/dev/null || { echo "no results within 2 min: $D"; kill $W $FEED; exit 1; }
 echo "$(date +%T) worker at $(metric tagstream_events_out_total) results; rolling restart ($MODE) starts"
@@ -67,6 +68,19 @@ INPUT=$(count "$T")
 for _ in $(seq 1 240); do [ "$(metric tagstream_events_out_total)" -ge "$INPUT" ] 2>/dev/null && break; kill -0 $W 2>/dev/null || break; sleep 1; done
 sleep 8  # a commit interval and a lag refresh
 echo "worker: events in $(metric tagstream_events_in_total), out $(metric tagstream_events_out_total), dead letters $(metric tagstream_dead_letters_total), lag $(metric tagstream_consumer_lag), in flight $(metric tagstream_in_flight_events)"
+# The longest time results stood still while the worker had input left (sampled every 0.5 s).
+.venv/bin/python - "$D/out.txt" "$INPUT" <<'PY'
+import sys
+rows = [(float(t), int(n)) for t, n in (line.split() for line in open(sys.argv[1])) if n.isdigit()]
+longest, since, last = 0.0, None, None
+for t, n in rows:
+    if n >= int(sys.argv[2]):
+        break
+    if last is None or n > last:
+        since, last = t, n
+    longest = max(longest, t - since)
+print(f"longest time without a new result before the last: {longest:.1f} s")
+PY
 kill -TERM $W 2>/dev/null; wait $W; echo "worker exit $?"
 COMMITTED=$(.venv/bin/python - <<PY
 from kafka import KafkaAdminClient
