@@ -74,6 +74,8 @@ import sys
 rows = [(float(t), int(n)) for t, n in (line.split() for line in open(sys.argv[1])) if n.isdigit()]
 longest, since, last = 0.0, None, None
 for t, n in rows:
+    if n == 0:  # the worker starting
+        continue
     if n >= int(sys.argv[2]):
         break
     if last is None or n > last:
