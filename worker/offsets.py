@@ -383,6 +383,8 @@ class Committer:
         self._on_result = on_result
         self._clock = clock
         self._next_at = clock() + interval_s
+        # When the asynchronous commit whose result has not come yet was sent (None: none is out).
+        self._pending_since: float | None = None
 
     def service(self) -> None:
         """Work the consumer thread does for the committer on each turn (none here)."""
@@ -407,8 +409,16 @@ class Committer:
         if now < self._next_at:
             return
         self._next_at = now + self._interval_s
+        pending = self._pending_since
+        if pending is not None and now - pending < PENDING_COMMIT_LIMIT_S:
+            # One commit at a time: while no coordinator answers (a broker outage) librdkafka keeps
+            # each commit and retries it, and one every interval piled up (123 after 45 s of two
+            # brokers of three down), all sent at once when one answers. The next commit carries
+            # these offsets and any acknowledged since.
+            return
         positions = self._tracker.committable()
         if positions:
+            self._pending_since = now
             self._consumer.commit_async(positions, self._async_done(positions))
 
     def commit_now(self, partitions: Iterable[TopicPartition] | None = None, timeout_s: float = 10.0) -> dict:
@@ -441,6 +451,7 @@ class Committer:
 
     def _async_done(self, positions: dict[TopicPartition, int]) -> Callable[[BaseException | None], None]:
         def done(error: BaseException | None) -> None:
+            self._pending_since = None
             if error is not None:
                 self._report(positions, error)
             else:
@@ -452,6 +463,10 @@ class Committer:
     def _report(self, positions: dict[TopicPartition, int], error: BaseException | None) -> None:
         if self._on_result is not None:
             self._on_result(positions, error)
+
+
+# A commit whose result has not come within this long no longer holds the next one back.
+PENDING_COMMIT_LIMIT_S = 30.0
 
 
 def commit_failure(error: BaseException) -> Failure:

@@ -150,6 +150,43 @@ def test_committer_commits_on_its_interval_only():
     assert len(consumer.async_) == 1  # next interval not reached
 
 
+def test_no_new_commit_while_one_is_unanswered():
+    """While an asynchronous commit has no result (no coordinator answers), the committer sends no
+    other: they piled up in librdkafka during an outage. Its result frees the next interval's
+    commit, which carries every offset acknowledged meanwhile; one unanswered past
+    PENDING_COMMIT_LIMIT_S holds nothing back any more."""
+    from worker.offsets import PENDING_COMMIT_LIMIT_S
+
+    class SilentConsumer(FakeConsumer):
+        def commit_async(self, positions, on_done):
+            self.async_.append((positions, on_done))
+
+    now = [0.0]
+    tracker = tracker_with(TP)
+    consumer = SilentConsumer()
+    committer = Committer(consumer, tracker, interval_s=1.0, clock=lambda: now[0])
+    epoch = tracker.track(TP, [0, 1, 2, 3])
+    tracker.ack(TP, 0, epoch)
+    now[0] = 1.0
+    committer.commit_if_due()
+    tracker.ack(TP, 1, epoch)
+    for second in (2.0, 3.0, 4.0):
+        now[0] = second
+        committer.commit_if_due()
+    assert [positions for positions, _ in consumer.async_] == [{TP: 1}]  # the first is unanswered
+    consumer.async_[0][1](None)  # its result comes
+    now[0] = 5.0
+    committer.commit_if_due()
+    assert [positions for positions, _ in consumer.async_] == [{TP: 1}, {TP: 2}]
+    tracker.ack(TP, 2, epoch)
+    now[0] = 5.0 + PENDING_COMMIT_LIMIT_S - 1
+    committer.commit_if_due()
+    assert len(consumer.async_) == 2  # the second is unanswered, within the limit
+    now[0] = 5.0 + PENDING_COMMIT_LIMIT_S
+    committer.commit_if_due()
+    assert [positions for positions, _ in consumer.async_][-1] == {TP: 3}  # past it: sent anyway
+
+
 def test_failed_async_commit_is_retried_next_interval():
     """A rejected commit is not marked committed, so the next interval sends it again."""
     from worker.errors import BrokerError, Failure
