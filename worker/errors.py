@@ -157,7 +157,8 @@ class Failure(enum.Enum):
     )
     INSTANCE_FENCED = FailureSpec(
         "instance_fenced", Action.EXIT, EXIT_KAFKA,
-        "another worker joined the group with the same TAGSTREAM_GROUP_INSTANCE_ID",
+        "another worker joined the group with the same TAGSTREAM_GROUP_INSTANCE_ID; or (confluent) this"
+        " worker's own session expired in a broker outage and librdkafka sent its stale commit (the message says so)",
     )
     PRODUCER_FENCED = FailureSpec(
         "producer_fenced", Action.EXIT, EXIT_KAFKA,

@@ -115,6 +115,20 @@ TXN_CALL_TIMEOUT_S = 10.0  # librdkafka's own timeout for one attempt (a healthy
 # broker restart (confluentinc/librdkafka#5456, #5511). The client is then replaced.
 TXN_STUCK_GRACE_S = 5.0
 TXN_RETRY_PAUSE_S = 0.5  # between attempts of a call librdkafka says may be retried
+# A static member whose session expired (no coordinator answered for session.timeout.ms, e.g. two
+# of three brokers down) gets its member id reset by librdkafka, which then still sends the offset
+# commit it was retrying from the expired session: with the instance id and an empty member id, which
+# the broker refuses as fenced (FENCED_INSTANCE_ID), and librdkafka makes that fatal (seen with
+# librdkafka 2.x, bench/outsider/rolling.sh MODE=majority). No other worker has the id: the message
+# says so, so that nobody hunts for a duplicate pod. The restart that follows is needed all the same
+# (the client is unusable) and loses nothing: the commit was refused.
+SELF_FENCE_WINDOW_S = 60.0
+SELF_FENCED_NOTE = (
+    "this worker's own group session expired shortly before (its partitions were lost: no group"
+    " coordinator answered for TAGSTREAM_SESSION_TIMEOUT_MS), and librdkafka then sent an offset commit"
+    " of the expired session, which the broker refuses as fenced; no other worker uses this"
+    " group.instance.id. The worker exits to be restarted; nothing unacknowledged was committed"
+)
 PATTERN_REFRESH_S = 10.0  # how often a pattern subscription looks for new matching topics
 DR_POLL_S = 0.02  # the delivery-report thread's wait: bounds how long flush() waits to take over
 CONNECT_PROBE_S = 0.5  # start-up asks for metadata this often until the bootstrap timeout
@@ -429,6 +443,7 @@ class ConfluentConsumer:
         self.errors = _Errors("consumer")
         self._handler: RebalanceHandler | None = None
         self._closing = False
+        self._lost_at: float | None = None  # when the session last expired (partitions lost): see _self_fenced
         self._assigning: dict[TopicPartition, int] | None = None  # seeks made inside on_assigned
         self._pending_seeks: dict[TopicPartition, int] = {}  # seeks librdkafka refused for now
         self._callback_error: BaseException | None = None  # raised by a handler inside consume()
@@ -515,6 +530,7 @@ class ConfluentConsumer:
         self._run_revoke({TopicPartition(p.topic, p.partition) for p in partitions}, lost=False)
 
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        self._lost_at = time.monotonic()
         self._run_revoke({TopicPartition(p.topic, p.partition) for p in partitions}, lost=True)
 
     def _run_revoke(self, partitions: set[TopicPartition], lost: bool) -> None:
@@ -604,6 +620,8 @@ class ConfluentConsumer:
             return
         error = translate(err, "the consumer failed")
         error.failure = _consumer_failure(err, error.failure)
+        if error.failure is Failure.INSTANCE_FENCED and self._self_fenced():
+            error = BrokerError(f"{error}: {SELF_FENCED_NOTE}", Failure.INSTANCE_FENCED)
         if self._deferred is None:
             self._deferred = error  # raised at the next poll: the records of this one are handed over first
 
@@ -820,6 +838,11 @@ class ConfluentConsumer:
             from worker.kafka.kafkapython import remove_static_member
 
             remove_static_member(self._settings, timeout_s)
+
+
+    def _self_fenced(self) -> bool:
+        """Whether a fenced static member is this worker's own expired session (see SELF_FENCED_NOTE)."""
+        return self._lost_at is not None and time.monotonic() - self._lost_at < SELF_FENCE_WINDOW_S
 
 
 def _consumer_failure(err: KafkaError, failure: Failure) -> Failure:

@@ -413,6 +413,28 @@ def test_a_fenced_static_member_is_reported_as_instance_fenced(consumer):
     assert raised.value.failure is Failure.INSTANCE_FENCED
 
 
+def test_a_fenced_static_member_right_after_its_session_expired_is_told_apart(consumer):
+    """After this worker's own session expired (partitions lost), librdkafka sends the expired session's
+    offset commit and the broker fences it: still INSTANCE_FENCED (the client is unusable), but the
+    message says no other worker has the id. Without a recent loss the message is librdkafka's alone."""
+    text = "Fatal error: Broker: Static consumer fenced by other consumer with same group.instance.id"
+    fatal = [Message(None, -1, -1, error=KafkaError(E._FATAL, text))]
+    consumer.client.script = [list(fatal)]
+    consumer.poll(100, 500)
+    with pytest.raises(BrokerError) as other:
+        consumer.poll(100, 500)
+    assert "no other worker" not in str(other.value)
+
+    consumer._deferred = None
+    consumer._on_lost(None, [])  # the session expired (librdkafka's lost-partitions callback)
+    consumer.client.script = [list(fatal)]
+    consumer.poll(100, 500)
+    with pytest.raises(BrokerError) as own:
+        consumer.poll(100, 500)
+    assert own.value.failure is Failure.INSTANCE_FENCED
+    assert "own group session expired" in str(own.value) and "no other worker" in str(own.value)
+
+
 def test_a_seek_librdkafka_refuses_for_now_holds_that_partitions_records_back(consumer):
     """A seek refused while the fetcher starts is retried before each poll; records of that partition from before it are not handed over."""
     consumer.client.refuse_seek = True
