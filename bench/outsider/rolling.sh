@@ -3,9 +3,11 @@
 # each node in turn stopped (MODE=stop: SIGTERM, a controlled shutdown; MODE=kill: SIGKILL), started
 # again, and the next one only once every partition has its 3 replicas in sync again. MODE=freeze
 # stops each node's JVM (SIGSTOP) for FROZEN_S (30) instead: its connections stay open and nothing
-# answers, until the cluster fences it and moves its partitions; then it is resumed.
+# answers, until the cluster fences it and moves its partitions; then it is resumed. MODE=majority
+# kills two of the three at once for DOWN_S (60): the controller quorum and min.insync.replicas are
+# lost, nothing can be written or committed; then both are started again.
 #   bash bench/outsider/cluster3.sh up
-#   BUNDLE=DIR [CLIENT=kafka-python|confluent] [MODE=stop|kill|freeze] [EVENTS=60000] [RATE=1000] bash bench/outsider/rolling.sh
+#   BUNDLE=DIR [CLIENT=kafka-python|confluent] [MODE=stop|kill|freeze|majority] [EVENTS=60000] [RATE=1000] bash bench/outsider/rolling.sh
 #   bash bench/outsider/cluster3.sh down
 set -u
 command -v kcat >/dev/null || { echo "kcat is needed (Debian: apt-get install kcat)"; exit 2; }
@@ -50,7 +52,16 @@ W=$!
 for _ in $(seq 1 240); do [ "$(metric tagstream_events_out_total)" -ge 2000 ] 2>/dev/null && break; sleep 0.5; done
 [ "$(metric tagstream_events_out_total)" -ge 2000 ] 2>/dev/null || { echo "no results within 2 min: $D"; kill $W $FEED; exit 1; }
 echo "$(date +%T) worker at $(metric tagstream_events_out_total) results; rolling restart ($MODE) starts"
+if [ "$MODE" = majority ]; then  # two of three killed at once for DOWN_S (60): below min.insync.replicas
+  bash bench/outsider/cluster3.sh kill 1; bash bench/outsider/cluster3.sh kill 2
+  echo "$(date +%T) nodes 1 and 2 killed: results so far $(metric tagstream_events_out_total)"
+  for s in $(seq 1 $((${DOWN_S:-60} / 10))); do sleep 10; echo "   down $((s * 10)) s: results $(metric tagstream_events_out_total), /readyz $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 localhost:$PORT/readyz), in flight $(metric tagstream_in_flight_events), worker $(kill -0 $W 2>/dev/null && echo running || echo GONE)"; done
+  bash bench/outsider/cluster3.sh start 1 & bash bench/outsider/cluster3.sh start 2; wait %%
+  ok=0; for i in $(seq 1 120); do if in_sync; then ok=$((ok + 1)); [ $ok -ge 5 ] && break; else ok=0; fi; sleep 1; done
+  echo "$(date +%T) nodes back, replicas in sync ${i} s later: results $(metric tagstream_events_out_total), worker $(kill -0 $W 2>/dev/null && echo running || echo GONE)"
+fi
 for n in 1 2 3; do
+  [ "$MODE" = majority ] && break
   bash bench/outsider/cluster3.sh "$MODE" $n
   echo "$(date +%T) node $n down ($MODE): results so far $(metric tagstream_events_out_total), /readyz $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 localhost:$PORT/readyz)"
   if [ "$MODE" = freeze ]; then
