@@ -119,8 +119,8 @@ TXN_RETRY_PAUSE_S = 0.5  # between attempts of a call librdkafka says may be ret
 # of three brokers down) gets its member id reset by librdkafka, which then still sends the offset
 # commit it was retrying from the expired session: with the instance id and an empty member id, which
 # the broker refuses as fenced (FENCED_INSTANCE_ID), and librdkafka makes that fatal (seen with
-# librdkafka 2.16.0, bench/outsider/rolling.sh MODE=majority; librdkafka PR #5585 fixes the same
-# mechanism for the commit made at revocation, not this retried one). No other worker has the id: the message
+# librdkafka 2.16.0, bench/outsider/rolling.sh MODE=majority; librdkafka PR #5585 addresses the same
+# mechanism, and whether a release with it avoids this is untested). No other worker has the id: the message
 # says so, so that nobody hunts for a duplicate pod. The restart that follows is needed all the same
 # (the client is unusable) and loses nothing: the commit was refused.
 SELF_FENCE_WINDOW_S = 60.0
