@@ -29,6 +29,9 @@ from typing import Any, Protocol
 from worker.errors import Failure, WorkerError
 from worker.kafka.base import ConsumerClient, Sleep, TopicPartition
 
+# A commit whose result has not come within this long no longer holds the next one back.
+PENDING_COMMIT_LIMIT_S = 30.0
+
 
 class Issued(Protocol):
     """An input as the tracker sees it when it is issued (an Event or a DeadLetter)."""
@@ -463,10 +466,6 @@ class Committer:
     def _report(self, positions: dict[TopicPartition, int], error: BaseException | None) -> None:
         if self._on_result is not None:
             self._on_result(positions, error)
-
-
-# A commit whose result has not come within this long no longer holds the next one back.
-PENDING_COMMIT_LIMIT_S = 30.0
 
 
 def commit_failure(error: BaseException) -> Failure:

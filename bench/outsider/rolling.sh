@@ -19,6 +19,10 @@ kcat -b "$B" -L -m 5 >/dev/null 2>&1 || { echo "no cluster: bash bench/outsider/
 metric() { curl -s "localhost:$PORT/metrics" | awk -v m="$1" '$1 ~ "^"m"({|$)" {s+=$2} END {printf "%d", s}'; }
 in_sync() { ! kcat -b "$B" -L 2>/dev/null | grep -E "partition .*isrs:" | grep -vq "isrs: [0-9],[0-9],[0-9]"; }
 count() { kcat -b "$B" -t "$1" -C -e -q -f 'x\n' 2>/dev/null | wc -l; }
+readyz() { curl -s -o /dev/null -w '%{http_code}' --max-time 2 "localhost:$PORT/readyz"; }
+worker_state() { kill -0 "$W" 2>/dev/null && echo running || echo GONE; }
+wait_in_sync() {  # until every partition has its 3 replicas in sync, 5 checks in a row; prints the seconds
+  local ok=0 i; for i in $(seq 1 120); do if in_sync; then ok=$((ok + 1)); [ $ok -ge 5 ] && break; else ok=0; fi; sleep 1; done; echo "$i"; }
 .venv/bin/python - <<PY || exit 2
 from kafka.admin import KafkaAdminClient, NewTopic
 KafkaAdminClient(bootstrap_servers="$B".split(",")).create_topics(
@@ -55,25 +59,26 @@ echo "$(date +%T) worker at $(metric tagstream_events_out_total) results; rollin
 if [ "$MODE" = majority ]; then  # two of three killed at once for DOWN_S (60): below min.insync.replicas
   bash bench/outsider/cluster3.sh kill 1; bash bench/outsider/cluster3.sh kill 2
   echo "$(date +%T) nodes 1 and 2 killed: results so far $(metric tagstream_events_out_total)"
-  for s in $(seq 1 $((${DOWN_S:-60} / 10))); do sleep 10; echo "   down $((s * 10)) s: results $(metric tagstream_events_out_total), /readyz $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 localhost:$PORT/readyz), in flight $(metric tagstream_in_flight_events), worker $(kill -0 $W 2>/dev/null && echo running || echo GONE)"; done
-  bash bench/outsider/cluster3.sh start 1 & bash bench/outsider/cluster3.sh start 2; wait %%
-  ok=0; for i in $(seq 1 120); do if in_sync; then ok=$((ok + 1)); [ $ok -ge 5 ] && break; else ok=0; fi; sleep 1; done
-  echo "$(date +%T) nodes back, replicas in sync ${i} s later: results $(metric tagstream_events_out_total), worker $(kill -0 $W 2>/dev/null && echo running || echo GONE)"
+  for s in $(seq 1 $((${DOWN_S:-60} / 10))); do sleep 10; echo "   down $((s * 10)) s: results $(metric tagstream_events_out_total), /readyz $(readyz), in flight $(metric tagstream_in_flight_events), worker $(worker_state)"; done
+  bash bench/outsider/cluster3.sh start 1 & STARTING=$!
+  bash bench/outsider/cluster3.sh start 2; wait $STARTING
+  took=$(wait_in_sync)
+  echo "$(date +%T) nodes back, replicas in sync ${took} s later: results $(metric tagstream_events_out_total), worker $(worker_state)"
+else
+  for n in 1 2 3; do
+    bash bench/outsider/cluster3.sh "$MODE" $n
+    echo "$(date +%T) node $n down ($MODE): results so far $(metric tagstream_events_out_total), /readyz $(readyz)"
+    if [ "$MODE" = freeze ]; then
+      for s in $(seq 1 $((${FROZEN_S:-30} / 5))); do sleep 5; echo "   frozen $((s * 5)) s: results $(metric tagstream_events_out_total), /readyz $(readyz)"; done
+      bash bench/outsider/cluster3.sh thaw $n
+    else
+      sleep 8
+      bash bench/outsider/cluster3.sh start $n
+    fi
+    took=$(wait_in_sync)
+    echo "$(date +%T) node $n back, replicas in sync ${took} s later: results $(metric tagstream_events_out_total), worker $(worker_state)"
+  done
 fi
-for n in 1 2 3; do
-  [ "$MODE" = majority ] && break
-  bash bench/outsider/cluster3.sh "$MODE" $n
-  echo "$(date +%T) node $n down ($MODE): results so far $(metric tagstream_events_out_total), /readyz $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 localhost:$PORT/readyz)"
-  if [ "$MODE" = freeze ]; then
-    for s in $(seq 1 $((${FROZEN_S:-30} / 5))); do sleep 5; echo "   frozen $((s * 5)) s: results $(metric tagstream_events_out_total), /readyz $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 localhost:$PORT/readyz)"; done
-    bash bench/outsider/cluster3.sh thaw $n
-  else
-    sleep 8
-    bash bench/outsider/cluster3.sh start $n
-  fi
-  ok=0; for i in $(seq 1 120); do if in_sync; then ok=$((ok + 1)); [ $ok -ge 5 ] && break; else ok=0; fi; sleep 1; done
-  echo "$(date +%T) node $n back, replicas in sync ${i} s later: results $(metric tagstream_events_out_total), worker $(kill -0 $W 2>/dev/null && echo running || echo GONE)"
-done
 wait $FEED; echo "$(date +%T) input done (kcat exit $?)"
 INPUT=$(count "$T")
 for _ in $(seq 1 240); do [ "$(metric tagstream_events_out_total)" -ge "$INPUT" ] 2>/dev/null && break; kill -0 $W 2>/dev/null || break; sleep 1; done

@@ -534,6 +534,10 @@ class ConfluentConsumer:
         self._lost_at = time.monotonic()
         self._run_revoke({TopicPartition(p.topic, p.partition) for p in partitions}, lost=True)
 
+    def _self_fenced(self) -> bool:
+        """Whether a fenced static member is this worker's own expired session (see SELF_FENCED_NOTE)."""
+        return self._lost_at is not None and time.monotonic() - self._lost_at < SELF_FENCE_WINDOW_S
+
     def _run_revoke(self, partitions: set[TopicPartition], lost: bool) -> None:
         self._rebalancing, self._assigned = True, None  # confluent-kafka unassigns after this returns
         self._held -= partitions  # (librdkafka's own pauses outlive the assignment: see _on_assign)
@@ -839,11 +843,6 @@ class ConfluentConsumer:
             from worker.kafka.kafkapython import remove_static_member
 
             remove_static_member(self._settings, timeout_s)
-
-
-    def _self_fenced(self) -> bool:
-        """Whether a fenced static member is this worker's own expired session (see SELF_FENCED_NOTE)."""
-        return self._lost_at is not None and time.monotonic() - self._lost_at < SELF_FENCE_WINDOW_S
 
 
 def _consumer_failure(err: KafkaError, failure: Failure) -> Failure:
