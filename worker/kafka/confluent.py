@@ -763,7 +763,8 @@ class ConfluentConsumer:
     def _watermarks(self, partitions: Iterable[TopicPartition], side: int, what: str) -> dict[TopicPartition, int]:
         """One side of each partition's watermarks (LOW: log start, HIGH: high watermark): from the
         latest fetch response, which librdkafka keeps, when there is one; else asked of the broker,
-        one request per partition."""
+        one request per partition. Partitions of a topic that no longer exists are left out (an input
+        topic deleted, in the seconds before the rebalance that revokes it: the whole lookup failed)."""
         deadline = time.monotonic() + END_OFFSETS_TIMEOUT_S
         out: dict[TopicPartition, int] = {}
         for tp in partitions:
@@ -776,6 +777,8 @@ class ConfluentConsumer:
                         continue
                     offset = self.client.get_watermark_offsets(theirs, timeout=left)[side]
             except KafkaException as exc:
+                if failure_for_error(exc) is Failure.TOPIC_MISSING:
+                    continue
                 raise translate(exc, what) from exc
             if offset >= 0:
                 out[TopicPartition(*tp)] = offset

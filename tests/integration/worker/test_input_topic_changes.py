@@ -79,3 +79,33 @@ def test_partitions_added_to_an_input_topic_are_read_within_the_metadata_refresh
     assert waited < 30, f"records on the added partitions took {waited:.0f} s"
     worker.stop()
     assert worker.wait(timeout=30) == 0
+
+
+def test_log_offsets_asked_for_a_deleted_topic_still_answer_for_the_other_partitions(
+    kafka_bootstrap, kafka_admin, new_topic, new_group, tiny_bundle, kafka_client
+):
+    """kafka-python 3.0.12's end_offsets raised KeyError for a partition whose topic was gone, and a worker whose
+    lag refresh asked in the seconds between an input topic's deletion and the rebalance that revoked it
+    crashed (exit 1, "the source stage crashed"; seen from outside, bench/outsider/churn.sh). confluent gave up
+    the whole lookup at the first such partition. Both now answer for the partitions that still exist."""
+    from worker.kafka import TopicPartition, open_clients
+    from worker.settings import load_settings
+
+    gone, kept = new_topic(partitions=2, prefix="offsets-gone"), new_topic(partitions=1, prefix="offsets-kept")
+    produce_events(kafka_bootstrap, kept, fixture_texts(3, seed=46), prefix="kept")
+    settings = load_settings(bootstrap_servers=kafka_bootstrap, input_topics=[kept], group_id=new_group(),
+                             bundle_path=tiny_bundle, kafka_client=kafka_client, metadata_refresh_s=1.0)
+    consumer, producer = open_clients(settings)
+    try:
+        asked = [TopicPartition(gone, 0), TopicPartition(gone, 1), TopicPartition(kept, 0)]
+        assert consumer.end_offsets(asked) == {TopicPartition(gone, 0): 0, TopicPartition(gone, 1): 0,
+                                               TopicPartition(kept, 0): 3}
+        kafka_admin.delete_topics([gone], timeout_ms=10_000)
+        time.sleep(3.0)  # past the clients' metadata refresh (1 s): the topic is known to be gone
+        for _ in range(3):
+            assert consumer.end_offsets(asked) == {TopicPartition(kept, 0): 3}
+            assert consumer.start_offsets(asked) == {TopicPartition(kept, 0): 0}
+            assert consumer.committed(asked).get(TopicPartition(kept, 0)) is None  # nothing committed, no error
+    finally:
+        consumer.close(5.0)
+        producer.close(5.0)
