@@ -433,7 +433,7 @@ class Worker:
         sink = self._sink
         try:
             while True:
-                sink.settle_pending()  # refused outputs; an abort asked for (exactly-once)
+                sink.settle_pending()  # refused outputs; an abort asked for (exactly-once); idle topics
                 try:
                     work = self._sink_queue.get(timeout=SINK_IDLE_S)
                 except queue.Empty:

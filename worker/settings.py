@@ -136,6 +136,14 @@ class WorkerSettings(BaseSettings):
         " time. The clients' own default, 5 min, left records on added partitions unread that long. Each"
         " refresh is one metadata request per client; raise it on clusters of very many topics.",
     )
+    output_topic_idle_s: float = Field(
+        300.0, ge=1.0, le=86_400.0,
+        description="A result or dead-letter topic the worker has not written to for this long is forgotten by"
+        " its producer (Java's metadata.max.idle.ms, 5 min): deleted after that (its input gone), no running"
+        " worker creates it again. Until then the producer's metadata refresh creates a deleted topic again"
+        " on a broker with auto.create.topics.enable. Exactly-once workers with the confluent client keep"
+        " every topic until they restart.",
+    )
     processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
         "at_least_once",
         description="at_least_once: commit after the broker acknowledged each output (duplicates possible"

@@ -231,11 +231,13 @@ class Sink:
         return bool(self._refused)
 
     def settle_pending(self) -> None:
-        """Between outputs (sink thread): an abort that was asked for, then refused outputs."""
+        """Between outputs (sink thread): an abort that was asked for, refused outputs, then the
+        producer's topics left idle (worker/kafka/topic_use.py)."""
         if self._transactions is not None and self._transactions.abort_if_requested():
             self._aborted()
         if self._refused:
             self.resend_refused()
+        self._producer.forget_idle_topics()  # at most every few seconds does it do anything
 
     def commit_transaction(self, barrier: Barrier, timeout_s: float) -> None:
         """Exactly-once: commit the open transaction at ``barrier`` (everything before it was sent)."""

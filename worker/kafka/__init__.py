@@ -6,6 +6,7 @@
     worker/kafka/confluent.py     confluent-kafka (librdkafka, the [confluent] extra): clients and its
                                   error table; several times less CPU per event
     worker/kafka/diagnose.py      why a connection failed, in words that name the setting to fix
+    worker/kafka/topic_use.py     which topics a producer stopped writing to, so that it forgets them
 
 ``open_clients(settings)`` builds the consumer and producer of the client named by
 ``TAGSTREAM_KAFKA_CLIENT``. Everything a client library raises is translated at this boundary

@@ -27,6 +27,13 @@ kafka-python 3.0.12 builds a client's ``ClusterMetadata`` without the consumer's
 created it again within a second, with the broker's default partitions and configs, and the
 operator's own create (more partitions, say) then failed with TopicAlreadyExists. Found by
 deleting an input topic under a running worker; confluent-kafka honours the setting.
+
+4. Producers never forget a topic (``forget_producer_topics``)
+
+A KafkaProducer refreshes the metadata of every topic it ever sent to, for its whole life, and
+those requests allow creation: a deleted result topic came back (worker/kafka/topic_use.py).
+The producer's topic set is replaced by one without the idle topics; the next refresh then
+leaves them out, and a later send to one of them looks it up again as for a new topic.
 """
 
 from __future__ import annotations
@@ -57,6 +64,24 @@ def forbid_topic_creation(client: Any) -> bool:
     if not isinstance(config, dict) or "allow_auto_create_topics" not in config:
         return False  # another layout: nothing known to mend
     config["allow_auto_create_topics"] = False
+    return True
+
+
+def forget_producer_topics(producer: Any, topics: list[str]) -> bool:
+    """Stop refreshing these topics' metadata (section 4); returns False on an unknown layout."""
+    metadata: Any = getattr(producer, "_metadata", None)
+    tracked = getattr(metadata, "_topics", None)
+    if not isinstance(tracked, set):
+        return False
+    gone = set(topics)
+    # New objects, not changes in place: the sender thread may be reading the old ones. Without
+    # their cached partitions, a later send to one of these topics adds it back and waits for its
+    # metadata, as for a new topic; with them, its records could wait for a leader that no refresh
+    # asks for any more.
+    metadata._topics = tracked - gone
+    partitions = getattr(metadata, "_partitions", None)
+    if isinstance(partitions, dict):
+        metadata._partitions = {topic: p for topic, p in partitions.items() if topic not in gone}
     return True
 
 

@@ -76,6 +76,7 @@ from worker.kafka.base import (
     run_bounded,
 )
 from worker.kafka.diagnose import CONNECT_HINTS, bootstrap_timeout_error
+from worker.kafka.topic_use import TopicUse
 
 if TYPE_CHECKING:
     from worker.settings import WorkerSettings
@@ -131,6 +132,7 @@ SELF_FENCED_NOTE = (
     " group.instance.id. The worker exits to be restarted; nothing unacknowledged was committed"
 )
 PATTERN_REFRESH_S = 10.0  # how often a pattern subscription looks for new matching topics
+FORGET_FLUSH_S = 1.0  # a client swap (forget_idle_topics) waits this long for acknowledgements, else later
 DR_POLL_S = 0.02  # the delivery-report thread's wait: bounds how long flush() waits to take over
 CONNECT_PROBE_S = 0.5  # start-up asks for metadata this often until the bootstrap timeout
 
@@ -909,6 +911,7 @@ class ConfluentProducer:
         self._wanting = 0
         self._wanting_lock = threading.Lock()
         self._stop = threading.Event()
+        self._use = TopicUse(settings.output_topic_idle_s)
         self._thread = threading.Thread(target=self._serve, name="tagstream-kafka-dr", daemon=True)
         self._thread.start()
 
@@ -994,6 +997,7 @@ class ConfluentProducer:
     def send(
         self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes | None]], token: Any
     ) -> None:
+        self._use.used.add(topic)
         on_delivery = partial(self._outcome, token)  # one partial per record, for either outcome
         produce = self.client.produce
         deadline = 0.0
@@ -1035,6 +1039,29 @@ class ConfluentProducer:
             except KafkaException as exc:  # the client's fatal error (see _serve)
                 raise translate(exc, "cannot flush the producer") from exc
         return left == 0
+
+    def forget_idle_topics(self) -> list[str]:
+        """librdkafka cannot drop a topic from a client, so at-least-once the client is swapped for a
+        new one, which knows only the topics it is sent to, once every record sent is acknowledged
+        (else at a later check). A transactional client is kept: its replacement would have to fence
+        it (``_replace``), between two transactions; not done, so an exactly-once worker's producer
+        still refreshes, and on such a broker creates, every topic it wrote to until it restarts."""
+        idle = self._use.idle()
+        if not idle or self._transactional:
+            return []
+        if not self.flush(FORGET_FLUSH_S):
+            self._use.keep(idle)
+            return []
+        errors = _Errors("producer")
+        client = _new(ck.Producer, {**self._config, "error_cb": errors})
+        with self._served_here():  # flushed: nothing of the old clients' is left to serve
+            retired = [self.client, self._alone]
+            self.client, self._alone = client, None
+            self.errors.muted = True  # what the old ones say while closing is no news
+            self.errors = errors
+        threading.Thread(target=_close_all, args=(retired,), name="tagstream-kafka-close", daemon=True).start()
+        log.info("producer_topics_forgotten", topics=idle, idle_s=self._use.idle_s, how="a new producer client took over")
+        return idle
 
     # -- transactions ------------------------------------------------------------------------------------------
     def init_transactions(self) -> None:
@@ -1143,6 +1170,14 @@ class ConfluentProducer:
         finally:
             self._stop.set()
             self._thread.join(max(1.0, DR_POLL_S * 10))
+
+
+def _close_all(clients: list[Any]) -> None:
+    """Close flushed clients (off the sending thread: librdkafka's teardown takes a moment)."""
+    for client in clients:
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
 
 
 def _unset(*_args: Any) -> None:

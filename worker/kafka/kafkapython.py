@@ -38,8 +38,10 @@ from worker.kafka.compat import (
     apply_join_fix,
     apply_unreadable_fix,
     forbid_topic_creation,
+    forget_producer_topics,
 )
 from worker.kafka.diagnose import CONNECT_HINTS, bootstrap_timeout_error
+from worker.kafka.topic_use import TopicUse
 
 if TYPE_CHECKING:
     from worker.settings import WorkerSettings
@@ -169,6 +171,7 @@ def open_clients(
     producer = KafkaPythonProducer(
         connect_call(settings, lambda: KafkaProducer(**producer_config)),
         make=(lambda: KafkaProducer(**producer_config)) if transactional_id is not None else None,
+        topic_idle_s=settings.output_topic_idle_s,
     )
     consumer_config: dict[str, Any] = {
         "group_id": settings.group_id,
@@ -376,12 +379,15 @@ def remove_static_member(settings: WorkerSettings, timeout_s: float) -> None:
 class KafkaPythonProducer:
     """``ProducerClient`` over ``kafka.KafkaProducer`` (futures with callbacks per record)."""
 
-    def __init__(self, producer: KafkaProducer, make: Callable[[], KafkaProducer] | None = None) -> None:
+    def __init__(
+        self, producer: KafkaProducer, make: Callable[[], KafkaProducer] | None = None, *, topic_idle_s: float = 300.0
+    ) -> None:
         self._producer = producer
         self._make = make  # a new producer with the same settings (transactional id): see _replace
         self._delivered: Callable[[Any], None] = _unset
         self._failed: Callable[[Any, BrokerError], None] = _unset
         self._wedged: str | None = None  # why this producer cannot go on (see _bounded)
+        self._use = TopicUse(topic_idle_s)
 
     def set_handler(self, handler: DeliveryHandler) -> None:
         self._delivered, self._failed = handler.delivered, handler.failed
@@ -398,6 +404,7 @@ class KafkaPythonProducer:
     def send(
         self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes | None]], token: Any
     ) -> None:
+        self._use.used.add(topic)
         try:
             future = self._producer.send(topic, value=value, key=key, headers=headers)
         except ke.KafkaTimeoutError as exc:
@@ -420,6 +427,16 @@ class KafkaPythonProducer:
         except ke.KafkaTimeoutError:
             return False
         return True
+
+    def forget_idle_topics(self) -> list[str]:
+        idle = self._use.idle()
+        if not idle:
+            return []
+        if not forget_producer_topics(self._producer, idle):
+            log.warning("producer_topics_kept", topics=idle, why="an unknown kafka-python layout")
+            return []
+        log.info("producer_topics_forgotten", topics=idle, idle_s=self._use.idle_s)
+        return idle
 
     def init_transactions(self) -> None:
         self._transactional(self._producer.init_transactions, "cannot initialise transactions")

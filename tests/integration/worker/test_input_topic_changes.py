@@ -1,10 +1,12 @@
 """An operator changing an input topic under running workers: partitions added (to scale out further) are
 read within TAGSTREAM_METADATA_REFRESH_S; a topic deleted and created again is not created by the worker
-itself, and the new topic's records are labelled, counted once each."""
+itself, and the new topic's records are labelled, counted once each; a result topic deleted once the
+worker no longer writes to it stays deleted."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 
@@ -77,6 +79,37 @@ def test_partitions_added_to_an_input_topic_are_read_within_the_metadata_refresh
     waited = time.monotonic() - added
     assert Counter(json.loads(r.value)["id"] for r in labeled) == Counter(first + ids)
     assert waited < 30, f"records on the added partitions took {waited:.0f} s"
+    worker.stop()
+    assert worker.wait(timeout=30) == 0
+
+
+def test_a_result_topic_deleted_once_the_worker_stopped_writing_to_it_stays_deleted(
+    kafka_bootstrap, kafka_admin, new_topic, start_worker, tiny_bundle
+):
+    """Both clients' producers refreshed the metadata of every topic they ever wrote to for their whole life,
+    and on a broker with auto.create.topics.enable those requests create a deleted topic again: seen from
+    outside (bench/outsider/churn.sh), the result topic of every input deleted under a worker reading a
+    pattern came back within seconds, for as long as the worker ran. A producer now forgets a topic it has
+    not written to for TAGSTREAM_OUTPUT_TOPIC_IDLE_S (5 min; 2 s here), as Java's does: deleted after that, it stays
+    deleted, and the worker goes on labelling its other input."""
+    stem = new_topic(partitions=1, prefix="worker-result-forgotten")
+    gone, kept = new_topic(partitions=1, name=f"{stem}.gone"), new_topic(partitions=1, name=f"{stem}.kept")
+    first = produce_events(kafka_bootstrap, gone, fixture_texts(10, seed=44), prefix="gone")
+    worker = start_worker(gone, tiny_bundle, input_topics=[], input_pattern=rf"{re.escape(stem)}\.(gone|kept)",
+                          metadata_refresh_s=1.0, output_topic_idle_s=2.0)
+    results = read_records(kafka_bootstrap, f"{gone}.labels", expected=10, quiet_s=0.2)
+    assert sorted(json.loads(r.value)["id"] for r in results) == sorted(first)
+    wait_until(lambda: worker.tracker.in_flight() == 0, timeout_s=15, what="every input acknowledged")
+    time.sleep(2.0 + 0.5 + 1.0)  # idle, a check, a margin: the producer has let go of gone.labels
+
+    kafka_admin.delete_topics([gone, f"{gone}.labels"], timeout_ms=10_000)
+    later = produce_events(kafka_bootstrap, kept, fixture_texts(5, seed=45), prefix="kept")
+    deadline = time.monotonic() + ABSENT_S + 2.0  # several metadata refreshes (1 s here)
+    while time.monotonic() < deadline:
+        assert f"{gone}.labels" not in kafka_admin.list_topics(), "the worker created the deleted result topic again"
+        time.sleep(0.25)
+    labeled = read_records(kafka_bootstrap, f"{kept}.labels", expected=5, quiet_s=0.2)
+    assert sorted(json.loads(r.value)["id"] for r in labeled) == sorted(later)
     worker.stop()
     assert worker.wait(timeout=30) == 0
 

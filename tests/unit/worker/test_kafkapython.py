@@ -170,3 +170,53 @@ def test_committed_offsets_of_many_partitions_are_asked_in_one_request():
     got = backend.committed(partitions)
     assert got == {tp: (tp.partition * 10 if tp.partition % 2 == 0 else None) for tp in partitions}
     assert Consumer._coordinator.requests == [[KafkaTopicPartition("in", p) for p in range(100)]]
+
+
+class MetadataProducer:
+    """A KafkaProducer's part that forget_idle_topics touches: kafka-python's own ClusterMetadata."""
+
+    def __init__(self) -> None:
+        from kafka.cluster import ClusterMetadata
+
+        self._metadata = ClusterMetadata()
+
+    def send(self, topic, value=None, key=None, headers=None):
+        self._metadata.add_topic(topic)  # what KafkaProducer.send does, by way of its sender...
+        self._metadata._partitions.setdefault(topic, {0: None})  # ...and the metadata response it waits for
+
+        class Future:
+            def add_callback(self, fn):
+                pass
+
+            def add_errback(self, fn):
+                pass
+
+        return Future()
+
+
+def test_a_topic_left_idle_leaves_the_producers_metadata_requests():
+    """kafka-python refreshes every topic a producer ever sent to, allowing creation: a deleted result topic
+    came back. A topic not sent to for the idle time is no longer asked for; one still written to is."""
+    from worker.kafka.topic_use import CHECK_S, TopicUse
+
+    IDLE_S = 300.0
+    now = [0.0]
+    kp = MetadataProducer()
+    producer = KafkaPythonProducer(kp)  # type: ignore[arg-type]
+    producer.set_handler(Handler())
+    producer._use = TopicUse(IDLE_S, lambda: now[0])
+    producer.send("gone.labels", b"v", None, [], token=1)
+    producer.send("kept.labels", b"v", None, [], token=2)
+    while now[0] < IDLE_S + CHECK_S:
+        now[0] += CHECK_S
+        producer.send("kept.labels", b"v", None, [], token=3)
+        forgotten = producer.forget_idle_topics()
+        if forgotten:
+            break
+    assert forgotten == ["gone.labels"]
+    asked = {t.name for t in kp._metadata.metadata_request().topics}
+    assert asked == {"kept.labels"}
+    assert kp._metadata.partitions_for_topic("gone.labels") is None  # a send looks it up again
+    assert kp._metadata.partitions_for_topic("kept.labels") == {0}
+    producer.send("gone.labels", b"v", None, [], token=4)  # written to again: looked up again
+    assert {t.name for t in kp._metadata.metadata_request().topics} == {"kept.labels", "gone.labels"}

@@ -62,6 +62,9 @@ class FakeProducer:
         self.flushes += 1
         return True
 
+    def forget_idle_topics(self):
+        return []
+
     def close(self, timeout_s=None):
         return None
 
