@@ -300,7 +300,12 @@ class Source:
         if now - self._lag_at < LAG_INTERVAL_S:
             return
         self._lag_at = now
-        assigned = self._consumer.assignment()
+        # The partitions this worker holds: kafka-python keeps revoked ones in its assignment until the
+        # group join completes, and asking the coordinator for their committed offsets meanwhile
+        # queued behind the JoinGroup it holds (until every member rejoins: 45 s with one SIGKILLed),
+        # timed out after 30 s and took the connection down; their lag series came back too.
+        held = set(self._tracker.assigned())
+        assigned = {tp for tp in self._consumer.assignment() if tp in held}
         try:
             self._end_offsets.update(self._consumer.end_offsets(assigned))
         except BrokerError as exc:

@@ -385,6 +385,34 @@ def test_lag_is_reported_for_every_assigned_partition_and_in_flight_returns_to_z
     assert metrics.value("tagstream_in_flight_events") == 0
 
 
+def test_partitions_revoked_but_still_in_the_clients_assignment_have_no_lag_and_cost_no_lookup():
+    """kafka-python keeps the revoked partitions in its assignment until the group join completes, which
+    lasts until every member has rejoined (45 s with a member SIGKILLed, seen from outside:
+    bench/outsider/churn.sh). The lag refresh took them for partitions not read yet and asked the
+    coordinator for their committed offsets: that request queued behind the held JoinGroup on the
+    coordinator's connection, timed out after 30 s and took the connection down with it (errors in the
+    log, the coordinator marked dead), and their lag series, just removed, came back for partitions the
+    worker no longer held. Only the partitions the worker holds are refreshed."""
+    import asyncio
+    import time
+
+    source, consumer, *_, metrics = make_source()
+    consumer.ends = {TP0: 3, TP1: 10}
+    consumer.group_committed = {TP0: 0, TP1: 10}
+    consumer.polls.append({TP0: records(TP0, 0, 3)})
+    run_once(source)
+    source._lag_at = time.monotonic() - 60
+    run_once(source)
+    assert metrics.registry.get_sample_value("tagstream_consumer_lag", {"topic": "in", "partition": "1"}) == 0.0
+    asyncio.run(source.on_revoked({TP0, TP1}, sleep=None))  # the client's assignment still lists both
+    consumer.committed_asked.clear()
+    source._lag_at = time.monotonic() - 60
+    run_once(source)
+    assert consumer.committed_asked == []
+    for p in ("0", "1"):
+        assert metrics.registry.get_sample_value("tagstream_consumer_lag", {"topic": "in", "partition": p}) is None
+
+
 def test_lag_counts_from_the_read_position_past_what_no_poll_returns_once_nothing_is_in_flight():
     """Transaction markers and aborted records at a partition's end are skipped by the client: with nothing in
     flight the lag counts from its read position (0), not from after the last record read (which stayed 2);

@@ -96,6 +96,7 @@ class FakeConsumer:
         self.positions: dict[TopicPartition, int] = {}  # what position() answers (the client's read position)
         self.starts: dict[TopicPartition, int] = {}  # what start_offsets() answers (log start offsets)
         self.start_offset_calls = 0
+        self.committed_asked: list[set] = []  # the partitions of each committed() call
         self.coordinator = True
 
     def assignment(self):
@@ -127,6 +128,7 @@ class FakeConsumer:
         return {tp: self.ends[tp] for tp in tps if tp in self.ends}
 
     def committed(self, tps):
+        self.committed_asked.append(set(tps))
         return {tp: self.group_committed.get(tp) for tp in tps}
 
     def position(self, tp):
