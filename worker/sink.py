@@ -383,7 +383,9 @@ class Sink:
         try:
             self._producer.send(topic, value, key, headers, token)
         except BrokerError as exc:
-            if exc.failure in (Failure.TOPIC_MISSING, Failure.DELIVERY_FAILED) and self._broker_was_away():
+            if exc.failure is Failure.BROKER_UNREACHABLE or (
+                exc.failure in (Failure.TOPIC_MISSING, Failure.DELIVERY_FAILED) and self._broker_was_away()
+            ):
                 self._send_after_outage(topic, value, key, headers, token, exc)
                 return
             if exc.failure is not Failure.RECORD_REJECTED:
@@ -413,6 +415,8 @@ class Sink:
         while self._broker_down():
             if self._stopping.wait(0.5):
                 raise error
+        if self._stopping.is_set():
+            raise error
         self._send(topic, value, key, headers, token)
 
     def _resend(self, item: Event | DeadLetter, step: int, error: BrokerError) -> None:

@@ -39,6 +39,26 @@ def test_send_timeout_on_metadata_means_missing_topic():
     assert info.value.failure is Failure.TOPIC_MISSING
 
 
+def test_a_metadata_timeout_no_broker_answered_is_an_unreachable_broker_not_a_missing_topic():
+    """Without an answered metadata request in the whole wait, the topic may exist: a broker frozen or away
+    (a 15 s freeze stopped a worker as 'topic missing'). With one answered, it is the missing topic."""
+    import time
+
+    from kafka.cluster import ClusterMetadata
+
+    producer = producer_raising(ke.KafkaTimeoutError("Failed to update metadata after 15.0 secs."))
+    metadata = ClusterMetadata()
+    producer._producer._metadata = metadata  # type: ignore[attr-defined]
+    metadata._last_successful_refresh_ms = time.monotonic() * 1000 - 20_000  # none answered for 20 s
+    with pytest.raises(BrokerError, match="no broker answered") as info:
+        producer.send("sms.dlq", b"v", None, [], token=None)
+    assert info.value.failure is Failure.BROKER_UNREACHABLE
+    metadata._last_successful_refresh_ms = time.monotonic() * 1000 - 1_000  # answered: the topic is not there
+    with pytest.raises(BrokerError) as info:
+        producer.send("sms.dlq", b"v", None, [], token=None)
+    assert info.value.failure is Failure.TOPIC_MISSING
+
+
 def test_a_record_over_the_request_limit_is_rejected_alone():
     """The producer's own size check refusing a record is RECORD_REJECTED: that record's problem only."""
     producer = producer_raising(ke.MessageSizeTooLargeError("The message is 2000000 bytes when serialized"))

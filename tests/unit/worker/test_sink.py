@@ -310,6 +310,25 @@ def test_a_missing_topic_while_the_broker_answers_is_still_fatal():
         sink._send("sms.labels", b"v", None, [], object())
 
 
+def test_a_send_no_broker_answered_is_sent_again_even_when_the_worker_has_not_seen_the_broker_go():
+    """kafka-python counts a frozen broker's connections up for 30 s, so the worker's health had not seen it
+    go when a first dead letter's metadata wait (15 s) ended: taken for a missing topic, the worker exited 4
+    (bench/outsider/single.sh, a 15 s broker freeze). The producer now says no broker answered, and the sink
+    sends it again."""
+    class _Unanswered(_MetadataTimeoutOnce):
+        def send(self, topic, value, key, headers, token) -> None:
+            self.calls += 1
+            if self.calls == 1:
+                raise BrokerError("cannot send to topic 'sms.dlq': no broker answered a metadata request for 15 s",
+                                  Failure.BROKER_UNREACHABLE)
+
+    producer = _Unanswered()
+    sink = Sink(producer, Router(settings()), OffsetTracker(), Metrics(), lambda exc: None,  # type: ignore[arg-type]
+                broker_down=lambda: False, broker_was_away=lambda: False)
+    sink._send("sms.dlq", b"v", None, [], object())
+    assert producer.calls == 2
+
+
 def test_a_send_whose_wait_overlapped_an_outage_that_has_ended_is_sent_again():
     """A metadata timeout that ends after the broker is back (its 15 s wait began in the outage) is
     not a missing topic either: sent again at once (seen in CI: exit 4 "topic missing" 8 s after
