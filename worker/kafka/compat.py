@@ -34,10 +34,13 @@ A KafkaProducer refreshes the metadata of every topic it ever sent to, for its w
 those requests allow creation: a deleted result topic came back (worker/kafka/topic_use.py).
 The producer's topic set is replaced by one without the idle topics; the next refresh then
 leaves them out, and a later send to one of them looks it up again as for a new topic.
+``metadata_answered_within`` reads the same metadata's last answered refresh: a send's metadata
+timeout with none answered meanwhile is a broker not answering, not a missing topic.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import kafka
@@ -83,6 +86,15 @@ def forget_producer_topics(producer: Any, topics: list[str]) -> bool:
     if isinstance(partitions, dict):
         metadata._partitions = {topic: p for topic, p in partitions.items() if topic not in gone}
     return True
+
+
+def metadata_answered_within(producer: Any, window_ms: float) -> bool:
+    """Whether a KafkaProducer's last answered metadata request is at most ``window_ms`` old (True
+    when that cannot be told: another layout)."""
+    last = getattr(getattr(producer, "_metadata", None), "_last_successful_refresh_ms", None)
+    if not isinstance(last, int | float):
+        return True
+    return time.monotonic() * 1000 - last <= window_ms
 
 
 def apply_join_fix() -> bool:

@@ -1053,12 +1053,7 @@ class ConfluentProducer:
             self._use.keep(idle)
             return []
         errors = _Errors("producer")
-        client = _new(ck.Producer, {**self._config, "error_cb": errors})
-        with self._served_here():  # flushed: nothing of the old clients' is left to serve
-            retired = [self.client, self._alone]
-            self.client, self._alone = client, None
-            self.errors.muted = True  # what the old ones say while closing is no news
-            self.errors = errors
+        retired = self._take_over(_new(ck.Producer, {**self._config, "error_cb": errors}), errors)  # flushed: nothing left to serve
         threading.Thread(target=_close_all, args=(retired,), name="tagstream-kafka-close", daemon=True).start()
         log.info("producer_topics_forgotten", topics=idle, idle_s=self._use.idle_s, how="a new producer client took over")
         return idle
@@ -1114,13 +1109,20 @@ class ConfluentProducer:
         except BrokerError:
             self._replaced.append(client)
             raise
-        with self._served_here():  # the old client's reports are never served: its transaction is aborted
-            old, self.client = self.client, client
-            self.errors.muted = True
-            self.errors = errors
+        old, _ = self._take_over(client, errors)  # the old client's reports are never served: its transaction is aborted
         self._replaced.append(old)
         self._stuck_in = None
         log.warning("producer_replaced", reason=why, replaced_so_far=len(self._replaced))
+
+    def _take_over(self, client: Any, errors: _Errors) -> tuple[Any, Any]:
+        """Make ``client`` this producer's, its reports served from now on; returns the old client and
+        the one-record one (a new one is made when needed). What the old ones still say is no news."""
+        with self._served_here():
+            old = self.client, self._alone
+            self.client, self._alone = client, None
+            self.errors.muted = True
+            self.errors = errors
+        return old
 
     def _txn(self, call: Callable[[Any, float], Any], what: str, timeout_s: float = TRANSACTION_TIMEOUT_S) -> None:
         if self._stuck_in is not None:

@@ -39,6 +39,7 @@ from worker.kafka.compat import (
     apply_unreadable_fix,
     forbid_topic_creation,
     forget_producer_topics,
+    metadata_answered_within,
 )
 from worker.kafka.diagnose import CONNECT_HINTS, bootstrap_timeout_error
 from worker.kafka.topic_use import TopicUse
@@ -410,7 +411,7 @@ class KafkaPythonProducer:
         except ke.KafkaTimeoutError as exc:
             # send() blocks up to max_block_ms for the topic's metadata or for buffer space.
             missing = "metadata" in str(exc).lower()
-            if missing and not self._metadata_answered_within(SEND_MAX_BLOCK_MS):
+            if missing and not metadata_answered_within(self._producer, SEND_MAX_BLOCK_MS):
                 # No broker answered any metadata request meanwhile (a broker frozen or away whose
                 # connections kafka-python still counts up): the topic may well exist. Taken for a
                 # missing topic, this stopped a worker (exit 4) whose first dead letter fell in a
@@ -436,14 +437,6 @@ class KafkaPythonProducer:
         except ke.KafkaTimeoutError:
             return False
         return True
-
-    def _metadata_answered_within(self, window_ms: float) -> bool:
-        """Whether the producer's last answered metadata request is at most ``window_ms`` old (True
-        when that cannot be told: another kafka-python layout)."""
-        last = getattr(getattr(self._producer, "_metadata", None), "_last_successful_refresh_ms", None)
-        if not isinstance(last, int | float):
-            return True
-        return time.monotonic() * 1000 - last <= window_ms
 
     def forget_idle_topics(self) -> list[str]:
         idle = self._use.idle()

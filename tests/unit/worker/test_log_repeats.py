@@ -7,17 +7,10 @@ import json
 import logging
 
 import pytest
+from worker_fakes import Clock
 
 from worker.log_repeats import RepeatFilter
 from worker.telemetry import configure_logging, get_logger
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Captured:

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 from kafka.structs import TopicPartition
-from worker_fakes import FakeConsumer
+from worker_fakes import Clock, FakeConsumer
 
 from worker.errors import BrokerError, Failure
 from worker.retention import CHECK_INTERVAL_S, DeletedInputWatch
 from worker.telemetry import Metrics
 
 TP0, TP1 = TopicPartition("in", 0), TopicPartition("in", 1)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make_watch():

@@ -3,17 +3,21 @@ metadata.max.idle.ms: else their metadata refresh creates a deleted result topic
 
 from __future__ import annotations
 
+from worker_fakes import Clock
+
 from worker.kafka.topic_use import CHECK_S, TopicUse
 
 IDLE_S = 300.0
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+def used_then_checked() -> tuple[Clock, TopicUse]:
+    """a.labels sent to, and one check since (which found it in use)."""
+    clock = Clock()
+    use = TopicUse(IDLE_S, clock)
+    use.used.add("a.labels")
+    clock.now += CHECK_S
+    use.idle()
+    return clock, use
 
 
 def test_a_topic_is_named_idle_once_when_nothing_was_sent_to_it_for_the_idle_time():
@@ -36,11 +40,7 @@ def test_a_topic_is_named_idle_once_when_nothing_was_sent_to_it_for_the_idle_tim
 
 
 def test_between_checks_nothing_is_looked_at():
-    clock = Clock()
-    use = TopicUse(IDLE_S, clock)
-    use.used.add("a.labels")
-    clock.now += CHECK_S
-    use.idle()
+    clock, use = used_then_checked()
     clock.now += IDLE_S + CHECK_S - 1  # the next check is due, a is idle...
     assert use.idle() == ["a.labels"]
     use.used.add("c.labels")
@@ -59,11 +59,7 @@ def test_a_short_idle_time_is_checked_four_times_over():
 
 
 def test_a_topic_kept_back_is_named_again_at_the_next_check():
-    clock = Clock()
-    use = TopicUse(IDLE_S, clock)
-    use.used.add("a.labels")
-    clock.now += CHECK_S
-    use.idle()
+    clock, use = used_then_checked()
     clock.now += IDLE_S
     assert use.idle() == ["a.labels"]
     use.keep(["a.labels"])  # the producer could not forget it this time (records still in flight)

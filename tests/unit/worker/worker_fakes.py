@@ -33,6 +33,16 @@ class Sent:
     future: FakeFuture
 
 
+class Clock:
+    """A clock the test moves by hand (``clock.now += s``), for code that takes a ``clock`` callable."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class FakeProducer:
     """A ProducerClient (worker/kafka/base.py) that keeps what was sent; flush settles nothing."""
 
