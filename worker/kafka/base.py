@@ -146,7 +146,8 @@ class DeliveryHandler(Protocol):
         ...
 
     def delivered_many(self, tokens: list[Any]) -> None:
-        """``delivered`` for each of ``tokens``, in one call (the acknowledgements of one poll)."""
+        """``delivered`` for each of ``tokens``, in one call (the acknowledgements of one poll with confluent,
+        of one produce response with kafka-python; at-least-once only)."""
         ...
 
     def failed(self, token: Any, error: BrokerError) -> None:

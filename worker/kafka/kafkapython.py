@@ -11,6 +11,7 @@ import os
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ from worker.kafka.base import (
 )
 from worker.kafka.compat import (
     UNREADABLE_AT,
+    after_each_produce_response,
     apply_join_fix,
     apply_unreadable_fix,
     forbid_topic_creation,
@@ -378,7 +380,8 @@ def remove_static_member(settings: WorkerSettings, timeout_s: float) -> None:
 
 
 class KafkaPythonProducer:
-    """``ProducerClient`` over ``kafka.KafkaProducer`` (futures with callbacks per record)."""
+    """``ProducerClient`` over ``kafka.KafkaProducer`` (futures with callbacks per record; their
+    acknowledgements handed to the sink once per produce response, at-least-once)."""
 
     def __init__(
         self, producer: KafkaProducer, make: Callable[[], KafkaProducer] | None = None, *, topic_idle_s: float = 300.0
@@ -386,12 +389,20 @@ class KafkaPythonProducer:
         self._producer = producer
         self._make = make  # a new producer with the same settings (transactional id): see _replace
         self._delivered: Callable[[Any], None] = _unset
+        self._delivered_many: Callable[[list[Any]], None] = _unset
         self._failed: Callable[[Any, BrokerError], None] = _unset
         self._wedged: str | None = None  # why this producer cannot go on (see _bounded)
         self._use = TopicUse(topic_idle_s)
+        # At-least-once, the acknowledgements of one produce response reach the sink in one call
+        # (compat.py, section 5). None: each at once, as a transactional producer's must (the
+        # transaction's commit counts them next) and as on an unknown kafka-python layout.
+        self._acked: deque[Any] | None = None
+        if make is None and after_each_produce_response(producer, self._hand_over):
+            self._acked = deque()
 
     def set_handler(self, handler: DeliveryHandler) -> None:
         self._delivered, self._failed = handler.delivered, handler.failed
+        self._delivered_many = handler.delivered_many
 
     def _outcome(self, producer: KafkaProducer, token: Any, result: Any) -> None:
         """One callback for both outcomes (a future calls it with metadata, or with the exception)."""
@@ -399,8 +410,27 @@ class KafkaPythonProducer:
             return  # a replaced producer's record: its transaction was aborted by fencing, inputs re-read
         if isinstance(result, BaseException):
             self._failed(token, translate(result, "the broker did not acknowledge a record"))
+        elif self._acked is not None:
+            self._acked.append(token)  # to the sink when the produce response is handled
         else:
             self._delivered(token)
+
+    def _hand_over(self) -> None:
+        """The acknowledgements queued so far, to the sink in one call: on the sender thread after
+        each produce response, and after a flush (its wait ends as the last futures complete,
+        possibly before the sender's hand-over). A deque: both threads may take from it at once."""
+        acked = self._acked
+        if not acked:
+            return
+        tokens = []
+        popleft = acked.popleft
+        try:
+            while True:
+                tokens.append(popleft())
+        except IndexError:
+            pass
+        if tokens:
+            self._delivered_many(tokens)
 
     def send(
         self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes | None]], token: Any
@@ -436,6 +466,8 @@ class KafkaPythonProducer:
             self._producer.flush(timeout=timeout_s)
         except ke.KafkaTimeoutError:
             return False
+        finally:
+            self._hand_over()
         return True
 
     def forget_idle_topics(self) -> list[str]:
@@ -517,7 +549,10 @@ class KafkaPythonProducer:
         log.warning("producer_replaced", note="the stuck producer is fenced; its open transaction was aborted")
 
     def close(self, timeout_s: float) -> None:
-        self._producer.close(timeout=timeout_s)
+        try:
+            self._producer.close(timeout=timeout_s)
+        finally:
+            self._hand_over()
 
     @staticmethod
     def _transactional(call: Callable[[], Any], what: str) -> None:

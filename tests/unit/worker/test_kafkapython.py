@@ -21,6 +21,9 @@ class Handler:
     def delivered(self, token):
         pass
 
+    def delivered_many(self, tokens):
+        pass
+
     def failed(self, token, error):
         pass
 
