@@ -13,7 +13,9 @@ floor   a bare loop with the same Kafka client, in its own process: poll (500 at
 worker  ``tagstream-worker run`` with a *null* bundle (a real bundle and tokenizer whose TorchScript
         model returns fixed probabilities at once), with TAGSTREAM_STAGE_TIMING on, in its own
         process: CPU per event in all, and per stage (worker/stages.py), plus the client's own
-        threads read from /proc (network I/O, delivery callbacks).
+        threads read from /proc (network I/O, delivery callbacks). ``--untimed`` adds a run with the
+        stage timing off (its brackets read the thread's CPU clock, a system call each): the figure
+        a production worker pays, to set beside the floor, which has no such instrumentation.
 
 The worker runs once per tokenizer engine named by ``--tokenizers`` (TAGSTREAM_FAST_TOKENIZER:
 ``fast``, the default, tokenizes ASCII texts with flash-tokenizer where it gives HF tokenizers' ids;
@@ -300,9 +302,10 @@ def mean_batch(text: str) -> float:
 
 
 def worker_run(
-    bootstrap: str, topic: str, bundle: Path, count: int, args: argparse.Namespace, client: str, engine: str
+    bootstrap: str, topic: str, bundle: Path, count: int, args: argparse.Namespace, client: str, engine: str,
+    *, timed: bool = True,
 ) -> dict[str, Any]:
-    extra = {"TAGSTREAM_STAGE_TIMING": "true", "TAGSTREAM_KAFKA_CLIENT": client,
+    extra = {"TAGSTREAM_STAGE_TIMING": str(timed).lower(), "TAGSTREAM_KAFKA_CLIENT": client,
              "TAGSTREAM_FAST_TOKENIZER": str(engine == "fast").lower()}
     worker = wb.WorkerProcess(bootstrap, topic, bundle, args, f"path-{topic}", extra_env=extra)
     profiler = None
@@ -311,7 +314,7 @@ def worker_run(
         threads_before = thread_figures(worker.proc.pid)
         kernel_before = kernel_figures(worker.proc.pid)
         cpu_started = wb.cpu_seconds(worker.proc.pid)
-        if args.profile:
+        if args.profile and timed:
             wb.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
             profile_path = wb.RESULTS_DIR / f"kafka_path_profile-{args.label}-{client}-{engine}.speedscope.json"
             py_spy = _py_spy()
@@ -414,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
                              " WordPiece is trained for the run, a different one each run (HF's trainer is not"
                              " deterministic): give the same one to compare runs, e.g. of two checkouts")
     parser.add_argument("--profile", action="store_true", help="record the worker with py-spy")
+    parser.add_argument("--untimed", action="store_true",
+                        help="also run the worker with TAGSTREAM_STAGE_TIMING off (first tokenizer engine), alternating"
+                             " with the timed runs: what a production worker pays, since the floor is not instrumented")
     parser.add_argument("--label", default="run", help="names the profile file")
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--max-batch-tokens", type=int, default=8192)
@@ -460,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     floors: dict[str, list[dict[str, Any]]] = {c: [] for c in clients}
     workers: dict[tuple[str, str], list[dict[str, Any]]] = {(c, e): [] for c in clients for e in engines}
     tokenizing: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
+    untimed: dict[str, list[dict[str, Any]]] = {c: [] for c in clients}
     try:
         for round_ in range(args.repeats):
             for client in clients:
@@ -477,6 +484,14 @@ def main(argv: list[str] | None = None) -> int:
                           f" {w['cpu_us']:.0f} us/ev (system {w['system_us']:.0f}, {w['switches_per_event']:.2f}"
                           f" context switches/ev; {w['mean_batch']:.1f} inputs a batch); load {wb.load_avg()}",
                           file=sys.stderr, flush=True)
+                if args.untimed:
+                    topic = wb.create_topic(bootstrap, "path-in", partitions=args.partitions)
+                    wb.prefill(bootstrap, topic, texts, "p")
+                    untimed[client].append(worker_run(bootstrap, topic, bundle, len(texts), args, client, engines[0], timed=False))
+                    w = untimed[client][-1]
+                    print(f"round {round_ + 1}, {client}, {engines[0]} tokenizer, stage timing off: worker {w['eps']:,.0f}"
+                          f" ev/s {w['cpu_us']:.0f} us/ev (system {w['system_us']:.0f}, {w['switches_per_event']:.2f}"
+                          f" context switches/ev); load {wb.load_avg()}", file=sys.stderr, flush=True)
             # Last in the round, with the broker idle: first, it ran beside a broker that had just
             # started (its JVM compiling and collecting on the same two cores) and read 20 us a text
             # where it costs 10-12.
@@ -507,6 +522,10 @@ def main(argv: list[str] | None = None) -> int:
     for engine in engines:
         row(f"worker, end to end (all threads), {engine} tokenizer",
             [(best_of[c, engine]["cpu_us"], f"{best_of[c, engine]['eps']:,.0f}") for c in clients])
+    if args.untimed:
+        best_untimed = {c: min(untimed[c], key=lambda r: r["cpu_us"]) for c in clients}
+        row(f"worker, end to end (all threads), {main_engine} tokenizer, stage timing off",
+            [(best_untimed[c]["cpu_us"], f"{best_untimed[c]['eps']:,.0f}") for c in clients])
     row(f"of which system time: the kernel, GIL hand-overs included ({main_engine})",
         [(best[c]["system_us"], f"{best[c]['switches_per_event']:.2f} context switches/event") for c in clients])
     row(f"of which the client: fetch + produce stages, its own threads ({main_engine})",
@@ -536,6 +555,10 @@ def main(argv: list[str] | None = None) -> int:
             worker_us = best_of[c, engine]["cpu_us"]
             print(f"{c}, {engine} tokenizer: worker / floor {worker_us / floor_us:.2f}x the CPU per event;"
                   f" worker / (floor + tokenizing alone) {worker_us / (floor_us + tok[engine]['cpu_us']):.2f}x")
+        if args.untimed:
+            worker_us = best_untimed[c]["cpu_us"]
+            print(f"{c}, {main_engine} tokenizer, stage timing off: worker / floor {worker_us / floor_us:.2f}x the CPU per"
+                  f" event; worker / (floor + tokenizing alone) {worker_us / (floor_us + tok[main_engine]['cpu_us']):.2f}x")
         if len(engines) > 1:
             a, b = (best_of[c, e]["cpu_us"] for e in engines[:2])
             print(f"{c}: {engines[0]} / {engines[1]} tokenizer: {a / b:.2f}x the worker's CPU per event")
@@ -547,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     wb.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (wb.RESULTS_DIR / "kafka_path_bench.json").write_text(
         json.dumps({"floor": floors, "worker": {f"{c}/{e}": v for (c, e), v in workers.items()},
-                    "tokenize": tokenizing, "events": len(texts), "texts": source,
+                    "worker_untimed": untimed, "tokenize": tokenizing, "events": len(texts), "texts": source,
                     "load": wb.load_avg()}, indent=1)
     )
     return 0
