@@ -3,8 +3,8 @@
     worker/kafka/base.py          the interfaces (ConsumerClient, ProducerClient), TopicPartition,
                                   the rebalance handler the source implements
     worker/kafka/kafkapython.py   kafka-python (the default): clients and its error translation
-    worker/kafka/confluent.py     confluent-kafka (librdkafka, the [confluent] extra): clients and its
-                                  error table; several times less CPU per event
+    worker/kafka/confluent/       confluent-kafka (librdkafka, the [confluent] extra): clients and its
+                                  error table, a module each; several times less CPU per event
     worker/kafka/diagnose.py      why a connection failed, in words that name the setting to fix
     worker/kafka/topic_use.py     which topics a producer stopped writing to, so that it forgets them
 

@@ -1,7 +1,7 @@
 """The interfaces between the pipeline and a Kafka client library.
 
 The source, the sink and the committers only use what is declared here. A backend module
-(``kafkapython.py``, ``confluent.py``) implements both clients and translates every exception of its
+(``kafkapython.py``, ``confluent/``) implements both clients and translates every exception of its
 library into ``BrokerError`` with a ``Failure`` (see ``worker/errors.py``).
 
 Positions are plain ints: the offset of the next record to read, as Kafka commits them.

@@ -108,7 +108,7 @@ def test_a_stuck_transactional_call_is_given_up_and_a_replacement_producer_fence
     client = confluent.ConfluentProducer(s, f"cfl-stuck-{uuid.uuid4().hex[:8]}")
     handler = Handler()
     client.set_handler(handler)
-    monkeypatch.setattr(confluent, "TXN_STUCK_GRACE_S", 0.5)
+    monkeypatch.setattr(confluent.producer, "TXN_STUCK_GRACE_S", 0.5)
     never = threading.Event()
     try:
         client.init_transactions()

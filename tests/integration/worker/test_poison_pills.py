@@ -95,7 +95,7 @@ def test_a_record_the_client_cannot_decode_is_dead_lettered_and_read_past(
     assert headers["tagstream.dropped"] == b"headers"
     if kafka_client == "kafka-python":
         assert headers["fine"] == b"1"
-    else:  # confluent-kafka's headers() fails for the whole record (worker/kafka/confluent.py)
+    else:  # confluent-kafka's headers() fails for the whole record (worker/kafka/confluent/records.py)
         assert "fine" not in headers
     assert "tagstream.invalid_header_keys" not in headers
     assert worker.fatal is None

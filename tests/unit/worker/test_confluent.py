@@ -324,7 +324,7 @@ def test_a_short_pause_of_the_whole_assignment_stops_consuming_without_librdkafk
 def test_a_pause_past_soft_pause_s_becomes_librdkafkas_and_polls_serve_callbacks_again(consumer, monkeypatch):
     """Held longer than SOFT_PAUSE_S, the partitions are paused in librdkafka and polls call consume()
     again (rebalance callbacks, statistics, max.poll.interval.ms); the resume undoes that pause."""
-    monkeypatch.setattr(confluent, "SOFT_PAUSE_S", 0.0)
+    monkeypatch.setattr(confluent.consumer, "SOFT_PAUSE_S", 0.0)
     consumer.pause({T0, T1})
     consumer.poll(5, 500)
     assert consumer.client.calls[0] == ("pause", [("t", 0), ("t", 1)])
@@ -612,7 +612,7 @@ def test_a_transactional_producer_reports_each_acknowledgement_at_once(producer_
 
 def test_a_full_buffer_blocks_then_fails_the_delivery(producer_for, monkeypatch):
     """A full buffer (BufferError) is waited out up to SEND_MAX_BLOCK_S, then DELIVERY_FAILED (as kafka-python's max_block_ms)."""
-    monkeypatch.setattr(confluent, "SEND_MAX_BLOCK_S", 0.05)
+    monkeypatch.setattr(confluent.producer, "SEND_MAX_BLOCK_S", 0.05)
     producer, _ = producer_for()
     producer.client.raises = BufferError("Local: Queue full")
     with pytest.raises(BrokerError) as raised:
@@ -658,7 +658,7 @@ def test_a_broker_that_keeps_its_connections_but_answers_nothing_counts_as_unrea
     """A frozen broker: librdkafka keeps its connections up (until each request's own 60 s timeout)
     while nothing comes back; once every connection waiting on it has heard nothing for
     SILENT_BROKER_S, the coordinator counts as unknown (health: broker unreachable)."""
-    silent = confluent.SILENT_BROKER_S + 1
+    silent = confluent.consumer.SILENT_BROKER_S + 1
     consumer._on_stats(_stats(**{"b:9092/1": ("UP", 2, 0.2), "b:9092/bootstrap": ("UP", 0, 300)}))
     assert consumer.coordinator_known()  # answering; an idle bootstrap connection says nothing
     consumer._on_stats(_stats(**{"b:9092/1": ("UP", 2, silent), "GroupCoordinator": ("UP", 1, silent),
