@@ -421,8 +421,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run the worker with TAGSTREAM_STAGE_TIMING off (first tokenizer engine), alternating"
                              " with the timed runs: what a production worker pays, since the floor is not instrumented")
     parser.add_argument("--label", default="run", help="names the profile file")
-    parser.add_argument("--max-batch-size", type=int, default=64)
-    parser.add_argument("--max-batch-tokens", type=int, default=8192)
+    parser.add_argument("--max-batch-size", type=int, default=64,
+                        help="the worker's TAGSTREAM_MAX_BATCH_SIZE: 64 is its default; the GPU overlay's 256 (with"
+                             " --max-batch-tokens 65536) is what a worker feeding a GPU runs with")
+    parser.add_argument("--max-batch-tokens", type=int, default=8192, help="the worker's TAGSTREAM_MAX_BATCH_TOKENS")
     parser.add_argument("--max-wait-ms", type=float, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--streams", type=int, default=1)
@@ -507,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     tok = {e: min(tokenizing[e], key=lambda r: r["cpu_us"]) for e in engines}
     main_engine = engines[0]
     best = {c: best_of[c, main_engine] for c in clients}
-    print(f"\nKafka path, {len(texts):,} events ({source}) on {args.partitions} partitions, null bundle; best of {args.repeats}"
+    print(f"\nKafka path, {len(texts):,} events ({source}) on {args.partitions} partitions, null bundle, batches of at most"
+          f" {args.max_batch_size} inputs and {args.max_batch_tokens:,} tokens; best of {args.repeats}"
           f" per client and tokenizer, alternating in one run; {wb.load_avg()}")
     if args.tokenizer_from is None:
         print(UNPINNED_TOKENIZER)
