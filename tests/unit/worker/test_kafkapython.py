@@ -243,3 +243,83 @@ def test_a_topic_left_idle_leaves_the_producers_metadata_requests():
     assert kp._metadata.partitions_for_topic("kept.labels") == {0}
     producer.send("gone.labels", b"v", None, [], token=4)  # written to again: looked up again
     assert {t.name for t in kp._metadata.metadata_request().topics} == {"kept.labels", "gone.labels"}
+
+
+class Recording:
+    """A delivery handler that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.one_by_one: list = []
+        self.in_bulk: list = []
+        self.failures: list = []
+
+    def delivered(self, token):
+        self.one_by_one.append(token)
+
+    def delivered_many(self, tokens):
+        self.in_bulk.append(list(tokens))
+
+    def failed(self, token, error):
+        self.failures.append((token, error.failure))
+
+
+class FutureKafkaProducer:
+    """send() returns a kafka-python Future that the test completes."""
+
+    def __init__(self) -> None:
+        self.futures: list = []
+
+    def send(self, *args, **kwargs):
+        from kafka.future import Future
+
+        self.futures.append(Future())
+        return self.futures[-1]
+
+    def flush(self, timeout=None):
+        pass
+
+
+class Sender:
+    """The piece of kafka-python's sender the bulk hand-over wraps: a produce response completes its records."""
+
+    def __init__(self, producer: FutureKafkaProducer) -> None:
+        self.producer = producer
+
+    def _handle_produce_response(self, outcomes):
+        for future, outcome in zip(self.producer.futures, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                future.failure(outcome)
+            else:
+                future.success(outcome)
+
+
+def test_acknowledgements_reach_the_sink_once_the_whole_produce_response_is_handled():
+    """At-least-once, the acknowledgements of one produce response reach the sink in one delivered_many call, made
+    after the response's last record; a failure in it goes on its own at once (compat.py, section 5)."""
+    fake = FutureKafkaProducer()
+    fake._sender = Sender(fake)  # type: ignore[attr-defined]
+    producer = KafkaPythonProducer(fake)  # type: ignore[arg-type]
+    handler = Recording()
+    producer.set_handler(handler)
+    for token in ("a", "b", "c"):
+        producer.send("t.labels", b"v", None, [], token)
+    fake._sender._handle_produce_response(["m", ke.MessageSizeTooLargeError("too large"), "m"])  # type: ignore[attr-defined]
+    assert handler.in_bulk == [["a", "c"]]
+    assert handler.one_by_one == []
+    assert handler.failures == [("b", Failure.RECORD_REJECTED)]
+
+
+def test_each_acknowledgement_goes_at_once_without_the_sender_layout_or_in_a_transaction():
+    """Where kafka-python's sender is not as known (another version), and for a transactional producer (its commit
+    counts the acknowledgements next), each acknowledgement reaches the sink when its record's future completes."""
+    for transactional in (False, True):
+        fake = FutureKafkaProducer()
+        if transactional:
+            fake._sender = Sender(fake)  # type: ignore[attr-defined]
+        producer = KafkaPythonProducer(fake, make=(lambda f=fake: f) if transactional else None)  # type: ignore[arg-type]
+        handler = Recording()
+        producer.set_handler(handler)
+        producer.send("t.labels", b"v", None, [], "a")
+        fake.futures[0].success("m")
+        assert handler.one_by_one == ["a"], transactional
+        assert handler.in_bulk == [], transactional
