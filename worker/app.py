@@ -332,7 +332,11 @@ class Worker:
             finally:
                 try:
                     assert self._consumer is not None
+                    started = time.monotonic()
                     self._consumer.close(max(0.5, self._remaining()), leave_group=self.settings.leave_group_on_stop)
+                    # How long the exit waited on the client (leaving the group, its I/O thread): a
+                    # stop that outlasted its drain in CI left no trace of where the time went.
+                    log.info("consumer_closed", seconds=round(time.monotonic() - started, 3))
                 except Exception as exc:
                     log.warning("consumer_close_failed", error=repr(exc))
 
@@ -608,7 +612,9 @@ class Worker:
     def _close(self) -> None:
         if self._producer is not None:
             try:
+                started = time.monotonic()
                 self._producer.close(max(1.0, self._remaining()))
+                log.info("producer_closed", seconds=round(time.monotonic() - started, 3))
             except Exception as exc:
                 log.warning("producer_close_failed", error=repr(exc))
             self._producer = None
