@@ -11,6 +11,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from datetime import datetime
+from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer
@@ -83,7 +85,15 @@ def test_sigterm_mid_stream_then_restart_leaves_no_input_without_a_result(
         all_ids = ids + late_ids
         assert len(all_ids) == 8000
         assert results_at_stop < len(all_ids), "the stop was not mid-stream"
-        assert drain_s < DRAIN_TIMEOUT_S + 5
+        # The worker's own stop (drain, commit, both clients closed) ends within its drain timeout, by its log.
+        # The process's exit comes after the interpreter's teardown: twice in CI on 2026-12-02 it came 16-17 s
+        # after a stop that had ended in 0.2 s, for a reason not found (not reproduced alone, nor with both
+        # cores kept busy). It is bounded here by the margin deploy/k8s/base gives above the drain timeout
+        # (terminationGracePeriodSeconds 45 against TAGSTREAM_DRAIN_TIMEOUT_S 20), past which Kubernetes kills
+        # the pod: nothing is lost then, as everything it labelled is committed.
+        stop = {e["event"]: datetime.fromisoformat(e["timestamp"]) for e in _events(tmp_path / "first.log")}
+        assert (stop["producer_closed"] - stop["signal"]).total_seconds() < DRAIN_TIMEOUT_S + 1, stop
+        assert drain_s < DRAIN_TIMEOUT_S + EXIT_MARGIN_S
 
         second = spawn(env, tmp_path / "second.log")
         try:
@@ -103,6 +113,11 @@ def test_sigterm_mid_stream_then_restart_leaves_no_input_without_a_result(
 
 
 RESULTS_TIMEOUT = 90
+EXIT_MARGIN_S = 45 - 20  # deploy/k8s/base: terminationGracePeriodSeconds less TAGSTREAM_DRAIN_TIMEOUT_S
+
+
+def _events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
 
 
 def test_two_workers_in_one_group_split_the_partitions_and_cover_all(
