@@ -261,3 +261,29 @@ def make_null_bundle(
         lowercase=lowercase, model_config={"kind": "null"}, metrics={},
         training={"note": "fixed probabilities: measures everything but the model"},
     )
+
+
+class DeliveryRecorder:
+    """A producer's delivery handler (worker/kafka/base.py, DeliveryHandler) that keeps every call it gets, from any
+    thread: ``one_by_one`` (delivered), ``in_bulk`` (each delivered_many call's tokens), ``failures`` ((token,
+    Failure) pairs)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.lock = threading.Lock()
+        self.one_by_one: list[Any] = []
+        self.in_bulk: list[list[Any]] = []
+        self.failures: list[tuple[Any, Any]] = []
+
+    def delivered(self, token: Any) -> None:
+        with self.lock:
+            self.one_by_one.append(token)
+
+    def delivered_many(self, tokens: list[Any]) -> None:
+        with self.lock:
+            self.in_bulk.append(list(tokens))
+
+    def failed(self, token: Any, error: Any) -> None:
+        with self.lock:
+            self.failures.append((token, error.failure))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -211,6 +212,18 @@ def open_clients(
     from worker.kafka import kafkapython
 
     return kafkapython.open_clients(settings, transactional_id=transactional_id)
+
+
+def take_all(queue: deque[Any]) -> list[Any]:
+    """Everything in ``queue``, oldest first, taken one item at a time: other threads may append or
+    take meanwhile (each item is taken once). The producers' acknowledgement queues use it."""
+    taken = []
+    popleft = queue.popleft
+    try:
+        while True:
+            taken.append(popleft())
+    except IndexError:
+        return taken
 
 
 def run_bounded(

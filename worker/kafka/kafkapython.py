@@ -33,6 +33,7 @@ from worker.kafka.base import (
     TopicPartition,
     UnreadableRecord,
     run_bounded,
+    take_all,
 )
 from worker.kafka.compat import (
     UNREADABLE_AT,
@@ -419,16 +420,7 @@ class KafkaPythonProducer:
         """The acknowledgements queued so far, to the sink in one call: on the sender thread after
         each produce response, and after a flush (its wait ends as the last futures complete,
         possibly before the sender's hand-over). A deque: both threads may take from it at once."""
-        acked = self._acked
-        if not acked:
-            return
-        tokens = []
-        popleft = acked.popleft
-        try:
-            while True:
-                tokens.append(popleft())
-        except IndexError:
-            pass
+        tokens = take_all(self._acked) if self._acked else None
         if tokens:
             self._delivered_many(tokens)
 

@@ -107,7 +107,7 @@ def test_sigterm_mid_stream_then_restart_leaves_no_input_without_a_result(
         watcher.close()
     missing = set(all_ids) - set(watcher.ids)
     assert not missing, f"{len(missing)} inputs without a result"
-    log = [json.loads(line) for line in (tmp_path / "first.log").read_text().splitlines() if line.startswith("{")]
+    log = _events(tmp_path / "first.log")
     drained = [e for e in log if e.get("event") == "drained"]
     assert drained and drained[0]["unacknowledged_left_for_redelivery"] == 0
 

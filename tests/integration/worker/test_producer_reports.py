@@ -3,36 +3,12 @@ real broker, with each client."""
 
 from __future__ import annotations
 
-import threading
-from typing import Any
-
 import pytest
+from worker_support import DeliveryRecorder
 
 pytestmark = pytest.mark.integration
 
 RECORDS = 3000
-
-
-class Recorder:
-    """A DeliveryHandler that keeps every call it gets (from any thread)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.one_by_one: list[Any] = []
-        self.in_bulk: list[list[Any]] = []
-        self.failures: list[Any] = []
-
-    def delivered(self, token: Any) -> None:
-        with self.lock:
-            self.one_by_one.append(token)
-
-    def delivered_many(self, tokens: list[Any]) -> None:
-        with self.lock:
-            self.in_bulk.append(list(tokens))
-
-    def failed(self, token: Any, error: Any) -> None:
-        with self.lock:
-            self.failures.append((token, error))
 
 
 def test_at_least_once_acknowledgements_reach_the_sink_in_bulk_each_once_by_the_end_of_a_flush(
@@ -49,7 +25,7 @@ def test_at_least_once_acknowledgements_reach_the_sink_in_bulk_each_once_by_the_
     settings = load_settings(bootstrap_servers=kafka_bootstrap, input_topics=[topic], group_id=new_group(),
                              bundle_path=tiny_bundle, kafka_client=kafka_client)
     consumer, producer = open_clients(settings)
-    recorder = Recorder()
+    recorder = DeliveryRecorder()
     producer.set_handler(recorder)
     try:
         for i in range(RECORDS):

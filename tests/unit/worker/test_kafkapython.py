@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from kafka import errors as ke
+from worker_support import DeliveryRecorder
 
 from worker.errors import BrokerError, Failure
 from worker.kafka.kafkapython import KafkaPythonProducer
@@ -245,24 +246,6 @@ def test_a_topic_left_idle_leaves_the_producers_metadata_requests():
     assert {t.name for t in kp._metadata.metadata_request().topics} == {"kept.labels", "gone.labels"}
 
 
-class Recording:
-    """A delivery handler that keeps what it is told."""
-
-    def __init__(self) -> None:
-        self.one_by_one: list = []
-        self.in_bulk: list = []
-        self.failures: list = []
-
-    def delivered(self, token):
-        self.one_by_one.append(token)
-
-    def delivered_many(self, tokens):
-        self.in_bulk.append(list(tokens))
-
-    def failed(self, token, error):
-        self.failures.append((token, error.failure))
-
-
 class FutureKafkaProducer:
     """send() returns a kafka-python Future that the test completes."""
 
@@ -299,7 +282,7 @@ def test_acknowledgements_reach_the_sink_once_the_whole_produce_response_is_hand
     fake = FutureKafkaProducer()
     fake._sender = Sender(fake)  # type: ignore[attr-defined]
     producer = KafkaPythonProducer(fake)  # type: ignore[arg-type]
-    handler = Recording()
+    handler = DeliveryRecorder()
     producer.set_handler(handler)
     for token in ("a", "b", "c"):
         producer.send("t.labels", b"v", None, [], token)
@@ -317,7 +300,7 @@ def test_each_acknowledgement_goes_at_once_without_the_sender_layout_or_in_a_tra
         if transactional:
             fake._sender = Sender(fake)  # type: ignore[attr-defined]
         producer = KafkaPythonProducer(fake, make=(lambda f=fake: f) if transactional else None)  # type: ignore[arg-type]
-        handler = Recording()
+        handler = DeliveryRecorder()
         producer.set_handler(handler)
         producer.send("t.labels", b"v", None, [], "a")
         fake.futures[0].success("m")

@@ -16,7 +16,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from worker.errors import BrokerError, Failure
 from worker.kafka import diagnose
-from worker.kafka.base import DeliveryHandler, TopicPartition, run_bounded
+from worker.kafka.base import DeliveryHandler, TopicPartition, run_bounded, take_all
 from worker.kafka.confluent.config import new_client, producer_config
 from worker.kafka.confluent.errors import ClientErrors, E, kafka_error, translate
 from worker.kafka.confluent.records import message_headers, their_offsets
@@ -114,10 +114,8 @@ class ConfluentProducer:
 
     def _hand_over(self) -> None:
         """The acknowledgements collected since the last hand-over, to the sink in one call."""
-        acked = self._acked
-        if acked:
-            popleft = acked.popleft
-            self._delivered_many([popleft() for _ in range(len(acked))])
+        if self._acked:
+            self._delivered_many(take_all(self._acked))
 
     def _outcome(self, token: Any, err: KafkaError | None, msg: Any) -> None:
         if err is None:
