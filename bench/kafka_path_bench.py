@@ -44,6 +44,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -374,8 +375,6 @@ def client_share(run: dict[str, Any]) -> float:
 
 
 def _py_spy() -> str | None:
-    import shutil
-
     beside = Path(sys.executable).parent / "py-spy"
     return str(beside) if beside.is_file() else shutil.which("py-spy")
 
@@ -504,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if broker is not None:
             broker.stop()
+        shutil.rmtree(tmp, ignore_errors=True)  # the null bundle: each run builds its own
     best_floor = {c: min(floors[c], key=lambda r: r["cpu_us"]) for c in clients}
     best_of = {k: min(v, key=lambda r: r["cpu_us"]) for k, v in workers.items()}
     tok = {e: min(tokenizing[e], key=lambda r: r["cpu_us"]) for e in engines}
