@@ -22,10 +22,11 @@ absent) on a 3-partition input topic:
 ``--processes 1,2`` (feeder processes, TAGSTREAM_PROCESSES) replaces (b)-(e) with a scaling table:
 (a), then (b) once per feeder count on a topic of lcm(counts) partitions (at least 4), the counts
 alternating ``--repeats`` times in one run. Per count: events/s over the middle 80% of the results
-(same window for every count, so the start-up rebalance of N > 1 is not what is compared), that
+acknowledged once every feeder held partitions (so the start-up rebalance of N > 1, when the first
+feeder holds every partition for about 3 s, is not what is compared), that
 against N = 1 and against (a), CPU per event summed over every process of the pod, the cores the
-pod kept busy (its CPU seconds over the run's wall time: one process cannot pass about one, its
-interpreter lock), and the pod's memory (sum of each process's RSS). Target (issue 11): N = 2 on the ``tiny`` bundle >= 1.5x N = 1.
+pod kept busy over the same window (its CPU seconds over that time: one process cannot pass about
+one, its interpreter lock), and the pod's memory (sum of each process's RSS). Target (issue 11): N = 2 on the ``tiny`` bundle >= 1.5x N = 1.
 
 Without ``--bootstrap`` a local broker (localkafka) is started on free ports and stopped at
 the end. The machine's load average is printed with each figure: other work on the cores
@@ -47,6 +48,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +62,7 @@ if str(REPO) not in sys.path:
 WORKER_START_TIMEOUT_S = 120  # torch import + bundle load + warm-up, on a busy machine
 RUN_TIMEOUT_S = 1800  # bounds one phase if the worker stalls
 POLL_S = 0.25  # /metrics polling while waiting for the worker
-SCALING_POLL_S = 1.0  # the same in --processes mode (throughput comes from the results' own timestamps)
+SCALING_SAMPLE_S = 0.2  # --processes mode: how often the pod's CPU and its results are read (from /proc, the broker)
 
 
 @dataclass
@@ -389,12 +391,13 @@ class WorkerProcess:
             time.sleep(POLL_S)
         raise SystemExit(f"the worker was not ready within {WORKER_START_TIMEOUT_S} s; see {self.log_path}")
 
-    def wait_out(self, count: int, poll_s: float = POLL_S) -> None:
+    def wait_out(self, count: int, poll_s: float = POLL_S, on_poll: Callable[[int], None] | None = None) -> None:
         """Until ``count`` outputs are in the result topic (``<input>.labels``), by its end offsets
         read from the broker. Scraping the worker's /metrics four times a second, as this did
         before, cost the worker ~10 ms of CPU a scrape (the Python client's exposition, in a thread
         of its own): 4% of the null bundle's CPU per event, where Prometheus scrapes every 15-30 s.
-        Exactly-once workers are still waited for by their metrics (commit markers are offsets too)."""
+        Exactly-once workers are still waited for by their metrics (commit markers are offsets too).
+        ``on_poll`` gets the output count at each poll (at-least-once only)."""
         if self.by_metrics:
             self._wait_out_by_metrics(count, poll_s)
             return
@@ -408,6 +411,8 @@ class WorkerProcess:
             while True:
                 partitions = reader.partitions_for_topic(output) or set()
                 ends = reader.end_offsets([KafkaTopicPartition(output, p) for p in partitions]) if partitions else {}
+                if on_poll is not None:
+                    on_poll(sum(ends.values()))
                 if sum(ends.values()) >= count:
                     return
                 if self.proc.poll() is not None:
@@ -472,39 +477,75 @@ def worker_throughput(bootstrap: str, bundle: Path, texts: list[str], args: argp
 # -- (b) per feeder count: TAGSTREAM_PROCESSES ------------------------------------------------------------------
 
 
-def steady_eps(results: list[tuple[int, dict[str, Any]]]) -> float:
-    """Results per second over the middle 80% of them, by their acknowledgement times."""
-    times = sorted(ts for ts, _ in results)
+def steady_window(times_ms: list[int], since_ms: float = 0.0) -> tuple[float, float, int]:
+    """(start ms, end ms, results between) over the middle 80% of the results acknowledged after
+    ``since_ms``, by their acknowledgement times."""
+    times = sorted(t for t in times_ms if t >= since_ms)
     if len(times) < 10:
-        return 0.0
-    lo, hi = times[len(times) // 10], times[(len(times) * 9) // 10]
-    return (len(times) * 0.8) / max(1e-3, (hi - lo) / 1000)
+        return 0.0, 0.0, 0
+    lo, hi = len(times) // 10, (len(times) * 9) // 10
+    return times[lo], times[hi], hi - lo
+
+
+def last_assignment_ms(log_path: Path) -> float:
+    """When the last member of a pod got its partitions (its log's last non-empty
+    ``partitions_assigned``, epoch ms): from then on every feeder is working. A pod's feeders join
+    the group one after another, and the first holds every partition until the others are in; the
+    rebalance that ends this waits for the first one's next heartbeat (3 s), most of a short run."""
+    from datetime import datetime
+
+    last = 0.0
+    for line in log_path.read_text(errors="replace").splitlines():
+        if '"partitions_assigned"' not in line:
+            continue
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            event = json.loads(line)
+            if event["partitions"]:
+                when = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
+                last = max(last, when.timestamp() * 1000)
+    return last
+
+
+@dataclass
+class PodSample:
+    """The pod and the machine at one poll of the results topic."""
+
+    at: float  # time.time()
+    outputs: int
+    cpu: float  # the pod's processes, CPU seconds so far
+    roles: dict[str, float]
+    machine: float
+    broker: float
 
 
 def pod_throughput(
     bootstrap: str, bundle: Path, texts: list[str], args: argparse.Namespace, processes: int, partitions: int
 ) -> dict[str, Any]:
-    """(b) with TAGSTREAM_PROCESSES=processes on a pre-filled topic of ``partitions`` partitions."""
+    """(b) with TAGSTREAM_PROCESSES=processes on a pre-filled topic of ``partitions`` partitions.
+
+    Every figure but the CPU per event covers the steady part of the run only: the middle 80% of
+    the results acknowledged once every feeder held its partitions. Counted over the whole run, as
+    before, a pod of two read what its first feeder did alone during the rebalance (about 3 s), and
+    the cores, from readiness to the last poll, took in the group join and idle time as well."""
     topic = create_topic(bootstrap, "bench-in", partitions=partitions)
     prefill(bootstrap, topic, texts, "t")
     worker = WorkerProcess(bootstrap, topic, bundle, args, f"scaling-n{processes}-{topic}",
                            extra_env={"TAGSTREAM_PROCESSES": str(processes)})
+    broker_pid = getattr(args, "broker_pid", None)
+    samples: list[PodSample] = []
+
+    def sample(outputs: int) -> None:
+        samples.append(PodSample(
+            time.time(), outputs, tree_cpu_seconds(worker.proc.pid), tree_cpu_by_role(worker.proc.pid),
+            machine_busy_seconds(), tree_cpu_seconds(broker_pid) if broker_pid else 0.0,
+        ))
+
     try:
         worker.wait_ready(feeders=processes)
-        broker_pid = getattr(args, "broker_pid", None)
-        broker_started = tree_cpu_seconds(broker_pid) if broker_pid else 0.0
-        machine_started = machine_busy_seconds()
-        roles_started = tree_cpu_by_role(worker.proc.pid)
-        cpu_started, wall_started = tree_cpu_seconds(worker.proc.pid), time.monotonic()
-        # A pod's scrape reads every process's /metrics: poll seldom, so the bench costs the pod little.
-        worker.wait_out(len(texts), poll_s=SCALING_POLL_S)
-        cpu = tree_cpu_seconds(worker.proc.pid) - cpu_started
-        wall = time.monotonic() - wall_started
-        roles = {role: (seconds - roles_started.get(role, 0.0)) / max(wall, 1e-3)
-                 for role, seconds in tree_cpu_by_role(worker.proc.pid).items()}
-        # Whether the machine had cores to spare: the broker (local, on the same cores) and all else.
-        machine = machine_busy_seconds() - machine_started
-        broker_cpu = tree_cpu_seconds(broker_pid) - broker_started if broker_pid else None
+        sample(0)
+        # The results topic's end offsets are read from the broker: polling costs the pod nothing.
+        worker.wait_out(len(texts), poll_s=SCALING_SAMPLE_S, on_poll=sample)
+        sample(len(texts))  # exactly-once runs wait by metrics, without on_poll
         rss = tree_rss_mb(worker.proc.pid)
         batch_requests = metric(worker.port, "tagstream_model_batch_requests_sum")
         model_batches = metric(worker.port, "tagstream_model_batches_total")
@@ -514,16 +555,25 @@ def pod_throughput(
     results = [(r.timestamp, json.loads(r.value)) for r in records]
     first_read_ms = min(ts - res["latency_ms"] for ts, res in results)
     last_ms = max(ts for ts, _ in results)
+    joined_ms = last_assignment_ms(worker.log_path)
+    start_ms, end_ms, steady_count = steady_window([ts for ts, _ in results], joined_ms)
+    first, last = samples[0], samples[-1]
+    inside = [s for s in samples if start_ms / 1000 <= s.at <= end_ms / 1000]
+    start, end = (inside[0], inside[-1]) if len(inside) >= 4 else (first, last)  # else too short to read
+    wall = max(end.at - start.at, 1e-3)
+    roles = {role: (seconds - start.roles.get(role, 0.0)) / wall for role, seconds in end.roles.items()}
     return {
-        "eps": steady_eps(results),
+        "eps": steady_count / max(1e-3, (end_ms - start_ms) / 1000) if steady_count else 0.0,
+        "steady_share": steady_count / 0.8 / len(texts),  # of the results, acknowledged with every feeder in
         "overall_eps": len(results) / max(1e-3, (last_ms - first_read_ms) / 1000),
         "results": len(results),
         "unique": len({res["id"] for _, res in results}),
-        "cpu_us": cpu / len(texts) * 1e6,
-        "cores": cpu / max(wall, 1e-3),
-        "machine_cores": machine / max(wall, 1e-3),
+        "cpu_us": (last.cpu - first.cpu) / len(texts) * 1e6,
+        "cores": (end.cpu - start.cpu) / wall,
+        "machine_cores": (end.machine - start.machine) / wall,
         "cores_by_role": roles,
-        "broker_cores": None if broker_cpu is None else broker_cpu / max(wall, 1e-3),
+        "broker_cores": (end.broker - start.broker) / wall if broker_pid else None,
+        "window_s": wall,
         "rss_mb": rss,
         "merged": batch_requests / model_batches if model_batches > 0 else 0.0,
     }
@@ -564,7 +614,8 @@ def bench_scaling(bundle: Path, bootstrap: str, texts: list[str], args: argparse
     step("(a) model-only ceiling (probe)")
     probe = model_ceiling(bundle, take(texts, min(2000, len(texts))), args)
     report.name = probe["name"]
-    events = args.events or int(min(max(probe["eps"] * args.target_seconds, 4000), 60_000))
+    # More than (b)'s 60,000 at most: the window starts only once every feeder holds partitions.
+    events = args.events or int(min(max(probe["eps"] * args.target_seconds, 4000), 200_000))
     report.events = events
     workload = take(texts, events)
     report.rows = [ScalingRow(n) for n in counts]
@@ -584,6 +635,9 @@ def bench_scaling(bundle: Path, bootstrap: str, texts: list[str], args: argparse
             row.runs.append(got["eps"])
             if got["unique"] != events:
                 report.notes.append(f"N={row.processes} run {run + 1}: {got['unique']} distinct ids for {events} inputs")
+            if got["steady_share"] < 0.5:
+                report.notes.append(f"N={row.processes} run {run + 1}: only {got['steady_share']:.0%} of the results came"
+                                    " once every feeder held partitions: give more --events")
             if got["eps"] >= max(row.runs):
                 row.best, row.load = got, load
     return report
@@ -594,12 +648,13 @@ def print_scaling(r: ScalingReport, args: argparse.Namespace) -> None:
     print(
         f"load: {r.events} events (AG News + SMS texts) pre-filled on {r.partitions} partitions; batch limits"
         f" {args.max_batch_size} / {args.max_batch_tokens} / {args.max_wait_ms} ms; dtype {args.dtype}; {os.cpu_count()}"
-        f" cores. Best of {args.repeats} alternating runs; events/s over the middle 80% of results."
+        f" cores. Best of {args.repeats} alternating runs; events/s and cores over the middle 80% of the results"
+        f" acknowledged once every feeder held partitions (CPU read every {SCALING_SAMPLE_S:g} s)."
     )
     print(f"model-only ceiling (a): {r.ceiling_eps:,.0f} events/s (runs: {_runs(r.ceiling_runs)}; load {r.ceiling_load})")
     base = r.rows[0].best.get("eps", 0.0) if r.rows else 0.0
     print("| feeders | events/s (runs) | vs N=1 | of ceiling | overall events/s | CPU us/event (all processes)"
-          " | cores used | broker cores | machine cores busy | feeder batches per model batch | pod RSS MB"
+          " | cores used (steady window) | broker cores | machine cores busy | feeder batches per model batch | pod RSS MB"
           " | load avg during |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in r.rows:
