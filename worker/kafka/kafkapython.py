@@ -43,6 +43,7 @@ from worker.kafka.compat import (
     forbid_topic_creation,
     forget_producer_topics,
     metadata_answered_within,
+    snapshot_subscribed_metadata,
 )
 from worker.kafka.diagnose import CONNECT_HINTS, bootstrap_timeout_error
 from worker.kafka.topic_use import TopicUse
@@ -216,6 +217,7 @@ class KafkaPythonConsumer:
                 self._consumer.subscribe(topics=topics, listener=listener)
         except ke.KafkaError as exc:
             raise translate(exc, "cannot subscribe") from exc
+        snapshot_subscribed_metadata(self._consumer)  # else a second rebalance at start (compat.py)
 
     def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Record]]:
         try:

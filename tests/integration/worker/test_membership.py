@@ -13,6 +13,7 @@ from worker_support import (
     START_TIMEOUT_S,
     fixture_texts,
     produce_events,
+    read_records,
     spawn,
     wait_until,
     worker_env,
@@ -70,3 +71,27 @@ def test_a_static_member_stopping_hands_its_partitions_over_at_once(
     assert a.wait(timeout=30) == 0
     wait_until(lambda: b.health.assigned == 4, SESSION_TIMEOUT_MS / 1000 / 2, "the other worker to hold all 4")
     assert time.monotonic() - stopped_at < SESSION_TIMEOUT_MS / 1000 / 2
+
+
+def test_a_worker_starting_on_its_own_is_assigned_once_and_keeps_its_partitions(
+    kafka_bootstrap, new_topic, new_group, tiny_bundle, tmp_path, kafka_client
+):
+    """One assignment at start and no revocation until the stop: kafka-python used to revoke
+    and reassign every partition some 100-300 ms after its first assignment (a metadata snapshot
+    recorded before it subscribed; worker/kafka/compat.py, section 6), waiting for the batches in
+    flight, or behind a hung model call for up to 10 s."""
+    topic = new_topic(partitions=3, prefix="assigned-once")
+    ids = produce_events(kafka_bootstrap, topic, fixture_texts(2000, seed=9))
+    log = tmp_path / "worker.log"
+    worker = spawn(worker_env(kafka_bootstrap, topic, tiny_bundle, new_group()), log)
+    try:
+        results = read_records(kafka_bootstrap, f"{topic}.labels", len(ids))
+        time.sleep(1.0)  # well past the first metadata refresh after the join
+        assert not log_events(log, "partitions_revoked"), "revoked while running"
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    assert {json.loads(r.value)["id"] for r in results} == set(ids)
+    assigned = log_events(log, "partitions_assigned")
+    assert len(assigned) == 1, [e["partitions"] for e in assigned]
+    assert len(assigned[0]["partitions"]) == 3

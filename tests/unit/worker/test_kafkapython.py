@@ -306,3 +306,38 @@ def test_each_acknowledgement_goes_at_once_without_the_sender_layout_or_in_a_tra
         fake.futures[0].success("m")
         assert handler.one_by_one == ["a"], transactional
         assert handler.in_bulk == [], transactional
+
+
+def test_subscribing_rebuilds_the_metadata_snapshot_from_the_metadata_already_held():
+    """compat.py section 6: the coordinator's metadata snapshot, built when the consumer was created
+    (over no subscription), is rebuilt from the client's metadata once subscribed; an unknown
+    layout is left alone."""
+    from kafka.coordinator.consumer import ConsumerCoordinator
+
+    from worker.kafka.compat import snapshot_subscribed_metadata
+
+    class Subscription:
+        def group_subscription(self):
+            return {"news"}
+
+    class Cluster:
+        def partitions_for_topic(self, topic):
+            return {0, 1, 2} if topic == "news" else None
+
+    class Client:
+        cluster = Cluster()
+
+    class Consumer:
+        _subscription = Subscription()
+        _client = Client()
+        _coordinator = ConsumerCoordinator.__new__(ConsumerCoordinator)  # only its snapshot code runs
+
+    consumer = Consumer()
+    consumer._coordinator._metadata_snapshot = {}  # as built before the subscription
+    assert snapshot_subscribed_metadata(consumer)
+    assert consumer._coordinator._metadata_snapshot == {"news": {0, 1, 2}}
+
+    class Unknown:
+        _coordinator = object()
+
+    assert not snapshot_subscribed_metadata(Unknown())
