@@ -129,6 +129,14 @@ class WorkerSettings(BaseSettings):
         description="How long the group waits for a silent member before moving its partitions: shorter"
         " reassigns a dead worker's partitions sooner, longer tolerates pauses (GC, slow networks).",
     )
+    heartbeat_interval_ms: int = Field(
+        1_000, ge=100, le=100_000,
+        description="How often a worker tells its group it is alive, and so how soon it hears of a rebalance:"
+        " when a worker or feeder joins or leaves, the others let go of their partitions at their next"
+        " heartbeat. The clients' default, 3 s, left every new member (a pod's second feeder, a scaled-up"
+        " worker) waiting that long while the others held its partitions. At most a third of"
+        " session_timeout_ms.",
+    )
     metadata_refresh_s: float = Field(
         30.0, ge=1.0, le=3600.0,
         description="How often the Kafka clients refresh topic metadata: partitions added to an input topic"
@@ -403,6 +411,12 @@ class WorkerSettings(BaseSettings):
             raise ValueError(
                 f"give exactly one of {env_name('input_topics')} (e.g. events) or {env_name('input_pattern')}"
                 f" (e.g. 'events\\..*'){' (both are set)' if self.input_topics else ' (neither is set)'}"
+            )
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError(
+                f"{env_name('heartbeat_interval_ms')}={self.heartbeat_interval_ms} is over a third of"
+                f" {env_name('session_timeout_ms')}={self.session_timeout_ms}: two late heartbeats would take"
+                f" a live worker's partitions away; lower it to {self.session_timeout_ms // 3} or less"
             )
         uses_sasl = self.security_protocol.startswith("SASL_")
         if uses_sasl and self.sasl_mechanism == "none":

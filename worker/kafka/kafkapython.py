@@ -185,6 +185,7 @@ def open_clients(
         "allow_auto_create_topics": False,
         "max_poll_records": MAX_POLL_RECORDS,
         "session_timeout_ms": settings.session_timeout_ms,
+        "heartbeat_interval_ms": settings.heartbeat_interval_ms,
         "max_poll_interval_ms": settings.max_poll_interval_ms,
         "isolation_level": settings.isolation_level,  # read_committed for exactly-once (settings check it)
         **common,

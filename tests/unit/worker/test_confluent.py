@@ -133,13 +133,14 @@ def test_security_settings_map_to_librdkafka(tmp_path):
 def test_producer_and_consumer_settings_follow_the_workers():
     """Request size, delivery timeout, membership, poll interval and isolation come from the worker's settings."""
     s = settings(max_payload_bytes=3_000_000, broker_outage_s=60, group_instance_id="pod-1",
-                 session_timeout_ms=10_000, max_poll_interval_ms=1_500)
+                 session_timeout_ms=10_000, heartbeat_interval_ms=700, max_poll_interval_ms=1_500)
     producer = confluent.producer_config(s, None)
     assert producer["message.max.bytes"] == s.producer_max_request_bytes()
     assert producer["message.timeout.ms"] == 90_000 and producer["acks"] == "all"
     assert producer["enable.idempotence"] is True and "transactional.id" not in producer
     consumer = confluent.consumer_config(s)
     assert consumer["group.instance.id"] == "pod-1" and consumer["session.timeout.ms"] == 10_000
+    assert consumer["heartbeat.interval.ms"] == 700
     assert consumer["max.poll.interval.ms"] == 10_000  # librdkafka wants at least the session timeout
     assert consumer["enable.auto.commit"] is False and consumer["isolation.level"] == "read_committed"
     assert confluent.consumer_config(settings(isolation_level="read_uncommitted"))["isolation.level"] == "read_uncommitted"

@@ -38,6 +38,7 @@ def test_defaults_match_the_contract(monkeypatch):
     assert (s.max_batch_size, s.max_batch_tokens, s.max_wait_ms) == (64, 8192, 20)
     assert s.reload_interval_s == 5 and s.device == "auto" and s.dtype == "auto" and s.threads == 0
     assert s.top_k == 3 and s.metrics_port == 9100 and s.drain_timeout_s == 20
+    assert (s.session_timeout_ms, s.heartbeat_interval_ms) == (45_000, 1_000)  # members hear of a rebalance within 1 s
     assert s.log_level == "INFO" and s.log_format == "json"
     assert s.isolation_level == "read_committed"  # records of aborted upstream transactions are skipped
 
@@ -129,6 +130,8 @@ def test_unknown_key_in_config_file_is_named(monkeypatch, tmp_path):
         ({"output_topic": "events"}, "TAGSTREAM_OUTPUT_TOPIC"),  # would consume its own results
         ({"isolation_level": "read_dirty"}, "TAGSTREAM_ISOLATION_LEVEL=read_dirty"),
         ({"processing_guarantee": "exactly_once", "isolation_level": "read_uncommitted"}, "TAGSTREAM_ISOLATION_LEVEL"),
+        ({"heartbeat_interval_ms": "20000"}, "TAGSTREAM_HEARTBEAT_INTERVAL_MS=20000 is over a third of TAGSTREAM_SESSION_TIMEOUT_MS=45000"),
+        ({"session_timeout_ms": "6000", "heartbeat_interval_ms": "2500"}, "lower it to 2000 or less"),
     ],
 )
 def test_invalid_settings_name_the_variable(monkeypatch, env, expected):

@@ -95,6 +95,7 @@ def consumer_config(settings: WorkerSettings) -> dict[str, Any]:
         "auto.offset.reset": settings.auto_offset_reset,
         "allow.auto.create.topics": False,
         "session.timeout.ms": settings.session_timeout_ms,
+        "heartbeat.interval.ms": settings.heartbeat_interval_ms,
         # librdkafka refuses a poll interval below the session timeout; the worker polls every
         # 100 ms whatever the model does, so the larger of the two changes nothing.
         "max.poll.interval.ms": max(settings.max_poll_interval_ms, settings.session_timeout_ms),
