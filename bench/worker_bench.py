@@ -497,7 +497,8 @@ def last_assignment_ms(log_path: Path) -> float:
     """When the last member of a pod got its partitions (its log's last non-empty
     ``partitions_assigned``, epoch ms): from then on every feeder is working. A pod's feeders join
     the group one after another, and the first holds every partition until the others are in; the
-    rebalance that ends this waits for the first one's next heartbeat (3 s), most of a short run."""
+    rebalance that ends this waits for the first one's next heartbeat (TAGSTREAM_HEARTBEAT_INTERVAL_MS,
+    1 s; the clients' default, 3 s, was most of a short run)."""
     from datetime import datetime
 
     last = 0.0
