@@ -519,10 +519,14 @@ class PodSample:
 
     at: float  # time.time()
     outputs: int
-    cpu: float  # the pod's processes, CPU seconds so far
-    roles: dict[str, float]
+    roles: dict[str, float]  # CPU seconds so far of the pod's processes, by role
     machine: float
     broker: float
+
+    @property
+    def cpu(self) -> float:
+        """The whole pod's CPU seconds so far."""
+        return sum(self.roles.values())
 
 
 def pod_throughput(
@@ -543,9 +547,8 @@ def pod_throughput(
 
     def sample(outputs: int) -> None:  # one scan of /proc: about 2 ms of the bench's CPU each time
         children = child_map()
-        roles = tree_cpu_by_role(worker.proc.pid, children)
         samples.append(PodSample(
-            time.time(), outputs, sum(roles.values()), roles, machine_busy_seconds(),
+            time.time(), outputs, tree_cpu_by_role(worker.proc.pid, children), machine_busy_seconds(),
             tree_cpu_seconds(broker_pid, children) if broker_pid else 0.0,
         ))
 

@@ -12,6 +12,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -269,8 +270,6 @@ class DeliveryRecorder:
     Failure) pairs)."""
 
     def __init__(self) -> None:
-        import threading
-
         self.lock = threading.Lock()
         self.one_by_one: list[Any] = []
         self.in_bulk: list[list[Any]] = []

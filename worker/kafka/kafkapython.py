@@ -423,9 +423,10 @@ class KafkaPythonProducer:
         """The acknowledgements queued so far, to the sink in one call: on the sender thread after
         each produce response, and after a flush (its wait ends as the last futures complete,
         possibly before the sender's hand-over). A deque: both threads may take from it at once."""
-        tokens = take_all(self._acked) if self._acked else None
-        if tokens:
-            self._delivered_many(tokens)
+        if self._acked:  # most calls: skip building an empty list
+            tokens = take_all(self._acked)
+            if tokens:  # another thread may have taken them meanwhile
+                self._delivered_many(tokens)
 
     def send(
         self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes | None]], token: Any
