@@ -586,6 +586,7 @@ def pod_throughput(
         "cores_by_role": roles,
         "broker_cores": (end.broker - start.broker) / wall if broker_pid else None,
         "window_s": wall,
+        "whole_run_cores": len(inside) < 4,  # the steady window was too short to read the cores in
         "rss_mb": rss,
         "merged": batch_requests / model_batches if model_batches > 0 else 0.0,
     }
@@ -647,6 +648,9 @@ def bench_scaling(bundle: Path, bootstrap: str, texts: list[str], args: argparse
             row.runs.append(got["eps"])
             if got["unique"] != events:
                 report.notes.append(f"N={row.processes} run {run + 1}: {got['unique']} distinct ids for {events} inputs")
+            if got["whole_run_cores"]:
+                report.notes.append(f"N={row.processes} run {run + 1}: the steady window held under 4 CPU samples; its"
+                                    " cores are read over the whole run (join and idle time included): give more --events")
             if got["steady_share"] < 0.5:
                 report.notes.append(f"N={row.processes} run {run + 1}: only {got['steady_share']:.0%} of the results came"
                                     " once every feeder held partitions: give more --events")
