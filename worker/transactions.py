@@ -103,9 +103,11 @@ class TransactionalCommitter:
         # Set by a revocation or a refused record (any thread; a plain flag: a commit that races
         # it is still consistent), honoured by the sink before its next output or commit.
         self._abort_requested = False
+        self._abort_why = ""  # what asked for it, for the log line and the drain's error
         self._rewind_requested = threading.Event()  # sink -> consumer thread
         self._rewound = threading.Event()  # consumer thread -> sink
         self._final_done = threading.Event()
+        self._final_aborted: str | None = None  # why the last transaction was aborted, if it was
         self._final_put = False  # the last barrier is out: no more after it (consumer thread)
         self._source_done = threading.Event()  # the consumer thread rewinds no more (it has stopped)
         self._in_transaction = False
@@ -129,24 +131,26 @@ class TransactionalCommitter:
         """Doom the open transaction (any thread): the sink aborts it before committing anything."""
         if not self._abort_requested:
             log.warning("transaction_abort_requested", reason=why)
+            self._abort_why = why
         self._abort_requested = True
 
     def abort_if_requested(self) -> bool:
         """Abort now if asked to (sink thread, between outputs); True when it did."""
         if not self._abort_requested:
             return False
-        self._abort_and_rewind("requested")
+        self._abort_and_rewind(self._abort_why)
         return True
 
     def commit(self, barrier: Barrier, flush: Callable[[], bool]) -> bool:
         """Commit the open transaction at ``barrier`` (sink thread); False when it was aborted instead."""
         if self._final_done.is_set():
             return True  # the last transaction is committed: nothing is open, nothing comes after it
+        abort = self._abort_last if barrier.final else self._abort_and_rewind
         if self._abort_requested:
-            self._abort_and_rewind("requested")
+            abort(self._abort_why)
             return False
         if not flush() or self._abort_requested:
-            self._abort_and_rewind("the outputs were not all acknowledged")
+            abort("the outputs were not all acknowledged")
             return False
         positions = self._tracker.committable()
         try:
@@ -157,7 +161,7 @@ class TransactionalCommitter:
             if exc.failure in (Failure.PRODUCER_FENCED, Failure.INSTANCE_FENCED):
                 raise
             self._report(positions, exc)
-            self._abort_and_rewind(f"the commit failed: {exc}")
+            abort(f"the commit failed: {exc}")
             return False
         self._in_transaction = False
         self._tracker.mark_committed(positions)
@@ -171,18 +175,7 @@ class TransactionalCommitter:
 
     def _abort_and_rewind(self, why: str) -> None:
         """Abort the open transaction, then have the consumer thread re-read from the last commit."""
-        try:
-            if self._in_transaction:
-                self._producer.abort_transaction()
-        except BrokerError as exc:
-            if exc.failure in (Failure.PRODUCER_FENCED, Failure.INSTANCE_FENCED):
-                raise
-            raise WorkerError(f"the transaction could not be aborted: {exc}", Failure.DELIVERY_FAILED) from exc
-        self._in_transaction = False
-        self._abort_requested = False
-        self._metrics.transactions.labels(result="aborted").inc()
-        self._metrics.count_failure(Failure.TRANSACTION_ABORTED)
-        log.warning("transaction_aborted", reason=why)
+        self._abort(why)
         self._rewound.clear()
         self._rewind_requested.set()
         # Nothing may be sent until the old epochs are over, or stale outputs would join the next
@@ -197,6 +190,28 @@ class TransactionalCommitter:
             if time.monotonic() >= deadline:
                 raise WorkerError("the consumer did not rewind after an aborted transaction", Failure.INTERNAL)
         self.begin()
+
+    def _abort_last(self, why: str) -> None:
+        """Abort the final transaction (the worker is stopping): nothing is re-read here, as the
+        next owner of the partitions reads from the last commit, and the drain learns at once
+        instead of waiting out its timeout for a commit that is not coming."""
+        self._abort(why, final=True)
+        self._final_aborted = why
+        self._final_done.set()
+
+    def _abort(self, why: str, final: bool = False) -> None:
+        try:
+            if self._in_transaction:
+                self._producer.abort_transaction()
+        except BrokerError as exc:
+            if exc.failure in (Failure.PRODUCER_FENCED, Failure.INSTANCE_FENCED):
+                raise
+            raise WorkerError(f"the transaction could not be aborted: {exc}", Failure.DELIVERY_FAILED) from exc
+        self._in_transaction = False
+        self._abort_requested = False
+        self._metrics.transactions.labels(result="aborted").inc()
+        self._metrics.count_failure(Failure.TRANSACTION_ABORTED)
+        log.warning("transaction_aborted", reason=why, final=final)
 
     # -- the consumer thread (the source's committer interface) -----------------------------------
     def service(self) -> None:
@@ -228,8 +243,20 @@ class TransactionalCommitter:
 
     def commit_now(self, partitions: Iterable[TopicPartition] | None = None, timeout_s: float = 10.0) -> dict:
         """At shutdown: wait for the sink's final transaction (the source must not leave the group first)."""
+        deadline = time.monotonic() + timeout_s
         try:
-            if not self._final_done.wait(timeout_s) and self._tracker.uncommitted():
+            # An abort just before the final barrier (a stalled model call given up, a revocation)
+            # waits for this thread's rewind: keep serving it while waiting.
+            while not self._final_done.wait(0.05):
+                self.service()
+                if time.monotonic() >= deadline:
+                    break
+            if self._final_aborted is not None:
+                raise BrokerError(
+                    f"the final transaction was aborted ({self._final_aborted}): the inputs after the last"
+                    " commit are read again after the restart", Failure.FINAL_COMMIT_FAILED,
+                )
+            if not self._final_done.is_set() and self._tracker.uncommitted():
                 raise BrokerError(
                     f"the final transaction did not commit within {timeout_s:.0f} s", Failure.FINAL_COMMIT_FAILED
                 )
