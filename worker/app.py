@@ -44,6 +44,7 @@ from worker.heap import HeapFreezer
 from worker.inference import Classified, ModelHost, Runner
 from worker.kafka.base import ConsumerClient, ProducerClient, open_clients
 from worker.kafka.tls import check_tls
+from worker.model_calls import ModelCalls
 from worker.offsets import Committer, OffsetCommitter, OffsetTracker, commit_failure
 from worker.reload import RunnerSlot
 from worker.settings import WorkerSettings
@@ -115,6 +116,9 @@ class Worker:
         self._batches_done = 0
         self._batches_cond = threading.Condition()
         self._models_running = 0  # model threads that have not ended (under _batches_cond)
+        self._retired: set[threading.Thread] = set()  # model threads counted out of it (under _batches_cond)
+        # The batch in each model thread's call: one that stalls is given up (worker/model_calls.py).
+        self._calls: ModelCalls[Event] = ModelCalls(self.health)
         # batcher -> model threads: one formed batch waits per stream (TEI's prefetch of one)
         self._batch_queue: queue.Queue[Any] = queue.Queue()
         self._threads: dict[str, threading.Thread] = {}
@@ -200,7 +204,9 @@ class Worker:
                     return None
                 source.join(0.2)
         for name, thread in self._threads.items():
-            if name != "watcher":  # batcher, model-N, sink: they end once the drain is done
+            # batcher, model-N, sink: they end once the drain is done; one given up in a stalled
+            # model call never will (exit_past_stuck_threads leaves it behind)
+            if name != "watcher" and not self._calls.given_up(thread):
                 thread.join(timeout=max(0.1, self._remaining()))
         self._close()
         if self._fatal is not None:
@@ -399,8 +405,8 @@ class Worker:
                 self._put_batch(_STOP)
             for i in range(self._streams):
                 model = self._threads.get(f"model-{i}")
-                if model is not None:
-                    model.join()
+                while model is not None and model.is_alive() and not self._calls.given_up(model):
+                    model.join(0.1)  # a thread given up in a stalled call never ends: not waited for
             self._put_stop_for_sink()
 
     def _model_main(self) -> None:
@@ -419,18 +425,46 @@ class Worker:
                     # Fatal (``_spawn`` records it): nothing of this batch reached the sink, and it
                     # never will. Given up now, its inputs are not waited for by the drain or a
                     # rebalance (up to 10 s, holding the partitions); they are read again.
-                    self._abandon(batch.items, release=False)
+                    if not self._calls.given_up():  # else abandoned and counted when it was given up
+                        self._abandon(batch.items, release=False)
                     raise
                 finally:
-                    with self._batches_cond:
-                        self._batches_done += 1
-                        self._batches_cond.notify_all()
+                    if not self._calls.given_up():
+                        self._batch_done()
+                if self._calls.given_up():
+                    return  # a stalled call that came back after all: this thread was counted out
         finally:
-            with self._batches_cond:
-                self._models_running -= 1
-                last = self._models_running == 0
-            if last:
-                self._abandon_queued_batches()
+            self._retire(threading.current_thread())
+
+    def _batch_done(self) -> None:
+        with self._batches_cond:
+            self._batches_done += 1
+            self._batches_cond.notify_all()
+
+    def _retire(self, thread: threading.Thread) -> None:
+        """Count a model thread out (once): it ended, or was given up in a stalled call."""
+        with self._batches_cond:
+            if thread in self._retired:
+                return
+            self._retired.add(thread)
+            self._models_running -= 1
+            last = self._models_running == 0
+        if last:
+            self._abandon_queued_batches()
+
+    def _give_up_stalled_calls(self) -> None:
+        """TAGSTREAM_MODEL_STALL_S passed in a model call: its inputs are read again after the
+        restart, so the drain delivers and commits everything else instead of waiting for it."""
+        stalled = self._calls.give_up_stalled()
+        if stalled and self._transactions is not None:
+            # Before the batch counts as done and a barrier can pass it: a transaction committed
+            # now would hold outputs of inputs after the ones given up, whose offsets stay behind.
+            self._transactions.request_abort("a model call stalled")
+        for thread, events in stalled:
+            self._abandon(events, release=False)
+            self._batch_done()
+            self._retire(thread)
+            log.warning("model_call_given_up", thread=thread.name, inputs=len(events))
 
     def _sink_main(self) -> None:
         assert self._sink is not None
@@ -471,11 +505,14 @@ class Worker:
                     return
         t = self.stage_clock.start()
         try:
-            with self.health.model_call():
+            with self._calls.call(events):
                 classified = runner.classify([e.token_ids for e in events])
         except InferenceError as exc:
-            self._retry_one_by_one(events, runner, exc)
+            if not self._calls.given_up():
+                self._retry_one_by_one(events, runner, exc)
             return
+        if self._calls.given_up():
+            return  # its inputs were abandoned: the restarted worker labels them
         self.stage_clock.stop("inference", t, len(events))
         self._observe_batch(batch, events, classified)
         if self._debug:
@@ -496,11 +533,15 @@ class Worker:
         letters: list[DeadLetter] = []
         for event in events:
             try:
-                with self.health.model_call():
+                with self._calls.call(events):  # given up, all of them are read again: none is published yet
                     one = runner.classify([event.token_ids])
             except InferenceError as exc:
+                if self._calls.given_up():
+                    return
                 letters.append(input_dead_letter(event, Failure.INFERENCE_FAILED, str(exc)))
                 continue
+            if self._calls.given_up():
+                return  # see _run_batch
             ok.append(event)
             parts.append(one)
         if not ok and len(events) > 1:
@@ -637,6 +678,8 @@ class Worker:
                 "fatal", stage=stage, kind=error.failure.label, error=str(error), exit_code=error.exit_code,
                 exc_info=not isinstance(exc, WorkerError),
             )
+        if error.failure is Failure.MODEL_STALLED:
+            self._give_up_stalled_calls()
         self.stop()
 
     def _on_commit(self, positions: dict, error: BaseException | None) -> None:

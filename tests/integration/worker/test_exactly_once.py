@@ -10,7 +10,17 @@ from collections import Counter
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
-from worker_support import READER_METADATA_MAX_AGE_MS, fixture_texts, poll_records, wait_until
+from worker_support import (
+    READER_METADATA_MAX_AGE_MS,
+    STALL_TOKEN,
+    fixture_texts,
+    make_null_bundle,
+    poll_records,
+    produce_events,
+    spawn,
+    wait_until,
+    worker_env,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -78,3 +88,40 @@ def test_rebalances_abort_transactions_without_duplicates_or_gaps(
     assert duplicates == {} and len(counts) == n, f"{len(counts)} distinct of {n}, {len(duplicates)} duplicated"
     aborted = sum(w.metrics.value("tagstream_transactions_total", {"result": "aborted"}) for w in (first, second, third))
     assert aborted >= 1  # the rebalances did abort open transactions
+
+
+def test_a_stalled_model_call_is_given_up_without_committing_the_outputs_after_it(
+    kafka_bootstrap, new_topic, new_group, tmp_path, kafka_client
+):
+    """A model call that never returns (the stalling null bundle): the worker gives its batch up and
+    exits 1 (model_stalled) at once, aborting the open transaction, which holds outputs of inputs
+    after the stalled ones (committed, the successor would publish them again: it did, 926 of 2,000,
+    before the abort). A successor labels every input: a read_committed reader sees each once."""
+    topic = new_topic(partitions=2, prefix="eos-stall")
+    group = new_group()
+    texts = fixture_texts(1500, seed=32)
+    texts[700] = f"{texts[700]} {STALL_TOKEN}"
+    ids = produce_events(kafka_bootstrap, topic, texts)
+    eos = {"TAGSTREAM_PROCESSING_GUARANTEE": "exactly_once"}
+    log = tmp_path / "stalling.log"
+    stalling = spawn(worker_env(kafka_bootstrap, topic, make_null_bundle(tmp_path / "stalling", stalling=True), group,
+                                TAGSTREAM_MODEL_STALL_S="3", **eos), log)
+    try:
+        assert stalling.wait(60) == 1, log.read_text()[-3000:]
+    finally:
+        if stalling.poll() is None:
+            stalling.kill()
+    lines = [json.loads(line) for line in log.read_text(errors="replace").splitlines() if line.startswith("{")]
+    assert [e["kind"] for e in lines if e["event"] == "fatal"][:1] == ["model_stalled"]
+    assert any(e["event"] == "model_call_given_up" for e in lines)
+
+    successor = spawn(worker_env(kafka_bootstrap, topic, make_null_bundle(tmp_path / "null"), group, **eos),
+                      tmp_path / "successor.log")
+    try:
+        results = read_committed(kafka_bootstrap, f"{topic}.labels", expected=len(ids))
+    finally:
+        successor.terminate()
+        successor.wait(30)
+    counts = Counter(json.loads(r.value)["id"] for r in results)
+    assert set(counts) == set(ids)
+    assert max(counts.values()) == 1, [i for i, n in counts.items() if n > 1][:10]

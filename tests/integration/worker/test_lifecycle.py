@@ -291,8 +291,9 @@ def test_a_hung_model_call_fails_liveness_and_the_worker_exits_1_leaving_no_inpu
 ):
     """A model call that never returns (the stalling null bundle, on a text holding STALL_TOKEN): past
     TAGSTREAM_MODEL_STALL_S /healthz fails saying how long the call has run, and the worker exits 1
-    (model_stalled) instead of holding its partitions for ever, leaving the hung thread behind; a
-    successor labels every input, the stalling one included."""
+    (model_stalled) instead of holding its partitions for ever, leaving the hung thread behind. It
+    gives the hung batch up rather than waiting out the drain timeout for it; a successor labels
+    every input, the stalling one and the rest of its batch included."""
     topic = new_topic(partitions=2, prefix="worker-stall")
     group = new_group()
     texts = fixture_texts(400, seed=24)
@@ -332,8 +333,18 @@ def test_a_hung_model_call_fails_liveness_and_the_worker_exits_1_leaving_no_inpu
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert events("fatal")[0]["kind"] == "model_stalled"
-    assert events("exiting_past_stuck_threads")[0]["exit_code"] == 1
+    fatal = events("fatal")[0]
+    assert fatal["kind"] == "model_stalled"
+    exited = events("exiting_past_stuck_threads")[0]
+    assert exited["exit_code"] == 1
+    # The hung batch is given up (read again by the successor): the drain delivers and commits the
+    # rest at once instead of waiting out TAGSTREAM_DRAIN_TIMEOUT_S for a call that never returns.
+    given_up = events("model_call_given_up")
+    assert len(given_up) == 1 and given_up[0]["inputs"] >= 1, given_up
+
+    def at(e):
+        return datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00"))
+    assert (at(exited) - at(fatal)).total_seconds() < DRAIN_TIMEOUT_S / 2, (fatal, exited)
 
     watcher = ResultWatcher(kafka_bootstrap, f"{topic}.labels")
     successor = spawn(worker_env(kafka_bootstrap, topic, make_null_bundle(tmp_path / "null"), group),

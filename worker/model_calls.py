@@ -1,0 +1,76 @@
+"""The batches inside the model threads' calls, so that a call that never returns can be given up.
+
+A model call that hangs (a wedged GPU, a driver stuck in a kernel) never returns, and nothing can
+interrupt a thread that waits inside it. ``TAGSTREAM_MODEL_STALL_S`` makes the worker exit when
+one runs past the limit (``Source._watch_model``), but the drain then waited for the hung batch
+like any other: up to ``TAGSTREAM_DRAIN_TIMEOUT_S`` more, with the partitions held and every
+finished result waiting behind it for its commit.
+
+``ModelCalls.call(items)`` brackets one call of a model thread (and ``Health.model_call``, which
+/healthz reads). ``give_up_stalled()`` marks every thread whose call has run past the limit as
+given up and returns its inputs: the worker abandons them (not committed past; the restarted
+worker reads them again), counts the thread as ended, and the drain finishes with everything
+else. Should such a call return after all, ``given_up()`` tells its thread to drop the answers
+and end: its inputs are no longer the worker's to publish.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from worker.telemetry import Health
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Call(Generic[T]):
+    started: float
+    items: list[T]
+
+
+class ModelCalls(Generic[T]):
+    """The calls in flight per model thread; see the module docstring."""
+
+    def __init__(self, health: Health, clock: Callable[[], float] = time.monotonic) -> None:
+        self._health = health
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._calls: dict[threading.Thread, _Call[T]] = {}
+        self._given_up: set[threading.Thread] = set()
+
+    @contextlib.contextmanager
+    def call(self, items: list[T]) -> Iterator[None]:
+        """Brackets one model call of the calling thread over ``items``."""
+        thread = threading.current_thread()
+        with self._lock:
+            self._calls[thread] = _Call(self._clock(), items)
+        try:
+            with self._health.model_call():
+                yield
+        finally:
+            with self._lock:
+                self._calls.pop(thread, None)
+
+    def give_up_stalled(self) -> list[tuple[threading.Thread, list[T]]]:
+        """Mark the threads whose call has run past TAGSTREAM_MODEL_STALL_S as given up; their inputs."""
+        limit = self._health.model_stall_s
+        if limit <= 0:
+            return []
+        now = self._clock()
+        with self._lock:
+            stalled = [(thread, call.items) for thread, call in self._calls.items() if now - call.started > limit]
+            for thread, _ in stalled:
+                del self._calls[thread]
+                self._given_up.add(thread)
+        return stalled
+
+    def given_up(self, thread: threading.Thread | None = None) -> bool:
+        """Whether ``thread`` (the calling one by default) was given up in a stalled call."""
+        with self._lock:
+            return (thread or threading.current_thread()) in self._given_up
