@@ -11,6 +11,7 @@ T=outsider-$1-$CLIENT-$$; G=g-$T; D=${OUT:-/tmp}/$T; IN=$D/in; mkdir -p "$IN"
 JVM=$(.venv/bin/tagstream-worker kafka status | awk '/pid:/ {print $2}')
 [ -n "$JVM" ] || { echo "no development broker: tagstream-worker kafka up"; exit 2; }
 .venv/bin/python bench/outsider/make_input.py "$EVENTS" "$DATASETS" "$IN" || exit 2
+if declare -F prepare_input >/dev/null; then prepare_input || exit 2; fi  # a script's own change to the input
 .venv/bin/python - <<PY
 from kafka.admin import KafkaAdminClient, NewTopic
 KafkaAdminClient(bootstrap_servers="$B").create_topics([NewTopic("$T", 6, 1), NewTopic("$T.labels", 6, 1), NewTopic("$T.dlq", 1, 1)])
@@ -40,7 +41,7 @@ freeze_broker() {  # the broker's JVM stopped for 15 s: connections stay open, n
 wait_committed() {  # the broker's own word that every input was handled
   local c=0 i
   for i in $(seq 1 90); do c=$(committed 2>/dev/null); [ "$c" = "$TOTAL" ] && break; sleep 2; done
-  echo "the group's committed offsets cover $c of $TOTAL inputs ($((i * 2)) s after the broker resumed)"
+  echo "the group's committed offsets cover $c of $TOTAL inputs (waited $((i * 2)) s)"
   sleep 6  # a last scrape after the final metric updates
 }
 check_output() {  # $1: the events_out the workers reported, summed

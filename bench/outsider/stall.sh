@@ -1,0 +1,47 @@
+#!/bin/bash
+# A model call that never returns, driven from outside: kcat input (EVENTS keyed AG News events and 12 hostile
+# records), one of them holding the stalling null bundle's [STALL] token (a test fixture: tests/worker_support.py).
+# The first worker (the stalling bundle, TAGSTREAM_MODEL_STALL_S=3) must exit 1 within a second or two of
+# noticing the hung call, having given its batch up; a successor (the null bundle) labels the rest. The output
+# is read back with kcat (read_committed) and compared with the input; the group's offsets with the input count.
+#   BUNDLE=DIR [CLIENT=kafka-python|confluent] [GUARANTEE=at_least_once|exactly_once] [EVENTS=60000] bash bench/outsider/stall.sh
+# BUNDLE gives the null bundles their tokenizer.
+prepare_input() {  # the [STALL] record a third of the way into the valid ones
+  local at=$(( $(wc -l < "$IN/valid.tsv") / 3 ))
+  { head -n $at "$IN/valid.tsv"; printf 'stall\t{"id": "stall", "text": "a news item that hangs the model [STALL]"}\n'
+    tail -n +$((at + 1)) "$IN/valid.tsv"; } > "$IN/with_stall.tsv" && mv "$IN/with_stall.tsv" "$IN/valid.tsv"
+}
+source "$(dirname "$0")/common.sh" stall
+export TAGSTREAM_PROCESSES=1 TAGSTREAM_PROCESSING_GUARANTEE=${GUARANTEE:-at_least_once}
+PYTHONPATH=tests .venv/bin/python -c "
+from pathlib import Path
+from worker_support import make_null_bundle
+for name, stalling in (('stalling', True), ('null', False)):
+    make_null_bundle(Path('$D') / name, tokenizer_from=Path('$BUNDLE'), stalling=stalling)" 2>/dev/null || exit 2
+TAGSTREAM_BUNDLE_PATH=$D/stalling TAGSTREAM_MODEL_STALL_S=3 TAGSTREAM_METRICS_PORT=9341 \
+  .venv/bin/tagstream-worker run > "$D/first.log" 2>&1 &
+FIRST=$!
+wait $FIRST; echo "first worker exit $? (1 expected: model_stalled)"
+.venv/bin/python - "$D/first.log" <<'PY'
+import json, sys
+from datetime import datetime
+lines = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+at = {e["event"]: datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")) for e in reversed(lines)}
+given = [e for e in lines if e["event"] == "model_call_given_up"]
+print(f"  stall noticed -> exit: {(at['exiting_past_stuck_threads'] - at['fatal']).total_seconds():.2f} s;"
+      f" given up: {given[0]['inputs'] if given else 0} inputs")
+PY
+TAGSTREAM_BUNDLE_PATH=$D/null TAGSTREAM_METRICS_PORT=9342 .venv/bin/tagstream-worker run > "$D/second.log" 2>&1 &
+SECOND=$!
+wait_committed
+SECOND_OUT=$(metric 9342 tagstream_events_out_total)
+kill -TERM $SECOND; wait $SECOND; echo "second worker exit $? (out $SECOND_OUT)"
+kcat -b "$B" -t "$T.labels" -C -e -q -X isolation.level=read_committed -f '%s\n' > "$D/out.jsonl"
+.venv/bin/python - <<PY
+import json, collections
+ids = [json.loads(line)["id"] for line in open("$D/out.jsonl")]
+seen = collections.Counter(ids); want = {f"e{i}" for i in range($EVENTS)} | {"stall"}
+print(f"committed output records {len(ids)}, distinct {len(seen)}, missing {len(want - set(seen))},"
+      f" duplicates {len(ids) - len(seen)}, unexpected {len(set(seen) - want)}")
+PY
+echo "logs: $D"
