@@ -5,7 +5,9 @@
 # worker exited 4 (found by single.sh). Expected now: it waits for the broker, then finishes.
 # DLQ_EXISTS=0 leaves the dead-letter topic to the broker's auto-creation: a confluent worker still
 # exits 4 then (librdkafka gives a topic it has never seen 15 s to appear, frozen broker or not).
-#   BUNDLE=DIR [CLIENT=kafka-python|confluent] [DLQ_EXISTS=1] bash bench/outsider/freeze_first_send.sh
+#   BUNDLE=DIR [CLIENT=kafka-python|confluent] [DLQ_EXISTS=1] [AHEAD=5000] bash bench/outsider/freeze_first_send.sh
+# AHEAD: how many inputs after the freeze point the hostile one is (1,500 was too few once the worker
+# grew faster: it sent the dead letter before the script froze the broker).
 set -u
 command -v kcat >/dev/null || { echo "kcat is needed (Debian: apt-get install kcat)"; exit 2; }
 BUNDLE=${BUNDLE:?"set BUNDLE to a bundle folder"}
@@ -19,7 +21,7 @@ KafkaAdminClient(bootstrap_servers='$B').create_topics([NewTopic('$T', 1, 1), Ne
 .venv/bin/python -c "
 import json
 for i in range($N):
-    print('not json' if i == $AT + 1500 else json.dumps({'id': f'e{i}', 'text': f'news item {i} about markets and sport'}))" \
+    print('not json' if i == $AT + ${AHEAD:-5000} else json.dumps({'id': f'e{i}', 'text': f'news item {i} about markets and sport'}))" \
   | kcat -b "$B" -t "$T" -P
 TAGSTREAM_BOOTSTRAP_SERVERS=$B TAGSTREAM_INPUT_TOPICS=$T TAGSTREAM_GROUP_ID=g-$T TAGSTREAM_BUNDLE_PATH=$BUNDLE TAGSTREAM_DEVICE=cpu \
   TAGSTREAM_KAFKA_CLIENT=${CLIENT:-kafka-python} TAGSTREAM_METRICS_PORT=$PORT .venv/bin/tagstream-worker run > "$D/worker.log" 2>&1 &
