@@ -488,23 +488,52 @@ def test_revocation_runs_the_handlers_coroutine_to_completion(consumer):
 # -- the producer ---------------------------------------------------------------------------------------------
 
 
+class FakeMessage:
+    def __init__(self, topic, value, key, headers):
+        self._topic, self._value, self._key, self._headers = topic, value, key, headers
+
+    def topic(self):
+        return self._topic
+
+    def value(self):
+        return self._value
+
+    def key(self):
+        return self._key
+
+    def headers(self):
+        return self._headers
+
+
 class FakeProducer:
-    """Acknowledges every record at the next poll or flush, as librdkafka serves delivery reports."""
+    """Acknowledges every record at the next poll or flush, as librdkafka serves delivery reports;
+    records to a topic in ``unknown`` fail instead (UNKNOWN_TOPIC_OR_PART), and while a topic is in
+    ``missing`` produce() refuses it (librdkafka's local unknown-topic error)."""
 
     def __init__(self, config):
         self.config = config
         self.raises: BaseException | None = None
         self.reports: list[Any] = []
+        self.unknown: set[str] = set()
+        self.missing: set[str] = set()
+        self.produced: list[tuple[str, bytes | None]] = []
+        self.asked: list[str] = []
 
     def produce(self, topic, value, key, headers=None, on_delivery=None):
         if self.raises is not None:
             raise self.raises
-        self.reports.append(on_delivery)
+        if topic in self.missing:
+            raise KafkaException(KafkaError(E._UNKNOWN_TOPIC))
+        self.produced.append((topic, value))
+        self.reports.append((on_delivery, FakeMessage(topic, value, key, headers)))
+
+    def list_topics(self, topic=None, timeout=-1):
+        self.asked.append(topic)
 
     def _serve(self):
         reports, self.reports = self.reports, []
-        for report in reports:
-            report(None, None)
+        for report, msg in reports:
+            report(KafkaError(E.UNKNOWN_TOPIC_OR_PART) if msg.topic() in self.unknown else None, msg)
         return len(reports)
 
     def poll(self, timeout):
@@ -551,6 +580,43 @@ def producer_for(monkeypatch):
     yield make
     for producer in made:
         producer.close(1)
+
+
+def wait_for(condition, timeout_s=5.0):
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_a_record_whose_topic_librdkafka_gave_up_on_is_sent_again_once_the_topic_is_there(producer_for):
+    """A delivery report saying the topic is unknown (a broker freeze through librdkafka's 15 s wait,
+    then a topic the broker is still creating) sends the record again, with its bytes, once librdkafka
+    accepts the topic: its acknowledgement reaches the sink; nothing fails."""
+    producer, outcomes = producer_for()
+    client = producer.client
+    with producer._serving:
+        client.unknown.add("t.dlq")
+        producer.send("t.dlq", b"letter", b"k", [("h", b"v")], token="a")
+        client._serve()  # the report: unknown topic
+        client.unknown.discard("t.dlq")
+        client.missing.add("t.dlq")  # librdkafka holds it as missing: produce() refuses it for now
+    assert wait_for(lambda: client.asked)  # the broker is asked about the topic meanwhile
+    assert client.asked[0] == "t.dlq" and outcomes.together == [] and outcomes.failed == []
+    client.missing.discard("t.dlq")  # its metadata arrived
+    assert wait_for(lambda: outcomes.together)
+    assert outcomes.together == [["a"]] and outcomes.failed == []
+    assert client.produced == [("t.dlq", b"letter"), ("t.dlq", b"letter")]
+
+
+def test_a_record_refused_as_unknown_topic_a_second_time_fails_as_topic_missing(producer_for):
+    producer, outcomes = producer_for()
+    client = producer.client
+    client.unknown.add("gone")
+    producer.send("gone", b"x", None, [], token="a")
+    assert wait_for(lambda: outcomes.failed)
+    assert [token for token, _ in outcomes.failed] == ["a"] and outcomes.failed[0][1].failure is Failure.TOPIC_MISSING
+    assert len(client.produced) == 2  # sent once more, refused again: final
 
 
 def test_a_record_over_the_producers_limit_is_rejected_alone(producer_for):

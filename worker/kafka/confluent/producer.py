@@ -17,7 +17,8 @@ from confluent_kafka import KafkaError, KafkaException
 from worker.errors import BrokerError, Failure
 from worker.kafka import diagnose
 from worker.kafka.base import DeliveryHandler, TopicPartition, run_bounded, take_all
-from worker.kafka.confluent.config import new_client, producer_config
+from worker.kafka.confluent.again import TOPIC_UNKNOWN, SendAgain
+from worker.kafka.confluent.config import TOPIC_METADATA_WAIT_MS, new_client, producer_config
 from worker.kafka.confluent.errors import ClientErrors, E, kafka_error, translate
 from worker.kafka.confluent.records import message_headers, their_offsets
 from worker.kafka.topic_use import TopicUse
@@ -55,6 +56,9 @@ class ConfluentProducer:
         self._closing = threading.Event()
         self._alone: Any = None  # one-record batches, for records refused in a batch (module docstring)
         self._alone_lock = threading.Lock()
+        # Records whose topic librdkafka gave up on, to be sent once more (worker/kafka/confluent/again.py).
+        self._again = SendAgain(TOPIC_METADATA_WAIT_MS / 1000)
+        self._sent_again: set[str] = set()  # their topics, said once each
         self._delivered: Callable[[Any], None] = _unset
         self._delivered_many: Callable[[list[Any]], None] = _unset
         # Tokens acknowledged in the poll or flush under way, handed to the sink when it returns.
@@ -84,6 +88,8 @@ class ConfluentProducer:
                 with self._serving:
                     self.client.poll(DR_POLL_S)
                     self._hand_over()
+                    if self._again:
+                        self._send_again_due()
                     if self._alone is not None:
                         self._alone.poll(0)
             except KafkaException as exc:
@@ -125,8 +131,37 @@ class ConfluentProducer:
                 self._acked.append(token)  # to the sink when this poll or flush returns
         elif not self._transactional and err.code() == E.MSG_SIZE_TOO_LARGE:
             self._send_alone(token, msg)  # refused with its batch: is it too large by itself?
+        elif not self._transactional and err.code() in TOPIC_UNKNOWN:
+            self._send_again(token, msg, err)
         else:
             self._failed(token, translate(err, "the broker did not acknowledge a record"))
+
+    def _send_again(self, token: Any, msg: Any, err: KafkaError) -> None:
+        """A record whose topic librdkafka gave up on: kept to be sent once more (again.py says why)."""
+        topic = msg.topic()
+        if topic not in self._sent_again:
+            self._sent_again.add(topic)
+            log.warning("send_again_topic_unknown", topic=topic, error=err.str(),
+                        hint="sent once more: a topic the broker is creating, or one that is missing (final then)")
+        try:
+            headers = message_headers(msg)
+        except (SystemError, UnicodeDecodeError):
+            headers = None
+        self._again.add(token, topic, msg.value(), msg.key(), headers)
+
+    def _send_again_due(self) -> None:
+        def produce(record: Any) -> None:
+            self.client.produce(record.topic, record.value, record.key, headers=record.headers,
+                                on_delivery=partial(self._outcome_again, record.token))
+
+        self._again.send_due(produce, lambda topic, timeout: self.client.list_topics(topic, timeout=timeout),
+                             self._failed)
+
+    def _outcome_again(self, token: Any, err: KafkaError | None, _msg: Any) -> None:
+        if err is None:
+            self._acked.append(token)
+        else:
+            self._failed(token, translate(err, "the broker did not acknowledge a record, sent twice"))
 
     def _outcome_alone(self, token: Any, err: KafkaError | None, _msg: Any) -> None:
         if err is None:
@@ -190,6 +225,11 @@ class ConfluentProducer:
             try:
                 left = self.client.flush(max(0.0, deadline - time.monotonic()))
                 self._hand_over()
+                while self._again and time.monotonic() < deadline:  # records to send again count too
+                    self._send_again_due()
+                    left = self.client.flush(min(0.5, max(0.0, deadline - time.monotonic())))
+                    self._hand_over()
+                left += len(self._again)
                 if self._alone is not None:
                     left += self._alone.flush(max(0.0, deadline - time.monotonic()))
             except KafkaException as exc:  # the client's fatal error (see _serve)
