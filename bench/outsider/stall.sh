@@ -4,7 +4,8 @@
 # The first worker (the stalling bundle, TAGSTREAM_MODEL_STALL_S=3) must exit 1 within a second or two of
 # noticing the hung call, having given its batch up; a successor (the null bundle) labels the rest. The output
 # is read back with kcat (read_committed) and compared with the input; the group's offsets with the input count.
-#   BUNDLE=DIR [CLIENT=kafka-python|confluent] [GUARANTEE=at_least_once|exactly_once] [EVENTS=60000] bash bench/outsider/stall.sh
+#   BUNDLE=DIR [CLIENT=kafka-python|confluent] [GUARANTEE=at_least_once|exactly_once] [PROCESSES=1] [EVENTS=60000]
+#   bash bench/outsider/stall.sh
 # BUNDLE gives the null bundles their tokenizer.
 prepare_input() {  # the [STALL] record a third of the way into the valid ones
   local at=$(( $(wc -l < "$IN/valid.tsv") / 3 ))
@@ -12,7 +13,7 @@ prepare_input() {  # the [STALL] record a third of the way into the valid ones
     tail -n +$((at + 1)) "$IN/valid.tsv"; } > "$IN/with_stall.tsv" && mv "$IN/with_stall.tsv" "$IN/valid.tsv"
 }
 source "$(dirname "$0")/common.sh" stall
-export TAGSTREAM_PROCESSES=1 TAGSTREAM_PROCESSING_GUARANTEE=${GUARANTEE:-at_least_once}
+export TAGSTREAM_PROCESSES=${PROCESSES:-1} TAGSTREAM_PROCESSING_GUARANTEE=${GUARANTEE:-at_least_once}
 PYTHONPATH=tests .venv/bin/python -c "
 from pathlib import Path
 from worker_support import make_null_bundle
@@ -26,10 +27,13 @@ wait $FIRST; echo "first worker exit $? (1 expected: model_stalled)"
 import json, sys
 from datetime import datetime
 lines = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-at = {e["event"]: datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")) for e in reversed(lines)}
+def at(e):
+    return datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00"))
+# One process: its fatal line; a pod: the model process's model_stalled (it exits at once, the feeders follow).
+noticed = next(e for e in lines if e["event"] in ("fatal", "model_stalled"))
 given = [e for e in lines if e["event"] == "model_call_given_up"]
-print(f"  stall noticed -> exit: {(at['exiting_past_stuck_threads'] - at['fatal']).total_seconds():.2f} s;"
-      f" given up: {given[0]['inputs'] if given else 0} inputs")
+print(f"  stall noticed -> last log line: {(at(lines[-1]) - at(noticed)).total_seconds():.2f} s;"
+      f" given up: {sum(e['inputs'] for e in given)} inputs")
 PY
 TAGSTREAM_BUNDLE_PATH=$D/null TAGSTREAM_METRICS_PORT=9342 .venv/bin/tagstream-worker run > "$D/second.log" 2>&1 &
 SECOND=$!
