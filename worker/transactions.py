@@ -272,7 +272,8 @@ class TransactionalCommitter:
         """
         self.request_abort("partitions revoked")
         if sleep is not None:
-            while not self._rewind_requested.is_set() and time.monotonic() < deadline:
+            # The sink aborts and asks for a rewind, or (at the final barrier) aborts for good.
+            while not self._rewind_requested.is_set() and not self._final_done.is_set() and time.monotonic() < deadline:
                 await sleep(0.01)
         if self._rewind_requested.is_set():  # the sink aborted and waits for this thread
             self._rewind(self._consumer.assignment() - partitions)
