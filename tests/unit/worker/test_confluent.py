@@ -488,23 +488,6 @@ def test_revocation_runs_the_handlers_coroutine_to_completion(consumer):
 # -- the producer ---------------------------------------------------------------------------------------------
 
 
-class FakeMessage:
-    def __init__(self, topic, value, key, headers):
-        self._topic, self._value, self._key, self._headers = topic, value, key, headers
-
-    def topic(self):
-        return self._topic
-
-    def value(self):
-        return self._value
-
-    def key(self):
-        return self._key
-
-    def headers(self):
-        return self._headers
-
-
 class FakeProducer:
     """Acknowledges every record at the next poll or flush, as librdkafka serves delivery reports;
     records to a topic in ``unknown`` fail instead (UNKNOWN_TOPIC_OR_PART), and while a topic is in
@@ -525,7 +508,7 @@ class FakeProducer:
         if topic in self.missing:
             raise KafkaException(KafkaError(E._UNKNOWN_TOPIC))
         self.produced.append((topic, value))
-        self.reports.append((on_delivery, FakeMessage(topic, value, key, headers)))
+        self.reports.append((on_delivery, Message(topic, None, None, value, key, headers)))
 
     def list_topics(self, topic=None, timeout=-1):
         self.asked.append(topic)

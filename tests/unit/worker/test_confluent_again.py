@@ -8,19 +8,12 @@ import pytest
 pytest.importorskip("confluent_kafka", reason="the confluent extra is not installed (make install has it)")
 
 from confluent_kafka import KafkaError, KafkaException
+from worker_fakes import Clock
 
 from worker.errors import Failure
 from worker.kafka.confluent.again import SendAgain
 
 E = KafkaError
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 50.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Client:

@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import threading
 
+from worker_fakes import Clock
+
 from worker.model_calls import ModelCalls
 from worker.telemetry import Health
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def in_call(calls: ModelCalls[str], items: list[str], entered: threading.Event, leave: threading.Event) -> threading.Thread:
