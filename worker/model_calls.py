@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 from worker.telemetry import Health
@@ -28,20 +26,14 @@ from worker.telemetry import Health
 T = TypeVar("T")
 
 
-@dataclass
-class _Call(Generic[T]):
-    started: float
-    items: list[T]
-
-
 class ModelCalls(Generic[T]):
-    """The calls in flight per model thread; see the module docstring."""
+    """The calls in flight per model thread; see the module docstring. How long each has run is
+    Health's record (``Health.model_call``, which /healthz reads): this keeps only their inputs."""
 
-    def __init__(self, health: Health, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, health: Health) -> None:
         self._health = health
-        self._clock = clock
         self._lock = threading.Lock()
-        self._calls: dict[threading.Thread, _Call[T]] = {}
+        self._calls: dict[threading.Thread, list[T]] = {}
         self._given_up: set[threading.Thread] = set()
 
     @contextlib.contextmanager
@@ -49,7 +41,7 @@ class ModelCalls(Generic[T]):
         """Brackets one model call of the calling thread over ``items``."""
         thread = threading.current_thread()
         with self._lock:
-            self._calls[thread] = _Call(self._clock(), items)
+            self._calls[thread] = items
         try:
             with self._health.model_call():
                 yield
@@ -62,9 +54,9 @@ class ModelCalls(Generic[T]):
         limit = self._health.model_stall_s
         if limit <= 0:
             return []
-        now = self._clock()
         with self._lock:
-            stalled = [(thread, call.items) for thread, call in self._calls.items() if now - call.started > limit]
+            stalled = [(thread, items) for thread, items in self._calls.items()
+                       if self._health.model_call_age(thread.ident) > limit]
             for thread, _ in stalled:
                 del self._calls[thread]
                 self._given_up.add(thread)

@@ -230,6 +230,11 @@ class Health:
         started = list(self._model_calls.values())
         return self._clock() - min(started) if started else 0.0
 
+    def model_call_age(self, ident: int | None) -> float:
+        """Seconds the model call of thread ``ident`` has run so far (0 when it is in none)."""
+        started = self._model_calls.get(ident) if ident is not None else None
+        return 0.0 if started is None else self._clock() - started
+
     def model_stalled(self) -> bool:
         """Whether a model call has run past ``model_stall_s``: the device or model process hangs."""
         return self.model_stall_s > 0 and self.model_busy_for() > self.model_stall_s

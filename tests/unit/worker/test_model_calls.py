@@ -26,7 +26,7 @@ def in_call(calls: ModelCalls[str], items: list[str], entered: threading.Event, 
 def test_only_calls_past_the_limit_are_given_up_with_their_inputs():
     clock = Clock()
     health = Health(clock=clock, model_stall_s=3.0)
-    calls: ModelCalls[str] = ModelCalls(health, clock=clock)
+    calls: ModelCalls[str] = ModelCalls(health)
     leave = threading.Event()
     old = in_call(calls, ["a", "b"], threading.Event(), leave)
     clock.now += 2.5
@@ -45,13 +45,13 @@ def test_only_calls_past_the_limit_are_given_up_with_their_inputs():
 
 def test_a_finished_call_is_never_given_up_and_a_limit_of_0_gives_up_nothing():
     clock = Clock()
-    calls: ModelCalls[str] = ModelCalls(Health(clock=clock, model_stall_s=3.0), clock=clock)
+    calls: ModelCalls[str] = ModelCalls(Health(clock=clock, model_stall_s=3.0))
     with calls.call(["a"]):
         pass
     clock.now += 60
     assert calls.give_up_stalled() == [] and not calls.given_up()
 
-    unlimited: ModelCalls[str] = ModelCalls(Health(clock=clock, model_stall_s=0.0), clock=clock)
+    unlimited: ModelCalls[str] = ModelCalls(Health(clock=clock, model_stall_s=0.0))
     leave = threading.Event()
     thread = in_call(unlimited, ["b"], threading.Event(), leave)
     clock.now += 3600
@@ -65,7 +65,7 @@ def test_a_finished_call_is_never_given_up_and_a_limit_of_0_gives_up_nothing():
 def test_a_call_is_what_healthz_reads_too():
     clock = Clock()
     health = Health(clock=clock, model_stall_s=3.0)
-    calls: ModelCalls[str] = ModelCalls(health, clock=clock)
+    calls: ModelCalls[str] = ModelCalls(health)
     leave = threading.Event()
     thread = in_call(calls, ["a"], threading.Event(), leave)
     clock.now += 4
