@@ -6,6 +6,7 @@
                         also: swaps in a reloaded bundle between batches, purges revoked inputs
     model threads       batch queue -> Runner.classify -> sink queue (capacity 4); one per
                         inference stream, each on threads/streams intra-op threads
+                        (worker/model_stage.py)
     sink thread         sink queue -> producer.send; delivery callbacks ack offsets in the tracker
     watcher thread      BundleWatcher: verifies and loads new bundles in the background (none
                         in a feeder: its model process reloads, and the link offers the result)
@@ -31,25 +32,24 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from model.cpus import available_cpus
 from worker.affinity import PinPlan, pin_this_thread, plan_pinning, release_this_thread
-from worker.batcher import Batch, Batcher, BatchLimits
-from worker.errors import BrokerError, Failure, InferenceError, SettingsError, WorkerError
+from worker.batcher import Batcher, BatchLimits
+from worker.errors import BrokerError, Failure, SettingsError, WorkerError
 from worker.events import DeadLetter, Event, ParseConfig
 from worker.handoff import InputHandoff
 from worker.heap import HeapFreezer
-from worker.inference import Classified, ModelHost, Runner
+from worker.inference import ModelHost, Runner
 from worker.kafka.base import ConsumerClient, ProducerClient, open_clients
 from worker.kafka.tls import check_tls
-from worker.model_calls import ModelCalls
+from worker.model_stage import STOP, ModelStage, Results
 from worker.offsets import Committer, OffsetCommitter, OffsetTracker, commit_failure
 from worker.reload import RunnerSlot
 from worker.settings import WorkerSettings
-from worker.sink import Router, Sink, input_dead_letter
-from worker.source import Source, tokenize_events
+from worker.sink import Router, Sink
+from worker.source import Source
 from worker.stages import StageClock, name_native_threads
 from worker.telemetry import Health, Metrics, TelemetryServer, get_logger
 from worker.transactions import Barrier, TransactionalCommitter, transactional_id
@@ -64,18 +64,6 @@ DRAIN_RESERVE_MAX_S = 3.0  # of the drain deadline, kept for flush + commit + cl
 # A send that failed waiting for metadata up to this long after an outage ended is sent again, not
 # taken for a missing topic: the clients block up to 15 s (SEND_MAX_BLOCK_MS, SEND_MAX_BLOCK_S).
 OUTAGE_WINDOW_S = 20.0
-
-
-@dataclass
-class _Results:
-    events: list[Event]
-    classified: Classified
-    labels: list[str]
-    model_name: str
-    model_version: str
-
-
-_STOP = object()
 
 
 class Worker:
@@ -111,16 +99,7 @@ class Worker:
         self._fatal_lock = threading.Lock()
         self._sink_queue: queue.Queue[Any] = queue.Queue(maxsize=SINK_QUEUE_BATCHES)
         self._streams = 1
-        # Batches handed to the model threads and finished by them: a barrier waits for the two to meet.
-        self._batches_issued = 0
-        self._batches_done = 0
-        self._batches_cond = threading.Condition()
-        self._models_running = 0  # model threads that have not ended (under _batches_cond)
-        self._retired: set[threading.Thread] = set()  # model threads counted out of it (under _batches_cond)
-        # The batch in each model thread's call: one that stalls is given up (worker/model_calls.py).
-        self._calls: ModelCalls[Event] = ModelCalls(self.health)
-        # batcher -> model threads: one formed batch waits per stream (TEI's prefetch of one)
-        self._batch_queue: queue.Queue[Any] = queue.Queue()
+        self._models: ModelStage | None = None  # the model threads' queue and counts, once started
         self._threads: dict[str, threading.Thread] = {}
         self._producer: ProducerClient | None = None
         self._consumer: ConsumerClient | None = None
@@ -128,7 +107,6 @@ class Worker:
         self._sink: Sink | None = None
         self._transactions: TransactionalCommitter | None = None
         self._limits = BatchLimits(settings.max_batch_size, settings.max_batch_tokens, settings.max_wait_ms / 1000)
-        self._debug = settings.log_level == "DEBUG"  # per-batch log lines only when asked for
         self.stage_clock = StageClock(self.metrics, enabled=settings.stage_timing)
         self.heap = HeapFreezer()
         # Of drain_timeout_s, the part kept for the final flush, commit and close.
@@ -206,7 +184,7 @@ class Worker:
         for name, thread in self._threads.items():
             # batcher, model-N, sink: they end once the drain is done; one given up in a stalled
             # model call never will (exit_past_stuck_threads leaves it behind)
-            if name != "watcher" and not self._calls.given_up(thread):
+            if name != "watcher" and not (self._models is not None and self._models.given_up(thread)):
                 thread.join(timeout=max(0.1, self._remaining()))
         self._close()
         if self._fatal is not None:
@@ -296,9 +274,12 @@ class Worker:
         )
         self._source.subscribe()
         self._spawn("source", self._source_main)
-        self._batch_queue = queue.Queue(maxsize=self._streams)
+        self._models = ModelStage(
+            self._streams, tracker=self.tracker, metrics=self.metrics, health=self.health, clock=self.stage_clock,
+            to_sink=self._to_sink, abandon=lambda items: self._abandon(items, release=False),
+            debug=s.log_level == "DEBUG",
+        )
         self._spawn("sink", self._sink_main)
-        self._models_running = self._streams
         for i in range(self._streams):
             self._spawn(f"model-{i}", self._model_main)
         self._spawn("batcher", self._batcher_main)
@@ -348,7 +329,8 @@ class Worker:
 
     def _batcher_main(self) -> None:
         """Take inputs from the source, form batches, hand them to the model threads."""
-        assert self.slot is not None
+        assert self.slot is not None and self._models is not None
+        models = self._models
         batcher: Batcher[Event] = Batcher(self._limits)
         clock = self.stage_clock
         handoff = self.handoff
@@ -378,14 +360,14 @@ class Worker:
                     log.warning("drain_deadline_dropping", inputs=len(late) + len(letters))
                     return
                 if letters:
-                    keep, drop = _split(letters, tracker.accepts)
+                    keep, drop = tracker.split(letters)
                     self._abandon(drop, release=False)
                     if keep:
                         tracker.issue(keep)
                         self._to_sink(keep)
                     handoff.release(len(letters))
                 if events:
-                    kept, dropped = _split(events, tracker.accepts)
+                    kept, dropped = tracker.split(events)
                     if dropped:
                         self._abandon(dropped)
                     batcher.add_many(kept, [len(e.token_ids) for e in kept], [e.received for e in kept])
@@ -393,7 +375,7 @@ class Worker:
                 while (batch := batcher.next_batch(time.monotonic(), flush=flush)) is not None:
                     handoff.release(len(batch.items))
                     tracker.issue(batch.items)  # before a model thread checks them (see begin_revoke)
-                    if not self._put_batch((batch, self.slot.current)):
+                    if not models.put(batch, self.slot.current):
                         self._abandon(batch.items, release=False)  # no model thread left
                 clock.stop("batch", t, len(events))
                 if barrier is not None:
@@ -401,70 +383,19 @@ class Worker:
                 if closed and not events and not letters and barrier is None and len(batcher) == 0:
                     return
         finally:
-            for _ in range(self._streams):
-                self._put_batch(_STOP)
+            models.put_stops()
             for i in range(self._streams):
                 model = self._threads.get(f"model-{i}")
-                while model is not None and model.is_alive() and not self._calls.given_up(model):
+                while model is not None and model.is_alive() and not models.given_up(model):
                     model.join(0.1)  # a thread given up in a stalled call never ends: not waited for
             self._put_stop_for_sink()
 
     def _model_main(self) -> None:
-        """Run batches through the model until the batcher says stop (one per stream)."""
+        """A model thread (worker/model_stage.py), on every core where the model computes on the CPU."""
+        assert self._models is not None
         if self._pin is not None and self._pin.cpu is not None and self._model_threads_unpinned:
             release_this_thread(self._pin.allowed)  # its intra-op threads need every core
-        try:
-            while True:
-                work = self._batch_queue.get()
-                if work is _STOP:
-                    return
-                batch, runner = work
-                try:
-                    self._run_batch(batch, runner)
-                except BaseException:
-                    # Fatal (``_spawn`` records it): nothing of this batch reached the sink, and it
-                    # never will. Given up now, its inputs are not waited for by the drain or a
-                    # rebalance (up to 10 s, holding the partitions); they are read again.
-                    if not self._calls.given_up():  # else abandoned and counted when it was given up
-                        self._abandon(batch.items, release=False)
-                    raise
-                finally:
-                    if not self._calls.given_up():
-                        self._batch_done()
-                if self._calls.given_up():
-                    return  # a stalled call that came back after all: this thread was counted out
-        finally:
-            self._retire(threading.current_thread())
-
-    def _batch_done(self) -> None:
-        with self._batches_cond:
-            self._batches_done += 1
-            self._batches_cond.notify_all()
-
-    def _retire(self, thread: threading.Thread) -> None:
-        """Count a model thread out (once): it ended, or was given up in a stalled call."""
-        with self._batches_cond:
-            if thread in self._retired:
-                return
-            self._retired.add(thread)
-            self._models_running -= 1
-            last = self._models_running == 0
-        if last:
-            self._abandon_queued_batches()
-
-    def _give_up_stalled_calls(self) -> None:
-        """TAGSTREAM_MODEL_STALL_S passed in a model call: its inputs are read again after the
-        restart, so the drain delivers and commits everything else instead of waiting for it."""
-        stalled = self._calls.give_up_stalled()
-        if stalled and self._transactions is not None:
-            # Before the batch counts as done and a barrier can pass it: a transaction committed
-            # now would hold outputs of inputs after the ones given up, whose offsets stay behind.
-            self._transactions.request_abort("a model call stalled")
-        for thread, events in stalled:
-            self._abandon(events, release=False)
-            self._batch_done()
-            self._retire(thread)
-            log.warning("model_call_given_up", thread=thread.name, inputs=len(events))
+        self._models.run()
 
     def _sink_main(self) -> None:
         assert self._sink is not None
@@ -476,9 +407,9 @@ class Worker:
                     work = self._sink_queue.get(timeout=SINK_IDLE_S)
                 except queue.Empty:
                     continue
-                if work is _STOP:
+                if work is STOP:
                     break
-                if isinstance(work, _Results):
+                if isinstance(work, Results):
                     sink.publish_results(work.events, work.classified, work.labels, work.model_name, work.model_version)
                 elif isinstance(work, Barrier):
                     sink.commit_transaction(work, max(1.0, self._remaining()) if self._stop_at else 30.0)
@@ -488,69 +419,7 @@ class Worker:
             if not sink.flush(max(0.5, self._remaining())):
                 log.warning("producer_flush_timed_out")
 
-    # -- model-thread helpers --------------------------------------------------------------------------
-    def _run_batch(self, batch: Batch[Event], runner: Runner) -> None:
-        events, dropped = _split(batch.items, self.tracker.accepts)
-        self._abandon(dropped, release=False)
-        if not events:
-            return
-        key = runner.tokenizer_key
-        stale = [e for e in events if e.tokenizer_key != key]
-        if stale:  # tokenized by a bundle swapped out since: redo with this one
-            _, letters = tokenize_events(runner, stale, self.metrics)
-            if letters:  # texts the new tokenizer rejects (still under the old key): dead letters, not a stopped worker
-                events = [e for e in events if e.tokenizer_key == key]
-                self._to_sink(letters)
-                if not events:
-                    return
-        t = self.stage_clock.start()
-        try:
-            with self._calls.call(events):
-                classified = runner.classify([e.token_ids for e in events])
-        except InferenceError as exc:
-            if not self._calls.given_up():
-                self._retry_one_by_one(events, runner, exc)
-            return
-        if self._calls.given_up():
-            return  # its inputs were abandoned: the restarted worker labels them
-        self.stage_clock.stop("inference", t, len(events))
-        self._observe_batch(batch, events, classified)
-        if self._debug:
-            first = events[0]
-            log.debug(
-                "batch", size=len(events), closed_by=batch.reason, padded_tokens=batch.padded_tokens,
-                inference_ms=round(classified.seconds * 1000, 2), topic=first.topic, partition=first.partition,
-                offset=first.offset, partitions=sorted({(e.topic, e.partition) for e in events}),
-            )
-        self._to_sink(_Results(events, classified, runner.labels, runner.name, runner.version))
-
-    def _retry_one_by_one(self, events: list[Event], runner: Runner, error: InferenceError) -> None:
-        """A failed batch: classify each input alone; the ones that still fail are dead-lettered."""
-        self.metrics.count_failure(Failure.BATCH_FAILED)
-        log.warning("batch_failed_retrying_singly", size=len(events), error=str(error))
-        ok: list[Event] = []
-        parts: list[Classified] = []
-        letters: list[DeadLetter] = []
-        for event in events:
-            try:
-                with self._calls.call(events):  # given up, all of them are read again: none is published yet
-                    one = runner.classify([event.token_ids])
-            except InferenceError as exc:
-                if self._calls.given_up():
-                    return
-                letters.append(input_dead_letter(event, Failure.INFERENCE_FAILED, str(exc)))
-                continue
-            if self._calls.given_up():
-                return  # see _run_batch
-            ok.append(event)
-            parts.append(one)
-        if not ok and len(events) > 1:
-            raise WorkerError(f"the model fails on every input, alone too: {error}", Failure.MODEL_FAILED)
-        if ok:
-            self._to_sink(_Results(ok, Classified.join(parts), runner.labels, runner.name, runner.version))
-        if letters:
-            self._to_sink(letters)
-
+    # -- helpers of the stages -----------------------------------------------------------------------
     def _abandon(self, items: list[Event] | list[DeadLetter], release: bool = True) -> None:
         """Drop inputs of revoked partitions: the next owner reads them again."""
         for item in items:
@@ -559,17 +428,6 @@ class Worker:
             if release:
                 self.handoff.release(len(items))
             log.debug("dropped_for_redelivery", count=len(items))
-
-    def _observe_batch(self, batch: Batch[Event], events: list[Event], classified: Classified) -> None:
-        m = self.metrics
-        longest = max(e.n_tokens for e in events)
-        padded = longest * len(events)
-        real = sum(e.n_tokens for e in events)
-        m.batches.labels(reason=batch.reason).inc()
-        m.batch_size.observe(len(events))
-        m.batch_padded_tokens.observe(padded)
-        m.batch_padding_ratio.observe(1.0 - real / padded if padded else 0.0)
-        m.inference_seconds.observe(classified.seconds)
 
     def _on_swap(self, runner: Runner) -> None:
         self.heap.thaw(time.monotonic())  # the old model may hold reference cycles: collectable again
@@ -588,43 +446,15 @@ class Worker:
                 if sink is not None and not sink.is_alive():
                     return  # nothing will be acknowledged, so nothing is committed: redelivered
 
-    def _put_batch(self, work: Any) -> bool:
-        """Queue a batch for the model threads, blocking while all are busy; False if none is left."""
-        while self._models_running:
-            try:
-                self._batch_queue.put(work, timeout=0.5)
-            except queue.Full:
-                continue
-            if work is not _STOP:
-                with self._batches_cond:
-                    self._batches_issued += 1
-                if not self._models_running:  # the last one ended as this was queued: nobody takes it
-                    self._abandon_queued_batches()
-            return True
-        return False
-
-    def _abandon_queued_batches(self) -> None:
-        """No model thread is left: the batches still queued for one never run (read again later)."""
-        while True:
-            try:
-                work = self._batch_queue.get_nowait()
-            except queue.Empty:
-                return
-            if work is not _STOP:
-                self._abandon(work[0].items, release=False)
-
     def _pass_barrier(self, barrier: Barrier) -> None:
         """Exactly-once: once every batch issued before ``barrier`` is finished (its outputs are in
         the sink queue, ahead of it), the barrier follows them to the sink, which commits."""
-        with self._batches_cond:
-            while self._batches_done < self._batches_issued:
-                if not self._models_running:
-                    return  # nothing more will finish: the transaction is not committed
-                self._batches_cond.wait(0.1)
-        self._to_sink(barrier)
+        assert self._models is not None
+        if self._models.wait_for_issued():
+            self._to_sink(barrier)  # else nothing more will finish: the transaction is not committed
 
     def _put_stop_for_sink(self) -> None:
-        self._to_sink(_STOP)
+        self._to_sink(STOP)
 
     # -- shutdown and failures ----------------------------------------------------------------------
     def _downstream_done(self) -> bool:
@@ -678,9 +508,16 @@ class Worker:
                 "fatal", stage=stage, kind=error.failure.label, error=str(error), exit_code=error.exit_code,
                 exc_info=not isinstance(exc, WorkerError),
             )
-        if error.failure is Failure.MODEL_STALLED:
-            self._give_up_stalled_calls()
+        if error.failure is Failure.MODEL_STALLED and self._models is not None:
+            self._models.give_up_stalled(before_counting=self._abort_for_stall)
         self.stop()
+
+    def _abort_for_stall(self) -> None:
+        """A model call was given up (exactly-once): the open transaction is aborted before that batch
+        counts as done and a barrier can pass it. Committed, it would hold outputs of inputs after the
+        ones given up, whose offsets stay behind: a successor would publish them again."""
+        if self._transactions is not None:
+            self._transactions.request_abort("a model call stalled")
 
     def _on_commit(self, positions: dict, error: BaseException | None) -> None:
         if error is None:
@@ -705,15 +542,6 @@ class Worker:
             failed_since_last_line=self._commit_failures_unlogged,
         )
         self._commit_failures_unlogged = 0
-
-
-def _split(items: list, accepts: Callable[[tuple[str, int], int, int], bool]) -> tuple[list, list]:
-    """(still wanted, of revoked partitions) in one pass."""
-    keep: list = []
-    drop: list = []
-    for item in items:
-        (keep if accepts((item.topic, item.partition), item.epoch, item.offset) else drop).append(item)
-    return keep, drop
 
 
 def exit_past_stuck_threads(code: int) -> None:

@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from worker.errors import Failure, WorkerError
 from worker.kafka.base import ConsumerClient, Sleep, TopicPartition
@@ -44,6 +44,9 @@ class Issued(Protocol):
     def offset(self) -> int: ...
     @property
     def epoch(self) -> int: ...
+
+
+IssuedT = TypeVar("IssuedT", bound=Issued)
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,16 @@ class OffsetTracker:
         dropped by a revocation under way (see begin_revoke)."""
         state = self._parts.get(tp)  # type: ignore[call-overload]
         return state is not None and state.epoch == epoch and (not state.revoking or offset <= state.finish_upto)
+
+    def split(self, items: list[IssuedT]) -> tuple[list[IssuedT], list[IssuedT]]:
+        """(still wanted, dropped) by ``accepts``, in one pass: the dropped ones belong to revoked
+        partitions (or to an older assignment) and are read again by the partition's next owner."""
+        keep: list[IssuedT] = []
+        drop: list[IssuedT] = []
+        accepts = self.accepts
+        for item in items:
+            (keep if accepts((item.topic, item.partition), item.epoch, item.offset) else drop).append(item)
+        return keep, drop
 
     def issue(self, items: Iterable[Issued]) -> None:
         """Inputs about to go to the model or the sink (batcher thread), before any of them is

@@ -9,7 +9,7 @@
     telemetry thread   /metrics, /healthz, /readyz on 127.0.0.1 (the supervisor aggregates them)
 
 Bundle swaps. A new bundle becomes generation g+1 between two batches and is announced to every
-feeder; each feeder re-tokenizes what it had tokenized for the old one (worker/app.py's
+feeder; each feeder re-tokenizes what it had tokenized for the old one (worker/model_stage.py's
 ``_run_batch``). Batches already formed for generation g still run on g, exactly as in one
 process: g stays loaded until every feeder has released it (its last runner object of g is gone),
 or has disconnected. A request for a generation no longer held is refused (STALE).

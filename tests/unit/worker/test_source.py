@@ -473,7 +473,7 @@ def test_inputs_deleted_before_a_new_assignment_read_them_are_counted():
 
 
 def test_inputs_of_a_swapped_out_tokenizer_are_tokenized_again_and_a_text_the_new_one_rejects_is_dead_lettered():
-    """What the model thread does after a bundle swap that changed the tokenizer (worker/app.py): the new
+    """What the model thread does after a bundle swap that changed the tokenizer (worker/model_stage.py): the new
     tokenizer's ids and key for every input, and a text it rejects becomes an inference_failed dead letter
     instead of stopping the worker."""
     from worker.events import Event

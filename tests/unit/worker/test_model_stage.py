@@ -1,0 +1,170 @@
+"""ModelStage: batches through the model threads to the sink, what the drain and a barrier wait
+for, and what is abandoned (read again later) when a thread ends or a call stalls."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from kafka.structs import TopicPartition
+from worker_fakes import Clock
+
+from worker.batcher import Batch
+from worker.errors import Failure, InferenceError, WorkerError
+from worker.events import DeadLetter, Event
+from worker.inference import Classified
+from worker.model_stage import ModelStage, Results
+from worker.offsets import OffsetTracker
+from worker.stages import StageClock
+from worker.telemetry import Health, Metrics
+
+TP = TopicPartition("news", 0)
+
+
+class FakeRunner:
+    """Labels every input 0; fails a batch holding a token in ``fails``; once ``hold`` is set, each
+    call waits for ``release``."""
+
+    name, version, labels, max_length, tokenizer_key = "fake", "v1", ["a", "b"], 16, "tok"
+
+    def __init__(self, fails: set[int] | None = None) -> None:
+        self.fails = fails or set()
+        self.calls: list[list[list[int]]] = []
+        self.hold = threading.Event()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        return [[len(t)] for t in texts]
+
+    def classify(self, token_ids: list[list[int]]) -> Classified:
+        self.calls.append(token_ids)
+        if self.hold.is_set():
+            self.entered.set()
+            self.release.wait(10)
+        tokens = {t for ids in token_ids for t in ids}
+        if tokens & self.fails:
+            raise InferenceError(f"cannot classify {sorted(tokens)}")
+        return Classified([[0, 1] for _ in token_ids], [[0.9, 0.1] for _ in token_ids], 0.001)
+
+
+class Stage:
+    """A ModelStage with one thread, and what it sent to the sink and abandoned."""
+
+    def __init__(self, runner: FakeRunner, health: Health | None = None) -> None:
+        self.tracker = OffsetTracker()
+        self.tracker.assign([TP])
+        self.runner = runner
+        self.sink: list[Any] = []
+        self.abandoned: list[Event] = []
+        self.stage = ModelStage(
+            1, tracker=self.tracker, metrics=Metrics(), health=health or Health(), clock=StageClock(Metrics(), enabled=False),
+            to_sink=self.sink.append, abandon=self.abandoned.extend,
+        )
+        self.error: list[BaseException] = []
+        self.next_offset = 0
+        self.thread = threading.Thread(target=self._main)
+        self.thread.start()
+
+    def _main(self) -> None:
+        try:
+            self.stage.run()
+        except BaseException as exc:  # the worker's _spawn records it as fatal
+            self.error.append(exc)
+
+    def batch(self, tokens: list[int], epoch: int | None = None) -> Batch[Event]:
+        offsets = range(self.next_offset, self.next_offset + len(tokens))
+        self.next_offset += len(tokens)
+        tracked = self.tracker.track(TP, offsets)
+        items = [Event("news", 0, o, 0, None, [], f"e{o}", "text", 0.0, tracked if epoch is None else epoch,
+                       token_ids=[t], tokenizer_key="tok") for o, t in zip(offsets, tokens, strict=True)]
+        self.tracker.issue(items)
+        return Batch(items, 1, len(items), len(items), "size")
+
+    def finish(self) -> None:
+        self.stage.put_stops()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+
+
+def test_batches_run_in_queue_order_and_their_results_reach_the_sink():
+    s = Stage(FakeRunner())
+    first, second = s.batch([1, 2]), s.batch([3])
+    assert s.stage.put(first, s.runner) and s.stage.put(second, s.runner)
+    assert s.stage.wait_for_issued()  # both finished: a barrier may follow them
+    s.finish()
+    assert [type(w) for w in s.sink] == [Results, Results]
+    assert [e.event_id for e in s.sink[0].events] == ["e0", "e1"] and s.sink[1].events[0].event_id == "e2"
+    assert s.sink[0].labels == ["a", "b"] and s.sink[0].model_version == "v1"
+    assert s.runner.calls == [[[1], [2]], [[3]]]
+    assert s.abandoned == [] and s.error == []
+
+
+def test_inputs_of_an_older_assignment_are_abandoned_not_run():
+    s = Stage(FakeRunner())
+    stale = s.batch([1, 2], epoch=-5)  # read under an epoch the tracker no longer accepts
+    assert s.stage.put(stale, s.runner)
+    s.finish()
+    assert [e.offset for e in s.abandoned] == [0, 1]
+    assert s.runner.calls == [] and s.sink == []
+
+
+def test_a_failed_batch_is_retried_one_by_one_and_only_the_input_that_still_fails_is_dead_lettered():
+    s = Stage(FakeRunner(fails={7}))
+    assert s.stage.put(s.batch([1, 7, 3]), s.runner)
+    s.finish()
+    results, letters = s.sink
+    assert [e.offset for e in results.events] == [0, 2]  # in input order, the failing one left out
+    assert len(results.classified.top_indices) == 2
+    assert [(d.offset, d.reason) for d in letters] == [(1, Failure.INFERENCE_FAILED)]
+    assert isinstance(letters[0], DeadLetter) and "cannot classify [7]" in letters[0].detail
+
+
+def test_a_model_that_fails_every_input_alone_too_is_fatal_and_what_was_queued_is_abandoned():
+    s = Stage(FakeRunner(fails={1, 2}))
+    s.runner.hold.set()
+    assert s.stage.put(s.batch([1, 2]), s.runner)
+    assert s.runner.entered.wait(10)
+    assert s.stage.put(s.batch([3]), s.runner)  # queued behind the failing batch
+    s.runner.release.set()
+    s.thread.join(10)
+    assert isinstance(s.error[0], WorkerError) and s.error[0].failure is Failure.MODEL_FAILED
+    # no thread is left: the queued batch is abandoned (read again later), never run
+    assert s.stage.running == 0
+    assert [e.offset for e in s.abandoned] == [0, 1, 2] and s.sink == []
+    assert [3] not in [ids for call in s.runner.calls for ids in call]
+    assert not s.stage.wait_for_issued()  # a barrier behind it is not passed: no commit
+    assert not s.stage.put(s.batch([4]), s.runner)  # and later batches are refused
+
+
+def test_a_stalled_call_is_given_up_counted_as_done_and_its_answers_are_never_published():
+    clock = Clock()
+    s = Stage(FakeRunner(), Health(clock=clock, model_stall_s=3.0))
+    s.runner.hold.set()
+    assert s.stage.put(s.batch([1, 2]), s.runner)
+    assert s.runner.entered.wait(10)
+    clock.now += 5.0
+    aborted: list[str] = []
+    s.stage.give_up_stalled(before_counting=lambda: aborted.append("abort"))
+    assert aborted == ["abort"]  # before the batch counted as done
+    assert [e.offset for e in s.abandoned] == [0, 1]
+    assert s.stage.given_up(s.thread) and s.stage.running == 0
+    assert s.stage.wait_for_issued() is True  # counted done: a waiting barrier is not held by it
+    s.runner.release.set()  # the call comes back after all
+    s.thread.join(10)
+    assert not s.thread.is_alive() and s.sink == [] and s.error == []
+
+
+@pytest.mark.parametrize("stall_s", [0.0, 3.0])
+def test_a_call_within_its_limit_is_not_given_up(stall_s):
+    clock = Clock()
+    s = Stage(FakeRunner(), Health(clock=clock, model_stall_s=stall_s))
+    s.runner.hold.set()
+    assert s.stage.put(s.batch([1]), s.runner)
+    assert s.runner.entered.wait(10)
+    clock.now += 2.0
+    s.stage.give_up_stalled(before_counting=lambda: pytest.fail("nothing was given up"))
+    s.runner.release.set()
+    s.finish()
+    assert s.abandoned == [] and len(s.sink) == 1
