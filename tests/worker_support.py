@@ -183,6 +183,9 @@ def worker_env(bootstrap: str, topic: str, bundle: Path, group: str, **extra: st
         TAGSTREAM_COMMIT_INTERVAL_MS="200", TAGSTREAM_DRAIN_TIMEOUT_S=str(DRAIN_TIMEOUT_S),
         TAGSTREAM_RELOAD_INTERVAL_S="0", TAGSTREAM_LOG_FORMAT="json", **extra,
     )
+    # A flaky test rerun with the workers' debug logs (librdkafka's debug contexts too) on.
+    if level := os.environ.get("TAGSTREAM_TEST_WORKER_LOG_LEVEL"):
+        env["TAGSTREAM_LOG_LEVEL"] = level
     return env
 
 
