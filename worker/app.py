@@ -87,7 +87,7 @@ class Worker:
         self.metrics = metrics or Metrics()
         self.health = Health(broker_outage_s=settings.broker_outage_s, model_stall_s=settings.model_stall_s)
         self._exactly_once = settings.processing_guarantee == "exactly_once"
-        self.tracker = OffsetTracker(finish_issued_on_revoke=not self._exactly_once)
+        self.tracker = OffsetTracker(finish_issued_on_revoke=not self._exactly_once, delivered_hints=not self._exactly_once)
         self.handoff: InputHandoff[Event, DeadLetter] = InputHandoff(settings.max_pending_events)
         self.telemetry: TelemetryServer | None = None
         self.slot: RunnerSlot | None = None

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from worker.delivered_hints import encode as encode_hint
 from worker.errors import Failure, WorkerError
 from worker.kafka.base import ConsumerClient, Sleep, TopicPartition
 
@@ -65,6 +66,9 @@ class _PartitionState:
     issued: int = -1  # the highest offset handed to the model or the sink (see issue)
     finish_upto: int = -1  # while revoking: queued inputs up to this offset still run (see begin_revoke)
     delivered: set[int] = field(default_factory=set)  # re-read offsets whose output already exists
+    hint_at: int | None = None  # ``delivered`` came with the commit at this position: valid if read from there
+    hinted: int = 0  # acknowledged offsets past the position named in the last commit's hint
+    hinting: int = 0  # ... in the commit under way
     last_tracked: int | None = None
     committed: int | None = None  # last position known to be committed
 
@@ -72,10 +76,14 @@ class _PartitionState:
 class OffsetTracker:
     """Per-partition bookkeeping of handed-out and acknowledged offsets."""
 
-    def __init__(self, finish_issued_on_revoke: bool = True) -> None:
+    def __init__(self, finish_issued_on_revoke: bool = True, delivered_hints: bool = False) -> None:
         """``finish_issued_on_revoke``: at-least-once (see begin_revoke); exactly-once passes False,
-        since its revocation aborts the open transaction and every output after it is discarded."""
+        since its revocation aborts the open transaction and every output after it is discarded.
+        ``delivered_hints`` (at-least-once): a partition whose position is held back is committed
+        again, at the same position, once more outputs past it were acknowledged, so that the
+        commit's hint names them (worker/delivered_hints.py)."""
         self._finish_issued = finish_issued_on_revoke
+        self.delivered_hints = delivered_hints
         self._lock = threading.Lock()
         self._parts: dict[TopicPartition, _PartitionState] = {}
         self._epochs: dict[TopicPartition, int] = {}  # survives revocation, so epochs only grow
@@ -229,10 +237,30 @@ class OffsetTracker:
             if state is not None:
                 state.delivered.update(offsets)
 
-    def delivered(self, tp: TopicPartition) -> set[int]:
-        """Offsets to skip when read (see skip_delivered); usually empty."""
+    def skip_delivered_from(self, tp: TopicPartition, position: int, offsets: Iterable[int]) -> None:
+        """``skip_delivered`` for a hint read with the group's commit at ``position``: kept only if
+        reading ``tp`` starts exactly there (see ``delivered``), and only before it has started."""
+        with self._lock:
+            state = self._parts.get(tp)
+            if state is not None and state.last_tracked is None and not state.delivered:
+                state.delivered.update(offsets)
+                state.hint_at = position
+
+    def delivered(self, tp: TopicPartition, first: int | None = None) -> set[int]:
+        """Offsets to skip when read (see skip_delivered); usually empty. ``first``: the offset of the
+        records about to be tracked. A hint from the commit (skip_delivered_from) holds only if the
+        first read of the partition starts at the hint's position: read from anywhere else (a reset,
+        a log that started over), its offsets may not be the records that were labelled."""
         state = self._parts.get(tp)
-        return state.delivered if state is not None else set()
+        if state is None:
+            return set()
+        if state.hint_at is not None and first is not None:
+            with self._lock:
+                if state.hint_at is not None:
+                    if first != state.hint_at or state.last_tracked is not None:
+                        state.delivered.clear()
+                    state.hint_at = None
+        return state.delivered
 
     def epoch(self, tp: TopicPartition) -> int | None:
         """The current epoch of an assigned partition, or None when not assigned."""
@@ -286,16 +314,37 @@ class OffsetTracker:
                 if state is None:
                     continue
                 position = self._position(state)
-                if position is not None and position != state.committed:
+                if position is not None and (
+                    position != state.committed or (self.delivered_hints and len(state.acked) > state.hinted)
+                ):
                     positions[tp] = position
             return positions
+
+    def delivered_past(self, positions: dict[TopicPartition, int]) -> dict[TopicPartition, list[int]]:
+        """For a commit of ``positions`` (from ``committable``): the offsets past each position whose
+        outputs the broker acknowledged, for the commit's hint (worker/delivered_hints.py)."""
+        with self._lock:
+            out: dict[TopicPartition, list[int]] = {}
+            for tp, position in positions.items():
+                state = self._parts.get(tp)
+                if state is None:
+                    continue
+                later = [o for o in state.acked if o > position]
+                state.hinting = len(later)
+                if later:
+                    out[tp] = later
+            return out
 
     def mark_committed(self, positions: dict[TopicPartition, int]) -> None:
         with self._lock:
             for tp, position in positions.items():
                 state = self._parts.get(tp)
-                if state is not None and (state.committed is None or position > state.committed):
+                if state is None:
+                    continue
+                if state.committed is None or position > state.committed:
                     state.committed = position
+                if position == state.committed:
+                    state.hinted = state.hinting
 
     def last_commit(self, tp: TopicPartition) -> int | None:
         """The position last committed for ``tp`` (or where its reading started), in this assignment
@@ -435,7 +484,7 @@ class Committer:
         positions = self._tracker.committable()
         if positions:
             self._pending_since = now
-            self._consumer.commit_async(positions, self._async_done(positions))
+            self._consumer.commit_async(positions, self._async_done(positions), metadata=self._hints(positions))
 
     def commit_now(self, partitions: Iterable[TopicPartition] | None = None, timeout_s: float = 10.0) -> dict:
         """Commit acknowledged positions and wait for the broker (shutdown; consumer thread)."""
@@ -443,7 +492,7 @@ class Committer:
         if not positions:
             return {}
         try:
-            self._consumer.commit(positions, timeout_s)
+            self._consumer.commit(positions, timeout_s, metadata=self._hints(positions))
         except Exception as exc:
             self._report(positions, exc)
             raise
@@ -457,13 +506,23 @@ class Committer:
         if not positions:
             return {}
         try:
-            await self._consumer.commit_in_rebalance(positions)
+            await self._consumer.commit_in_rebalance(positions, metadata=self._hints(positions))
         except Exception as exc:
             self._report(positions, exc)
             return {}
         self._tracker.mark_committed(positions)
         self._report(positions, None)
         return positions
+
+    def _hints(self, positions: dict[TopicPartition, int]) -> dict[TopicPartition, str]:
+        """Each commit's metadata: the outputs already acknowledged past its position, so that the
+        partition's next reader does not label those inputs again (worker/delivered_hints.py)."""
+        hints = {}
+        for tp, later in self._tracker.delivered_past(positions).items():
+            text = encode_hint(positions[tp], later)
+            if text:
+                hints[tp] = text
+        return hints
 
     def _async_done(self, positions: dict[TopicPartition, int]) -> Callable[[BaseException | None], None]:
         def done(error: BaseException | None) -> None:

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from worker.delivered_hints import read_hints
 from worker.errors import BrokerError, Failure, WorkerError
 from worker.events import DeadLetter, Event, ParseConfig, parse_record
 from worker.handoff import InputHandoff
@@ -91,6 +92,8 @@ class Source:
         # Per partition: when it was last read from (monotonic) and its last record's timestamp (ms).
         self._last_read: dict[TopicPartition, tuple[float, int]] = {}
         self._rewind: dict[TopicPartition, ResumePoint] = {}  # where revoked partitions resume
+        # Assigned from elsewhere: their commits' hints are read before their records are handed on.
+        self._hints_wanted: set[TopicPartition] = set()
         self._deleted = DeletedInputWatch(consumer, metrics)  # inputs deleted before they were read
 
     # -- the loop --------------------------------------------------------------------------
@@ -103,6 +106,8 @@ class Source:
         """Poll until ``stopping`` is set; then hand over to ``drain`` (called by the app)."""
         while not stopping.is_set():
             records = self._poll(PAUSED_POLL_TIMEOUT_MS if self._paused else POLL_TIMEOUT_MS)
+            if self._hints_wanted:
+                self._read_hints()
             if records:
                 self._ingest(records)
             self._deleted.check()  # before the commit below: a new partition's committed offset is the group's
@@ -175,7 +180,7 @@ class Source:
         for tp, batch in records.items():
             t = clock.start()
             # Re-read after a rebalance with their outputs already acknowledged: tracked, not re-run.
-            delivered = self._tracker.delivered(tp)
+            delivered = self._tracker.delivered(tp, batch[0].offset)
             skip = {r.offset for r in batch if r.offset in delivered} if delivered else None
             try:
                 epoch = self._tracker.track(tp, [r.offset for r in batch])
@@ -386,11 +391,21 @@ class Source:
             # revocation, so re-read from the first of them, skipping those already delivered.
             self._consumer.seek(tp, rewind[tp].position)
             self._tracker.skip_delivered(tp, rewind[tp].delivered)
+        if self._tracker.delivered_hints:
+            self._hints_wanted.update(assigned.difference(back))
         self._health.assigned = len(self._tracker.assigned())
         log.info(
             "partitions_assigned", partitions=_names(assigned),
             rewound={_name(tp): rewind[tp].position for tp in back},
         )
+
+    def _read_hints(self) -> None:
+        """What the partitions' last owner had already delivered past its commit (worker/delivered_hints.py)."""
+        wanted, self._hints_wanted = self._hints_wanted, set()
+        skipping = read_hints(self._consumer, self._tracker, wanted)
+        if skipping:
+            log.info("delivered_hints_read", skipping=skipping,
+                     why="outputs already acknowledged past the committed offsets: these inputs are not labelled again")
 
     def _forget_lag(self, partitions: set[TopicPartition]) -> None:
         for tp in partitions:

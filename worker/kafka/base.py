@@ -91,14 +91,22 @@ class ConsumerClient(Protocol):
     def seek(self, tp: TopicPartition, offset: int) -> None: ...
 
     def commit_async(
-        self, positions: dict[TopicPartition, int], on_done: Callable[[BaseException | None], None]
-    ) -> None: ...
+        self, positions: dict[TopicPartition, int], on_done: Callable[[BaseException | None], None],
+        metadata: dict[TopicPartition, str] | None = None,
+    ) -> None:
+        """Commit without waiting; ``on_done`` gets the result. ``metadata``: per partition, the string
+        stored with its offset (worker/delivered_hints.py), as for the two below."""
+        ...
 
-    def commit(self, positions: dict[TopicPartition, int], timeout_s: float) -> None:
+    def commit(
+        self, positions: dict[TopicPartition, int], timeout_s: float, metadata: dict[TopicPartition, str] | None = None
+    ) -> None:
         """Commit and wait for the broker (raises BrokerError)."""
         ...
 
-    async def commit_in_rebalance(self, positions: dict[TopicPartition, int]) -> None:
+    async def commit_in_rebalance(
+        self, positions: dict[TopicPartition, int], metadata: dict[TopicPartition, str] | None = None
+    ) -> None:
         """Commit from inside ``RebalanceHandler.on_revoked`` (raises BrokerError)."""
         ...
 
@@ -108,6 +116,11 @@ class ConsumerClient(Protocol):
 
     def committed(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:
         """The group's committed position of each partition (None: nothing committed)."""
+        ...
+
+    def committed_metadata(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, tuple[int, str]]:
+        """The group's committed position of each partition with the metadata stored with it (only
+        partitions with a commit)."""
         ...
 
     def start_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:

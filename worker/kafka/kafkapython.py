@@ -251,7 +251,8 @@ class KafkaPythonConsumer:
         self._consumer.seek(KafkaTopicPartition(*tp), offset)
 
     def commit_async(
-        self, positions: dict[TopicPartition, int], on_done: Callable[[BaseException | None], None]
+        self, positions: dict[TopicPartition, int], on_done: Callable[[BaseException | None], None],
+        metadata: dict[TopicPartition, str] | None = None,
     ) -> None:
         def done(_offsets: Any, response: Any) -> None:
             if isinstance(response, BaseException):
@@ -260,21 +261,25 @@ class KafkaPythonConsumer:
                 on_done(None)
 
         try:
-            self._consumer.commit_async(offsets=_to_kafka(positions), callback=done)
+            self._consumer.commit_async(offsets=_to_kafka(positions, metadata), callback=done)
         except ke.KafkaError as exc:
             on_done(translate(exc, "the offset commit failed"))
 
-    def commit(self, positions: dict[TopicPartition, int], timeout_s: float) -> None:
+    def commit(
+        self, positions: dict[TopicPartition, int], timeout_s: float, metadata: dict[TopicPartition, str] | None = None
+    ) -> None:
         try:
-            self._consumer.commit(offsets=_to_kafka(positions), timeout_ms=int(timeout_s * 1000))
+            self._consumer.commit(offsets=_to_kafka(positions, metadata), timeout_ms=int(timeout_s * 1000))
         except ke.KafkaError as exc:
             raise translate(exc, "the offset commit failed") from exc
 
-    async def commit_in_rebalance(self, positions: dict[TopicPartition, int]) -> None:
+    async def commit_in_rebalance(
+        self, positions: dict[TopicPartition, int], metadata: dict[TopicPartition, str] | None = None
+    ) -> None:
         # The listener runs on kafka-python's I/O loop, where the blocking commit may not be
         # called; the asynchronous commit's future is awaited instead.
         try:
-            await self._consumer.commit_async(offsets=_to_kafka(positions))
+            await self._consumer.commit_async(offsets=_to_kafka(positions, metadata))
         except ke.KafkaError as exc:
             raise translate(exc, "the offset commit failed") from exc
 
@@ -327,6 +332,18 @@ class KafkaPythonConsumer:
         except ke.KafkaError as exc:
             raise translate(exc, "cannot read the committed offsets") from exc
         return {TopicPartition(*tp): (found[tp].offset if tp in found else None) for tp in tps}
+
+    def committed_metadata(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, tuple[int, str]]:
+        tps = _kafka_tps(partitions)
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        if not tps or coordinator is None:
+            return {}
+        try:
+            found = coordinator.fetch_committed_offsets(tps, timeout_ms=END_OFFSETS_TIMEOUT_MS)
+        except ke.KafkaError as exc:
+            raise translate(exc, "cannot read the committed offsets") from exc
+        return {TopicPartition(*tp): (om.offset, om.metadata or "") for tp, om in found.items()
+                if om is not None and om.offset >= 0}
 
     def position(self, tp: TopicPartition) -> int | None:
         try:
@@ -589,8 +606,12 @@ def _kafka_tps(tps: Iterable[TopicPartition]) -> list[KafkaTopicPartition]:
     return [tp if isinstance(tp, KafkaTopicPartition) else KafkaTopicPartition(*tp) for tp in tps]
 
 
-def _to_kafka(positions: dict[TopicPartition, int]) -> dict[KafkaTopicPartition, OffsetAndMetadata]:
-    return {KafkaTopicPartition(*tp): OffsetAndMetadata(position, "", -1) for tp, position in positions.items()}
+def _to_kafka(
+    positions: dict[TopicPartition, int], metadata: dict[TopicPartition, str] | None = None
+) -> dict[KafkaTopicPartition, OffsetAndMetadata]:
+    meta = metadata or {}
+    return {KafkaTopicPartition(*tp): OffsetAndMetadata(position, meta.get(tp, ""), -1)
+            for tp, position in positions.items()}
 
 
 def _unset(*_args: Any) -> None:

@@ -720,3 +720,14 @@ def test_a_broker_that_keeps_its_connections_but_answers_nothing_counts_as_unrea
     assert consumer.coordinator_known()  # quiet because nothing was asked
     consumer._on_stats(_stats(cgrp_state="wait-coord", **{"b:9092/1": ("UP", 1, 0.1)}))
     assert not consumer.coordinator_known()
+
+
+def test_offsets_to_commit_carry_the_metadata_of_the_partitions_that_have_one():
+    """A commit's hint (worker/delivered_hints.py) rides in librdkafka's TopicPartition; a partition
+    without one gets none (librdkafka refuses metadata=None: a worker crashed on it in a test)."""
+    from worker.kafka.confluent.records import their_offsets
+
+    a, b = TopicPartition("in", 0), TopicPartition("in", 1)
+    offsets = their_offsets({a: 5, b: 9}, {a: "tagstream.delivered.v1 5 2-3"})
+    assert [(p.partition, p.offset, p.metadata) for p in offsets] == [(0, 5, "tagstream.delivered.v1 5 2-3"), (1, 9, None)]
+    assert [p.offset for p in their_offsets({a: 5})] == [5]

@@ -116,19 +116,23 @@ class FakeConsumer:
     def __init__(self, fail: BaseException | None = None) -> None:
         self.sync: list[dict] = []
         self.async_: list[dict] = []
+        self.metadata: list[dict] = []  # each commit's metadata, in order
         self.fail = fail
 
-    def commit(self, positions, timeout_s):
+    def commit(self, positions, timeout_s, metadata=None):
         if self.fail:
             raise self.fail
         self.sync.append(positions)
+        self.metadata.append(metadata)
 
-    def commit_async(self, positions, on_done):
+    def commit_async(self, positions, on_done, metadata=None):
         self.async_.append(positions)
+        self.metadata.append(metadata)
         on_done(self.fail)
 
-    async def commit_in_rebalance(self, positions):
+    async def commit_in_rebalance(self, positions, metadata=None):
         self.async_.append(positions)
+        self.metadata.append(metadata)
 
 
 def test_committer_commits_on_its_interval_only():
@@ -158,7 +162,7 @@ def test_no_new_commit_while_one_is_unanswered():
     from worker.offsets import PENDING_COMMIT_LIMIT_S
 
     class SilentConsumer(FakeConsumer):
-        def commit_async(self, positions, on_done):
+        def commit_async(self, positions, on_done, metadata=None):
             self.async_.append((positions, on_done))
 
     now = [0.0]

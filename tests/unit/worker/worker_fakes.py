@@ -107,6 +107,8 @@ class FakeConsumer:
         self.starts: dict[TopicPartition, int] = {}  # what start_offsets() answers (log start offsets)
         self.start_offset_calls = 0
         self.committed_asked: list[set] = []  # the partitions of each committed() call
+        self.metadata: list[dict] = []  # the metadata of each commit, beside ``commits``
+        self.group_metadata_stored: dict[TopicPartition, str] = {}  # what committed_metadata() answers with
         self.coordinator = True
 
     def assignment(self):
@@ -151,12 +153,19 @@ class FakeConsumer:
     def coordinator_known(self):
         return self.coordinator
 
-    def commit(self, positions, timeout_s=None):
-        self.commits.append(positions)
+    def committed_metadata(self, tps):
+        return {tp: (self.group_committed[tp], self.group_metadata_stored.get(tp, "")) for tp in tps
+                if self.group_committed.get(tp) is not None}
 
-    def commit_async(self, positions, on_done):
+    def commit(self, positions, timeout_s=None, metadata=None):
         self.commits.append(positions)
+        self.metadata.append(metadata or {})
+
+    def commit_async(self, positions, on_done, metadata=None):
+        self.commits.append(positions)
+        self.metadata.append(metadata or {})
         on_done(None)
 
-    async def commit_in_rebalance(self, positions):
+    async def commit_in_rebalance(self, positions, metadata=None):
         self.commits.append(positions)
+        self.metadata.append(metadata or {})

@@ -358,9 +358,10 @@ class ConfluentConsumer:
 
     # -- commits ---------------------------------------------------------------------------------------------
     def commit_async(
-        self, positions: dict[TopicPartition, int], on_done: Callable[[BaseException | None], None]
+        self, positions: dict[TopicPartition, int], on_done: Callable[[BaseException | None], None],
+        metadata: dict[TopicPartition, str] | None = None,
     ) -> None:
-        offsets = their_offsets(positions)
+        offsets = their_offsets(positions, metadata)
         try:
             self.client.commit(offsets=offsets, asynchronous=True)
         except KafkaException as exc:
@@ -379,8 +380,10 @@ class ConfluentConsumer:
         failed = err if err is not None else next((p.error for p in partitions if p.error is not None), None)
         on_done(None if failed is None else translate(failed, "the offset commit failed"))
 
-    def commit(self, positions: dict[TopicPartition, int], timeout_s: float) -> None:
-        offsets = their_offsets(positions)
+    def commit(
+        self, positions: dict[TopicPartition, int], timeout_s: float, metadata: dict[TopicPartition, str] | None = None
+    ) -> None:
+        offsets = their_offsets(positions, metadata)
         try:
             done = _bounded(lambda: self.client.commit(offsets=offsets, asynchronous=False), timeout_s,
                             "the offset commit failed")
@@ -390,7 +393,9 @@ class ConfluentConsumer:
         if failed is not None:
             raise translate(failed, "the offset commit failed")
 
-    async def commit_in_rebalance(self, positions: dict[TopicPartition, int]) -> None:
+    async def commit_in_rebalance(
+        self, positions: dict[TopicPartition, int], metadata: dict[TopicPartition, str] | None = None
+    ) -> None:
         # Asynchronous, and not waited for: a synchronous commit made inside the revoke callback was
         # not served by librdkafka until the callback returned (its cgrp thread sat in
         # wait-unassign-call), so it timed out after the 30 s it was given, in most starts of a
@@ -402,7 +407,7 @@ class ConfluentConsumer:
             if error is not None:
                 log.warning("revoke_commit_failed", error=str(error), partitions=len(positions))
 
-        self.commit_async(positions, on_done)
+        self.commit_async(positions, on_done, metadata)
 
     def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         """High watermarks (see ``_watermarks``)."""
@@ -446,6 +451,16 @@ class ConfluentConsumer:
         except KafkaException as exc:
             raise translate(exc, "cannot read the committed offsets") from exc
         return {TopicPartition(p.topic, p.partition): (p.offset if p.offset >= 0 else None) for p in found}
+
+    def committed_metadata(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, tuple[int, str]]:
+        tps = their_partitions(partitions)
+        if not tps:
+            return {}
+        try:
+            found = self.client.committed(tps, timeout=END_OFFSETS_TIMEOUT_S)
+        except KafkaException as exc:
+            raise translate(exc, "cannot read the committed offsets") from exc
+        return {TopicPartition(p.topic, p.partition): (p.offset, p.metadata or "") for p in found if p.offset >= 0}
 
     def position(self, tp: TopicPartition) -> int | None:
         try:

@@ -44,5 +44,9 @@ def their_partitions(tps: Iterable[TopicPartition]) -> list[Any]:
     return [ck.TopicPartition(tp[0], tp[1]) for tp in tps]
 
 
-def their_offsets(positions: dict[TopicPartition, int]) -> list[Any]:
-    return [ck.TopicPartition(tp[0], tp[1], position) for tp, position in positions.items()]
+def their_offsets(positions: dict[TopicPartition, int], metadata: dict[TopicPartition, str] | None = None) -> list[Any]:
+    """Offsets to commit, with the metadata string of the partitions that have one (librdkafka's
+    TopicPartition takes a str or nothing: None is refused)."""
+    meta = metadata or {}
+    return [ck.TopicPartition(tp[0], tp[1], position, metadata=meta[tp]) if meta.get(tp)
+            else ck.TopicPartition(tp[0], tp[1], position) for tp, position in positions.items()]

@@ -1,0 +1,80 @@
+"""Delivered hints on a real broker (worker/delivered_hints.py): outputs acknowledged past the
+committed position are named in the commit's metadata, and the partition's next reader does not
+label those inputs again."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections import Counter
+
+import pytest
+from kafka import KafkaAdminClient
+from worker_support import (
+    DRAIN_TIMEOUT_S,
+    STALL_TOKEN,
+    START_TIMEOUT_S,
+    fixture_texts,
+    make_null_bundle,
+    produce_events,
+    read_records,
+    spawn,
+    wait_until,
+    worker_env,
+)
+
+from worker.delivered_hints import decode
+
+pytestmark = pytest.mark.integration
+
+
+def test_inputs_labelled_past_a_stalled_batch_are_not_labelled_again_by_the_successor(
+    kafka_bootstrap, new_topic, new_group, tmp_path, kafka_client
+):
+    """A stalled model call holds each partition's committed position at its inputs while the other
+    model thread delivers the rest. The commits name what was delivered past the position; the
+    worker exits 1 (model_stalled); its successor reads from the committed positions and labels the
+    given-up inputs, but not the ones the hints name: each of those has exactly one result."""
+    topic = new_topic(partitions=2, prefix="worker-hints")
+    group = new_group()
+    texts = fixture_texts(400, seed=31)
+    texts[200] = f"{texts[200]} {STALL_TOKEN}"
+    ids = produce_events(kafka_bootstrap, topic, texts)
+    stalling = spawn(
+        worker_env(kafka_bootstrap, topic, make_null_bundle(tmp_path / "stalling", stalling=True), group,
+                   TAGSTREAM_MODEL_STALL_S="3"),
+        tmp_path / "stalling.log",
+    )
+    try:
+        assert stalling.wait(START_TIMEOUT_S + DRAIN_TIMEOUT_S) == 1, (tmp_path / "stalling.log").read_text()[-3000:]
+    finally:
+        if stalling.poll() is None:
+            stalling.kill()
+
+    # What the stalled worker's last commits say it delivered past its committed positions.
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        commits = admin.list_group_offsets(group)[group]
+    finally:
+        admin.close()
+    hinted = {(tp.partition, offset) for tp, om in commits.items() for offset in decode(om.metadata, om.offset)}
+    assert hinted, f"no hint in the commits: {commits}"
+    inputs = {(r.partition, r.offset): json.loads(r.value)["id"] for r in read_records(kafka_bootstrap, topic, len(ids))}
+    hinted_ids = {inputs[key] for key in hinted}
+
+    log = tmp_path / "successor.log"
+    successor = spawn(worker_env(kafka_bootstrap, topic, make_null_bundle(tmp_path / "null"), group), log)
+    try:
+        def all_labelled() -> bool:
+            return set(ids) <= {json.loads(r.value)["id"] for r in read_records(
+                kafka_bootstrap, f"{topic}.labels", len(ids), timeout_s=2, quiet_s=0)}
+        wait_until(all_labelled, 120, "a result for every input")
+    finally:
+        successor.send_signal(signal.SIGTERM)
+        assert successor.wait(DRAIN_TIMEOUT_S + 15) == 0, log.read_text()[-3000:]
+    counts = Counter(json.loads(r.value)["id"] for r in read_records(kafka_bootstrap, f"{topic}.labels", len(ids)))
+    assert set(ids) <= set(counts)  # nothing lost
+    assert {i: counts[i] for i in hinted_ids if counts[i] != 1} == {}  # not labelled again
+    read = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    skipping = [e for e in read if e.get("event") == "delivered_hints_read"]
+    assert skipping and sum(sum(e["skipping"].values()) for e in skipping) == len(hinted), skipping

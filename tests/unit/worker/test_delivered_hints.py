@@ -1,0 +1,148 @@
+"""Delivered hints: outputs acknowledged past a committed position ride in the commit's metadata,
+and the partition's next reader skips those inputs, only when it reads from that position."""
+
+from __future__ import annotations
+
+import threading
+
+from kafka.structs import TopicPartition
+from worker_fakes import FakeConsumer, Record
+
+from worker.delivered_hints import MAX_OFFSETS, PREFIX, decode, encode, read_hints
+from worker.events import ParseConfig
+from worker.handoff import InputHandoff
+from worker.offsets import Committer, OffsetTracker
+from worker.source import Source
+from worker.telemetry import Health, Metrics
+
+TP = TopicPartition("in", 0)
+
+
+# -- the format ----------------------------------------------------------------------------------
+def test_a_hint_names_exactly_the_offsets_past_its_position_as_ranges():
+    text = encode(100, [99, 100, 103, 104, 105, 107, 110, 111])
+    assert text == f"{PREFIX} 100 3-5,7,10-11"  # 99 and 100 are not past the position
+    assert decode(text, 100) == {103, 104, 105, 107, 110, 111}
+    assert decode(text + "\x00", 100) == decode(text, 100)  # as a commit made by librdkafka reads back
+    assert encode(100, [50, 100]) == "" and encode(7, []) == ""
+
+
+def test_a_hint_too_long_keeps_the_ranges_nearest_its_position_and_invents_none():
+    delivered = list(range(1001, 3000, 2))  # 1,000 single offsets: far past the size limit
+    text = encode(1000, delivered, max_bytes=200)
+    assert len(text) <= 200
+    kept = decode(text, 1000)
+    assert kept and kept <= set(delivered)
+    assert sorted(kept) == delivered[: len(kept)]  # a prefix: the first re-read
+
+
+def test_a_hint_is_used_only_when_it_is_ours_well_formed_and_written_with_that_commit():
+    text = encode(100, [101, 102])
+    assert decode(text, 101) == frozenset()  # another commit's position
+    assert decode(text, None) == frozenset()
+    for foreign in ("", "some other tool's note", f"{PREFIX} 100 x-2", f"{PREFIX} 100 0-3",
+                    f"{PREFIX} 100 5-3", f"{PREFIX} 100", f"{PREFIX} 100 1-{MAX_OFFSETS + 1}"):
+        assert decode(foreign, 100) == frozenset(), foreign
+
+
+# -- the tracker and the committer ---------------------------------------------------------------
+def stuck_partition(hints: bool) -> tuple[OffsetTracker, int]:
+    """Offsets 0-9 read; all acknowledged but 2 (a stalled batch holds the position at 2)."""
+    tracker = OffsetTracker(delivered_hints=hints)
+    tracker.assign([TP])
+    epoch = tracker.track(TP, range(10))
+    for offset in (0, 1, 3, 4, 5):
+        tracker.ack(TP, offset, epoch)
+    return tracker, epoch
+
+
+def test_the_committer_names_the_outputs_past_a_held_position_and_commits_again_as_they_grow():
+    now = [0.0]
+    tracker, epoch = stuck_partition(hints=True)
+    consumer = FakeConsumer([TP])
+    committer = Committer(consumer, tracker, interval_s=1.0, clock=lambda: now[0])
+    now[0] = 1.0
+    committer.commit_if_due()
+    assert consumer.commits == [{TP: 2}]
+    assert decode(consumer.metadata[0][TP], 2) == {3, 4, 5}
+    now[0] = 2.0
+    committer.commit_if_due()
+    assert len(consumer.commits) == 1  # nothing new past the position: no commit
+    for offset in (6, 7):
+        tracker.ack(TP, offset, epoch)
+    now[0] = 3.0
+    committer.commit_if_due()
+    assert consumer.commits[-1] == {TP: 2}  # the same position, a longer hint
+    assert decode(consumer.metadata[-1][TP], 2) == {3, 4, 5, 6, 7}
+
+
+def test_without_hints_a_held_position_is_not_committed_again():
+    now = [0.0]
+    tracker, epoch = stuck_partition(hints=False)
+    consumer = FakeConsumer([TP])
+    committer = Committer(consumer, tracker, interval_s=1.0, clock=lambda: now[0])
+    now[0] = 1.0
+    committer.commit_if_due()
+    tracker.ack(TP, 6, epoch)
+    now[0] = 2.0
+    committer.commit_if_due()
+    assert consumer.commits == [{TP: 2}]
+
+
+def test_the_next_reader_skips_the_named_inputs_only_when_it_reads_from_the_hints_position():
+    for first, skipped in ((2, {3, 4, 5}), (0, set())):  # from elsewhere (a reset), nothing is skipped
+        tracker = OffsetTracker(delivered_hints=True)
+        tracker.assign([TP])
+        consumer = FakeConsumer([TP])
+        consumer.group_committed[TP] = 2
+        consumer.group_metadata_stored[TP] = encode(2, [3, 4, 5])
+        assert read_hints(consumer, tracker, [TP]) == {"in[0]": 3}
+        assert tracker.delivered(TP, first) == skipped
+        epoch = tracker.track(TP, range(first, 8))
+        assert tracker.in_flight() == 8 - first - len(skipped)  # the skipped ones count as acknowledged
+        for offset in set(range(first, 8)) - skipped:
+            tracker.ack(TP, offset, epoch)
+        assert tracker.committable() == {TP: 8}
+
+
+def test_a_hint_arriving_after_reading_began_is_ignored():
+    tracker = OffsetTracker(delivered_hints=True)
+    tracker.assign([TP])
+    tracker.track(TP, [2])
+    tracker.skip_delivered_from(TP, 2, {3, 4})
+    assert tracker.delivered(TP, 3) == set()
+
+
+# -- the source --------------------------------------------------------------------------------------
+class Runner:
+    version, tokenizer_key = "v1", "tok"
+
+    def tokenize(self, texts):
+        return [[1] for _ in texts]
+
+
+def test_a_newly_assigned_partition_hands_on_only_the_inputs_its_last_owner_had_not_delivered():
+    consumer = FakeConsumer([])
+    consumer.group_committed[TP] = 2
+    consumer.group_metadata_stored[TP] = encode(2, [3, 5])
+    tracker = OffsetTracker(delivered_hints=True)
+    handoff: InputHandoff = InputHandoff(100)
+    source = Source(
+        consumer, topics=["in"], pattern=None, parse_config=ParseConfig(), tracker=tracker,
+        committer=Committer(consumer, tracker, interval_s=0.0), handoff=handoff, current_runner=lambda: Runner(),
+        metrics=Metrics(), health=Health(), revoke_grace_s=0.0,
+    )
+    source.on_assigned({TP})
+    records = [Record("in", 0, i, b'{"id": "e%d", "text": "t"}' % i) for i in range(2, 7)]
+    stop = threading.Event()
+    consumer.polls.append({TP: records})
+
+    def poll_then_stop(*a, **k):
+        stop.set()
+        return FakeConsumer.poll(consumer, *a, **k)
+
+    consumer.poll = poll_then_stop
+    source.run(stop)
+    events, letters, *_ = handoff.take(0)
+    assert [e.offset for e in events] == [2, 4, 6] and letters == []
+    assert tracker.in_flight() == 3
