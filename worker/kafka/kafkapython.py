@@ -324,26 +324,27 @@ class KafkaPythonConsumer:
         tps = _kafka_tps(partitions)
         if not tps:
             return {}
-        coordinator = getattr(self._consumer, "_coordinator", None)
-        try:
-            if coordinator is None:  # another kafka-python layout: one request per partition, as before
+        if getattr(self._consumer, "_coordinator", None) is None:  # another kafka-python layout: one request per partition
+            try:
                 return {TopicPartition(*tp): self._consumer.committed(tp, timeout_ms=END_OFFSETS_TIMEOUT_MS) for tp in tps}
-            found = coordinator.fetch_committed_offsets(tps, timeout_ms=END_OFFSETS_TIMEOUT_MS)
-        except ke.KafkaError as exc:
-            raise translate(exc, "cannot read the committed offsets") from exc
+            except ke.KafkaError as exc:
+                raise translate(exc, "cannot read the committed offsets") from exc
+        found = self._fetch_committed(tps)
         return {TopicPartition(*tp): (found[tp].offset if tp in found else None) for tp in tps}
 
     def committed_metadata(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, tuple[int, str]]:
         tps = _kafka_tps(partitions)
-        coordinator = getattr(self._consumer, "_coordinator", None)
-        if not tps or coordinator is None:
-            return {}
+        if not tps or getattr(self._consumer, "_coordinator", None) is None:
+            return {}  # no hints read: inputs delivered past the commit are labelled again
+        return {TopicPartition(*tp): (om.offset, om.metadata or "") for tp, om in self._fetch_committed(tps).items()
+                if om is not None and om.offset >= 0}
+
+    def _fetch_committed(self, tps: list[KafkaTopicPartition]) -> dict[KafkaTopicPartition, OffsetAndMetadata]:
+        """The group's commits of ``tps`` in one OffsetFetch, through the coordinator (see committed)."""
         try:
-            found = coordinator.fetch_committed_offsets(tps, timeout_ms=END_OFFSETS_TIMEOUT_MS)
+            return self._consumer._coordinator.fetch_committed_offsets(tps, timeout_ms=END_OFFSETS_TIMEOUT_MS)
         except ke.KafkaError as exc:
             raise translate(exc, "cannot read the committed offsets") from exc
-        return {TopicPartition(*tp): (om.offset, om.metadata or "") for tp, om in found.items()
-                if om is not None and om.offset >= 0}
 
     def position(self, tp: TopicPartition) -> int | None:
         try:

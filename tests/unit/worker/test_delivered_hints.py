@@ -56,13 +56,19 @@ def stuck_partition(hints: bool) -> tuple[OffsetTracker, int]:
     return tracker, epoch
 
 
-def test_the_committer_names_the_outputs_past_a_held_position_and_commits_again_as_they_grow():
+def first_commit(tracker: OffsetTracker) -> tuple[Committer, FakeConsumer, list[float]]:
+    """A committer on a clock the test moves, after its first interval's commit."""
     now = [0.0]
-    tracker, epoch = stuck_partition(hints=True)
     consumer = FakeConsumer([TP])
     committer = Committer(consumer, tracker, interval_s=1.0, clock=lambda: now[0])
     now[0] = 1.0
     committer.commit_if_due()
+    return committer, consumer, now
+
+
+def test_the_committer_names_the_outputs_past_a_held_position_and_commits_again_as_they_grow():
+    tracker, epoch = stuck_partition(hints=True)
+    committer, consumer, now = first_commit(tracker)
     assert consumer.commits == [{TP: 2}]
     assert decode(consumer.metadata[0][TP], 2) == {3, 4, 5}
     now[0] = 2.0
@@ -77,12 +83,8 @@ def test_the_committer_names_the_outputs_past_a_held_position_and_commits_again_
 
 
 def test_without_hints_a_held_position_is_not_committed_again():
-    now = [0.0]
     tracker, epoch = stuck_partition(hints=False)
-    consumer = FakeConsumer([TP])
-    committer = Committer(consumer, tracker, interval_s=1.0, clock=lambda: now[0])
-    now[0] = 1.0
-    committer.commit_if_due()
+    committer, consumer, now = first_commit(tracker)
     tracker.ack(TP, 6, epoch)
     now[0] = 2.0
     committer.commit_if_due()

@@ -443,24 +443,22 @@ class ConfluentConsumer:
         return out
 
     def committed(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:
-        tps = their_partitions(partitions)
-        if not tps:
-            return {}
-        try:
-            found = self.client.committed(tps, timeout=END_OFFSETS_TIMEOUT_S)
-        except KafkaException as exc:
-            raise translate(exc, "cannot read the committed offsets") from exc
-        return {TopicPartition(p.topic, p.partition): (p.offset if p.offset >= 0 else None) for p in found}
+        return {TopicPartition(p.topic, p.partition): (p.offset if p.offset >= 0 else None)
+                for p in self._committed(partitions)}
 
     def committed_metadata(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, tuple[int, str]]:
+        return {TopicPartition(p.topic, p.partition): (p.offset, p.metadata or "")
+                for p in self._committed(partitions) if p.offset >= 0}
+
+    def _committed(self, partitions: Iterable[TopicPartition]) -> list[Any]:
+        """The group's commits of ``partitions`` in one OffsetFetch: librdkafka's TopicPartitions."""
         tps = their_partitions(partitions)
         if not tps:
-            return {}
+            return []
         try:
-            found = self.client.committed(tps, timeout=END_OFFSETS_TIMEOUT_S)
+            return list(self.client.committed(tps, timeout=END_OFFSETS_TIMEOUT_S))
         except KafkaException as exc:
             raise translate(exc, "cannot read the committed offsets") from exc
-        return {TopicPartition(p.topic, p.partition): (p.offset, p.metadata or "") for p in found if p.offset >= 0}
 
     def position(self, tp: TopicPartition) -> int | None:
         try:
