@@ -36,7 +36,7 @@ from typing import Any
 
 from model.cpus import available_cpus
 from worker.affinity import PinPlan, pin_this_thread, plan_pinning, release_this_thread
-from worker.batcher import Batcher, BatchLimits
+from worker.batcher import Batch, Batcher, BatchLimits
 from worker.errors import BrokerError, Failure, SettingsError, WorkerError
 from worker.events import DeadLetter, Event, ParseConfig
 from worker.handoff import InputHandoff
@@ -277,7 +277,7 @@ class Worker:
         self._models = ModelStage(
             self._streams, tracker=self.tracker, metrics=self.metrics, health=self.health, clock=self.stage_clock,
             to_sink=self._to_sink, abandon=lambda items: self._abandon(items, release=False),
-            debug=s.log_level == "DEBUG",
+            on_stalled=self.tracker.mark_stalled, debug=s.log_level == "DEBUG",
         )
         self._spawn("sink", self._sink_main)
         for i in range(self._streams):
@@ -370,6 +370,8 @@ class Worker:
                     kept, dropped = tracker.split(events)
                     if dropped:
                         self._abandon(dropped)
+                    if any(e.alone for e in kept):
+                        kept = self._run_alone(kept)
                     batcher.add_many(kept, [len(e.token_ids) for e in kept], [e.received for e in kept])
                 flush = closed or barrier is not None  # a barrier closes every batch before it
                 while (batch := batcher.next_batch(time.monotonic(), flush=flush)) is not None:
@@ -389,6 +391,22 @@ class Worker:
                 while model is not None and model.is_alive() and not models.given_up(model):
                     model.join(0.1)  # a thread given up in a stalled call never ends: not waited for
             self._put_stop_for_sink()
+
+    def _run_alone(self, events: list[Event]) -> list[Event]:
+        """Inputs that were in model calls given up as stalled go to the model in batches of their
+        own (Event.alone), so that a call that hangs again names the input; returns the others."""
+        assert self.slot is not None and self._models is not None
+        others = []
+        for event in events:
+            if not event.alone:
+                others.append(event)
+                continue
+            self.handoff.release(1)
+            self.tracker.issue([event])
+            n = event.n_tokens
+            if not self._models.put(Batch([event], n, n, n, "alone"), self.slot.current):
+                self._abandon([event], release=False)  # no model thread left
+        return others
 
     def _model_main(self) -> None:
         """A model thread (worker/model_stage.py), on every core where the model computes on the CPU."""

@@ -27,7 +27,7 @@ from typing import Generic, Literal, NamedTuple, TypeVar
 
 T = TypeVar("T")
 
-CloseReason = Literal["size", "tokens", "wait", "flush"]
+CloseReason = Literal["size", "tokens", "wait", "flush", "alone"]  # alone: see Event.alone
 
 # Float clocks: 10.020 - 10.000 is 0.0199999...; a nanosecond of slack keeps deadlines exact.
 _CLOCK_SLACK_S = 1e-9

@@ -8,8 +8,14 @@ successor after a crash or a stalled model call, or the member a rebalance gave 
 committer now writes those offsets into the commit's metadata, and a reader that starts exactly at
 that committed position acknowledges them at once instead of running them again.
 
-Format: ``tagstream.delivered.v1 <position> <ranges>``, the ranges relative to the position,
-comma-separated, ``a`` or ``a-b`` (inclusive): ``tagstream.delivered.v1 1200 3-40,42,45-99``.
+Format: ``tagstream.delivered.v1 <position> <ranges>[ stalled=<offset>:<count>,...]``, offsets
+relative to the position; ranges comma-separated, ``a`` or ``a-b`` (inclusive), ``.`` for none:
+``tagstream.delivered.v1 1200 3-40,42,45-99 stalled=0:1,2:1``.
+
+``stalled``: inputs at or past the position that were in a model call given up as stalled
+(TAGSTREAM_MODEL_STALL_S), and how many times. The next reader runs such an input in a batch of its
+own, and dead-letters it (``stalled_twice``) once it was in two: an input that hangs the model every
+time no longer restarts the worker for ever.
 Skipping is only ever an optimisation: a hint that is missing, foreign, cut short or does not
 match the committed position skips nothing, and inputs are labelled again as before.
 """
@@ -36,51 +42,82 @@ MAX_BYTES = 2000
 MAX_OFFSETS = 100_000
 
 
-def encode(position: int, delivered: Iterable[int], max_bytes: int = MAX_BYTES) -> str:
-    """The metadata for a commit at ``position``: the offsets past it in ``delivered`` ("" for none)."""
+def encode(position: int, delivered: Iterable[int], stalled: dict[int, int] | None = None,
+           max_bytes: int = MAX_BYTES) -> str:
+    """The metadata for a commit at ``position``: the offsets past it in ``delivered``, and the inputs
+    at or past it that were in a model call given up as stalled, with how often (``stalled``,
+    offset: count). "" when there is nothing to say."""
     offsets = sorted(o for o in delivered if o > position)
-    if not offsets:
+    marks = sorted((o, n) for o, n in (stalled or {}).items() if o >= position and n > 0)
+    if not offsets and not marks:
         return ""
+    # The stalled marks first, whole: they are few (one batch), and they are what ends a loop of
+    # restarts on an input that hangs the model; the delivered ranges fill what room is left.
+    tail = " stalled=" + ",".join(f"{o - position}:{n}" for o, n in marks) if marks else ""
     head = f"{PREFIX} {position} "
     ranges: list[str] = []
-    size = len(head)
-    start = prev = offsets[0]
-    for offset in [*offsets[1:], None]:
-        if offset is not None and offset == prev + 1:
-            prev = offset
-            continue
-        text = f"{start - position}" if start == prev else f"{start - position}-{prev - position}"
-        size += len(text) + (1 if ranges else 0)
-        if size > max_bytes:
-            break  # the rest is labelled again: duplicates, as before hints existed
-        ranges.append(text)
-        if offset is not None:
-            start = prev = offset
-    return head + ",".join(ranges) if ranges else ""
+    size = len(head) + len(tail) + 1
+    if offsets:
+        start = prev = offsets[0]
+        for offset in [*offsets[1:], None]:
+            if offset is not None and offset == prev + 1:
+                prev = offset
+                continue
+            text = f"{start - position}" if start == prev else f"{start - position}-{prev - position}"
+            size += len(text) + (1 if ranges else 0)
+            if size > max_bytes:
+                break  # the rest is labelled again: duplicates, as before hints existed
+            ranges.append(text)
+            if offset is not None:
+                start = prev = offset
+    if not ranges and not marks:
+        return ""
+    return head + (",".join(ranges) or ".") + tail
+
+
+def _parse(metadata: str | None, committed: int | None) -> tuple[frozenset[int], dict[int, int]]:
+    """(delivered offsets, stalled offsets with their counts) of a hint, when it is ours and was
+    written with the commit at ``committed``; else nothing. Anything malformed is ignored."""
+    nothing: tuple[frozenset[int], dict[int, int]] = (frozenset(), {})
+    if metadata:
+        metadata = metadata.rstrip("\x00")  # librdkafka stores the C string's terminating NUL with it
+    if not metadata or committed is None or not metadata.startswith(PREFIX + " "):
+        return nothing
+    try:
+        fields = metadata.split(" ")
+        if len(fields) not in (3, 4) or int(fields[1]) != committed:
+            return nothing
+        position = int(fields[1])
+        offsets: set[int] = set()
+        for part in ([] if fields[2] == "." else fields[2].split(",")):
+            low, _, high = part.partition("-")
+            first, last = int(low), int(high or low)
+            if first < 1 or last < first or len(offsets) + last - first + 1 > MAX_OFFSETS:
+                return nothing
+            offsets.update(range(position + first, position + last + 1))
+        stalled: dict[int, int] = {}
+        if len(fields) == 4:
+            if not fields[3].startswith("stalled="):
+                return nothing
+            for part in fields[3].removeprefix("stalled=").split(","):
+                rel, _, count = part.partition(":")
+                if int(rel) < 0 or int(count) < 1 or len(stalled) >= MAX_OFFSETS:
+                    return nothing
+                stalled[position + int(rel)] = int(count)
+        return frozenset(offsets), stalled
+    except ValueError:
+        return nothing
 
 
 def decode(metadata: str | None, committed: int | None) -> frozenset[int]:
     """The offsets a hint says were delivered, when it is ours and was written with the commit at
     ``committed``; else none. Anything malformed is ignored (it only costs duplicates)."""
-    if metadata:
-        metadata = metadata.rstrip("\x00")  # librdkafka stores the C string's terminating NUL with it
-    if not metadata or committed is None or not metadata.startswith(PREFIX + " "):
-        return frozenset()
-    try:
-        _, position_text, ranges = metadata.split(" ", 2)
-        position = int(position_text)
-        if position != committed:
-            return frozenset()
-        offsets: set[int] = set()
-        for part in ranges.split(","):
-            low, _, high = part.partition("-")
-            first, last = int(low), int(high or low)
-            if first < 1 or last < first or len(offsets) + last - first + 1 > MAX_OFFSETS:
-                return frozenset()
-            offsets.update(range(position + first, position + last + 1))
-        return frozenset(offsets)
-    except ValueError:
-        return frozenset()
+    return _parse(metadata, committed)[0]
+
+
+def decode_stalled(metadata: str | None, committed: int | None) -> dict[int, int]:
+    """The inputs a hint says were in model calls given up as stalled, and how often (see encode)."""
+    return _parse(metadata, committed)[1]
 
 
 def read_hints(consumer: ConsumerClient, tracker: OffsetTracker, partitions: Iterable[TopicPartition]) -> dict[str, int]:
@@ -99,8 +136,8 @@ def read_hints(consumer: ConsumerClient, tracker: OffsetTracker, partitions: Ite
         return {}
     skipped = {}
     for tp, (committed, metadata) in found.items():
-        offsets = decode(metadata, committed)
-        if offsets:
-            tracker.skip_delivered_from(tp, committed, offsets)
+        offsets, stalled = _parse(metadata, committed)
+        if offsets or stalled:
+            tracker.skip_delivered_from(tp, committed, offsets, stalled)
             skipped[f"{tp.topic}[{tp.partition}]"] = len(offsets)
     return skipped

@@ -91,6 +91,11 @@ class Failure(enum.Enum):
         "the model, or its tokenizer, raised on this input alone (after its batch, or its poll's texts,"
         " failed and were retried one by one)",
     )
+    STALLED_TWICE = FailureSpec(
+        "stalled_twice", Action.DEAD_LETTER, 0,
+        "a model call hung (TAGSTREAM_MODEL_STALL_S) on this input twice, the second time on it alone:"
+        " it is not run again, so the worker stops restarting on it",
+    )
     # -- transient: retried, nothing committed meanwhile --------------------------------------
     BATCH_FAILED = FailureSpec(
         "batch_failed", Action.RETRY, 0, "the model raised on a batch; it is retried one input at a time"

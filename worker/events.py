@@ -121,6 +121,7 @@ class Event:
     epoch: int = 0  # the partition's assignment epoch when read (see offsets.py)
     token_ids: list[int] = field(default_factory=list)  # filled by the runner's tokenizer
     tokenizer_key: str = ""  # which tokenizer produced token_ids (ModelRunner.tokenizer_key)
+    alone: bool = False  # in a model call given up as stalled before: run in a batch of its own
 
     @property
     def n_tokens(self) -> int:

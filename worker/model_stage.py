@@ -63,6 +63,7 @@ class ModelStage:
         clock: StageClock,
         to_sink: Callable[[Any], None],
         abandon: Callable[[list[Event]], None],
+        on_stalled: Callable[[list[Event]], None] | None = None,
         debug: bool = False,
     ) -> None:
         self.streams = streams
@@ -71,6 +72,7 @@ class ModelStage:
         self._clock = clock
         self._to_sink = to_sink
         self._abandon = abandon  # inputs never to be committed past: the next owner reads them again
+        self._on_stalled = on_stalled  # inputs of a call given up as stalled (OffsetTracker.mark_stalled)
         self._debug = debug  # a log line per batch
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=streams)  # TEI's prefetch of one per stream
         # Batches handed to the threads and finished by them: a barrier waits for the two to meet.
@@ -119,6 +121,8 @@ class ModelStage:
         if stalled and before_counting is not None:
             before_counting()
         for thread, events in stalled:
+            if self._on_stalled is not None:
+                self._on_stalled(events)
             self._abandon(events)
             self._batch_done()
             self._retire(thread)

@@ -69,6 +69,10 @@ class _PartitionState:
     hint_at: int | None = None  # ``delivered`` came with the commit at this position: valid if read from there
     hinted: int = 0  # acknowledged offsets past the position named in the last commit's hint
     hinting: int = 0  # ... in the commit under way
+    # Inputs that were in a model call given up as stalled, and how often (from the hint read at
+    # assignment, and this worker's own give-ups); ``stalled_new``: not in a commit's hint yet.
+    stalled: dict[int, int] = field(default_factory=dict)
+    stalled_new: bool = False
     last_tracked: int | None = None
     committed: int | None = None  # last position known to be committed
 
@@ -237,14 +241,35 @@ class OffsetTracker:
             if state is not None:
                 state.delivered.update(offsets)
 
-    def skip_delivered_from(self, tp: TopicPartition, position: int, offsets: Iterable[int]) -> None:
-        """``skip_delivered`` for a hint read with the group's commit at ``position``: kept only if
-        reading ``tp`` starts exactly there (see ``delivered``), and only before it has started."""
+    def skip_delivered_from(
+        self, tp: TopicPartition, position: int, offsets: Iterable[int], stalled: dict[int, int] | None = None
+    ) -> None:
+        """``skip_delivered`` for a hint read with the group's commit at ``position``, and the inputs
+        it names as given up in stalled model calls (``stalled_counts``): kept only if reading ``tp``
+        starts exactly there (see ``delivered``), and only before it has started."""
         with self._lock:
             state = self._parts.get(tp)
             if state is not None and state.last_tracked is None and not state.delivered:
                 state.delivered.update(offsets)
+                state.stalled.update(stalled or {})
                 state.hint_at = position
+
+    def stalled_counts(self, tp: TopicPartition) -> dict[int, int]:
+        """Inputs of ``tp`` that were in model calls given up as stalled, and how often; usually empty."""
+        state = self._parts.get(tp)
+        return state.stalled if state is not None else {}
+
+    def mark_stalled(self, items: Iterable[Issued]) -> None:
+        """Inputs given up in a stalled model call (at-least-once): counted, for the next commit's
+        hint, so that whoever reads them next runs them alone, and not a third time."""
+        if not self.delivered_hints:
+            return
+        with self._lock:
+            for item in items:
+                state = self._parts.get((item.topic, item.partition))  # type: ignore[call-overload]
+                if state is not None and state.epoch == item.epoch:
+                    state.stalled[item.offset] = state.stalled.get(item.offset, 0) + 1
+                    state.stalled_new = True
 
     def delivered(self, tp: TopicPartition, first: int | None = None) -> set[int]:
         """Offsets to skip when read (see skip_delivered); usually empty. ``first``: the offset of the
@@ -259,6 +284,7 @@ class OffsetTracker:
                 if state.hint_at is not None:
                     if first != state.hint_at or state.last_tracked is not None:
                         state.delivered.clear()
+                        state.stalled.clear()
                     state.hint_at = None
         return state.delivered
 
@@ -315,24 +341,27 @@ class OffsetTracker:
                     continue
                 position = self._position(state)
                 if position is not None and (
-                    position != state.committed or (self.delivered_hints and len(state.acked) > state.hinted)
+                    position != state.committed
+                    or (self.delivered_hints and (len(state.acked) > state.hinted or state.stalled_new))
                 ):
                     positions[tp] = position
             return positions
 
-    def delivered_past(self, positions: dict[TopicPartition, int]) -> dict[TopicPartition, list[int]]:
-        """For a commit of ``positions`` (from ``committable``): the offsets past each position whose
-        outputs the broker acknowledged, for the commit's hint (worker/delivered_hints.py)."""
+    def hint_parts(self, positions: dict[TopicPartition, int]) -> dict[TopicPartition, tuple[list[int], dict[int, int]]]:
+        """For a commit of ``positions`` (from ``committable``), per partition: the offsets past the
+        position whose outputs the broker acknowledged, and the inputs at or past it given up in
+        stalled model calls with their counts; for the commit's hint (worker/delivered_hints.py)."""
         with self._lock:
-            out: dict[TopicPartition, list[int]] = {}
+            out: dict[TopicPartition, tuple[list[int], dict[int, int]]] = {}
             for tp, position in positions.items():
                 state = self._parts.get(tp)
                 if state is None:
                     continue
                 later = [o for o in state.acked if o > position]
+                stalled = {o: n for o, n in state.stalled.items() if o >= position}
                 state.hinting = len(later)
-                if later:
-                    out[tp] = later
+                if later or stalled:
+                    out[tp] = (later, stalled)
             return out
 
     def mark_committed(self, positions: dict[TopicPartition, int]) -> None:
@@ -345,6 +374,7 @@ class OffsetTracker:
                     state.committed = position
                 if position == state.committed:
                     state.hinted = state.hinting
+                    state.stalled_new = False
 
     def last_commit(self, tp: TopicPartition) -> int | None:
         """The position last committed for ``tp`` (or where its reading started), in this assignment
@@ -518,8 +548,8 @@ class Committer:
         """Each commit's metadata: the outputs already acknowledged past its position, so that the
         partition's next reader does not label those inputs again (worker/delivered_hints.py)."""
         hints = {}
-        for tp, later in self._tracker.delivered_past(positions).items():
-            text = encode_hint(positions[tp], later)
+        for tp, (later, stalled) in self._tracker.hint_parts(positions).items():
+            text = encode_hint(positions[tp], later, stalled)
             if text:
                 hints[tp] = text
         return hints

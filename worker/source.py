@@ -182,6 +182,7 @@ class Source:
             # Re-read after a rebalance with their outputs already acknowledged: tracked, not re-run.
             delivered = self._tracker.delivered(tp, batch[0].offset)
             skip = {r.offset for r in batch if r.offset in delivered} if delivered else None
+            stalled = self._tracker.stalled_counts(tp)  # usually empty
             try:
                 epoch = self._tracker.track(tp, [r.offset for r in batch])
             except KeyError:
@@ -194,6 +195,8 @@ class Source:
                 if skip and record.offset in skip:
                     continue
                 item = parse(record, config, received, epoch)
+                if stalled and record.offset in stalled and type(item) is Event:
+                    item = _after_stalls(item, stalled[record.offset])
                 if type(item) is Event:
                     events.append(item)
                 else:
@@ -414,6 +417,21 @@ class Source:
             for gauge in (self._metrics.consumer_lag, self._metrics.consumer_lag_seconds):
                 with contextlib.suppress(KeyError):
                     gauge.remove(tp.topic, str(tp.partition))
+
+
+def _after_stalls(event: Event, stalls: int) -> Event | DeadLetter:
+    """An input that was in model calls given up as stalled (``stalls`` of them): run alone the next
+    time, so that a call that hangs again hangs on it alone; after that, a dead letter. Without this
+    an input that hangs the model restarts the worker on it for ever (TAGSTREAM_MODEL_STALL_S each)."""
+    if stalls >= 2:
+        log.warning("input_dead_lettered_after_stalls", partition=f"{event.topic}[{event.partition}]",
+                    offset=event.offset, stalls=stalls)
+        return input_dead_letter(
+            event, Failure.STALLED_TWICE,
+            f"a model call hung (TAGSTREAM_MODEL_STALL_S) on this input {stalls} times, the last time on it alone",
+        )
+    event.alone = True
+    return event
 
 
 def tokenize_events(runner: Runner, events: list[Event], metrics: Metrics) -> tuple[list[Event], list[DeadLetter]]:

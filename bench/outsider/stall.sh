@@ -5,7 +5,10 @@
 # noticing the hung call, having given its batch up; a successor (the null bundle) labels the rest. The output
 # is read back with kcat (read_committed) and compared with the input; the group's offsets with the input count.
 #   BUNDLE=DIR [CLIENT=kafka-python|confluent] [GUARANTEE=at_least_once|exactly_once] [PROCESSES=1] [EVENTS=60000]
-#   bash bench/outsider/stall.sh
+#   [PILL=1] bash bench/outsider/stall.sh
+# PILL=1: every worker hangs on that input, as on an input that hangs the device. Successors are started
+# (stalling bundle) until one does not exit 1, at most 4; at-least-once, the second runs the inputs of the
+# given-up call alone and the third dead-letters the one that hung again (stalled_twice).
 # BUNDLE gives the null bundles their tokenizer.
 prepare_input() {  # the [STALL] record a third of the way into the valid ones
   local at=$(( $(wc -l < "$IN/valid.tsv") / 3 ))
@@ -35,8 +38,22 @@ given = [e for e in lines if e["event"] == "model_call_given_up"]
 print(f"  stall noticed -> last log line: {(at(lines[-1]) - at(noticed)).total_seconds():.2f} s;"
       f" given up: {sum(e['inputs'] for e in given)} inputs")
 PY
-TAGSTREAM_BUNDLE_PATH=$D/null TAGSTREAM_METRICS_PORT=9342 .venv/bin/tagstream-worker run > "$D/second.log" 2>&1 &
-SECOND=$!
+if [ "${PILL:-0}" = 1 ]; then
+  for n in 2 3 4; do  # each successor hangs on the input too, unless it no longer runs it
+    TAGSTREAM_BUNDLE_PATH=$D/stalling TAGSTREAM_MODEL_STALL_S=3 TAGSTREAM_METRICS_PORT=9342 \
+      .venv/bin/tagstream-worker run > "$D/second.log" 2>&1 &
+    SECOND=$!
+    for i in $(seq 1 60); do kill -0 $SECOND 2>/dev/null || break; [ "$(committed 2>/dev/null)" = "$TOTAL" ] && break; sleep 1; done
+    if ! kill -0 $SECOND 2>/dev/null; then
+      wait $SECOND; echo "worker $n exit $? ($(grep -o '"inputs": [0-9]*, "event": "model_call_given_up"' "$D/second.log" | grep -o '[0-9]*' | head -1) inputs given up)"
+      cp "$D/second.log" "$D/worker$n.log"; continue
+    fi
+    echo "worker $n runs on: $(grep -c input_dead_lettered_after_stalls "$D/second.log") input(s) dead-lettered after stalls"; break
+  done
+else
+  TAGSTREAM_BUNDLE_PATH=$D/null TAGSTREAM_METRICS_PORT=9342 .venv/bin/tagstream-worker run > "$D/second.log" 2>&1 &
+  SECOND=$!
+fi
 wait_committed
 SECOND_OUT=$(metric 9342 tagstream_events_out_total)
 kill -TERM $SECOND; wait $SECOND; echo "second worker exit $? (out $SECOND_OUT)"
@@ -48,4 +65,5 @@ seen = collections.Counter(ids); want = {f"e{i}" for i in range($EVENTS)} | {"st
 print(f"committed output records {len(ids)}, distinct {len(seen)}, missing {len(want - set(seen))},"
       f" duplicates {len(ids) - len(seen)}, unexpected {len(set(seen) - want)}")
 PY
+kcat -b "$B" -t "$T.dlq" -C -e -q -f '%k %h\n' | grep -o '^stall .*tagstream.reason=[a-z_]*' | sed 's/ .*tagstream.reason=/ dead-lettered: /' 
 echo "logs: $D"

@@ -8,8 +8,9 @@ import threading
 from kafka.structs import TopicPartition
 from worker_fakes import FakeConsumer, Record
 
-from worker.delivered_hints import MAX_OFFSETS, PREFIX, decode, encode, read_hints
-from worker.events import ParseConfig
+from worker.delivered_hints import MAX_OFFSETS, PREFIX, decode, decode_stalled, encode, read_hints
+from worker.errors import Failure
+from worker.events import Event, ParseConfig
 from worker.handoff import InputHandoff
 from worker.offsets import Committer, OffsetTracker
 from worker.source import Source
@@ -123,10 +124,38 @@ class Runner:
         return [[1] for _ in texts]
 
 
-def test_a_newly_assigned_partition_hands_on_only_the_inputs_its_last_owner_had_not_delivered():
+# -- inputs that hung the model -------------------------------------------------------------------
+def test_a_hint_carries_the_inputs_of_stalled_calls_with_their_counts_whole():
+    text = encode(100, [103, 104], {100: 1, 102: 2, 99: 1})  # 99: below the position, already committed
+    assert text == f"{PREFIX} 100 3-4 stalled=0:1,2:2"
+    assert decode(text, 100) == {103, 104} and decode_stalled(text, 100) == {100: 1, 102: 2}
+    only = encode(100, [], {100: 1})
+    assert decode(only, 100) == frozenset() and decode_stalled(only, 100) == {100: 1}
+    short = encode(1000, range(1001, 3000, 2), {1000: 1}, max_bytes=120)  # the marks are kept whole
+    assert len(short) <= 120 and decode_stalled(short, 1000) == {1000: 1}
+    for bad in (f"{PREFIX} 100 . stalled=-1:1", f"{PREFIX} 100 . stalled=0:0", f"{PREFIX} 100 . other=0:1"):
+        assert decode_stalled(bad, 100) == {}, bad
+
+
+def test_inputs_given_up_in_a_stalled_call_are_committed_with_their_count():
+    tracker, epoch = stuck_partition(hints=True)
+    committer, consumer, _ = first_commit(tracker)
+    stalled = [Event("in", 0, 2, 0, None, [], "e2", "t", 0.0, epoch)]
+    tracker.mark_stalled(stalled)
+    tracker.abandon(("in", 0), 2, epoch)
+    committer.commit_now()
+    assert consumer.commits[-1] == {TP: 2}
+    assert decode_stalled(consumer.metadata[-1][TP], 2) == {2: 1}
+
+
+def source_reading(
+    delivered: list[int], stalled: dict[int, int], upto: int = 6
+) -> tuple[Source, FakeConsumer, InputHandoff]:
+    """A source assigned TP, whose group commit at 2 has a hint of ``delivered`` and ``stalled``, with
+    records 2 to ``upto`` - 1 to read."""
     consumer = FakeConsumer([])
     consumer.group_committed[TP] = 2
-    consumer.group_metadata_stored[TP] = encode(2, [3, 5])
+    consumer.group_metadata_stored[TP] = encode(2, delivered, stalled)
     tracker = OffsetTracker(delivered_hints=True)
     handoff: InputHandoff = InputHandoff(100)
     source = Source(
@@ -135,9 +164,12 @@ def test_a_newly_assigned_partition_hands_on_only_the_inputs_its_last_owner_had_
         metrics=Metrics(), health=Health(), revoke_grace_s=0.0,
     )
     source.on_assigned({TP})
-    records = [Record("in", 0, i, b'{"id": "e%d", "text": "t"}' % i) for i in range(2, 7)]
+    consumer.polls.append({TP: [Record("in", 0, i, b'{"id": "e%d", "text": "t"}' % i) for i in range(2, upto)]})
+    return source, consumer, handoff
+
+
+def run_source_once(source: Source, consumer: FakeConsumer) -> None:
     stop = threading.Event()
-    consumer.polls.append({TP: records})
 
     def poll_then_stop(*a, **k):
         stop.set()
@@ -145,6 +177,20 @@ def test_a_newly_assigned_partition_hands_on_only_the_inputs_its_last_owner_had_
 
     consumer.poll = poll_then_stop
     source.run(stop)
+
+
+def test_a_newly_assigned_partition_hands_on_only_the_inputs_its_last_owner_had_not_delivered():
+    source, consumer, handoff = source_reading([3, 5], {}, upto=7)
+    run_source_once(source, consumer)
     events, letters, *_ = handoff.take(0)
     assert [e.offset for e in events] == [2, 4, 6] and letters == []
-    assert tracker.in_flight() == 3
+    assert source._tracker.in_flight() == 3
+
+
+def test_an_input_of_one_stalled_call_is_run_alone_and_of_two_is_dead_lettered():
+    source, consumer, handoff = source_reading([3], {2: 1, 4: 2})
+    run_source_once(source, consumer)
+    events, letters, *_ = handoff.take(0)
+    assert [(e.offset, e.alone) for e in events] == [(2, True), (5, False)]  # 3: delivered, skipped
+    assert [(d.offset, d.reason) for d in letters] == [(4, Failure.STALLED_TWICE)]
+    assert "2 times" in letters[0].detail

@@ -58,7 +58,7 @@ def test_bad_input_is_dead_lettered_never_fatal():
         Failure.PAYLOAD_TOO_LARGE, Failure.EMPTY_PAYLOAD, Failure.INVALID_UTF8, Failure.INVALID_JSON,
         Failure.NOT_AN_OBJECT, Failure.MISSING_TEXT, Failure.TEXT_NOT_STRING, Failure.EMPTY_TEXT,
         Failure.INFERENCE_FAILED, Failure.RECORD_REJECTED, Failure.UNREADABLE_RECORD,
-        Failure.INVALID_HEADER,
+        Failure.INVALID_HEADER, Failure.STALLED_TWICE,
     }
     assert set(DEAD_LETTER_REASONS) == bad_input
 

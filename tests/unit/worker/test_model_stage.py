@@ -58,9 +58,10 @@ class Stage:
         self.runner = runner
         self.sink: list[Any] = []
         self.abandoned: list[Event] = []
+        self.stalled: list[Event] = []
         self.stage = ModelStage(
             1, tracker=self.tracker, metrics=Metrics(), health=health or Health(), clock=StageClock(Metrics(), enabled=False),
-            to_sink=self.sink.append, abandon=self.abandoned.extend,
+            to_sink=self.sink.append, abandon=self.abandoned.extend, on_stalled=self.stalled.extend,
         )
         self.error: list[BaseException] = []
         self.next_offset = 0
@@ -149,6 +150,7 @@ def test_a_stalled_call_is_given_up_counted_as_done_and_its_answers_are_never_pu
     s.stage.give_up_stalled(before_counting=lambda: aborted.append("abort"))
     assert aborted == ["abort"]  # before the batch counted as done
     assert [e.offset for e in s.abandoned] == [0, 1]
+    assert [e.offset for e in s.stalled] == [0, 1]  # counted for the next reader (delivered_hints)
     assert s.stage.given_up(s.thread) and s.stage.running == 0
     assert s.stage.wait_for_issued() is True  # counted done: a waiting barrier is not held by it
     s.runner.release.set()  # the call comes back after all
@@ -167,4 +169,4 @@ def test_a_call_within_its_limit_is_not_given_up(stall_s):
     s.stage.give_up_stalled(before_counting=lambda: pytest.fail("nothing was given up"))
     s.runner.release.set()
     s.finish()
-    assert s.abandoned == [] and len(s.sink) == 1
+    assert s.abandoned == [] and s.stalled == [] and len(s.sink) == 1
