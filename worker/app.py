@@ -370,7 +370,7 @@ class Worker:
                     kept, dropped = tracker.split(events)
                     if dropped:
                         self._abandon(dropped)
-                    if any(e.alone for e in kept):
+                    if tracker.runs_alone and any(e.alone for e in kept):
                         kept = self._run_alone(kept)
                     batcher.add_many(kept, [len(e.token_ids) for e in kept], [e.received for e in kept])
                 flush = closed or barrier is not None  # a barrier closes every batch before it

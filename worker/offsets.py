@@ -88,6 +88,9 @@ class OffsetTracker:
         commit's hint names them (worker/delivered_hints.py)."""
         self._finish_issued = finish_issued_on_revoke
         self.delivered_hints = delivered_hints
+        # A hint named inputs of stalled model calls: the batcher thread looks for inputs to run
+        # alone (Event.alone) only once this is set, not in every hand-over.
+        self.runs_alone = False
         self._lock = threading.Lock()
         self._parts: dict[TopicPartition, _PartitionState] = {}
         self._epochs: dict[TopicPartition, int] = {}  # survives revocation, so epochs only grow
@@ -253,6 +256,7 @@ class OffsetTracker:
                 state.delivered.update(offsets)
                 state.stalled.update(stalled or {})
                 state.hint_at = position
+                self.runs_alone = self.runs_alone or bool(stalled)
 
     def stalled_counts(self, tp: TopicPartition) -> dict[int, int]:
         """Inputs of ``tp`` that were in model calls given up as stalled, and how often; usually empty."""

@@ -20,7 +20,7 @@ from worker.kafka.base import DeliveryHandler, TopicPartition, run_bounded, take
 from worker.kafka.confluent.again import TOPIC_UNKNOWN, SendAgain
 from worker.kafka.confluent.config import TOPIC_METADATA_WAIT_MS, new_client, producer_config
 from worker.kafka.confluent.errors import ClientErrors, E, kafka_error, translate
-from worker.kafka.confluent.records import message_headers, their_offsets
+from worker.kafka.confluent.records import resend_headers, their_offsets
 from worker.kafka.topic_use import TopicUse
 
 if TYPE_CHECKING:
@@ -143,11 +143,7 @@ class ConfluentProducer:
             self._sent_again.add(topic)
             log.warning("send_again_topic_unknown", topic=topic, error=err.str(),
                         hint="sent once more: a topic the broker is creating, or one that is missing (final then)")
-        try:
-            headers = message_headers(msg)
-        except (SystemError, UnicodeDecodeError):
-            headers = None
-        self._again.add(token, topic, msg.value(), msg.key(), headers)
+        self._again.add(token, topic, msg.value(), msg.key(), resend_headers(msg))
 
     def _send_again_due(self) -> None:
         def produce(record: Any) -> None:
@@ -176,11 +172,7 @@ class ConfluentProducer:
                 config.update(error_cb=self.errors, **{"batch.num.messages": 1, "linger.ms": 0})
                 self._alone = new_client(ck.Producer, config)
         try:
-            headers = message_headers(msg)
-        except (SystemError, UnicodeDecodeError):
-            headers = None
-        try:
-            self._alone.produce(msg.topic(), msg.value(), msg.key(), headers=headers,
+            self._alone.produce(msg.topic(), msg.value(), msg.key(), headers=resend_headers(msg),
                                 on_delivery=partial(self._outcome_alone, token))
         except (KafkaException, BufferError) as exc:
             self._failed(token, translate(exc, f"cannot send to topic {msg.topic()!r}"))

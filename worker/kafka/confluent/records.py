@@ -39,6 +39,14 @@ UNDECODABLE_HEADERS = [(INVALID_HEADERS_MARKER, b"one or more")]
 message_headers = operator.methodcaller("headers")
 
 
+def resend_headers(msg: Any) -> list | None:
+    """A delivery report's headers, to produce its record again (none when they cannot be decoded)."""
+    try:
+        return message_headers(msg)  # type: ignore[no-any-return]
+    except (SystemError, UnicodeDecodeError):
+        return None
+
+
 
 def their_partitions(tps: Iterable[TopicPartition]) -> list[Any]:
     return [ck.TopicPartition(tp[0], tp[1]) for tp in tps]
