@@ -244,3 +244,10 @@ class InferenceError(WorkerError):
     """The model raised while classifying a batch."""
 
     failure = Failure.BATCH_FAILED
+
+
+class ModelCallStalled(WorkerError):
+    """The pod's model process gave up the model call this batch was in (TAGSTREAM_MODEL_STALL_S):
+    the feeder counts its inputs as stalled, as one process does (worker/model_stage.py)."""
+
+    failure = Failure.MODEL_STALLED

@@ -63,8 +63,10 @@ class Runner(Protocol):
         """Token ids per text, truncated to max_length, unpadded (one tokenizer call)."""
         ...
 
-    def classify(self, token_ids: list[list[int]]) -> Classified:
-        """Top-k labels and probabilities for one batch of tokenized inputs."""
+    def classify(self, token_ids: list[list[int]], *, alone: bool = False) -> Classified:
+        """Top-k labels and probabilities for one batch of tokenized inputs. ``alone``: one input to
+        be isolated (it was in a stalled model call before, or its batch failed and each input is
+        retried by itself); a runner that merges batches (a pod's model process) runs it unmerged."""
         ...
 
 

@@ -10,6 +10,8 @@ The stage also keeps what the rest of the worker asks of it:
   (read again after the restart) instead of waited for;
 - the batch in each thread's model call (worker/model_calls.py): a call that stalls past
   TAGSTREAM_MODEL_STALL_S is given up (``give_up_stalled``), so the drain does not wait for it.
+  In a pod's feeder the model process gives such a call up and says so (ModelCallStalled); either
+  way its inputs are reported (``on_stalled``), to be run alone by the next worker.
 
 The threads themselves are the worker's (``Worker._spawn``: named, watched by /healthz, their
 failures fatal); each runs ``run()`` until ``put_stops()``.
@@ -17,14 +19,15 @@ failures fatal); each runs ``run()`` until ``put_stops()``.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from worker.batcher import Batch
-from worker.errors import Failure, InferenceError, WorkerError
+from worker.errors import Failure, InferenceError, ModelCallStalled, WorkerError
 from worker.events import DeadLetter, Event
 from worker.inference import Classified, Runner
 from worker.model_calls import ModelCalls
@@ -169,9 +172,10 @@ class ModelStage:
                 if not events:
                     return
         t = self._clock.start()
+        alone = batch.reason == "alone"
         try:
-            with self._calls.call(events):
-                classified = runner.classify([e.token_ids for e in events])
+            with self._calls.call(events), self._reporting_stalled(events):
+                classified = runner.classify([e.token_ids for e in events], alone=alone)
         except InferenceError as exc:
             if not self._calls.given_up():
                 self._retry_one_by_one(events, runner, exc)
@@ -198,8 +202,9 @@ class ModelStage:
         letters: list[DeadLetter] = []
         for event in events:
             try:
-                with self._calls.call(events):  # given up, all of them are read again: none is published yet
-                    one = runner.classify([event.token_ids])
+                # Given up, all of them are read again (none is published yet), and counted as stalled.
+                with self._calls.call(events), self._reporting_stalled(events):
+                    one = runner.classify([event.token_ids], alone=True)
             except InferenceError as exc:
                 if self._calls.given_up():
                     return
@@ -215,6 +220,19 @@ class ModelStage:
             self._to_sink(Results(ok, Classified.join(parts), runner.labels, runner.name, runner.version))
         if letters:
             self._to_sink(letters)
+
+    @contextlib.contextmanager
+    def _reporting_stalled(self, events: list[Event]) -> Iterator[None]:
+        """A pod's model process gave up the call (ModelCallStalled): report its inputs as one
+        process's give_up_stalled does; the error then ends this thread and the worker."""
+        try:
+            yield
+        except ModelCallStalled:
+            if self._on_stalled is not None:
+                self._on_stalled(events)
+            log.warning("model_call_given_up", thread=threading.current_thread().name, inputs=len(events),
+                        by="model process")
+            raise
 
     def _observe(self, batch: Batch[Event], events: list[Event], classified: Classified) -> None:
         m = self._metrics

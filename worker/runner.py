@@ -265,8 +265,9 @@ class ModelRunner:
         """The bundle's tokenizer, for a feeder process to build its own (worker.tokenizing)."""
         return self._tokenizer_json
 
-    def classify(self, token_ids: list[list[int]]) -> Classified:
-        """Top-k labels and probabilities for one batch of tokenized inputs (as ``tokenize`` gives)."""
+    def classify(self, token_ids: list[list[int]], *, alone: bool = False) -> Classified:
+        """Top-k labels and probabilities for one batch of tokenized inputs (as ``tokenize`` gives).
+        ``alone`` changes nothing here: this runner never merges batches."""
         if self._windower is None and not self.multi_label:
             return self._classify_rows(token_ids)
         return self._classify_documents(token_ids)

@@ -153,9 +153,9 @@ def test_a_model_slower_than_max_poll_interval_keeps_its_membership(
     runner = worker.slot.current
     fast = runner.classify
 
-    def slow(token_ids):
+    def slow(token_ids, **kwargs):
         time.sleep(2.0)  # longer than max.poll.interval.ms
-        return fast(token_ids)
+        return fast(token_ids, **kwargs)
 
     runner.classify = slow  # type: ignore[method-assign]
     results = read_records(kafka_bootstrap, f"{topic}.labels", expected=n, timeout_s=120)

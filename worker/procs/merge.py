@@ -6,6 +6,10 @@ the merged batch stays within ``max_batch_size`` rows and ``max_batch_tokens`` p
 (rows x the longest row, as the feeders' batcher counts them). A request that does not fit keeps
 its place for the next batch, so none starves. There is no timer: requests pile up while the
 model is busy, so a busy model merges more, an idle one answers at once.
+
+A request marked ``alone`` (one input to isolate: it was in a stalled model call before, or its
+failed batch is retried input by input) is never merged: it runs by itself, so that a call that
+hangs or raises again does so on that input only, not on other feeders' batches.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class Request:
     longest: int  # tokens in its longest row
     generation: int  # the bundle its ids were tokenized for
     tokenizer_key: str
+    alone: bool = False  # run in a model call of its own (see the module docstring)
 
 
 def take_merged(pending: deque[Request], max_rows: int, max_tokens: int) -> list[Request]:
@@ -34,6 +39,8 @@ def take_merged(pending: deque[Request], max_rows: int, max_tokens: int) -> list
         return []
     first = pending.popleft()
     group = [first]
+    if first.alone:
+        return group
     rows, longest = first.rows, first.longest
     kept: list[Request] = []
     while pending:
@@ -41,7 +48,8 @@ def take_merged(pending: deque[Request], max_rows: int, max_tokens: int) -> list
         grown_rows = rows + request.rows
         grown_longest = max(longest, request.longest)
         if (
-            request.generation == first.generation
+            not request.alone
+            and request.generation == first.generation
             and grown_rows <= max_rows
             and grown_rows * grown_longest <= max_tokens
         ):

@@ -16,6 +16,10 @@ or has disconnected. A request for a generation no longer held is refused (STALE
 
 The process stops when the supervisor says so (STOP on its control pipe) or disappears (the pipe
 closes), never on a terminal's Ctrl-C: it must outlive the feeders' drain.
+
+A model call that runs past TAGSTREAM_MODEL_STALL_S never returns, and holds the device: the main
+thread answers each request in it STALLED (so each feeder counts those inputs as stalled: run
+alone next time, a dead letter after a second stall, as in one process) and exits at once.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from prometheus_client import Counter, Histogram
 from model.cpus import available_cpus
 from worker.affinity import plan_pinning, spare_cpus
 from worker.errors import Failure, InferenceError, WorkerError
+from worker.model_calls import ModelCalls
 from worker.procs.merge import Request, take_merged
 from worker.procs.transport import (
     DONE,
@@ -46,6 +51,7 @@ from worker.procs.transport import (
     RELEASE,
     REQUEST,
     STALE,
+    STALLED,
     Channel,
     ModelInfo,
 )
@@ -58,6 +64,7 @@ log = get_logger("tagstream.worker.model")
 IDLE_WAIT_S = 0.1  # a leader's wait for requests: bounds how late a new feeder or a swap is noticed
 STALL_CHECK_S = 1.0  # how often the main thread looks for a model call past TAGSTREAM_MODEL_STALL_S
 ACCEPT_IDLE_WAIT_S = 30.0  # a reconnecting feeder waits this long for its old requests to finish
+STALLED_ANSWER_S = 5.0  # the most the answers to a stalled call's feeders may hold up the exit
 
 
 class ModelServerMetrics:
@@ -135,6 +142,7 @@ class ModelServer:
         self._listener: connection.Listener | None = None
         self._local: Any = None
         self._slot: Any = None
+        self._calls: ModelCalls[Request] = ModelCalls(self.health)  # the requests in each stream's call
 
     # -- start and stop --------------------------------------------------------------------------
     def load(self) -> ModelInfo:
@@ -245,6 +253,8 @@ class ModelServer:
                 group = self._collect()
             if group:
                 self._run(group)
+                if self._calls.given_up():
+                    return  # a stalled call that came back after all: the process is exiting
 
     def _collect(self) -> list[Request]:
         """As the leader: swap, read what the feeders sent, and take the next merged batch."""
@@ -276,10 +286,10 @@ class ModelServer:
                 message = port.conn.recv()
                 kind = message[0]
                 if kind == REQUEST:
-                    _, slot, rows, tokens, generation, key = message
+                    _, slot, rows, tokens, generation, key, alone = message
                     lengths = port.channel.slots[slot].lengths[:rows]
                     longest = int(lengths.max()) if rows else 0
-                    self._pending.append(Request(port, slot, rows, tokens, longest, generation, key))
+                    self._pending.append(Request(port, slot, rows, tokens, longest, generation, key, alone))
                 elif kind == RELEASE:
                     port.holds.discard(message[1])
                     self._retire_unused()
@@ -312,7 +322,7 @@ class ModelServer:
             lengths = np.concatenate([v[1] for v in views])
         started = time.perf_counter()
         try:
-            with self.health.model_call():
+            with self._calls.call(group):
                 answers = runner.classify_packed(ids, lengths)
         except InferenceError as exc:
             for request in group:
@@ -320,6 +330,8 @@ class ModelServer:
             return
         finally:
             self.model_metrics.busy.inc(time.perf_counter() - started)
+        if self._calls.given_up():
+            return  # answered STALLED already (give_up_stalled): its slots are no longer ours to write
         # Counted before the answers go out: a feeder that got its answer sees its batch counted.
         m = self.model_metrics
         m.batches.inc()
@@ -335,6 +347,21 @@ class ModelServer:
             )
             request.port.send((DONE, request.slot, OK, k, answers.seconds, None))
             row = end
+
+    def give_up_stalled(self) -> list[Request]:
+        """Answer STALLED to every request in a model call past TAGSTREAM_MODEL_STALL_S (the process
+        exits next); the requests. Bounded by STALLED_ANSWER_S: a feeder that reads nothing (frozen)
+        must not keep the hung process alive."""
+        requests = [r for _, group in self._calls.give_up_stalled() for r in group]
+
+        def answer() -> None:
+            for request in requests:
+                request.port.send((DONE, request.slot, STALLED, 0, 0.0, "the model call stalled"))
+
+        sender = threading.Thread(target=answer, name="tagstream-stalled-answers", daemon=True)
+        sender.start()
+        sender.join(STALLED_ANSWER_S)
+        return requests
 
     # -- bundles ---------------------------------------------------------------------------------
     def _install(self, runner: Any) -> None:
@@ -396,8 +423,15 @@ def model_process_main(
             elif server.health.model_stalled():
                 # A hung call never returns and holds every feeder's batches: exit at once, so each
                 # feeder gives up its batches and drains (model_process_lost) and the pod restarts.
-                log.error("model_stalled", call_s=round(server.health.model_busy_for(), 3),
-                          limit_s=settings.model_stall_s, exit_code=Failure.MODEL_STALLED.exit_code)
+                # The requests in the hung call are answered STALLED first: their feeders count
+                # those inputs, so that an input that hangs the model every time is run alone by
+                # the next pod, then dead-lettered, instead of restarting the pod for ever.
+                call_s = round(server.health.model_busy_for(), 3)
+                given_up = server.give_up_stalled()
+                log.error("model_stalled", call_s=call_s, limit_s=settings.model_stall_s,
+                          requests=len(given_up), inputs=sum(r.rows for r in given_up),
+                          feeders=sorted({r.port.index for r in given_up}),
+                          exit_code=Failure.MODEL_STALLED.exit_code)
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(Failure.MODEL_STALLED.exit_code)

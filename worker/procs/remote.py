@@ -10,7 +10,10 @@ between batches; inputs tokenized for the previous bundle are re-tokenized befor
 When the last reference to a runner goes (no batch of it is waiting or running), the link tells
 the model process it may unload that bundle (RELEASE). If the model process goes away, every
 waiting and later ``classify`` raises a WorkerError (model_process_lost): the feeder drains,
-committing only what was acknowledged, and exits; the supervisor then stops the pod.
+committing only what was acknowledged, and exits; the supervisor then stops the pod. A request
+that was in a model call the model process gave up as stalled is answered STALLED before it goes:
+its ``classify`` raises ModelCallStalled, and the feeder counts those inputs as stalled
+(worker/model_stage.py), as one process does with its own stalled call.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from collections.abc import Callable
 from multiprocessing import connection
 from typing import Any
 
-from worker.errors import Failure, InferenceError, WorkerError
+from worker.errors import Failure, InferenceError, ModelCallStalled, WorkerError
 from worker.inference import Classified
 from worker.procs.transport import (
     DONE,
@@ -34,6 +37,7 @@ from worker.procs.transport import (
     OK,
     RELEASE,
     REQUEST,
+    STALLED,
     Channel,
     ModelInfo,
     SlotShape,
@@ -105,9 +109,10 @@ class ModelLink:
         return None
 
     # -- requests --------------------------------------------------------------------------------
-    def request(self, token_ids: list[list[int]], generation: int, key: str) -> Classified:
-        """Run one batch that fits a slot in the model process; raises InferenceError (the model
-        raised: retried one by one) or WorkerError (the model process is gone)."""
+    def request(self, token_ids: list[list[int]], generation: int, key: str, alone: bool = False) -> Classified:
+        """Run one batch that fits a slot in the model process (``alone``: in a model call of its
+        own); raises InferenceError (the model raised: retried one by one), ModelCallStalled (the
+        model process gave up the call it was in) or WorkerError (the model process is gone)."""
         self._check_alive()
         assert self._channel is not None
         slot = self._free.get()
@@ -116,11 +121,18 @@ class ModelLink:
             rows, tokens = self._channel.slots[slot].write_request(token_ids)
             done = self._done[slot]
             done.clear()
-            self._send((REQUEST, slot, rows, tokens, generation, key))
+            self._answers[slot] = ()
+            self._send((REQUEST, slot, rows, tokens, generation, key, alone))
             while not done.wait(ANSWER_POLL_S):
                 self._check_alive()
+            answer = self._answers[slot]
+            if answer and answer[2] == STALLED:  # it came before the connection closed (same socket, in order)
+                raise ModelCallStalled(
+                    f"the model process gave up the model call these {rows} inputs were in: it ran past"
+                    f" TAGSTREAM_MODEL_STALL_S ({answer[5]})"
+                )
             self._check_alive()
-            _, _, status, k, _seconds, error = self._answers[slot]
+            _, _, status, k, _seconds, error = answer
             if status == OK:
                 indices, scores = self._channel.slots[slot].read_answer(rows, k)
                 return Classified(indices, scores, time.perf_counter() - started)
@@ -207,8 +219,9 @@ class RemoteRunner:
         """Token ids per text, truncated to max_length, unpadded (one tokenizer call)."""
         return self.head_tokenizer.encode(texts)
 
-    def classify(self, token_ids: list[list[int]]) -> Classified:
-        """Top-k labels and probabilities for one batch, computed by the model process."""
+    def classify(self, token_ids: list[list[int]], *, alone: bool = False) -> Classified:
+        """Top-k labels and probabilities for one batch, computed by the model process (``alone``:
+        in a model call of its own, never merged with other feeders' batches: see Runner.classify)."""
         shape = self._link.shape
         lengths = [len(ids) for ids in token_ids]
         if max(lengths, default=0) > shape.tokens:
@@ -217,12 +230,12 @@ class RemoteRunner:
             )
         ranges = shape.chunks(lengths)
         if len(ranges) == 1:
-            return self._link.request(token_ids, self.generation, self.tokenizer_key)
+            return self._link.request(token_ids, self.generation, self.tokenizer_key, alone)
         indices: list[list[int]] = []
         scores: list[list[float]] = []
         seconds = 0.0
         for start, end in ranges:
-            part = self._link.request(token_ids[start:end], self.generation, self.tokenizer_key)
+            part = self._link.request(token_ids[start:end], self.generation, self.tokenizer_key, alone)
             indices.extend(part.top_indices)
             scores.extend(part.top_scores)
             seconds += part.seconds

@@ -265,11 +265,11 @@ def test_a_model_stage_lost_mid_stream_exits_without_waiting_for_the_batches_it_
     runner = worker.slot.current
     classify, calls = runner.classify, []
 
-    def lost_after_a_few(token_ids):
+    def lost_after_a_few(token_ids, **kwargs):
         calls.append(len(token_ids))
         if len(calls) > 3:
             raise WorkerError("the model process is gone (test)", Failure.MODEL_PROCESS_LOST)
-        return classify(token_ids)
+        return classify(token_ids, **kwargs)
 
     runner.classify = lost_after_a_few
     wait_until(lambda: worker.fatal is not None, 60, "the model stage's failure")

@@ -221,13 +221,17 @@ def test_a_feeder_killed_with_sigkill_is_restarted_and_nothing_is_lost_and_a_dea
     assert set(results.ids()) == set(ids)
 
 
-def test_a_hung_model_call_stops_the_model_process_and_the_pod_and_a_successor_labels_everything(
+def test_an_input_that_hangs_the_model_every_time_stops_two_pods_then_the_third_dead_letters_it(
     kafka_bootstrap, new_topic, new_group, tmp_path, pods
 ):
-    """A model call that never returns in the model process (the stalling null bundle): past
-    TAGSTREAM_MODEL_STALL_S the model process exits at once (model_stalled), its feeders give up their
-    batches and the pod exits 1 instead of holding its partitions for ever; a successor labels every
-    input."""
+    """A model call that never returns in the model process (the stalling null bundle, on the pill):
+    past TAGSTREAM_MODEL_STALL_S the model process answers the feeders whose requests were in that
+    call STALLED and exits; the pod exits 1 instead of holding its partitions for ever. Those feeders
+    count the call's inputs in their commits, so the next pod runs each of them alone, unmerged (it
+    hangs on the pill alone), and whoever reads the pill's partition after that dead-letters it
+    (stalled_twice) without running it: the second pod's other feeder, if the partition reaches it
+    as the pod drains, else the third pod, which labels everything else. No pod hangs on it again,
+    and nothing is lost."""
     topic = new_topic(partitions=4, prefix="pod-stall")
     group = new_group()
     env = worker_env(kafka_bootstrap, topic, make_null_bundle(tmp_path / "stalling", stalling=True), group,
@@ -235,27 +239,44 @@ def test_a_hung_model_call_stops_the_model_process_and_the_pod_and_a_successor_l
     ids = produce_events(kafka_bootstrap, topic, fixture_texts(400, seed=43), prefix="a")
     results = Results(kafka_bootstrap, f"{topic}.labels")
     try:
-        pod = pods(env, "pod")
-        pod.wait_started()
+        first = pods(env, "pod1")
+        first.wait_started()
         wait_until(lambda: set(ids) <= set(results.ids()), RESULTS_S, "the first results")
         texts = fixture_texts(200, seed=44)
         texts[100] = f"{texts[100]} {STALL_TOKEN}"
-        ids += produce_events(kafka_bootstrap, topic, texts, prefix="b")
-        assert pod.proc.wait(60) == 1, pod.tail()
-        stalled = pod.events("model_stalled")
-        assert stalled and stalled[0]["process"] == "model" and stalled[0]["call_s"] > 3, pod.tail()
-        assert pod.events("pod_failing")[0]["reason"] == "the model process exited (exit code 1)"
+        more = produce_events(kafka_bootstrap, topic, texts, prefix="b")
+        pill = more[100]
+        ids += more
+        assert first.proc.wait(60) == 1, first.tail()
+        stalled = first.events("model_stalled")
+        assert stalled and stalled[0]["process"] == "model" and stalled[0]["call_s"] > 3, first.tail()
+        assert stalled[0]["inputs"] > 1, stalled  # the pill was in a batch
+        assert first.events("pod_failing")[0]["reason"] == "the model process exited (exit code 1)"
+        counted = [e for e in first.events("model_call_given_up") if e.get("by") == "model process"]
+        assert sum(e["inputs"] for e in counted) >= stalled[0]["inputs"], first.tail()
 
-        successor = spawn({k: v for k, v in env.items() if k != "TAGSTREAM_BUNDLE_PATH"}
-                          | {"TAGSTREAM_BUNDLE_PATH": str(make_null_bundle(tmp_path / "null"))},
-                          tmp_path / "successor.log")
-        try:
-            wait_until(lambda: set(ids) <= set(results.ids()), RESULTS_S, "results for every input")
-        finally:
-            successor.send_signal(signal.SIGTERM)
-            assert successor.wait(DRAIN_TIMEOUT_S + 15) == 0
+        second = pods(env, "pod2")  # the pill alone: it hangs again, on that input only
+        assert second.proc.wait(POD_START_S + 60) == 1, second.tail()
+        stalled = second.events("model_stalled")
+        assert [(e["requests"], e["inputs"]) for e in stalled] == [(1, 1)], second.tail()
+
+        third = pods(env, "pod3")
+        third.wait_started()
+
+        def dead_lettered() -> list[dict]:
+            return second.events("input_dead_lettered_after_stalls") + third.events("input_dead_lettered_after_stalls")
+
+        wait_until(lambda: set(ids) - {pill} <= set(results.ids()) and dead_lettered(),
+                   RESULTS_S, "a result for every input, and the pill dead-lettered")
+        assert third.stop() == 0, third.tail()
+        assert not third.events("model_stalled"), third.tail()
+        assert [e["stalls"] for e in dead_lettered()] == [2]
+        assert pill not in results.ids()
     finally:
         results.close()
+    letters = read_records(kafka_bootstrap, f"{topic}.dlq", 1)
+    assert [json.loads(r.value)["id"] for r in letters] == [pill]
+    assert dict(letters[0].headers)["tagstream.reason"] == b"stalled_twice"
 
 
 def test_a_frozen_model_process_is_killed_past_the_stall_limit_and_the_pod_exits_1(

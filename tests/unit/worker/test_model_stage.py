@@ -11,7 +11,7 @@ from kafka.structs import TopicPartition
 from worker_fakes import Clock
 
 from worker.batcher import Batch
-from worker.errors import Failure, InferenceError, WorkerError
+from worker.errors import Failure, InferenceError, ModelCallStalled, WorkerError
 from worker.events import DeadLetter, Event
 from worker.inference import Classified
 from worker.model_stage import ModelStage, Results
@@ -28,9 +28,11 @@ class FakeRunner:
 
     name, version, labels, max_length, tokenizer_key = "fake", "v1", ["a", "b"], 16, "tok"
 
-    def __init__(self, fails: set[int] | None = None) -> None:
+    def __init__(self, fails: set[int] | None = None, stalls: set[int] | None = None) -> None:
         self.fails = fails or set()
+        self.stalls = stalls or set()  # a batch holding one: the pod's model process gave its call up
         self.calls: list[list[list[int]]] = []
+        self.alone: list[bool] = []  # per call, whether it was asked to run unmerged
         self.hold = threading.Event()
         self.entered = threading.Event()
         self.release = threading.Event()
@@ -38,12 +40,15 @@ class FakeRunner:
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         return [[len(t)] for t in texts]
 
-    def classify(self, token_ids: list[list[int]]) -> Classified:
+    def classify(self, token_ids: list[list[int]], *, alone: bool = False) -> Classified:
         self.calls.append(token_ids)
+        self.alone.append(alone)
         if self.hold.is_set():
             self.entered.set()
             self.release.wait(10)
         tokens = {t for ids in token_ids for t in ids}
+        if tokens & self.stalls:
+            raise ModelCallStalled("the model process gave up the model call (test)")
         if tokens & self.fails:
             raise InferenceError(f"cannot classify {sorted(tokens)}")
         return Classified([[0, 1] for _ in token_ids], [[0.9, 0.1] for _ in token_ids], 0.001)
@@ -74,14 +79,14 @@ class Stage:
         except BaseException as exc:  # the worker's _spawn records it as fatal
             self.error.append(exc)
 
-    def batch(self, tokens: list[int], epoch: int | None = None) -> Batch[Event]:
+    def batch(self, tokens: list[int], epoch: int | None = None, reason: str = "size") -> Batch[Event]:
         offsets = range(self.next_offset, self.next_offset + len(tokens))
         self.next_offset += len(tokens)
         tracked = self.tracker.track(TP, offsets)
         items = [Event("news", 0, o, 0, None, [], f"e{o}", "text", 0.0, tracked if epoch is None else epoch,
                        token_ids=[t], tokenizer_key="tok") for o, t in zip(offsets, tokens, strict=True)]
         self.tracker.issue(items)
-        return Batch(items, 1, len(items), len(items), "size")
+        return Batch(items, 1, len(items), len(items), reason)  # type: ignore[arg-type]
 
     def finish(self) -> None:
         self.stage.put_stops()
@@ -170,3 +175,39 @@ def test_a_call_within_its_limit_is_not_given_up(stall_s):
     s.runner.release.set()
     s.finish()
     assert s.abandoned == [] and s.stalled == [] and len(s.sink) == 1
+
+
+def test_a_call_the_pods_model_process_gave_up_counts_its_inputs_as_stalled_and_ends_the_thread():
+    """In a feeder, a stalled call is given up by the model process, which answers ModelCallStalled:
+    its inputs are reported stalled (the next worker runs them alone) and abandoned, exactly as one
+    process's give_up_stalled does, and the error is fatal (the feeder drains and exits)."""
+    s = Stage(FakeRunner(stalls={9}))
+    assert s.stage.put(s.batch([1, 9, 3]), s.runner)
+    s.thread.join(10)
+    assert isinstance(s.error[0], ModelCallStalled) and s.error[0].failure is Failure.MODEL_STALLED
+    assert [e.offset for e in s.stalled] == [0, 1, 2]
+    assert [e.offset for e in s.abandoned] == [0, 1, 2] and s.sink == []
+
+
+def test_a_call_given_up_while_a_failed_batch_is_retried_counts_the_whole_batch():
+    """The one-by-one retry brackets each call over the whole batch (none of it is published yet):
+    given up there, every input of the batch is counted, as in one process."""
+    s = Stage(FakeRunner(fails={7}, stalls={9}))
+    assert s.stage.put(s.batch([7, 9]), s.runner)  # fails as a batch (7), then 9 stalls alone
+    s.thread.join(10)
+    assert isinstance(s.error[0], ModelCallStalled)
+    assert [e.offset for e in s.stalled] == [0, 1] and s.sink == []
+
+
+def test_inputs_to_isolate_are_sent_unmerged_and_others_are_not():
+    """A batch of an input that stalled before (reason "alone") and each one-by-one retry of a failed
+    batch ask the runner for a call of their own (a pod's model process would merge them with other
+    feeders' batches); ordinary batches leave the runner free to merge."""
+    s = Stage(FakeRunner(fails={7}))
+    assert s.stage.put(s.batch([1, 2]), s.runner)
+    assert s.stage.put(s.batch([5], reason="alone"), s.runner)
+    assert s.stage.put(s.batch([7, 3]), s.runner)
+    s.finish()
+    assert list(zip(s.runner.calls, s.runner.alone, strict=True)) == [
+        ([[1], [2]], False), ([[5]], True), ([[7], [3]], False), ([[7]], True), ([[3]], True),
+    ]

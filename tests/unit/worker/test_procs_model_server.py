@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from worker_support import fixture_texts, make_tiny_bundle, wait_until
 
-from worker.errors import Failure, InferenceError, WorkerError
+from worker.errors import Failure, InferenceError, ModelCallStalled, WorkerError
 from worker.procs.model_server import ModelServer
 from worker.procs.plan import slot_shape
 from worker.procs.remote import ModelLink, RemoteRunner
@@ -216,3 +216,50 @@ def test_a_batch_longer_than_a_slot_is_sent_in_parts_and_answered_in_order(pod, 
     _, runner = pod.feeder(server, 0)
     texts = fixture_texts(10, seed=8)
     assert runner.classify(runner.tokenize(texts)).top_indices == local_answers(tiny_bundle, texts)[0]
+
+
+def test_a_call_past_the_stall_limit_is_answered_stalled_to_the_feeders_in_it_and_to_no_other(pod):
+    """The model process gives up a call past TAGSTREAM_MODEL_STALL_S before it exits: the feeder
+    whose request was in that call gets ModelCallStalled (it counts those inputs as stalled); a
+    feeder whose request was only waiting gets no such answer (its inputs were never in the call)."""
+    server = pod.server()
+    server.health.model_stall_s = 0.3
+    (_, runner_a), (_, runner_b) = pod.feeder(server, 0), pod.feeder(server, 1)
+    model = server._generations[1]
+    gate, calls = threading.Event(), []
+    real = model.classify_packed
+
+    def hangs(ids, lengths):
+        calls.append(len(lengths))
+        gate.wait(30)
+        return real(ids, lengths)
+
+    model.classify_packed = hangs
+    outcome: dict[str, BaseException | None] = {}
+
+    def send(name: str, runner: RemoteRunner, texts: list[str]) -> None:
+        try:
+            runner.classify(runner.tokenize(texts))
+            outcome[name] = None
+        except BaseException as exc:
+            outcome[name] = exc
+
+    a = threading.Thread(target=send, args=("a", runner_a, ["one", "two", "three"]))
+    a.start()
+    wait_until(lambda: calls == [3], 10, "feeder a's batch in the model call")
+    b = threading.Thread(target=send, args=("b", runner_b, ["four"]))
+    b.start()
+    # One stream, busy in the hung call: b's request waits unread on its socket.
+    wait_until(lambda: any(p.index == 1 and p.conn.poll() for p in server._ports), 10, "feeder b's request")
+    wait_until(server.health.model_stalled, 10, "the call to pass the stall limit")
+    given_up = server.give_up_stalled()
+    assert [(r.port.index, r.rows) for r in given_up] == [(0, 3)]
+    a.join(10)
+    assert isinstance(outcome["a"], ModelCallStalled) and outcome["a"].failure is Failure.MODEL_STALLED
+    assert b.is_alive() and "b" not in outcome  # still waiting: never answered STALLED
+    gate.set()  # the hung call returns after all: its answer is dropped, and its stream ends
+    server.stop()  # the process exits: b's waiting request is lost, not stalled
+    b.join(15)
+    lost = outcome["b"]
+    assert isinstance(lost, WorkerError) and lost.failure is Failure.MODEL_PROCESS_LOST, lost
+    assert calls == [3]

@@ -73,9 +73,9 @@ def test_closing_the_creator_removes_the_segment():
         shared_memory.SharedMemory(name=name)
 
 
-def _request(tag: int, rows: int, longest: int, generation: int = 1) -> Request:
+def _request(tag: int, rows: int, longest: int, generation: int = 1, alone: bool = False) -> Request:
     return Request(port=tag, slot=0, rows=rows, tokens=rows * longest, longest=longest, generation=generation,
-                   tokenizer_key="k")
+                   tokenizer_key="k", alone=alone)
 
 
 def test_merging_takes_the_oldest_then_whatever_fits_and_keeps_the_rest_in_order():
@@ -95,3 +95,14 @@ def test_merging_respects_the_padded_token_budget_and_the_bundle_generation():
     group = take_merged(pending, max_rows=64, max_tokens=1000)
     assert [r.port for r in group] == [1, 4]  # 20 rows x 100 > 1000; generation 2 never mixes with 1
     assert [r.port for r in pending] == [2, 3]
+
+
+def test_a_request_to_isolate_runs_by_itself_and_is_never_merged_into_another():
+    """An input that stalled a model call before (or a failed batch's one-by-one retry) runs in a call
+    of its own: first in line it takes no company, and behind another it is left for its own turn."""
+    pending = deque([_request(1, 1, 10, alone=True), _request(2, 4, 10), _request(3, 1, 10, alone=True),
+                     _request(4, 4, 10)])
+    assert [r.port for r in take_merged(pending, 64, 8192)] == [1]
+    assert [r.port for r in take_merged(pending, 64, 8192)] == [2, 4]
+    assert [r.port for r in take_merged(pending, 64, 8192)] == [3]
+    assert not pending
