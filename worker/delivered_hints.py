@@ -139,5 +139,6 @@ def read_hints(consumer: ConsumerClient, tracker: OffsetTracker, partitions: Ite
         offsets, stalled = _parse(metadata, committed)
         if offsets or stalled:
             tracker.skip_delivered_from(tp, committed, offsets, stalled)
-            skipped[f"{tp.topic}[{tp.partition}]"] = len(offsets)
+            if offsets and tracker.delivered_hints:
+                skipped[f"{tp.topic}[{tp.partition}]"] = len(offsets)
     return skipped

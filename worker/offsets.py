@@ -85,7 +85,9 @@ class OffsetTracker:
         since its revocation aborts the open transaction and every output after it is discarded.
         ``delivered_hints`` (at-least-once): a partition whose position is held back is committed
         again, at the same position, once more outputs past it were acknowledged, so that the
-        commit's hint names them (worker/delivered_hints.py)."""
+        commit's hint names them (worker/delivered_hints.py). Exactly-once never names delivered
+        outputs (nothing past its commit is published) but, like at-least-once, counts the inputs
+        of stalled model calls in its commits' hints (``mark_stalled``)."""
         self._finish_issued = finish_issued_on_revoke
         self.delivered_hints = delivered_hints
         # A hint named inputs of stalled model calls: the batcher thread looks for inputs to run
@@ -222,7 +224,9 @@ class OffsetTracker:
                     continue
                 epoch = self._epochs[tp] + 1
                 self._epochs[tp] = epoch
-                self._parts[tp] = _PartitionState(epoch=epoch, committed=state.committed)
+                # The stalled counts stay: the inputs they name are read again from the commit.
+                self._parts[tp] = _PartitionState(epoch=epoch, committed=state.committed, stalled=state.stalled,
+                                                  stalled_new=state.stalled_new)
                 if state.committed is not None and state.last_tracked is not None:
                     seeks[tp] = state.committed
             self.revocations += 1  # the batcher purges what it holds of the old epochs
@@ -253,7 +257,8 @@ class OffsetTracker:
         with self._lock:
             state = self._parts.get(tp)
             if state is not None and state.last_tracked is None and not state.delivered:
-                state.delivered.update(offsets)
+                if self.delivered_hints:  # exactly-once: an at-least-once predecessor's outputs are not ours
+                    state.delivered.update(offsets)
                 state.stalled.update(stalled or {})
                 state.hint_at = position
                 self.runs_alone = self.runs_alone or bool(stalled)
@@ -264,10 +269,8 @@ class OffsetTracker:
         return state.stalled if state is not None else {}
 
     def mark_stalled(self, items: Iterable[Issued]) -> None:
-        """Inputs given up in a stalled model call (at-least-once): counted, for the next commit's
-        hint, so that whoever reads them next runs them alone, and not a third time."""
-        if not self.delivered_hints:
-            return
+        """Inputs given up in a stalled model call: counted, for the next commit's hint, so that
+        whoever reads them next runs them alone, and not a third time."""
         with self._lock:
             for item in items:
                 state = self._parts.get((item.topic, item.partition))  # type: ignore[call-overload]
@@ -346,7 +349,8 @@ class OffsetTracker:
                 position = self._position(state)
                 if position is not None and (
                     position != state.committed
-                    or (self.delivered_hints and (len(state.acked) > state.hinted or state.stalled_new))
+                    or state.stalled_new
+                    or (self.delivered_hints and len(state.acked) > state.hinted)
                 ):
                     positions[tp] = position
             return positions
@@ -361,12 +365,36 @@ class OffsetTracker:
                 state = self._parts.get(tp)
                 if state is None:
                     continue
-                later = [o for o in state.acked if o > position]
+                acked, later = [], []
+                if self.delivered_hints:
+                    acked = [o for o in state.acked if o > position]
+                    # What the hint this reader started from names and it has not read yet is passed
+                    # on: a reader that stops before reaching it (a pod failing as it starts) loses
+                    # none of it.
+                    later = acked + [o for o in state.delivered if o > position]
                 stalled = {o: n for o, n in state.stalled.items() if o >= position}
-                state.hinting = len(later)
+                state.hinting = len(acked)
                 if later or stalled:
                     out[tp] = (later, stalled)
             return out
+
+    def hints(self, positions: dict[TopicPartition, int]) -> dict[TopicPartition, str]:
+        """The metadata string for each partition of a commit of ``positions`` that has something to
+        say (worker/delivered_hints.py): outputs already acknowledged past the position, so that the
+        partition's next reader does not label those inputs again, and the stalled inputs' counts."""
+        hints = {}
+        for tp, (later, stalled) in self.hint_parts(positions).items():
+            text = encode_hint(positions[tp], later, stalled)
+            if text:
+                hints[tp] = text
+        return hints
+
+    def stalled_positions(self) -> dict[TopicPartition, int]:
+        """Partitions whose stalled counts are in no commit yet, at their last committed position
+        (exactly-once, after its final transaction was aborted: see TransactionalCommitter)."""
+        with self._lock:
+            return {tp: state.committed for tp, state in self._parts.items()
+                    if state.stalled_new and state.committed is not None}
 
     def mark_committed(self, positions: dict[TopicPartition, int]) -> None:
         with self._lock:
@@ -518,7 +546,7 @@ class Committer:
         positions = self._tracker.committable()
         if positions:
             self._pending_since = now
-            self._consumer.commit_async(positions, self._async_done(positions), metadata=self._hints(positions))
+            self._consumer.commit_async(positions, self._async_done(positions), metadata=self._tracker.hints(positions))
 
     def commit_now(self, partitions: Iterable[TopicPartition] | None = None, timeout_s: float = 10.0) -> dict:
         """Commit acknowledged positions and wait for the broker (shutdown; consumer thread)."""
@@ -526,7 +554,7 @@ class Committer:
         if not positions:
             return {}
         try:
-            self._consumer.commit(positions, timeout_s, metadata=self._hints(positions))
+            self._consumer.commit(positions, timeout_s, metadata=self._tracker.hints(positions))
         except Exception as exc:
             self._report(positions, exc)
             raise
@@ -540,23 +568,13 @@ class Committer:
         if not positions:
             return {}
         try:
-            await self._consumer.commit_in_rebalance(positions, metadata=self._hints(positions))
+            await self._consumer.commit_in_rebalance(positions, metadata=self._tracker.hints(positions))
         except Exception as exc:
             self._report(positions, exc)
             return {}
         self._tracker.mark_committed(positions)
         self._report(positions, None)
         return positions
-
-    def _hints(self, positions: dict[TopicPartition, int]) -> dict[TopicPartition, str]:
-        """Each commit's metadata: the outputs already acknowledged past its position, so that the
-        partition's next reader does not label those inputs again (worker/delivered_hints.py)."""
-        hints = {}
-        for tp, (later, stalled) in self._tracker.hint_parts(positions).items():
-            text = encode_hint(positions[tp], later, stalled)
-            if text:
-                hints[tp] = text
-        return hints
 
     def _async_done(self, positions: dict[TopicPartition, int]) -> Callable[[BaseException | None], None]:
         def done(error: BaseException | None) -> None:

@@ -394,8 +394,7 @@ class Source:
             # revocation, so re-read from the first of them, skipping those already delivered.
             self._consumer.seek(tp, rewind[tp].position)
             self._tracker.skip_delivered(tp, rewind[tp].delivered)
-        if self._tracker.delivered_hints:
-            self._hints_wanted.update(assigned.difference(back))
+        self._hints_wanted.update(assigned.difference(back))  # exactly-once reads only their stalled counts
         self._health.assigned = len(self._tracker.assigned())
         log.info(
             "partitions_assigned", partitions=_names(assigned),

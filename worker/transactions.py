@@ -20,7 +20,14 @@ the last committed transaction (the tracker starts a new epoch, so queued and ru
 dropped; the consumer seeks back). A record the broker refused is remembered, so when it comes
 round again its bounded dead letter goes instead (and if that is refused too, it is skipped):
 a refusal cannot loop. A fenced producer (a newer worker with the same transactional id) or a
-fenced group member is fatal: this worker is a zombie and exits. The producer bounds every
+fenced group member is fatal: this worker is a zombie and exits.
+
+A stalled model call (TAGSTREAM_MODEL_STALL_S) aborts the final transaction too, since the inputs
+it gave up hold back what may be committed. So that an input that hangs the model every time does
+not restart the worker for ever, the inputs of the given-up call are then counted in one more
+transaction, which holds no output and commits the last committed positions again with the counts
+in the offsets' metadata (worker/delivered_hints.py): the next worker runs those inputs alone, and
+dead-letters one that hangs again. Commits also carry the counts of inputs read from such a hint. The producer bounds every
 transactional call, so a client library that never returns (librdkafka after a broker restart)
 fails the transaction like any other failure instead of holding the sink thread; an abort that
 cannot wait for the consumer thread's rewind (it has stopped) ends the sink with a clear error.
@@ -42,6 +49,7 @@ Fencing (what kafka-python 3.0.12 offers, and its limits):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -148,14 +156,23 @@ class TransactionalCommitter:
         abort = self._abort_last if barrier.final else self._abort_and_rewind
         if self._abort_requested:
             abort(self._abort_why)
+            if barrier.final:
+                self._record_stalled(barrier.group_metadata)
             return False
         if not flush() or self._abort_requested:
             abort("the outputs were not all acknowledged")
+            if barrier.final:
+                self._record_stalled(barrier.group_metadata)
             return False
-        positions = self._tracker.committable()
+        # Stalled counts not committed yet ride along, at the last committed position where nothing
+        # advanced (after a rewind, an aborted call's partition holds nothing past it).
+        stalled = self._tracker.stalled_positions()
+        positions = stalled | self._tracker.committable()
         try:
             if positions:
-                self._producer.send_offsets_to_transaction(positions, barrier.group_metadata)
+                self._producer.send_offsets_to_transaction(
+                    positions, barrier.group_metadata, metadata=self._tracker.hints(positions)
+                )
             self._producer.commit_transaction()
         except BrokerError as exc:
             if exc.failure in (Failure.PRODUCER_FENCED, Failure.INSTANCE_FENCED):
@@ -167,6 +184,8 @@ class TransactionalCommitter:
         self._tracker.mark_committed(positions)
         self._metrics.transactions.labels(result="committed").inc()
         self._report(positions, None)
+        if stalled:
+            _log_counted({tp: positions[tp] for tp in stalled})
         if barrier.final:
             self._final_done.set()
         else:
@@ -198,6 +217,30 @@ class TransactionalCommitter:
         self._abort(why, final=True)
         self._final_aborted = why
         self._final_done.set()
+
+    def _record_stalled(self, group_metadata: Any) -> None:
+        """After the final abort: count the inputs of stalled model calls in a transaction of their
+        own, at the last committed positions (see the module docstring). Failing costs no input,
+        only the count: the next worker runs them in batches again."""
+        positions = self._tracker.stalled_positions()
+        if not positions:
+            return
+        hints = self._tracker.hints(positions)
+        try:
+            self.begin()
+            self._producer.send_offsets_to_transaction(positions, group_metadata, metadata=hints)
+            self._producer.commit_transaction()
+        except BrokerError as exc:
+            log.warning("stalled_inputs_not_counted", error=str(exc),
+                        consequence="the next worker runs them in batches again, and may stall on them again")
+            with contextlib.suppress(BrokerError):
+                self._producer.abort_transaction()
+            return
+        finally:
+            self._in_transaction = False
+        self._tracker.mark_committed(positions)
+        self._report(positions, None)
+        _log_counted(positions)
 
     def _abort(self, why: str, final: bool = False) -> None:
         try:
@@ -291,3 +334,9 @@ class TransactionalCommitter:
     def _report(self, positions: dict[TopicPartition, int], error: BaseException | None) -> None:
         if self._on_result is not None:
             self._on_result(positions, error)
+
+
+def _log_counted(positions: dict[TopicPartition, int]) -> None:
+    log.info("stalled_inputs_counted", positions={f"{tp.topic}[{tp.partition}]": p for tp, p in positions.items()},
+             why="inputs of a model call given up as stalled: the next worker runs them alone, then dead-letters"
+             " one that stalls again")

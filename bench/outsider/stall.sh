@@ -45,7 +45,7 @@ if [ "${PILL:-0}" = 1 ]; then
     SECOND=$!
     for i in $(seq 1 60); do kill -0 $SECOND 2>/dev/null || break; [ "$(committed 2>/dev/null)" = "$TOTAL" ] && break; sleep 1; done
     if ! kill -0 $SECOND 2>/dev/null; then
-      wait $SECOND; echo "worker $n exit $? ($(grep -o '"inputs": [0-9]*, "event": "model_call_given_up"' "$D/second.log" | grep -o '[0-9]*' | head -1) inputs given up)"
+      wait $SECOND; echo "worker $n exit $? ($(grep '"model_call_given_up"' "$D/second.log" | grep -o '"inputs": [0-9]*' | grep -o '[0-9]*' | paste -sd+ | bc) inputs given up; $(grep -c input_dead_lettered_after_stalls "$D/second.log") dead-lettered after stalls as it drained)"
       cp "$D/second.log" "$D/worker$n.log"; continue
     fi
     echo "worker $n runs on: $(grep -c input_dead_lettered_after_stalls "$D/second.log") input(s) dead-lettered after stalls"; break

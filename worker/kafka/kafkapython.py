@@ -517,9 +517,11 @@ class KafkaPythonProducer:
     def begin_transaction(self) -> None:
         self._transactional(self._producer.begin_transaction, "cannot begin a transaction")
 
-    def send_offsets_to_transaction(self, positions: dict[TopicPartition, int], group_metadata: Any) -> None:
+    def send_offsets_to_transaction(
+        self, positions: dict[TopicPartition, int], group_metadata: Any, metadata: dict[TopicPartition, str] | None = None
+    ) -> None:
         self._bounded(
-            lambda: self._producer.send_offsets_to_transaction(_to_kafka(positions), group_metadata),
+            lambda: self._producer.send_offsets_to_transaction(_to_kafka(positions, metadata), group_metadata),
             "cannot add the offsets to the transaction",
         )
 

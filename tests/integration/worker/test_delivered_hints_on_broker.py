@@ -80,14 +80,16 @@ def test_inputs_labelled_past_a_stalled_batch_are_not_labelled_again_by_the_succ
     assert skipping and sum(sum(e["skipping"].values()) for e in skipping) == len(hinted), skipping
 
 
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_an_input_that_hangs_the_model_every_time_is_run_alone_then_dead_lettered_instead_of_restarting_for_ever(
-    kafka_bootstrap, new_topic, new_group, tmp_path, kafka_client
+    kafka_bootstrap, new_topic, new_group, tmp_path, kafka_client, guarantee
 ):
     """An input on which every model call hangs (the stalling null bundle, on STALL_TOKEN) used to
     restart the worker for ever: each successor read it again and hung again. Now the first worker's
-    commit names the inputs of the call it gave up; the second runs each of them alone, so it hangs
-    on that input alone (and labels the others); the third dead-letters it (stalled_twice) without
-    running it and labels everything else. Nothing is lost."""
+    commit names the inputs of the call it gave up (exactly-once: in a transaction of its own, after
+    aborting the last one); the second runs each of them alone, so it hangs on that input alone (and
+    labels the others); the third dead-letters it (stalled_twice) without running it and labels
+    everything else. Nothing is lost."""
     topic = new_topic(partitions=2, prefix="worker-stall-pill")
     group = new_group()
     texts = fixture_texts(300, seed=32)
@@ -95,7 +97,9 @@ def test_an_input_that_hangs_the_model_every_time_is_run_alone_then_dead_lettere
     ids = produce_events(kafka_bootstrap, topic, texts)
     pill = ids[150]
     stalling = make_null_bundle(tmp_path / "stalling", stalling=True)
-    env = worker_env(kafka_bootstrap, topic, stalling, group, TAGSTREAM_MODEL_STALL_S="3")
+    env = worker_env(kafka_bootstrap, topic, stalling, group, TAGSTREAM_MODEL_STALL_S="3",
+                     TAGSTREAM_PROCESSING_GUARANTEE=guarantee)
+    committed = {"isolation_level": "read_committed"}  # exactly-once: aborted outputs are not results
     logs = [tmp_path / f"worker{i}.log" for i in (1, 2, 3)]
 
     def events(log, name):
@@ -110,6 +114,8 @@ def test_an_input_that_hangs_the_model_every_time_is_run_alone_then_dead_lettere
             if proc.poll() is None:
                 proc.kill()
         assert events(log, "fatal")[0]["kind"] == "model_stalled"
+    if guarantee == "exactly_once":  # the counts went in a transaction of their own, after the abort
+        assert all(events(log, "stalled_inputs_counted") for log in logs[:2])
     given_up = [events(log, "model_call_given_up")[0]["inputs"] for log in logs[:2]]
     assert given_up[0] > 1 and given_up[1] == 1, given_up  # the second time the pill was alone
 
@@ -117,14 +123,18 @@ def test_an_input_that_hangs_the_model_every_time_is_run_alone_then_dead_lettere
     try:
         def all_answered() -> bool:
             labelled = {json.loads(r.value)["id"] for r in read_records(
-                kafka_bootstrap, f"{topic}.labels", len(ids) - 1, timeout_s=2, quiet_s=0)}
+                kafka_bootstrap, f"{topic}.labels", len(ids) - 1, timeout_s=2, quiet_s=0, **committed)}
             return set(ids) - {pill} <= labelled and bool(events(logs[2], "input_dead_lettered_after_stalls"))
         wait_until(all_answered, 120, "a result for every input, and the one that hangs the model dead-lettered")
     finally:
         third.send_signal(signal.SIGTERM)
         assert third.wait(DRAIN_TIMEOUT_S + 15) == 0, logs[2].read_text()[-3000:]
-    letters = read_records(kafka_bootstrap, f"{topic}.dlq", 1)
+    letters = read_records(kafka_bootstrap, f"{topic}.dlq", 1, **committed)
     assert [json.loads(r.value)["id"] for r in letters] == [pill]
     assert dict(letters[0].headers)["tagstream.reason"] == b"stalled_twice"
     assert [e["stalls"] for e in events(logs[2], "input_dead_lettered_after_stalls")] == [2]
-    assert pill not in {json.loads(r.value)["id"] for r in read_records(kafka_bootstrap, f"{topic}.labels", len(ids) - 1)}
+    results = Counter(json.loads(r.value)["id"] for r in read_records(
+        kafka_bootstrap, f"{topic}.labels", len(ids) - 1, **committed))
+    assert pill not in results
+    if guarantee == "exactly_once":
+        assert max(results.values()) == 1  # each input's outcome once, through three workers

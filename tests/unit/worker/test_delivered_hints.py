@@ -108,6 +108,25 @@ def test_the_next_reader_skips_the_named_inputs_only_when_it_reads_from_the_hint
         assert tracker.committable() == {TP: 8}
 
 
+def test_a_reader_that_commits_before_reaching_the_hinted_inputs_passes_the_rest_of_the_hint_on():
+    """A reader that stops soon after it started from a hint (a pod failing as it starts) used to
+    name in its commit only what it had acknowledged itself: the hint's later inputs were labelled
+    again by whoever came next. What it has not read yet is passed on with its commit."""
+    tracker = OffsetTracker(delivered_hints=True)
+    tracker.assign([TP])
+    consumer = FakeConsumer([TP])
+    consumer.group_committed[TP] = 2
+    consumer.group_metadata_stored[TP] = encode(2, [3, 10, 11, 12])
+    read_hints(consumer, tracker, [TP])
+    assert tracker.delivered(TP, 2) == {3, 10, 11, 12}
+    epoch = tracker.track(TP, range(2, 6))  # read up to 5 only: 3 is skipped, 10-12 not reached
+    for offset in (2, 4, 5):
+        tracker.ack(TP, offset, epoch)
+    positions = tracker.committable()
+    assert positions == {TP: 6}
+    assert decode(tracker.hints(positions)[TP], 6) == {10, 11, 12}
+
+
 def test_a_hint_arriving_after_reading_began_is_ignored():
     tracker = OffsetTracker(delivered_hints=True)
     tracker.assign([TP])

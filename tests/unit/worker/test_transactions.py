@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 
 import pytest
 from kafka.structs import TopicPartition
 from worker_fakes import FakeConsumer
 
+from worker.delivered_hints import decode, decode_stalled
 from worker.errors import BrokerError, Failure
 from worker.offsets import OffsetTracker
 from worker.telemetry import Metrics
@@ -23,18 +25,28 @@ class TxnProducer:
 
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.offsets: list[tuple[dict, dict | None]] = []  # (positions, metadata) per send_offsets
 
     def begin_transaction(self) -> None:
         self.calls.append("begin")
 
-    def send_offsets_to_transaction(self, positions, group_metadata) -> None:
+    def send_offsets_to_transaction(self, positions, group_metadata, metadata=None) -> None:
         self.calls.append("offsets")
+        self.offsets.append((dict(positions), metadata))
 
     def commit_transaction(self) -> None:
         self.calls.append("commit")
 
     def abort_transaction(self) -> None:
         self.calls.append("abort")
+
+
+@dataclass
+class Item:
+    topic: str
+    partition: int
+    offset: int
+    epoch: int
 
 
 class Handoff:
@@ -96,3 +108,57 @@ def test_an_abort_just_before_the_final_barrier_is_rewound_while_the_drain_waits
     assert not waiting.is_alive() and errors == []
     assert time.monotonic() - started < 2.0
     assert producer.calls == ["begin", "abort", "begin", "commit"]  # nothing after the rewind to commit
+
+
+def test_inputs_of_a_stalled_call_are_counted_in_a_transaction_of_their_own_after_the_final_abort():
+    """Exactly-once aborts its final transaction when a model call stalls; the given-up inputs are
+    then counted in one more transaction that holds no output and commits the last committed
+    position again (nothing past it is skipped), with the counts in the offset's metadata."""
+    committer, producer, _consumer, handoff = committer_with_work()
+    tracker = committer._tracker
+    tracker.mark_committed({TP: 10})  # the last transaction committed up to 10
+    tracker.mark_stalled([Item(TP.topic, TP.partition, o, tracker.epoch(TP)) for o in (11, 13)])
+    committer.request_abort("a model call stalled")
+    assert committer.commit(handoff.barriers[-1], flush=lambda: True) is False
+    assert producer.calls == ["begin", "abort", "begin", "offsets", "commit"]
+    positions, metadata = producer.offsets[-1]
+    assert positions == {TP: 10}
+    assert decode(metadata[TP], 10) == set() and decode_stalled(metadata[TP], 10) == {11: 1, 13: 1}
+    with pytest.raises(BrokerError):  # the worker still exits non-zero: its last transaction was aborted
+        committer.commit_now(timeout_s=10)
+
+
+def test_an_exactly_once_commit_carries_the_stalled_counts_it_read_but_names_no_delivered_output():
+    """Counts read from a hint ride on every commit until the inputs pass the position; delivered
+    outputs are never named (exactly-once publishes nothing past its commit)."""
+    tracker = OffsetTracker(False)
+    tracker.assign([TP])
+    tracker.skip_delivered_from(TP, 10, {11, 12}, {13: 1})
+    assert tracker.delivered(TP, first=10) == set()  # an at-least-once hint's outputs are not skipped
+    tracker.track(TP, range(10, 15))
+    for offset in (10, 11, 12):
+        tracker.ack(TP, offset, tracker.epoch(TP))
+    positions = tracker.committable()
+    assert positions == {TP: 13}
+    hint = tracker.hints(positions)[TP]
+    assert decode(hint, 13) == set() and decode_stalled(hint, 13) == {13: 1}
+
+
+def test_stalled_counts_of_a_rewound_partition_ride_on_the_next_commit_at_its_last_position():
+    """An abort before the final barrier rewinds the partition (nothing of it is tracked past the
+    commit): the counts still reach the next transaction's offsets, at the last committed position."""
+    tracker = OffsetTracker(False)
+    consumer, producer, handoff = Consumer([TP]), TxnProducer(), Handoff()
+    tracker.assign([TP])
+    tracker.track(TP, range(10, 15))
+    tracker.mark_committed({TP: 10})
+    tracker.mark_stalled([Item(TP.topic, TP.partition, 12, tracker.epoch(TP))])
+    assert tracker.restart_from_committed([TP]) == {TP: 10}
+    committer = TransactionalCommitter(consumer, producer, tracker, Metrics(), interval_s=60)  # type: ignore[arg-type]
+    committer.attach(handoff)
+    committer.begin()
+    committer.before_drain(handoff)
+    assert committer.commit(handoff.barriers[-1], flush=lambda: True) is True
+    positions, metadata = producer.offsets[-1]
+    assert positions == {TP: 10} and decode_stalled(metadata[TP], 10) == {12: 1}
+    assert tracker.stalled_positions() == {}  # committed: not sent again

@@ -260,8 +260,10 @@ class ConfluentProducer:
         except KafkaException as exc:
             raise translate(exc, "cannot begin a transaction") from exc
 
-    def send_offsets_to_transaction(self, positions: dict[TopicPartition, int], group_metadata: Any) -> None:
-        offsets = their_offsets(positions)
+    def send_offsets_to_transaction(
+        self, positions: dict[TopicPartition, int], group_metadata: Any, metadata: dict[TopicPartition, str] | None = None
+    ) -> None:
+        offsets = their_offsets(positions, metadata)
         self._txn(lambda c, t: c.send_offsets_to_transaction(offsets, group_metadata, t),
                   "cannot add the offsets to the transaction")
 
