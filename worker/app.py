@@ -277,7 +277,7 @@ class Worker:
         self._models = ModelStage(
             self._streams, tracker=self.tracker, metrics=self.metrics, health=self.health, clock=self.stage_clock,
             to_sink=self._to_sink, abandon=lambda items: self._abandon(items, release=False),
-            on_stalled=self.tracker.mark_stalled, debug=s.log_level == "DEBUG",
+            on_stalled=self.tracker.mark_stalled, on_lost=self._abort_for_lost_batch, debug=s.log_level == "DEBUG",
         )
         self._spawn("sink", self._sink_main)
         for i in range(self._streams):
@@ -536,6 +536,15 @@ class Worker:
         ones given up, whose offsets stay behind: a successor would publish them again."""
         if self._transactions is not None:
             self._transactions.request_abort("a model call stalled")
+
+    def _abort_for_lost_batch(self) -> None:
+        """A model thread failed for good with a batch in its call (a pod's model process lost, a call
+        it gave up as stalled, a model that fails every input): as for a stall, exactly-once aborts
+        the open transaction before that batch counts as done. Committed, it held the outputs of
+        later batches past the lost one's offsets: 1,430 of 3,000 inputs published twice in
+        test_exactly_once.py before this."""
+        if self._transactions is not None:
+            self._transactions.request_abort("a model thread failed with a batch in its call")
 
     def _on_commit(self, positions: dict, error: BaseException | None) -> None:
         if error is None:

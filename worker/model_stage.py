@@ -67,6 +67,7 @@ class ModelStage:
         to_sink: Callable[[Any], None],
         abandon: Callable[[list[Event]], None],
         on_stalled: Callable[[list[Event]], None] | None = None,
+        on_lost: Callable[[], None] | None = None,
         debug: bool = False,
     ) -> None:
         self.streams = streams
@@ -76,6 +77,9 @@ class ModelStage:
         self._to_sink = to_sink
         self._abandon = abandon  # inputs never to be committed past: the next owner reads them again
         self._on_stalled = on_stalled  # inputs of a call given up as stalled (OffsetTracker.mark_stalled)
+        # A thread failed for good with a batch in its call, before that batch counts as done: an
+        # exactly-once worker aborts the open transaction (Worker._abort_for_lost_batch).
+        self._on_lost = on_lost
         self._debug = debug  # a log line per batch
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=streams)  # TEI's prefetch of one per stream
         # Batches handed to the threads and finished by them: a barrier waits for the two to meet.
@@ -147,6 +151,8 @@ class ModelStage:
                     # and it never will. Given up now, its inputs are not waited for by the drain or
                     # a rebalance (up to 10 s, holding the partitions); they are read again.
                     if not self._calls.given_up():  # else abandoned and counted when it was given up
+                        if self._on_lost is not None:
+                            self._on_lost()
                         self._abandon(batch.items)
                     raise
                 finally:

@@ -125,3 +125,40 @@ def test_a_stalled_model_call_is_given_up_without_committing_the_outputs_after_i
     counts = Counter(json.loads(r.value)["id"] for r in results)
     assert set(counts) == set(ids)
     assert max(counts.values()) == 1, [i for i, n in counts.items() if n > 1][:10]
+
+
+def test_a_model_thread_lost_mid_transaction_aborts_it_instead_of_committing_outputs_past_its_batch(
+    kafka_bootstrap, new_topic, start_worker, tiny_bundle, kafka_client
+):
+    """A model thread that fails for good with a batch in its call (a pod's model process lost, or a
+    stalled call it gave up) abandons that batch, which holds the committed position back. Had the
+    transaction been committed, it would hold the outputs of later batches past that position, and
+    the successor would publish them again. The worker aborts it instead: a read_committed reader
+    sees each input's outcome once, through the failure and the successor."""
+    from worker.errors import Failure, WorkerError
+
+    topic = new_topic(partitions=1, prefix="eos-model-lost")  # one partition: batches interleave in it
+    ids = produce(kafka_bootstrap, topic, 3000)
+    worker = start_worker(topic, tiny_bundle, processing_guarantee="exactly_once", commit_interval_ms=30_000,
+                          inference_streams=2, max_batch_size=16)
+    runner = worker.slot.current
+    classify, calls = runner.classify, []
+
+    def lost_once(token_ids, **kwargs):
+        calls.append(len(token_ids))
+        if len(calls) == 20:
+            raise WorkerError("the model process is gone (test)", Failure.MODEL_PROCESS_LOST)
+        return classify(token_ids, **kwargs)
+
+    runner.classify = lost_once
+    assert worker.wait(timeout=90) == Failure.MODEL_PROCESS_LOST.exit_code
+    runner.classify = classify
+    successor = start_worker(topic, tiny_bundle, processing_guarantee="exactly_once", commit_interval_ms=200)
+    try:
+        results = read_committed(kafka_bootstrap, f"{topic}.labels", expected=len(ids))
+    finally:
+        successor.stop()
+        successor.wait(timeout=60)
+    counts = Counter(json.loads(r.value)["id"] for r in results)
+    assert set(counts) == set(ids)
+    assert max(counts.values()) == 1, f"{sum(n - 1 for n in counts.values())} duplicates"

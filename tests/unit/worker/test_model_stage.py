@@ -64,9 +64,11 @@ class Stage:
         self.sink: list[Any] = []
         self.abandoned: list[Event] = []
         self.stalled: list[Event] = []
+        self.lost: list[int] = []
         self.stage = ModelStage(
             1, tracker=self.tracker, metrics=Metrics(), health=health or Health(), clock=StageClock(Metrics(), enabled=False),
             to_sink=self.sink.append, abandon=self.abandoned.extend, on_stalled=self.stalled.extend,
+            on_lost=lambda: self.lost.append(self.stage._done),  # batches done when it was called
         )
         self.error: list[BaseException] = []
         self.next_offset = 0
@@ -211,3 +213,14 @@ def test_inputs_to_isolate_are_sent_unmerged_and_others_are_not():
     assert list(zip(s.runner.calls, s.runner.alone, strict=True)) == [
         ([[1], [2]], False), ([[5]], True), ([[7], [3]], False), ([[7]], True), ([[3]], True),
     ]
+
+
+def test_a_batch_lost_with_its_failed_thread_is_reported_before_it_counts_as_done():
+    """A thread failing for good with a batch in its call reports it (an exactly-once worker aborts
+    the open transaction) before the batch counts as done, so no barrier passes it first."""
+    s = Stage(FakeRunner(stalls={9}))
+    assert s.stage.put(s.batch([1]), s.runner) and s.stage.wait_for_issued()
+    assert s.lost == []  # a batch that ran is not lost
+    assert s.stage.put(s.batch([9]), s.runner)
+    s.thread.join(10)
+    assert s.lost == [1]  # reported once, while only the first batch counted as done
