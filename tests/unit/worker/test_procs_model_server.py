@@ -70,6 +70,23 @@ def pod(tiny_bundle):
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def hold_model_calls(server: ModelServer, first_only: bool) -> tuple[threading.Event, list[int]]:
+    """Make the served model's calls (the first only, or every one) wait until the returned event is
+    set, while other requests queue; the rows of each call, in order."""
+    model = server._generations[1]
+    gate, calls = threading.Event(), []
+    real = model.classify_packed
+
+    def held(ids, lengths):
+        calls.append(len(lengths))
+        if len(calls) == 1 or not first_only:
+            gate.wait(30)
+        return real(ids, lengths)
+
+    model.classify_packed = held
+    return gate, calls
+
+
 def local_answers(bundle: Path, texts: list[str]) -> tuple[list[list[int]], np.ndarray]:
     """Each text classified alone, in this process: the reference."""
     import torch
@@ -116,17 +133,7 @@ def test_requests_of_different_feeders_waiting_together_run_as_one_merged_batch(
     """While the model is busy, two feeders' requests queue, then run as one batch, each answered correctly."""
     server = pod.server()
     (link_a, runner_a), (link_b, runner_b) = pod.feeder(server, 0), pod.feeder(server, 1)
-    model = server._generations[1]
-    gate, calls = threading.Event(), []
-    real = model.classify_packed
-
-    def gated(ids, lengths):
-        calls.append(len(lengths))
-        if len(calls) == 1:
-            gate.wait(30)  # the first batch holds the only stream while the others queue
-        return real(ids, lengths)
-
-    model.classify_packed = gated
+    gate, calls = hold_model_calls(server, first_only=True)  # the first batch holds the only stream
     texts = fixture_texts(11, seed=3)
     batches = {"first": texts[:3], "a": texts[3:7], "b": texts[7:11]}
     answers: dict[str, object] = {}
@@ -225,16 +232,7 @@ def test_a_call_past_the_stall_limit_is_answered_stalled_to_the_feeders_in_it_an
     server = pod.server()
     server.health.model_stall_s = 0.3
     (_, runner_a), (_, runner_b) = pod.feeder(server, 0), pod.feeder(server, 1)
-    model = server._generations[1]
-    gate, calls = threading.Event(), []
-    real = model.classify_packed
-
-    def hangs(ids, lengths):
-        calls.append(len(lengths))
-        gate.wait(30)
-        return real(ids, lengths)
-
-    model.classify_packed = hangs
+    gate, calls = hold_model_calls(server, first_only=False)
     outcome: dict[str, BaseException | None] = {}
 
     def send(name: str, runner: RemoteRunner, texts: list[str]) -> None:
