@@ -469,7 +469,14 @@ class Worker:
         the sink queue, ahead of it), the barrier follows them to the sink, which commits."""
         assert self._models is not None
         if self._models.wait_for_issued():
-            self._to_sink(barrier)  # else nothing more will finish: the transaction is not committed
+            self._to_sink(barrier)
+        elif barrier.final and self._transactions is not None:
+            # No model thread is left: what was issued before the barrier never finishes, so the
+            # last transaction is aborted, not committed. It still reaches the sink, which ends the
+            # drain at once and counts the inputs of a stalled call (TransactionalCommitter).
+            self._transactions.request_abort("no model thread is left to finish the inputs before the last barrier")
+            self._to_sink(barrier)
+        # else nothing more will finish: this transaction is not committed (the final one aborts it)
 
     def _put_stop_for_sink(self) -> None:
         self._to_sink(STOP)

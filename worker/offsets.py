@@ -54,6 +54,9 @@ IssuedT = TypeVar("IssuedT", bound=Issued)
 class ResumePoint:
     position: int  # the lowest unacknowledged offset: reading resumes here
     delivered: frozenset[int]  # later offsets whose outputs the broker already acknowledged
+    # Inputs at or past the position that were in model calls given up as stalled, and how often:
+    # a partition assigned straight back keeps running them alone (see mark_stalled).
+    stalled: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass
@@ -199,7 +202,8 @@ class OffsetTracker:
                     continue
                 self._position(state)  # drops the acknowledged prefix
                 if state.pending:
-                    points[tp] = ResumePoint(state.pending[0], frozenset(state.acked))
+                    points[tp] = ResumePoint(state.pending[0], frozenset(state.acked),
+                                             _stalled_from(state, state.pending[0]))
             return points
 
     def committed_points(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, ResumePoint]:
@@ -209,7 +213,7 @@ class OffsetTracker:
             for tp in partitions:
                 state = self._parts.get(tp)
                 if state is not None and state.committed is not None and state.last_tracked is not None:
-                    points[tp] = ResumePoint(state.committed, frozenset())
+                    points[tp] = ResumePoint(state.committed, frozenset(), _stalled_from(state, state.committed))
             return points
 
     def restart_from_committed(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
@@ -240,13 +244,16 @@ class OffsetTracker:
                 for state in self._parts.values()
             )
 
-    def skip_delivered(self, tp: TopicPartition, offsets: Iterable[int]) -> None:
+    def skip_delivered(self, tp: TopicPartition, offsets: Iterable[int], stalled: Iterable[tuple[int, int]] = ()) -> None:
         """Offsets of ``tp`` whose outputs were acknowledged before a rebalance gave the partition
-        straight back: when read again they are acknowledged at once instead of re-run."""
+        straight back: when read again they are acknowledged at once instead of re-run. ``stalled``:
+        (offset, count) of its inputs given up in stalled model calls before, kept as they were."""
         with self._lock:
             state = self._parts.get(tp)
             if state is not None:
                 state.delivered.update(offsets)
+                state.stalled.update(stalled)
+                self.runs_alone = self.runs_alone or bool(state.stalled)
 
     def skip_delivered_from(
         self, tp: TopicPartition, position: int, offsets: Iterable[int], stalled: dict[int, int] | None = None
@@ -273,8 +280,11 @@ class OffsetTracker:
         whoever reads them next runs them alone, and not a third time."""
         with self._lock:
             for item in items:
+                # Any epoch: a count is a fact about the record, not about an output. A call that
+                # began before a rebalance gave the partition straight back stalls on the same input
+                # the new epoch reads again.
                 state = self._parts.get((item.topic, item.partition))  # type: ignore[call-overload]
-                if state is not None and state.epoch == item.epoch:
+                if state is not None:
                     state.stalled[item.offset] = state.stalled.get(item.offset, 0) + 1
                     state.stalled_new = True
 
@@ -464,6 +474,10 @@ class OffsetTracker:
         if pending:
             return pending[0]
         return None if state.last_tracked is None else state.last_tracked + 1
+
+
+def _stalled_from(state: _PartitionState, position: int) -> tuple[tuple[int, int], ...]:
+    return tuple(sorted((o, n) for o, n in state.stalled.items() if o >= position))
 
 
 CommitListener = Callable[[dict[TopicPartition, int], BaseException | None], None]

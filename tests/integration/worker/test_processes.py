@@ -231,7 +231,8 @@ def test_an_input_that_hangs_the_model_every_time_stops_two_pods_then_the_third_
     hangs on the pill alone), and whoever reads the pill's partition after that dead-letters it
     (stalled_twice) without running it: the second pod's other feeder, if the partition reaches it
     as the pod drains, else the third pod, which labels everything else. No pod hangs on it again,
-    and nothing is lost."""
+    and nothing is lost. (At-least-once only: see the README's *A hung model call* on exactly-once
+    pods, where a rebalance as the pod starts can move the input's partition while its call runs.)"""
     topic = new_topic(partitions=4, prefix="pod-stall")
     group = new_group()
     env = worker_env(kafka_bootstrap, topic, make_null_bundle(tmp_path / "stalling", stalling=True), group,

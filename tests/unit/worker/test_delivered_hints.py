@@ -167,6 +167,24 @@ def test_inputs_given_up_in_a_stalled_call_are_committed_with_their_count():
     assert decode_stalled(consumer.metadata[-1][TP], 2) == {2: 1}
 
 
+def test_a_call_that_stalls_after_a_rebalance_gave_its_partition_straight_back_still_counts():
+    """A rebalance revoked the partition while a call ran, and gave it straight back: the call stalls
+    on the same record the new assignment reads again, so its count is kept (any epoch); and the
+    counts held at revocation come back with the partition, as its delivered outputs do."""
+    for tracker in (OffsetTracker(delivered_hints=True), OffsetTracker(False, delivered_hints=False)):
+        tracker.assign([TP])
+        old = tracker.track(TP, range(2, 6))
+        tracker.mark_stalled([Event("in", 0, 3, 0, None, [], "e3", "t", 0.0, old)])
+        points = tracker.resume_points([TP]) if tracker.delivered_hints else tracker.committed_points([TP])
+        assert points[TP].stalled == ((3, 1),)
+        tracker.revoke([TP])
+        tracker.assign([TP])  # straight back, a new epoch
+        tracker.skip_delivered(TP, points[TP].delivered, points[TP].stalled)
+        assert tracker.stalled_counts(TP) == {3: 1} and tracker.runs_alone
+        tracker.mark_stalled([Event("in", 0, 4, 0, None, [], "e4", "t", 0.0, old)])  # the old epoch's call
+        assert tracker.stalled_counts(TP) == {3: 1, 4: 1}
+
+
 def source_reading(
     delivered: list[int], stalled: dict[int, int], upto: int = 6
 ) -> tuple[Source, FakeConsumer, InputHandoff]:
