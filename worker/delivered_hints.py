@@ -136,6 +136,7 @@ def read_hints(consumer: ConsumerClient, tracker: OffsetTracker, partitions: Ite
         return {}
     skipped = {}
     for tp, (committed, metadata) in found.items():
+        tracker.note_group_committed(tp, committed)
         offsets, stalled = _parse(metadata, committed)
         if offsets or stalled:
             tracker.skip_delivered_from(tp, committed, offsets, stalled)

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from worker.telemetry import Metrics
 
 
+InputId = tuple[str, int, int]  # an input's topic, partition and offset
+
+
 @dataclass(frozen=True)
 class Classified:
     """One batch's answers, as plain Python lists (one host copy per batch)."""
@@ -63,10 +66,11 @@ class Runner(Protocol):
         """Token ids per text, truncated to max_length, unpadded (one tokenizer call)."""
         ...
 
-    def classify(self, token_ids: list[list[int]], *, alone: bool = False) -> Classified:
-        """Top-k labels and probabilities for one batch of tokenized inputs. ``alone``: one input to
-        be isolated (it was in a stalled model call before, or its batch failed and each input is
-        retried by itself); a runner that merges batches (a pod's model process) runs it unmerged."""
+    def classify(self, token_ids: list[list[int]], *, alone: InputId | None = None) -> Classified:
+        """Top-k labels and probabilities for one batch of tokenized inputs. ``alone``: the batch is
+        one input to isolate, this one (it was in a stalled model call before, or its batch failed
+        and each input is retried by itself); a runner that merges batches (a pod's model process)
+        runs it unmerged, and names it to the pod's other feeders if that call stalls."""
         ...
 
 

@@ -178,7 +178,7 @@ class ModelStage:
                 if not events:
                     return
         t = self._clock.start()
-        alone = batch.reason == "alone"
+        alone = (events[0].topic, events[0].partition, events[0].offset) if batch.reason == "alone" else None
         try:
             with self._calls.call(events), self._reporting_stalled(events):
                 classified = runner.classify([e.token_ids for e in events], alone=alone)
@@ -210,7 +210,7 @@ class ModelStage:
             try:
                 # Given up, all of them are read again (none is published yet), and counted as stalled.
                 with self._calls.call(events), self._reporting_stalled(events):
-                    one = runner.classify([event.token_ids], alone=True)
+                    one = runner.classify([event.token_ids], alone=(event.topic, event.partition, event.offset))
             except InferenceError as exc:
                 if self._calls.given_up():
                     return

@@ -78,6 +78,7 @@ class _PartitionState:
     stalled_new: bool = False
     last_tracked: int | None = None
     committed: int | None = None  # last position known to be committed
+    group_committed: int | None = None  # the group's commit read at assignment (delivered_hints.read_hints)
 
 
 class OffsetTracker:
@@ -270,6 +271,13 @@ class OffsetTracker:
                 state.hint_at = position
                 self.runs_alone = self.runs_alone or bool(stalled)
 
+    def note_group_committed(self, tp: TopicPartition, position: int) -> None:
+        """The group's committed position for ``tp``, read when it was assigned (see stalled_positions)."""
+        with self._lock:
+            state = self._parts.get(tp)
+            if state is not None:
+                state.group_committed = position
+
     def stalled_counts(self, tp: TopicPartition) -> dict[int, int]:
         """Inputs of ``tp`` that were in model calls given up as stalled, and how often; usually empty."""
         state = self._parts.get(tp)
@@ -278,14 +286,19 @@ class OffsetTracker:
     def mark_stalled(self, items: Iterable[Issued]) -> None:
         """Inputs given up in a stalled model call: counted, for the next commit's hint, so that
         whoever reads them next runs them alone, and not a third time."""
+        # Any epoch: a count is a fact about the record, not about an output. A call that began
+        # before a rebalance gave the partition straight back stalls on the same input the new
+        # epoch reads again.
+        self.mark_stalled_at([(item.topic, item.partition, item.offset) for item in items])
+
+    def mark_stalled_at(self, inputs: Iterable[tuple[str, int, int]]) -> None:
+        """``mark_stalled`` by (topic, partition, offset); inputs of partitions not held are ignored
+        (a pod's feeder hears of every input run alone in a stalled call: worker/procs/remote.py)."""
         with self._lock:
-            for item in items:
-                # Any epoch: a count is a fact about the record, not about an output. A call that
-                # began before a rebalance gave the partition straight back stalls on the same input
-                # the new epoch reads again.
-                state = self._parts.get((item.topic, item.partition))  # type: ignore[call-overload]
+            for topic, partition, offset in inputs:
+                state = self._parts.get((topic, partition))  # type: ignore[call-overload]
                 if state is not None:
-                    state.stalled[item.offset] = state.stalled.get(item.offset, 0) + 1
+                    state.stalled[offset] = state.stalled.get(offset, 0) + 1
                     state.stalled_new = True
 
     def delivered(self, tp: TopicPartition, first: int | None = None) -> set[int]:
@@ -403,8 +416,10 @@ class OffsetTracker:
         """Partitions whose stalled counts are in no commit yet, at their last committed position
         (exactly-once, after its final transaction was aborted: see TransactionalCommitter)."""
         with self._lock:
-            return {tp: state.committed for tp, state in self._parts.items()
-                    if state.stalled_new and state.committed is not None}
+            # A partition this assignment has read nothing of yet: the group's commit, as read.
+            positions = {tp: state.committed if state.committed is not None else state.group_committed
+                         for tp, state in self._parts.items() if state.stalled_new}
+            return {tp: p for tp, p in positions.items() if p is not None}
 
     def mark_committed(self, positions: dict[TopicPartition, int]) -> None:
         with self._lock:

@@ -49,7 +49,7 @@ from model.cpus import available_cpus
 from model.errors import BundleError
 from model.truncation import Windower, pool
 from worker.errors import BundleLoadError, InferenceError, SettingsError
-from worker.inference import Classified
+from worker.inference import Classified, InputId
 from worker.telemetry import get_logger
 from worker.tokenizing import HeadTokenizer
 
@@ -265,7 +265,7 @@ class ModelRunner:
         """The bundle's tokenizer, for a feeder process to build its own (worker.tokenizing)."""
         return self._tokenizer_json
 
-    def classify(self, token_ids: list[list[int]], *, alone: bool = False) -> Classified:
+    def classify(self, token_ids: list[list[int]], *, alone: InputId | None = None) -> Classified:
         """Top-k labels and probabilities for one batch of tokenized inputs (as ``tokenize`` gives).
         ``alone`` changes nothing here: this runner never merges batches."""
         if self._windower is None and not self.multi_label:

@@ -54,6 +54,7 @@ def feeder_main(plan: FeederPlan, control: connection.Connection) -> None:
         fast_tokenizer=s.fast_tokenizer,
     )
     worker = Worker(s, model=link, telemetry_host="127.0.0.1", cpu_slot=plan.index)
+    link.count_stalled = worker.tracker.mark_stalled_at
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal", signal=signal.Signals(signum).name)

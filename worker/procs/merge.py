@@ -18,6 +18,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from worker.inference import InputId
+
 
 @dataclass(frozen=True, slots=True)
 class Request:
@@ -30,7 +32,7 @@ class Request:
     longest: int  # tokens in its longest row
     generation: int  # the bundle its ids were tokenized for
     tokenizer_key: str
-    alone: bool = False  # run in a model call of its own (see the module docstring)
+    alone: InputId | None = None  # the one input to run in a model call of its own (module docstring)
 
 
 def take_merged(pending: deque[Request], max_rows: int, max_tokens: int) -> list[Request]:

@@ -52,6 +52,7 @@ from worker.procs.transport import (
     REQUEST,
     STALE,
     STALLED,
+    STALLED_INPUTS,
     Channel,
     ModelInfo,
 )
@@ -350,11 +351,18 @@ class ModelServer:
 
     def give_up_stalled(self) -> list[Request]:
         """Answer STALLED to every request in a model call past TAGSTREAM_MODEL_STALL_S (the process
-        exits next); the requests. Bounded by STALLED_ANSWER_S: a feeder that reads nothing (frozen)
+        exits next), and name the inputs run alone in it to the other feeders; the requests. Bounded by STALLED_ANSWER_S: a feeder that reads nothing (frozen)
         must not keep the hung process alive."""
         requests = [r for _, group in self._calls.give_up_stalled() for r in group]
 
+        with self._ports_lock:
+            ports = list(self._ports)
+
         def answer() -> None:
+            for port in ports:  # inputs run alone: their partition may have moved to another feeder
+                named = [r.alone for r in requests if r.alone is not None and r.port is not port]
+                if named:
+                    port.send((STALLED_INPUTS, named))
             for request in requests:
                 request.port.send((DONE, request.slot, STALLED, 0, 0.0, "the model call stalled"))
 

@@ -13,7 +13,9 @@ waiting and later ``classify`` raises a WorkerError (model_process_lost): the fe
 committing only what was acknowledged, and exits; the supervisor then stops the pod. A request
 that was in a model call the model process gave up as stalled is answered STALLED before it goes:
 its ``classify`` raises ModelCallStalled, and the feeder counts those inputs as stalled
-(worker/model_stage.py), as one process does with its own stalled call.
+(worker/model_stage.py), as one process does with its own stalled call. An input run alone in
+that call is also named to every other feeder (STALLED_INPUTS): a rebalance may have given its
+partition to one of them while the call ran, and only the partition's owner can count it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from multiprocessing import connection
 from typing import Any
 
 from worker.errors import Failure, InferenceError, ModelCallStalled, WorkerError
-from worker.inference import Classified
+from worker.inference import Classified, InputId
 from worker.procs.transport import (
     DONE,
     FAILED,
@@ -38,6 +40,7 @@ from worker.procs.transport import (
     RELEASE,
     REQUEST,
     STALLED,
+    STALLED_INPUTS,
     Channel,
     ModelInfo,
     SlotShape,
@@ -75,6 +78,9 @@ class ModelLink:
         self._lost: str | None = None
         self._offer: Callable[[Any], None] | None = None
         self._receiver: threading.Thread | None = None
+        # Inputs another feeder ran alone in a model call that stalled (STALLED_INPUTS): counted by
+        # the feeder that owns their partitions now (OffsetTracker.mark_stalled_at), if this one does.
+        self.count_stalled: Callable[[list[InputId]], None] | None = None
 
     # -- ModelHost -------------------------------------------------------------------------------
     @property
@@ -109,7 +115,9 @@ class ModelLink:
         return None
 
     # -- requests --------------------------------------------------------------------------------
-    def request(self, token_ids: list[list[int]], generation: int, key: str, alone: bool = False) -> Classified:
+    def request(
+        self, token_ids: list[list[int]], generation: int, key: str, alone: InputId | None = None
+    ) -> Classified:
         """Run one batch that fits a slot in the model process (``alone``: in a model call of its
         own); raises InferenceError (the model raised: retried one by one), ModelCallStalled (the
         model process gave up the call it was in) or WorkerError (the model process is gone)."""
@@ -181,6 +189,11 @@ class ModelLink:
                 slot = message[1]
                 self._answers[slot] = message
                 self._done[slot].set()
+            elif message[0] == STALLED_INPUTS:
+                log.warning("stalled_inputs_heard", inputs=len(message[1]),
+                            why="another feeder ran them alone in the model call that stalled")
+                if self.count_stalled is not None:
+                    self.count_stalled([tuple(i) for i in message[1]])
             elif message[0] == MODEL:
                 runner = RemoteRunner(self, message[1])
                 log.info("bundle_offered", name=runner.name, version=runner.version, generation=runner.generation)
@@ -219,7 +232,7 @@ class RemoteRunner:
         """Token ids per text, truncated to max_length, unpadded (one tokenizer call)."""
         return self.head_tokenizer.encode(texts)
 
-    def classify(self, token_ids: list[list[int]], *, alone: bool = False) -> Classified:
+    def classify(self, token_ids: list[list[int]], *, alone: InputId | None = None) -> Classified:
         """Top-k labels and probabilities for one batch, computed by the model process (``alone``:
         in a model call of its own, never merged with other feeders' batches: see Runner.classify)."""
         shape = self._link.shape

@@ -19,17 +19,20 @@ pickled: the messages are tuples of a few numbers on a ``multiprocessing.connect
                       (RELEASE, generation)   the feeder holds no runner of that bundle any more
     model -> feeder   (MODEL, ModelInfo)      on connecting, and after each bundle swap
                       (DONE, slot, status, k, seconds, error)
+                      (STALLED_INPUTS, [(topic, partition, offset), ...])   before exiting on a stall
 
 ``generation`` numbers the bundles the model process has served (1 at start, +1 per swap);
 ``tokenizer_key`` says which tokenizer produced the ids. The model process runs a request on the
 bundle of its generation and refuses one whose tokenizer key does not match (STALE): ids from one
 tokenizer never reach another bundle's model. ``alone``: the request holds one input to isolate (it was
 in a stalled model call before, or its failed batch is retried input by input) and runs in a model
-call of its own, never merged: a call that hangs or raises again does so on that input only.
+call of its own, never merged: a call that hangs or raises again does so on that input only. It
+is the input's (topic, partition, offset), or None.
 
 A model call that runs past TAGSTREAM_MODEL_STALL_S is given up: before the model process exits,
 each request in it is answered STALLED, so that its feeder counts those inputs as stalled (and
-not the others it had waiting, which were never in that call).
+not the others it had waiting, which were never in that call); the inputs run alone in it are
+named to every other feeder too (STALLED_INPUTS), for whichever owns their partitions now.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
-HELLO, REQUEST, RELEASE, MODEL, DONE = "hello", "request", "release", "model", "done"
+HELLO, REQUEST, RELEASE, MODEL, DONE, STALLED_INPUTS = "hello", "request", "release", "model", "done", "stalled_inputs"
 # DONE statuses: answered; the model raised (error says why); bundle gone; in a call given up as stalled
 OK, FAILED, STALE, STALLED = 0, 1, 2, 3
 _ALIGN = 64  # each array starts on a cache line

@@ -221,8 +221,9 @@ def test_a_feeder_killed_with_sigkill_is_restarted_and_nothing_is_lost_and_a_dea
     assert set(results.ids()) == set(ids)
 
 
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_an_input_that_hangs_the_model_every_time_stops_two_pods_then_the_third_dead_letters_it(
-    kafka_bootstrap, new_topic, new_group, tmp_path, pods
+    kafka_bootstrap, new_topic, new_group, tmp_path, pods, guarantee
 ):
     """A model call that never returns in the model process (the stalling null bundle, on the pill):
     past TAGSTREAM_MODEL_STALL_S the model process answers the feeders whose requests were in that
@@ -231,14 +232,18 @@ def test_an_input_that_hangs_the_model_every_time_stops_two_pods_then_the_third_
     hangs on the pill alone), and whoever reads the pill's partition after that dead-letters it
     (stalled_twice) without running it: the second pod's other feeder, if the partition reaches it
     as the pod drains, else the third pod, which labels everything else. No pod hangs on it again,
-    and nothing is lost. (At-least-once only: see the README's *A hung model call* on exactly-once
-    pods, where a rebalance as the pod starts can move the input's partition while its call runs.)"""
+    and nothing is lost; exactly-once, a read_committed reader sees each input's outcome once. A
+    rebalance as a pod starts often moves the input's partition to the other feeder while its call
+    runs (exactly-once gives partitions up at once): that feeder counts it, as the model process
+    names it to every feeder."""
     topic = new_topic(partitions=4, prefix="pod-stall")
     group = new_group()
     env = worker_env(kafka_bootstrap, topic, make_null_bundle(tmp_path / "stalling", stalling=True), group,
-                     TAGSTREAM_MODEL_STALL_S="3", TAGSTREAM_GROUP_INSTANCE_ID=f"pod-{uuid.uuid4().hex[:6]}")
+                     TAGSTREAM_MODEL_STALL_S="3", TAGSTREAM_GROUP_INSTANCE_ID=f"pod-{uuid.uuid4().hex[:6]}",
+                     TAGSTREAM_PROCESSING_GUARANTEE=guarantee)
+    committed = {"isolation_level": "read_committed"}  # exactly-once: aborted outputs are not results
     ids = produce_events(kafka_bootstrap, topic, fixture_texts(400, seed=43), prefix="a")
-    results = Results(kafka_bootstrap, f"{topic}.labels")
+    results = Results(kafka_bootstrap, f"{topic}.labels", **committed)
     try:
         first = pods(env, "pod1")
         first.wait_started()
@@ -273,9 +278,11 @@ def test_an_input_that_hangs_the_model_every_time_stops_two_pods_then_the_third_
         assert not third.events("model_stalled"), third.tail()
         assert [e["stalls"] for e in dead_lettered()] == [2]
         assert pill not in results.ids()
+        if guarantee == "exactly_once":
+            assert max(results.ids().values()) == 1, results.ids().most_common(3)
     finally:
         results.close()
-    letters = read_records(kafka_bootstrap, f"{topic}.dlq", 1)
+    letters = read_records(kafka_bootstrap, f"{topic}.dlq", 1, **committed)
     assert [json.loads(r.value)["id"] for r in letters] == [pill]
     assert dict(letters[0].headers)["tagstream.reason"] == b"stalled_twice"
 

@@ -183,6 +183,8 @@ def test_a_call_that_stalls_after_a_rebalance_gave_its_partition_straight_back_s
         assert tracker.stalled_counts(TP) == {3: 1} and tracker.runs_alone
         tracker.mark_stalled([Event("in", 0, 4, 0, None, [], "e4", "t", 0.0, old)])  # the old epoch's call
         assert tracker.stalled_counts(TP) == {3: 1, 4: 1}
+        tracker.mark_stalled_at([("in", 0, 3), ("in", 7, 3)])  # a pod's feeder hears of both; holds one
+        assert tracker.stalled_counts(TP) == {3: 2, 4: 1}
 
 
 def source_reading(

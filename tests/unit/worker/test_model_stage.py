@@ -32,7 +32,7 @@ class FakeRunner:
         self.fails = fails or set()
         self.stalls = stalls or set()  # a batch holding one: the pod's model process gave its call up
         self.calls: list[list[list[int]]] = []
-        self.alone: list[bool] = []  # per call, whether it was asked to run unmerged
+        self.alone: list[tuple | None] = []  # per call, the input it was asked to run unmerged, if any
         self.hold = threading.Event()
         self.entered = threading.Event()
         self.release = threading.Event()
@@ -40,7 +40,7 @@ class FakeRunner:
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         return [[len(t)] for t in texts]
 
-    def classify(self, token_ids: list[list[int]], *, alone: bool = False) -> Classified:
+    def classify(self, token_ids: list[list[int]], *, alone: tuple | None = None) -> Classified:
         self.calls.append(token_ids)
         self.alone.append(alone)
         if self.hold.is_set():
@@ -211,7 +211,8 @@ def test_inputs_to_isolate_are_sent_unmerged_and_others_are_not():
     assert s.stage.put(s.batch([7, 3]), s.runner)
     s.finish()
     assert list(zip(s.runner.calls, s.runner.alone, strict=True)) == [
-        ([[1], [2]], False), ([[5]], True), ([[7], [3]], False), ([[7]], True), ([[3]], True),
+        ([[1], [2]], None), ([[5]], ("news", 0, 2)), ([[7], [3]], None), ([[7]], ("news", 0, 3)),
+        ([[3]], ("news", 0, 4)),
     ]
 
 

@@ -162,3 +162,15 @@ def test_stalled_counts_of_a_rewound_partition_ride_on_the_next_commit_at_its_la
     positions, metadata = producer.offsets[-1]
     assert positions == {TP: 10} and decode_stalled(metadata[TP], 10) == {12: 1}
     assert tracker.stalled_positions() == {}  # committed: not sent again
+
+
+def test_stalled_counts_of_a_partition_read_nothing_of_yet_are_committed_at_the_groups_position():
+    """A rebalance just before the stall: the partition now held has nothing read in this assignment
+    (no position of its own), so its counts go at the group's commit read when it was assigned."""
+    tracker = OffsetTracker(False)
+    tracker.assign([TP])
+    tracker.mark_stalled_at([(TP.topic, TP.partition, 12)])
+    assert tracker.stalled_positions() == {}  # no position known: nothing to commit at
+    tracker.note_group_committed(TP, 10)
+    assert tracker.stalled_positions() == {TP: 10}
+    assert decode_stalled(tracker.hints({TP: 10})[TP], 10) == {12: 1}
