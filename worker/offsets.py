@@ -78,7 +78,9 @@ class _PartitionState:
     stalled_new: bool = False
     last_tracked: int | None = None
     committed: int | None = None  # last position known to be committed
-    group_committed: int | None = None  # the group's commit read at assignment (delivered_hints.read_hints)
+    # The group's commit read at assignment (delivered_hints.read_hints), or where a partition given
+    # straight back resumes: a position for stalled counts before this assignment has read anything.
+    group_committed: int | None = None
 
 
 class OffsetTracker:
@@ -245,15 +247,21 @@ class OffsetTracker:
                 for state in self._parts.values()
             )
 
-    def skip_delivered(self, tp: TopicPartition, offsets: Iterable[int], stalled: Iterable[tuple[int, int]] = ()) -> None:
+    def skip_delivered(
+        self, tp: TopicPartition, offsets: Iterable[int], stalled: Iterable[tuple[int, int]] = (),
+        position: int | None = None,
+    ) -> None:
         """Offsets of ``tp`` whose outputs were acknowledged before a rebalance gave the partition
         straight back: when read again they are acknowledged at once instead of re-run. ``stalled``:
-        (offset, count) of its inputs given up in stalled model calls before, kept as they were."""
+        (offset, count) of its inputs given up in stalled model calls before, kept as they were;
+        ``position``: where reading resumes (everything before it is committed or delivered)."""
         with self._lock:
             state = self._parts.get(tp)
             if state is not None:
                 state.delivered.update(offsets)
                 state.stalled.update(stalled)
+                if position is not None:
+                    state.group_committed = position
                 self.runs_alone = self.runs_alone or bool(state.stalled)
 
     def skip_delivered_from(
@@ -370,6 +378,8 @@ class OffsetTracker:
                 if state is None:
                     continue
                 position = self._position(state)
+                if position is None and state.stalled_new:  # counts for a partition read nothing of yet
+                    position = state.committed if state.committed is not None else state.group_committed
                 if position is not None and (
                     position != state.committed
                     or state.stalled_new

@@ -179,12 +179,14 @@ def test_a_call_that_stalls_after_a_rebalance_gave_its_partition_straight_back_s
         assert points[TP].stalled == ((3, 1),)
         tracker.revoke([TP])
         tracker.assign([TP])  # straight back, a new epoch
-        tracker.skip_delivered(TP, points[TP].delivered, points[TP].stalled)
+        tracker.skip_delivered(TP, points[TP].delivered, points[TP].stalled, points[TP].position)
         assert tracker.stalled_counts(TP) == {3: 1} and tracker.runs_alone
         tracker.mark_stalled([Event("in", 0, 4, 0, None, [], "e4", "t", 0.0, old)])  # the old epoch's call
         assert tracker.stalled_counts(TP) == {3: 1, 4: 1}
         tracker.mark_stalled_at([("in", 0, 3), ("in", 7, 3)])  # a pod's feeder hears of both; holds one
         assert tracker.stalled_counts(TP) == {3: 2, 4: 1}
+        # Nothing read again yet: the counts are committed at the position the partition resumes from.
+        assert tracker.committable() == {TP: 2} and tracker.stalled_positions() == {TP: 2}
 
 
 def source_reading(
