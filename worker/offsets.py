@@ -233,7 +233,7 @@ class OffsetTracker:
                 self._epochs[tp] = epoch
                 # The stalled counts stay: the inputs they name are read again from the commit.
                 self._parts[tp] = _PartitionState(epoch=epoch, committed=state.committed, stalled=state.stalled,
-                                                  stalled_new=state.stalled_new)
+                                                  stalled_new=state.stalled_new, group_committed=state.group_committed)
                 if state.committed is not None and state.last_tracked is not None:
                     seeks[tp] = state.committed
             self.revocations += 1  # the batcher purges what it holds of the old epochs

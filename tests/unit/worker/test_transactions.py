@@ -174,3 +174,5 @@ def test_stalled_counts_of_a_partition_read_nothing_of_yet_are_committed_at_the_
     tracker.note_group_committed(TP, 10)
     assert tracker.stalled_positions() == {TP: 10}
     assert decode_stalled(tracker.hints({TP: 10})[TP], 10) == {12: 1}
+    tracker.restart_from_committed([TP])  # an abort's rewind keeps both
+    assert tracker.stalled_positions() == {TP: 10}
