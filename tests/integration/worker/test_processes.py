@@ -221,9 +221,8 @@ def test_a_feeder_killed_with_sigkill_is_restarted_and_nothing_is_lost_and_a_dea
     assert set(results.ids()) == set(ids)
 
 
-@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_an_input_that_hangs_the_model_every_time_is_dead_lettered_after_a_bounded_number_of_pod_restarts(
-    kafka_bootstrap, new_topic, new_group, tmp_path, pods, guarantee
+    kafka_bootstrap, new_topic, new_group, tmp_path, pods
 ):
     """A model call that never returns in the model process (the stalling null bundle, on the pill):
     past TAGSTREAM_MODEL_STALL_S the model process answers the feeders whose requests were in that
@@ -231,19 +230,17 @@ def test_an_input_that_hangs_the_model_every_time_is_dead_lettered_after_a_bound
     count the call's inputs in their commits, so the next pod runs each of them alone, unmerged (it
     hangs on the pill alone), and whoever reads the pill's partition after that dead-letters it
     (stalled_twice) without running it: the second pod's other feeder, if the partition reaches it
-    as the pod drains, else the next pod, which labels everything else. Nothing is lost; exactly-once,
-    a read_committed reader sees each input's outcome once. A rebalance as a pod starts often moves
-    the input's partition to the other feeder while its call runs (exactly-once gives partitions up
-    at once): that feeder counts an input run alone, as the model process names it to every feeder,
-    but not a batch's inputs, so one more pod may hang on the batch first (at most one: bounded)."""
+    as the pod drains, else the next pod, which labels everything else. Nothing is lost. A rebalance
+    as a pod starts often moves the input's partition to the other feeder while its call runs: that
+    feeder counts an input run alone, as the model process names it to every feeder. (At-least-once
+    only: exactly-once gives partitions up at once, so the first count of a batch can be lost at
+    each pod start, a chance and not a bound; see the README's *A hung model call*.)"""
     topic = new_topic(partitions=4, prefix="pod-stall")
     group = new_group()
     env = worker_env(kafka_bootstrap, topic, make_null_bundle(tmp_path / "stalling", stalling=True), group,
-                     TAGSTREAM_MODEL_STALL_S="3", TAGSTREAM_GROUP_INSTANCE_ID=f"pod-{uuid.uuid4().hex[:6]}",
-                     TAGSTREAM_PROCESSING_GUARANTEE=guarantee)
-    committed = {"isolation_level": "read_committed"}  # exactly-once: aborted outputs are not results
+                     TAGSTREAM_MODEL_STALL_S="3", TAGSTREAM_GROUP_INSTANCE_ID=f"pod-{uuid.uuid4().hex[:6]}")
     ids = produce_events(kafka_bootstrap, topic, fixture_texts(400, seed=43), prefix="a")
-    results = Results(kafka_bootstrap, f"{topic}.labels", **committed)
+    results = Results(kafka_bootstrap, f"{topic}.labels")
     try:
         first = pods(env, "pod1")
         first.wait_started()
@@ -290,11 +287,9 @@ def test_an_input_that_hangs_the_model_every_time_is_dead_lettered_after_a_bound
         assert not successors[-1].events("model_stalled"), successors[-1].tail()
         assert [e["stalls"] for e in dead_lettered()] == [2]
         assert pill not in results.ids()
-        if guarantee == "exactly_once":
-            assert max(results.ids().values()) == 1, results.ids().most_common(3)
     finally:
         results.close()
-    letters = read_records(kafka_bootstrap, f"{topic}.dlq", 1, **committed)
+    letters = read_records(kafka_bootstrap, f"{topic}.dlq", 1)
     assert [json.loads(r.value)["id"] for r in letters] == [pill]
     assert dict(letters[0].headers)["tagstream.reason"] == b"stalled_twice"
 
