@@ -31,7 +31,7 @@ from worker.errors import Failure, InferenceError, ModelCallStalled, WorkerError
 from worker.events import DeadLetter, Event
 from worker.inference import Classified, Runner
 from worker.model_calls import ModelCalls
-from worker.offsets import OffsetTracker
+from worker.offsets import OffsetTracker, input_id
 from worker.sink import input_dead_letter
 from worker.source import tokenize_events
 from worker.stages import StageClock
@@ -178,7 +178,7 @@ class ModelStage:
                 if not events:
                     return
         t = self._clock.start()
-        alone = (events[0].topic, events[0].partition, events[0].offset) if batch.reason == "alone" else None
+        alone = input_id(events[0]) if batch.reason == "alone" else None
         try:
             with self._calls.call(events), self._reporting_stalled(events):
                 classified = runner.classify([e.token_ids for e in events], alone=alone)
@@ -210,7 +210,7 @@ class ModelStage:
             try:
                 # Given up, all of them are read again (none is published yet), and counted as stalled.
                 with self._calls.call(events), self._reporting_stalled(events):
-                    one = runner.classify([event.token_ids], alone=(event.topic, event.partition, event.offset))
+                    one = runner.classify([event.token_ids], alone=input_id(event))
             except InferenceError as exc:
                 if self._calls.given_up():
                     return

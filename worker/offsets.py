@@ -297,7 +297,7 @@ class OffsetTracker:
         # Any epoch: a count is a fact about the record, not about an output. A call that began
         # before a rebalance gave the partition straight back stalls on the same input the new
         # epoch reads again.
-        self.mark_stalled_at([(item.topic, item.partition, item.offset) for item in items])
+        self.mark_stalled_at([input_id(item) for item in items])
 
     def mark_stalled_at(self, inputs: Iterable[tuple[str, int, int]]) -> None:
         """``mark_stalled`` by (topic, partition, offset); inputs of partitions not held are ignored
@@ -499,6 +499,11 @@ class OffsetTracker:
         if pending:
             return pending[0]
         return None if state.last_tracked is None else state.last_tracked + 1
+
+
+def input_id(item: Issued) -> tuple[str, int, int]:
+    """An input's (topic, partition, offset): how a stall count names it across processes."""
+    return (item.topic, item.partition, item.offset)
 
 
 def _stalled_from(state: _PartitionState, position: int) -> tuple[tuple[int, int], ...]:

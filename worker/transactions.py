@@ -20,17 +20,17 @@ the last committed transaction (the tracker starts a new epoch, so queued and ru
 dropped; the consumer seeks back). A record the broker refused is remembered, so when it comes
 round again its bounded dead letter goes instead (and if that is refused too, it is skipped):
 a refusal cannot loop. A fenced producer (a newer worker with the same transactional id) or a
-fenced group member is fatal: this worker is a zombie and exits.
+fenced group member is fatal: this worker is a zombie and exits. The producer bounds every
+transactional call, so a client library that never returns (librdkafka after a broker restart)
+fails the transaction like any other failure instead of holding the sink thread; an abort that
+cannot wait for the consumer thread's rewind (it has stopped) ends the sink with a clear error.
 
 A stalled model call (TAGSTREAM_MODEL_STALL_S) aborts the final transaction too, since the inputs
 it gave up hold back what may be committed. So that an input that hangs the model every time does
 not restart the worker for ever, the inputs of the given-up call are then counted in one more
 transaction, which holds no output and commits the last committed positions again with the counts
 in the offsets' metadata (worker/delivered_hints.py): the next worker runs those inputs alone, and
-dead-letters one that hangs again. Commits also carry the counts of inputs read from such a hint. The producer bounds every
-transactional call, so a client library that never returns (librdkafka after a broker restart)
-fails the transaction like any other failure instead of holding the sink thread; an abort that
-cannot wait for the consumer thread's rewind (it has stopped) ends the sink with a clear error.
+dead-letters one that hangs again. Commits also carry the counts of inputs read from such a hint.
 
 Fencing (what kafka-python 3.0.12 offers, and its limits):
 
@@ -153,16 +153,17 @@ class TransactionalCommitter:
         """Commit the open transaction at ``barrier`` (sink thread); False when it was aborted instead."""
         if self._final_done.is_set():
             return True  # the last transaction is committed: nothing is open, nothing comes after it
-        abort = self._abort_last if barrier.final else self._abort_and_rewind
+        def abort(why: str) -> None:
+            if barrier.final:
+                self._abort_last(why, barrier.group_metadata)
+            else:
+                self._abort_and_rewind(why)
+
         if self._abort_requested:
             abort(self._abort_why)
-            if barrier.final:
-                self._record_stalled(barrier.group_metadata)
             return False
         if not flush() or self._abort_requested:
             abort("the outputs were not all acknowledged")
-            if barrier.final:
-                self._record_stalled(barrier.group_metadata)
             return False
         # Stalled counts not committed yet ride along, at the last committed position where nothing
         # advanced (after a rewind, an aborted call's partition holds nothing past it).
@@ -210,13 +211,15 @@ class TransactionalCommitter:
                 raise WorkerError("the consumer did not rewind after an aborted transaction", Failure.INTERNAL)
         self.begin()
 
-    def _abort_last(self, why: str) -> None:
+    def _abort_last(self, why: str, group_metadata: Any) -> None:
         """Abort the final transaction (the worker is stopping): nothing is re-read here, as the
         next owner of the partitions reads from the last commit, and the drain learns at once
-        instead of waiting out its timeout for a commit that is not coming."""
+        instead of waiting out its timeout for a commit that is not coming. Then count the inputs
+        of stalled model calls (``_record_stalled``)."""
         self._abort(why, final=True)
         self._final_aborted = why
         self._final_done.set()
+        self._record_stalled(group_metadata)
 
     def _record_stalled(self, group_metadata: Any) -> None:
         """After the final abort: count the inputs of stalled model calls in a transaction of their

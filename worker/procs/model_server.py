@@ -351,8 +351,9 @@ class ModelServer:
 
     def give_up_stalled(self) -> list[Request]:
         """Answer STALLED to every request in a model call past TAGSTREAM_MODEL_STALL_S (the process
-        exits next), and name the inputs run alone in it to the other feeders; the requests. Bounded by STALLED_ANSWER_S: a feeder that reads nothing (frozen)
-        must not keep the hung process alive."""
+        exits next), and name the inputs run alone in it to the other feeders; the requests.
+        Bounded by STALLED_ANSWER_S: a feeder that reads nothing (frozen) must not keep the hung
+        process alive."""
         requests = [r for _, group in self._calls.give_up_stalled() for r in group]
 
         with self._ports_lock:
