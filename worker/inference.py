@@ -16,7 +16,7 @@ torch: a process with torch loaded costs ~275 MB more memory and seconds more to
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -66,11 +66,15 @@ class Runner(Protocol):
         """Token ids per text, truncated to max_length, unpadded (one tokenizer call)."""
         ...
 
-    def classify(self, token_ids: list[list[int]], *, alone: InputId | None = None) -> Classified:
-        """Top-k labels and probabilities for one batch of tokenized inputs. ``alone``: the batch is
-        one input to isolate, this one (it was in a stalled model call before, or its batch failed
-        and each input is retried by itself); a runner that merges batches (a pod's model process)
-        runs it unmerged, and names it to the pod's other feeders if that call stalls."""
+    def classify(
+        self, token_ids: list[list[int]], *, inputs: Sequence[InputId] = (), alone: bool = False
+    ) -> Classified:
+        """Top-k labels and probabilities for one batch of tokenized inputs. ``inputs``: which
+        records they are, row by row; a runner that serves several feeders (a pod's model process)
+        names them to the others if the call stalls, since a rebalance may have given their
+        partitions to one of them. ``alone``: the batch is one input to isolate (it was in a stalled
+        model call before, or its batch failed and each input is retried by itself); such a runner
+        runs it unmerged."""
         ...
 
 

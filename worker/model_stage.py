@@ -178,10 +178,11 @@ class ModelStage:
                 if not events:
                     return
         t = self._clock.start()
-        alone = input_id(events[0]) if batch.reason == "alone" else None
         try:
             with self._calls.call(events), self._reporting_stalled(events):
-                classified = runner.classify([e.token_ids for e in events], alone=alone)
+                classified = runner.classify(
+                    [e.token_ids for e in events], inputs=[input_id(e) for e in events], alone=batch.reason == "alone"
+                )
         except InferenceError as exc:
             if not self._calls.given_up():
                 self._retry_one_by_one(events, runner, exc)
@@ -210,7 +211,7 @@ class ModelStage:
             try:
                 # Given up, all of them are read again (none is published yet), and counted as stalled.
                 with self._calls.call(events), self._reporting_stalled(events):
-                    one = runner.classify([event.token_ids], alone=input_id(event))
+                    one = runner.classify([event.token_ids], inputs=[input_id(event)], alone=True)
             except InferenceError as exc:
                 if self._calls.given_up():
                     return

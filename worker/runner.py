@@ -38,6 +38,7 @@ import itertools
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -265,9 +266,11 @@ class ModelRunner:
         """The bundle's tokenizer, for a feeder process to build its own (worker.tokenizing)."""
         return self._tokenizer_json
 
-    def classify(self, token_ids: list[list[int]], *, alone: InputId | None = None) -> Classified:
+    def classify(
+        self, token_ids: list[list[int]], *, inputs: Sequence[InputId] = (), alone: bool = False
+    ) -> Classified:
         """Top-k labels and probabilities for one batch of tokenized inputs (as ``tokenize`` gives).
-        ``alone`` changes nothing here: this runner never merges batches."""
+        ``inputs`` and ``alone`` change nothing here: this runner serves one worker, unmerged."""
         if self._windower is None and not self.multi_label:
             return self._classify_rows(token_ids)
         return self._classify_documents(token_ids)

@@ -32,7 +32,8 @@ class Request:
     longest: int  # tokens in its longest row
     generation: int  # the bundle its ids were tokenized for
     tokenizer_key: str
-    alone: InputId | None = None  # the one input to run in a model call of its own (module docstring)
+    alone: bool = False  # one input to run in a model call of its own (module docstring)
+    inputs: tuple[InputId, ...] = ()  # its rows' records: named to the other feeders if their call stalls
 
 
 def take_merged(pending: deque[Request], max_rows: int, max_tokens: int) -> list[Request]:

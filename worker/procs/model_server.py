@@ -19,7 +19,9 @@ closes), never on a terminal's Ctrl-C: it must outlive the feeders' drain.
 
 A model call that runs past TAGSTREAM_MODEL_STALL_S never returns, and holds the device: the main
 thread answers each request in it STALLED (so each feeder counts those inputs as stalled: run
-alone next time, a dead letter after a second stall, as in one process) and exits at once.
+alone next time, a dead letter after a second stall, as in one process) and exits at once. The
+other feeders hear the call's inputs too: a rebalance while it ran may have given their
+partitions to one of them, and only a partition's owner can commit a count.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from prometheus_client import Counter, Histogram
 from model.cpus import available_cpus
 from worker.affinity import plan_pinning, spare_cpus
 from worker.errors import Failure, InferenceError, WorkerError
+from worker.inference import InputId
 from worker.model_calls import ModelCalls
 from worker.procs.merge import Request, take_merged
 from worker.procs.transport import (
@@ -287,10 +290,10 @@ class ModelServer:
                 message = port.conn.recv()
                 kind = message[0]
                 if kind == REQUEST:
-                    _, slot, rows, tokens, generation, key, alone = message
+                    _, slot, rows, tokens, generation, key, alone, inputs = message
                     lengths = port.channel.slots[slot].lengths[:rows]
                     longest = int(lengths.max()) if rows else 0
-                    self._pending.append(Request(port, slot, rows, tokens, longest, generation, key, alone))
+                    self._pending.append(Request(port, slot, rows, tokens, longest, generation, key, alone, inputs))
                 elif kind == RELEASE:
                     port.holds.discard(message[1])
                     self._retire_unused()
@@ -351,17 +354,19 @@ class ModelServer:
 
     def give_up_stalled(self) -> list[Request]:
         """Answer STALLED to every request in a model call past TAGSTREAM_MODEL_STALL_S (the process
-        exits next), and name the inputs run alone in it to the other feeders; the requests.
-        Bounded by STALLED_ANSWER_S: a feeder that reads nothing (frozen) must not keep the hung
-        process alive."""
+        exits next), and name the inputs in it to the other feeders; the requests. Bounded by
+        STALLED_ANSWER_S: a feeder that reads nothing (frozen) must not keep the hung process alive."""
         requests = [r for _, group in self._calls.give_up_stalled() for r in group]
 
         with self._ports_lock:
             ports = list(self._ports)
 
         def answer() -> None:
-            for port in ports:  # inputs run alone: their partition may have moved to another feeder
-                named = [r.alone for r in requests if r.alone is not None and r.port is not port]
+            # First, so that each feeder has them before its own STALLED answer or the connection's
+            # end: a rebalance while the call ran may have given their partitions to any feeder,
+            # and only the partition's owner can commit a count.
+            for port in ports:
+                named = stalled_inputs_for(port, requests)
                 if named:
                     port.send((STALLED_INPUTS, named))
             for request in requests:
@@ -398,6 +403,13 @@ class ModelServer:
         for generation in [g for g in self._generations if g != self._current and g not in held]:
             runner = self._generations.pop(generation)
             log.info("bundle_unloaded", generation=generation, version=runner.version)
+
+
+def stalled_inputs_for(port: Any, requests: list[Request]) -> list[InputId]:
+    """The inputs of a stalled call to name to ``port``'s feeder: those of the other feeders'
+    requests, less any of its own requests (it counts those itself, on their STALLED answer)."""
+    own = {i for r in requests if r.port is port for i in r.inputs}
+    return list(dict.fromkeys(i for r in requests if r.port is not port for i in r.inputs if i not in own))
 
 
 def model_process_main(

@@ -13,9 +13,9 @@ waiting and later ``classify`` raises a WorkerError (model_process_lost): the fe
 committing only what was acknowledged, and exits; the supervisor then stops the pod. A request
 that was in a model call the model process gave up as stalled is answered STALLED before it goes:
 its ``classify`` raises ModelCallStalled, and the feeder counts those inputs as stalled
-(worker/model_stage.py), as one process does with its own stalled call. An input run alone in
-that call is also named to every other feeder (STALLED_INPUTS): a rebalance may have given its
-partition to one of them while the call ran, and only the partition's owner can count it.
+(worker/model_stage.py), as one process does with its own stalled call. Every input in that call
+is also named to every other feeder (STALLED_INPUTS): a rebalance may have given its partition to
+one of them while the call ran, and only the partition's owner can count it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from multiprocessing import connection
 from typing import Any
 
@@ -78,9 +78,9 @@ class ModelLink:
         self._lost: str | None = None
         self._offer: Callable[[Any], None] | None = None
         self._receiver: threading.Thread | None = None
-        # Inputs another feeder ran alone in a model call that stalled (STALLED_INPUTS): counted by
-        # the feeder that owns their partitions now (OffsetTracker.mark_stalled_at), if this one does.
-        self.count_stalled: Callable[[list[InputId]], None] | None = None
+        # Other feeders' inputs in a model call that stalled (STALLED_INPUTS): counted by the feeder
+        # that owns their partitions now (OffsetTracker.mark_stalled_at, which returns how many).
+        self.count_stalled: Callable[[list[InputId]], int] | None = None
 
     # -- ModelHost -------------------------------------------------------------------------------
     @property
@@ -116,10 +116,11 @@ class ModelLink:
 
     # -- requests --------------------------------------------------------------------------------
     def request(
-        self, token_ids: list[list[int]], generation: int, key: str, alone: InputId | None = None
+        self, token_ids: list[list[int]], generation: int, key: str, inputs: Sequence[InputId] = (),
+        alone: bool = False,
     ) -> Classified:
-        """Run one batch that fits a slot in the model process (``alone``: in a model call of its
-        own); raises InferenceError (the model raised: retried one by one), ModelCallStalled (the
+        """Run one batch that fits a slot in the model process (``inputs``: its records, named to
+        the other feeders if its call stalls; ``alone``: in a model call of its own); raises InferenceError (the model raised: retried one by one), ModelCallStalled (the
         model process gave up the call it was in) or WorkerError (the model process is gone)."""
         self._check_alive()
         assert self._channel is not None
@@ -130,7 +131,7 @@ class ModelLink:
             done = self._done[slot]
             done.clear()
             self._answers[slot] = ()
-            self._send((REQUEST, slot, rows, tokens, generation, key, alone))
+            self._send((REQUEST, slot, rows, tokens, generation, key, alone, list(inputs)))
             while not done.wait(ANSWER_POLL_S):
                 self._check_alive()
             answer = self._answers[slot]
@@ -190,10 +191,11 @@ class ModelLink:
                 self._answers[slot] = message
                 self._done[slot].set()
             elif message[0] == STALLED_INPUTS:
-                log.warning("stalled_inputs_heard", inputs=len(message[1]),
-                            why="another feeder ran them alone in the model call that stalled")
-                if self.count_stalled is not None:
-                    self.count_stalled([tuple(i) for i in message[1]])
+                named = [tuple(i) for i in message[1]]
+                counted = self.count_stalled(named) if self.count_stalled is not None else 0
+                log.warning("stalled_inputs_heard", inputs=len(named), counted=counted,
+                            why="other feeders' inputs in the model call that stalled; counted: those of"
+                                " partitions this feeder owns now")
             elif message[0] == MODEL:
                 runner = RemoteRunner(self, message[1])
                 log.info("bundle_offered", name=runner.name, version=runner.version, generation=runner.generation)
@@ -232,9 +234,11 @@ class RemoteRunner:
         """Token ids per text, truncated to max_length, unpadded (one tokenizer call)."""
         return self.head_tokenizer.encode(texts)
 
-    def classify(self, token_ids: list[list[int]], *, alone: InputId | None = None) -> Classified:
-        """Top-k labels and probabilities for one batch, computed by the model process (``alone``:
-        in a model call of its own, never merged with other feeders' batches: see Runner.classify)."""
+    def classify(
+        self, token_ids: list[list[int]], *, inputs: Sequence[InputId] = (), alone: bool = False
+    ) -> Classified:
+        """Top-k labels and probabilities for one batch, computed by the model process (``inputs``
+        and ``alone``: see Runner.classify)."""
         shape = self._link.shape
         lengths = [len(ids) for ids in token_ids]
         if max(lengths, default=0) > shape.tokens:
@@ -243,12 +247,14 @@ class RemoteRunner:
             )
         ranges = shape.chunks(lengths)
         if len(ranges) == 1:
-            return self._link.request(token_ids, self.generation, self.tokenizer_key, alone)
+            return self._link.request(token_ids, self.generation, self.tokenizer_key, inputs, alone)
         indices: list[list[int]] = []
         scores: list[list[float]] = []
         seconds = 0.0
         for start, end in ranges:
-            part = self._link.request(token_ids[start:end], self.generation, self.tokenizer_key, alone)
+            part = self._link.request(
+                token_ids[start:end], self.generation, self.tokenizer_key, inputs[start:end], alone
+            )
             indices.extend(part.top_indices)
             scores.extend(part.top_scores)
             seconds += part.seconds

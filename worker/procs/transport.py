@@ -15,7 +15,7 @@ the slot. Nobody touches a slot it does not own, so there are no locks, and no b
 pickled: the messages are tuples of a few numbers on a ``multiprocessing.connection`` socket.
 
     feeder -> model   (HELLO, feeder, segment name, slots, shape)     once, on connecting
-                      (REQUEST, slot, rows, tokens, generation, tokenizer_key, alone)
+                      (REQUEST, slot, rows, tokens, generation, tokenizer_key, alone, inputs)
                       (RELEASE, generation)   the feeder holds no runner of that bundle any more
     model -> feeder   (MODEL, ModelInfo)      on connecting, and after each bundle swap
                       (DONE, slot, status, k, seconds, error)
@@ -24,15 +24,18 @@ pickled: the messages are tuples of a few numbers on a ``multiprocessing.connect
 ``generation`` numbers the bundles the model process has served (1 at start, +1 per swap);
 ``tokenizer_key`` says which tokenizer produced the ids. The model process runs a request on the
 bundle of its generation and refuses one whose tokenizer key does not match (STALE): ids from one
-tokenizer never reach another bundle's model. ``alone``: the request holds one input to isolate (it was
-in a stalled model call before, or its failed batch is retried input by input) and runs in a model
-call of its own, never merged: a call that hangs or raises again does so on that input only. It
-is the input's (topic, partition, offset), or None.
+tokenizer never reach another bundle's model. ``alone`` (a bool): the request holds one input to
+isolate (it was in a stalled model call before, or its failed batch is retried input by input) and
+runs in a model call of its own, never merged: a call that hangs or raises again does so on that
+input only. ``inputs``: its rows' records, [(topic, partition, offset), ...] (a few µs to pickle
+per batch; read only if the call stalls).
 
 A model call that runs past TAGSTREAM_MODEL_STALL_S is given up: before the model process exits,
 each request in it is answered STALLED, so that its feeder counts those inputs as stalled (and
-not the others it had waiting, which were never in that call); the inputs run alone in it are
-named to every other feeder too (STALLED_INPUTS), for whichever owns their partitions now.
+not the others it had waiting, which were never in that call); every input in it is named to
+every other feeder too (STALLED_INPUTS, sent first), for whichever owns its partition now: a
+rebalance while the call ran may have moved it, and the feeder whose batch it was cannot count it
+in a commit any more.
 """
 
 from __future__ import annotations

@@ -32,7 +32,8 @@ class FakeRunner:
         self.fails = fails or set()
         self.stalls = stalls or set()  # a batch holding one: the pod's model process gave its call up
         self.calls: list[list[list[int]]] = []
-        self.alone: list[tuple | None] = []  # per call, the input it was asked to run unmerged, if any
+        self.alone: list[bool] = []  # per call, whether it was asked to run unmerged
+        self.inputs: list[list[tuple]] = []  # per call, the records it was told it holds
         self.hold = threading.Event()
         self.entered = threading.Event()
         self.release = threading.Event()
@@ -40,9 +41,10 @@ class FakeRunner:
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         return [[len(t)] for t in texts]
 
-    def classify(self, token_ids: list[list[int]], *, alone: tuple | None = None) -> Classified:
+    def classify(self, token_ids: list[list[int]], *, inputs=(), alone: bool = False) -> Classified:
         self.calls.append(token_ids)
         self.alone.append(alone)
+        self.inputs.append(list(inputs))
         if self.hold.is_set():
             self.entered.set()
             self.release.wait(10)
@@ -204,15 +206,17 @@ def test_a_call_given_up_while_a_failed_batch_is_retried_counts_the_whole_batch(
 def test_inputs_to_isolate_are_sent_unmerged_and_others_are_not():
     """A batch of an input that stalled before (reason "alone") and each one-by-one retry of a failed
     batch ask the runner for a call of their own (a pod's model process would merge them with other
-    feeders' batches); ordinary batches leave the runner free to merge."""
+    feeders' batches); ordinary batches leave the runner free to merge. Every call names its records
+    (a pod's model process names them to the other feeders if the call stalls)."""
     s = Stage(FakeRunner(fails={7}))
     assert s.stage.put(s.batch([1, 2]), s.runner)
     assert s.stage.put(s.batch([5], reason="alone"), s.runner)
     assert s.stage.put(s.batch([7, 3]), s.runner)
     s.finish()
-    assert list(zip(s.runner.calls, s.runner.alone, strict=True)) == [
-        ([[1], [2]], None), ([[5]], ("news", 0, 2)), ([[7], [3]], None), ([[7]], ("news", 0, 3)),
-        ([[3]], ("news", 0, 4)),
+    assert list(zip(s.runner.calls, s.runner.alone, s.runner.inputs, strict=True)) == [
+        ([[1], [2]], False, [("news", 0, 0), ("news", 0, 1)]), ([[5]], True, [("news", 0, 2)]),
+        ([[7], [3]], False, [("news", 0, 3), ("news", 0, 4)]), ([[7]], True, [("news", 0, 3)]),
+        ([[3]], True, [("news", 0, 4)]),
     ]
 
 

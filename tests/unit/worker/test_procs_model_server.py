@@ -19,7 +19,8 @@ import pytest
 from worker_support import fixture_texts, make_tiny_bundle, wait_until
 
 from worker.errors import Failure, InferenceError, ModelCallStalled, WorkerError
-from worker.procs.model_server import ModelServer
+from worker.procs.merge import Request
+from worker.procs.model_server import ModelServer, stalled_inputs_for
 from worker.procs.plan import slot_shape
 from worker.procs.remote import ModelLink, RemoteRunner
 from worker.procs.transport import Channel
@@ -229,35 +230,42 @@ def test_a_call_past_the_stall_limit_is_answered_stalled_to_the_feeders_in_it_an
     """The model process gives up a call past TAGSTREAM_MODEL_STALL_S before it exits: the feeder
     whose request was in that call gets ModelCallStalled (it counts those inputs as stalled); a
     feeder whose request was only waiting gets no such answer (its inputs were never in the call),
-    but hears which input ran alone in it (its partition may have moved to that feeder)."""
+    but hears which inputs were in it (a rebalance may have moved their partition to that feeder)."""
     server = pod.server()
     server.health.model_stall_s = 0.3
     (link_a, runner_a), (link_b, runner_b) = pod.feeder(server, 0), pod.feeder(server, 1)
     heard: dict[str, list] = {"a": [], "b": []}
-    link_a.count_stalled, link_b.count_stalled = heard["a"].extend, heard["b"].extend
+
+    def hearing(name: str):
+        def count(named: list) -> int:
+            heard[name].extend(named)
+            return len(named)
+        return count
+
+    link_a.count_stalled, link_b.count_stalled = hearing("a"), hearing("b")
     gate, calls = hold_model_calls(server, first_only=False)
     outcome: dict[str, BaseException | None] = {}
 
-    def send(name: str, runner: RemoteRunner, texts: list[str], alone: tuple | None = None) -> None:
+    def send(name: str, runner: RemoteRunner, texts: list[str], inputs: list[tuple]) -> None:
         try:
-            runner.classify(runner.tokenize(texts), alone=alone)
+            runner.classify(runner.tokenize(texts), inputs=inputs)
             outcome[name] = None
         except BaseException as exc:
             outcome[name] = exc
 
-    a = threading.Thread(target=send, args=("a", runner_a, ["one"], ("in", 3, 41)))  # an input run alone
+    a = threading.Thread(target=send, args=("a", runner_a, ["one", "two"], [("in", 3, 41), ("in", 3, 42)]))
     a.start()
-    wait_until(lambda: calls == [1], 10, "feeder a's input in the model call")
-    b = threading.Thread(target=send, args=("b", runner_b, ["four"]))
+    wait_until(lambda: calls == [2], 10, "feeder a's inputs in the model call")
+    b = threading.Thread(target=send, args=("b", runner_b, ["four"], [("in", 1, 7)]))
     b.start()
     # One stream, busy in the hung call: b's request waits unread on its socket.
     wait_until(lambda: any(p.index == 1 and p.conn.poll() for p in server._ports), 10, "feeder b's request")
     wait_until(server.health.model_stalled, 10, "the call to pass the stall limit")
     given_up = server.give_up_stalled()
-    assert [(r.port.index, r.rows) for r in given_up] == [(0, 1)]
+    assert [(r.port.index, r.rows) for r in given_up] == [(0, 2)]
     a.join(10)
-    wait_until(lambda: heard["b"], 10, "feeder b to hear of the input run alone")
-    assert heard == {"a": [], "b": [("in", 3, 41)]}  # a counts it itself (ModelCallStalled)
+    wait_until(lambda: heard["b"], 10, "feeder b to hear of the inputs in the call")
+    assert heard == {"a": [], "b": [("in", 3, 41), ("in", 3, 42)]}  # a counts them itself (ModelCallStalled)
     assert isinstance(outcome["a"], ModelCallStalled) and outcome["a"].failure is Failure.MODEL_STALLED
     assert b.is_alive() and "b" not in outcome  # still waiting: never answered STALLED
     gate.set()  # the hung call returns after all: its answer is dropped, and its stream ends
@@ -265,4 +273,21 @@ def test_a_call_past_the_stall_limit_is_answered_stalled_to_the_feeders_in_it_an
     b.join(15)
     lost = outcome["b"]
     assert isinstance(lost, WorkerError) and lost.failure is Failure.MODEL_PROCESS_LOST, lost
-    assert calls == [1]
+    assert calls == [2]
+
+
+def test_a_stalled_calls_inputs_are_named_to_each_feeder_but_its_own_requests_inputs():
+    """Each feeder hears the inputs of the other feeders' requests in the call, once each, and not
+    those its own requests in that call hold (it counts them on their STALLED answer; a second
+    count would dead-letter an input that stalled once)."""
+    a, b, c = object(), object(), object()
+
+    def request(port, inputs) -> Request:
+        return Request(port=port, slot=0, rows=len(inputs), tokens=len(inputs), longest=1, generation=1,
+                       tokenizer_key="k", inputs=tuple(inputs))
+
+    requests = [request(a, [("in", 0, 1), ("in", 1, 5)]), request(b, [("in", 1, 5), ("in", 2, 9)]),
+                request(a, [("in", 0, 2)])]
+    assert stalled_inputs_for(a, requests) == [("in", 2, 9)]  # ("in", 1, 5) is in a's own request too
+    assert stalled_inputs_for(b, requests) == [("in", 0, 1), ("in", 0, 2)]
+    assert stalled_inputs_for(c, requests) == [("in", 0, 1), ("in", 1, 5), ("in", 2, 9), ("in", 0, 2)]

@@ -75,7 +75,7 @@ def test_closing_the_creator_removes_the_segment():
 
 def _request(tag: int, rows: int, longest: int, generation: int = 1, alone: bool = False) -> Request:
     return Request(port=tag, slot=0, rows=rows, tokens=rows * longest, longest=longest, generation=generation,
-                   tokenizer_key="k", alone=("in", 0, tag) if alone else None)
+                   tokenizer_key="k", alone=alone, inputs=tuple(("in", 0, tag * 100 + row) for row in range(rows)))
 
 
 def test_merging_takes_the_oldest_then_whatever_fits_and_keeps_the_rest_in_order():
