@@ -57,6 +57,7 @@ class ResumePoint:
     # Inputs at or past the position that were in model calls given up as stalled, and how often:
     # a partition assigned straight back keeps running them alone (see mark_stalled).
     stalled: tuple[tuple[int, int], ...] = ()
+    stalled_new: bool = False  # some of those counts are in no commit yet: the next commit carries them
 
 
 @dataclass
@@ -206,7 +207,7 @@ class OffsetTracker:
                 self._position(state)  # drops the acknowledged prefix
                 if state.pending:
                     points[tp] = ResumePoint(state.pending[0], frozenset(state.acked),
-                                             _stalled_from(state, state.pending[0]))
+                                             _stalled_from(state, state.pending[0]), state.stalled_new)
             return points
 
     def committed_points(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, ResumePoint]:
@@ -215,8 +216,15 @@ class OffsetTracker:
             points = {}
             for tp in partitions:
                 state = self._parts.get(tp)
-                if state is not None and state.committed is not None and state.last_tracked is not None:
-                    points[tp] = ResumePoint(state.committed, frozenset(), _stalled_from(state, state.committed))
+                if state is None:
+                    continue
+                if state.committed is not None and state.last_tracked is not None:
+                    position: int | None = state.committed
+                else:  # read nothing yet: a point only to keep its stalled counts, at the group's commit
+                    position = state.committed if state.committed is not None else state.group_committed
+                    position = position if state.stalled else None
+                if position is not None:
+                    points[tp] = ResumePoint(position, frozenset(), _stalled_from(state, position), state.stalled_new)
             return points
 
     def restart_from_committed(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
@@ -249,17 +257,19 @@ class OffsetTracker:
 
     def skip_delivered(
         self, tp: TopicPartition, offsets: Iterable[int], stalled: Iterable[tuple[int, int]] = (),
-        position: int | None = None,
+        position: int | None = None, stalled_new: bool = False,
     ) -> None:
         """Offsets of ``tp`` whose outputs were acknowledged before a rebalance gave the partition
         straight back: when read again they are acknowledged at once instead of re-run. ``stalled``:
-        (offset, count) of its inputs given up in stalled model calls before, kept as they were;
+        (offset, count) of its inputs given up in stalled model calls before, kept as they were
+        (``stalled_new``: some are in no commit yet, so the next commit still carries them);
         ``position``: where reading resumes (everything before it is committed or delivered)."""
         with self._lock:
             state = self._parts.get(tp)
             if state is not None:
                 state.delivered.update(offsets)
                 state.stalled.update(stalled)
+                state.stalled_new = state.stalled_new or (stalled_new and bool(state.stalled))
                 if position is not None:
                     state.group_committed = position
                 self.runs_alone = self.runs_alone or bool(state.stalled)
@@ -299,15 +309,19 @@ class OffsetTracker:
         # epoch reads again.
         self.mark_stalled_at([input_id(item) for item in items])
 
-    def mark_stalled_at(self, inputs: Iterable[tuple[str, int, int]]) -> None:
+    def mark_stalled_at(self, inputs: Iterable[tuple[str, int, int]]) -> int:
         """``mark_stalled`` by (topic, partition, offset); inputs of partitions not held are ignored
-        (a pod's feeder hears of every input run alone in a stalled call: worker/procs/remote.py)."""
+        (a pod's feeder hears of every input in a stalled call: worker/procs/remote.py). Returns
+        how many were counted."""
+        counted = 0
         with self._lock:
             for topic, partition, offset in inputs:
                 state = self._parts.get((topic, partition))  # type: ignore[call-overload]
                 if state is not None:
                     state.stalled[offset] = state.stalled.get(offset, 0) + 1
                     state.stalled_new = True
+                    counted += 1
+        return counted
 
     def delivered(self, tp: TopicPartition, first: int | None = None) -> set[int]:
         """Offsets to skip when read (see skip_delivered); usually empty. ``first``: the offset of the

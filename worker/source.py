@@ -393,7 +393,8 @@ class Source:
             # Assigned straight back: the fetch position is past the inputs dropped at
             # revocation, so re-read from the first of them, skipping those already delivered.
             self._consumer.seek(tp, rewind[tp].position)
-            self._tracker.skip_delivered(tp, rewind[tp].delivered, rewind[tp].stalled, rewind[tp].position)
+            point = rewind[tp]
+            self._tracker.skip_delivered(tp, point.delivered, point.stalled, point.position, point.stalled_new)
         self._hints_wanted.update(assigned.difference(back))  # exactly-once reads only their stalled counts
         self._health.assigned = len(self._tracker.assigned())
         log.info(

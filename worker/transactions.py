@@ -31,6 +31,9 @@ not restart the worker for ever, the inputs of the given-up call are then counte
 transaction, which holds no output and commits the last committed positions again with the counts
 in the offsets' metadata (worker/delivered_hints.py): the next worker runs those inputs alone, and
 dead-letters one that hangs again. Commits also carry the counts of inputs read from such a hint.
+Counts not committed yet are recorded so after every abort, not only the final one, and before
+the consumer thread may leave the group: an abort for a revocation is the last chance to commit
+them for partitions that move to another member.
 
 Fencing (what kafka-python 3.0.12 offers, and its limits):
 
@@ -194,8 +197,11 @@ class TransactionalCommitter:
         return True
 
     def _abort_and_rewind(self, why: str) -> None:
-        """Abort the open transaction, then have the consumer thread re-read from the last commit."""
+        """Abort the open transaction, count the inputs of stalled model calls (``_record_stalled``:
+        a revocation may be under way, and after it the partitions may be another member's), then
+        have the consumer thread re-read from the last commit."""
         self._abort(why)
+        self._record_stalled(self._consumer.group_metadata(), final=False)
         self._rewound.clear()
         self._rewind_requested.set()
         # Nothing may be sent until the old epochs are over, or stale outputs would join the next
@@ -214,17 +220,21 @@ class TransactionalCommitter:
     def _abort_last(self, why: str, group_metadata: Any) -> None:
         """Abort the final transaction (the worker is stopping): nothing is re-read here, as the
         next owner of the partitions reads from the last commit, and the drain learns at once
-        instead of waiting out its timeout for a commit that is not coming. Then count the inputs
-        of stalled model calls (``_record_stalled``)."""
+        instead of waiting out its timeout for a commit that is not coming. First, count the inputs
+        of stalled model calls (``_record_stalled``): the consumer thread waits for ``_final_done``
+        before it leaves the group, and a member that has left cannot commit (UnknownMemberId)."""
         self._abort(why, final=True)
         self._final_aborted = why
-        self._final_done.set()
-        self._record_stalled(group_metadata)
+        try:
+            self._record_stalled(group_metadata)
+        finally:
+            self._final_done.set()
 
-    def _record_stalled(self, group_metadata: Any) -> None:
-        """After the final abort: count the inputs of stalled model calls in a transaction of their
-        own, at the last committed positions (see the module docstring). Failing costs no input,
-        only the count: the next worker runs them in batches again."""
+    def _record_stalled(self, group_metadata: Any, final: bool = True) -> None:
+        """After an abort: count the inputs of stalled model calls in a transaction of their own,
+        at the last committed positions (see the module docstring). Failing costs no input, only
+        the count (after the final abort: the next worker runs them in batches again; before it,
+        they ride on the next commit)."""
         positions = self._tracker.stalled_positions()
         if not positions:
             return
@@ -234,8 +244,9 @@ class TransactionalCommitter:
             self._producer.send_offsets_to_transaction(positions, group_metadata, metadata=hints)
             self._producer.commit_transaction()
         except BrokerError as exc:
-            log.warning("stalled_inputs_not_counted", error=str(exc),
-                        consequence="the next worker runs them in batches again, and may stall on them again")
+            log.warning("stalled_inputs_not_counted", error=str(exc), consequence=(
+                "the next worker runs them in batches again, and may stall on them again" if final
+                else "they ride on the next commit, unless their partitions move first"))
             with contextlib.suppress(BrokerError):
                 self._producer.abort_transaction()
             return

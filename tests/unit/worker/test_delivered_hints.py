@@ -183,10 +183,33 @@ def test_a_call_that_stalls_after_a_rebalance_gave_its_partition_straight_back_s
         assert tracker.stalled_counts(TP) == {3: 1} and tracker.runs_alone
         tracker.mark_stalled([Event("in", 0, 4, 0, None, [], "e4", "t", 0.0, old)])  # the old epoch's call
         assert tracker.stalled_counts(TP) == {3: 1, 4: 1}
-        tracker.mark_stalled_at([("in", 0, 3), ("in", 7, 3)])  # a pod's feeder hears of both; holds one
+        assert tracker.mark_stalled_at([("in", 0, 3), ("in", 7, 3)]) == 1  # a pod's feeder hears of both; holds one
         assert tracker.stalled_counts(TP) == {3: 2, 4: 1}
         # Nothing read again yet: the counts are committed at the position the partition resumes from.
         assert tracker.committable() == {TP: 2} and tracker.stalled_positions() == {TP: 2}
+
+
+def test_counts_in_no_commit_yet_are_still_due_after_the_partition_comes_straight_back():
+    """Counts heard but not committed when a rebalance revoked the partition stay due when it comes
+    straight back (the final transaction, aborted, must still record them); counts that were
+    committed before do not make a commit due again."""
+    tracker = OffsetTracker(False, delivered_hints=False)
+    tracker.assign([TP])
+    tracker.track(TP, range(2, 6))
+    tracker.mark_committed({TP: 2})
+    tracker.mark_stalled_at([("in", 0, 4)])
+    points = tracker.committed_points([TP])
+    tracker.revoke([TP])
+    tracker.assign([TP])
+    tracker.skip_delivered(TP, points[TP].delivered, points[TP].stalled, points[TP].position, points[TP].stalled_new)
+    assert tracker.stalled_positions() == {TP: 2}
+    tracker.mark_committed({TP: 2})  # the counts' transaction
+    points = tracker.committed_points([TP])
+    assert points[TP].stalled == ((4, 1),) and not points[TP].stalled_new
+    tracker.revoke([TP])
+    tracker.assign([TP])
+    tracker.skip_delivered(TP, points[TP].delivered, points[TP].stalled, points[TP].position, points[TP].stalled_new)
+    assert tracker.stalled_counts(TP) == {4: 1} and tracker.stalled_positions() == {}
 
 
 def source_reading(

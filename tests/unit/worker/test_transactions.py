@@ -3,6 +3,7 @@ abort just before it is rewound while the drain waits (no waiting out TAGSTREAM_
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from dataclasses import dataclass
@@ -126,6 +127,76 @@ def test_inputs_of_a_stalled_call_are_counted_in_a_transaction_of_their_own_afte
     assert decode(metadata[TP], 10) == set() and decode_stalled(metadata[TP], 10) == {11: 1, 13: 1}
     with pytest.raises(BrokerError):  # the worker still exits non-zero: its last transaction was aborted
         committer.commit_now(timeout_s=10)
+
+
+def test_the_drain_does_not_leave_the_group_before_the_stalled_counts_are_committed():
+    """The consumer thread's commit_now (after which the consumer leaves the group) returns only once
+    the counts' transaction is done: a member that has left cannot commit offsets (UnknownMemberId),
+    and the counts would be lost, so the next pod hangs on the same inputs again."""
+    committer, producer, _consumer, handoff = committer_with_work()
+    tracker = committer._tracker
+    tracker.mark_committed({TP: 10})
+    tracker.mark_stalled([Item(TP.topic, TP.partition, 12, tracker.epoch(TP))])
+    counting, done = threading.Event(), threading.Event()
+    real = producer.commit_transaction
+
+    def slow_commit() -> None:  # the counts' commit, in flight at the broker
+        counting.set()
+        assert done.wait(10)
+        real()
+
+    producer.commit_transaction = slow_commit  # type: ignore[method-assign]
+    committer.request_abort("a model call stalled")
+    sink = threading.Thread(target=committer.commit, args=(handoff.barriers[-1], lambda: True))
+    sink.start()
+    assert counting.wait(10)
+    left: list[BaseException] = []
+
+    def drain() -> None:
+        try:
+            committer.commit_now(timeout_s=10)
+        except BaseException as exc:
+            left.append(exc)
+
+    consumer_thread = threading.Thread(target=drain)
+    consumer_thread.start()
+    consumer_thread.join(0.5)
+    assert consumer_thread.is_alive()  # still a member while the counts commit
+    done.set()
+    sink.join(10)
+    consumer_thread.join(10)
+    assert producer.calls[-3:] == ["begin", "offsets", "commit"]
+    assert len(left) == 1 and isinstance(left[0], BrokerError)  # the last transaction was still aborted
+
+
+def test_an_abort_for_a_revocation_commits_the_stalled_counts_before_the_partitions_can_move():
+    """Counts not committed yet (heard from the model process as a rebalance began) are committed in
+    a transaction of their own right after the abort, while this member still holds the partition:
+    once the rebalance moves it, only the next owner could, and it never heard them."""
+    committer, producer, _consumer, _handoff = committer_with_work()
+    tracker = committer._tracker
+    tracker.mark_committed({TP: 10})
+    assert tracker.mark_stalled_at([(TP.topic, TP.partition, 12)]) == 1
+    errors: list[BaseException] = []
+
+    def revoking() -> None:  # the consumer thread, in on_revoked: waits for the abort, then rewinds
+        try:
+            asyncio.run(committer.settle({TP}, asyncio.sleep, time.monotonic() + 10))
+        except BaseException as exc:
+            errors.append(exc)
+
+    consumer_thread = threading.Thread(target=revoking)
+    consumer_thread.start()
+    deadline = time.monotonic() + 10
+    while not committer.abort_if_requested():  # the sink, between outputs
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    consumer_thread.join(10)
+    assert errors == []
+    assert producer.calls == ["begin", "abort", "begin", "offsets", "commit", "begin"]
+    positions, metadata = producer.offsets[-1]
+    assert positions == {TP: 10} and decode_stalled(metadata[TP], 10) == {12: 1}
+    assert tracker.stalled_positions() == {}  # committed: the final commit need not carry them again
 
 
 def test_an_exactly_once_commit_carries_the_stalled_counts_it_read_but_names_no_delivered_output():
