@@ -247,7 +247,8 @@ class InferenceError(WorkerError):
 
 
 class ModelCallStalled(WorkerError):
-    """The pod's model process gave up the model call this batch was in (TAGSTREAM_MODEL_STALL_S):
-    the feeder counts its inputs as stalled, as one process does (worker/model_stage.py)."""
+    """The pod's model process gave up the model call this batch was in (TAGSTREAM_MODEL_STALL_S),
+    or was lost during it (killed as unresponsive, or died): the feeder counts its inputs as
+    stalled, as one process does (worker/model_stage.py)."""
 
     failure = Failure.MODEL_STALLED

@@ -234,11 +234,11 @@ class ModelStage:
         process's give_up_stalled does; the error then ends this thread and the worker."""
         try:
             yield
-        except ModelCallStalled:
+        except ModelCallStalled as exc:
             if self._on_stalled is not None:
                 self._on_stalled(events)
             log.warning("model_call_given_up", thread=threading.current_thread().name, inputs=len(events),
-                        by="model process")
+                        by="model process", reason=str(exc))
             raise
 
     def _observe(self, batch: Batch[Event], events: list[Event], classified: Classified) -> None:

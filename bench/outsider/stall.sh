@@ -6,6 +6,9 @@
 # is read back with kcat (read_committed) and compared with the input; the group's offsets with the input count.
 #   BUNDLE=DIR [CLIENT=kafka-python|confluent] [GUARANTEE=at_least_once|exactly_once] [PROCESSES=1] [EVENTS=60000]
 #   [PILL=1] bash bench/outsider/stall.sh
+# KILL_MODEL=1 (with PROCESSES > 1): the first pod never gives the call up itself (a stall limit of 300 s); once its
+# /healthz shows the model call hung for 1 s, the model process is SIGKILLed, as the OOM killer, a crash or the
+# supervisor (a silent model process) would: the feeders must count the call's inputs all the same.
 # PILL=1: every worker hangs on that input, as on an input that hangs the device. Successors are started
 # (stalling bundle) until one does not exit 1, at most 4; at-least-once, the second runs the inputs of the
 # given-up call alone and the third dead-letters the one that hung again (stalled_twice).
@@ -22,10 +25,20 @@ from pathlib import Path
 from worker_support import make_null_bundle
 for name, stalling in (('stalling', True), ('null', False)):
     make_null_bundle(Path('$D') / name, tokenizer_from=Path('$BUNDLE'), stalling=stalling)" 2>/dev/null || exit 2
-TAGSTREAM_BUNDLE_PATH=$D/stalling TAGSTREAM_MODEL_STALL_S=3 TAGSTREAM_METRICS_PORT=9341 \
+FIRST_STALL_S=3; [ "${KILL_MODEL:-0}" = 1 ] && FIRST_STALL_S=300
+TAGSTREAM_BUNDLE_PATH=$D/stalling TAGSTREAM_MODEL_STALL_S=$FIRST_STALL_S TAGSTREAM_METRICS_PORT=9341 \
   .venv/bin/tagstream-worker run > "$D/first.log" 2>&1 &
 FIRST=$!
-wait $FIRST; echo "first worker exit $? (1 expected: model_stalled)"
+if [ "${KILL_MODEL:-0}" = 1 ]; then
+  for i in $(seq 1 600); do
+    call_s=$(curl -s localhost:9341/healthz | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin).get("model_process", {}).get("model_call_s", 0))' 2>/dev/null)
+    .venv/bin/python -c "import sys; sys.exit(0 if float('${call_s:-0}') >= 1 else 1)" && break; sleep 0.5
+  done
+  MODEL_PID=$(grep -o '"event": "model_process_ready"[^}]*' "$D/first.log" | grep -o '"pid": [0-9]*' | grep -o '[0-9]*' | head -1)
+  [ -z "$MODEL_PID" ] && MODEL_PID=$(grep '"model_process_ready"' "$D/first.log" | grep -o '"pid": [0-9]*' | grep -o '[0-9]*' | head -1)
+  kill -KILL "$MODEL_PID" && echo "model process $MODEL_PID SIGKILLed, its call hung for ${call_s} s"
+fi
+wait $FIRST; echo "first worker exit $? (1 expected: model_stalled, or the model process lost)"
 .venv/bin/python - "$D/first.log" <<'PY'
 import json, sys
 from datetime import datetime
@@ -33,10 +46,12 @@ lines = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 def at(e):
     return datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00"))
 # One process: its fatal line; a pod: the model process's model_stalled (it exits at once, the feeders follow).
-noticed = next(e for e in lines if e["event"] in ("fatal", "model_stalled"))
+noticed = next(e for e in lines if e["event"] in ("fatal", "model_stalled", "model_process_lost"))
 given = [e for e in lines if e["event"] == "model_call_given_up"]
+# A pod: inputs of the call whose partition a rebalance had moved to another feeder, counted there.
+heard = sum(e.get("counted", 0) for e in lines if e["event"] == "stalled_inputs_heard")
 print(f"  stall noticed -> last log line: {(at(lines[-1]) - at(noticed)).total_seconds():.2f} s;"
-      f" given up: {sum(e['inputs'] for e in given)} inputs")
+      f" given up: {sum(e['inputs'] for e in given)} inputs; counted by the feeder that owns them now: {heard}")
 PY
 if [ "${PILL:-0}" = 1 ]; then
   for n in 2 3 4; do  # each successor hangs on the input too, unless it no longer runs it
@@ -45,7 +60,7 @@ if [ "${PILL:-0}" = 1 ]; then
     SECOND=$!
     for i in $(seq 1 60); do kill -0 $SECOND 2>/dev/null || break; [ "$(committed 2>/dev/null)" = "$TOTAL" ] && break; sleep 1; done
     if ! kill -0 $SECOND 2>/dev/null; then
-      wait $SECOND; echo "worker $n exit $? ($(grep '"model_call_given_up"' "$D/second.log" | grep -o '"inputs": [0-9]*' | grep -o '[0-9]*' | paste -sd+ | bc) inputs given up; $(grep -c input_dead_lettered_after_stalls "$D/second.log") dead-lettered after stalls as it drained)"
+      wait $SECOND; echo "worker $n exit $? ($(grep '"model_call_given_up"' "$D/second.log" | grep -o '"inputs": [0-9]*' | grep -o '[0-9]*' | paste -sd+ | bc) inputs given up; $(grep '"stalled_inputs_heard"' "$D/second.log" | grep -o '"counted": [0-9]*' | grep -o '[0-9]*' | paste -sd+ | bc) counted by the feeder that owns them now; $(grep -c input_dead_lettered_after_stalls "$D/second.log") dead-lettered after stalls as it drained)"
       cp "$D/second.log" "$D/worker$n.log"; continue
     fi
     echo "worker $n runs on: $(grep -c input_dead_lettered_after_stalls "$D/second.log") input(s) dead-lettered after stalls"; break

@@ -147,6 +147,9 @@ class ModelServer:
         self._local: Any = None
         self._slot: Any = None
         self._calls: ModelCalls[Request] = ModelCalls(self.health)  # the requests in each stream's call
+        # Slots marked IN_CALL (transport.py); once exiting for a stall, only the stalled call's stay so.
+        self._marks_lock = threading.Lock()
+        self._exiting = False
 
     # -- start and stop --------------------------------------------------------------------------
     def load(self) -> ModelInfo:
@@ -318,12 +321,18 @@ class ModelServer:
                 self._in_flight_cond.notify_all()
 
     def _classify(self, group: list[Request], runner: Any) -> None:
-        views = [r.port.channel.slots[r.slot].request(r.rows, r.tokens) for r in group]
+        slots = [r.port.channel.slots[r.slot] for r in group]
+        views = [slot.request(r.rows, r.tokens) for slot, r in zip(slots, group, strict=True)]
         if len(views) == 1:
             ids, lengths = views[0]
         else:
             ids = np.concatenate([v[0] for v in views])
             lengths = np.concatenate([v[1] for v in views])
+        # Seen by the feeders if this process dies or is killed before the call returns (transport.py).
+        with self._marks_lock:
+            if not self._exiting:  # exiting for another call's stall: this one is not to blame
+                for slot in slots:
+                    slot.in_call(True)
         started = time.perf_counter()
         try:
             with self._calls.call(group):
@@ -334,6 +343,9 @@ class ModelServer:
             return
         finally:
             self.model_metrics.busy.inc(time.perf_counter() - started)
+            if not self._calls.given_up():
+                for slot in slots:
+                    slot.in_call(False)
         if self._calls.given_up():
             return  # answered STALLED already (give_up_stalled): its slots are no longer ours to write
         # Counted before the answers go out: a feeder that got its answer sees its batch counted.
@@ -360,6 +372,15 @@ class ModelServer:
 
         with self._ports_lock:
             ports = list(self._ports)
+        # Calls of other streams still running are lost with the process, but not to blame: unmark
+        # them, so their feeders do not count their inputs as stalled (and no later call is marked).
+        stalled = {(id(r.port), r.slot) for r in requests}
+        with self._marks_lock:
+            self._exiting = True
+            for port in ports:
+                for index, slot in enumerate(port.channel.slots):
+                    if (id(port), index) not in stalled:
+                        slot.in_call(False)
 
         def answer() -> None:
             # First, so that each feeder has them before its own STALLED answer or the connection's

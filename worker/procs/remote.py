@@ -15,7 +15,9 @@ that was in a model call the model process gave up as stalled is answered STALLE
 its ``classify`` raises ModelCallStalled, and the feeder counts those inputs as stalled
 (worker/model_stage.py), as one process does with its own stalled call. Every input in that call
 is also named to every other feeder (STALLED_INPUTS): a rebalance may have given its partition to
-one of them while the call ran, and only the partition's owner can count it.
+one of them while the call ran, and only the partition's owner can count it. A request the model
+process was lost with while it was in a model call (its slot says IN_CALL: the process was killed
+as unresponsive, or died in the call) raises ModelCallStalled too, and is counted the same way.
 """
 
 from __future__ import annotations
@@ -133,14 +135,14 @@ class ModelLink:
             self._answers[slot] = ()
             self._send((REQUEST, slot, rows, tokens, generation, key, alone, list(inputs)))
             while not done.wait(ANSWER_POLL_S):
-                self._check_alive()
+                self._check_alive(slot)
             answer = self._answers[slot]
             if answer and answer[2] == STALLED:  # it came before the connection closed (same socket, in order)
                 raise ModelCallStalled(
                     f"the model process gave up the model call these {rows} inputs were in: it ran past"
                     f" TAGSTREAM_MODEL_STALL_S ({answer[5]})"
                 )
-            self._check_alive()
+            self._check_alive(slot)
             _, _, status, k, _seconds, error = answer
             if status == OK:
                 indices, scores = self._channel.slots[slot].read_answer(rows, k)
@@ -209,9 +211,17 @@ class ModelLink:
         for done in self._done:
             done.set()
 
-    def _check_alive(self) -> None:
-        if self._lost is not None:
-            raise WorkerError(f"the model process is gone: {self._lost}", Failure.MODEL_PROCESS_LOST)
+    def _check_alive(self, slot: int | None = None) -> None:
+        """Raise if the model process is gone: ModelCallStalled if ``slot``'s request was in the
+        model call it died in or was killed in (transport.py), so its inputs are counted."""
+        if self._lost is None:
+            return
+        if slot is not None and self._channel is not None and self._channel.slots[slot].was_in_call():
+            raise ModelCallStalled(
+                f"the model process was lost in the model call these inputs were in ({self._lost}): killed"
+                " as unresponsive, or it died; counted as a stalled call"
+            )
+        raise WorkerError(f"the model process is gone: {self._lost}", Failure.MODEL_PROCESS_LOST)
 
 
 class RemoteRunner:

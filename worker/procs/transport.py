@@ -8,6 +8,7 @@ process attach to it by name. A slot holds one request and, later, its answer::
     ids      int32[tokens]      the rows' token ids end to end, unpadded
     indices  int32[rows * k]    answer: each row's top-k label indices, most probable first
     scores   float32[rows * k]  answer: their probabilities
+    state    int32[1]           IN_CALL while the request is in a model call (the model process's)
 
 Ownership of a slot passes with the messages: the feeder fills a free slot and sends REQUEST; the
 model process reads it, writes the answer and sends DONE; the feeder reads the answer and frees
@@ -36,6 +37,12 @@ not the others it had waiting, which were never in that call); every input in it
 every other feeder too (STALLED_INPUTS, sent first), for whichever owns its partition now: a
 rebalance while the call ran may have moved it, and the feeder whose batch it was cannot count it
 in a commit any more.
+
+A model process that cannot answer (killed by the supervisor for being silent past the limit, or
+dead of a crash or the OOM killer in the middle of a call) leaves its slots' ``state`` behind: a
+feeder that loses the model process with a request still IN_CALL counts those inputs as stalled
+too (ModelCallStalled), so that an input that kills or freezes the model process every time is
+also run alone next time, then dead-lettered, instead of restarting the pod for ever.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ import numpy as np
 HELLO, REQUEST, RELEASE, MODEL, DONE, STALLED_INPUTS = "hello", "request", "release", "model", "done", "stalled_inputs"
 # DONE statuses: answered; the model raised (error says why); bundle gone; in a call given up as stalled
 OK, FAILED, STALE, STALLED = 0, 1, 2, 3
+IDLE, IN_CALL = 0, 1  # a slot's state
 _ALIGN = 64  # each array starts on a cache line
 
 
@@ -64,7 +72,7 @@ class SlotShape:
 
     @property
     def slot_bytes(self) -> int:
-        sizes = (self.rows * 4, self.tokens * 4, self.rows * self.k * 4, self.rows * self.k * 4)
+        sizes = (self.rows * 4, self.tokens * 4, self.rows * self.k * 4, self.rows * self.k * 4, 4)
         return sum(-(-size // _ALIGN) * _ALIGN for size in sizes)
 
     def chunks(self, lengths: list[int]) -> list[tuple[int, int]]:
@@ -100,10 +108,10 @@ class Slot:
     def __init__(self, buf: memoryview, offset: int, shape: SlotShape) -> None:
         views = []
         for dtype, count in ((np.int32, shape.rows), (np.int32, shape.tokens), (np.int32, shape.rows * shape.k),
-                             (np.float32, shape.rows * shape.k)):
+                             (np.float32, shape.rows * shape.k), (np.int32, 1)):
             views.append(np.ndarray((count,), dtype=dtype, buffer=buf, offset=offset))
             offset += -(-count * 4 // _ALIGN) * _ALIGN
-        self.lengths, self.ids, self.indices, self.scores = views
+        self.lengths, self.ids, self.indices, self.scores, self.state = views
         self.shape = shape
 
     # -- the feeder's side ----------------------------------------------------------------------
@@ -116,7 +124,12 @@ class Slot:
             raise ValueError(f"a request of {rows} rows / {tokens} tokens exceeds the slot ({self.shape})")
         self.lengths[:rows] = lengths
         self.ids[:tokens] = np.fromiter(itertools.chain.from_iterable(token_ids), dtype=np.int32, count=tokens)
+        self.state[0] = IDLE
         return rows, tokens
+
+    def was_in_call(self) -> bool:
+        """Whether the model process had this slot's request in a model call when it was lost."""
+        return bool(self.state[0] == IN_CALL)
 
     def read_answer(self, rows: int, k: int) -> tuple[list[list[int]], list[list[float]]]:
         """The answer's (top indices, top scores) per row, as lists."""
@@ -127,6 +140,10 @@ class Slot:
     def request(self, rows: int, tokens: int) -> tuple[np.ndarray, np.ndarray]:
         """(ids end to end, lengths): views, valid until the answer is sent."""
         return self.ids[:tokens], self.lengths[:rows]
+
+    def in_call(self, running: bool) -> None:
+        """Mark the request as in a model call (before it), or out of it (after, before answering)."""
+        self.state[0] = IN_CALL if running else IDLE
 
     def write_answer(self, top_indices: np.ndarray, top_scores: np.ndarray) -> None:
         """Copy one request's (rows, k) answers in."""

@@ -15,6 +15,7 @@ import shutil
 import signal
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
@@ -80,6 +81,15 @@ class Pod:
             text = response.read().decode()
         key = f"{name}{{{labels}}}" if labels else name
         return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(key + " "))
+
+    def model_call_s(self) -> float:
+        """How long the model process's current model call has run (0 when idle), from the pod's /healthz."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port()}/healthz", timeout=10) as response:
+                body = response.read()
+        except urllib.error.HTTPError as failing:  # 503 once a call passes the limit: the body still says
+            body = failing.read()
+        return float(json.loads(body).get("model_process", {}).get("model_call_s", 0.0))
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -283,6 +293,52 @@ def test_an_input_that_hangs_the_model_every_time_is_dead_lettered_after_a_bound
         assert not successors[-1].events("model_stalled"), successors[-1].tail()
         assert [e["stalls"] for e in dead_lettered()] == [2]
         assert pill not in results.ids()
+    finally:
+        results.close()
+    letters = read_records(kafka_bootstrap, f"{topic}.dlq", 1)
+    assert [json.loads(r.value)["id"] for r in letters] == [pill]
+    assert dict(letters[0].headers)["tagstream.reason"] == b"stalled_twice"
+
+
+def test_an_input_whose_model_call_the_model_process_is_killed_in_is_counted_and_dead_lettered_in_bounded_restarts(
+    kafka_bootstrap, new_topic, new_group, tmp_path, pods
+):
+    """A model process killed in the middle of a call (SIGKILL while it hangs on the pill, as the OOM
+    killer, a crash, or the supervisor killing a silent process would) answers nobody, but the slot
+    of each request in that call says so: their feeders count those inputs as stalled. The next pod
+    runs the pill alone (it hangs, and that model process gives the call up itself past the limit),
+    and the pod after that dead-letters it without running it. Before, such a kill counted nothing,
+    and each pod hung on the pill once more than this."""
+    topic = new_topic(partitions=2, prefix="pod-killed-call")
+    env = worker_env(kafka_bootstrap, topic, make_null_bundle(tmp_path / "stalling", stalling=True), new_group(),
+                     TAGSTREAM_GROUP_INSTANCE_ID=f"pod-{uuid.uuid4().hex[:6]}", TAGSTREAM_MODEL_STALL_S="3")
+    ids = produce_events(kafka_bootstrap, topic, fixture_texts(100, seed=46), prefix="a")
+    results = Results(kafka_bootstrap, f"{topic}.labels")
+    try:
+        first = pods({**env, "TAGSTREAM_MODEL_STALL_S": "300"}, "pod1")  # it never gives the call up itself
+        first.wait_started()
+        wait_until(lambda: set(ids) <= set(results.ids()), RESULTS_S, "the first results")
+        pill = produce_events(kafka_bootstrap, topic, [f"a news item that hangs the model {STALL_TOKEN}"],
+                              prefix="pill")[0]
+        wait_until(lambda: first.model_call_s() >= 1.0, 60, "the pill's model call to hang")
+        os.kill(first.events("model_process_ready")[0]["pid"], signal.SIGKILL)
+        assert first.proc.wait(60) == 1, first.tail()
+        counted = [e for e in first.events("model_call_given_up") if "lost in the model call" in e.get("reason", "")]
+        assert [e["inputs"] for e in counted] == [1], first.tail()
+
+        second = pods(env, "pod2")
+        assert second.proc.wait(POD_START_S + 60) == 1, second.tail()
+        assert [(e["requests"], e["inputs"]) for e in second.events("model_stalled")] == [(1, 1)], second.tail()
+        third = pods(env, "pod3")
+
+        def dead_lettered() -> list[dict]:
+            return [e for pod in (second, third) for e in pod.events("input_dead_lettered_after_stalls")]
+
+        wait_until(lambda: bool(dead_lettered()) or third.proc.poll() is not None, POD_START_S + RESULTS_S,
+                   "the pill dead-lettered")
+        assert third.proc.poll() is None and not third.events("model_stalled"), third.tail()
+        assert [e["stalls"] for e in dead_lettered()] == [2]
+        assert third.stop() == 0, third.tail()
     finally:
         results.close()
     letters = read_records(kafka_bootstrap, f"{topic}.dlq", 1)

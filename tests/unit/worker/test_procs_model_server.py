@@ -276,6 +276,74 @@ def test_a_call_past_the_stall_limit_is_answered_stalled_to_the_feeders_in_it_an
     assert calls == [2]
 
 
+def test_a_model_process_lost_in_a_call_counts_that_calls_inputs_as_stalled_and_no_others(pod):
+    """When the model process is lost while a request is in a model call (killed as unresponsive by
+    the supervisor, or dead of a crash mid-call, so it answers nothing), that request's feeder gets
+    ModelCallStalled and counts the inputs (run alone next time); a request that was only waiting
+    is lost as before (model_process_lost: read again in batches)."""
+    server = pod.server()
+    (_link_a, runner_a), (_link_b, runner_b) = pod.feeder(server, 0), pod.feeder(server, 1)
+    gate, calls = hold_model_calls(server, first_only=True)
+    outcome: dict[str, BaseException | None] = {}
+
+    def send(name: str, runner: RemoteRunner, texts: list[str]) -> None:
+        try:
+            runner.classify(runner.tokenize(texts))
+            outcome[name] = None
+        except BaseException as exc:
+            outcome[name] = exc
+
+    a = threading.Thread(target=send, args=("a", runner_a, ["one", "two"]))
+    a.start()
+    wait_until(lambda: calls == [2], 10, "feeder a's inputs in the model call")
+    b = threading.Thread(target=send, args=("b", runner_b, ["four"]))
+    b.start()
+    wait_until(lambda: any(p.index == 1 and p.conn.poll() for p in server._ports), 10, "feeder b's request")
+    for port in list(server._ports):  # the process is gone: its end of every connection closes at once
+        port.conn.close()
+    a.join(15)
+    b.join(15)
+    assert isinstance(outcome["a"], ModelCallStalled), outcome
+    assert "lost in the model call" in str(outcome["a"])
+    lost = outcome["b"]
+    assert type(lost) is WorkerError and lost.failure is Failure.MODEL_PROCESS_LOST, lost
+    gate.set()
+
+
+def test_exiting_for_a_stalled_call_leaves_the_other_streams_call_unmarked_so_its_inputs_are_not_counted(pod):
+    """Two streams: one call stalls past the limit while the other's call is still young. The model
+    process exits for the first; the second call is lost with it but is not to blame, so its
+    feeder sees model_process_lost (its inputs are read again in batches), not ModelCallStalled."""
+    server = pod.server(inference_streams=2)
+    server.health.model_stall_s = 1.0
+    (_link_a, runner_a), (_link_b, runner_b) = pod.feeder(server, 0), pod.feeder(server, 1)
+    gate, calls = hold_model_calls(server, first_only=False)
+    outcome: dict[str, BaseException | None] = {}
+
+    def send(name: str, runner: RemoteRunner, texts: list[str]) -> None:
+        try:
+            runner.classify(runner.tokenize(texts))
+            outcome[name] = None
+        except BaseException as exc:
+            outcome[name] = exc
+
+    a = threading.Thread(target=send, args=("a", runner_a, ["one", "two"]))
+    a.start()
+    wait_until(server.health.model_stalled, 10, "a's call to pass the stall limit")
+    b = threading.Thread(target=send, args=("b", runner_b, ["four"]))
+    b.start()
+    wait_until(lambda: calls == [2, 1], 10, "b's input in the other stream's call")
+    assert [(r.port.index, r.rows) for r in server.give_up_stalled()] == [(0, 2)]
+    for port in list(server._ports):  # the process exits (os._exit): every connection closes
+        port.conn.close()
+    a.join(15)
+    b.join(15)
+    assert isinstance(outcome["a"], ModelCallStalled) and "ran past" in str(outcome["a"]), outcome
+    lost = outcome["b"]
+    assert type(lost) is WorkerError and lost.failure is Failure.MODEL_PROCESS_LOST, lost
+    gate.set()
+
+
 def test_a_stalled_calls_inputs_are_named_to_each_feeder_but_its_own_requests_inputs():
     """Each feeder hears the inputs of the other feeders' requests in the call, once each, and not
     those its own requests in that call hold (it counts them on their STALLED answer; a second

@@ -33,6 +33,24 @@ def test_a_request_written_by_the_feeder_is_read_whole_by_another_attachment(cha
         other.close()
 
 
+def test_a_request_in_a_model_call_is_marked_so_for_the_feeder_until_the_call_returns(channel):
+    """The model process marks a slot IN_CALL through its own mapping; the feeder sees it (it would
+    survive the model process's death), and the slot's next request starts unmarked."""
+    other = Channel.attach(channel.name, channel.shape, 2)  # the model process's mapping
+    try:
+        channel.slots[0].write_request([[1, 2]])
+        assert not channel.slots[0].was_in_call()
+        other.slots[0].in_call(True)
+        assert channel.slots[0].was_in_call() and not channel.slots[1].was_in_call()
+        other.slots[0].in_call(False)
+        assert not channel.slots[0].was_in_call()
+        other.slots[0].in_call(True)
+        channel.slots[0].write_request([[3]])  # a new request in the slot: not in any call yet
+        assert not channel.slots[0].was_in_call()
+    finally:
+        other.close()
+
+
 def test_answers_come_back_per_row_and_slots_do_not_overlap(channel):
     """Answers written into one slot are read back row by row, and writing slot 0 leaves slot 1 alone."""
     other = Channel.attach(channel.name, channel.shape, 2)
