@@ -88,6 +88,21 @@ def hold_model_calls(server: ModelServer, first_only: bool) -> tuple[threading.E
     return gate, calls
 
 
+def classifying(outcome: dict, name: str, runner: RemoteRunner, texts: list[str], inputs: list[tuple] = ()) -> threading.Thread:
+    """A started thread classifying ``texts`` through ``runner``; ``outcome[name]``: None, or what it raised."""
+
+    def send() -> None:
+        try:
+            runner.classify(runner.tokenize(texts), inputs=inputs)
+            outcome[name] = None
+        except BaseException as exc:
+            outcome[name] = exc
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    return thread
+
+
 def local_answers(bundle: Path, texts: list[str]) -> tuple[list[list[int]], np.ndarray]:
     """Each text classified alone, in this process: the reference."""
     import torch
@@ -246,18 +261,9 @@ def test_a_call_past_the_stall_limit_is_answered_stalled_to_the_feeders_in_it_an
     gate, calls = hold_model_calls(server, first_only=False)
     outcome: dict[str, BaseException | None] = {}
 
-    def send(name: str, runner: RemoteRunner, texts: list[str], inputs: list[tuple]) -> None:
-        try:
-            runner.classify(runner.tokenize(texts), inputs=inputs)
-            outcome[name] = None
-        except BaseException as exc:
-            outcome[name] = exc
-
-    a = threading.Thread(target=send, args=("a", runner_a, ["one", "two"], [("in", 3, 41), ("in", 3, 42)]))
-    a.start()
+    a = classifying(outcome, "a", runner_a, ["one", "two"], [("in", 3, 41), ("in", 3, 42)])
     wait_until(lambda: calls == [2], 10, "feeder a's inputs in the model call")
-    b = threading.Thread(target=send, args=("b", runner_b, ["four"], [("in", 1, 7)]))
-    b.start()
+    b = classifying(outcome, "b", runner_b, ["four"], [("in", 1, 7)])
     # One stream, busy in the hung call: b's request waits unread on its socket.
     wait_until(lambda: any(p.index == 1 and p.conn.poll() for p in server._ports), 10, "feeder b's request")
     wait_until(server.health.model_stalled, 10, "the call to pass the stall limit")
@@ -286,18 +292,9 @@ def test_a_model_process_lost_in_a_call_counts_that_calls_inputs_as_stalled_and_
     gate, calls = hold_model_calls(server, first_only=True)
     outcome: dict[str, BaseException | None] = {}
 
-    def send(name: str, runner: RemoteRunner, texts: list[str]) -> None:
-        try:
-            runner.classify(runner.tokenize(texts))
-            outcome[name] = None
-        except BaseException as exc:
-            outcome[name] = exc
-
-    a = threading.Thread(target=send, args=("a", runner_a, ["one", "two"]))
-    a.start()
+    a = classifying(outcome, "a", runner_a, ["one", "two"])
     wait_until(lambda: calls == [2], 10, "feeder a's inputs in the model call")
-    b = threading.Thread(target=send, args=("b", runner_b, ["four"]))
-    b.start()
+    b = classifying(outcome, "b", runner_b, ["four"])
     wait_until(lambda: any(p.index == 1 and p.conn.poll() for p in server._ports), 10, "feeder b's request")
     for port in list(server._ports):  # the process is gone: its end of every connection closes at once
         port.conn.close()
@@ -320,18 +317,9 @@ def test_exiting_for_a_stalled_call_leaves_the_other_streams_call_unmarked_so_it
     gate, calls = hold_model_calls(server, first_only=False)
     outcome: dict[str, BaseException | None] = {}
 
-    def send(name: str, runner: RemoteRunner, texts: list[str]) -> None:
-        try:
-            runner.classify(runner.tokenize(texts))
-            outcome[name] = None
-        except BaseException as exc:
-            outcome[name] = exc
-
-    a = threading.Thread(target=send, args=("a", runner_a, ["one", "two"]))
-    a.start()
+    a = classifying(outcome, "a", runner_a, ["one", "two"])
     wait_until(server.health.model_stalled, 10, "a's call to pass the stall limit")
-    b = threading.Thread(target=send, args=("b", runner_b, ["four"]))
-    b.start()
+    b = classifying(outcome, "b", runner_b, ["four"])
     wait_until(lambda: calls == [2, 1], 10, "b's input in the other stream's call")
     assert [(r.port.index, r.rows) for r in server.give_up_stalled()] == [(0, 2)]
     for port in list(server._ports):  # the process exits (os._exit): every connection closes

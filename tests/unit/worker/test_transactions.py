@@ -75,6 +75,21 @@ def committer_with_work() -> tuple[TransactionalCommitter, TxnProducer, Consumer
     return committer, producer, consumer, handoff
 
 
+def draining(committer: TransactionalCommitter, errors: list[BaseException]) -> threading.Thread:
+    """The consumer thread past its drain loop (a started thread): waits for the last commit, then
+    would leave the group; what commit_now raised goes to ``errors``."""
+
+    def drain() -> None:
+        try:
+            committer.commit_now(timeout_s=10)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=drain)
+    thread.start()
+    return thread
+
+
 def test_an_abort_at_the_final_barrier_ends_the_drain_at_once_naming_why():
     committer, producer, consumer, handoff = committer_with_work()
     committer.request_abort("a model call stalled")
@@ -91,15 +106,7 @@ def test_an_abort_at_the_final_barrier_ends_the_drain_at_once_naming_why():
 def test_an_abort_just_before_the_final_barrier_is_rewound_while_the_drain_waits():
     committer, producer, consumer, handoff = committer_with_work()
     errors: list[BaseException] = []
-
-    def drain() -> None:  # the consumer thread, past its drain loop: waiting for the last commit
-        try:
-            committer.commit_now(timeout_s=10)
-        except BaseException as exc:
-            errors.append(exc)
-
-    waiting = threading.Thread(target=drain)
-    waiting.start()
+    waiting = draining(committer, errors)
     started = time.monotonic()
     committer.request_abort("partitions revoked")
     assert committer.abort_if_requested()  # the sink, between outputs: returns once rewound
@@ -151,15 +158,7 @@ def test_the_drain_does_not_leave_the_group_before_the_stalled_counts_are_commit
     sink.start()
     assert counting.wait(10)
     left: list[BaseException] = []
-
-    def drain() -> None:
-        try:
-            committer.commit_now(timeout_s=10)
-        except BaseException as exc:
-            left.append(exc)
-
-    consumer_thread = threading.Thread(target=drain)
-    consumer_thread.start()
+    consumer_thread = draining(committer, left)
     consumer_thread.join(0.5)
     assert consumer_thread.is_alive()  # still a member while the counts commit
     done.set()
