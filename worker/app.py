@@ -37,6 +37,7 @@ from typing import Any
 from model.cpus import available_cpus
 from worker.affinity import PinPlan, pin_this_thread, plan_pinning, release_this_thread
 from worker.batcher import Batch, Batcher, BatchLimits
+from worker.committer import Committer, OffsetCommitter, commit_failure
 from worker.errors import BrokerError, Failure, SettingsError, WorkerError
 from worker.events import DeadLetter, Event, ParseConfig
 from worker.handoff import InputHandoff
@@ -45,7 +46,7 @@ from worker.inference import ModelHost, Runner
 from worker.kafka.base import ConsumerClient, ProducerClient, open_clients
 from worker.kafka.tls import check_tls
 from worker.model_stage import STOP, ModelStage, Results
-from worker.offsets import Committer, OffsetCommitter, OffsetTracker, commit_failure
+from worker.offsets import OffsetTracker
 from worker.reload import RunnerSlot
 from worker.settings import WorkerSettings
 from worker.sink import Router, Sink

@@ -27,13 +27,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from worker.committer import OffsetCommitter
 from worker.delivered_hints import read_hints
 from worker.errors import BrokerError, Failure, WorkerError
 from worker.events import DeadLetter, Event, ParseConfig, parse_record
 from worker.handoff import InputHandoff
 from worker.inference import Runner
 from worker.kafka.base import ConsumerClient, Sleep, TopicPartition
-from worker.offsets import OffsetCommitter, OffsetTracker, ResumePoint
+from worker.offsets import OffsetTracker, ResumePoint
 from worker.retention import DeletedInputWatch
 from worker.sink import input_dead_letter
 from worker.stages import StageClock

@@ -8,11 +8,12 @@ import threading
 from kafka.structs import TopicPartition
 from worker_fakes import FakeConsumer, Record
 
+from worker.committer import Committer
 from worker.delivered_hints import MAX_OFFSETS, PREFIX, decode, decode_stalled, encode, read_hints
 from worker.errors import Failure
 from worker.events import Event, ParseConfig
 from worker.handoff import InputHandoff
-from worker.offsets import Committer, OffsetTracker
+from worker.offsets import OffsetTracker
 from worker.source import Source
 from worker.telemetry import Health, Metrics
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from kafka.structs import TopicPartition
 
-from worker.offsets import Committer, OffsetTracker
+from worker.committer import Committer
+from worker.offsets import OffsetTracker
 
 TP = TopicPartition("t", 0)
 TP1 = TopicPartition("t", 1)
@@ -159,7 +160,7 @@ def test_no_new_commit_while_one_is_unanswered():
     other: they piled up in librdkafka during an outage. Its result frees the next interval's
     commit, which carries every offset acknowledged meanwhile; one unanswered past
     PENDING_COMMIT_LIMIT_S holds nothing back any more."""
-    from worker.offsets import PENDING_COMMIT_LIMIT_S
+    from worker.committer import PENDING_COMMIT_LIMIT_S
 
     class SilentConsumer(FakeConsumer):
         def commit_async(self, positions, on_done, metadata=None):

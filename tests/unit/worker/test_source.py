@@ -10,10 +10,11 @@ import pytest
 from kafka.structs import TopicPartition
 from worker_fakes import FakeConsumer, Record
 
+from worker.committer import Committer
 from worker.errors import Failure, WorkerError
 from worker.events import ParseConfig
 from worker.handoff import InputHandoff
-from worker.offsets import Committer, OffsetTracker
+from worker.offsets import OffsetTracker
 from worker.source import Source
 from worker.telemetry import Health, Metrics
 
