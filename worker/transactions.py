@@ -201,7 +201,8 @@ class TransactionalCommitter:
         a revocation may be under way, and after it the partitions may be another member's), then
         have the consumer thread re-read from the last commit."""
         self._abort(why)
-        self._record_stalled(self._consumer.group_metadata(), final=False)
+        if self._tracker.stalled_positions():  # rare: read the membership (a short lock) only then
+            self._record_stalled(self._consumer.group_metadata(), final=False)
         self._rewound.clear()
         self._rewind_requested.set()
         # Nothing may be sent until the old epochs are over, or stale outputs would join the next
