@@ -330,6 +330,8 @@ def test_an_input_whose_model_call_the_model_process_is_killed_in_is_counted_and
         assert second.proc.wait(POD_START_S + 60) == 1, second.tail()
         assert [(e["requests"], e["inputs"]) for e in second.events("model_stalled")] == [(1, 1)], second.tail()
         third = pods(env, "pod3")
+        # The second pod's other feeder may have dead-lettered the pill already: wait for a drain to stop.
+        third.wait_started()
 
         def dead_lettered() -> list[dict]:
             return [e for pod in (second, third) for e in pod.events("input_dead_lettered_after_stalls")]
