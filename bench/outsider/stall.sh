@@ -7,8 +7,10 @@
 #   BUNDLE=DIR [CLIENT=kafka-python|confluent] [GUARANTEE=at_least_once|exactly_once] [PROCESSES=1] [EVENTS=60000]
 #   [PILL=1] bash bench/outsider/stall.sh
 # KILL_MODEL=1 (with PROCESSES > 1): the first pod never gives the call up itself (a stall limit of 300 s); once its
-# /healthz shows the model call hung for 1 s, the model process is SIGKILLed, as the OOM killer, a crash or the
-# supervisor (a silent model process) would: the feeders must count the call's inputs all the same.
+# /healthz shows the model call hung for 1 s, the model process is SIGKILLed, as the OOM killer or a crash would.
+# KILL_MODEL=stop: the model process is frozen (SIGSTOP) half a second into the hung call, before it can time the
+# call itself, so the supervisor kills it once it has been silent for the limit (3 s). Either way the feeders must
+# count the call's inputs all the same.
 # PILL=1: every worker hangs on that input, as on an input that hangs the device. Successors are started
 # (stalling bundle) until one does not exit 1, at most 4; at-least-once, the second runs the inputs of the
 # given-up call alone and the third dead-letters the one that hung again (stalled_twice).
@@ -26,17 +28,22 @@ from worker_support import make_null_bundle
 for name, stalling in (('stalling', True), ('null', False)):
     make_null_bundle(Path('$D') / name, tokenizer_from=Path('$BUNDLE'), stalling=stalling)" 2>/dev/null || exit 2
 FIRST_STALL_S=3; [ "${KILL_MODEL:-0}" = 1 ] && FIRST_STALL_S=300
+KILL_AT_S=1; [ "${KILL_MODEL:-0}" = stop ] && KILL_AT_S=0.5
 TAGSTREAM_BUNDLE_PATH=$D/stalling TAGSTREAM_MODEL_STALL_S=$FIRST_STALL_S TAGSTREAM_METRICS_PORT=9341 \
   .venv/bin/tagstream-worker run > "$D/first.log" 2>&1 &
 FIRST=$!
-if [ "${KILL_MODEL:-0}" = 1 ]; then
+if [ "${KILL_MODEL:-0}" != 0 ]; then
   for i in $(seq 1 600); do
     call_s=$(curl -s localhost:9341/healthz | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin).get("model_process", {}).get("model_call_s", 0))' 2>/dev/null)
-    .venv/bin/python -c "import sys; sys.exit(0 if float('${call_s:-0}') >= 1 else 1)" && break; sleep 0.5
+    .venv/bin/python -c "import sys; sys.exit(0 if float('${call_s:-0}') >= $KILL_AT_S else 1)" && break; sleep 0.1
   done
   MODEL_PID=$(grep -o '"event": "model_process_ready"[^}]*' "$D/first.log" | grep -o '"pid": [0-9]*' | grep -o '[0-9]*' | head -1)
   [ -z "$MODEL_PID" ] && MODEL_PID=$(grep '"model_process_ready"' "$D/first.log" | grep -o '"pid": [0-9]*' | grep -o '[0-9]*' | head -1)
-  kill -KILL "$MODEL_PID" && echo "model process $MODEL_PID SIGKILLed, its call hung for ${call_s} s"
+  if [ "$KILL_MODEL" = stop ]; then
+    kill -STOP "$MODEL_PID" && echo "model process $MODEL_PID frozen (SIGSTOP), its call hung for ${call_s} s"
+  else
+    kill -KILL "$MODEL_PID" && echo "model process $MODEL_PID SIGKILLed, its call hung for ${call_s} s"
+  fi
 fi
 wait $FIRST; echo "first worker exit $? (1 expected: model_stalled, or the model process lost)"
 .venv/bin/python - "$D/first.log" <<'PY'
