@@ -122,8 +122,9 @@ class ModelLink:
         alone: bool = False,
     ) -> Classified:
         """Run one batch that fits a slot in the model process (``inputs``: its records, named to
-        the other feeders if its call stalls; ``alone``: in a model call of its own); raises InferenceError (the model raised: retried one by one), ModelCallStalled (the
-        model process gave up the call it was in) or WorkerError (the model process is gone)."""
+        the other feeders if its call stalls; ``alone``: in a model call of its own). Raises
+        InferenceError (the model raised: retried one by one), ModelCallStalled (the model process
+        gave up the call it was in, or was lost in it) or WorkerError (the model process is gone)."""
         self._check_alive()
         assert self._channel is not None
         slot = self._free.get()

@@ -88,7 +88,9 @@ def hold_model_calls(server: ModelServer, first_only: bool) -> tuple[threading.E
     return gate, calls
 
 
-def classifying(outcome: dict, name: str, runner: RemoteRunner, texts: list[str], inputs: list[tuple] = ()) -> threading.Thread:
+def classifying(
+    outcome: dict, name: str, runner: RemoteRunner, texts: list[str], inputs: list[tuple] = ()
+) -> threading.Thread:
     """A started thread classifying ``texts`` through ``runner``; ``outcome[name]``: None, or what it raised."""
 
     def send() -> None:
