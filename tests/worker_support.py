@@ -143,6 +143,14 @@ def read_records(
         consumer.close()
 
 
+def assert_only_dead_letter(bootstrap: str, topic: str, event_id: str, reason: str, **client: Any) -> None:
+    """``topic``'s dead-letter topic holds one record: ``event_id``'s, with ``tagstream.reason``
+    ``reason``. ``client``: as for ``read_records`` (e.g. read_committed)."""
+    letters = read_records(bootstrap, f"{topic}.dlq", 1, **client)
+    assert [json.loads(r.value)["id"] for r in letters] == [event_id]
+    assert dict(letters[0].headers)["tagstream.reason"] == reason.encode()
+
+
 def poll_records(consumer: Any, expected: int, timeout_s: float, quiet_s: float = QUIET_S) -> list[Any]:
     """Poll ``consumer`` until ``expected`` records arrived (or ``timeout_s``), then ``quiet_s``
     longer, so that duplicates past the expected count are caught too."""

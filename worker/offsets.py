@@ -81,6 +81,12 @@ class _PartitionState:
     # straight back resumes: a position for stalled counts before this assignment has read anything.
     group_committed: int | None = None
 
+    @property
+    def last_known_commit(self) -> int | None:
+        """The last commit this worker made, else the group's as read: where counts can be committed
+        when nothing was read yet."""
+        return self.committed if self.committed is not None else self.group_committed
+
 
 class OffsetTracker:
     """Per-partition bookkeeping of handed-out and acknowledged offsets."""
@@ -218,9 +224,10 @@ class OffsetTracker:
                     continue
                 if state.committed is not None and state.last_tracked is not None:
                     position: int | None = state.committed
-                else:  # read nothing yet: a point only to keep its stalled counts, at the group's commit
-                    position = state.committed if state.committed is not None else state.group_committed
-                    position = position if state.stalled else None
+                elif state.stalled:  # read nothing yet: a point only to keep its stalled counts
+                    position = state.last_known_commit
+                else:
+                    position = None
                 if position is not None:
                     points[tp] = ResumePoint(position, frozenset(), _stalled_from(state, position), state.stalled_new)
             return points
@@ -391,7 +398,7 @@ class OffsetTracker:
                     continue
                 position = self._position(state)
                 if position is None and state.stalled_new:  # counts for a partition read nothing of yet
-                    position = state.committed if state.committed is not None else state.group_committed
+                    position = state.last_known_commit
                 if position is not None and (
                     position != state.committed
                     or state.stalled_new
@@ -438,9 +445,7 @@ class OffsetTracker:
         """Partitions whose stalled counts are in no commit yet, at their last committed position
         (exactly-once, after its final transaction was aborted: see TransactionalCommitter)."""
         with self._lock:
-            # A partition this assignment has read nothing of yet: the group's commit, as read.
-            positions = {tp: state.committed if state.committed is not None else state.group_committed
-                         for tp, state in self._parts.items() if state.stalled_new}
+            positions = {tp: state.last_known_commit for tp, state in self._parts.items() if state.stalled_new}
             return {tp: p for tp, p in positions.items() if p is not None}
 
     def mark_committed(self, positions: dict[TopicPartition, int]) -> None:

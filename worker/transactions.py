@@ -201,8 +201,7 @@ class TransactionalCommitter:
         a revocation may be under way, and after it the partitions may be another member's), then
         have the consumer thread re-read from the last commit."""
         self._abort(why)
-        if self._tracker.stalled_positions():  # rare: read the membership (a short lock) only then
-            self._record_stalled(self._consumer.group_metadata(), final=False)
+        self._record_stalled(None, final=False)
         self._rewound.clear()
         self._rewind_requested.set()
         # Nothing may be sent until the old epochs are over, or stale outputs would join the next
@@ -231,14 +230,16 @@ class TransactionalCommitter:
         finally:
             self._final_done.set()
 
-    def _record_stalled(self, group_metadata: Any, final: bool = True) -> None:
+    def _record_stalled(self, group_metadata: Any | None, final: bool = True) -> None:
         """After an abort: count the inputs of stalled model calls in a transaction of their own,
         at the last committed positions (see the module docstring). Failing costs no input, only
         the count (after the final abort: the next worker runs them in batches again; before it,
-        they ride on the next commit)."""
+        they ride on the next commit). ``group_metadata`` None: the consumer's membership now."""
         positions = self._tracker.stalled_positions()
         if not positions:
             return
+        if group_metadata is None:  # rare: read the membership (a short lock) only when needed
+            group_metadata = self._consumer.group_metadata()
         hints = self._tracker.hints(positions)
         try:
             self.begin()

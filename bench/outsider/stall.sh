@@ -33,12 +33,25 @@ TAGSTREAM_BUNDLE_PATH=$D/stalling TAGSTREAM_MODEL_STALL_S=$FIRST_STALL_S TAGSTRE
   .venv/bin/tagstream-worker run > "$D/first.log" 2>&1 &
 FIRST=$!
 if [ "${KILL_MODEL:-0}" != 0 ]; then
-  for i in $(seq 1 600); do
-    call_s=$(curl -s localhost:9341/healthz | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin).get("model_process", {}).get("model_call_s", 0))' 2>/dev/null)
-    .venv/bin/python -c "import sys; sys.exit(0 if float('${call_s:-0}') >= $KILL_AT_S else 1)" && break; sleep 0.1
-  done
-  MODEL_PID=$(grep -o '"event": "model_process_ready"[^}]*' "$D/first.log" | grep -o '"pid": [0-9]*' | grep -o '[0-9]*' | head -1)
-  [ -z "$MODEL_PID" ] && MODEL_PID=$(grep '"model_process_ready"' "$D/first.log" | grep -o '"pid": [0-9]*' | grep -o '[0-9]*' | head -1)
+  # The pod's /healthz says how long the model process's current call has run.
+  call_s=$(.venv/bin/python - "$KILL_AT_S" <<'PY'
+import json, sys, time, urllib.error, urllib.request
+for _ in range(3000):
+    try:
+        with urllib.request.urlopen("http://localhost:9341/healthz", timeout=2) as response:
+            body = response.read()
+    except urllib.error.HTTPError as failing:
+        body = failing.read()
+    except OSError:
+        body = b"{}"
+    call_s = json.loads(body or b"{}").get("model_process", {}).get("model_call_s", 0)
+    if call_s >= float(sys.argv[1]):
+        break
+    time.sleep(0.1)
+print(call_s)
+PY
+)
+  MODEL_PID=$(grep '"model_process_ready"' "$D/first.log" | grep -o '"pid": [0-9]*' | grep -o '[0-9]*' | head -1)
   if [ "$KILL_MODEL" = stop ]; then
     kill -STOP "$MODEL_PID" && echo "model process $MODEL_PID frozen (SIGSTOP), its call hung for ${call_s} s"
   else

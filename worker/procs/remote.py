@@ -134,7 +134,7 @@ class ModelLink:
             done = self._done[slot]
             done.clear()
             self._answers[slot] = ()
-            self._send((REQUEST, slot, rows, tokens, generation, key, alone, list(inputs)))
+            self._send((REQUEST, slot, rows, tokens, generation, key, alone, inputs))
             while not done.wait(ANSWER_POLL_S):
                 self._check_alive(slot)
             answer = self._answers[slot]

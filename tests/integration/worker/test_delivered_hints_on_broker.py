@@ -14,6 +14,7 @@ from worker_support import (
     DRAIN_TIMEOUT_S,
     STALL_TOKEN,
     START_TIMEOUT_S,
+    assert_only_dead_letter,
     fixture_texts,
     make_null_bundle,
     produce_events,
@@ -129,9 +130,7 @@ def test_an_input_that_hangs_the_model_every_time_is_run_alone_then_dead_lettere
     finally:
         third.send_signal(signal.SIGTERM)
         assert third.wait(DRAIN_TIMEOUT_S + 15) == 0, logs[2].read_text()[-3000:]
-    letters = read_records(kafka_bootstrap, f"{topic}.dlq", 1, **committed)
-    assert [json.loads(r.value)["id"] for r in letters] == [pill]
-    assert dict(letters[0].headers)["tagstream.reason"] == b"stalled_twice"
+    assert_only_dead_letter(kafka_bootstrap, topic, pill, "stalled_twice", **committed)
     assert [e["stalls"] for e in events(logs[2], "input_dead_lettered_after_stalls")] == [2]
     results = Counter(json.loads(r.value)["id"] for r in read_records(
         kafka_bootstrap, f"{topic}.labels", len(ids) - 1, **committed))

@@ -27,6 +27,7 @@ from kafka import KafkaConsumer
 from worker_support import (
     DRAIN_TIMEOUT_S,
     STALL_TOKEN,
+    assert_only_dead_letter,
     fixture_texts,
     make_null_bundle,
     make_tiny_bundle,
@@ -295,9 +296,7 @@ def test_an_input_that_hangs_the_model_every_time_is_dead_lettered_after_a_bound
         assert pill not in results.ids()
     finally:
         results.close()
-    letters = read_records(kafka_bootstrap, f"{topic}.dlq", 1)
-    assert [json.loads(r.value)["id"] for r in letters] == [pill]
-    assert dict(letters[0].headers)["tagstream.reason"] == b"stalled_twice"
+    assert_only_dead_letter(kafka_bootstrap, topic, pill, "stalled_twice")
 
 
 def test_an_input_whose_model_call_the_model_process_is_killed_in_is_counted_and_dead_lettered_in_bounded_restarts(
@@ -343,9 +342,7 @@ def test_an_input_whose_model_call_the_model_process_is_killed_in_is_counted_and
         assert third.stop() == 0, third.tail()
     finally:
         results.close()
-    letters = read_records(kafka_bootstrap, f"{topic}.dlq", 1)
-    assert [json.loads(r.value)["id"] for r in letters] == [pill]
-    assert dict(letters[0].headers)["tagstream.reason"] == b"stalled_twice"
+    assert_only_dead_letter(kafka_bootstrap, topic, pill, "stalled_twice")
 
 
 def test_a_frozen_model_process_is_killed_past_the_stall_limit_and_the_pod_exits_1(
