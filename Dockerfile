@@ -71,10 +71,12 @@ LABEL org.opencontainers.image.title="tagstream-worker" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 # A fixed numeric uid/gid, so Kubernetes' runAsNonRoot can verify it and volumes can be
-# prepared for it (fsGroup 10001).
+# prepared for it (fsGroup 10001). /var/lib/tagstream: where Compose's named volume keeps the
+# model-call journal (TAGSTREAM_STATE_DIR); a new volume takes this folder's owner.
 RUN groupadd --system --gid 10001 tagstream \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /tmp \
-        --shell /usr/sbin/nologin tagstream
+        --shell /usr/sbin/nologin tagstream \
+ && install -d -o 10001 -g 10001 -m 0700 /var/lib/tagstream
 
 # Interpreter and venv only: no compiler, no pip, no uv, no package caches. Root owns them, so
 # the worker cannot modify its own code.

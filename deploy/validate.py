@@ -116,11 +116,13 @@ SETTINGS_ENV = frozenset(
         "TAGSTREAM_DEAD_LETTER_MAX_BYTES",
         "TAGSTREAM_BROKER_OUTAGE_S",
         "TAGSTREAM_MODEL_STALL_S",
+        "TAGSTREAM_STATE_DIR",
         "TAGSTREAM_STAGE_TIMING",
         "TAGSTREAM_LOG_LEVEL",
         "TAGSTREAM_LOG_FORMAT",
     }
 )
+DEFAULT_STATE_DIR = "/tmp/tagstream"  # worker/settings.py's state_dir
 # The Kafka client libraries TAGSTREAM_KAFKA_CLIENT may name (worker/settings.py); the image has both.
 KAFKA_CLIENTS = ("kafka-python", "confluent")
 # Settings that must come from a Secret, never from a ConfigMap or a literal value.
@@ -465,6 +467,19 @@ def check_worker(objects: list[dict[str, Any]], deployment: dict[str, Any]) -> I
             claim = volumes.get(mount["name"], {}).get("persistentVolumeClaim")
             if not mount.get("readOnly") or (claim is not None and not claim.get("readOnly")):
                 yield Problem(name, f"{where}: the bundle volume {mount['name']} must be mounted read-only (mount and claim)")
+        # The model-call journal (worker/call_journal.py) must outlive the container: on the read-only
+        # root filesystem it is off, and a worker that dies in a model call counts nothing.
+        state_dir = str(settings.get("TAGSTREAM_STATE_DIR", DEFAULT_STATE_DIR)).strip()
+        if state_dir and not any(
+            (state_dir.rstrip("/") + "/").startswith(m["mountPath"].rstrip("/") + "/") and not m.get("readOnly")
+            for m in container.get("volumeMounts") or []
+        ):
+            yield Problem(
+                name,
+                f"{where}: TAGSTREAM_STATE_DIR={state_dir!r} is on no writable mounted volume: mount an emptyDir"
+                " there (it outlives container restarts), or the worker cannot count the inputs of a model call"
+                " it dies in",
+            )
 
 
 def check_scaledobject(objects: list[dict[str, Any]], so: dict[str, Any]) -> Iterator[Problem]:

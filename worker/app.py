@@ -37,6 +37,7 @@ from typing import Any
 from model.cpus import available_cpus
 from worker.affinity import PinPlan, pin_this_thread, plan_pinning, release_this_thread
 from worker.batcher import Batch, Batcher, BatchLimits
+from worker.call_journal import CallJournal
 from worker.committer import Committer, OffsetCommitter, commit_failure
 from worker.errors import BrokerError, Failure, SettingsError, WorkerError
 from worker.events import DeadLetter, Event, ParseConfig
@@ -101,6 +102,7 @@ class Worker:
         self._sink_queue: queue.Queue[Any] = queue.Queue(maxsize=SINK_QUEUE_BATCHES)
         self._streams = 1
         self._models: ModelStage | None = None  # the model threads' queue and counts, once started
+        self._journal: CallJournal | None = None  # the model calls on disk (worker/call_journal.py)
         self._threads: dict[str, threading.Thread] = {}
         self._producer: ProducerClient | None = None
         self._consumer: ConsumerClient | None = None
@@ -132,6 +134,8 @@ class Worker:
             self._model = LocalModel(self.settings)
         runner = self._model.open()
         self._streams = self._model.streams
+        if getattr(self._model, "device", None) is not None:  # the model runs here (a feeder's does not)
+            self._journal = CallJournal.open(self.settings.state_dir, self.settings.group_id, self._streams)
         self.slot = RunnerSlot(runner)
         self.metrics.set_model(runner.name, runner.version)
         self.health.model_ready = True
@@ -266,6 +270,7 @@ class Worker:
             health=self.health,
             revoke_grace_s=min(s.drain_timeout_s, 10.0),
             clock=self.stage_clock,
+            journal=self._journal,
         )
         self._sink = Sink(
             self._producer, Router(s), self.tracker, self.metrics, self._fail,
@@ -278,7 +283,8 @@ class Worker:
         self._models = ModelStage(
             self._streams, tracker=self.tracker, metrics=self.metrics, health=self.health, clock=self.stage_clock,
             to_sink=self._to_sink, abandon=lambda items: self._abandon(items, release=False),
-            on_stalled=self.tracker.mark_stalled, on_lost=self._abort_for_lost_batch, debug=s.log_level == "DEBUG",
+            on_stalled=self.tracker.mark_stalled, on_lost=self._abort_for_lost_batch, journal=self._journal,
+            debug=s.log_level == "DEBUG",
         )
         self._spawn("sink", self._sink_main)
         for i in range(self._streams):
@@ -505,6 +511,8 @@ class Worker:
         if self.telemetry is not None:
             self.telemetry.stop()
             self.telemetry = None
+        if self._journal is not None:
+            self._journal.close()
 
     def _close(self) -> None:
         if self._producer is not None:
@@ -520,6 +528,8 @@ class Worker:
             self.telemetry = None
         self.health.model_ready = False
         self.heap.release()
+        if self._journal is not None:
+            self._journal.close()
 
     def _fail(self, exc: BaseException, stage: str = "sink") -> None:
         """Record a fatal error (the first one wins) and start the drain."""

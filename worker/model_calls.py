@@ -12,15 +12,21 @@ given up and returns its inputs: the worker abandons them (not committed past; t
 worker reads them again), counts the thread as ended, and the drain finishes with everything
 else. Should such a call return after all, ``given_up()`` tells its thread to drop the answers
 and end: its inputs are no longer the worker's to publish.
+
+With a journal (worker/call_journal.py, the one-process worker), each call's inputs are also on
+disk while it runs, so that a worker that dies in the call counts them at its next start. A call
+given up here is counted in the commit's hint instead, and unmarked there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Generic, TypeVar
 
+from worker.call_journal import CallJournal
+from worker.inference import InputId
 from worker.telemetry import Health
 
 T = TypeVar("T")
@@ -30,24 +36,33 @@ class ModelCalls(Generic[T]):
     """The calls in flight per model thread; see the module docstring. How long each has run is
     Health's record (``Health.model_call``, which /healthz reads): this keeps only their inputs."""
 
-    def __init__(self, health: Health) -> None:
+    def __init__(self, health: Health, journal: CallJournal | None = None) -> None:
         self._health = health
+        self._journal = journal
         self._lock = threading.Lock()
         self._calls: dict[threading.Thread, list[T]] = {}
         self._given_up: set[threading.Thread] = set()
+        self._streams: dict[threading.Thread, int] = {}  # each model thread's file in the journal
 
     @contextlib.contextmanager
-    def call(self, items: list[T]) -> Iterator[None]:
-        """Brackets one model call of the calling thread over ``items``."""
+    def call(self, items: list[T], suspects: Sequence[InputId] = ()) -> Iterator[None]:
+        """Brackets one model call of the calling thread over ``items``; ``suspects``: the inputs
+        the journal names if the process dies in the call (those of ``items`` the call runs)."""
         thread = threading.current_thread()
+        journal = self._journal
         with self._lock:
             self._calls[thread] = items
+            stream = self._streams.setdefault(thread, len(self._streams))
+        if journal is not None:
+            journal.begin(stream, suspects)
         try:
             with self._health.model_call():
                 yield
         finally:
             with self._lock:
-                self._calls.pop(thread, None)
+                running = self._calls.pop(thread, None) is not None
+            if journal is not None and running:  # else given up: unmarked then
+                journal.end(stream)
 
     def give_up_stalled(self) -> list[tuple[threading.Thread, list[T]]]:
         """Mark the threads whose call has run past TAGSTREAM_MODEL_STALL_S as given up; their inputs."""
@@ -60,6 +75,9 @@ class ModelCalls(Generic[T]):
             for thread, _ in stalled:
                 del self._calls[thread]
                 self._given_up.add(thread)
+        if self._journal is not None:
+            for thread, _ in stalled:  # counted in the commit's hint: not at the next start too
+                self._journal.end(self._streams[thread])
         return stalled
 
     def given_up(self, thread: threading.Thread | None = None) -> bool:

@@ -11,7 +11,11 @@ The stage also keeps what the rest of the worker asks of it:
 - the batch in each thread's model call (worker/model_calls.py): a call that stalls past
   TAGSTREAM_MODEL_STALL_S is given up (``give_up_stalled``), so the drain does not wait for it.
   In a pod's feeder the model process gives such a call up and says so (ModelCallStalled); either
-  way its inputs are reported (``on_stalled``), to be run alone by the next worker.
+  way its inputs are reported (``on_stalled``), to be run alone by the next worker. With a journal
+  (worker/call_journal.py) the inputs of each call are on disk while it runs, so that a worker
+  that dies in the call counts them when it starts again;
+- the gate (worker/call_gate.py): a batch run alone waits for the other streams' calls and keeps
+  them out, so that a death in its call names its input only.
 
 The threads themselves are the worker's (``Worker._spawn``: named, watched by /healthz, their
 failures fatal); each runs ``run()`` until ``put_stops()``.
@@ -27,6 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.batcher import Batch
+from worker.call_gate import CallGate
+from worker.call_journal import CallJournal
 from worker.errors import Failure, InferenceError, ModelCallStalled, WorkerError
 from worker.events import DeadLetter, Event
 from worker.inference import Classified, Runner
@@ -68,6 +74,7 @@ class ModelStage:
         abandon: Callable[[list[Event]], None],
         on_stalled: Callable[[list[Event]], None] | None = None,
         on_lost: Callable[[], None] | None = None,
+        journal: CallJournal | None = None,
         debug: bool = False,
     ) -> None:
         self.streams = streams
@@ -88,7 +95,8 @@ class ModelStage:
         self._cond = threading.Condition()
         self._running = streams  # threads that have not ended (under _cond)
         self._retired: set[threading.Thread] = set()  # threads counted out of it (under _cond)
-        self._calls: ModelCalls[Event] = ModelCalls(health)
+        self._calls: ModelCalls[Event] = ModelCalls(health, journal)
+        self._gate = CallGate(streams)
 
     # -- the batcher's side ------------------------------------------------------------------------
     @property
@@ -128,6 +136,7 @@ class ModelStage:
         if stalled and before_counting is not None:
             before_counting()
         for thread, events in stalled:
+            self._gate.leave(thread)  # it may never return: the other streams' calls go on
             if self._on_stalled is not None:
                 self._on_stalled(events)
             self._abandon(events)
@@ -178,11 +187,11 @@ class ModelStage:
                 if not events:
                     return
         t = self._clock.start()
+        alone = batch.reason == "alone"
+        inputs = [input_id(e) for e in events]
         try:
-            with self._calls.call(events), self._reporting_stalled(events):
-                classified = runner.classify(
-                    [e.token_ids for e in events], inputs=[input_id(e) for e in events], alone=batch.reason == "alone"
-                )
+            with self._gate.enter(alone), self._calls.call(events, inputs), self._reporting_stalled(events):
+                classified = runner.classify([e.token_ids for e in events], inputs=inputs, alone=alone)
         except InferenceError as exc:
             if not self._calls.given_up():
                 self._retry_one_by_one(events, runner, exc)
@@ -208,10 +217,12 @@ class ModelStage:
         parts: list[Classified] = []
         letters: list[DeadLetter] = []
         for event in events:
+            one_input = [input_id(event)]
             try:
-                # Given up, all of them are read again (none is published yet), and counted as stalled.
-                with self._calls.call(events), self._reporting_stalled(events):
-                    one = runner.classify([event.token_ids], inputs=[input_id(event)], alone=True)
+                # Given up, all of them are read again (none is published yet), and counted as stalled;
+                # a death in the call names this one input (the journal, the gate).
+                with self._gate.enter(True), self._calls.call(events, one_input), self._reporting_stalled(events):
+                    one = runner.classify([event.token_ids], inputs=one_input, alone=True)
             except InferenceError as exc:
                 if self._calls.given_up():
                     return

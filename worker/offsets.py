@@ -301,6 +301,11 @@ class OffsetTracker:
             if state is not None:
                 state.group_committed = position
 
+    def known_commit(self, tp: TopicPartition) -> int | None:
+        """The last commit this worker made for ``tp``, else the group's as read at assignment."""
+        state = self._parts.get(tp)
+        return state.last_known_commit if state is not None else None
+
     def stalled_counts(self, tp: TopicPartition) -> dict[int, int]:
         """Inputs of ``tp`` that were in model calls given up as stalled, and how often; usually empty."""
         state = self._parts.get(tp)

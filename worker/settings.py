@@ -273,6 +273,14 @@ class WorkerSettings(BaseSettings):
         " hung: /healthz fails and it exits non-zero so the orchestrator restarts it (a hung call never returns,"
         " and its partitions would wait for ever). Above the longest batch the model takes; 0 turns it off.",
     )
+    state_dir: Path | None = Field(
+        Path("/tmp/tagstream"),
+        description="Folder for what must outlive the worker's process: the inputs of each model call while it"
+        " runs, so that a worker that dies in a call (OOM killer, a crash in a kernel, a liveness probe's kill)"
+        " counts them when it starts again, and runs them alone, then dead-letters the one that kills it"
+        " (stalled_twice) instead of restarting on it for ever. Keep it across restarts: Kubernetes' emptyDir"
+        " does (the manifest's /tmp). Empty turns it off.",
+    )
     drain_timeout_s: float = Field(
         20, gt=0,
         description="On SIGTERM, how long to finish in-flight batches, flush and commit before exiting.",
@@ -315,6 +323,11 @@ class WorkerSettings(BaseSettings):
         if len(set(value)) != len(value):
             raise ValueError("lists a topic twice")
         return value
+
+    @field_validator("state_dir", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("routes", mode="before")
     @classmethod

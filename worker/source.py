@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from worker.call_journal import CallJournal
 from worker.committer import OffsetCommitter
 from worker.delivered_hints import read_hints
 from worker.errors import BrokerError, Failure, WorkerError
@@ -69,6 +70,7 @@ class Source:
         revoke_grace_s: float,
         max_poll_records: int = 500,
         clock: StageClock | None = None,
+        journal: CallJournal | None = None,
     ) -> None:
         self._consumer = consumer
         self._clock = clock or StageClock(metrics, enabled=False)
@@ -96,6 +98,12 @@ class Source:
         # Assigned from elsewhere: their commits' hints are read before their records are handed on.
         self._hints_wanted: set[TopicPartition] = set()
         self._deleted = DeletedInputWatch(consumer, metrics)  # inputs deleted before they were read
+        # Inputs that earlier processes on this host died in model calls with (worker/call_journal.py),
+        # counted beside the commits' hints; usually empty.
+        self._journal = journal
+        self._died_in = journal.counts if journal is not None else {}
+        if self._died_in:
+            tracker.runs_alone = True
 
     # -- the loop --------------------------------------------------------------------------
     def subscribe(self) -> None:
@@ -184,6 +192,7 @@ class Source:
             delivered = self._tracker.delivered(tp, batch[0].offset)
             skip = {r.offset for r in batch if r.offset in delivered} if delivered else None
             stalled = self._tracker.stalled_counts(tp)  # usually empty
+            died = self._died_in.get(tp) if self._died_in else None  # usually None
             try:
                 epoch = self._tracker.track(tp, [r.offset for r in batch])
             except KeyError:
@@ -196,8 +205,11 @@ class Source:
                 if skip and record.offset in skip:
                     continue
                 item = parse(record, config, received, epoch)
-                if stalled and record.offset in stalled and type(item) is Event:
-                    item = _after_stalls(item, stalled[record.offset])
+                if (stalled or died) and type(item) is Event:
+                    hung = stalled.get(record.offset, 0) if stalled else 0
+                    deaths = died.get(record.offset, 0) if died else 0
+                    if hung or deaths:
+                        item = _after_stalls(item, hung, deaths)
                 if type(item) is Event:
                     events.append(item)
                 else:
@@ -407,6 +419,8 @@ class Source:
         """What the partitions' last owner had already delivered past its commit (worker/delivered_hints.py)."""
         wanted, self._hints_wanted = self._hints_wanted, set()
         skipping = read_hints(self._consumer, self._tracker, wanted)
+        if self._died_in and self._journal is not None:  # counts of inputs committed past are done with
+            self._journal.forget_below({tp: self._tracker.known_commit(tp) for tp in wanted})
         if skipping:
             log.info("delivered_hints_read", skipping=skipping,
                      why="outputs already acknowledged past the committed offsets: these inputs are not labelled again")
@@ -420,16 +434,21 @@ class Source:
                     gauge.remove(tp.topic, str(tp.partition))
 
 
-def _after_stalls(event: Event, stalls: int) -> Event | DeadLetter:
-    """An input that was in model calls given up as stalled (``stalls`` of them): run alone the next
-    time, so that a call that hangs again hangs on it alone; after that, a dead letter. Without this
-    an input that hangs the model restarts the worker on it for ever (TAGSTREAM_MODEL_STALL_S each)."""
+def _after_stalls(event: Event, hung: int, died: int = 0) -> Event | DeadLetter:
+    """An input that was in model calls that hung (given up as stalled, or lost with a pod's model
+    process: ``hung``, from the commits' hints) or that this host's worker died in (``died``, from
+    its journal): run alone the next time, so that a call that fails so again does so on it alone;
+    after that, a dead letter. Without this an input that hangs or kills the model restarts the
+    worker on it for ever."""
+    stalls = hung + died
     if stalls >= 2:
         log.warning("input_dead_lettered_after_stalls", partition=f"{event.topic}[{event.partition}]",
-                    offset=event.offset, stalls=stalls)
+                    offset=event.offset, stalls=stalls, died_in_calls=died)
+        how = f" ({died} of them with the worker dying in the call)" if died else ""
         return input_dead_letter(
             event, Failure.STALLED_TWICE,
-            f"a model call hung (TAGSTREAM_MODEL_STALL_S) on this input {stalls} times, the last time on it alone",
+            f"a model call hung (TAGSTREAM_MODEL_STALL_S) or died on this input {stalls} times{how},"
+            " the last time on it alone",
         )
     event.alone = True
     return event

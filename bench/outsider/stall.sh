@@ -11,6 +11,11 @@
 # KILL_MODEL=stop: the model process is frozen (SIGSTOP) half a second into the hung call, before it can time the
 # call itself, so the supervisor kills it once it has been silent for the limit (3 s). Either way the feeders must
 # count the call's inputs all the same.
+# KILL_WORKER=1 (one process): the first worker never gives the call up itself (300 s); once its /healthz shows the
+# call hung for 1 s, the worker is SIGKILLed, as the OOM killer or a liveness probe would. KILL_WORKER=every: every
+# worker with the stalling bundle is killed so, successors too. The next worker must count the call's inputs from
+# its journal (TAGSTREAM_STATE_DIR, here in the run's folder; worker/call_journal.py). Static membership, so that
+# a successor gets the partitions at once, not after the killed member's session times out.
 # PILL=1: every worker hangs on that input, as on an input that hangs the device. Successors are started
 # (stalling bundle) until one does not exit 1, at most 4; at-least-once, the second runs the inputs of the
 # given-up call alone and the third dead-letters the one that hung again (stalled_twice).
@@ -27,36 +32,48 @@ from pathlib import Path
 from worker_support import make_null_bundle
 for name, stalling in (('stalling', True), ('null', False)):
     make_null_bundle(Path('$D') / name, tokenizer_from=Path('$BUNDLE'), stalling=stalling)" 2>/dev/null || exit 2
-FIRST_STALL_S=3; [ "${KILL_MODEL:-0}" = 1 ] && FIRST_STALL_S=300
+export TAGSTREAM_STATE_DIR=$D/state
+[ "${KILL_WORKER:-0}" != 0 ] && export TAGSTREAM_GROUP_INSTANCE_ID=w-$$
+FIRST_STALL_S=3; [ "${KILL_MODEL:-0}" = 1 ] || [ "${KILL_WORKER:-0}" != 0 ] && FIRST_STALL_S=300
+LATER_STALL_S=3; [ "${KILL_WORKER:-0}" = every ] && LATER_STALL_S=300
 KILL_AT_S=1; [ "${KILL_MODEL:-0}" = stop ] && KILL_AT_S=0.5
-TAGSTREAM_BUNDLE_PATH=$D/stalling TAGSTREAM_MODEL_STALL_S=$FIRST_STALL_S TAGSTREAM_METRICS_PORT=9341 \
-  .venv/bin/tagstream-worker run > "$D/first.log" 2>&1 &
-FIRST=$!
-if [ "${KILL_MODEL:-0}" != 0 ]; then
-  # The pod's /healthz says how long the model process's current call has run.
-  call_s=$(.venv/bin/python - "$KILL_AT_S" <<'PY'
+hung_for() {  # $1: a metrics port; waits until /healthz shows a model call running KILL_AT_S (a pod: its model process's)
+  .venv/bin/python - "$1" "$KILL_AT_S" <<'PY'
 import json, sys, time, urllib.error, urllib.request
+call_s = 0
 for _ in range(3000):
     try:
-        with urllib.request.urlopen("http://localhost:9341/healthz", timeout=2) as response:
+        with urllib.request.urlopen(f"http://localhost:{sys.argv[1]}/healthz", timeout=2) as response:
             body = response.read()
     except urllib.error.HTTPError as failing:
         body = failing.read()
     except OSError:
         body = b"{}"
-    call_s = json.loads(body or b"{}").get("model_process", {}).get("model_call_s", 0)
-    if call_s >= float(sys.argv[1]):
+    health = json.loads(body or b"{}")
+    call_s = health.get("model_process", {}).get("model_call_s", health.get("model_call_s", 0))
+    if call_s >= float(sys.argv[2]):
         break
     time.sleep(0.1)
 print(call_s)
 PY
-)
+}
+kill_when_hung() {  # $1: a metrics port, $2: the worker's pid (one process)
+  local call_s; call_s=$(hung_for "$1")
+  kill -0 "$2" 2>/dev/null && kill -KILL "$2" && echo "worker $2 SIGKILLed, its model call hung for ${call_s} s"
+}
+TAGSTREAM_BUNDLE_PATH=$D/stalling TAGSTREAM_MODEL_STALL_S=$FIRST_STALL_S TAGSTREAM_METRICS_PORT=9341 \
+  .venv/bin/tagstream-worker run > "$D/first.log" 2>&1 &
+FIRST=$!
+if [ "${KILL_MODEL:-0}" != 0 ]; then
+  call_s=$(hung_for 9341)
   MODEL_PID=$(grep '"model_process_ready"' "$D/first.log" | grep -o '"pid": [0-9]*' | grep -o '[0-9]*' | head -1)
   if [ "$KILL_MODEL" = stop ]; then
     kill -STOP "$MODEL_PID" && echo "model process $MODEL_PID frozen (SIGSTOP), its call hung for ${call_s} s"
   else
     kill -KILL "$MODEL_PID" && echo "model process $MODEL_PID SIGKILLed, its call hung for ${call_s} s"
   fi
+elif [ "${KILL_WORKER:-0}" != 0 ]; then
+  kill_when_hung 9341 $FIRST
 fi
 wait $FIRST; echo "first worker exit $? (1 expected: model_stalled, or the model process lost)"
 .venv/bin/python - "$D/first.log" <<'PY'
@@ -66,7 +83,7 @@ lines = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 def at(e):
     return datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00"))
 # One process: its fatal line; a pod: the model process's model_stalled (it exits at once, the feeders follow).
-noticed = next(e for e in lines if e["event"] in ("fatal", "model_stalled", "model_process_lost"))
+noticed = next((e for e in lines if e["event"] in ("fatal", "model_stalled", "model_process_lost")), lines[-1])
 given = [e for e in lines if e["event"] == "model_call_given_up"]
 # A pod: inputs of the call whose partition a rebalance had moved to another feeder, counted there.
 heard = sum(e.get("counted", 0) for e in lines if e["event"] == "stalled_inputs_heard")
@@ -75,12 +92,15 @@ print(f"  stall noticed -> last log line: {(at(lines[-1]) - at(noticed)).total_s
 PY
 if [ "${PILL:-0}" = 1 ]; then
   for n in 2 3 4; do  # each successor hangs on the input too, unless it no longer runs it
-    TAGSTREAM_BUNDLE_PATH=$D/stalling TAGSTREAM_MODEL_STALL_S=3 TAGSTREAM_METRICS_PORT=9342 \
+    TAGSTREAM_BUNDLE_PATH=$D/stalling TAGSTREAM_MODEL_STALL_S=$LATER_STALL_S TAGSTREAM_METRICS_PORT=9342 \
       .venv/bin/tagstream-worker run > "$D/second.log" 2>&1 &
     SECOND=$!
+    WATCH=
+    if [ "${KILL_WORKER:-0}" = every ]; then kill_when_hung 9342 $SECOND & WATCH=$!; fi
     for i in $(seq 1 60); do kill -0 $SECOND 2>/dev/null || break; [ "$(committed 2>/dev/null)" = "$TOTAL" ] && break; sleep 1; done
+    [ -n "$WATCH" ] && { kill -0 $SECOND 2>/dev/null && pkill -P $WATCH; kill $WATCH 2>/dev/null; wait $WATCH 2>/dev/null; }
     if ! kill -0 $SECOND 2>/dev/null; then
-      wait $SECOND; echo "worker $n exit $? ($(grep '"model_call_given_up"' "$D/second.log" | grep -o '"inputs": [0-9]*' | grep -o '[0-9]*' | paste -sd+ | bc) inputs given up; $(grep '"stalled_inputs_heard"' "$D/second.log" | grep -o '"counted": [0-9]*' | grep -o '[0-9]*' | paste -sd+ | bc) counted by the feeder that owns them now; $(grep -c input_dead_lettered_after_stalls "$D/second.log") dead-lettered after stalls as it drained)"
+      wait $SECOND; echo "worker $n exit $? ($(grep -o '"event": "died_in_model_calls_counted"' "$D/second.log" | wc -l) journal count(s) at start: $(grep '"died_in_model_calls_counted"' "$D/second.log" | grep -o '"inputs": [0-9]*' | grep -o '[0-9]*' | paste -sd+) inputs; $(grep '"model_call_given_up"' "$D/second.log" | grep -o '"inputs": [0-9]*' | grep -o '[0-9]*' | paste -sd+ | bc) inputs given up; $(grep '"stalled_inputs_heard"' "$D/second.log" | grep -o '"counted": [0-9]*' | grep -o '[0-9]*' | paste -sd+ | bc) counted by the feeder that owns them now; $(grep -c input_dead_lettered_after_stalls "$D/second.log") dead-lettered after stalls as it drained)"
       cp "$D/second.log" "$D/worker$n.log"; continue
     fi
     echo "worker $n runs on: $(grep -c input_dead_lettered_after_stalls "$D/second.log") input(s) dead-lettered after stalls"; break

@@ -41,6 +41,7 @@ from prometheus_client import Counter, Histogram
 
 from model.cpus import available_cpus
 from worker.affinity import plan_pinning, spare_cpus
+from worker.call_gate import CallGate
 from worker.errors import Failure, InferenceError, WorkerError
 from worker.inference import InputId
 from worker.model_calls import ModelCalls
@@ -147,6 +148,7 @@ class ModelServer:
         self._local: Any = None
         self._slot: Any = None
         self._calls: ModelCalls[Request] = ModelCalls(self.health)  # the requests in each stream's call
+        self._gate: CallGate = CallGate(1)  # sized for the streams at start
         # Slots marked IN_CALL (transport.py); once exiting for a stall, only the stalled call's stay so.
         self._marks_lock = threading.Lock()
         self._exiting = False
@@ -171,6 +173,7 @@ class ModelServer:
         self.telemetry = TelemetryServer(self.metrics, self.health, 0, host="127.0.0.1")
         self.telemetry.start()
         self._spawn("accept", self._accept_main, watched=False, joined=False)
+        self._gate = CallGate(self._local.streams)
         for i in range(self._local.streams):
             self._spawn(f"model-{i}", self._stream_main)
         reload_loop = self._local.watch(self._slot, self.metrics, self._stopping)
@@ -328,24 +331,27 @@ class ModelServer:
         else:
             ids = np.concatenate([v[0] for v in views])
             lengths = np.concatenate([v[1] for v in views])
-        # Seen by the feeders if this process dies or is killed before the call returns (transport.py).
-        with self._marks_lock:
-            if not self._exiting:  # exiting for another call's stall: this one is not to blame
-                for slot in slots:
-                    slot.in_call(True)
-        started = time.perf_counter()
-        try:
-            with self._calls.call(group):
-                answers = runner.classify_packed(ids, lengths)
-        except InferenceError as exc:
-            for request in group:
-                request.port.send((DONE, request.slot, FAILED, 0, 0.0, str(exc)))
-            return
-        finally:
-            self.model_metrics.busy.inc(time.perf_counter() - started)
-            if not self._calls.given_up():
-                for slot in slots:
-                    slot.in_call(False)
+        # An input run alone runs with the other stream idle (worker/call_gate.py): if this process
+        # dies in its call, the slots name that input only.
+        with self._gate.enter(group[0].alone):
+            # Seen by the feeders if this process dies or is killed before the call returns (transport.py).
+            with self._marks_lock:
+                if not self._exiting:  # exiting for another call's stall: this one is not to blame
+                    for slot in slots:
+                        slot.in_call(True)
+            started = time.perf_counter()
+            try:
+                with self._calls.call(group):
+                    answers = runner.classify_packed(ids, lengths)
+            except InferenceError as exc:
+                for request in group:
+                    request.port.send((DONE, request.slot, FAILED, 0, 0.0, str(exc)))
+                return
+            finally:
+                self.model_metrics.busy.inc(time.perf_counter() - started)
+                if not self._calls.given_up():
+                    for slot in slots:
+                        slot.in_call(False)
         if self._calls.given_up():
             return  # answered STALLED already (give_up_stalled): its slots are no longer ours to write
         # Counted before the answers go out: a feeder that got its answer sees its batch counted.

@@ -328,6 +328,12 @@ BROKEN = {
         "maxReplicaCount 4 x 4 feeder processes per pod (TAGSTREAM_PROCESSES=4) = 16 consumers exceed the input"
         " topic's 12 partitions: lower maxReplicaCount to 3 or the feeders",
     ),
+    "state folder on the read-only root filesystem": (
+        _config("TAGSTREAM_STATE_DIR", "/var/lib/tagstream"),
+        "container worker: TAGSTREAM_STATE_DIR='/var/lib/tagstream' is on no writable mounted volume: mount an"
+        " emptyDir there (it outlives container restarts), or the worker cannot count the inputs of a model call"
+        " it dies in",
+    ),
     "feeder count not a number": (
         _config("TAGSTREAM_PROCESSES", "many"),
         "container worker: TAGSTREAM_PROCESSES='many': use auto or a whole number from 1 to 64",

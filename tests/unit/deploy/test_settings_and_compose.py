@@ -58,6 +58,9 @@ def test_compose_worker_is_hardened_like_the_pods(compose: dict, validator: Modu
     assert worker["cap_drop"] == ["ALL"] and "no-new-privileges:true" in worker["security_opt"]
     assert any(v.endswith(":/bundles:ro") for v in worker["volumes"])
     assert worker["environment"]["TAGSTREAM_BUNDLE_PATH"].startswith("/bundles/")
+    # The model-call journal outlives a restart: a named volume, not the tmpfs.
+    state = worker["environment"]["TAGSTREAM_STATE_DIR"]
+    assert f"worker-state:{state}" in worker["volumes"] and "worker-state" in compose["volumes"]
     grace = int(worker["stop_grace_period"].rstrip("s"))
     assert grace >= validator.DEFAULT_DRAIN_TIMEOUT_S + validator.GRACE_MARGIN_S
 

@@ -8,6 +8,7 @@ import threading
 from kafka.structs import TopicPartition
 from worker_fakes import FakeConsumer, Record
 
+from worker.call_journal import CallJournal
 from worker.committer import Committer
 from worker.delivered_hints import MAX_OFFSETS, PREFIX, decode, decode_stalled, encode, read_hints
 from worker.errors import Failure
@@ -214,7 +215,7 @@ def test_counts_in_no_commit_yet_are_still_due_after_the_partition_comes_straigh
 
 
 def source_reading(
-    delivered: list[int], stalled: dict[int, int], upto: int = 6
+    delivered: list[int], stalled: dict[int, int], upto: int = 6, journal: CallJournal | None = None
 ) -> tuple[Source, FakeConsumer, InputHandoff]:
     """A source assigned TP, whose group commit at 2 has a hint of ``delivered`` and ``stalled``, with
     records 2 to ``upto`` - 1 to read."""
@@ -226,7 +227,7 @@ def source_reading(
     source = Source(
         consumer, topics=["in"], pattern=None, parse_config=ParseConfig(), tracker=tracker,
         committer=Committer(consumer, tracker, interval_s=0.0), handoff=handoff, current_runner=lambda: Runner(),
-        metrics=Metrics(), health=Health(), revoke_grace_s=0.0,
+        metrics=Metrics(), health=Health(), revoke_grace_s=0.0, journal=journal,
     )
     source.on_assigned({TP})
     consumer.polls.append({TP: [Record("in", 0, i, b'{"id": "e%d", "text": "t"}' % i) for i in range(2, upto)]})
@@ -259,3 +260,22 @@ def test_an_input_of_one_stalled_call_is_run_alone_and_of_two_is_dead_lettered()
     assert [(e.offset, e.alone) for e in events] == [(2, True), (5, False)]  # 3: delivered, skipped
     assert [(d.offset, d.reason) for d in letters] == [(4, Failure.STALLED_TWICE)]
     assert "2 times" in letters[0].detail
+
+
+def test_deaths_in_model_calls_from_the_journal_add_to_the_hints_stalls_and_counts_below_the_commit_go(tmp_path):
+    """The journal's counts (calls this host's worker died in) and the hint's (calls that hung) are
+    never of the same call, so they add up: one in all runs alone, two are a dead letter."""
+    dead = CallJournal.open(tmp_path, "g", streams=1)
+    assert dead is not None
+    dead.begin(0, [("in", 0, 1), ("in", 0, 4), ("in", 0, 5)])
+    dead.close()  # the worker died in that call
+    journal = CallJournal.open(tmp_path, "g", streams=1)
+    assert journal is not None and journal.counts == {TP: {1: 1, 4: 1, 5: 1}}
+    source, consumer, handoff = source_reading([], {4: 1}, journal=journal)
+    run_source_once(source, consumer)
+    events, letters, *_ = handoff.take(0)
+    assert [(e.offset, e.alone) for e in events] == [(2, False), (3, False), (5, True)]
+    assert [(d.offset, d.reason) for d in letters] == [(4, Failure.STALLED_TWICE)]
+    assert "2 times (1 of them with the worker dying in the call)" in letters[0].detail
+    assert journal.counts == {TP: {4: 1, 5: 1}}  # offset 1 is below the group's commit at 2: done with
+    journal.close()

@@ -11,6 +11,7 @@ from kafka.structs import TopicPartition
 from worker_fakes import Clock
 
 from worker.batcher import Batch
+from worker.call_journal import CallJournal, _read_call
 from worker.errors import Failure, InferenceError, ModelCallStalled, WorkerError
 from worker.events import DeadLetter, Event
 from worker.inference import Classified
@@ -59,7 +60,8 @@ class FakeRunner:
 class Stage:
     """A ModelStage with one thread, and what it sent to the sink and abandoned."""
 
-    def __init__(self, runner: FakeRunner, health: Health | None = None) -> None:
+    def __init__(self, runner: FakeRunner, health: Health | None = None, *, streams: int = 1,
+                 journal: CallJournal | None = None) -> None:
         self.tracker = OffsetTracker()
         self.tracker.assign([TP])
         self.runner = runner
@@ -68,14 +70,17 @@ class Stage:
         self.stalled: list[Event] = []
         self.lost: list[int] = []
         self.stage = ModelStage(
-            1, tracker=self.tracker, metrics=Metrics(), health=health or Health(), clock=StageClock(Metrics(), enabled=False),
+            streams, tracker=self.tracker, metrics=Metrics(), health=health or Health(), clock=StageClock(Metrics(), enabled=False),
             to_sink=self.sink.append, abandon=self.abandoned.extend, on_stalled=self.stalled.extend,
             on_lost=lambda: self.lost.append(self.stage._done),  # batches done when it was called
+            journal=journal,
         )
         self.error: list[BaseException] = []
         self.next_offset = 0
-        self.thread = threading.Thread(target=self._main)
-        self.thread.start()
+        self.threads = [threading.Thread(target=self._main) for _ in range(streams)]
+        self.thread = self.threads[0]
+        for thread in self.threads:
+            thread.start()
 
     def _main(self) -> None:
         try:
@@ -94,8 +99,9 @@ class Stage:
 
     def finish(self) -> None:
         self.stage.put_stops()
-        self.thread.join(10)
-        assert not self.thread.is_alive()
+        for thread in self.threads:
+            thread.join(10)
+            assert not thread.is_alive()
 
 
 def test_batches_run_in_queue_order_and_their_results_reach_the_sink():
@@ -229,3 +235,39 @@ def test_a_batch_lost_with_its_failed_thread_is_reported_before_it_counts_as_don
     assert s.stage.put(s.batch([9]), s.runner)
     s.thread.join(10)
     assert s.lost == [1]  # reported once, while only the first batch counted as done
+
+
+def test_each_call_is_in_the_journal_while_it_runs_an_input_retried_alone_by_itself_and_none_after(tmp_path):
+    """A worker that dies in a call counts what the journal names at its next start: the batch's
+    inputs, and in the one-by-one retry of a failed batch only the input being run."""
+    journal = CallJournal.open(tmp_path, "g", streams=1)
+    assert journal is not None
+    path = journal.folder / "worker-0.call-0"
+    seen: list[Any] = []
+
+    class Peeking(FakeRunner):
+        def classify(self, token_ids, *, inputs=(), alone=False):
+            found = _read_call(path)
+            seen.append(None if found is None else [offset for _, _, offset in found[1]])
+            return super().classify(token_ids, inputs=inputs, alone=alone)
+
+    s = Stage(Peeking(fails={7}), journal=journal)
+    assert s.stage.put(s.batch([1, 7, 3]), s.runner)
+    s.finish()
+    assert seen == [[0, 1, 2], [0], [1], [2]]
+    assert _read_call(path) is None  # idle: a death now counts nothing
+    journal.close()
+
+
+def test_a_batch_run_alone_waits_for_the_other_streams_call_so_that_a_death_in_it_names_its_input():
+    s = Stage(FakeRunner(), streams=2)
+    s.runner.hold.set()
+    assert s.stage.put(s.batch([1, 2]), s.runner)
+    assert s.runner.entered.wait(10)  # one stream is in a call over two inputs
+    s.runner.hold.clear()
+    assert s.stage.put(s.batch([3], reason="alone"), s.runner)
+    threading.Event().wait(0.3)
+    assert s.runner.calls == [[[1], [2]]]  # the alone batch has not started beside it
+    s.runner.release.set()
+    s.finish()
+    assert s.runner.calls == [[[1], [2]], [[3]]] and s.runner.alone == [False, True]

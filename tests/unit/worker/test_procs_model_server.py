@@ -349,3 +349,31 @@ def test_a_stalled_calls_inputs_are_named_to_each_feeder_but_its_own_requests_in
     assert stalled_inputs_for(a, requests) == [("in", 2, 9)]  # ("in", 1, 5) is in a's own request too
     assert stalled_inputs_for(b, requests) == [("in", 0, 1), ("in", 0, 2)]
     assert stalled_inputs_for(c, requests) == [("in", 0, 1), ("in", 1, 5), ("in", 2, 9), ("in", 0, 2)]
+
+
+def test_a_request_to_run_alone_waits_for_the_other_streams_call_so_that_a_death_in_it_names_its_input(pod):
+    """Two streams (a CPU): a process that dies cannot say which call killed it, so the slots of every
+    call in flight count their inputs. An input run alone was counted once already; run beside
+    another stream's call, a death there would count it a second time and dead-letter it. So it
+    waits until the other call returns, and its slot alone is marked while it runs."""
+    server = pod.server(inference_streams=2)
+    (_link_a, runner_a), (link_b, runner_b) = pod.feeder(server, 0), pod.feeder(server, 1)
+    gate, calls = hold_model_calls(server, first_only=True)
+    outcome: dict[str, BaseException | None] = {}
+    a = classifying(outcome, "a", runner_a, ["one", "two"])
+    wait_until(lambda: calls == [2], 10, "feeder a's inputs in the model call")
+
+    def alone() -> None:
+        runner_b.classify(runner_b.tokenize(["suspect"]), inputs=[("in", 0, 7)], alone=True)
+        outcome["b"] = None
+
+    b = threading.Thread(target=alone)
+    b.start()
+    wait_until(lambda: not any(p.index == 1 and p.conn.poll() for p in server._ports), 10, "b's request read")
+    time.sleep(0.3)
+    assert calls == [2]  # the second stream is free, but waits for the first stream's call
+    assert not any(slot.was_in_call() for slot in link_b._channel.slots)  # type: ignore[union-attr]
+    gate.set()
+    a.join(15)
+    b.join(15)
+    assert calls == [2, 1] and outcome == {"a": None, "b": None}

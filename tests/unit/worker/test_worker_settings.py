@@ -231,3 +231,14 @@ def test_an_empty_pattern_variable_is_unset_and_the_topics_are_read(monkeypatch)
     settings = load_settings()
     assert settings.input_pattern is None and settings.subscription_pattern() is None
     assert settings.input_topics == ["events"]
+
+
+def test_the_state_folder_defaults_under_tmp_and_an_empty_value_turns_it_off(monkeypatch):
+    """TAGSTREAM_STATE_DIR holds the model-call journal (worker/call_journal.py): /tmp/tagstream by
+    default (the manifest's /tmp is an emptyDir, which outlives container restarts); "" is off."""
+    base(monkeypatch)
+    assert load_settings().state_dir is not None and str(load_settings().state_dir) == "/tmp/tagstream"
+    monkeypatch.setenv("TAGSTREAM_STATE_DIR", "/var/lib/tagstream")
+    assert str(load_settings().state_dir) == "/var/lib/tagstream"
+    monkeypatch.setenv("TAGSTREAM_STATE_DIR", "")
+    assert load_settings().state_dir is None

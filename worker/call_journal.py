@@ -1,0 +1,275 @@
+"""The inputs of each model call on disk, so that a worker that dies in a call can count them.
+
+A model call that hangs is timed and given up (worker/model_calls.py): its inputs are counted in
+the commit's hint, the next worker runs each of them alone, and one that hangs the model again is
+dead-lettered (``stalled_twice``). A worker that *dies* in the call counts nothing that way: the
+OOM killer, a crash in a kernel or a driver, a liveness probe's SIGKILL while the call holds the
+interpreter. Its successor read the same batch, died the same way, and restarted for ever.
+
+So before each call a model thread writes the call's inputs to a small file of its own, and marks
+it idle after. At start the worker reads the files its predecessor left: a file still marked names
+a call that process died in. Each of its inputs is counted once, in ``counts`` (kept beside the
+files, across restarts); the source adds them to the hint's counts (worker/source.py), so an input
+counted once runs alone and one counted twice is dead-lettered, as after stalls. (A pod's model
+process has its shared-memory slots for this instead: worker/procs/transport.py.)
+
+- **Once.** Each call has an id; ``counts`` keeps the ids it has counted, so a worker that dies
+  again while it starts does not count the same call twice.
+- **Exact.** The journal's counts are never committed, and the hint never counts a call the
+  journal counts: a call given up as stalled is unmarked here (``forget``) as the hint takes it.
+  Their sum is therefore exact. A call with the other streams idle (an input run alone: see
+  worker/call_gate.py) names the input that was in it when the process died.
+- **Local.** The counts stay on this host: a partition that moves to another worker takes the
+  hint's counts with it, not these, so that worker may die on the input up to twice more.
+
+Where: ``TAGSTREAM_STATE_DIR`` (``/tmp/tagstream`` by default; the Kubernetes manifest's ``/tmp`` is
+an emptyDir, which outlives the container's restarts), one folder per consumer group. Each worker
+holds a lock on its set of files (``worker-N``); a second worker of the group on the same host
+takes the next set. Nothing here ever stops the worker: a journal that cannot be written is
+turned off, with a warning saying why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import itertools
+import json
+import os
+import re
+import secrets
+import struct
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from worker.inference import InputId
+from worker.kafka.base import TopicPartition
+from worker.telemetry import get_logger
+
+log = get_logger("tagstream.worker")
+
+HEADER = struct.Struct("<IQ")  # payload length (0: idle), call id
+IDLE = struct.pack("<I", 0)
+MAX_SETS = 16  # workers of one group on one host
+MAX_COUNTED = 10_000  # inputs with a count; the oldest go first (they were committed past long ago)
+MAX_CALL_IDS = 64  # calls remembered as counted: far more than die while one worker starts
+
+
+class CallJournal:
+    """One worker's call files and counts; see the module docstring. ``open`` makes one."""
+
+    def __init__(self, folder: Path, name: str, lock_fd: int, streams: int) -> None:
+        self.folder = folder
+        self.name = name  # worker-N
+        self._lock_fd = lock_fd
+        # (topic, partition) -> {offset: how many calls the worker died in with it}
+        self.counts: dict[TopicPartition, dict[int, int]] = {}
+        self._order: list[InputId] = []  # counted inputs, oldest first (for MAX_COUNTED)
+        self._counted_calls: list[int] = []
+        self._prefix = secrets.randbits(32) << 32  # call ids: this process's prefix and a sequence
+        self._sequence = itertools.count(1)
+        self._fds: list[int] = []
+        self._streams = streams
+        self._broken = False
+
+    # -- start ------------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, state_dir: Path | None, group_id: str, streams: int) -> CallJournal | None:
+        """The journal of this worker, with what its predecessor left counted; None when off."""
+        if state_dir is None:
+            log.info("call_journal_off", reason="TAGSTREAM_STATE_DIR is empty")
+            return None
+        folder = Path(state_dir) / _folder_name(group_id)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for n in range(MAX_SETS):
+                name = f"worker-{n}"
+                fd = os.open(folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                journal = cls(folder, name, fd, streams)
+                journal._recover()
+                journal._open_calls()
+                return journal
+        except OSError as exc:
+            log.warning("call_journal_off", folder=str(folder), error=str(exc),
+                        consequence="a worker that dies in a model call counts nothing: the input that killed it is"
+                        " read again in a batch; set TAGSTREAM_STATE_DIR to a writable folder")
+            return None
+        log.warning("call_journal_off", folder=str(folder),
+                    reason=f"{MAX_SETS} workers of this group on this host already hold its journals")
+        return None
+
+    def _recover(self) -> None:
+        """Count the inputs of the calls the last holder of these files died in (once each)."""
+        self._load_counts()
+        lost: list[tuple[int, list[InputId]]] = []
+        for path in sorted(self.folder.glob(f"{self.name}.call-*")):
+            found = _read_call(path)
+            if found is not None and found[0] not in self._counted_calls:
+                lost.append(found)
+        if not lost:
+            return
+        for call_id, inputs in lost:
+            for topic, partition, offset in inputs:
+                self._add((topic, partition, offset))
+            self._counted_calls.append(call_id)
+        del self._counted_calls[:-MAX_CALL_IDS]
+        self._save_counts()  # before the files are cleared: a death in between counts nothing twice
+        inputs = [i for _, call in lost for i in call]
+        log.warning(
+            "died_in_model_calls_counted", calls=len(lost), inputs=len(inputs),
+            partitions=sorted({f"{t}[{p}]" for t, p, _ in inputs}), journal=str(self.folder / self.name),
+            consequence="each runs alone; one the worker dies on (or hangs on) again is dead-lettered (stalled_twice)",
+        )
+
+    def _open_calls(self) -> None:
+        for path in self.folder.glob(f"{self.name}.call-*"):
+            if int(path.name.rsplit("-", 1)[1]) >= self._streams:
+                path.unlink()  # a stream count that shrank: counted above, never written again
+        for stream in range(self._streams):
+            fd = os.open(self.folder / f"{self.name}.call-{stream}", os.O_RDWR | os.O_CREAT, 0o600)
+            os.pwrite(fd, IDLE, 0)
+            self._fds.append(fd)
+
+    # -- the model threads -------------------------------------------------------------------------
+    def begin(self, stream: int, inputs: Sequence[InputId]) -> None:
+        """A call over ``inputs`` is about to start on ``stream``."""
+        if self._broken:
+            return
+        payload = _encode(inputs)
+        fd = self._fds[stream]
+        try:
+            # The inputs first, the header that makes them count after: a death between the two
+            # writes leaves the file idle (the call had not begun).
+            os.pwrite(fd, payload, HEADER.size)
+            os.pwrite(fd, HEADER.pack(len(payload), self._prefix | next(self._sequence)), 0)
+        except OSError as exc:
+            self._break(exc)
+
+    def end(self, stream: int) -> None:
+        """The call on ``stream`` returned, failed, or was given up (counted elsewhere)."""
+        if self._broken:
+            return
+        try:
+            os.pwrite(self._fds[stream], IDLE, 0)
+        except OSError as exc:
+            self._break(exc)
+
+    def _break(self, exc: OSError) -> None:
+        self._broken = True
+        log.warning("call_journal_off", folder=str(self.folder), error=str(exc),
+                    consequence="a worker that dies in a model call from now on counts nothing")
+
+    # -- the counts --------------------------------------------------------------------------------
+    def forget_below(self, positions: dict[TopicPartition, int | None]) -> None:
+        """Drop counts of inputs below their partition's committed position: they have outcomes."""
+        dropped = 0
+        for tp, position in positions.items():
+            counts = self.counts.get(tp)
+            if counts is None or position is None:
+                continue
+            for offset in [o for o in counts if o < position]:
+                del counts[offset]
+                dropped += 1
+            if not counts:
+                del self.counts[tp]
+        if dropped:
+            self._order = [i for i in self._order if i[2] in self.counts.get(TopicPartition(i[0], i[1]), {})]
+            with contextlib.suppress(OSError):
+                self._save_counts()
+
+    def _add(self, input_: InputId) -> None:
+        topic, partition, offset = input_
+        counts = self.counts.setdefault(TopicPartition(topic, partition), {})
+        if offset not in counts:
+            self._order.append(input_)
+        counts[offset] = counts.get(offset, 0) + 1
+        while len(self._order) > MAX_COUNTED:
+            t, p, o = self._order.pop(0)
+            tp = TopicPartition(t, p)
+            self.counts[tp].pop(o, None)
+            if not self.counts[tp]:
+                del self.counts[tp]
+
+    def _counts_path(self) -> Path:
+        return self.folder / f"{self.name}.counts.json"
+
+    def _load_counts(self) -> None:
+        path = self._counts_path()
+        try:
+            data = json.loads(path.read_text())
+            entries = [(str(t), int(p), int(o), int(n)) for t, p, o, n in data["counts"]]
+            calls = [int(c) for c in data["counted_calls"]]
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("call_journal_counts_unreadable", path=str(path), error=str(exc),
+                        consequence="counts from earlier deaths in model calls are forgotten")
+            return
+        for topic, partition, offset, n in entries:
+            self.counts.setdefault(TopicPartition(topic, partition), {})[offset] = n
+            self._order.append((topic, partition, offset))
+        self._counted_calls = calls
+
+    def _save_counts(self) -> None:
+        entries = [[t, p, o, self.counts[TopicPartition(t, p)][o]] for t, p, o in self._order]
+        path = self._counts_path()
+        scratch = path.with_suffix(".tmp")
+        scratch.write_text(json.dumps({"version": 1, "counted_calls": self._counted_calls, "counts": entries}))
+        os.replace(scratch, path)
+
+    def close(self) -> None:
+        """At exit: a model thread given up in a hung call may still return, and writes nothing."""
+        self._broken = True
+        for fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds = []
+        with contextlib.suppress(OSError):
+            os.close(self._lock_fd)  # releases the lock
+
+
+def _folder_name(group_id: str) -> str:
+    """A folder name per group: readable, and distinct even where sanitising makes two names alike."""
+    digest = hashlib.sha256(group_id.encode()).hexdigest()[:8]
+    return f"{re.sub(r'[^A-Za-z0-9._-]', '_', group_id)[:100]}-{digest}"
+
+
+def _encode(inputs: Iterable[InputId]) -> bytes:
+    """``topic<TAB>partition<TAB>offset,offset,...`` a line per partition (topic names hold neither)."""
+    by_partition: dict[tuple[str, int], list[str]] = {}
+    for topic, partition, offset in inputs:
+        key = (topic, partition)
+        offsets = by_partition.get(key)
+        if offsets is None:
+            offsets = by_partition[key] = []
+        offsets.append(str(offset))
+    return "".join(f"{t}\t{p}\t{','.join(o)}\n" for (t, p), o in by_partition.items()).encode()
+
+
+def _decode(payload: bytes) -> list[InputId]:
+    out: list[InputId] = []
+    for line in payload.decode().splitlines():
+        topic, partition, offsets = line.split("\t")
+        out.extend((topic, int(partition), int(o)) for o in offsets.split(","))
+    return out
+
+
+def _read_call(path: Path) -> tuple[int, list[InputId]] | None:
+    """The call a file names, or None when idle or unreadable (a torn file counts nothing)."""
+    try:
+        data = path.read_bytes()
+        if len(data) < HEADER.size:
+            return None
+        length, call_id = HEADER.unpack_from(data)
+        if length == 0 or HEADER.size + length > len(data):
+            return None
+        return call_id, _decode(data[HEADER.size:HEADER.size + length])
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        log.warning("call_journal_unreadable", path=str(path), error=str(exc))
+        return None
