@@ -345,6 +345,8 @@ def start_worker(
 ) -> Iterator[Callable[..., Any]]:
     """Factory: ``start_worker(topic, bundle, **settings) -> Worker``, started in this process with
     this test's ``kafka_client``, and always stopped at the end of the test."""
+    from worker_support import STATE_DIR
+
     from worker.app import Worker
     from worker.settings import load_settings
 
@@ -356,7 +358,8 @@ def start_worker(
             **{
                 "bootstrap_servers": kafka_bootstrap, "input_topics": [topic], "bundle_path": bundle,
                 "group_id": group, "metrics_port": 0, "max_wait_ms": 10, "commit_interval_ms": 200,
-                "drain_timeout_s": 15, "reload_interval_s": 0, "kafka_client": kafka_client, **overrides,
+                "drain_timeout_s": 15, "reload_interval_s": 0, "kafka_client": kafka_client, "state_dir": STATE_DIR,
+                **overrides,
             }
         )
         worker = Worker(settings)

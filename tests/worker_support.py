@@ -7,11 +7,14 @@ predictions are confident, which keeps "same label online and offline" free of t
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -179,12 +182,20 @@ START_TIMEOUT_S = 60  # a fresh Python with torch imports in a few seconds; this
 DRAIN_TIMEOUT_S = 10  # what worker_env gives TAGSTREAM_DRAIN_TIMEOUT_S
 
 
+# The workers' model-call journals (TAGSTREAM_STATE_DIR, worker/call_journal.py): a folder per test
+# process, removed at its exit, so that test runs leave nothing in /tmp/tagstream. worker_env gives it
+# to worker processes; tests/conftest.py to workers in the test process.
+STATE_DIR = Path(tempfile.mkdtemp(prefix="tagstream-state-"))
+atexit.register(shutil.rmtree, STATE_DIR, True)
+
+
 def worker_env(bootstrap: str, topic: str, bundle: Path, group: str, **extra: str) -> dict[str, str]:
     """A worker process's environment: these settings, and the test's Kafka client (conftest's
     ``kafka_client`` fixture sets TAGSTREAM_TEST_KAFKA_CLIENT; kafka-python without it)."""
     client = os.environ.get("TAGSTREAM_TEST_KAFKA_CLIENT", "kafka-python")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAGSTREAM_")}
     env["TAGSTREAM_KAFKA_CLIENT"] = client
+    env["TAGSTREAM_STATE_DIR"] = str(STATE_DIR)
     env.update(
         TAGSTREAM_BOOTSTRAP_SERVERS=bootstrap, TAGSTREAM_INPUT_TOPICS=topic, TAGSTREAM_BUNDLE_PATH=str(bundle),
         TAGSTREAM_GROUP_ID=group, TAGSTREAM_METRICS_PORT="0", TAGSTREAM_MAX_WAIT_MS="10",

@@ -37,11 +37,16 @@ export TAGSTREAM_STATE_DIR=$D/state
 FIRST_STALL_S=3; [ "${KILL_MODEL:-0}" = 1 ] || [ "${KILL_WORKER:-0}" != 0 ] && FIRST_STALL_S=300
 LATER_STALL_S=3; [ "${KILL_WORKER:-0}" = every ] && LATER_STALL_S=300
 KILL_AT_S=1; [ "${KILL_MODEL:-0}" = stop ] && KILL_AT_S=0.5
-hung_for() {  # $1: a metrics port; waits until /healthz shows a model call running KILL_AT_S (a pod: its model process's)
-  .venv/bin/python - "$1" "$KILL_AT_S" <<'PY'
-import json, sys, time, urllib.error, urllib.request
+hung_for() {  # $1: a metrics port, $2: the worker's pid; waits until /healthz shows a model call running KILL_AT_S
+  # (a pod: its model process's), or the worker is gone
+  .venv/bin/python - "$1" "$KILL_AT_S" "$2" <<'PY'
+import json, os, sys, time, urllib.error, urllib.request
 call_s = 0
 for _ in range(3000):
+    try:
+        os.kill(int(sys.argv[3]), 0)
+    except ProcessLookupError:
+        break
     try:
         with urllib.request.urlopen(f"http://localhost:{sys.argv[1]}/healthz", timeout=2) as response:
             body = response.read()
@@ -58,14 +63,14 @@ print(call_s)
 PY
 }
 kill_when_hung() {  # $1: a metrics port, $2: the worker's pid (one process)
-  local call_s; call_s=$(hung_for "$1")
+  local call_s; call_s=$(hung_for "$1" "$2")
   kill -0 "$2" 2>/dev/null && kill -KILL "$2" && echo "worker $2 SIGKILLed, its model call hung for ${call_s} s"
 }
 TAGSTREAM_BUNDLE_PATH=$D/stalling TAGSTREAM_MODEL_STALL_S=$FIRST_STALL_S TAGSTREAM_METRICS_PORT=9341 \
   .venv/bin/tagstream-worker run > "$D/first.log" 2>&1 &
 FIRST=$!
 if [ "${KILL_MODEL:-0}" != 0 ]; then
-  call_s=$(hung_for 9341)
+  call_s=$(hung_for 9341 $FIRST)
   MODEL_PID=$(grep '"model_process_ready"' "$D/first.log" | grep -o '"pid": [0-9]*' | grep -o '[0-9]*' | head -1)
   if [ "$KILL_MODEL" = stop ]; then
     kill -STOP "$MODEL_PID" && echo "model process $MODEL_PID frozen (SIGSTOP), its call hung for ${call_s} s"
@@ -96,9 +101,8 @@ if [ "${PILL:-0}" = 1 ]; then
       .venv/bin/tagstream-worker run > "$D/second.log" 2>&1 &
     SECOND=$!
     WATCH=
-    if [ "${KILL_WORKER:-0}" = every ]; then kill_when_hung 9342 $SECOND & WATCH=$!; fi
+    if [ "${KILL_WORKER:-0}" = every ]; then kill_when_hung 9342 $SECOND 2>/dev/null & WATCH=$!; fi
     for i in $(seq 1 60); do kill -0 $SECOND 2>/dev/null || break; [ "$(committed 2>/dev/null)" = "$TOTAL" ] && break; sleep 1; done
-    [ -n "$WATCH" ] && { kill -0 $SECOND 2>/dev/null && pkill -P $WATCH; kill $WATCH 2>/dev/null; wait $WATCH 2>/dev/null; }
     if ! kill -0 $SECOND 2>/dev/null; then
       wait $SECOND; echo "worker $n exit $? ($(grep -o '"event": "died_in_model_calls_counted"' "$D/second.log" | wc -l) journal count(s) at start: $(grep '"died_in_model_calls_counted"' "$D/second.log" | grep -o '"inputs": [0-9]*' | grep -o '[0-9]*' | paste -sd+) inputs; $(grep '"model_call_given_up"' "$D/second.log" | grep -o '"inputs": [0-9]*' | grep -o '[0-9]*' | paste -sd+ | bc) inputs given up; $(grep '"stalled_inputs_heard"' "$D/second.log" | grep -o '"counted": [0-9]*' | grep -o '[0-9]*' | paste -sd+ | bc) counted by the feeder that owns them now; $(grep -c input_dead_lettered_after_stalls "$D/second.log") dead-lettered after stalls as it drained)"
       cp "$D/second.log" "$D/worker$n.log"; continue
@@ -111,7 +115,8 @@ else
 fi
 wait_committed
 SECOND_OUT=$(metric 9342 tagstream_events_out_total)
-kill -TERM $SECOND; wait $SECOND; echo "second worker exit $? (out $SECOND_OUT)"
+kill -TERM $SECOND; wait $SECOND; RC=$?; [ -n "${WATCH:-}" ] && wait $WATCH 2>/dev/null
+echo "second worker exit $RC (out $SECOND_OUT)"
 kcat -b "$B" -t "$T.labels" -C -e -q -X isolation.level=read_committed -f '%s\n' > "$D/out.jsonl"
 .venv/bin/python - <<PY
 import json, collections

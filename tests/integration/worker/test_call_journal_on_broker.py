@@ -76,7 +76,7 @@ def test_an_input_the_worker_dies_on_in_every_model_call_is_run_alone_then_dead_
     ids = produce_events(kafka_bootstrap, topic, texts)
     pill = ids[150]
     env = worker_env(kafka_bootstrap, topic, make_null_bundle(tmp_path / "stalling", stalling=True), new_group(),
-                     TAGSTREAM_MODEL_STALL_S="300", TAGSTREAM_STATE_DIR=str(tmp_path / "state"),
+                     TAGSTREAM_MODEL_STALL_S="300",
                      # static membership: each successor gets the partitions at once, not after the
                      # killed member's session times out
                      TAGSTREAM_GROUP_INSTANCE_ID=f"w-{uuid.uuid4().hex[:6]}")
