@@ -8,6 +8,9 @@
 #   [PILL=1] bash bench/outsider/stall.sh
 # KILL_MODEL=1 (with PROCESSES > 1): the first pod never gives the call up itself (a stall limit of 300 s); once its
 # /healthz shows the model call hung for 1 s, the model process is SIGKILLed, as the OOM killer or a crash would.
+# KILL_MODEL=every: every pod's model process is killed so, successors' too: with two model streams (a CPU) a death
+# counts both streams' calls, and an innocent input counted so must not be counted again when the pill kills the
+# process while it runs alone (worker/call_gate.py).
 # KILL_MODEL=stop: the model process is frozen (SIGSTOP) half a second into the hung call, before it can time the
 # call itself, so the supervisor kills it once it has been silent for the limit (3 s). Either way the feeders must
 # count the call's inputs all the same.
@@ -34,8 +37,8 @@ for name, stalling in (('stalling', True), ('null', False)):
     make_null_bundle(Path('$D') / name, tokenizer_from=Path('$BUNDLE'), stalling=stalling)" 2>/dev/null || exit 2
 export TAGSTREAM_STATE_DIR=$D/state
 [ "${KILL_WORKER:-0}" != 0 ] && export TAGSTREAM_GROUP_INSTANCE_ID=w-$$
-FIRST_STALL_S=3; [ "${KILL_MODEL:-0}" = 1 ] || [ "${KILL_WORKER:-0}" != 0 ] && FIRST_STALL_S=300
-LATER_STALL_S=3; [ "${KILL_WORKER:-0}" = every ] && LATER_STALL_S=300
+FIRST_STALL_S=3; [ "${KILL_MODEL:-0}" = 1 ] || [ "${KILL_MODEL:-0}" = every ] || [ "${KILL_WORKER:-0}" != 0 ] && FIRST_STALL_S=300
+LATER_STALL_S=3; [ "${KILL_WORKER:-0}" = every ] || [ "${KILL_MODEL:-0}" = every ] && LATER_STALL_S=300
 KILL_AT_S=1; [ "${KILL_MODEL:-0}" = stop ] && KILL_AT_S=0.5
 hung_for() {  # $1: a metrics port, $2: the worker's pid; waits until /healthz shows a model call running KILL_AT_S
   # (a pod: its model process's), or the worker is gone
@@ -62,9 +65,12 @@ for _ in range(3000):
 print(call_s)
 PY
 }
-kill_when_hung() {  # $1: a metrics port, $2: the worker's pid (one process)
-  local call_s; call_s=$(hung_for "$1" "$2")
-  kill -0 "$2" 2>/dev/null && kill -KILL "$2" && echo "worker $2 SIGKILLed, its model call hung for ${call_s} s"
+kill_when_hung() {  # $1: a metrics port, $2: the worker's pid (one process; a pod's: its model process is killed)
+  local call_s victim=$2 what=worker; call_s=$(hung_for "$1" "$2")
+  if [ "$TAGSTREAM_PROCESSES" != 1 ]; then
+    victim=$(grep '"model_process_ready"' "$3" | grep -o '"pid": [0-9]*' | grep -o '[0-9]*' | tail -1); what="model process"
+  fi
+  kill -0 "$2" 2>/dev/null && kill -KILL "$victim" && echo "$what $victim SIGKILLed, its model call hung for ${call_s} s"
 }
 TAGSTREAM_BUNDLE_PATH=$D/stalling TAGSTREAM_MODEL_STALL_S=$FIRST_STALL_S TAGSTREAM_METRICS_PORT=9341 \
   .venv/bin/tagstream-worker run > "$D/first.log" 2>&1 &
@@ -78,7 +84,7 @@ if [ "${KILL_MODEL:-0}" != 0 ]; then
     kill -KILL "$MODEL_PID" && echo "model process $MODEL_PID SIGKILLed, its call hung for ${call_s} s"
   fi
 elif [ "${KILL_WORKER:-0}" != 0 ]; then
-  kill_when_hung 9341 $FIRST
+  kill_when_hung 9341 $FIRST "$D/first.log"
 fi
 wait $FIRST; echo "first worker exit $? (1 expected: model_stalled, or the model process lost)"
 .venv/bin/python - "$D/first.log" <<'PY'
@@ -101,7 +107,9 @@ if [ "${PILL:-0}" = 1 ]; then
       .venv/bin/tagstream-worker run > "$D/second.log" 2>&1 &
     SECOND=$!
     WATCH=
-    if [ "${KILL_WORKER:-0}" = every ]; then kill_when_hung 9342 $SECOND 2>/dev/null & WATCH=$!; fi
+    if [ "${KILL_WORKER:-0}" = every ] || [ "${KILL_MODEL:-0}" = every ]; then
+      kill_when_hung 9342 $SECOND "$D/second.log" 2>/dev/null & WATCH=$!
+    fi
     for i in $(seq 1 60); do kill -0 $SECOND 2>/dev/null || break; [ "$(committed 2>/dev/null)" = "$TOTAL" ] && break; sleep 1; done
     if ! kill -0 $SECOND 2>/dev/null; then
       wait $SECOND; echo "worker $n exit $? ($(grep -o '"event": "died_in_model_calls_counted"' "$D/second.log" | wc -l) journal count(s) at start: $(grep '"died_in_model_calls_counted"' "$D/second.log" | grep -o '"inputs": [0-9]*' | grep -o '[0-9]*' | paste -sd+) inputs; $(grep '"model_call_given_up"' "$D/second.log" | grep -o '"inputs": [0-9]*' | grep -o '[0-9]*' | paste -sd+ | bc) inputs given up; $(grep '"stalled_inputs_heard"' "$D/second.log" | grep -o '"counted": [0-9]*' | grep -o '[0-9]*' | paste -sd+ | bc) counted by the feeder that owns them now; $(grep -c input_dead_lettered_after_stalls "$D/second.log") dead-lettered after stalls as it drained)"
