@@ -230,8 +230,10 @@ class CallJournal:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._fds = []
-        with contextlib.suppress(OSError):
-            os.close(self._lock_fd)  # releases the lock
+        if self._lock_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = -1  # closed once: the number may soon name another file
 
 
 def _folder_name(group_id: str) -> str:

@@ -100,6 +100,12 @@ def test_a_second_worker_of_the_group_on_the_host_takes_its_own_files(tmp_path):
     first = CallJournal.open(tmp_path, GROUP, streams=1)
     second = CallJournal.open(tmp_path, GROUP, streams=1)
     other_group = CallJournal.open(tmp_path, "other", streams=1)
+    assert second is not None
+    second.close()
+    second.close()  # a failed start and the exit both close: the second is a no-op
+    second = CallJournal.open(tmp_path, GROUP, streams=1)
+    assert first is not None
+    assert os.fstat(first._lock_fd)  # the double close took no one else's file
     assert first is not None and second is not None and other_group is not None
     assert (first.name, second.name, other_group.name) == ("worker-0", "worker-1", "worker-0")
     assert first.folder == second.folder != other_group.folder
