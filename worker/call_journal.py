@@ -9,9 +9,14 @@ interpreter. Its successor read the same batch, died the same way, and restarted
 So before each call a model thread writes the call's inputs to a small file of its own, and marks
 it idle after. At start the worker reads the files its predecessor left: a file still marked names
 a call that process died in. Each of its inputs is counted once, in ``counts`` (kept beside the
-files, across restarts); the source adds them to the hint's counts (worker/source.py), so an input
-counted once runs alone and one counted twice is dead-lettered, as after stalls. (A pod's model
-process has its shared-memory slots for this instead: worker/procs/transport.py.)
+files, across restarts), and so is whether it ran alone; the source adds them to the hint's counts
+(worker/source.py): an input counted once runs alone. A death can come from outside (a node's
+memory pressure, a kubelet's kill), so one death with the input alone does not convict it, as a
+hang with it alone (timed by the worker itself) does: it is dead-lettered (``stalled_twice``) once
+it has died alone twice, or died and hung. A worker that dies on an input every time therefore
+restarts three times; in a crash loop for another reason, an innocent input is dead-lettered
+only if two deaths land in its own alone calls. (A pod's model process has its shared-memory slots
+for this instead: worker/procs/transport.py.)
 
 - **Once.** Each call has an id; ``counts`` keeps the ids it has counted, so a worker that dies
   again while it starts does not count the same call twice.
@@ -49,7 +54,8 @@ from worker.telemetry import get_logger
 
 log = get_logger("tagstream.worker")
 
-HEADER = struct.Struct("<IQ")  # payload length (0: idle), call id
+HEADER = struct.Struct("<IQI")  # payload length (0: idle), call id, flags
+ALONE = 1  # flags: the call ran one input alone (worker/call_gate.py: no other call beside it)
 IDLE = struct.pack("<I", 0)
 MAX_SETS = 16  # workers of one group on one host
 MAX_COUNTED = 10_000  # inputs with a count; the oldest go first (they were committed past long ago)
@@ -63,8 +69,8 @@ class CallJournal:
         self.folder = folder
         self.name = name  # worker-N
         self._lock_fd = lock_fd
-        # (topic, partition) -> {offset: how many calls the worker died in with it}
-        self.counts: dict[TopicPartition, dict[int, int]] = {}
+        # (topic, partition) -> {offset: (calls the worker died in with it, of them with it alone)}
+        self.counts: dict[TopicPartition, dict[int, tuple[int, int]]] = {}
         self._order: list[InputId] = []  # counted inputs, oldest first (for MAX_COUNTED)
         self._counted_calls: list[int] = []
         self._prefix = secrets.randbits(32) << 32  # call ids: this process's prefix and a sequence
@@ -107,24 +113,25 @@ class CallJournal:
     def _recover(self) -> None:
         """Count the inputs of the calls the last holder of these files died in (once each)."""
         self._load_counts()
-        lost: list[tuple[int, list[InputId]]] = []
+        lost: list[tuple[int, bool, list[InputId]]] = []
         for path in sorted(self.folder.glob(f"{self.name}.call-*")):
             found = _read_call(path)
             if found is not None and found[0] not in self._counted_calls:
                 lost.append(found)
         if not lost:
             return
-        for call_id, inputs in lost:
+        for call_id, alone, inputs in lost:
             for topic, partition, offset in inputs:
-                self._add((topic, partition, offset))
+                self._add((topic, partition, offset), alone)
             self._counted_calls.append(call_id)
         del self._counted_calls[:-MAX_CALL_IDS]
         self._save_counts()  # before the files are cleared: a death in between counts nothing twice
-        inputs = [i for _, call in lost for i in call]
+        inputs = [i for _, _, call in lost for i in call]
         log.warning(
-            "died_in_model_calls_counted", calls=len(lost), inputs=len(inputs),
+            "died_in_model_calls_counted", calls=len(lost), inputs=len(inputs), alone=sum(a for _, a, _ in lost),
             partitions=sorted({f"{t}[{p}]" for t, p, _ in inputs}), journal=str(self.folder / self.name),
-            consequence="each runs alone; one the worker dies on (or hangs on) again is dead-lettered (stalled_twice)",
+            consequence="each runs alone; one the worker dies on alone twice (or dies and hangs on) is dead-lettered"
+            " (stalled_twice)",
         )
 
     def _open_calls(self) -> None:
@@ -137,8 +144,8 @@ class CallJournal:
             self._fds.append(fd)
 
     # -- the model threads -------------------------------------------------------------------------
-    def begin(self, stream: int, inputs: Sequence[InputId]) -> None:
-        """A call over ``inputs`` is about to start on ``stream``."""
+    def begin(self, stream: int, inputs: Sequence[InputId], alone: bool = False) -> None:
+        """A call over ``inputs`` is about to start on ``stream`` (``alone``: one input, run alone)."""
         if self._broken:
             return
         payload = _encode(inputs)
@@ -147,7 +154,7 @@ class CallJournal:
             # The inputs first, the header that makes them count after: a death between the two
             # writes leaves the file idle (the call had not begun).
             os.pwrite(fd, payload, HEADER.size)
-            os.pwrite(fd, HEADER.pack(len(payload), self._prefix | next(self._sequence)), 0)
+            os.pwrite(fd, HEADER.pack(len(payload), self._prefix | next(self._sequence), ALONE if alone else 0), 0)
         except OSError as exc:
             self._break(exc)
 
@@ -183,12 +190,13 @@ class CallJournal:
             with contextlib.suppress(OSError):
                 self._save_counts()
 
-    def _add(self, input_: InputId) -> None:
+    def _add(self, input_: InputId, alone: bool) -> None:
         topic, partition, offset = input_
         counts = self.counts.setdefault(TopicPartition(topic, partition), {})
         if offset not in counts:
             self._order.append(input_)
-        counts[offset] = counts.get(offset, 0) + 1
+        deaths, deaths_alone = counts.get(offset, (0, 0))
+        counts[offset] = (deaths + 1, deaths_alone + alone)
         while len(self._order) > MAX_COUNTED:
             t, p, o = self._order.pop(0)
             tp = TopicPartition(t, p)
@@ -203,7 +211,7 @@ class CallJournal:
         path = self._counts_path()
         try:
             data = json.loads(path.read_text())
-            entries = [(str(t), int(p), int(o), int(n)) for t, p, o, n in data["counts"]]
+            entries = [(str(e[0]), int(e[1]), int(e[2]), int(e[3]), int(e[4])) for e in data["counts"]]
             calls = [int(c) for c in data["counted_calls"]]
         except FileNotFoundError:
             return
@@ -211,16 +219,16 @@ class CallJournal:
             log.warning("call_journal_counts_unreadable", path=str(path), error=str(exc),
                         consequence="counts from earlier deaths in model calls are forgotten")
             return
-        for topic, partition, offset, n in entries:
-            self.counts.setdefault(TopicPartition(topic, partition), {})[offset] = n
+        for topic, partition, offset, n, alone in entries:
+            self.counts.setdefault(TopicPartition(topic, partition), {})[offset] = (n, alone)
             self._order.append((topic, partition, offset))
         self._counted_calls = calls
 
     def _save_counts(self) -> None:
-        entries = [[t, p, o, self.counts[TopicPartition(t, p)][o]] for t, p, o in self._order]
+        entries = [[t, p, o, *self.counts[TopicPartition(t, p)][o]] for t, p, o in self._order]
         path = self._counts_path()
         scratch = path.with_suffix(".tmp")
-        scratch.write_text(json.dumps({"version": 1, "counted_calls": self._counted_calls, "counts": entries}))
+        scratch.write_text(json.dumps({"version": 2, "counted_calls": self._counted_calls, "counts": entries}))
         os.replace(scratch, path)
 
     def close(self) -> None:
@@ -262,16 +270,16 @@ def _decode(payload: bytes) -> list[InputId]:
     return out
 
 
-def _read_call(path: Path) -> tuple[int, list[InputId]] | None:
+def _read_call(path: Path) -> tuple[int, bool, list[InputId]] | None:
     """The call a file names, or None when idle or unreadable (a torn file counts nothing)."""
     try:
         data = path.read_bytes()
         if len(data) < HEADER.size:
             return None
-        length, call_id = HEADER.unpack_from(data)
+        length, call_id, flags = HEADER.unpack_from(data)
         if length == 0 or HEADER.size + length > len(data):
             return None
-        return call_id, _decode(data[HEADER.size:HEADER.size + length])
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        return call_id, bool(flags & ALONE), _decode(data[HEADER.size:HEADER.size + length])
+    except (OSError, ValueError, UnicodeDecodeError, struct.error) as exc:
         log.warning("call_journal_unreadable", path=str(path), error=str(exc))
         return None

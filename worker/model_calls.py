@@ -45,16 +45,17 @@ class ModelCalls(Generic[T]):
         self._streams: dict[threading.Thread, int] = {}  # each model thread's file in the journal
 
     @contextlib.contextmanager
-    def call(self, items: list[T], suspects: Sequence[InputId] = ()) -> Iterator[None]:
+    def call(self, items: list[T], suspects: Sequence[InputId] = (), alone: bool = False) -> Iterator[None]:
         """Brackets one model call of the calling thread over ``items``; ``suspects``: the inputs
-        the journal names if the process dies in the call (those of ``items`` the call runs)."""
+        the journal names if the process dies in the call (those of ``items`` the call runs), and
+        ``alone``: one of them, run with no other call beside it."""
         thread = threading.current_thread()
         journal = self._journal
         with self._lock:
             self._calls[thread] = items
             stream = self._streams.setdefault(thread, len(self._streams))
         if journal is not None:
-            journal.begin(stream, suspects)
+            journal.begin(stream, suspects, alone)
         try:
             with self._health.model_call():
                 yield

@@ -190,7 +190,7 @@ class ModelStage:
         alone = batch.reason == "alone"
         inputs = [input_id(e) for e in events]
         try:
-            with self._gate.enter(alone), self._calls.call(events, inputs), self._reporting_stalled(events):
+            with self._gate.enter(alone), self._calls.call(events, inputs, alone), self._reporting_stalled(events):
                 classified = runner.classify([e.token_ids for e in events], inputs=inputs, alone=alone)
         except InferenceError as exc:
             if not self._calls.given_up():
@@ -221,7 +221,9 @@ class ModelStage:
             try:
                 # Given up, all of them are read again (none is published yet), and counted as stalled;
                 # a death in the call names this one input (the journal, the gate).
-                with self._gate.enter(True), self._calls.call(events, one_input), self._reporting_stalled(events):
+                with (
+                    self._gate.enter(True), self._calls.call(events, one_input, True), self._reporting_stalled(events)
+                ):
                     one = runner.classify([event.token_ids], inputs=one_input, alone=True)
             except InferenceError as exc:
                 if self._calls.given_up():

@@ -207,9 +207,9 @@ class Source:
                 item = parse(record, config, received, epoch)
                 if (stalled or died) and type(item) is Event:
                     hung = stalled.get(record.offset, 0) if stalled else 0
-                    deaths = died.get(record.offset, 0) if died else 0
+                    deaths, alone = died.get(record.offset, (0, 0)) if died else (0, 0)
                     if hung or deaths:
-                        item = _after_stalls(item, hung, deaths)
+                        item = _after_stalls(item, hung, deaths, alone)
                 if type(item) is Event:
                     events.append(item)
                 else:
@@ -434,14 +434,16 @@ class Source:
                     gauge.remove(tp.topic, str(tp.partition))
 
 
-def _after_stalls(event: Event, hung: int, died: int = 0) -> Event | DeadLetter:
+def _after_stalls(event: Event, hung: int, died: int = 0, died_alone: int = 0) -> Event | DeadLetter:
     """An input that was in model calls that hung (given up as stalled, or lost with a pod's model
-    process: ``hung``, from the commits' hints) or that this host's worker died in (``died``, from
-    its journal): run alone the next time, so that a call that fails so again does so on it alone;
-    after that, a dead letter. Without this an input that hangs or kills the model restarts the
-    worker on it for ever."""
+    process: ``hung``, from the commits' hints) or that this host's worker died in (``died``, of
+    them ``died_alone`` with it alone, from its journal): run alone the next time, so that a call
+    that fails so again does so on it alone; after that, a dead letter. A death may come from
+    outside the worker (a node's memory pressure, a kubelet's kill), so deaths alone convict only
+    after two with the input alone. Without this an input that hangs or kills the model restarts
+    the worker on it for ever."""
     stalls = hung + died
-    if stalls >= 2:
+    if stalls >= 2 and (hung or died_alone >= 2):
         log.warning("input_dead_lettered_after_stalls", partition=f"{event.topic}[{event.partition}]",
                     offset=event.offset, stalls=stalls, died_in_calls=died)
         how = f" ({died} of them with the worker dying in the call)" if died else ""

@@ -68,8 +68,9 @@ def test_an_input_the_worker_dies_on_in_every_model_call_is_run_alone_then_dead_
     TAGSTREAM_MODEL_STALL_S at 300 s the worker never gives the call up itself). Before the journal
     the successor read the same batch, died in it again, and so on for ever. Now the first kill
     counts the whole batch (the journal in TAGSTREAM_STATE_DIR); the second worker runs each of
-    those inputs alone, labels the innocent ones and dies on the pill alone; the third dead-letters
-    the pill (stalled_twice) without running it and labels everything else. Nothing is lost."""
+    those inputs alone, labels the innocent ones and dies on the pill alone; so does the third (a
+    death may come from outside: it takes two with the input alone); the fourth dead-letters the
+    pill (stalled_twice) without running it and labels everything else. Nothing is lost."""
     topic = new_topic(partitions=2, prefix="worker-died-in-call")
     texts = fixture_texts(300, seed=47)
     texts[150] = f"{texts[150]} {STALL_TOKEN}"
@@ -80,25 +81,27 @@ def test_an_input_the_worker_dies_on_in_every_model_call_is_run_alone_then_dead_
                      # static membership: each successor gets the partitions at once, not after the
                      # killed member's session times out
                      TAGSTREAM_GROUP_INSTANCE_ID=f"w-{uuid.uuid4().hex[:6]}")
-    logs = [tmp_path / f"worker{i}.log" for i in (1, 2, 3)]
+    logs = [tmp_path / f"worker{i}.log" for i in (1, 2, 3, 4)]
 
-    kill_in_the_hung_call(env, logs[0])
-    kill_in_the_hung_call(env, logs[1])
+    for log in logs[:3]:
+        kill_in_the_hung_call(env, log)
     [counted] = events(logs[1], "died_in_model_calls_counted")
-    assert counted["calls"] == 1 and counted["inputs"] > 1, counted  # the pill's batch
+    assert counted["calls"] == 1 and counted["inputs"] > 1 and counted["alone"] == 0, counted  # the pill's batch
+    [counted] = events(logs[2], "died_in_model_calls_counted")
+    assert (counted["inputs"], counted["alone"]) == (1, 1), counted  # the pill alone
 
-    third = spawn(env, logs[2])
+    last = spawn(env, logs[3])
     try:
         def all_answered() -> bool:
             labelled = {json.loads(r.value)["id"] for r in read_records(
                 kafka_bootstrap, f"{topic}.labels", len(ids) - 1, timeout_s=2, quiet_s=0)}
-            return set(ids) - {pill} <= labelled and bool(events(logs[2], "input_dead_lettered_after_stalls"))
+            return set(ids) - {pill} <= labelled and bool(events(logs[3], "input_dead_lettered_after_stalls"))
         wait_until(all_answered, 120, "a result for every input, and the one the worker dies on dead-lettered")
     finally:
-        third.send_signal(signal.SIGTERM)
-        assert third.wait(DRAIN_TIMEOUT_S + 15) == 0, logs[2].read_text()[-3000:]
-    [counted_again] = events(logs[2], "died_in_model_calls_counted")
-    assert counted_again["inputs"] == 1, counted_again  # the second worker died on the pill alone
-    [dead] = events(logs[2], "input_dead_lettered_after_stalls")
-    assert (dead["stalls"], dead["died_in_calls"]) == (2, 2), dead
+        last.send_signal(signal.SIGTERM)
+        assert last.wait(DRAIN_TIMEOUT_S + 15) == 0, logs[3].read_text()[-3000:]
+    [counted] = events(logs[3], "died_in_model_calls_counted")
+    assert (counted["inputs"], counted["alone"]) == (1, 1), counted  # the third worker died on the pill alone
+    [dead] = events(logs[3], "input_dead_lettered_after_stalls")
+    assert (dead["stalls"], dead["died_in_calls"]) == (3, 3), dead
     assert_only_dead_letter(kafka_bootstrap, topic, pill, "stalled_twice")

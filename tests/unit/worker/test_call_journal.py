@@ -39,13 +39,13 @@ def test_the_inputs_of_a_call_the_process_died_in_are_counted_once_and_a_finishe
 
     second = CallJournal.open(tmp_path, GROUP, streams=2)
     assert second is not None and second.name == first.name  # the dead worker's files
-    assert second.counts == {TP: {7: 1, 8: 1}, TopicPartition("news", 1): {3: 1}}
-    second.begin(0, [("news", 0, 8)])  # the input run alone kills it again
+    assert second.counts == {TP: {7: (1, 0), 8: (1, 0)}, TopicPartition("news", 1): {3: (1, 0)}}
+    second.begin(0, [("news", 0, 8)], alone=True)  # the input run alone kills it again
     died(second)
 
     third = CallJournal.open(tmp_path, GROUP, streams=2)
     assert third is not None
-    assert third.counts == {TP: {7: 1, 8: 2}, TopicPartition("news", 1): {3: 1}}
+    assert third.counts == {TP: {7: (1, 0), 8: (2, 1)}, TopicPartition("news", 1): {3: (1, 0)}}
     died(third)  # dies while starting, in no call: counts nothing more, twice nothing
     fourth = CallJournal.open(tmp_path, GROUP, streams=1)
     assert fourth is not None and fourth.counts == third.counts
@@ -61,11 +61,11 @@ def test_a_call_counted_once_is_not_counted_again_when_its_file_outlives_the_cou
     died(first)
     monkeypatch.setattr(CallJournal, "_open_calls", lambda self: None)  # dies before clearing the files
     second = CallJournal.open(tmp_path, GROUP, streams=1)
-    assert second is not None and second.counts == {TP: {1: 1}}
+    assert second is not None and second.counts == {TP: {1: (1, 0)}}
     died(second)
     monkeypatch.undo()
     third = CallJournal.open(tmp_path, GROUP, streams=1)
-    assert third is not None and third.counts == {TP: {1: 1}}
+    assert third is not None and third.counts == {TP: {1: (1, 0)}}
     third.close()
 
 
@@ -92,7 +92,7 @@ def test_a_process_killed_with_sigkill_in_a_call_leaves_its_inputs_for_the_next_
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     journal = CallJournal.open(tmp_path, GROUP, streams=1)
     assert journal is not None and journal.name == "worker-0"  # the kernel released the dead one's lock
-    assert journal.counts == {TP: {41: 1, 42: 1}}
+    assert journal.counts == {TP: {41: (1, 0), 42: (1, 0)}}
     journal.close()
 
 
@@ -112,7 +112,7 @@ def test_a_second_worker_of_the_group_on_the_host_takes_its_own_files(tmp_path):
     second.begin(0, [("news", 0, 1)])
     died(second)
     third = CallJournal.open(tmp_path, GROUP, streams=1)  # worker-0 is held: it takes worker-1's files
-    assert third is not None and third.name == "worker-1" and third.counts == {TP: {1: 1}}
+    assert third is not None and third.name == "worker-1" and third.counts == {TP: {1: (1, 0)}}
     for journal in (first, third, other_group):
         journal.close()
 
@@ -125,12 +125,12 @@ def test_counts_below_a_committed_position_are_dropped_and_stay_dropped(tmp_path
     second = CallJournal.open(tmp_path, GROUP, streams=1)
     assert second is not None
     second.forget_below({TP: 5, TopicPartition("news", 1): None})  # news[1]: no commit known
-    assert second.counts == {TP: {9: 1}, TopicPartition("news", 1): {2: 1}}
+    assert second.counts == {TP: {9: (1, 0)}, TopicPartition("news", 1): {2: (1, 0)}}
     second.forget_below({TP: 10})
-    assert second.counts == {TopicPartition("news", 1): {2: 1}}
+    assert second.counts == {TopicPartition("news", 1): {2: (1, 0)}}
     died(second)
     third = CallJournal.open(tmp_path, GROUP, streams=1)
-    assert third is not None and third.counts == {TopicPartition("news", 1): {2: 1}}
+    assert third is not None and third.counts == {TopicPartition("news", 1): {2: (1, 0)}}
     third.close()
 
 
@@ -141,7 +141,7 @@ def test_the_oldest_counts_go_first_past_the_cap(tmp_path, monkeypatch):
     first.begin(0, [("news", 0, o) for o in (1, 2, 3, 4)])
     died(first)
     second = CallJournal.open(tmp_path, GROUP, streams=1)
-    assert second is not None and second.counts == {TP: {2: 1, 3: 1, 4: 1}}
+    assert second is not None and second.counts == {TP: {2: (1, 0), 3: (1, 0), 4: (1, 0)}}
     second.close()
 
 
@@ -167,9 +167,9 @@ def test_unreadable_counts_are_forgotten_with_a_warning_not_a_failed_start(tmp_p
     second.begin(0, [("news", 0, 1)])
     died(second)
     third = CallJournal.open(tmp_path, GROUP, streams=1)
-    assert third is not None and third.counts == {TP: {1: 1}}
+    assert third is not None and third.counts == {TP: {1: (1, 0)}}
     saved = json.loads((third.folder / "worker-0.counts.json").read_text())
-    assert saved["counts"] == [["news", 0, 1, 1]]
+    assert saved["counts"] == [["news", 0, 1, 1, 0]]
     third.close()
 
 
@@ -197,7 +197,7 @@ def test_model_calls_write_each_call_and_a_stalled_call_given_up_is_left_to_the_
     leave.set()
     thread.join()
     after = CallJournal.open(tmp_path, GROUP, streams=2)
-    assert after is not None and after.counts == {TP: {2: 1}}
+    assert after is not None and after.counts == {TP: {2: (1, 0)}}
     after.close()
 
 

@@ -264,18 +264,27 @@ def test_an_input_of_one_stalled_call_is_run_alone_and_of_two_is_dead_lettered()
 
 def test_deaths_in_model_calls_from_the_journal_add_to_the_hints_stalls_and_counts_below_the_commit_go(tmp_path):
     """The journal's counts (calls this host's worker died in) and the hint's (calls that hung) are
-    never of the same call, so they add up: one in all runs alone, two are a dead letter."""
+    never of the same call, so they add up: one in all runs alone; two are a dead letter when one
+    was a hang, and deaths alone take two with the input alone (a death may come from outside)."""
     dead = CallJournal.open(tmp_path, "g", streams=1)
     assert dead is not None
-    dead.begin(0, [("in", 0, 1), ("in", 0, 4), ("in", 0, 5)])
-    dead.close()  # the worker died in that call
+    dead.begin(0, [("in", 0, 1), ("in", 0, 3), ("in", 0, 4), ("in", 0, 5)])
+    dead.close()  # the worker died in that batch
+    for alone in (3, 5, 5):
+        again = CallJournal.open(tmp_path, "g", streams=1)
+        assert again is not None
+        again.begin(0, [("in", 0, alone)], alone=True)
+        again.close()  # and in calls of one input, alone: 3 once, 5 twice
     journal = CallJournal.open(tmp_path, "g", streams=1)
-    assert journal is not None and journal.counts == {TP: {1: 1, 4: 1, 5: 1}}
-    source, consumer, handoff = source_reading([], {4: 1}, journal=journal)
+    assert journal is not None
+    assert journal.counts == {TP: {1: (1, 0), 3: (2, 1), 4: (1, 0), 5: (3, 2)}}
+    source, consumer, handoff = source_reading([], {4: 1}, upto=7, journal=journal)
     run_source_once(source, consumer)
     events, letters, *_ = handoff.take(0)
-    assert [(e.offset, e.alone) for e in events] == [(2, False), (3, False), (5, True)]
-    assert [(d.offset, d.reason) for d in letters] == [(4, Failure.STALLED_TWICE)]
+    # 3: two deaths, one alone: runs alone again; 4: a hang and a death; 5: two deaths alone
+    assert [(e.offset, e.alone) for e in events] == [(2, False), (3, True), (6, False)]
+    assert [(d.offset, d.reason) for d in letters] == [(4, Failure.STALLED_TWICE), (5, Failure.STALLED_TWICE)]
     assert "2 times (1 of them with the worker dying in the call)" in letters[0].detail
-    assert journal.counts == {TP: {4: 1, 5: 1}}  # offset 1 is below the group's commit at 2: done with
+    assert "3 times (3 of them" in letters[1].detail
+    assert journal.counts[TP].keys() == {3, 4, 5}  # offset 1 is below the group's commit at 2: done with
     journal.close()

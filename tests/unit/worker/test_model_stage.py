@@ -248,13 +248,13 @@ def test_each_call_is_in_the_journal_while_it_runs_an_input_retried_alone_by_its
     class Peeking(FakeRunner):
         def classify(self, token_ids, *, inputs=(), alone=False):
             found = _read_call(path)
-            seen.append(None if found is None else [offset for _, _, offset in found[1]])
+            seen.append(None if found is None else ([offset for _, _, offset in found[2]], found[1]))
             return super().classify(token_ids, inputs=inputs, alone=alone)
 
     s = Stage(Peeking(fails={7}), journal=journal)
     assert s.stage.put(s.batch([1, 7, 3]), s.runner)
     s.finish()
-    assert seen == [[0, 1, 2], [0], [1], [2]]
+    assert seen == [([0, 1, 2], False), ([0], True), ([1], True), ([2], True)]  # (inputs, alone)
     assert _read_call(path) is None  # idle: a death now counts nothing
     journal.close()
 
