@@ -21,11 +21,11 @@ for this instead: worker/procs/transport.py.)
 - **Once.** Each call has an id; ``counts`` keeps the ids it has counted, so a worker that dies
   again while it starts does not count the same call twice.
 - **Exact.** The journal's counts are never committed, and the hint never counts a call the
-  journal counts: a call given up as stalled is unmarked here (``forget``) as the hint takes it.
+  journal counts: a call given up as stalled is unmarked here (``end``) as the hint takes it.
   Their sum is therefore exact. A call with the other streams idle (an input run alone: see
   worker/call_gate.py) names the input that was in it when the process died.
 - **Local.** The counts stay on this host: a partition that moves to another worker takes the
-  hint's counts with it, not these, so that worker may die on the input up to twice more.
+  hint's counts with it, not these, so that worker may die on the input up to three times more.
 
 Where: ``TAGSTREAM_STATE_DIR`` (``/tmp/tagstream`` by default; the Kubernetes manifest's ``/tmp`` is
 an emptyDir, which outlives the container's restarts), one folder per consumer group. Each worker
