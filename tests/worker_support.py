@@ -208,6 +208,12 @@ def worker_env(bootstrap: str, topic: str, bundle: Path, group: str, **extra: st
     return env
 
 
+def log_events(log: Path, name: str) -> list[dict[str, Any]]:
+    """The JSON log lines of a worker process (worker_env's TAGSTREAM_LOG_FORMAT=json) named ``name``."""
+    lines = log.read_text(errors="replace").splitlines()
+    return [e for e in (json.loads(line) for line in lines if line.startswith("{")) if e.get("event") == name]
+
+
 def spawn(env: dict[str, str], log: Path, command: str = "run") -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "worker.cli", command], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT

@@ -419,7 +419,7 @@ class Source:
         """What the partitions' last owner had already delivered past its commit (worker/delivered_hints.py)."""
         wanted, self._hints_wanted = self._hints_wanted, set()
         skipping = read_hints(self._consumer, self._tracker, wanted)
-        if self._died_in and self._journal is not None:  # counts of inputs committed past are done with
+        if self._journal is not None and self._journal.counts:  # counts of inputs committed past are done with
             self._journal.forget_below({tp: self._tracker.known_commit(tp) for tp in wanted})
         if skipping:
             log.info("delivered_hints_read", skipping=skipping,

@@ -18,6 +18,7 @@ from worker_support import (
     START_TIMEOUT_S,
     assert_only_dead_letter,
     fixture_texts,
+    log_events,
     make_null_bundle,
     produce_events,
     read_records,
@@ -29,14 +30,9 @@ from worker_support import (
 pytestmark = pytest.mark.integration
 
 
-def events(log: Path, name: str) -> list[dict]:
-    lines = log.read_text(errors="replace").splitlines()
-    return [e for e in (json.loads(line) for line in lines if line.startswith("{")) if e.get("event") == name]
-
-
 def model_call_s(proc: subprocess.Popen, log: Path) -> float:
     """How long the worker's current model call has run, from its /healthz (0 before it listens)."""
-    ports = events(log, "telemetry_listening")
+    ports = log_events(log, "telemetry_listening")
     if not ports:
         assert proc.poll() is None, log.read_text()[-3000:]
         return 0.0
@@ -85,9 +81,9 @@ def test_an_input_the_worker_dies_on_in_every_model_call_is_run_alone_then_dead_
 
     for log in logs[:3]:
         kill_in_the_hung_call(env, log)
-    [counted] = events(logs[1], "died_in_model_calls_counted")
+    [counted] = log_events(logs[1], "died_in_model_calls_counted")
     assert counted["calls"] == 1 and counted["inputs"] > 1 and counted["alone"] == 0, counted  # the pill's batch
-    [counted] = events(logs[2], "died_in_model_calls_counted")
+    [counted] = log_events(logs[2], "died_in_model_calls_counted")
     assert (counted["inputs"], counted["alone"]) == (1, 1), counted  # the pill alone
 
     last = spawn(env, logs[3])
@@ -95,13 +91,13 @@ def test_an_input_the_worker_dies_on_in_every_model_call_is_run_alone_then_dead_
         def all_answered() -> bool:
             labelled = {json.loads(r.value)["id"] for r in read_records(
                 kafka_bootstrap, f"{topic}.labels", len(ids) - 1, timeout_s=2, quiet_s=0)}
-            return set(ids) - {pill} <= labelled and bool(events(logs[3], "input_dead_lettered_after_stalls"))
+            return set(ids) - {pill} <= labelled and bool(log_events(logs[3], "input_dead_lettered_after_stalls"))
         wait_until(all_answered, 120, "a result for every input, and the one the worker dies on dead-lettered")
     finally:
         last.send_signal(signal.SIGTERM)
         assert last.wait(DRAIN_TIMEOUT_S + 15) == 0, logs[3].read_text()[-3000:]
-    [counted] = events(logs[3], "died_in_model_calls_counted")
+    [counted] = log_events(logs[3], "died_in_model_calls_counted")
     assert (counted["inputs"], counted["alone"]) == (1, 1), counted  # the third worker died on the pill alone
-    [dead] = events(logs[3], "input_dead_lettered_after_stalls")
+    [dead] = log_events(logs[3], "input_dead_lettered_after_stalls")
     assert (dead["stalls"], dead["died_in_calls"]) == (3, 3), dead
     assert_only_dead_letter(kafka_bootstrap, topic, pill, "stalled_twice")

@@ -16,6 +16,7 @@ from worker_support import (
     START_TIMEOUT_S,
     assert_only_dead_letter,
     fixture_texts,
+    log_events,
     make_null_bundle,
     produce_events,
     read_records,
@@ -103,9 +104,7 @@ def test_an_input_that_hangs_the_model_every_time_is_run_alone_then_dead_lettere
     committed = {"isolation_level": "read_committed"}  # exactly-once: aborted outputs are not results
     logs = [tmp_path / f"worker{i}.log" for i in (1, 2, 3)]
 
-    def events(log, name):
-        return [e for e in (json.loads(line) for line in log.read_text().splitlines() if line.startswith("{"))
-                if e.get("event") == name]
+    events = log_events
 
     for log in logs[:2]:  # each hangs on the pill: first in a batch, then alone
         proc = spawn(env, log)
