@@ -8,14 +8,19 @@ successor after a crash or a stalled model call, or the member a rebalance gave 
 committer now writes those offsets into the commit's metadata, and a reader that starts exactly at
 that committed position acknowledges them at once instead of running them again.
 
-Format: ``tagstream.delivered.v1 <position> <ranges>[ stalled=<offset>:<count>,...]``, offsets
-relative to the position; ranges comma-separated, ``a`` or ``a-b`` (inclusive), ``.`` for none:
-``tagstream.delivered.v1 1200 3-40,42,45-99 stalled=0:1,2:1``.
+Format: ``tagstream.delivered.v1 <position> <ranges>[ stalled=<offset>:<count>,...][ died=<offset>:<deaths>:<alone>,...]``,
+offsets relative to the position; ranges comma-separated, ``a`` or ``a-b`` (inclusive), ``.`` for
+none: ``tagstream.delivered.v1 1200 3-40,42,45-99 stalled=0:1,2:1 died=5:2:1``.
 
 ``stalled``: inputs at or past the position that were in a model call given up as stalled
 (TAGSTREAM_MODEL_STALL_S), and how many times. The next reader runs such an input in a batch of its
 own, and dead-letters it (``stalled_twice``) once it was in two: an input that hangs the model every
 time no longer restarts the worker for ever.
+``died``: inputs that a pod's model process died in a call with (a crash, the OOM killer, a kill
+from outside: worker/procs/transport.py), how many times, and how many of those with the input
+alone in the call. A death may come from outside the worker, so deaths convict later than hangs
+(worker/source.py, _after_stalls). Written only when there are some: a reader older than this
+field ignores such a hint whole, which costs duplicates and those counts, nothing else.
 Skipping is only ever an optimisation: a hint that is missing, foreign, cut short or does not
 match the committed position skips nothing, and inputs are labelled again as before.
 """
@@ -43,17 +48,21 @@ MAX_OFFSETS = 100_000
 
 
 def encode(position: int, delivered: Iterable[int], stalled: dict[int, int] | None = None,
-           max_bytes: int = MAX_BYTES) -> str:
+           died: dict[int, tuple[int, int]] | None = None, max_bytes: int = MAX_BYTES) -> str:
     """The metadata for a commit at ``position``: the offsets past it in ``delivered``, and the inputs
     at or past it that were in a model call given up as stalled, with how often (``stalled``,
-    offset: count). "" when there is nothing to say."""
+    offset: count), or died in (``died``, offset: (deaths, of them alone)). "" when there is nothing
+    to say."""
     offsets = sorted(o for o in delivered if o > position)
     marks = sorted((o, n) for o, n in (stalled or {}).items() if o >= position and n > 0)
-    if not offsets and not marks:
+    deaths = sorted((o, n, a) for o, (n, a) in (died or {}).items() if o >= position and n > 0)
+    if not offsets and not marks and not deaths:
         return ""
     # The stalled marks first, whole: they are few (one batch), and they are what ends a loop of
     # restarts on an input that hangs the model; the delivered ranges fill what room is left.
     tail = " stalled=" + ",".join(f"{o - position}:{n}" for o, n in marks) if marks else ""
+    if deaths:
+        tail += " died=" + ",".join(f"{o - position}:{n}:{a}" for o, n, a in deaths)
     head = f"{PREFIX} {position} "
     ranges: list[str] = []
     size = len(head) + len(tail) + 1
@@ -70,22 +79,26 @@ def encode(position: int, delivered: Iterable[int], stalled: dict[int, int] | No
             ranges.append(text)
             if offset is not None:
                 start = prev = offset
-    if not ranges and not marks:
+    if not ranges and not marks and not deaths:
         return ""
     return head + (",".join(ranges) or ".") + tail
 
 
-def _parse(metadata: str | None, committed: int | None) -> tuple[frozenset[int], dict[int, int]]:
-    """(delivered offsets, stalled offsets with their counts) of a hint, when it is ours and was
-    written with the commit at ``committed``; else nothing. Anything malformed is ignored."""
-    nothing: tuple[frozenset[int], dict[int, int]] = (frozenset(), {})
+Parsed = tuple[frozenset[int], dict[int, int], dict[int, tuple[int, int]]]
+
+
+def _parse(metadata: str | None, committed: int | None) -> Parsed:
+    """(delivered offsets, stalled offsets with their counts, offsets died in with (deaths, alone))
+    of a hint, when it is ours and was written with the commit at ``committed``; else nothing.
+    Anything malformed is ignored."""
+    nothing: Parsed = (frozenset(), {}, {})
     if metadata:
         metadata = metadata.rstrip("\x00")  # librdkafka stores the C string's terminating NUL with it
     if not metadata or committed is None or not metadata.startswith(PREFIX + " "):
         return nothing
     try:
         fields = metadata.split(" ")
-        if len(fields) not in (3, 4) or int(fields[1]) != committed:
+        if len(fields) not in (3, 4, 5) or int(fields[1]) != committed:
             return nothing
         position = int(fields[1])
         offsets: set[int] = set()
@@ -96,15 +109,23 @@ def _parse(metadata: str | None, committed: int | None) -> tuple[frozenset[int],
                 return nothing
             offsets.update(range(position + first, position + last + 1))
         stalled: dict[int, int] = {}
-        if len(fields) == 4:
-            if not fields[3].startswith("stalled="):
-                return nothing
-            for part in fields[3].removeprefix("stalled=").split(","):
+        died: dict[int, tuple[int, int]] = {}
+        extra = fields[3:]
+        if extra and extra[0].startswith("stalled="):
+            for part in extra.pop(0).removeprefix("stalled=").split(","):
                 rel, _, count = part.partition(":")
                 if int(rel) < 0 or int(count) < 1 or len(stalled) >= MAX_OFFSETS:
                     return nothing
                 stalled[position + int(rel)] = int(count)
-        return frozenset(offsets), stalled
+        if extra and extra[0].startswith("died="):
+            for part in extra.pop(0).removeprefix("died=").split(","):
+                at, deaths, alone = (int(n) for n in part.split(":"))  # a wrong count raises ValueError
+                if at < 0 or deaths < 1 or not 0 <= alone <= deaths or len(died) >= MAX_OFFSETS:
+                    return nothing
+                died[position + at] = (deaths, alone)
+        if extra:
+            return nothing
+        return frozenset(offsets), stalled, died
     except ValueError:
         return nothing
 
@@ -118,6 +139,11 @@ def decode(metadata: str | None, committed: int | None) -> frozenset[int]:
 def decode_stalled(metadata: str | None, committed: int | None) -> dict[int, int]:
     """The inputs a hint says were in model calls given up as stalled, and how often (see encode)."""
     return _parse(metadata, committed)[1]
+
+
+def decode_died(metadata: str | None, committed: int | None) -> dict[int, tuple[int, int]]:
+    """The inputs a hint says a pod's model process died in calls with: (deaths, of them alone)."""
+    return _parse(metadata, committed)[2]
 
 
 def read_hints(consumer: ConsumerClient, tracker: OffsetTracker, partitions: Iterable[TopicPartition]) -> dict[str, int]:
@@ -137,9 +163,9 @@ def read_hints(consumer: ConsumerClient, tracker: OffsetTracker, partitions: Ite
     skipped = {}
     for tp, (committed, metadata) in found.items():
         tracker.note_group_committed(tp, committed)
-        offsets, stalled = _parse(metadata, committed)
-        if offsets or stalled:
-            tracker.skip_delivered_from(tp, committed, offsets, stalled)
+        offsets, stalled, died = _parse(metadata, committed)
+        if offsets or stalled or died:
+            tracker.skip_delivered_from(tp, committed, offsets, stalled, died)
             if offsets and tracker.delivered_hints:
                 skipped[f"{tp.topic}[{tp.partition}]"] = len(offsets)
     return skipped

@@ -249,6 +249,13 @@ class InferenceError(WorkerError):
 class ModelCallStalled(WorkerError):
     """The pod's model process gave up the model call this batch was in (TAGSTREAM_MODEL_STALL_S),
     or was lost during it (killed as unresponsive, or died): the feeder counts its inputs as
-    stalled, as one process does (worker/model_stage.py)."""
+    stalled, as one process does (worker/model_stage.py). ``died``: the model process died in the
+    call (a crash, the OOM killer, a kill from outside) rather than hanging in it past the limit;
+    a death may come from outside the worker, so it convicts an input later than a hang does
+    (worker/source.py, _after_stalls)."""
 
     failure = Failure.MODEL_STALLED
+
+    def __init__(self, message: str, *, died: bool = False) -> None:
+        super().__init__(message)
+        self.died = died

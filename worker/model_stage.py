@@ -72,7 +72,7 @@ class ModelStage:
         clock: StageClock,
         to_sink: Callable[[Any], None],
         abandon: Callable[[list[Event]], None],
-        on_stalled: Callable[[list[Event]], None] | None = None,
+        on_stalled: Callable[..., None] | None = None,
         on_lost: Callable[[], None] | None = None,
         journal: CallJournal | None = None,
         debug: bool = False,
@@ -83,7 +83,9 @@ class ModelStage:
         self._clock = clock
         self._to_sink = to_sink
         self._abandon = abandon  # inputs never to be committed past: the next owner reads them again
-        self._on_stalled = on_stalled  # inputs of a call given up as stalled (OffsetTracker.mark_stalled)
+        # Inputs of a call given up as stalled, or that a pod's model process died in
+        # (OffsetTracker.mark_stalled: events, died, alone).
+        self._on_stalled = on_stalled
         # A thread failed for good with a batch in its call, before that batch counts as done: an
         # exactly-once worker aborts the open transaction (Worker._abort_for_lost_batch).
         self._on_lost = on_lost
@@ -190,7 +192,10 @@ class ModelStage:
         alone = batch.reason == "alone"
         inputs = [input_id(e) for e in events]
         try:
-            with self._gate.enter(alone), self._calls.call(events, inputs, alone), self._reporting_stalled(events):
+            with (
+                self._gate.enter(alone), self._calls.call(events, inputs, alone),
+                self._reporting_stalled(events, events, alone),
+            ):
                 classified = runner.classify([e.token_ids for e in events], inputs=inputs, alone=alone)
         except InferenceError as exc:
             if not self._calls.given_up():
@@ -220,9 +225,10 @@ class ModelStage:
             one_input = [input_id(event)]
             try:
                 # Given up, all of them are read again (none is published yet), and counted as stalled;
-                # a death in the call names this one input (the journal, the gate).
+                # a death in the call names this one input (the journal, the gate, a pod's slot).
                 with (
-                    self._gate.enter(True), self._calls.call(events, one_input, True), self._reporting_stalled(events)
+                    self._gate.enter(True), self._calls.call(events, one_input, True),
+                    self._reporting_stalled(events, [event], True),
                 ):
                     one = runner.classify([event.token_ids], inputs=one_input, alone=True)
             except InferenceError as exc:
@@ -242,16 +248,22 @@ class ModelStage:
             self._to_sink(letters)
 
     @contextlib.contextmanager
-    def _reporting_stalled(self, events: list[Event]) -> Iterator[None]:
-        """A pod's model process gave up the call (ModelCallStalled): report its inputs as one
-        process's give_up_stalled does; the error then ends this thread and the worker."""
+    def _reporting_stalled(self, events: list[Event], in_call: list[Event], alone: bool) -> Iterator[None]:
+        """A pod's model process gave up the call (ModelCallStalled): report ``events`` as one
+        process's give_up_stalled does; or it died in the call: report the inputs ``in_call`` as
+        deaths (``alone``: run alone), as one process's journal does. The error then ends this
+        thread and the worker."""
         try:
             yield
         except ModelCallStalled as exc:
+            counted = in_call if exc.died else events
             if self._on_stalled is not None:
-                self._on_stalled(events)
-            log.warning("model_call_given_up", thread=threading.current_thread().name, inputs=len(events),
-                        by="model process", reason=str(exc))
+                if exc.died:
+                    self._on_stalled(counted, died=True, alone=alone)
+                else:
+                    self._on_stalled(counted)
+            log.warning("model_call_given_up", thread=threading.current_thread().name, inputs=len(counted),
+                        by="model process", died=exc.died, reason=str(exc))
             raise
 
     def _observe(self, batch: Batch[Event], events: list[Event], classified: Classified) -> None:

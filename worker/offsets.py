@@ -12,8 +12,9 @@ and ``committable`` gives the positions that moved. Partitions carry an *epoch*,
 assignment, so acknowledgements and queued work from before a rebalance are recognised as stale.
 
 The tracker also keeps, per partition, the inputs given up in stalled model calls and how often
-(``mark_stalled``), and the outputs delivered past the commit: both go in each commit's metadata
-(``hints``, worker/delivered_hints.py) for whoever reads the partition next.
+(``mark_stalled``; a pod's model process dying in a call counts apart, as deaths), and the
+outputs delivered past the commit: both go in each commit's metadata (``hints``,
+worker/delivered_hints.py) for whoever reads the partition next.
 
 The committers use it: ``Committer`` (worker/committer.py) through the consumer group
 (at-least-once), ``TransactionalCommitter`` (worker/transactions.py) in the producer's
@@ -46,6 +47,9 @@ class Issued(Protocol):
 
 
 IssuedT = TypeVar("IssuedT", bound=Issued)
+# A commit hint's parts for one partition: outputs delivered past the position, the inputs given up
+# in stalled model calls (offset: count), and those a pod's model process died in (offset: deaths, alone).
+HintParts = tuple[list[int], dict[int, int], dict[int, tuple[int, int]]]
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class ResumePoint:
     # a partition assigned straight back keeps running them alone (see mark_stalled).
     stalled: tuple[tuple[int, int], ...] = ()
     stalled_new: bool = False  # some of those counts are in no commit yet: the next commit carries them
+    died: tuple[tuple[int, int, int], ...] = ()  # (offset, deaths, of them alone): see mark_stalled
 
 
 @dataclass
@@ -75,6 +80,8 @@ class _PartitionState:
     # assignment, and this worker's own give-ups); ``stalled_new``: not in a commit's hint yet.
     stalled: dict[int, int] = field(default_factory=dict)
     stalled_new: bool = False
+    # The same for a pod's model process dying in a call: offset -> (deaths, of them with it alone).
+    died: dict[int, tuple[int, int]] = field(default_factory=dict)
     last_tracked: int | None = None
     committed: int | None = None  # last position known to be committed
     # The group's commit read at assignment (delivered_hints.read_hints), or where a partition given
@@ -211,7 +218,7 @@ class OffsetTracker:
                 self._position(state)  # drops the acknowledged prefix
                 if state.pending:
                     points[tp] = ResumePoint(state.pending[0], frozenset(state.acked),
-                                             _stalled_from(state, state.pending[0]), state.stalled_new)
+                                             *_stalled_from(state, state.pending[0]))
             return points
 
     def committed_points(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, ResumePoint]:
@@ -224,12 +231,12 @@ class OffsetTracker:
                     continue
                 if state.committed is not None and state.last_tracked is not None:
                     position: int | None = state.committed
-                elif state.stalled:  # read nothing yet: a point only to keep its stalled counts
+                elif state.stalled or state.died:  # read nothing yet: a point only to keep its stalled counts
                     position = state.last_known_commit
                 else:
                     position = None
                 if position is not None:
-                    points[tp] = ResumePoint(position, frozenset(), _stalled_from(state, position), state.stalled_new)
+                    points[tp] = ResumePoint(position, frozenset(), *_stalled_from(state, position))
             return points
 
     def restart_from_committed(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
@@ -246,7 +253,8 @@ class OffsetTracker:
                 self._epochs[tp] = epoch
                 # The stalled counts stay: the inputs they name are read again from the commit.
                 self._parts[tp] = _PartitionState(epoch=epoch, committed=state.committed, stalled=state.stalled,
-                                                  stalled_new=state.stalled_new, group_committed=state.group_committed)
+                                                  stalled_new=state.stalled_new, died=state.died,
+                                                  group_committed=state.group_committed)
                 if state.committed is not None and state.last_tracked is not None:
                     seeks[tp] = state.committed
             self.revocations += 1  # the batcher purges what it holds of the old epochs
@@ -262,11 +270,12 @@ class OffsetTracker:
 
     def skip_delivered(
         self, tp: TopicPartition, offsets: Iterable[int], stalled: Iterable[tuple[int, int]] = (),
-        position: int | None = None, stalled_new: bool = False,
+        position: int | None = None, stalled_new: bool = False, died: Iterable[tuple[int, int, int]] = (),
     ) -> None:
         """Offsets of ``tp`` whose outputs were acknowledged before a rebalance gave the partition
         straight back: when read again they are acknowledged at once instead of re-run. ``stalled``:
-        (offset, count) of its inputs given up in stalled model calls before, kept as they were
+        (offset, count) of its inputs given up in stalled model calls before, and ``died`` (offset,
+        deaths, of them alone) those a pod's model process died in, kept as they were
         (``stalled_new``: some are in no commit yet, so the next commit still carries them);
         ``position``: where reading resumes (everything before it is committed or delivered)."""
         with self._lock:
@@ -274,16 +283,18 @@ class OffsetTracker:
             if state is not None:
                 state.delivered.update(offsets)
                 state.stalled.update(stalled)
-                state.stalled_new = state.stalled_new or (stalled_new and bool(state.stalled))
+                state.died.update((o, (n, alone)) for o, n, alone in died)
+                state.stalled_new = state.stalled_new or (stalled_new and bool(state.stalled or state.died))
                 if position is not None:
                     state.group_committed = position
-                self.runs_alone = self.runs_alone or bool(state.stalled)
+                self.runs_alone = self.runs_alone or bool(state.stalled or state.died)
 
     def skip_delivered_from(
-        self, tp: TopicPartition, position: int, offsets: Iterable[int], stalled: dict[int, int] | None = None
+        self, tp: TopicPartition, position: int, offsets: Iterable[int], stalled: dict[int, int] | None = None,
+        died: dict[int, tuple[int, int]] | None = None,
     ) -> None:
         """``skip_delivered`` for a hint read with the group's commit at ``position``, and the inputs
-        it names as given up in stalled model calls (``stalled_counts``): kept only if reading ``tp``
+        it names as given up in stalled model calls or died in (``stalled_counts``, ``died_counts``): kept only if reading ``tp``
         starts exactly there (see ``delivered``), and only before it has started."""
         with self._lock:
             state = self._parts.get(tp)
@@ -291,8 +302,9 @@ class OffsetTracker:
                 if self.delivered_hints:  # exactly-once: an at-least-once predecessor's outputs are not ours
                     state.delivered.update(offsets)
                 state.stalled.update(stalled or {})
+                state.died.update(died or {})
                 state.hint_at = position
-                self.runs_alone = self.runs_alone or bool(stalled)
+                self.runs_alone = self.runs_alone or bool(stalled or died)
 
     def note_group_committed(self, tp: TopicPartition, position: int) -> None:
         """The group's committed position for ``tp``, read when it was assigned (see stalled_positions)."""
@@ -311,15 +323,23 @@ class OffsetTracker:
         state = self._parts.get(tp)
         return state.stalled if state is not None else {}
 
-    def mark_stalled(self, items: Iterable[Issued]) -> None:
+    def died_counts(self, tp: TopicPartition) -> dict[int, tuple[int, int]]:
+        """Inputs of ``tp`` that a pod's model process died in calls with: (deaths, of them with the
+        input alone); usually empty."""
+        state = self._parts.get(tp)
+        return state.died if state is not None else {}
+
+    def mark_stalled(self, items: Iterable[Issued], died: bool = False, alone: bool = False) -> None:
         """Inputs given up in a stalled model call: counted, for the next commit's hint, so that
-        whoever reads them next runs them alone, and not a third time."""
+        whoever reads them next runs them alone, and not a third time. ``died``: a pod's model
+        process died in the call instead (``alone``: with the input alone in it), which convicts
+        later (worker/source.py, _after_stalls)."""
         # Any epoch: a count is a fact about the record, not about an output. A call that began
         # before a rebalance gave the partition straight back stalls on the same input the new
         # epoch reads again.
-        self.mark_stalled_at([input_id(item) for item in items])
+        self.mark_stalled_at([input_id(item) for item in items], died, alone)
 
-    def mark_stalled_at(self, inputs: Iterable[tuple[str, int, int]]) -> int:
+    def mark_stalled_at(self, inputs: Iterable[tuple[str, int, int]], died: bool = False, alone: bool = False) -> int:
         """``mark_stalled`` by (topic, partition, offset); inputs of partitions not held are ignored
         (a pod's feeder hears of every input in a stalled call: worker/procs/remote.py). Returns
         how many were counted."""
@@ -328,7 +348,11 @@ class OffsetTracker:
             for topic, partition, offset in inputs:
                 state = self._parts.get((topic, partition))  # type: ignore[call-overload]
                 if state is not None:
-                    state.stalled[offset] = state.stalled.get(offset, 0) + 1
+                    if died:
+                        deaths, deaths_alone = state.died.get(offset, (0, 0))
+                        state.died[offset] = (deaths + 1, deaths_alone + alone)
+                    else:
+                        state.stalled[offset] = state.stalled.get(offset, 0) + 1
                     state.stalled_new = True
                     counted += 1
         return counted
@@ -347,6 +371,7 @@ class OffsetTracker:
                     if first != state.hint_at or state.last_tracked is not None:
                         state.delivered.clear()
                         state.stalled.clear()
+                        state.died.clear()
                     state.hint_at = None
         return state.delivered
 
@@ -412,12 +437,12 @@ class OffsetTracker:
                     positions[tp] = position
             return positions
 
-    def hint_parts(self, positions: dict[TopicPartition, int]) -> dict[TopicPartition, tuple[list[int], dict[int, int]]]:
+    def hint_parts(self, positions: dict[TopicPartition, int]) -> dict[TopicPartition, HintParts]:
         """For a commit of ``positions`` (from ``committable``), per partition: the offsets past the
         position whose outputs the broker acknowledged, and the inputs at or past it given up in
-        stalled model calls with their counts; for the commit's hint (worker/delivered_hints.py)."""
+        stalled model calls with their counts, and died in; for the commit's hint (worker/delivered_hints.py)."""
         with self._lock:
-            out: dict[TopicPartition, tuple[list[int], dict[int, int]]] = {}
+            out: dict[TopicPartition, HintParts] = {}
             for tp, position in positions.items():
                 state = self._parts.get(tp)
                 if state is None:
@@ -430,9 +455,10 @@ class OffsetTracker:
                     # none of it.
                     later = acked + [o for o in state.delivered if o > position]
                 stalled = {o: n for o, n in state.stalled.items() if o >= position}
+                died = {o: d for o, d in state.died.items() if o >= position}
                 state.hinting = len(acked)
-                if later or stalled:
-                    out[tp] = (later, stalled)
+                if later or stalled or died:
+                    out[tp] = (later, stalled, died)
             return out
 
     def hints(self, positions: dict[TopicPartition, int]) -> dict[TopicPartition, str]:
@@ -440,8 +466,8 @@ class OffsetTracker:
         say (worker/delivered_hints.py): outputs already acknowledged past the position, so that the
         partition's next reader does not label those inputs again, and the stalled inputs' counts."""
         hints = {}
-        for tp, (later, stalled) in self.hint_parts(positions).items():
-            text = encode_hint(positions[tp], later, stalled)
+        for tp, (later, stalled, died) in self.hint_parts(positions).items():
+            text = encode_hint(positions[tp], later, stalled, died)
             if text:
                 hints[tp] = text
         return hints
@@ -528,5 +554,12 @@ def input_id(item: Issued) -> tuple[str, int, int]:
     return (item.topic, item.partition, item.offset)
 
 
-def _stalled_from(state: _PartitionState, position: int) -> tuple[tuple[int, int], ...]:
-    return tuple(sorted((o, n) for o, n in state.stalled.items() if o >= position))
+def _stalled_from(
+    state: _PartitionState, position: int
+) -> tuple[tuple[tuple[int, int], ...], bool, tuple[tuple[int, int, int], ...]]:
+    """A ResumePoint's (stalled, stalled_new, died) at ``position``."""
+    return (
+        tuple(sorted((o, n) for o, n in state.stalled.items() if o >= position)),
+        state.stalled_new,
+        tuple(sorted((o, n, alone) for o, (n, alone) in state.died.items() if o >= position)),
+    )

@@ -192,7 +192,8 @@ class Source:
             delivered = self._tracker.delivered(tp, batch[0].offset)
             skip = {r.offset for r in batch if r.offset in delivered} if delivered else None
             stalled = self._tracker.stalled_counts(tp)  # usually empty
-            died = self._died_in.get(tp) if self._died_in else None  # usually None
+            died = self._tracker.died_counts(tp)  # a pod's model process died in calls with them; usually empty
+            journal = self._died_in.get(tp) if self._died_in else None  # this host's worker did; usually None
             try:
                 epoch = self._tracker.track(tp, [r.offset for r in batch])
             except KeyError:
@@ -205,9 +206,12 @@ class Source:
                 if skip and record.offset in skip:
                     continue
                 item = parse(record, config, received, epoch)
-                if (stalled or died) and type(item) is Event:
+                if (stalled or died or journal) and type(item) is Event:
                     hung = stalled.get(record.offset, 0) if stalled else 0
                     deaths, alone = died.get(record.offset, (0, 0)) if died else (0, 0)
+                    if journal:  # never in the hint's counts too (worker/call_journal.py): they add up
+                        more, more_alone = journal.get(record.offset, (0, 0))
+                        deaths, alone = deaths + more, alone + more_alone
                     if hung or deaths:
                         item = _after_stalls(item, hung, deaths, alone)
                 if type(item) is Event:
@@ -407,7 +411,7 @@ class Source:
             # revocation, so re-read from the first of them, skipping those already delivered.
             self._consumer.seek(tp, rewind[tp].position)
             point = rewind[tp]
-            self._tracker.skip_delivered(tp, point.delivered, point.stalled, point.position, point.stalled_new)
+            self._tracker.skip_delivered(tp, point.delivered, point.stalled, point.position, point.stalled_new, point.died)
         self._hints_wanted.update(assigned.difference(back))  # exactly-once reads only their stalled counts
         self._health.assigned = len(self._tracker.assigned())
         log.info(
@@ -435,10 +439,11 @@ class Source:
 
 
 def _after_stalls(event: Event, hung: int, died: int = 0, died_alone: int = 0) -> Event | DeadLetter:
-    """An input that was in model calls that hung (given up as stalled, or lost with a pod's model
-    process: ``hung``, from the commits' hints) or that this host's worker died in (``died``, of
-    them ``died_alone`` with it alone, from its journal): run alone the next time, so that a call
-    that fails so again does so on it alone; after that, a dead letter. A death may come from
+    """An input that was in model calls that hung (given up as stalled, or killed in by a pod's
+    supervisor: ``hung``, from the commits' hints) or that the worker died in (``died``, of them
+    ``died_alone`` with it alone: this host's worker, from its journal; a pod's model process, from
+    the hints): run alone the next time, so that a call that fails so again does so on it alone;
+    after that, a dead letter. A death may come from
     outside the worker (a node's memory pressure, a kubelet's kill), so deaths alone convict only
     after two with the input alone. Without this an input that hangs or kills the model restarts
     the worker on it for ever."""

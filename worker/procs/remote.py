@@ -16,8 +16,9 @@ its ``classify`` raises ModelCallStalled, and the feeder counts those inputs as 
 (worker/model_stage.py), as one process does with its own stalled call. Every input in that call
 is also named to every other feeder (STALLED_INPUTS): a rebalance may have given its partition to
 one of them while the call ran, and only the partition's owner can count it. A request the model
-process was lost with while it was in a model call (its slot says IN_CALL: the process was killed
-as unresponsive, or died in the call) raises ModelCallStalled too, and is counted the same way.
+process was lost with while it was in a model call (its slot's state: the process was killed as
+unresponsive, or died in the call) raises ModelCallStalled too, and is counted the same way; as a
+death when it died (``ModelCallStalled.died``), which convicts an input later than a hang.
 """
 
 from __future__ import annotations
@@ -217,10 +218,16 @@ class ModelLink:
         model call it died in or was killed in (transport.py), so its inputs are counted."""
         if self._lost is None:
             return
-        if slot is not None and self._channel is not None and self._channel.slots[slot].was_in_call():
+        how = self._channel.slots[slot].lost_in_call() if slot is not None and self._channel is not None else None
+        if how == "hung":
             raise ModelCallStalled(
-                f"the model process was lost in the model call these inputs were in ({self._lost}): killed"
-                " as unresponsive, or it died; counted as a stalled call"
+                f"the model process was lost in the model call these inputs were in ({self._lost}): the"
+                " supervisor killed it as unresponsive (TAGSTREAM_MODEL_STALL_S); counted as a stalled call"
+            )
+        if how == "died":
+            raise ModelCallStalled(
+                f"the model process was lost in the model call these inputs were in ({self._lost}): it died"
+                " in the call; counted as a death in a model call", died=True,
             )
         raise WorkerError(f"the model process is gone: {self._lost}", Failure.MODEL_PROCESS_LOST)
 

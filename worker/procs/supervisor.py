@@ -138,7 +138,9 @@ class Supervisor:
     def _watch_model(self) -> None:
         """A model process that answers nothing at all (frozen: stopped, or a hang that holds its
         interpreter) cannot time its own calls: once it has been silent for TAGSTREAM_MODEL_STALL_S
-        it is killed, and the pod fails as when it dies (its feeders give up their batches and drain)."""
+        it is killed, and the pod fails as when it dies (its feeders give up their batches and drain).
+        The calls it is killed in are marked HUNG first, so that their feeders count a hang, timed
+        here, and not a death (transport.py)."""
         limit = self.settings.model_stall_s
         answered = time.monotonic()
         while not self._stopping and not self._model_stopped:
@@ -148,7 +150,9 @@ class Supervisor:
                 continue
             silent = time.monotonic() - answered
             if silent > limit and not self._stopping and self._model is not None:
-                log.error("model_process_unresponsive", silent_s=round(silent, 1), limit_s=limit, action="killing it")
+                hung = sum(channel.mark_calls_hung() for channel in self._channels)
+                log.error("model_process_unresponsive", silent_s=round(silent, 1), limit_s=limit, action="killing it",
+                          requests_in_calls=hung)
                 self._model.kill()
                 return
 

@@ -40,9 +40,12 @@ in a commit any more.
 
 A model process that cannot answer (killed by the supervisor for being silent past the limit, or
 dead of a crash or the OOM killer in the middle of a call) leaves its slots' ``state`` behind: a
-feeder that loses the model process with a request still IN_CALL counts those inputs as stalled
+feeder that loses the model process with a request still in a call counts those inputs as stalled
 too (ModelCallStalled), so that an input that kills or freezes the model process every time is
-also run alone next time, then dead-lettered, instead of restarting the pod for ever.
+also run alone next time, then dead-lettered, instead of restarting the pod for ever. The
+supervisor marks the calls it kills the model process in HUNG first (``Channel.mark_calls_hung``):
+a call still IN_CALL when the process is lost is one it died in, and a death, which may come from
+outside the worker, convicts an input later than a hang (worker/source.py, _after_stalls).
 """
 
 from __future__ import annotations
@@ -58,7 +61,9 @@ import numpy as np
 HELLO, REQUEST, RELEASE, MODEL, DONE, STALLED_INPUTS = "hello", "request", "release", "model", "done", "stalled_inputs"
 # DONE statuses: answered; the model raised (error says why); bundle gone; in a call given up as stalled
 OK, FAILED, STALE, STALLED = 0, 1, 2, 3
-IDLE, IN_CALL = 0, 1  # a slot's state
+# A slot's state: IN_CALL while in a model call; HUNG: in a call the supervisor is killing the model
+# process in, for being silent past TAGSTREAM_MODEL_STALL_S (still IN_CALL when lost: it died in it)
+IDLE, IN_CALL, HUNG = 0, 1, 2
 _ALIGN = 64  # each array starts on a cache line
 
 
@@ -127,9 +132,12 @@ class Slot:
         self.state[0] = IDLE
         return rows, tokens
 
-    def was_in_call(self) -> bool:
-        """Whether the model process had this slot's request in a model call when it was lost."""
-        return bool(self.state[0] == IN_CALL)
+    def lost_in_call(self) -> str | None:
+        """How the model process was lost with this slot's request in a model call: "died" (a crash,
+        the OOM killer, a kill from outside), "hung" (killed by the supervisor as unresponsive), or
+        None: the request was not in a call."""
+        state = int(self.state[0])
+        return "died" if state == IN_CALL else "hung" if state == HUNG else None
 
     def read_answer(self, rows: int, k: int) -> tuple[list[list[int]], list[list[float]]]:
         """The answer's (top indices, top scores) per row, as lists."""
@@ -144,6 +152,15 @@ class Slot:
     def in_call(self, running: bool) -> None:
         """Mark the request as in a model call (before it), or out of it (after, before answering)."""
         self.state[0] = IN_CALL if running else IDLE
+
+    def mark_hung(self) -> bool:
+        """The supervisor's, just before it kills the model process as unresponsive: a request in a
+        call is marked HUNG (see lost_in_call); whether it was in one. The process is frozen, so
+        nothing else writes the state meanwhile."""
+        if self.state[0] == IN_CALL:
+            self.state[0] = HUNG
+            return True
+        return False
 
     def write_answer(self, top_indices: np.ndarray, top_scores: np.ndarray) -> None:
         """Copy one request's (rows, k) answers in."""
@@ -173,6 +190,10 @@ class Channel:
     @classmethod
     def attach(cls, name: str, shape: SlotShape, slots: int) -> Channel:
         return cls(shared_memory.SharedMemory(name=name), shape, slots, owner=False)
+
+    def mark_calls_hung(self) -> int:
+        """``Slot.mark_hung`` on every slot; how many were in a call."""
+        return sum(slot.mark_hung() for slot in self.slots)
 
     @staticmethod
     def size_bytes(shape: SlotShape, slots: int) -> int:

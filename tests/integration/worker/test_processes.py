@@ -303,43 +303,46 @@ def test_an_input_whose_model_call_the_model_process_is_killed_in_is_counted_and
     kafka_bootstrap, new_topic, new_group, tmp_path, pods
 ):
     """A model process killed in the middle of a call (SIGKILL while it hangs on the pill, as the OOM
-    killer, a crash, or the supervisor killing a silent process would) answers nobody, but the slot
-    of each request in that call says so: their feeders count those inputs as stalled. The next pod
-    runs the pill alone (it hangs, and that model process gives the call up itself past the limit),
-    and the pod after that dead-letters it without running it. Before, such a kill counted nothing,
-    and each pod hung on the pill once more than this."""
+    killer or a crash would) answers nobody, but the slot of each request in that call says so: their
+    feeders count those inputs as deaths. The next pod runs the pill alone; its model process dies
+    again, and so does the third's. A death may come from outside the worker, so deaths convict only
+    after two with the input alone, as in one process: the fourth pod dead-letters the pill without
+    running it. Before the slots, such a kill counted nothing and the pods restarted for ever; before
+    deaths were told from hangs, the third pod dead-lettered it after one death alone."""
     topic = new_topic(partitions=2, prefix="pod-killed-call")
     env = worker_env(kafka_bootstrap, topic, make_null_bundle(tmp_path / "stalling", stalling=True), new_group(),
-                     TAGSTREAM_GROUP_INSTANCE_ID=f"pod-{uuid.uuid4().hex[:6]}", TAGSTREAM_MODEL_STALL_S="3")
+                     TAGSTREAM_GROUP_INSTANCE_ID=f"pod-{uuid.uuid4().hex[:6]}",
+                     TAGSTREAM_MODEL_STALL_S="300")  # the pods never give the call up themselves
     ids = produce_events(kafka_bootstrap, topic, fixture_texts(100, seed=46), prefix="a")
     results = Results(kafka_bootstrap, f"{topic}.labels")
     try:
-        first = pods({**env, "TAGSTREAM_MODEL_STALL_S": "300"}, "pod1")  # it never gives the call up itself
-        first.wait_started()
-        wait_until(lambda: set(ids) <= set(results.ids()), RESULTS_S, "the first results")
-        pill = produce_events(kafka_bootstrap, topic, [f"a news item that hangs the model {STALL_TOKEN}"],
-                              prefix="pill")[0]
-        wait_until(lambda: first.model_call_s() >= 1.0, 60, "the pill's model call to hang")
-        os.kill(first.events("model_process_ready")[0]["pid"], signal.SIGKILL)
-        assert first.proc.wait(60) == 1, first.tail()
-        counted = [e for e in first.events("model_call_given_up") if "lost in the model call" in e.get("reason", "")]
-        assert [e["inputs"] for e in counted] == [1], first.tail()
-
-        second = pods(env, "pod2")
-        assert second.proc.wait(POD_START_S + 60) == 1, second.tail()
-        assert [(e["requests"], e["inputs"]) for e in second.events("model_stalled")] == [(1, 1)], second.tail()
-        third = pods(env, "pod3")
-        # The second pod's other feeder may have dead-lettered the pill already: wait for a drain to stop.
-        third.wait_started()
+        killed = []
+        for n in (1, 2, 3):
+            pod = pods(env, f"pod{n}")
+            pod.wait_started()
+            if n == 1:
+                wait_until(lambda: set(ids) <= set(results.ids()), RESULTS_S, "the first results")
+                pill = produce_events(kafka_bootstrap, topic, [f"a news item that hangs the model {STALL_TOKEN}"],
+                                      prefix="pill")[0]
+            wait_until(lambda: pod.model_call_s() >= 1.0, POD_START_S, "the pill's model call to hang")  # noqa: B023
+            os.kill(pod.events("model_process_ready")[0]["pid"], signal.SIGKILL)
+            assert pod.proc.wait(60) == 1, pod.tail()
+            killed.append(pod)
+        counted = [[(e["inputs"], e["died"]) for e in pod.events("model_call_given_up")] for pod in killed]
+        assert counted == [[(1, True)]] * 3, [pod.tail() for pod in killed]
+        assert not any(pod.events("input_dead_lettered_after_stalls") for pod in killed[:2])
+        fourth = pods(env, "pod4")
+        # The third pod's other feeder may have dead-lettered the pill already: wait for a drain to stop.
+        fourth.wait_started()
 
         def dead_lettered() -> list[dict]:
-            return [e for pod in (second, third) for e in pod.events("input_dead_lettered_after_stalls")]
+            return [e for pod in (killed[2], fourth) for e in pod.events("input_dead_lettered_after_stalls")]
 
-        wait_until(lambda: bool(dead_lettered()) or third.proc.poll() is not None, POD_START_S + RESULTS_S,
+        wait_until(lambda: bool(dead_lettered()) or fourth.proc.poll() is not None, POD_START_S + RESULTS_S,
                    "the pill dead-lettered")
-        assert third.proc.poll() is None and not third.events("model_stalled"), third.tail()
-        assert [e["stalls"] for e in dead_lettered()] == [2]
-        assert third.stop() == 0, third.tail()
+        assert fourth.proc.poll() is None and not fourth.events("model_call_given_up"), fourth.tail()
+        assert [(e["stalls"], e["died_in_calls"]) for e in dead_lettered()] == [(3, 3)]
+        assert fourth.stop() == 0, fourth.tail()
     finally:
         results.close()
     assert_only_dead_letter(kafka_bootstrap, topic, pill, "stalled_twice")

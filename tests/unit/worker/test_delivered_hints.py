@@ -10,7 +10,15 @@ from worker_fakes import FakeConsumer, Record
 
 from worker.call_journal import CallJournal
 from worker.committer import Committer
-from worker.delivered_hints import MAX_OFFSETS, PREFIX, decode, decode_stalled, encode, read_hints
+from worker.delivered_hints import (
+    MAX_OFFSETS,
+    PREFIX,
+    decode,
+    decode_died,
+    decode_stalled,
+    encode,
+    read_hints,
+)
 from worker.errors import Failure
 from worker.events import Event, ParseConfig
 from worker.handoff import InputHandoff
@@ -158,6 +166,48 @@ def test_a_hint_carries_the_inputs_of_stalled_calls_with_their_counts_whole():
         assert decode_stalled(bad, 100) == {}, bad
 
 
+def test_a_hint_carries_the_inputs_a_pods_model_process_died_in_apart_and_older_hints_still_read():
+    """Deaths ride in their own field, with how many were with the input alone; a hint without them
+    is written and read as before, and a malformed death field spoils the whole hint (a hint is only
+    ever an optimisation)."""
+    text = encode(100, [103], {102: 1}, {100: (2, 1), 104: (1, 0), 99: (1, 1)})
+    assert text == f"{PREFIX} 100 3 stalled=2:1 died=0:2:1,4:1:0"
+    assert decode(text, 100) == {103} and decode_stalled(text, 100) == {102: 1}
+    assert decode_died(text, 100) == {100: (2, 1), 104: (1, 0)}
+    only = encode(100, [], died={101: (1, 1)})
+    assert only == f"{PREFIX} 100 . died=1:1:1" and decode_stalled(only, 100) == {}
+    assert decode_died(only, 100) == {101: (1, 1)}
+    assert encode(100, [103], {102: 1}) == f"{PREFIX} 100 3 stalled=2:1"  # what older readers read
+    assert decode_died(f"{PREFIX} 100 3 stalled=2:1", 100) == {}
+    for bad in ("died=0:1:2", "died=0:0:0", "died=-1:1:0", "died=0:1", "died=0:1:0 stalled=0:1",
+                "died=0:1:0 died=1:1:0", "stalled=0:1 other=1"):
+        hint = f"{PREFIX} 100 3 {bad}"
+        assert (decode(hint, 100), decode_stalled(hint, 100), decode_died(hint, 100)) == (frozenset(), {}, {}), bad
+
+
+def test_inputs_a_pods_model_process_died_in_are_committed_as_deaths_and_come_back_with_the_partition():
+    """A feeder counts the inputs of a call its model process died in as deaths (with or without
+    the input alone) apart from hangs; the next commit carries them, and a rebalance that gives the
+    partition straight back keeps them, as it keeps hang counts."""
+    tracker, epoch = stuck_partition(hints=True)
+    committer, consumer, _ = first_commit(tracker)
+    tracker.mark_stalled([Event("in", 0, 2, 0, None, [], "e2", "t", 0.0, epoch)], died=True)
+    tracker.mark_stalled_at([("in", 0, 2), ("in", 0, 6)], died=True, alone=True)
+    tracker.mark_stalled_at([("in", 0, 6)])
+    assert tracker.died_counts(TP) == {2: (2, 1), 6: (1, 1)} and tracker.stalled_counts(TP) == {6: 1}
+    tracker.abandon(("in", 0), 2, epoch)
+    committer.commit_now()
+    assert consumer.commits[-1] == {TP: 2}
+    assert decode_died(consumer.metadata[-1][TP], 2) == {2: (2, 1), 6: (1, 1)}
+    assert decode_stalled(consumer.metadata[-1][TP], 2) == {6: 1}
+    point = tracker.resume_points([TP])[TP]  # what the source keeps at revocation
+    assert point.died == ((2, 2, 1), (6, 1, 1)) and point.stalled == ((6, 1),)
+    again = OffsetTracker(delivered_hints=True)
+    again.assign([TP])
+    again.skip_delivered(TP, point.delivered, point.stalled, point.position, point.stalled_new, point.died)
+    assert again.died_counts(TP) == {2: (2, 1), 6: (1, 1)} and again.runs_alone
+
+
 def test_inputs_given_up_in_a_stalled_call_are_committed_with_their_count():
     tracker, epoch = stuck_partition(hints=True)
     committer, consumer, _ = first_commit(tracker)
@@ -260,6 +310,39 @@ def test_an_input_of_one_stalled_call_is_run_alone_and_of_two_is_dead_lettered()
     assert [(e.offset, e.alone) for e in events] == [(2, True), (5, False)]  # 3: delivered, skipped
     assert [(d.offset, d.reason) for d in letters] == [(4, Failure.STALLED_TWICE)]
     assert "2 times" in letters[0].detail
+
+
+def test_a_pods_deaths_in_model_calls_convict_as_one_processs_do_and_add_to_the_journals(tmp_path):
+    """Deaths a pod's model process counted in the hint follow the rule of the journal's: one runs
+    alone; two convict only with two of them alone, or a hang beside; and a hint's deaths and this
+    host's journal's add up (a partition moved between a pod and one process)."""
+    journal = CallJournal.open(tmp_path, "g", streams=1)
+    assert journal is not None
+    journal.begin(0, [("in", 0, 6)], alone=True)
+    journal.close()  # this host's worker died in a call of 6 alone
+    journal = CallJournal.open(tmp_path, "g", streams=1)
+    consumer = FakeConsumer([])
+    consumer.group_committed[TP] = 2
+    died = {2: (1, 0), 3: (2, 1), 4: (1, 1), 5: (2, 2), 6: (1, 1)}
+    consumer.group_metadata_stored[TP] = encode(2, [], {4: 1}, died)
+    tracker = OffsetTracker(delivered_hints=True)
+    handoff: InputHandoff = InputHandoff(100)
+    source = Source(
+        consumer, topics=["in"], pattern=None, parse_config=ParseConfig(), tracker=tracker,
+        committer=Committer(consumer, tracker, interval_s=0.0), handoff=handoff, current_runner=lambda: Runner(),
+        metrics=Metrics(), health=Health(), revoke_grace_s=0.0, journal=journal,
+    )
+    source.on_assigned({TP})
+    consumer.polls.append({TP: [Record("in", 0, i, b'{"id": "e%d", "text": "t"}' % i) for i in range(2, 8)]})
+    run_source_once(source, consumer)
+    events, letters, *_ = handoff.take(0)
+    # 2: one death; 3: two, one alone; 4: a death and a hang; 5: two alone; 6: one alone here, one there
+    assert [(e.offset, e.alone) for e in events] == [(2, True), (3, True), (7, False)]
+    assert [(d.offset, d.reason) for d in letters] == [
+        (4, Failure.STALLED_TWICE), (5, Failure.STALLED_TWICE), (6, Failure.STALLED_TWICE)
+    ]
+    assert "2 times (2 of them with the worker dying in the call)" in letters[1].detail
+    journal.close()
 
 
 def test_deaths_in_model_calls_from_the_journal_add_to_the_hints_stalls_and_counts_below_the_commit_go(tmp_path):

@@ -29,9 +29,11 @@ class FakeRunner:
 
     name, version, labels, max_length, tokenizer_key = "fake", "v1", ["a", "b"], 16, "tok"
 
-    def __init__(self, fails: set[int] | None = None, stalls: set[int] | None = None) -> None:
+    def __init__(self, fails: set[int] | None = None, stalls: set[int] | None = None,
+                 deaths: set[int] | None = None) -> None:
         self.fails = fails or set()
         self.stalls = stalls or set()  # a batch holding one: the pod's model process gave its call up
+        self.deaths = deaths or set()  # ... the pod's model process died in its call
         self.calls: list[list[list[int]]] = []
         self.alone: list[bool] = []  # per call, whether it was asked to run unmerged
         self.inputs: list[list[tuple]] = []  # per call, the records it was told it holds
@@ -50,10 +52,12 @@ class FakeRunner:
             self.entered.set()
             self.release.wait(10)
         tokens = {t for ids in token_ids for t in ids}
+        if tokens & self.fails:  # first: a batch holding one fails whole, and is retried input by input
+            raise InferenceError(f"cannot classify {sorted(tokens)}")
         if tokens & self.stalls:
             raise ModelCallStalled("the model process gave up the model call (test)")
-        if tokens & self.fails:
-            raise InferenceError(f"cannot classify {sorted(tokens)}")
+        if tokens & self.deaths:
+            raise ModelCallStalled("the model process died in the model call (test)", died=True)
         return Classified([[0, 1] for _ in token_ids], [[0.9, 0.1] for _ in token_ids], 0.001)
 
 
@@ -68,10 +72,11 @@ class Stage:
         self.sink: list[Any] = []
         self.abandoned: list[Event] = []
         self.stalled: list[Event] = []
+        self.died: list[tuple[list[int], bool]] = []  # per death reported: its inputs' offsets, alone
         self.lost: list[int] = []
         self.stage = ModelStage(
             streams, tracker=self.tracker, metrics=Metrics(), health=health or Health(), clock=StageClock(Metrics(), enabled=False),
-            to_sink=self.sink.append, abandon=self.abandoned.extend, on_stalled=self.stalled.extend,
+            to_sink=self.sink.append, abandon=self.abandoned.extend, on_stalled=self._on_stalled,
             on_lost=lambda: self.lost.append(self.stage._done),  # batches done when it was called
             journal=journal,
         )
@@ -81,6 +86,12 @@ class Stage:
         self.thread = self.threads[0]
         for thread in self.threads:
             thread.start()
+
+    def _on_stalled(self, events: list[Event], died: bool = False, alone: bool = False) -> None:
+        if died:
+            self.died.append(([e.offset for e in events], alone))
+        else:
+            self.stalled.extend(events)
 
     def _main(self) -> None:
         try:
@@ -207,6 +218,23 @@ def test_a_call_given_up_while_a_failed_batch_is_retried_counts_the_whole_batch(
     s.thread.join(10)
     assert isinstance(s.error[0], ModelCallStalled)
     assert [e.offset for e in s.stalled] == [0, 1] and s.sink == []
+
+
+def test_a_call_the_pods_model_process_died_in_counts_its_inputs_as_deaths_the_retry_only_the_input_alone():
+    """The pod's model process died in the call (ModelCallStalled.died): its inputs are counted as
+    deaths, not hangs, since a death may come from outside the worker and convicts later; in a
+    failed batch's one-by-one retry only the input in the call is counted, with it alone, as one
+    process's journal names it. The error is fatal either way."""
+    s = Stage(FakeRunner(deaths={9}))
+    assert s.stage.put(s.batch([1, 9, 3]), s.runner)
+    s.thread.join(10)
+    assert isinstance(s.error[0], ModelCallStalled) and s.error[0].died
+    assert s.died == [([0, 1, 2], False)] and s.stalled == [] and s.sink == []
+
+    s = Stage(FakeRunner(fails={7}, deaths={9}))
+    assert s.stage.put(s.batch([7, 9, 3]), s.runner)  # fails as a batch (7), then the model dies on 9 alone
+    s.thread.join(10)
+    assert s.died == [([1], True)] and s.stalled == [] and s.sink == []
 
 
 def test_inputs_to_isolate_are_sent_unmerged_and_others_are_not():

@@ -284,13 +284,15 @@ def test_a_call_past_the_stall_limit_is_answered_stalled_to_the_feeders_in_it_an
     assert calls == [2]
 
 
-def test_a_model_process_lost_in_a_call_counts_that_calls_inputs_as_stalled_and_no_others(pod):
+@pytest.mark.parametrize("killed_as_unresponsive", [False, True], ids=["died", "killed-as-unresponsive"])
+def test_a_model_process_lost_in_a_call_counts_that_calls_inputs_as_stalled_and_no_others(pod, killed_as_unresponsive):
     """When the model process is lost while a request is in a model call (killed as unresponsive by
     the supervisor, or dead of a crash mid-call, so it answers nothing), that request's feeder gets
-    ModelCallStalled and counts the inputs (run alone next time); a request that was only waiting
-    is lost as before (model_process_lost: read again in batches)."""
+    ModelCallStalled and counts the inputs (run alone next time): as a hang when the supervisor
+    marked the call before killing, else as a death. A request that was only waiting is lost as
+    before (model_process_lost: read again in batches)."""
     server = pod.server()
-    (_link_a, runner_a), (_link_b, runner_b) = pod.feeder(server, 0), pod.feeder(server, 1)
+    (link_a, runner_a), (_link_b, runner_b) = pod.feeder(server, 0), pod.feeder(server, 1)
     gate, calls = hold_model_calls(server, first_only=True)
     outcome: dict[str, BaseException | None] = {}
 
@@ -298,12 +300,15 @@ def test_a_model_process_lost_in_a_call_counts_that_calls_inputs_as_stalled_and_
     wait_until(lambda: calls == [2], 10, "feeder a's inputs in the model call")
     b = classifying(outcome, "b", runner_b, ["four"])
     wait_until(lambda: any(p.index == 1 and p.conn.poll() for p in server._ports), 10, "feeder b's request")
+    if killed_as_unresponsive:  # the supervisor's mark, through the same shared memory
+        assert link_a._channel.mark_calls_hung() == 1  # type: ignore[union-attr]
     for port in list(server._ports):  # the process is gone: its end of every connection closes at once
         port.conn.close()
     a.join(15)
     b.join(15)
     assert isinstance(outcome["a"], ModelCallStalled), outcome
     assert "lost in the model call" in str(outcome["a"])
+    assert outcome["a"].died is not killed_as_unresponsive
     lost = outcome["b"]
     assert type(lost) is WorkerError and lost.failure is Failure.MODEL_PROCESS_LOST, lost
     gate.set()
@@ -372,7 +377,7 @@ def test_a_request_to_run_alone_waits_for_the_other_streams_call_so_that_a_death
     wait_until(lambda: not any(p.index == 1 and p.conn.poll() for p in server._ports), 10, "b's request read")
     time.sleep(0.3)
     assert calls == [2]  # the second stream is free, but waits for the first stream's call
-    assert not any(slot.was_in_call() for slot in link_b._channel.slots)  # type: ignore[union-attr]
+    assert not any(slot.lost_in_call() for slot in link_b._channel.slots)  # type: ignore[union-attr]
     gate.set()
     a.join(15)
     b.join(15)

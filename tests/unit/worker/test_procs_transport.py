@@ -35,20 +35,37 @@ def test_a_request_written_by_the_feeder_is_read_whole_by_another_attachment(cha
 
 def test_a_request_in_a_model_call_is_marked_so_for_the_feeder_until_the_call_returns(channel):
     """The model process marks a slot IN_CALL through its own mapping; the feeder sees it (it would
-    survive the model process's death), and the slot's next request starts unmarked."""
+    survive the model process's death: a death in the call), and the slot's next request starts unmarked."""
     other = Channel.attach(channel.name, channel.shape, 2)  # the model process's mapping
     try:
         channel.slots[0].write_request([[1, 2]])
-        assert not channel.slots[0].was_in_call()
+        assert channel.slots[0].lost_in_call() is None
         other.slots[0].in_call(True)
-        assert channel.slots[0].was_in_call() and not channel.slots[1].was_in_call()
+        assert channel.slots[0].lost_in_call() == "died" and channel.slots[1].lost_in_call() is None
         other.slots[0].in_call(False)
-        assert not channel.slots[0].was_in_call()
+        assert channel.slots[0].lost_in_call() is None
         other.slots[0].in_call(True)
         channel.slots[0].write_request([[3]])  # a new request in the slot: not in any call yet
-        assert not channel.slots[0].was_in_call()
+        assert channel.slots[0].lost_in_call() is None
     finally:
         other.close()
+
+
+def test_the_supervisor_marks_the_calls_it_kills_the_model_process_in_as_hung(channel):
+    """Before killing a silent model process the supervisor marks the requests in calls HUNG through
+    its own mapping: their feeders then count a hang, timed by the pod, not a death. Slots not in a
+    call stay as they were."""
+    model, supervisor = (Channel.attach(channel.name, channel.shape, 2) for _ in range(2))
+    try:
+        channel.slots[0].write_request([[1, 2]])
+        channel.slots[1].write_request([[3]])
+        model.slots[0].in_call(True)
+        assert supervisor.mark_calls_hung() == 1
+        assert channel.slots[0].lost_in_call() == "hung" and channel.slots[1].lost_in_call() is None
+        assert supervisor.mark_calls_hung() == 0  # marked once
+    finally:
+        model.close()
+        supervisor.close()
 
 
 def test_answers_come_back_per_row_and_slots_do_not_overlap(channel):
