@@ -428,6 +428,15 @@ class Source:
         if skipping:
             log.info("delivered_hints_read", skipping=skipping,
                      why="outputs already acknowledged past the committed offsets: these inputs are not labelled again")
+        counted = {}
+        for tp in wanted:
+            hung, died = self._tracker.stalled_counts(tp), self._tracker.died_counts(tp)
+            if hung or died:
+                counted[_name(tp)] = {"hung": len(hung), "died": len(died)}
+        if counted:
+            log.warning("stall_counts_read", inputs=counted,
+                        why="model calls hung on these inputs or a pod's model process died in them: each runs"
+                            " alone, and is dead-lettered once convicted (stalled_twice)")
 
     def _forget_lag(self, partitions: set[TopicPartition]) -> None:
         for tp in partitions:

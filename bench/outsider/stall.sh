@@ -99,7 +99,8 @@ given = [e for e in lines if e["event"] == "model_call_given_up"]
 # A pod: inputs of the call whose partition a rebalance had moved to another feeder, counted there.
 heard = sum(e.get("counted", 0) for e in lines if e["event"] == "stalled_inputs_heard")
 print(f"  stall noticed -> last log line: {(at(lines[-1]) - at(noticed)).total_seconds():.2f} s;"
-      f" given up: {sum(e['inputs'] for e in given)} inputs; counted by the feeder that owns them now: {heard}")
+      f" given up: {sum(e['inputs'] for e in given)} inputs ({sum(e['inputs'] for e in given if e.get('died'))} as"
+      f" deaths in the call); counted by the feeder that owns them now: {heard}")
 PY
 if [ "${PILL:-0}" = 1 ]; then
   for n in 2 3 4; do  # each successor hangs on the input too, unless it no longer runs it
@@ -112,7 +113,7 @@ if [ "${PILL:-0}" = 1 ]; then
     fi
     for i in $(seq 1 60); do kill -0 $SECOND 2>/dev/null || break; [ "$(committed 2>/dev/null)" = "$TOTAL" ] && break; sleep 1; done
     if ! kill -0 $SECOND 2>/dev/null; then
-      wait $SECOND; echo "worker $n exit $? ($(grep -o '"event": "died_in_model_calls_counted"' "$D/second.log" | wc -l) journal count(s) at start: $(grep '"died_in_model_calls_counted"' "$D/second.log" | grep -o '"inputs": [0-9]*' | grep -o '[0-9]*' | paste -sd+) inputs; $(grep '"model_call_given_up"' "$D/second.log" | grep -o '"inputs": [0-9]*' | grep -o '[0-9]*' | paste -sd+ | bc) inputs given up; $(grep '"stalled_inputs_heard"' "$D/second.log" | grep -o '"counted": [0-9]*' | grep -o '[0-9]*' | paste -sd+ | bc) counted by the feeder that owns them now; $(grep -c input_dead_lettered_after_stalls "$D/second.log") dead-lettered after stalls as it drained)"
+      wait $SECOND; echo "worker $n exit $? ($(grep -o '"event": "died_in_model_calls_counted"' "$D/second.log" | wc -l) journal count(s) at start: $(grep '"died_in_model_calls_counted"' "$D/second.log" | grep -o '"inputs": [0-9]*' | grep -o '[0-9]*' | paste -sd+) inputs; $(grep '"model_call_given_up"' "$D/second.log" | grep -o '"inputs": [0-9]*' | grep -o '[0-9]*' | paste -sd+ | bc) inputs given up ($(grep '"model_call_given_up"' "$D/second.log" | grep '"died": true' | grep -o '"inputs": [0-9]*' | grep -o '[0-9]*' | paste -sd+ | bc) as deaths); $(grep '"stalled_inputs_heard"' "$D/second.log" | grep -o '"counted": [0-9]*' | grep -o '[0-9]*' | paste -sd+ | bc) counted by the feeder that owns them now; $(grep -c input_dead_lettered_after_stalls "$D/second.log") dead-lettered after stalls as it drained)"
       cp "$D/second.log" "$D/worker$n.log"; continue
     fi
     echo "worker $n runs on: $(grep -c input_dead_lettered_after_stalls "$D/second.log") input(s) dead-lettered after stalls"; break
