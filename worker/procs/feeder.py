@@ -4,6 +4,14 @@ It polls, parses, tokenizes, batches, produces and commits exactly as a single-p
 does (its own Kafka clients, offset tracker and commits; per-partition order and commit after
 acknowledgement hold within it), and never imports torch. It stops (drains) on SIGTERM or
 SIGINT, or when the supervisor goes away, and exits with the worker's exit code.
+
+When the model process is lost in a call, the feeder counts that call's inputs (run alone next
+time, a dead letter once convicted: worker/source.py), but only those of partitions it holds. A
+rebalance while the call ran may have given the rest to another feeder: they go to the
+supervisor (``("lost_call", inputs, died, alone)``), which passes them to the other feeders
+(``("count", ...)``), each counting those it holds. Without that, a pod whose first feeder took
+every partition and ran the culprit before the second joined counted nothing, and the pod after
+it died on the input once more.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import connection
 
@@ -55,6 +64,7 @@ def feeder_main(plan: FeederPlan, control: connection.Connection) -> None:
     )
     worker = Worker(s, model=link, telemetry_host="127.0.0.1", cpu_slot=plan.index)
     link.count_stalled = worker.tracker.mark_stalled_at
+    link.relay_lost = relay_to(control, worker.tracker.assigned)
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal", signal=signal.Signals(signum).name)
@@ -79,15 +89,39 @@ def feeder_main(plan: FeederPlan, control: connection.Connection) -> None:
 
 
 def _watch_supervisor(control: connection.Connection, worker: Worker) -> None:
-    """Drain when the supervisor says stop, or when it has gone (its end of the pipe closed)."""
+    """Drain when the supervisor says stop, or when it has gone (its end of the pipe closed); count
+    the inputs of another feeder's call the model process was lost in (see the module's doc)."""
     try:
-        while control.recv()[0] != "stop":
-            pass
+        while (message := control.recv())[0] != "stop":
+            if message[0] == "count":
+                _, inputs, died, alone = message
+                counted = worker.tracker.mark_stalled_at([tuple(i) for i in inputs], died, alone)
+                log.warning("lost_call_inputs_heard", inputs=len(inputs), counted=counted, died=died,
+                            why="another feeder's inputs in the model call the model process was lost in;"
+                                " counted: those of partitions this feeder holds now")
     except (EOFError, OSError):
         log.warning("supervisor_gone", action="draining")
     worker.stop()
 
 
+def relay_to(
+    control: connection.Connection, held: Callable[[], list]
+) -> Callable[[list[tuple[str, int, int]], bool, bool], None]:
+    """The link's ``relay_lost``: a lost call's inputs of partitions this feeder does not hold (see
+    the module's doc) go to the supervisor."""
+
+    def relay(inputs: list[tuple[str, int, int]], died: bool, alone: bool) -> None:
+        mine = set(held())
+        others = [i for i in inputs if (i[0], i[1]) not in mine]
+        if others:
+            _tell(control, ("lost_call", others, died, alone))
+
+    return relay
+
+
+_TELL_LOCK = threading.Lock()  # "started" (the main thread) and a relay (a model thread) share the pipe
+
+
 def _tell(control: connection.Connection, message: tuple) -> None:
-    with contextlib.suppress(OSError, ValueError):  # the supervisor has gone; the watcher stops us
+    with _TELL_LOCK, contextlib.suppress(OSError, ValueError):  # the supervisor has gone; the watcher stops us
         control.send(message)

@@ -19,6 +19,10 @@ one of them while the call ran, and only the partition's owner can count it. A r
 process was lost with while it was in a model call (its slot's state: the process was killed as
 unresponsive, or died in the call) raises ModelCallStalled too, and is counted the same way; as a
 death when it died (``ModelCallStalled.died``), which convicts an input later than a hang.
+Nobody names such a call's inputs to the other feeders (the model process is gone), so the link
+hands them to ``relay_lost``: the feeder passes those of partitions it no longer holds (a
+rebalance while the call ran) to the supervisor, which passes them to the other feeders
+(worker/procs/feeder.py), as STALLED_INPUTS does for a call given up.
 """
 
 from __future__ import annotations
@@ -84,6 +88,9 @@ class ModelLink:
         # Other feeders' inputs in a model call that stalled (STALLED_INPUTS): counted by the feeder
         # that owns their partitions now (OffsetTracker.mark_stalled_at, which returns how many).
         self.count_stalled: Callable[[list[InputId]], int] | None = None
+        # The inputs of a request lost in a model call (inputs, died, alone), for the other feeders.
+        self.relay_lost: Callable[[list[InputId], bool, bool], None] | None = None
+        self._in_slot: list[tuple[Sequence[InputId], bool]] = [((), False)] * slots  # each request's inputs, alone
 
     # -- ModelHost -------------------------------------------------------------------------------
     @property
@@ -135,6 +142,7 @@ class ModelLink:
             done = self._done[slot]
             done.clear()
             self._answers[slot] = ()
+            self._in_slot[slot] = (inputs, alone)
             self._send((REQUEST, slot, rows, tokens, generation, key, alone, inputs))
             while not done.wait(ANSWER_POLL_S):
                 self._check_alive(slot)
@@ -219,6 +227,9 @@ class ModelLink:
         if self._lost is None:
             return
         how = self._channel.slots[slot].lost_in_call() if slot is not None and self._channel is not None else None
+        if how is not None and slot is not None and self.relay_lost is not None:
+            inputs, alone = self._in_slot[slot]
+            self.relay_lost(list(inputs), how == "died", alone)
         if how == "hung":
             raise ModelCallStalled(
                 f"the model process was lost in the model call these inputs were in ({self._lost}): the"

@@ -284,6 +284,20 @@ class Supervisor:
             log.info("feeder_started", feeder=feeder.index, pid=feeder.process.pid if feeder.process else None)
         elif message[0] == "failed":
             log.error("feeder_cannot_start", feeder=feeder.index, exit_code=message[1], error=message[2])
+        elif message[0] == "lost_call":
+            self.relay_lost_call(feeder, message)
+
+    def relay_lost_call(self, sender: FeederProc, message: tuple) -> None:
+        """A feeder's inputs of a call the model process was lost in, of partitions it no longer
+        holds: to every other feeder, which counts those it holds (worker/procs/feeder.py)."""
+        _, inputs, died, alone = message
+        told = []
+        for feeder in self._feeders:
+            if feeder is not sender and feeder.control is not None:
+                with contextlib.suppress(OSError, ValueError):  # gone: its exit is handled on its own
+                    feeder.control.send(("count", inputs, died, alone))
+                    told.append(feeder.index)
+        log.warning("lost_call_inputs_relayed", feeder=sender.index, inputs=len(inputs), to_feeders=told, died=died)
 
     def _on_feeder_exit(self, feeder: FeederProc) -> None:
         assert feeder.process is not None

@@ -295,8 +295,10 @@ def test_a_model_process_lost_in_a_call_counts_that_calls_inputs_as_stalled_and_
     (link_a, runner_a), (_link_b, runner_b) = pod.feeder(server, 0), pod.feeder(server, 1)
     gate, calls = hold_model_calls(server, first_only=True)
     outcome: dict[str, BaseException | None] = {}
+    relayed: list[tuple] = []
+    link_a.relay_lost = lambda *lost: relayed.append(lost)  # the feeder passes them on (feeder.py)
 
-    a = classifying(outcome, "a", runner_a, ["one", "two"])
+    a = classifying(outcome, "a", runner_a, ["one", "two"], [("in", 0, 1), ("in", 1, 2)])
     wait_until(lambda: calls == [2], 10, "feeder a's inputs in the model call")
     b = classifying(outcome, "b", runner_b, ["four"])
     wait_until(lambda: any(p.index == 1 and p.conn.poll() for p in server._ports), 10, "feeder b's request")
@@ -309,6 +311,7 @@ def test_a_model_process_lost_in_a_call_counts_that_calls_inputs_as_stalled_and_
     assert isinstance(outcome["a"], ModelCallStalled), outcome
     assert "lost in the model call" in str(outcome["a"])
     assert outcome["a"].died is not killed_as_unresponsive
+    assert relayed == [([("in", 0, 1), ("in", 1, 2)], not killed_as_unresponsive, False)]  # b's was in no call
     lost = outcome["b"]
     assert type(lost) is WorkerError and lost.failure is Failure.MODEL_PROCESS_LOST, lost
     gate.set()
