@@ -169,7 +169,7 @@ def test_two_feeders_label_every_input_once_and_sigterm_drains_both(
     try:
         first = pods(env, "first")
         first.wait_started()
-        streaming, ids = produce_steadily(kafka_bootstrap, topic, fixture_texts(4000, seed=41), per_second=200)
+        streaming, ids = produce_steadily(kafka_bootstrap, topic, fixture_texts(4000, seed=41), per_second=400)
         wait_until(
             lambda: {e["process"] for e in first.events("partitions_assigned") if e["partitions"]}
             == {"feeder-0", "feeder-1"} or first.proc.poll() is not None,
