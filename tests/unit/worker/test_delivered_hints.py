@@ -265,13 +265,14 @@ def test_counts_in_no_commit_yet_are_still_due_after_the_partition_comes_straigh
 
 
 def source_reading(
-    delivered: list[int], stalled: dict[int, int], upto: int = 6, journal: CallJournal | None = None
+    delivered: list[int], stalled: dict[int, int], upto: int = 6, journal: CallJournal | None = None,
+    died: dict[int, tuple[int, int]] | None = None,
 ) -> tuple[Source, FakeConsumer, InputHandoff]:
-    """A source assigned TP, whose group commit at 2 has a hint of ``delivered`` and ``stalled``, with
-    records 2 to ``upto`` - 1 to read."""
+    """A source assigned TP, whose group commit at 2 has a hint of ``delivered``, ``stalled`` and
+    ``died``, with records 2 to ``upto`` - 1 to read."""
     consumer = FakeConsumer([])
     consumer.group_committed[TP] = 2
-    consumer.group_metadata_stored[TP] = encode(2, delivered, stalled)
+    consumer.group_metadata_stored[TP] = encode(2, delivered, stalled, died)
     tracker = OffsetTracker(delivered_hints=True)
     handoff: InputHandoff = InputHandoff(100)
     source = Source(
@@ -321,19 +322,8 @@ def test_a_pods_deaths_in_model_calls_convict_as_one_processs_do_and_add_to_the_
     journal.begin(0, [("in", 0, 6)], alone=True)
     journal.close()  # this host's worker died in a call of 6 alone
     journal = CallJournal.open(tmp_path, "g", streams=1)
-    consumer = FakeConsumer([])
-    consumer.group_committed[TP] = 2
     died = {2: (1, 0), 3: (2, 1), 4: (1, 1), 5: (2, 2), 6: (1, 1)}
-    consumer.group_metadata_stored[TP] = encode(2, [], {4: 1}, died)
-    tracker = OffsetTracker(delivered_hints=True)
-    handoff: InputHandoff = InputHandoff(100)
-    source = Source(
-        consumer, topics=["in"], pattern=None, parse_config=ParseConfig(), tracker=tracker,
-        committer=Committer(consumer, tracker, interval_s=0.0), handoff=handoff, current_runner=lambda: Runner(),
-        metrics=Metrics(), health=Health(), revoke_grace_s=0.0, journal=journal,
-    )
-    source.on_assigned({TP})
-    consumer.polls.append({TP: [Record("in", 0, i, b'{"id": "e%d", "text": "t"}' % i) for i in range(2, 8)]})
+    source, consumer, handoff = source_reading([], {4: 1}, upto=8, journal=journal, died=died)
     run_source_once(source, consumer)
     events, letters, *_ = handoff.take(0)
     # 2: one death; 3: two, one alone; 4: a death and a hang; 5: two alone; 6: one alone here, one there
