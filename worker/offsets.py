@@ -294,8 +294,9 @@ class OffsetTracker:
         died: dict[int, tuple[int, int]] | None = None,
     ) -> None:
         """``skip_delivered`` for a hint read with the group's commit at ``position``, and the inputs
-        it names as given up in stalled model calls or died in (``stalled_counts``, ``died_counts``): kept only if reading ``tp``
-        starts exactly there (see ``delivered``), and only before it has started."""
+        it names as given up in stalled model calls or died in (``stalled_counts``, ``died_counts``):
+        kept only if reading ``tp`` starts exactly there (see ``delivered``), and only before it has
+        started."""
         with self._lock:
             state = self._parts.get(tp)
             if state is not None and state.last_tracked is None and not state.delivered:
