@@ -24,7 +24,12 @@ for ``tagstream_ready``), and every further silent process added 2 s per path: p
 out without naming the process that hangs, just when both are wanted.
 
 Health: live while the model process answers /healthz and every running feeder does (a feeder
-being restarted does not fail it); ready while the model is ready, the feeders together hold a
+being restarted does not fail it). A model process that answers nothing at all (frozen, or a hang
+that holds its interpreter) keeps the pod live until it has been silent for
+TAGSTREAM_MODEL_STALL_S (``model_silence_s``): the supervisor kills it then, the feeders count the
+calls it was in as hung, and the pod exits 1 by itself. Failing at once instead let the kubelet
+kill the whole pod after three probes, long before that, and a pod killed whole counts nothing:
+an input that froze the model process every time restarted the pod for ever. Ready while the model is ready, the feeders together hold a
 partition, every running feeder reaches the broker and none has failing commits.
 """
 
@@ -79,9 +84,17 @@ SampleKey = tuple[str, tuple[tuple[str, str], ...]]  # (sample name, sorted labe
 class PodView:
     """See the module docstring. Thread-safe: the HTTP server calls it from its threads."""
 
-    def __init__(self, feeders: int, fetch: Fetch = http_fetch) -> None:
+    def __init__(
+        self, feeders: int, fetch: Fetch = http_fetch, model_silence_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._fetch = fetch
         self._lock = threading.Lock()
+        # How long a model process that answers nothing keeps the pod live (the supervisor's limit;
+        # 0: not at all), and when it last answered /healthz.
+        self._model_silence_s = model_silence_s
+        self._clock = clock
+        self._model_answered = clock()
         self.model = Member("model", None)
         self.feeders = [Member(f"feeder-{i}", None) for i in range(feeders)]
         self.model_alive = True
@@ -174,6 +187,14 @@ class PodView:
         ports = [member.port for member in [self.model, *self.feeders]]
         answers = self._ask([(port, "/healthz") for port in ports])
         model_ok, model = _probe_body(answers[0])
+        if isinstance(answers[0], bytes):
+            self._model_answered = self._clock()
+        elif self.model.port is not None and self._model_silence_s:  # see the module's doc
+            silent = self._clock() - self._model_answered
+            if silent < self._model_silence_s:
+                model_ok = True
+                model = {**model, "ok": True, "silent_s": round(silent, 1),
+                         "killed_once_silent_s": self._model_silence_s}
         model_ok = model_ok and self.model_alive
         feeders: dict[str, Any] = {}
         ok = model_ok
@@ -210,7 +231,10 @@ class PodView:
 
     def answers(self, member: Member) -> bool:
         """Whether ``member`` answers /healthz at all (live or not) within FETCH_TIMEOUT_S."""
-        return isinstance(self._ask([(member.port, "/healthz")])[0], bytes)
+        answered = isinstance(self._ask([(member.port, "/healthz")])[0], bytes)
+        if answered and member is self.model:
+            self._model_answered = self._clock()
+        return answered
 
     def _ask(self, asks: list[tuple[int | None, str]]) -> list[Answer]:
         """Every (port, path) asked at once, each on a thread of its own (module docstring); the

@@ -93,7 +93,8 @@ class Supervisor:
         self._model: BaseProcess | None = None
         self._model_control: connection.Connection | None = None
         self._feeders = [FeederProc(i) for i in range(feeders)]
-        self.view = PodView(feeders)
+        # A silent model process keeps the pod live until _watch_model kills it (podview.py).
+        self.view = PodView(feeders, model_silence_s=settings.model_stall_s)
         self.telemetry: TelemetryServer | None = None
         self._stopping = False
         self._stop_at: float | None = None

@@ -142,6 +142,34 @@ def test_the_pod_is_live_while_a_feeder_restarts_but_not_when_one_is_stuck(fake)
     assert not view.liveness()[0]
 
 
+def test_a_silent_model_process_keeps_the_pod_live_until_the_supervisor_would_have_killed_it(fake):
+    """A model process that answers nothing (frozen) keeps the pod live for TAGSTREAM_MODEL_STALL_S,
+    the limit past which the supervisor kills it (and the feeders count its calls as hung): a kubelet
+    that killed the whole pod first would count nothing. Past the limit, or with no limit, it fails."""
+    pod, _ = fake
+    now = [0.0]
+    view = PodView(2, fetch=pod.fetch, model_silence_s=120.0, clock=lambda: now[0])
+    view.model.port = 9000
+    view.feeder_up(0, 9001)
+    view.feeder_up(1, 9002)
+    now[0] = 10.0
+    assert view.liveness()[0]  # it answered at 10 s
+    pod.down.add(9000)
+    now[0] = 100.0
+    ok, body = view.liveness()
+    assert ok and body["model_process"]["silent_s"] == 90.0 and body["model_process"]["killed_once_silent_s"] == 120.0
+    now[0] = 130.5
+    assert not view.liveness()[0]
+    pod.down.discard(9000)
+    assert view.answers(view.model)  # the supervisor's own check counts as an answer too
+    pod.down.add(9000)
+    now[0] = 140.0
+    assert view.liveness()[0]
+    unlimited = PodView(2, fetch=pod.fetch, model_silence_s=0.0)  # TAGSTREAM_MODEL_STALL_S=0: no watch, no grace
+    unlimited.model.port = 9000
+    assert not unlimited.liveness()[0]
+
+
 # -- how many feeders, and each one's settings ---------------------------------------------------------
 def settings(**overrides):
     return load_settings(input_topics="in", bundle_path="/tmp/b", **overrides)
