@@ -14,6 +14,9 @@
 # KILL_MODEL=stop: the model process is frozen (SIGSTOP) half a second into the hung call, before it can time the
 # call itself, so the supervisor kills it once it has been silent for the limit (3 s). Either way the feeders must
 # count the call's inputs all the same.
+# KUBELET=1 (with KILL_MODEL=stop): the first pod's stall limit is 60 s, and a stand-in for the kubelet probes its
+# /healthz every 10 s and SIGKILLs the whole pod after three failures in a row, as a liveness probe would: a pod killed
+# whole counts nothing, so the pod must stay live until its supervisor has killed the silent model process itself.
 # KILL_WORKER=1 (one process): the first worker never gives the call up itself (300 s); once its /healthz shows the
 # call hung for 1 s, the worker is SIGKILLed, as the OOM killer or a liveness probe would. KILL_WORKER=every: every
 # worker with the stalling bundle is killed so, successors too. The next worker must count the call's inputs from
@@ -40,6 +43,19 @@ export TAGSTREAM_STATE_DIR=$D/state
 FIRST_STALL_S=3; [ "${KILL_MODEL:-0}" = 1 ] || [ "${KILL_MODEL:-0}" = every ] || [ "${KILL_WORKER:-0}" != 0 ] && FIRST_STALL_S=300
 LATER_STALL_S=3; [ "${KILL_WORKER:-0}" = every ] || [ "${KILL_MODEL:-0}" = every ] && LATER_STALL_S=300
 KILL_AT_S=1; [ "${KILL_MODEL:-0}" = stop ] && KILL_AT_S=0.5
+[ "${KUBELET:-0}" = 1 ] && FIRST_STALL_S=60
+kubelet() {  # $1: a metrics port, $2: the pod's pid: SIGKILL it whole after 3 failed /healthz probes 10 s apart
+  local failed=0 code
+  while kill -0 "$2" 2>/dev/null; do
+    code=$(curl -s -o /dev/null -w "%{http_code}" --max-time 3 "localhost:$1/healthz")
+    if [ "$code" = 200 ]; then failed=0; else failed=$((failed + 1)); fi
+    if [ $failed -ge 3 ]; then
+      pkill -KILL -P "$2"; kill -KILL "$2"; echo "kubelet: 3 failed liveness probes in a row: the pod SIGKILLed whole"; return
+    fi
+    sleep 10
+  done
+  echo "kubelet: the pod exited by itself before 3 failed liveness probes"
+}
 hung_for() {  # $1: a metrics port, $2: the worker's pid; waits until /healthz shows a model call running KILL_AT_S
   # (a pod: its model process's), or the worker is gone
   .venv/bin/python - "$1" "$KILL_AT_S" "$2" <<'PY'
@@ -80,6 +96,7 @@ if [ "${KILL_MODEL:-0}" != 0 ]; then
   MODEL_PID=$(grep '"model_process_ready"' "$D/first.log" | grep -o '"pid": [0-9]*' | grep -o '[0-9]*' | head -1)
   if [ "$KILL_MODEL" = stop ]; then
     kill -STOP "$MODEL_PID" && echo "model process $MODEL_PID frozen (SIGSTOP), its call hung for ${call_s} s"
+    [ "${KUBELET:-0}" = 1 ] && kubelet 9341 $FIRST
   else
     kill -KILL "$MODEL_PID" && echo "model process $MODEL_PID SIGKILLed, its call hung for ${call_s} s"
   fi
