@@ -257,11 +257,8 @@ class ModelStage:
             yield
         except ModelCallStalled as exc:
             counted = in_call if exc.died else events
-            if self._on_stalled is not None:
-                if exc.died:
-                    self._on_stalled(counted, died=True, alone=alone)
-                else:
-                    self._on_stalled(counted)
+            if self._on_stalled is not None:  # ``alone`` matters to deaths only (OffsetTracker.mark_stalled)
+                self._on_stalled(counted, died=exc.died, alone=alone)
             log.warning("model_call_given_up", thread=threading.current_thread().name, inputs=len(counted),
                         by="model process", died=exc.died, reason=str(exc))
             raise

@@ -452,10 +452,9 @@ def _after_stalls(event: Event, hung: int, died: int = 0, died_alone: int = 0) -
     supervisor: ``hung``, from the commits' hints) or that the worker died in (``died``, of them
     ``died_alone`` with it alone: this host's worker, from its journal; a pod's model process, from
     the hints): run alone the next time, so that a call that fails so again does so on it alone;
-    after that, a dead letter. A death may come from
-    outside the worker (a node's memory pressure, a kubelet's kill), so deaths alone convict only
-    after two with the input alone. Without this an input that hangs or kills the model restarts
-    the worker on it for ever."""
+    after that, a dead letter. A death may come from outside the worker (a node's memory pressure,
+    a kubelet's kill), so deaths alone convict only after two with the input alone. Without this
+    an input that hangs or kills the model restarts the worker on it for ever."""
     stalls = hung + died
     if stalls >= 2 and (hung or died_alone >= 2):
         log.warning("input_dead_lettered_after_stalls", partition=f"{event.topic}[{event.partition}]",

@@ -29,8 +29,9 @@ that holds its interpreter) keeps the pod live until it has been silent for
 TAGSTREAM_MODEL_STALL_S (``model_silence_s``): the supervisor kills it then, the feeders count the
 calls it was in as hung, and the pod exits 1 by itself. Failing at once instead let the kubelet
 kill the whole pod after three probes, long before that, and a pod killed whole counts nothing:
-an input that froze the model process every time restarted the pod for ever. Ready while the model is ready, the feeders together hold a
-partition, every running feeder reaches the broker and none has failing commits.
+an input that froze the model process every time restarted the pod for ever. Ready while the
+model is ready, the feeders together hold a partition, every running feeder reaches the broker
+and none has failing commits.
 """
 
 from __future__ import annotations
