@@ -36,6 +36,10 @@ def test_a_deleted_input_topic_stays_deleted_and_once_created_again_its_records_
     time.sleep(0.5)  # past a commit interval (200 ms here): the group's offsets cover the 30
 
     kafka_admin.delete_topics([topic], timeout_ms=10_000)
+    # The broker answers the delete once its controller has committed it; its metadata cache, which
+    # list_topics reads, can follow a moment later: the topic must be seen gone there first (once
+    # failed in CI, the first look finding it still listed), then stay gone.
+    wait_until(lambda: topic not in kafka_admin.list_topics(), timeout_s=15, what="the deletion to reach the metadata")
     deadline = time.monotonic() + ABSENT_S
     while time.monotonic() < deadline:
         assert topic not in kafka_admin.list_topics(), "the worker created its deleted input topic again"

@@ -71,6 +71,14 @@ def pod(tiny_bundle):
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def process_gone(server: ModelServer) -> None:
+    """As when the model process dies or exits (os._exit): its end of every connection closes at once,
+    and its streams go no further (here they would next wait on the closed connections, and raise)."""
+    server._stopping.set()
+    for port in list(server._ports):
+        port.conn.close()
+
+
 def hold_model_calls(server: ModelServer, first_only: bool) -> tuple[threading.Event, list[int]]:
     """Make the served model's calls (the first only, or every one) wait until the returned event is
     set, while other requests queue; the rows of each call, in order."""
@@ -304,8 +312,7 @@ def test_a_model_process_lost_in_a_call_counts_that_calls_inputs_as_stalled_and_
     wait_until(lambda: any(p.index == 1 and p.conn.poll() for p in server._ports), 10, "feeder b's request")
     if killed_as_unresponsive:  # the supervisor's mark, through the same shared memory
         assert link_a._channel.mark_calls_hung() == 1  # type: ignore[union-attr]
-    for port in list(server._ports):  # the process is gone: its end of every connection closes at once
-        port.conn.close()
+    process_gone(server)
     a.join(15)
     b.join(15)
     assert isinstance(outcome["a"], ModelCallStalled), outcome
@@ -332,8 +339,7 @@ def test_exiting_for_a_stalled_call_leaves_the_other_streams_call_unmarked_so_it
     b = classifying(outcome, "b", runner_b, ["four"])
     wait_until(lambda: calls == [2, 1], 10, "b's input in the other stream's call")
     assert [(r.port.index, r.rows) for r in server.give_up_stalled()] == [(0, 2)]
-    for port in list(server._ports):  # the process exits (os._exit): every connection closes
-        port.conn.close()
+    process_gone(server)
     a.join(15)
     b.join(15)
     assert isinstance(outcome["a"], ModelCallStalled) and "ran past" in str(outcome["a"]), outcome
