@@ -83,6 +83,7 @@ def test_inputs_labelled_past_a_stalled_batch_are_not_labelled_again_by_the_succ
 
 
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+@pytest.mark.full_size_only("kafka-python-exactly_once", "confluent-at_least_once")  # make test: one row per client
 def test_an_input_that_hangs_the_model_every_time_is_run_alone_then_dead_lettered_instead_of_restarting_for_ever(
     kafka_bootstrap, new_topic, new_group, tmp_path, kafka_client, guarantee
 ):

@@ -233,6 +233,9 @@ def test_a_feeder_killed_with_sigkill_is_restarted_and_nothing_is_lost_and_a_dea
 
 
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+# make test: the default guarantee; exactly-once pods through a feeder's SIGKILL below, and an
+# exactly-once worker with this pill in test_delivered_hints_on_broker.py
+@pytest.mark.full_size_only("exactly_once")
 def test_an_input_that_hangs_the_model_every_time_is_dead_lettered_after_a_bounded_number_of_pod_restarts(
     kafka_bootstrap, new_topic, new_group, tmp_path, pods, guarantee
 ):
