@@ -159,9 +159,12 @@ def test_gpu_overlay_takes_one_gpu_on_gpu_nodes(rendered: Callable[[str], Object
 
 
 def test_gpu_pods_run_feeder_processes_and_never_more_consumers_than_partitions(rendered: Callable[[str], Objects]) -> None:
-    """The GPU overlay runs 4 feeders around one model process, with CPUs for each, and caps replicas so that
-    pods x feeders stays within the input partitions; the CPU overlay keeps one process."""
+    """The GPU overlay runs 4 feeders around one model process, with CPUs for each, on the Kafka client
+    that costs the least CPU an event (confluent), and caps replicas so that pods x feeders stays within
+    the input partitions; the CPU overlay keeps one process and the default client."""
     objects = rendered(GPU)
+    assert worker_config(objects)["TAGSTREAM_KAFKA_CLIENT"] == "confluent"
+    assert "TAGSTREAM_KAFKA_CLIENT" not in worker_config(rendered(CPU))
     so = find(objects, "ScaledObject")
     feeders = int(worker_config(objects)["TAGSTREAM_PROCESSES"])
     partitions = int(so["metadata"]["annotations"]["tagstream.io/input-partitions"])
