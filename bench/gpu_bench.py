@@ -8,7 +8,7 @@ environment; ``--smoke`` is the same run, reduced, on a CPU.
    >= 100,000 texts/s on an H200.
 2. worker end to end (when Java 17+ and the Kafka jars are there, or ``--bootstrap`` is given): a
    local broker, one pre-filled topic, and ``tagstream-worker run`` with TAGSTREAM_PROCESSES = N for
-   each ``--processes`` (the GPU overlay's batch limits), each on a fresh group. events/s is read
+   each ``--processes`` (the GPU overlay's batch limits and, where installed, its confluent client), each on a fresh group. events/s is read
    from the pod's own /metrics over a window that starts once every feeder holds partitions (the
    pod log's last assignment; at least ``--settle-s`` after ready); beside it the model
    process's busy fraction (tagstream_model_busy_seconds_total per second: near 1 = the model is
@@ -185,7 +185,7 @@ def run_pod(bootstrap: str, topic: str, bundle: Path, processes: int, events: in
         TAGSTREAM_METRICS_PORT=str(port), TAGSTREAM_PROCESSES=str(processes), TAGSTREAM_DTYPE=args.dtype,
         TAGSTREAM_DEVICE=args.device, TAGSTREAM_RELOAD_INTERVAL_S="0", TAGSTREAM_LOG_LEVEL="INFO",
         TAGSTREAM_MAX_BATCH_SIZE=str(args.max_batch_size), TAGSTREAM_MAX_BATCH_TOKENS=str(args.max_batch_tokens),
-        TAGSTREAM_MAX_WAIT_MS=str(args.max_wait_ms),
+        TAGSTREAM_MAX_WAIT_MS=str(args.max_wait_ms), TAGSTREAM_KAFKA_CLIENT=args.kafka_client,
     )
     log_path = logs / f"pod-n{processes}.log"
     proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "run"], cwd=REPO, env=env,
@@ -336,7 +336,8 @@ def print_tables(model_rows: list[dict[str, Any]], e2e_rows: list[dict[str, Any]
     best = max((r["texts_per_s"] for r in model_rows), default=0.0)
     if e2e_rows:
         print(f"\n### 2. worker end to end: {args.events:,} events pre-filled; limits {args.max_batch_size} /"
-              f" {args.max_batch_tokens} / {args.max_wait_ms} ms; window {args.window_s:g} s after all feeders are up")
+              f" {args.max_batch_tokens} / {args.max_wait_ms} ms; Kafka client {args.kafka_client}; window {args.window_s:g} s"
+              " after all feeders are up")
         print("| feeders | events/s | vs 1 feeder | of model-only best | model busy | rows per model call |"
               " feeder batches per call | CPU us/event | pod RSS MB | load |")
         print("|---|---|---|---|---|---|---|---|---|---|")
@@ -360,7 +361,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="reduced, for a CPU: tiny shape, float32, N = 1, 2")
     parser.add_argument("--bootstrap", help="an existing broker (default: start a local one when Java is here)")
     parser.add_argument("--skip-e2e", action="store_true", help="the model-only table alone")
+    parser.add_argument("--kafka-client", choices=["confluent", "kafka-python"],
+                        help="the pod's TAGSTREAM_KAFKA_CLIENT (default: confluent, the GPU overlay's, where confluent-kafka"
+                             " is installed; else kafka-python, said in the output)")
     args = parser.parse_args(argv)
+    if args.kafka_client is None:
+        import importlib.util
+
+        args.kafka_client = "confluent" if importlib.util.find_spec("confluent_kafka") else "kafka-python"
+        if args.kafka_client != "confluent":
+            print("note: confluent-kafka is not installed here: the worker end to end runs with kafka-python, not the"
+                  " GPU overlay's confluent client", file=sys.stderr)
     import torch
 
     cuda = torch.cuda.is_available()
@@ -392,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
             e2e_rows = end_to_end(bundle, texts, args, out_dir)
     machine = describe_machine(args.device)
     (out_dir / "gpu_bench.json").write_text(json.dumps(
-        {"machine": machine, "texts": source, "settings": settings, "model_only": model_rows, "end_to_end": e2e_rows},
+        {"machine": machine, "texts": source, "settings": settings, "kafka_client": args.kafka_client,
+         "model_only": model_rows, "end_to_end": e2e_rows},
         indent=2) + "\n")
     print_tables(model_rows, e2e_rows, args, machine, source)
     return 0

@@ -7,7 +7,7 @@
 #   bench/gpu_bench.sh --prepare   here, with the network: fills .gpu_carry/ (git-ignored) with what a
 #                                  bare GPU machine lacks: Python 3.12 wheels of the worker's pure-Python
 #                                  dependencies, the Kafka broker's jars (~44 MB), MiniLM's tokenizer
-#                                  and the AG News test texts (~55 MB in all, under the device tool's 64)
+#                                  and the AG News test texts (~56 MB in all, under the device tool's 64)
 #   bench/gpu_bench.sh             on the GPU machine, e.g. with the device tool:
 #                                    run(command="bench/gpu_bench.sh 2>&1 | tee $OUT/gpu_bench.log",
 #                                        carry=[".gpu_carry"], timeout_s=540)
@@ -24,7 +24,8 @@ PY=python3
 # tokenizers, numpy, pyyaml, prometheus-client and typing-extensions of its own.
 WHEELS=(kafka-python crc32c pydantic pydantic-core pydantic-settings annotated-types typing-inspection
         python-dotenv structlog orjson
-        flash-tokenizer requests urllib3 certifi charset-normalizer idna)  # the fast tokenizer (worker/tokenizing.py)
+        flash-tokenizer requests urllib3 certifi charset-normalizer idna  # the fast tokenizer (worker/tokenizing.py)
+        confluent-kafka)  # the GPU overlay's Kafka client (TAGSTREAM_KAFKA_CLIENT=confluent; librdkafka inside, ~5 MB)
 
 prepare() {
     mkdir -p "$CARRY/wheels"

@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_gpu_bench_smoke_run_prints_both_tables(kafka_bootstrap, tmp_path):
-    """--smoke builds a bundle, sweeps batch sizes and budgets, and runs a pod of 1 and of 2 feeders end to end."""
+    """--smoke builds a bundle, sweeps batch sizes and budgets, and runs a pod of 1 and of 2 feeders end to end
+    with the GPU overlay's Kafka client."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAGSTREAM_")}
     env["OUT"] = str(tmp_path)  # the figures go here, not into bench/results
     done = subprocess.run(
@@ -29,3 +30,4 @@ def test_the_gpu_bench_smoke_run_prints_both_tables(kafka_bootstrap, tmp_path):
     assert [r["processes"] for r in figures["end_to_end"]] == [1, 2]
     assert all(r["events_per_s"] > 0 for r in figures["end_to_end"])
     assert figures["end_to_end"][1]["feeder_batches_per_call"] >= 1
+    assert figures["kafka_client"] == "confluent"  # the GPU overlay's client (make install has it)
