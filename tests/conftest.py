@@ -28,7 +28,7 @@ Tests in ``tests/integration/`` are marked ``integration`` automatically;
 ``pytest -m "not integration"`` runs everything that needs no broker.
 
 ``@pytest.mark.full_size_only(*row_ids)`` names rows of a slow scenario (ids as pytest writes them,
-e.g. ``"confluent-at_least_once"``) that only ``make faults`` runs (``TAGSTREAM_FAULTS=full``): twins
+e.g. ``"confluent-at_least_once"``) that only ``make faults`` runs (``full_size.FULL``): twins
 of a row ``make test`` keeps, the same mechanism with the other client or guarantee, which
 ``make test`` skips, naming where they run, to stay within its time. Those rows are marked ``faults``.
 """
@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from full_size import FULL
 
 from localkafka import Endpoint, LocalKafka, LocalKafkaError, ScramUser, make_ca
 
@@ -61,7 +62,6 @@ SCRAM_USER = ScramUser("tagstream-test", "right-password-42")
 KAFKA_CLIENTS = ("kafka-python", "confluent")  # TAGSTREAM_KAFKA_CLIENT values the worker's tests run with
 CLIENTS_ENV = "TAGSTREAM_TEST_KAFKA_CLIENTS"  # restrict them, e.g. =kafka-python for a quick run
 CLIENT_ENV = "TAGSTREAM_TEST_KAFKA_CLIENT"  # the client of the test in progress, for worker processes
-FAULTS_ENV = "TAGSTREAM_FAULTS"  # "full" in make faults (tests/faults/harness.py): full sizes, every row
 _TOPIC_PREFIX = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 
 # What the session used, for the summary line at the end of the run.
@@ -72,7 +72,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Mark every test under tests/integration/ as ``integration``; the rows named by
     ``full_size_only`` as ``faults``, skipped unless ``make faults`` runs them."""
     integration_dir = Path(__file__).parent / "integration"
-    full = os.environ.get(FAULTS_ENV, "ci") == "full"
     for item in items:
         if integration_dir in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.integration)
@@ -81,7 +80,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if only is None or callspec is None or callspec.id not in only.args:
             continue
         item.add_marker(pytest.mark.faults)
-        if not full:
+        if not FULL:
             item.add_marker(pytest.mark.skip(
                 reason="a twin of a row make test runs (other client or guarantee): make faults runs it"
             ))

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from full_size import FULL  # `make faults` runs the full sizes
 from kafka import KafkaConsumer, KafkaProducer
 from worker_support import READER_METADATA_MAX_AGE_MS, fixture_texts
 
-FULL = os.environ.get("TAGSTREAM_FAULTS", "ci") == "full"  # `make faults` runs the full sizes
 START_TIMEOUT_S = 90
 
 

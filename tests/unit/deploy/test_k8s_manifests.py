@@ -12,6 +12,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEPLOY_DIR = REPO_ROOT / "deploy"
@@ -173,6 +174,19 @@ def test_gpu_pods_run_feeder_processes_and_never_more_consumers_than_partitions(
     assert feeders == 4 and cpu >= feeders + 1
     assert so["spec"]["maxReplicaCount"] * feeders <= partitions
     assert worker_config(rendered(CPU)).get("TAGSTREAM_PROCESSES", "1") == "1"
+
+
+def test_compose_gpu_override_feeds_the_gpu_as_the_gpu_overlay_does(rendered: Callable[[str], Objects]) -> None:
+    """deploy/docker-compose.gpu.yml runs feeder processes (no more than the input topic's partitions,
+    which Compose's init service creates) on the GPU overlay's Kafka client, batch limits and dtype."""
+    env = yaml.safe_load((DEPLOY_DIR / "docker-compose.gpu.yml").read_text())["services"]["worker"]["environment"]
+    compose = yaml.safe_load((DEPLOY_DIR / "docker-compose.yml").read_text())
+    init = next(str(s.get("command")) for s in compose["services"].values() if "--partitions" in str(s.get("command")))
+    partitions = int(re.search(r"--partitions (\d+)", init).group(1))
+    assert 2 <= int(env["TAGSTREAM_PROCESSES"]) <= partitions
+    overlay = worker_config(rendered(GPU))
+    for name in ("TAGSTREAM_KAFKA_CLIENT", "TAGSTREAM_MAX_BATCH_SIZE", "TAGSTREAM_MAX_BATCH_TOKENS", "TAGSTREAM_DTYPE"):
+        assert str(env[name]) == overlay[name], name
 
 
 def test_cpu_replicas_scale_at_a_lower_lag_than_gpu_replicas(rendered: Callable[[str], Objects]) -> None:

@@ -84,16 +84,3 @@ def test_compose_gpu_override_requests_a_gpu() -> None:
     device = worker["deploy"]["resources"]["reservations"]["devices"][0]
     assert device["driver"] == "nvidia" and device["count"] == 1 and device["capabilities"] == ["gpu"]
 
-
-def test_compose_gpu_override_feeds_the_gpu_as_the_kubernetes_gpu_overlay_does(rendered) -> None:
-    """The GPU override runs feeder processes (no more than the input topic's partitions, which the
-    init service creates) on the Kafka client and batch limits of the Kubernetes GPU overlay."""
-    env = yaml.safe_load((DEPLOY_DIR / "docker-compose.gpu.yml").read_text())["services"]["worker"]["environment"]
-    compose = yaml.safe_load((DEPLOY_DIR / "docker-compose.yml").read_text())
-    init = next(str(s.get("command")) for s in compose["services"].values() if "--partitions" in str(s.get("command")))
-    partitions = int(re.search(r"--partitions (\d+)", init).group(1))
-    assert 2 <= int(env["TAGSTREAM_PROCESSES"]) <= partitions
-    overlay = next(o for o in rendered("k8s/overlays/gpu") if o["kind"] == "ConfigMap" and o["metadata"]["name"]
-                   .startswith("tagstream-worker"))["data"]
-    for name in ("TAGSTREAM_KAFKA_CLIENT", "TAGSTREAM_MAX_BATCH_SIZE", "TAGSTREAM_MAX_BATCH_TOKENS", "TAGSTREAM_DTYPE"):
-        assert str(env[name]) == overlay[name], name
