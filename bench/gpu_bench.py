@@ -13,7 +13,8 @@ environment; ``--smoke`` is the same run, reduced, on a CPU.
    once every feeder holds partitions (the pod log's last assignment; at least ``--settle-s`` after
    ready); beside it the model process's busy fraction (tagstream_model_busy_seconds_total per
    second: near 1 = the model is the limit), rows per model call, feeder batches merged per call,
-   and CPU per event over the pod's processes. Target: >= 50% of step 1 on one host, growing with N until the model is busy.
+   and CPU per event over the pod's processes. Target: >= 50% of step 1 on one host, growing with N
+   until the model is busy.
 
 Prints both tables at the end (the device tool returns the end of the output) and writes the
 figures as JSON to $OUT/gpu_bench.json (the device tool's folder) or bench/results/gpu_bench.json.
