@@ -15,6 +15,7 @@ from typing import Any
 
 from worker.allocator import tune_allocator
 from worker.errors import BundleLoadError
+from worker.procs.transport import MAX_POD_LABELS
 from worker.reload import BundleWatcher, RunnerSlot
 from worker.runner import (
     ModelRunner,
@@ -34,8 +35,8 @@ class LocalModel:
 
     def __init__(self, settings: WorkerSettings, *, packed_only: bool = False) -> None:
         self.settings = settings
-        # The model process of feeder processes (worker/procs/) answers through fixed-shape
-        # shared memory: single-label bundles read by head only.
+        # The model process of feeder processes (worker/procs/) answers through fixed-shape shared
+        # memory: a bundle that is not plain fits it up to MAX_POD_LABELS labels (transport.py).
         self.packed_only = packed_only
         self.device: Any = None
         self.dtype: Any = None
@@ -70,11 +71,12 @@ class LocalModel:
             max_batch_tokens=s.max_batch_tokens, top_k=s.top_k, fast_tokenizer=s.fast_tokenizer,
         )
         check_against_bundle(s, labels=runner.labels, max_length=runner.max_length)
-        if self.packed_only and not runner.serves_packed:
+        if self.packed_only and not runner.plain and len(runner.labels) > MAX_POD_LABELS:
             kind = "multi-label" if runner.multi_label else f"read by {runner.truncation.strategy}"
             raise BundleLoadError(
-                f"bundle {runner.name} {runner.version} is {kind}: feeder processes (TAGSTREAM_PROCESSES > 1)"
-                " serve single-label bundles read by head; run this bundle with TAGSTREAM_PROCESSES=1"
+                f"bundle {runner.name} {runner.version} is {kind} with {len(runner.labels)} labels: feeder processes"
+                f" (TAGSTREAM_PROCESSES > 1) receive every label's probability for such a bundle's windows, for at"
+                f" most {MAX_POD_LABELS} labels; run this bundle with TAGSTREAM_PROCESSES=1"
             )
         return runner
 

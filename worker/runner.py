@@ -48,7 +48,14 @@ import torch
 from model.bundle import TOKENIZER_FILE, Bundle, sha256_file
 from model.cpus import available_cpus
 from model.errors import BundleError
-from model.truncation import Windower, pool
+from model.truncation import Windower
+from worker.documents import (
+    DocumentReading,
+    document_answers,
+    laid_end_to_end,
+    sub_batches,
+    windows_of,
+)
 from worker.errors import BundleLoadError, InferenceError, SettingsError
 from worker.inference import Classified, InputId
 from worker.telemetry import get_logger
@@ -161,6 +168,14 @@ class PackedAnswers:
     seconds: float
 
 
+@dataclass(frozen=True)
+class PackedProbabilities:
+    """``ModelRunner.probabilities_packed``'s answer: host arrays, as the model process writes them out."""
+
+    probs: np.ndarray  # (rows, n_labels) float32
+    seconds: float
+
+
 class ModelRunner:
     """A loaded bundle on a device, ready to tokenize and classify batches."""
 
@@ -259,7 +274,7 @@ class ModelRunner:
         bundle's strategy every window of the text end to end (module docstring)."""
         if self._windower is None:
             return self.head_tokenizer.encode(texts)
-        return [[t for window in windows for t in window] for windows in self._windower.windows(texts)]
+        return laid_end_to_end(self._windower.windows(texts))
 
     @property
     def tokenizer_json(self) -> str:
@@ -271,59 +286,41 @@ class ModelRunner:
     ) -> Classified:
         """Top-k labels and probabilities for one batch of tokenized inputs (as ``tokenize`` gives).
         ``inputs`` and ``alone`` change nothing here: this runner serves one worker, unmerged."""
-        if self._windower is None and not self.multi_label:
+        if self.plain:
             return self._classify_rows(token_ids)
         return self._classify_documents(token_ids)
 
     def _classify_documents(self, token_ids: list[list[int]]) -> Classified:
         """Every window of every input, in sub-batches within the limits; pooled per input."""
         started = time.perf_counter()
-        L = self.max_length
-        counts = [max(1, -(-len(ids) // L)) for ids in token_ids]
-        rows = [ids[i : i + L] for ids in token_ids for i in range(0, max(1, len(ids)), L)]
-        probs = np.concatenate([self._probabilities(part) for part in self._sub_batches(rows)])  # (W, n_labels)
-        pooled = pool(probs, counts, self.truncation.pooling, self.multi_label)  # (B, n_labels)
-        top = np.argsort(-pooled, axis=1, kind="stable")[:, : self.top_k]  # (B, k)
-        tags = None
-        if self._thresholds is not None:
-            over = pooled >= self._thresholds[None, :]
-            tags = []
-            for row, on in zip(pooled, over, strict=True):
-                chosen = np.flatnonzero(on)
-                chosen = chosen[np.argsort(-row[chosen], kind="stable")]
-                tags.append([(int(j), float(row[j])) for j in chosen])
-        return Classified(
-            top.tolist(), np.take_along_axis(pooled, top, axis=1).tolist(), time.perf_counter() - started,
-            windows=counts if self.reports_windows else None, tags=tags,
-        )
+        rows, counts = windows_of(token_ids, self.max_length)
+        parts = sub_batches(rows, self.max_batch_size, self.max_batch_tokens)
+        probs = np.concatenate([self._probabilities(part) for part in parts])  # (W, n_labels)
+        return document_answers(probs, counts, self.reading, time.perf_counter() - started)
 
-    def _sub_batches(self, rows: list[list[int]]) -> list[list[list[int]]]:
-        """Consecutive groups of rows within max_batch_size rows and max_batch_tokens padded tokens."""
-        parts: list[list[list[int]]] = []
-        current: list[list[int]] = []
-        longest = 0
-        for row in rows:
-            width = max(longest, len(row))
-            if current and (len(current) + 1 > self.max_batch_size or width * (len(current) + 1) > self.max_batch_tokens):
-                parts.append(current)
-                current, width = [], len(row)
-            current.append(row)
-            longest = width
-        if current:
-            parts.append(current)
-        return parts
+    @property
+    def reading(self) -> DocumentReading:
+        """How this bundle's window probabilities become answers (worker/documents.py)."""
+        return DocumentReading(
+            top_k=self.top_k, pooling=self.truncation.pooling, multi_label=self.multi_label,
+            thresholds=self._thresholds, reports_windows=self.reports_windows,
+        )
 
     def _probabilities(self, rows: list[list[int]]) -> np.ndarray:
         """The model's probabilities (rows, n_labels) for one padded batch of windows, on the host."""
         host, mask, longest = self._padded(rows)
         try:
-            with torch.inference_mode(), self._autocast():
-                if self.device.type == "cpu":
-                    return self._model(host, mask).float().numpy()
-                ids = host.to(self.device, non_blocking=True)
-                return self._model(ids, mask.to(self.device, non_blocking=True)).float().cpu().numpy()
+            return self._run_padded(host, mask)
         except Exception as exc:
             raise InferenceError(f"the model failed on a batch of {len(rows)} windows (longest {longest} tokens): {exc}") from exc
+
+    def _run_padded(self, host: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+        """The model's probabilities (rows, n_labels) for one padded batch, on the host."""
+        with torch.inference_mode(), self._autocast():
+            if self.device.type == "cpu":
+                return self._model(host, mask).float().numpy()
+            ids = host.to(self.device, non_blocking=True)
+            return self._model(ids, mask.to(self.device, non_blocking=True)).float().cpu().numpy()
 
     def _padded(self, token_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """ids and mask int64 (B, T), padded to the longest (rounded up to length_step)."""
@@ -360,20 +357,18 @@ class ModelRunner:
         return Classified(answers.top_indices.tolist(), answers.top_scores.tolist(), time.perf_counter() - started)
 
     @property
-    def serves_packed(self) -> bool:
-        """Whether ``classify_packed`` can serve this bundle: single-label, read by head (one row
-        per input, top-k answers of a fixed shape). Feeder processes need it (worker/procs/)."""
+    def plain(self) -> bool:
+        """Single-label and read by head: one row per input, answered by its top k (``classify_packed``).
+        A pod's model process answers other bundles' windows with their probabilities
+        (``probabilities_packed``), and the feeder pools them (worker/procs/remote.py)."""
         return self._windower is None and not self.multi_label
 
     def classify_packed(self, flat_ids: np.ndarray, lengths: np.ndarray) -> PackedAnswers:
         """Like ``classify``, for a batch given as every row's ids end to end (``flat_ids``) and each
         row's length: the model process's merged batches arrive that way from shared memory.
-        Single-label bundles read by head only (``serves_packed``)."""
-        if not self.serves_packed:
-            raise InferenceError(
-                f"bundle {self.name} is {'multi-label' if self.multi_label else 'read in windows'}:"
-                " feeder processes serve single-label bundles read by head (TAGSTREAM_PROCESSES=1 serves it)"
-            )
+        Plain bundles only (``plain``)."""
+        if not self.plain:
+            raise InferenceError(f"bundle {self.name} is not plain: its windows are answered by probabilities_packed")
         started = time.perf_counter()
         n = len(lengths)
         host, mask, longest = self._padded_packed(flat_ids, lengths)
@@ -392,6 +387,19 @@ class ModelRunner:
         except Exception as exc:
             raise InferenceError(f"the model failed on a batch of {n} inputs (longest {longest} tokens): {exc}") from exc
         return PackedAnswers(top_indices, top_scores, time.perf_counter() - started)
+
+    def probabilities_packed(self, flat_ids: np.ndarray, lengths: np.ndarray) -> PackedProbabilities:
+        """Every row's probabilities, for rows given as in ``classify_packed``: the windows of a
+        bundle that is not ``plain``."""
+        started = time.perf_counter()
+        host, mask, longest = self._padded_packed(flat_ids, lengths)
+        try:
+            probs = self._run_padded(host, mask)
+        except Exception as exc:
+            raise InferenceError(
+                f"the model failed on a batch of {len(lengths)} windows (longest {longest} tokens): {exc}"
+            ) from exc
+        return PackedProbabilities(probs, time.perf_counter() - started)
 
     def warm_up(self) -> float:
         """Run the largest allowed batches (and a one-input batch) once; returns the seconds taken.

@@ -342,7 +342,10 @@ class ModelServer:
             started = time.perf_counter()
             try:
                 with self._calls.call(group):
-                    answers = runner.classify_packed(ids, lengths)
+                    if runner.plain:
+                        answers = runner.classify_packed(ids, lengths)
+                    else:  # windows: the feeders pool and rank them (transport.py)
+                        answers = runner.probabilities_packed(ids, lengths)
             except InferenceError as exc:
                 for request in group:
                     request.port.send((DONE, request.slot, FAILED, 0, 0.0, str(exc)))
@@ -360,14 +363,17 @@ class ModelServer:
         m.batch_rows.observe(len(lengths))
         m.batch_requests.observe(len(group))
         m.batch_seconds.observe(answers.seconds)
-        k = answers.top_indices.shape[1]
         row = 0
         for request in group:
             end = row + request.rows
-            request.port.channel.slots[request.slot].write_answer(
-                answers.top_indices[row:end], answers.top_scores[row:end]
-            )
-            request.port.send((DONE, request.slot, OK, k, answers.seconds, None))
+            slot = request.port.channel.slots[request.slot]
+            if runner.plain:
+                slot.write_answer(answers.top_indices[row:end], answers.top_scores[row:end])
+                width = answers.top_indices.shape[1]
+            else:
+                slot.write_probabilities(answers.probs[row:end])
+                width = answers.probs.shape[1]
+            request.port.send((DONE, request.slot, OK, width, answers.seconds, None))
             row = end
 
     def give_up_stalled(self) -> list[Request]:
@@ -409,9 +415,13 @@ class ModelServer:
         """Serve ``runner`` as the next generation and tell every feeder."""
         self._current += 1
         self._generations[self._current] = runner
+        reading = runner.reading
         self._info = ModelInfo(
             self._current, runner.name, runner.version, tuple(runner.labels), runner.max_length,
-            runner.tokenizer_key, runner.tokenizer_json,
+            runner.tokenizer_key, runner.tokenizer_json, plain=runner.plain, top_k=reading.top_k,
+            multi_label=reading.multi_label,
+            thresholds=None if reading.thresholds is None else tuple(float(t) for t in reading.thresholds),
+            truncation=runner.truncation.to_dict(),
         )
         self.metrics.set_model(runner.name, runner.version)
         if self._current > 1:

@@ -34,8 +34,19 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from multiprocessing import connection
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
+from tokenizers import Tokenizer
+
+from model.truncation import Truncation, Windower
+from worker.documents import (
+    DocumentReading,
+    document_answers,
+    laid_end_to_end,
+    sub_batches,
+    windows_of,
+)
 from worker.errors import Failure, InferenceError, ModelCallStalled, WorkerError
 from worker.inference import Classified, InputId
 from worker.procs.transport import (
@@ -50,6 +61,7 @@ from worker.procs.transport import (
     STALLED_INPUTS,
     Channel,
     ModelInfo,
+    Slot,
     SlotShape,
 )
 from worker.reload import RunnerSlot
@@ -57,6 +69,7 @@ from worker.telemetry import Metrics, get_logger
 from worker.tokenizing import HeadTokenizer
 
 log = get_logger("tagstream.worker.feeder")
+T = TypeVar("T")
 
 CONNECT_TIMEOUT_S = 60.0  # the model process is ready before feeders start; this bounds a hang
 ANSWER_POLL_S = 1.0  # how often a waiting classify looks whether the model process is still there
@@ -129,15 +142,32 @@ class ModelLink:
         self, token_ids: list[list[int]], generation: int, key: str, inputs: Sequence[InputId] = (),
         alone: bool = False,
     ) -> Classified:
-        """Run one batch that fits a slot in the model process (``inputs``: its records, named to
-        the other feeders if its call stalls; ``alone``: in a model call of its own). Raises
-        InferenceError (the model raised: retried one by one), ModelCallStalled (the model process
-        gave up the call it was in, or was lost in it) or WorkerError (the model process is gone)."""
+        """Run one batch of a plain bundle that fits a slot in the model process: its rows' top k
+        (``inputs``: its records, named to the other feeders if its call stalls; ``alone``: in a
+        model call of its own). Raises InferenceError (the model raised: retried one by one),
+        ModelCallStalled (the model process gave up the call it was in, or was lost in it) or
+        WorkerError (the model process is gone)."""
+        started = time.perf_counter()
+        indices, scores = self._exchange(token_ids, generation, key, inputs, alone, Slot.read_answer)
+        return Classified(indices, scores, time.perf_counter() - started)
+
+    def request_probabilities(
+        self, rows: list[list[int]], generation: int, key: str, inputs: Sequence[InputId] = (),
+        alone: bool = False,
+    ) -> np.ndarray:
+        """``request`` for windows of a bundle that is not plain: each row's probabilities
+        (rows, labels), which the caller pools per input (worker/documents.py)."""
+        return self._exchange(rows, generation, key, inputs, alone, Slot.read_probabilities)
+
+    def _exchange(
+        self, token_ids: list[list[int]], generation: int, key: str, inputs: Sequence[InputId], alone: bool,
+        read: Callable[[Slot, int, int], T],
+    ) -> T:
+        """Send one request and wait for its answer, which ``read(slot, rows, width)`` copies out."""
         self._check_alive()
         assert self._channel is not None
         slot = self._free.get()
         try:
-            started = time.perf_counter()
             rows, tokens = self._channel.slots[slot].write_request(token_ids)
             done = self._done[slot]
             done.clear()
@@ -153,10 +183,9 @@ class ModelLink:
                     f" TAGSTREAM_MODEL_STALL_S ({answer[5]})"
                 )
             self._check_alive(slot)
-            _, _, status, k, _seconds, error = answer
+            _, _, status, width, _seconds, error = answer
             if status == OK:
-                indices, scores = self._channel.slots[slot].read_answer(rows, k)
-                return Classified(indices, scores, time.perf_counter() - started)
+                return read(self._channel.slots[slot], rows, width)
             if status == FAILED:
                 raise InferenceError(error)
             raise WorkerError(
@@ -244,7 +273,12 @@ class ModelLink:
 
 
 class RemoteRunner:
-    """The bundle the model process serves, from a feeder: tokenizes here, classifies there."""
+    """The bundle the model process serves, from a feeder: tokenizes here, classifies there.
+
+    A plain bundle's batch goes to the model process as it is and comes back ranked. Another
+    bundle's inputs are read here as the model process's own runner reads them (worker/documents.py):
+    cut into windows, sent in requests within the slot's limits, and their windows' probabilities
+    pooled and ranked here, with the same numpy code."""
 
     def __init__(self, link: ModelLink, info: ModelInfo) -> None:
         self.name = info.name
@@ -253,21 +287,37 @@ class RemoteRunner:
         self.max_length = info.max_length
         self.tokenizer_key = info.tokenizer_key
         self.generation = info.generation
+        self.plain = info.plain
+        self.multi_label = info.multi_label
         self._link = link
         self.head_tokenizer = HeadTokenizer(info.tokenizer_json, info.max_length, fast=link.fast_tokenizer)
+        truncation = Truncation.from_dict(info.truncation)
+        self._windower = (
+            Windower(Tokenizer.from_str(info.tokenizer_json), info.max_length, truncation)
+            if truncation.strategy != "head" else None
+        )
+        self.reading = DocumentReading(
+            top_k=info.top_k, pooling=truncation.pooling, multi_label=info.multi_label,
+            thresholds=None if info.thresholds is None else np.asarray(info.thresholds, dtype=np.float32),
+            reports_windows=self._windower is not None,
+        )
         # Runs when the last batch holding this runner is done (CPython frees it then): the model
         # process may unload this generation once no feeder holds it.
         weakref.finalize(self, link.release, info.generation)
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
-        """Token ids per text, truncated to max_length, unpadded (one tokenizer call)."""
-        return self.head_tokenizer.encode(texts)
+        """Token ids per text, unpadded, as the model process's runner gives them (runner.py)."""
+        if self._windower is None:
+            return self.head_tokenizer.encode(texts)
+        return laid_end_to_end(self._windower.windows(texts))
 
     def classify(
         self, token_ids: list[list[int]], *, inputs: Sequence[InputId] = (), alone: bool = False
     ) -> Classified:
         """Top-k labels and probabilities for one batch, computed by the model process (``inputs``
         and ``alone``: see Runner.classify)."""
+        if not self.plain:
+            return self._classify_documents(token_ids, inputs, alone)
         shape = self._link.shape
         lengths = [len(ids) for ids in token_ids]
         if max(lengths, default=0) > shape.tokens:
@@ -288,3 +338,18 @@ class RemoteRunner:
             scores.extend(part.top_scores)
             seconds += part.seconds
         return Classified(indices, scores, seconds)
+
+    def _classify_documents(self, token_ids: list[list[int]], inputs: Sequence[InputId], alone: bool) -> Classified:
+        """Every window of every input, in requests within the slot's limits; pooled per input here."""
+        started = time.perf_counter()
+        rows, counts = windows_of(token_ids, self.max_length)
+        owner = np.repeat(np.arange(len(counts)), counts)  # each window's input
+        shape = self._link.shape
+        probs: list[np.ndarray] = []
+        start = 0
+        for part in sub_batches(rows, shape.rows, shape.tokens):
+            end = start + len(part)
+            named = [inputs[i] for i in dict.fromkeys(owner[start:end].tolist())] if inputs else []
+            probs.append(self._link.request_probabilities(part, self.generation, self.tokenizer_key, named, alone))
+            start = end
+        return document_answers(np.concatenate(probs), counts, self.reading, time.perf_counter() - started)

@@ -8,7 +8,14 @@ process attach to it by name. A slot holds one request and, later, its answer::
     ids      int32[tokens]      the rows' token ids end to end, unpadded
     indices  int32[rows * k]    answer: each row's top-k label indices, most probable first
     scores   float32[rows * k]  answer: their probabilities
+    probs    float32[rows * labels]  answer, for bundles that are not plain: each row's probabilities
     state    int32[1]           IN_CALL while the request is in a model call (the model process's)
+
+A plain bundle (single-label, read by head: one row per input) is answered by each row's top k.
+Another bundle's rows are windows (worker/documents.py: a long input is read as several, a
+multi-label input is tagged by thresholds): the model process answers every label's probability
+for each window, and the feeder pools and ranks them, as a single process does. ``labels``
+(``MAX_POD_LABELS``) bounds the labels of such a bundle in a pod.
 
 Ownership of a slot passes with the messages: the feeder fills a free slot and sends REQUEST; the
 model process reads it, writes the answer and sends DONE; the feeder reads the answer and frees
@@ -19,7 +26,7 @@ pickled: the messages are tuples of a few numbers on a ``multiprocessing.connect
                       (REQUEST, slot, rows, tokens, generation, tokenizer_key, alone, inputs)
                       (RELEASE, generation)   the feeder holds no runner of that bundle any more
     model -> feeder   (MODEL, ModelInfo)      on connecting, and after each bundle swap
-                      (DONE, slot, status, k, seconds, error)
+                      (DONE, slot, status, k, seconds, error)   k: the answer's width (top k, or labels)
                       (STALLED_INPUTS, [(topic, partition, offset), ...])   before exiting on a stall
 
 ``generation`` numbers the bundles the model process has served (1 at start, +1 per swap);
@@ -55,6 +62,7 @@ import itertools
 import secrets
 from dataclasses import dataclass
 from multiprocessing import shared_memory
+from typing import Any
 
 import numpy as np
 
@@ -65,20 +73,29 @@ OK, FAILED, STALE, STALLED = 0, 1, 2, 3
 # process in, for being silent past TAGSTREAM_MODEL_STALL_S (still IN_CALL when lost: it died in it)
 IDLE, IN_CALL, HUNG = 0, 1, 2
 _ALIGN = 64  # each array starts on a cache line
+# The most labels of a bundle that is not plain a pod serves: its answers carry every label's
+# probability for each window (256 rows x 256 labels: 256 KiB a slot, as much as 65,536 token ids).
+MAX_POD_LABELS = 256
 
 
 @dataclass(frozen=True)
 class SlotShape:
-    """The most one request may hold: the feeder's batch limits and top_k."""
+    """The most one request may hold: the feeder's batch limits, top_k and the labels of a bundle
+    whose windows are answered by their probabilities (module docstring)."""
 
     rows: int  # max_batch_size
     tokens: int  # max_batch_tokens: a batch's real tokens never exceed its padded ones
     k: int  # top_k
+    labels: int = MAX_POD_LABELS
+
+    @property
+    def array_lengths(self) -> tuple[int, ...]:
+        """Each array's length, in the slot's order (see Slot)."""
+        return (self.rows, self.tokens, self.rows * self.k, self.rows * self.k, self.rows * self.labels, 1)
 
     @property
     def slot_bytes(self) -> int:
-        sizes = (self.rows * 4, self.tokens * 4, self.rows * self.k * 4, self.rows * self.k * 4, 4)
-        return sum(-(-size // _ALIGN) * _ALIGN for size in sizes)
+        return sum(-(-count * 4 // _ALIGN) * _ALIGN for count in self.array_lengths)
 
     def chunks(self, lengths: list[int]) -> list[tuple[int, int]]:
         """(start, end) row ranges, in order, each fitting one slot. One range unless the rows came
@@ -105,6 +122,13 @@ class ModelInfo:
     max_length: int
     tokenizer_key: str
     tokenizer_json: str  # sent once per connection and swap (a few hundred KB at most)
+    # How the feeder reads and answers a bundle that is not plain (worker/documents.py); a plain
+    # bundle's answers come ranked from the model process.
+    plain: bool = True
+    top_k: int = 1
+    multi_label: bool = False
+    thresholds: tuple[float, ...] | None = None
+    truncation: dict[str, Any] | None = None  # model.truncation.Truncation.to_dict()
 
 
 class Slot:
@@ -112,11 +136,11 @@ class Slot:
 
     def __init__(self, buf: memoryview, offset: int, shape: SlotShape) -> None:
         views = []
-        for dtype, count in ((np.int32, shape.rows), (np.int32, shape.tokens), (np.int32, shape.rows * shape.k),
-                             (np.float32, shape.rows * shape.k), (np.int32, 1)):
+        dtypes = (np.int32, np.int32, np.int32, np.float32, np.float32, np.int32)
+        for dtype, count in zip(dtypes, shape.array_lengths, strict=True):
             views.append(np.ndarray((count,), dtype=dtype, buffer=buf, offset=offset))
             offset += -(-count * 4 // _ALIGN) * _ALIGN
-        self.lengths, self.ids, self.indices, self.scores, self.state = views
+        self.lengths, self.ids, self.indices, self.scores, self.probs, self.state = views
         self.shape = shape
 
     # -- the feeder's side ----------------------------------------------------------------------
@@ -144,6 +168,10 @@ class Slot:
         n = rows * k
         return (self.indices[:n].reshape(rows, k).tolist(), self.scores[:n].reshape(rows, k).tolist())
 
+    def read_probabilities(self, rows: int, labels: int) -> np.ndarray:
+        """The answer's probabilities (rows, labels): a copy, the slot is freed next."""
+        return self.probs[: rows * labels].reshape(rows, labels).copy()
+
     # -- the model process's side ---------------------------------------------------------------
     def request(self, rows: int, tokens: int) -> tuple[np.ndarray, np.ndarray]:
         """(ids end to end, lengths): views, valid until the answer is sent."""
@@ -167,6 +195,10 @@ class Slot:
         n = top_indices.size
         self.indices[:n] = top_indices.reshape(-1)
         self.scores[:n] = top_scores.reshape(-1)
+
+    def write_probabilities(self, probs: np.ndarray) -> None:
+        """Copy one request's (rows, labels) probabilities in (labels <= the shape's)."""
+        self.probs[: probs.size] = probs.reshape(-1)
 
 
 class Channel:

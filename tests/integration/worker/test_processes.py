@@ -199,6 +199,49 @@ def test_two_feeders_label_every_input_once_and_sigterm_drains_both(
     assert max(counts.values()) == 1, f"{sum(c > 1 for c in counts.values())} inputs labeled more than once"
 
 
+def test_a_multi_label_bundle_read_in_windows_is_served_by_feeders_as_by_one_process(
+    kafka_bootstrap, new_topic, new_group, pods, tmp_path
+):
+    """A multi-label bundle that reads long texts in windows, through a pod of two feeders: each input
+    labeled once, with the offline bundle's windows, tags and pooled scores."""
+    from model.bundle import Bundle
+    from model.truncation import Truncation
+
+    bundle_path = make_tiny_bundle(tmp_path / "tags", seed=3, thresholds=[0.9, 0.4, 0.6], head_scale=50.0,
+                                   truncation=Truncation(strategy="chunks", stride=20, max_windows=4, pooling="max"))
+    bundle = Bundle.load(bundle_path)
+    topic = new_topic(partitions=4, prefix="pod-tags")
+    texts = fixture_texts(600, seed=23, min_words=2, max_words=90)
+    ids = produce_events(kafka_bootstrap, topic, texts)
+    env = worker_env(kafka_bootstrap, topic, bundle_path, new_group(), TAGSTREAM_MAX_BATCH_TOKENS="256",
+                     TAGSTREAM_MAX_BATCH_SIZE="16", TAGSTREAM_DTYPE="float32")
+    results = Results(kafka_bootstrap, f"{topic}.labels")
+    try:
+        pod = pods(env, "tags")
+        pod.wait_started()
+        wait_until(lambda: set(ids) <= set(results.ids()) or pod.proc.poll() is not None, RESULTS_S,
+                   "results for every input")
+        time.sleep(1.0)  # a duplicate would come right behind
+        labeled_by = {e["process"] for e in pod.events("partitions_assigned") if e["partitions"]}
+        assert pod.stop() == 0, pod.tail()
+    finally:
+        results.close()
+    assert labeled_by == {"feeder-0", "feeder-1"}
+    assert max(results.ids().values()) == 1 and set(results.ids()) == set(ids)
+    windows = [len(w) for w in bundle.windower.windows(texts)]
+    probs = bundle.predict_proba(texts).numpy()
+    labels = bundle.labels
+    by_id = {r["id"]: r for r in results.values}
+    for n, event_id in enumerate(ids):
+        result = by_id[event_id]
+        want_tags = sorted((j for j in range(3) if probs[n, j] >= bundle.thresholds[j]), key=lambda j: -probs[n, j])
+        assert result["schema"] == "tagstream.multi_label/1" and result["windows"] == windows[n]
+        assert [x["label"] for x in result["labels"]] == [labels[j] for j in want_tags]
+        assert [x["score"] for x in result["top_k"]] == pytest.approx(sorted(probs[n], reverse=True), abs=1e-5)
+    assert max(windows) == 4 and min(windows) == 1
+    assert any(by_id[i]["labels"] for i in ids) and not all(by_id[i]["labels"] for i in ids)
+
+
 def test_a_feeder_killed_with_sigkill_is_restarted_and_nothing_is_lost_and_a_dead_model_stops_the_pod(
     kafka_bootstrap, new_topic, new_group, tiny_bundle, pods
 ):

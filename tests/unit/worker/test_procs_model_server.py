@@ -19,6 +19,7 @@ import pytest
 from worker_support import fixture_texts, make_tiny_bundle, wait_until
 
 from worker.errors import Failure, InferenceError, ModelCallStalled, WorkerError
+from worker.inference import Classified
 from worker.procs.merge import Request
 from worker.procs.model_server import ModelServer, stalled_inputs_for
 from worker.procs.plan import slot_shape
@@ -155,6 +156,50 @@ def test_answers_land_with_the_right_feeder_and_row_and_padding_changes_nothing(
         assert np.allclose(scores, want_scores, atol=1e-5)
 
 
+@pytest.mark.parametrize("fixture", ["tags_bundle", "chunks_bundle", "head_tags_bundle"])
+def test_bundles_read_in_windows_or_tagged_are_answered_through_feeders_as_in_one_process(pod, fixture, request):
+    """Multi-label and windowed bundles through the model process: two feeders' concurrent batches of
+    long and short texts, cut into windows in requests within the slot, get the windows, tags, top k
+    and scores the bundle's own runner gives in one process."""
+    import torch
+
+    bundle = request.getfixturevalue(fixture)
+    server = pod.server(bundle=bundle)
+    feeders = [pod.feeder(server, 0)[1], pod.feeder(server, 1)[1]]
+    local = ModelRunner.load(bundle, device=torch.device("cpu"), autocast_dtype=None, max_batch_size=16,
+                             max_batch_tokens=512, top_k=3)
+    texts = {i: fixture_texts(40, seed=20 + i, min_words=1, max_words=90) for i in range(2)}
+    got: dict[int, list] = {0: [], 1: []}
+
+    def feed(i: int) -> None:
+        for start in range(0, 40, 10):
+            chunk = texts[i][start : start + 10]
+            inputs = [("in", i, start + n) for n in range(len(chunk))]
+            got[i].append(feeders[i].classify(feeders[i].tokenize(chunk), inputs=inputs))
+
+    threads = [threading.Thread(target=feed, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    windows_seen = []
+    for i in range(2):
+        assert feeders[i].tokenize(texts[i]) == local.tokenize(texts[i])
+        remote = Classified.join(got[i])
+        want = local.classify(local.tokenize(texts[i]))
+        assert remote.top_indices == want.top_indices
+        assert np.allclose(remote.top_scores, want.top_scores, atol=1e-5)
+        assert remote.windows == want.windows
+        assert (remote.tags is None) == (want.tags is None)
+        for got_tags, want_tags in zip(remote.tags or [], want.tags or [], strict=True):
+            assert [j for j, _ in got_tags] == [j for j, _ in want_tags]
+            assert np.allclose([p for _, p in got_tags], [p for _, p in want_tags], atol=1e-5)
+        windows_seen.extend(want.windows or [1])
+    if fixture != "head_tags_bundle":
+        assert max(windows_seen) > 1  # long texts were read as several windows
+    assert any(remote.tags) if fixture != "chunks_bundle" else remote.tags is None
+
+
 def test_requests_of_different_feeders_waiting_together_run_as_one_merged_batch(pod, tiny_bundle):
     """While the model is busy, two feeders' requests queue, then run as one batch, each answered correctly."""
     server = pod.server()
@@ -213,6 +258,30 @@ def test_a_bundle_swap_reaches_the_feeders_and_old_batches_finish_on_their_own_b
         link.request(ids, 1, old_key)
     assert raised.value.failure is Failure.MODEL_PROCESS_LOST
     assert server.metrics.value("tagstream_model_stale_requests_total") == 1
+
+
+def test_a_swap_from_a_plain_bundle_to_a_tagging_one_read_in_windows_reads_and_answers_it_in_the_feeder(
+    pod, tags_bundle
+):
+    """A swap to a multi-label bundle read in windows: the feeder's new runner cuts windows and pools
+    and tags them as the bundle's own runner does."""
+    import torch
+
+    server = pod.server()
+    link, old = pod.feeder(server, 0)
+    slot = RunnerSlot(old)
+    link.watch(slot, Metrics(), threading.Event())
+    server._slot.offer(server._local.load_and_warm(tags_bundle))
+    wait_until(lambda: slot._offered is not None, 10, "the feeder to be offered the new bundle")
+    new = slot.swap_if_offered()
+    assert old.plain and new is not None and not new.plain and new.multi_label
+    texts = fixture_texts(12, seed=8, min_words=20, max_words=90)
+    local = ModelRunner.load(tags_bundle, device=torch.device("cpu"), autocast_dtype=None, max_batch_size=16,
+                             max_batch_tokens=512, top_k=3)
+    got, want = new.classify(new.tokenize(texts)), local.classify(local.tokenize(texts))
+    assert got.windows == want.windows and max(got.windows or [1]) > 1
+    assert [[j for j, _ in t] for t in got.tags or []] == [[j for j, _ in t] for t in want.tags or []]
+    assert got.top_indices == want.top_indices
 
 
 def test_the_model_raising_on_a_batch_is_an_inference_error_in_the_feeder(pod):

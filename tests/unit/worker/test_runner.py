@@ -225,29 +225,6 @@ def test_concurrent_streams_give_the_same_answers(tiny_bundle):
             assert row_a == pytest.approx(row_b, abs=1e-6)
 
 
-@pytest.fixture(scope="module")
-def chunks_bundle(tmp_path_factory):
-    """A tiny single-label bundle that reads long texts as windows of 32 tokens (up to 4)."""
-    from worker_support import make_tiny_bundle
-
-    from model.truncation import Truncation
-
-    return make_tiny_bundle(tmp_path_factory.mktemp("b") / "chunks", seed=2,
-                            truncation=Truncation(strategy="chunks", stride=20, max_windows=4))
-
-
-@pytest.fixture(scope="module")
-def tags_bundle(tmp_path_factory):
-    """A tiny multi-label bundle (sigmoids, thresholds 0.5/0.3/0.7) that reads windows, max-pooled."""
-    from worker_support import make_tiny_bundle
-
-    from model.truncation import Truncation
-
-    return make_tiny_bundle(tmp_path_factory.mktemp("b") / "tags", seed=3, thresholds=[0.5, 0.3, 0.7],
-                            head_scale=5.0, truncation=Truncation(strategy="chunks", stride=30, max_windows=3,
-                                                                  pooling="max"))
-
-
 def test_windowed_scores_equal_the_bundles_pooled_scores(chunks_bundle):
     """Every window is read and pooled as the bundle (and training) does; results say how many."""
     runner = runner_for(chunks_bundle)
@@ -320,16 +297,21 @@ def test_worker_default_threads_follow_the_container_budget(monkeypatch: pytest.
 
 
 @pytest.mark.parametrize("fixture", ["tags_bundle", "chunks_bundle"])
-def test_feeder_processes_refuse_bundles_their_shared_memory_cannot_answer(fixture, request):
-    """The model process of feeder processes refuses multi-label and windowed bundles, naming the setting that serves them."""
+def test_feeder_processes_serve_bundles_read_in_windows_up_to_a_label_limit_and_name_the_fix_beyond(
+    fixture, request, monkeypatch
+):
+    """The model process of feeder processes loads multi-label and windowed bundles (their windows are
+    answered by every label's probability), and refuses one with more labels than a slot holds,
+    naming the setting that serves it."""
+    import worker.local_model as local_model
     from worker.local_model import LocalModel
     from worker.settings import WorkerSettings
 
     path = request.getfixturevalue(fixture)
     settings = WorkerSettings(bundle_path=str(path), input_topics=["t"])
-    feeders, alone = LocalModel(settings, packed_only=True), LocalModel(settings)
-    for local in (feeders, alone):
-        local.device, local.dtype = CPU, None
-    with pytest.raises(BundleLoadError, match="TAGSTREAM_PROCESSES=1"):
+    feeders = LocalModel(settings, packed_only=True)
+    feeders.device, feeders.dtype = CPU, None
+    assert not feeders.load(path).plain
+    monkeypatch.setattr(local_model, "MAX_POD_LABELS", 2)  # these bundles have 3
+    with pytest.raises(BundleLoadError, match=r"3 labels.*at most 2 labels.*TAGSTREAM_PROCESSES=1"):
         feeders.load(path)
-    assert not alone.load(path).serves_packed  # one process serves it
