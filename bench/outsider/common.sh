@@ -59,5 +59,7 @@ print("dead letters", sum(reasons.values()), dict(reasons))
 print(f"the broker holds {len(ids)} results; the workers' metrics say {$1}; delivered after the last scrape of a"
       f" SIGKILLed process: {len(ids) - $1}")
 PY
+  # CHECK_SCORES=N: the first N results set against the bundle run offline (labels, tags, windows, top score)
+  if [ -n "${CHECK_SCORES:-}" ]; then .venv/bin/python -W ignore bench/outsider/check_scores.py "$D" "$BUNDLE" "$CHECK_SCORES"; fi
   echo "logs: $D"
 }
