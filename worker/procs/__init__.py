@@ -15,6 +15,7 @@ context) and merges the feeders' batches into larger ones::
                                                                          +-- tiny messages on a socket
                                                                              (transport.py)
 
-How many feeders, and each one's settings: plan.py. ``run_pod`` (supervisor.py) is what
+How many feeders, and each one's settings: plan.py. Whose shared memory is whose (a pod killed
+whole leaves its slots behind; the next one removes them): shm_claim.py. ``run_pod`` (supervisor.py) is what
 ``tagstream-worker run`` calls when there is more than one.
 """

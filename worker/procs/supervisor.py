@@ -43,6 +43,7 @@ from worker.errors import EXIT_INTERNAL, SettingsError, WorkerError
 from worker.procs.feeder import FeederPlan, feeder_main
 from worker.procs.model_server import model_process_main
 from worker.procs.plan import (
+    SHM_DIR,
     SLOTS_PER_FEEDER,
     check_shared_memory,
     feeder_settings,
@@ -50,6 +51,7 @@ from worker.procs.plan import (
     tokenizer_threads,
 )
 from worker.procs.podview import PodView
+from worker.procs.shm_claim import ShmClaim
 from worker.procs.transport import Channel
 from worker.settings import WorkerSettings, env_name
 from worker.telemetry import Endpoints, TelemetryServer, configure_logging, get_logger
@@ -87,6 +89,7 @@ class Supervisor:
         self._ctx = multiprocessing.get_context("spawn")  # never fork: torch threads, CUDA
         self._shape = slot_shape(settings)
         self._channels: list[Channel] = []
+        self._claim: ShmClaim | None = None
         self._run_dir: str | None = None
         self._address = ""
         self._authkey = secrets.token_bytes(32)
@@ -113,11 +116,15 @@ class Supervisor:
 
     def _start(self) -> None:
         s = self.settings
+        self._claim = ShmClaim.take(SHM_DIR)  # first: what dead pods left there is freed (shm_claim.py)
         summary = check_shared_memory(s, self.n)
         self._run_dir = tempfile.mkdtemp(prefix="tagstream-")
         self._address = str(Path(self._run_dir) / "model.sock")
-        self._channels = [Channel.create(self._shape, SLOTS_PER_FEEDER) for _ in range(self.n)]
-        log.info("pod_starting", feeders=self.n, shared_memory=summary, slots_per_feeder=SLOTS_PER_FEEDER)
+        self._channels = [
+            Channel.create(self._shape, SLOTS_PER_FEEDER, self._claim.segment_name(i)) for i in range(self.n)
+        ]
+        log.info("pod_starting", feeders=self.n, shared_memory=summary, slots_per_feeder=SLOTS_PER_FEEDER,
+                 shared_memory_claim=self._claim.token)
         self._start_model()
         if self._stopping:  # a signal while the model loaded: nothing was consumed, stop cleanly
             return
@@ -386,6 +393,9 @@ class Supervisor:
         for channel in self._channels:
             channel.close()
         self._channels = []
+        if self._claim is not None:
+            self._claim.release()
+            self._claim = None
         if self._run_dir is not None:
             shutil.rmtree(self._run_dir, ignore_errors=True)
             self._run_dir = None

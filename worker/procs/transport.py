@@ -213,9 +213,9 @@ class Channel:
         self.slots = [Slot(buf, i * shape.slot_bytes, shape) for i in range(slots)]
 
     @classmethod
-    def create(cls, shape: SlotShape, slots: int) -> Channel:
-        """A new segment (the supervisor's; it unlinks it at the end)."""
-        name = f"tagstream-{secrets.token_hex(6)}"
+    def create(cls, shape: SlotShape, slots: int, name: str | None = None) -> Channel:
+        """A new segment (the supervisor's, named by its claim: shm_claim.py; it unlinks it at the end)."""
+        name = name or f"tagstream-{secrets.token_hex(6)}"
         shm = shared_memory.SharedMemory(name=name, create=True, size=max(1, slots * shape.slot_bytes))
         return cls(shm, shape, slots, owner=True)
 

@@ -184,6 +184,8 @@ def test_two_feeders_label_every_input_once_and_sigterm_drains_both(
         assert sorted(e["process"] for e in drained) == ["feeder-0", "feeder-1"]
         assert all(e["unacknowledged_left_for_redelivery"] == 0 for e in drained)
         assert first.events("model_process_stopped")
+        claim = first.events("pod_starting")[0]["shared_memory_claim"]  # shm_claim.py: the pod's names
+        assert not [p for p in Path("/dev/shm").glob(f"tagstream-{claim}*")], "the pod left shared memory behind"
         assert streaming.is_alive(), "the stop was not mid-stream"
         streaming.join(60)
 

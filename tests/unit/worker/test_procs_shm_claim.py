@@ -1,0 +1,94 @@
+"""A pod's claim on its shared memory: segments of pods killed whole are reclaimed, live pods' never."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from worker.procs.plan import SHM_DIR
+from worker.procs.shm_claim import LOCK_SUFFIX, PREFIX, ShmClaim, reclaim_dead
+
+# A stand-in supervisor: takes a claim, makes its segments (real shared memory in /dev/shm, or plain
+# files elsewhere), says its token, and waits to be killed.
+POD = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from worker.procs.shm_claim import ShmClaim
+    from worker.procs.transport import Channel, SlotShape
+    shm_dir, segments = Path(sys.argv[1]), int(sys.argv[2])
+    claim = ShmClaim.take(shm_dir)
+    channels = []
+    for i in range(segments):
+        if sys.argv[3] == "shm":
+            channels.append(Channel.create(SlotShape(rows=4, tokens=64, k=2), 2, claim.segment_name(i)))
+        else:
+            (shm_dir / claim.segment_name(i)).write_bytes(b"x" * 1000)
+    print(claim.token, flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def pod_killed_whole(shm_dir: Path, segments: int, kind: str = "files") -> str:
+    """Run the stand-in in a process group of its own and SIGKILL the whole group (as the kubelet or
+    the OOM killer end a container: its helper processes too); its token."""
+    proc = subprocess.Popen([sys.executable, "-c", POD, str(shm_dir), str(segments), kind],
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout is not None
+    token = proc.stdout.readline().strip()
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    assert token, "the stand-in pod did not start"
+    return token
+
+
+def owned(shm_dir: Path, token: str) -> list[str]:
+    return sorted(p.name for p in shm_dir.iterdir() if p.name.startswith(f"{PREFIX}{token}"))
+
+
+def test_a_dead_pods_segments_are_reclaimed_at_the_next_start_and_a_live_pods_are_not(tmp_path):
+    """A claim whose owner was SIGKILLed is removed, lock file and segments; a live claim stays whole."""
+    live = ShmClaim.take(tmp_path)
+    (tmp_path / live.segment_name(0)).write_bytes(b"live")
+    dead = pod_killed_whole(tmp_path, segments=3)
+    assert owned(tmp_path, dead) == [f"{PREFIX}{dead}-f0", f"{PREFIX}{dead}-f1", f"{PREFIX}{dead}-f2",
+                                     f"{PREFIX}{dead}{LOCK_SUFFIX}"]
+
+    reclaimed = reclaim_dead(tmp_path)
+    assert (reclaimed.claims, reclaimed.segments, reclaimed.bytes) == (1, 3, 3000)
+    assert owned(tmp_path, dead) == []
+    assert owned(tmp_path, live.token) == [f"{PREFIX}{live.token}-f0", f"{PREFIX}{live.token}{LOCK_SUFFIX}"]
+    assert reclaim_dead(tmp_path).claims == 0  # nothing else to do
+
+    live.release()
+    assert owned(tmp_path, live.token) == [f"{PREFIX}{live.token}-f0"]  # the segment is the pod's to unlink
+
+
+def test_taking_a_claim_reclaims_first_and_names_segments_by_the_claim(tmp_path):
+    dead = pod_killed_whole(tmp_path, segments=1)
+    claim = ShmClaim.take(tmp_path)
+    assert owned(tmp_path, dead) == []
+    assert claim.token != dead and claim.segment_name(2) == f"{PREFIX}{claim.token}-f2"
+    claim.release()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not SHM_DIR.is_dir(), reason="no /dev/shm folder (not Linux)")
+def test_real_shared_memory_of_a_pod_killed_whole_is_left_behind_then_reclaimed():
+    """With POSIX shared memory in /dev/shm, as a pod's slots are: the segments of a process group
+    killed at once (no clean-up ran, nor multiprocessing's resource tracker) stay until the next claim."""
+    dead = pod_killed_whole(SHM_DIR, segments=2, kind="shm")
+    assert owned(SHM_DIR, dead) == [f"{PREFIX}{dead}-f0", f"{PREFIX}{dead}-f1", f"{PREFIX}{dead}{LOCK_SUFFIX}"]
+    claim = ShmClaim.take(SHM_DIR)
+    try:
+        assert owned(SHM_DIR, dead) == []
+    finally:
+        claim.release()
+    assert owned(SHM_DIR, claim.token) == []
