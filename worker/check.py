@@ -94,8 +94,13 @@ def _bundle(settings: WorkerSettings, state: dict[str, Any]) -> str:
 
 
 def _against_bundle(settings: WorkerSettings, state: dict[str, Any]) -> str:
+    from worker.local_model import check_pod_serves
+    from worker.procs.plan import feeder_count
+
     runner = state["runner"]
     check_against_bundle(settings, labels=runner.labels, max_length=runner.max_length)
+    if feeder_count(settings) > 1:
+        check_pod_serves(runner)
     rows, width = runner.warm_up_shapes[0]
     return f"largest batch {rows} x {width} tokens fits max_batch_tokens={settings.max_batch_tokens}"
 

@@ -30,6 +30,18 @@ from worker.telemetry import Metrics, get_logger
 log = get_logger("tagstream.worker")
 
 
+def check_pod_serves(runner: ModelRunner) -> None:
+    """BundleLoadError unless feeder processes can serve ``runner``'s bundle: a bundle that is not
+    plain sends every label's probability for each window through shared memory (transport.py)."""
+    if not runner.plain and len(runner.labels) > MAX_POD_LABELS:
+        kind = "multi-label" if runner.multi_label else f"read by {runner.truncation.strategy}"
+        raise BundleLoadError(
+            f"bundle {runner.name} {runner.version} is {kind} with {len(runner.labels)} labels: feeder processes"
+            f" (TAGSTREAM_PROCESSES > 1) receive every label's probability for such a bundle's windows, for at"
+            f" most {MAX_POD_LABELS} labels; run this bundle with TAGSTREAM_PROCESSES=1"
+        )
+
+
 class LocalModel:
     """Loads the bundle here; see the module docstring."""
 
@@ -71,13 +83,8 @@ class LocalModel:
             max_batch_tokens=s.max_batch_tokens, top_k=s.top_k, fast_tokenizer=s.fast_tokenizer,
         )
         check_against_bundle(s, labels=runner.labels, max_length=runner.max_length)
-        if self.packed_only and not runner.plain and len(runner.labels) > MAX_POD_LABELS:
-            kind = "multi-label" if runner.multi_label else f"read by {runner.truncation.strategy}"
-            raise BundleLoadError(
-                f"bundle {runner.name} {runner.version} is {kind} with {len(runner.labels)} labels: feeder processes"
-                f" (TAGSTREAM_PROCESSES > 1) receive every label's probability for such a bundle's windows, for at"
-                f" most {MAX_POD_LABELS} labels; run this bundle with TAGSTREAM_PROCESSES=1"
-            )
+        if self.packed_only:
+            check_pod_serves(runner)
         return runner
 
     def load_and_warm(self, path: Path) -> ModelRunner:

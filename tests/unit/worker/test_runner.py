@@ -311,7 +311,14 @@ def test_feeder_processes_serve_bundles_read_in_windows_up_to_a_label_limit_and_
     settings = WorkerSettings(bundle_path=str(path), input_topics=["t"])
     feeders = LocalModel(settings, packed_only=True)
     feeders.device, feeders.dtype = CPU, None
-    assert not feeders.load(path).plain
+    runner = feeders.load(path)
+    assert not runner.plain
     monkeypatch.setattr(local_model, "MAX_POD_LABELS", 2)  # these bundles have 3
     with pytest.raises(BundleLoadError, match=r"3 labels.*at most 2 labels.*TAGSTREAM_PROCESSES=1"):
         feeders.load(path)
+    # `tagstream-worker check` says so too, for a pod only
+    from worker.check import _against_bundle
+
+    with pytest.raises(BundleLoadError, match=r"at most 2 labels"):
+        _against_bundle(settings.model_copy(update={"processes": 2}), {"runner": runner})
+    assert "fits" in _against_bundle(settings, {"runner": runner})
