@@ -16,6 +16,9 @@ claim, a supervisor reclaims every claim whose lock it can take: that pod is dea
 file and segments are removed. A claim whose lock is held belongs to a live pod (another container
 of the same Kubernetes pod, or another pod on a development machine) and is left alone.
 
+The pod's run folder (the model process's socket) is ``<tmp>/tagstream-<token>``, reclaimed with
+the claim: the Kubernetes manifests' /tmp is an emptyDir, which outlives restarts too.
+
 Where /dev/shm is not a folder (not Linux), segments keep random names and nothing is reclaimed.
 """
 
@@ -25,6 +28,8 @@ import contextlib
 import fcntl
 import os
 import secrets
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,18 +53,20 @@ class Reclaimed:
 class ShmClaim:
     """This pod's claim on a name in /dev/shm (see the module docstring); ``release`` at the end."""
 
-    def __init__(self, token: str, shm_dir: Path, fd: int | None) -> None:
+    def __init__(self, token: str, shm_dir: Path, fd: int | None, run_root: Path) -> None:
         self.token = token
         self._shm_dir = shm_dir
         self._fd = fd  # the open, locked lock file (None where /dev/shm is not a folder)
+        self.run_dir = run_root / f"{PREFIX}{token}"  # made by make_run_dir, removed by release
 
     @classmethod
-    def take(cls, shm_dir: Path) -> ShmClaim:
-        """Reclaim dead pods' segments, then claim a new name for this pod's."""
+    def take(cls, shm_dir: Path, run_root: Path | None = None) -> ShmClaim:
+        """Reclaim dead pods' segments and run folders, then claim a new name for this pod's."""
         token = secrets.token_hex(6)
+        run_root = Path(tempfile.gettempdir()) if run_root is None else run_root
         if not shm_dir.is_dir():
-            return cls(token, shm_dir, None)
-        reclaimed = reclaim_dead(shm_dir)
+            return cls(token, shm_dir, None, run_root)
+        reclaimed = reclaim_dead(shm_dir, run_root)
         if reclaimed.claims:
             log.warning(
                 "shared_memory_reclaimed", pods=reclaimed.claims, segments=reclaimed.segments,
@@ -70,14 +77,20 @@ class ShmClaim:
         fd = os.open(scratch, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.rename(scratch, shm_dir / f"{PREFIX}{token}{LOCK_SUFFIX}")  # seen by others only once locked
-        return cls(token, shm_dir, fd)
+        return cls(token, shm_dir, fd, run_root)
+
+    def make_run_dir(self) -> Path:
+        """This pod's private run folder (the model process's socket)."""
+        self.run_dir.mkdir(mode=0o700)
+        return self.run_dir
 
     def segment_name(self, index: int) -> str:
         """The shared-memory name of this pod's ``index``-th segment."""
         return f"{PREFIX}{self.token}-f{index}"
 
     def release(self) -> None:
-        """At the end, once the segments are removed: the lock file goes, then the lock."""
+        """At the end, once the segments are removed: the run folder and the lock file go, then the lock."""
+        shutil.rmtree(self.run_dir, ignore_errors=True)
         if self._fd is None:
             return
         with contextlib.suppress(FileNotFoundError):
@@ -86,8 +99,8 @@ class ShmClaim:
         self._fd = None
 
 
-def reclaim_dead(shm_dir: Path) -> Reclaimed:
-    """Remove the lock files and segments of every claim whose lock nobody holds."""
+def reclaim_dead(shm_dir: Path, run_root: Path | None = None) -> Reclaimed:
+    """Remove the lock files, segments and run folders of every claim whose lock nobody holds."""
     claims = segments = size = 0
     for lock in sorted(shm_dir.glob(f"{PREFIX}*{LOCK_SUFFIX}")):
         try:
@@ -105,6 +118,8 @@ def reclaim_dead(shm_dir: Path) -> Reclaimed:
                     size += segment.stat().st_size
                     segment.unlink()
                     segments += 1
+            if run_root is not None:
+                shutil.rmtree(run_root / f"{PREFIX}{token}", ignore_errors=True)
             with contextlib.suppress(FileNotFoundError):
                 lock.unlink()
             claims += 1

@@ -26,17 +26,14 @@ import contextlib
 import multiprocessing
 import os
 import secrets
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing import connection
 from multiprocessing.process import BaseProcess
-from pathlib import Path
 from typing import Any
 
 from worker.errors import EXIT_INTERNAL, SettingsError, WorkerError
@@ -90,7 +87,6 @@ class Supervisor:
         self._shape = slot_shape(settings)
         self._channels: list[Channel] = []
         self._claim: ShmClaim | None = None
-        self._run_dir: str | None = None
         self._address = ""
         self._authkey = secrets.token_bytes(32)
         self._model: BaseProcess | None = None
@@ -118,8 +114,7 @@ class Supervisor:
         s = self.settings
         self._claim = ShmClaim.take(SHM_DIR)  # first: what dead pods left there is freed (shm_claim.py)
         summary = check_shared_memory(s, self.n)
-        self._run_dir = tempfile.mkdtemp(prefix="tagstream-")
-        self._address = str(Path(self._run_dir) / "model.sock")
+        self._address = str(self._claim.make_run_dir() / "model.sock")
         self._channels = [
             Channel.create(self._shape, SLOTS_PER_FEEDER, self._claim.segment_name(i)) for i in range(self.n)
         ]
@@ -396,9 +391,6 @@ class Supervisor:
         if self._claim is not None:
             self._claim.release()
             self._claim = None
-        if self._run_dir is not None:
-            shutil.rmtree(self._run_dir, ignore_errors=True)
-            self._run_dir = None
 
 
 def _exit_code(exitcode: int | None) -> int:

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import tempfile
 import threading
 import time
 import urllib.error
@@ -186,6 +187,7 @@ def test_two_feeders_label_every_input_once_and_sigterm_drains_both(
         assert first.events("model_process_stopped")
         claim = first.events("pod_starting")[0]["shared_memory_claim"]  # shm_claim.py: the pod's names
         assert not [p for p in Path("/dev/shm").glob(f"tagstream-{claim}*")], "the pod left shared memory behind"
+        assert not (Path(tempfile.gettempdir()) / f"tagstream-{claim}").exists(), "the pod left its run folder"
         assert streaming.is_alive(), "the stop was not mid-stream"
         streaming.join(60)
 

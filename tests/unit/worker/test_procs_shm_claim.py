@@ -22,8 +22,9 @@ POD = textwrap.dedent(
     from pathlib import Path
     from worker.procs.shm_claim import ShmClaim
     from worker.procs.transport import Channel, SlotShape
-    shm_dir, segments = Path(sys.argv[1]), int(sys.argv[2])
-    claim = ShmClaim.take(shm_dir)
+    shm_dir, segments, run_root = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[4])
+    claim = ShmClaim.take(shm_dir, run_root)
+    (claim.make_run_dir() / "model.sock").write_bytes(b"")
     channels = []
     for i in range(segments):
         if sys.argv[3] == "shm":
@@ -36,10 +37,10 @@ POD = textwrap.dedent(
 )
 
 
-def pod_killed_whole(shm_dir: Path, segments: int, kind: str = "files") -> str:
+def pod_killed_whole(shm_dir: Path, segments: int, run_root: Path, kind: str = "files") -> str:
     """Run the stand-in in a process group of its own and SIGKILL the whole group (as the kubelet or
     the OOM killer end a container: its helper processes too); its token."""
-    proc = subprocess.Popen([sys.executable, "-c", POD, str(shm_dir), str(segments), kind],
+    proc = subprocess.Popen([sys.executable, "-c", POD, str(shm_dir), str(segments), kind, str(run_root)],
                             stdout=subprocess.PIPE, text=True, start_new_session=True)
     assert proc.stdout is not None
     token = proc.stdout.readline().strip()
@@ -54,39 +55,48 @@ def owned(shm_dir: Path, token: str) -> list[str]:
 
 
 def test_a_dead_pods_segments_are_reclaimed_at_the_next_start_and_a_live_pods_are_not(tmp_path):
-    """A claim whose owner was SIGKILLed is removed, lock file and segments; a live claim stays whole."""
-    live = ShmClaim.take(tmp_path)
-    (tmp_path / live.segment_name(0)).write_bytes(b"live")
-    dead = pod_killed_whole(tmp_path, segments=3)
-    assert owned(tmp_path, dead) == [f"{PREFIX}{dead}-f0", f"{PREFIX}{dead}-f1", f"{PREFIX}{dead}-f2",
-                                     f"{PREFIX}{dead}{LOCK_SUFFIX}"]
+    """A claim whose owner was SIGKILLed is removed, lock file, segments and run folder; a live claim
+    stays whole."""
+    shm, run = tmp_path / "shm", tmp_path / "run"
+    shm.mkdir(), run.mkdir()
+    live = ShmClaim.take(shm, run)
+    (shm / live.segment_name(0)).write_bytes(b"live")
+    live.make_run_dir()
+    dead = pod_killed_whole(shm, segments=3, run_root=run)
+    assert owned(shm, dead) == [f"{PREFIX}{dead}-f0", f"{PREFIX}{dead}-f1", f"{PREFIX}{dead}-f2",
+                                f"{PREFIX}{dead}{LOCK_SUFFIX}"]
+    assert owned(run, dead) == [f"{PREFIX}{dead}"]
 
-    reclaimed = reclaim_dead(tmp_path)
+    reclaimed = reclaim_dead(shm, run)
     assert (reclaimed.claims, reclaimed.segments, reclaimed.bytes) == (1, 3, 3000)
-    assert owned(tmp_path, dead) == []
-    assert owned(tmp_path, live.token) == [f"{PREFIX}{live.token}-f0", f"{PREFIX}{live.token}{LOCK_SUFFIX}"]
-    assert reclaim_dead(tmp_path).claims == 0  # nothing else to do
+    assert owned(shm, dead) == [] and owned(run, dead) == []
+    assert owned(shm, live.token) == [f"{PREFIX}{live.token}-f0", f"{PREFIX}{live.token}{LOCK_SUFFIX}"]
+    assert owned(run, live.token) == [f"{PREFIX}{live.token}"]
+    assert reclaim_dead(shm, run).claims == 0  # nothing else to do
 
     live.release()
-    assert owned(tmp_path, live.token) == [f"{PREFIX}{live.token}-f0"]  # the segment is the pod's to unlink
+    assert owned(shm, live.token) == [f"{PREFIX}{live.token}-f0"]  # the segment is the pod's to unlink
+    assert owned(run, live.token) == []
 
 
 def test_taking_a_claim_reclaims_first_and_names_segments_by_the_claim(tmp_path):
-    dead = pod_killed_whole(tmp_path, segments=1)
-    claim = ShmClaim.take(tmp_path)
-    assert owned(tmp_path, dead) == []
+    shm, run = tmp_path / "shm", tmp_path / "run"
+    shm.mkdir(), run.mkdir()
+    dead = pod_killed_whole(shm, segments=1, run_root=run)
+    claim = ShmClaim.take(shm, run)
+    assert owned(shm, dead) == [] and owned(run, dead) == []
     assert claim.token != dead and claim.segment_name(2) == f"{PREFIX}{claim.token}-f2"
     claim.release()
-    assert list(tmp_path.iterdir()) == []
+    assert list(shm.iterdir()) == [] and list(run.iterdir()) == []
 
 
 @pytest.mark.skipif(not SHM_DIR.is_dir(), reason="no /dev/shm folder (not Linux)")
-def test_real_shared_memory_of_a_pod_killed_whole_is_left_behind_then_reclaimed():
+def test_real_shared_memory_of_a_pod_killed_whole_is_left_behind_then_reclaimed(tmp_path):
     """With POSIX shared memory in /dev/shm, as a pod's slots are: the segments of a process group
     killed at once (no clean-up ran, nor multiprocessing's resource tracker) stay until the next claim."""
-    dead = pod_killed_whole(SHM_DIR, segments=2, kind="shm")
+    dead = pod_killed_whole(SHM_DIR, segments=2, run_root=tmp_path, kind="shm")
     assert owned(SHM_DIR, dead) == [f"{PREFIX}{dead}-f0", f"{PREFIX}{dead}-f1", f"{PREFIX}{dead}{LOCK_SUFFIX}"]
-    claim = ShmClaim.take(SHM_DIR)
+    claim = ShmClaim.take(SHM_DIR, tmp_path)
     try:
         assert owned(SHM_DIR, dead) == []
     finally:
