@@ -94,10 +94,16 @@ def check_shared_memory(settings: WorkerSettings, feeders: int, shm_dir: Path = 
     except OSError:
         return f"{need / 2**20:.1f} MiB of shared memory ({shm_dir} not found: the platform's own)"
     if need > free:
-        raise SettingsError(
-            f"{env_name('processes')}={feeders} needs {need / 2**20:.1f} MiB of shared memory for the feeders'"
-            f" batches ({SLOTS_PER_FEEDER} x {env_name('max_batch_tokens')}={settings.max_batch_tokens} token ids"
-            f" each) but {shm_dir} has {free / 2**20:.1f} MiB free: lower {env_name('max_batch_tokens')} or"
-            f" {env_name('processes')}, or give the container a larger /dev/shm (an emptyDir with medium: Memory)"
-        )
+        raise shared_memory_short(settings, feeders, f"{shm_dir} has {free / 2**20:.1f} MiB free")
     return f"{need / 2**20:.1f} MiB of {shm_dir}'s {free / 2**20:.0f} MiB free"
+
+
+def shared_memory_short(settings: WorkerSettings, feeders: int, why: str) -> SettingsError:
+    """The error for a /dev/shm too small for the feeders' slots (``why``: what was found), with the fix."""
+    need = feeders * Channel.size_bytes(slot_shape(settings), SLOTS_PER_FEEDER)
+    return SettingsError(
+        f"{env_name('processes')}={feeders} needs {need / 2**20:.1f} MiB of shared memory for the feeders'"
+        f" batches ({SLOTS_PER_FEEDER} x {env_name('max_batch_tokens')}={settings.max_batch_tokens} token ids"
+        f" each, and their answers) but {why}: lower {env_name('max_batch_tokens')} or"
+        f" {env_name('processes')}, or give the container a larger /dev/shm (an emptyDir with medium: Memory)"
+    )

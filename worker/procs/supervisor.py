@@ -44,6 +44,7 @@ from worker.procs.plan import (
     SLOTS_PER_FEEDER,
     check_shared_memory,
     feeder_settings,
+    shared_memory_short,
     slot_shape,
     tokenizer_threads,
 )
@@ -118,6 +119,11 @@ class Supervisor:
         self._channels = [
             Channel.create(self._shape, SLOTS_PER_FEEDER, self._claim.segment_name(i)) for i in range(self.n)
         ]
+        for channel in self._channels:
+            try:
+                channel.reserve(SHM_DIR)  # the memory now, or a clear refusal: never SIGBUS mid-stream
+            except OSError as exc:
+                raise shared_memory_short(s, self.n, f"reserving it in {SHM_DIR} failed ({exc.strerror})") from exc
         log.info("pod_starting", feeders=self.n, shared_memory=summary, slots_per_feeder=SLOTS_PER_FEEDER,
                  shared_memory_claim=self._claim.token)
         self._start_model()

@@ -59,9 +59,11 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import secrets
 from dataclasses import dataclass
 from multiprocessing import shared_memory
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -218,6 +220,20 @@ class Channel:
         name = name or f"tagstream-{secrets.token_hex(6)}"
         shm = shared_memory.SharedMemory(name=name, create=True, size=max(1, slots * shape.slot_bytes))
         return cls(shm, shape, slots, owner=True)
+
+    def reserve(self, shm_dir: Path = Path("/dev/shm")) -> None:
+        """Give the segment its memory now (``posix_fallocate``), not page by page as batches first
+        write each slot: a tmpfs that runs out under a write kills the writer with SIGBUS, mid-stream;
+        here it is an OSError (ENOSPC) at start. Where the segment is not a file in ``shm_dir`` (not
+        Linux), nothing is reserved."""
+        path = shm_dir / self.name
+        if not path.exists():
+            return
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, self._shm.size)
+        finally:
+            os.close(fd)
 
     @classmethod
     def attach(cls, name: str, shape: SlotShape, slots: int) -> Channel:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from multiprocessing import shared_memory
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,3 +142,18 @@ def test_a_request_to_isolate_runs_by_itself_and_is_never_merged_into_another():
     assert [r.port for r in take_merged(pending, 64, 8192)] == [2, 4]
     assert [r.port for r in take_merged(pending, 64, 8192)] == [3]
     assert not pending
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm folder (not Linux)")
+def test_a_reserved_channel_holds_its_memory_from_the_start_not_as_slots_are_first_written():
+    """A new segment is sparse: tmpfs gives it pages as batches first write them, and a writer that
+    finds none left dies of SIGBUS. ``reserve`` takes them all at once (or fails with ENOSPC)."""
+    made = Channel.create(SlotShape(rows=64, tokens=8192, k=3), slots=2)
+    try:
+        path = Path("/dev/shm") / made.name
+        need = Channel.size_bytes(made.shape, 2)
+        assert path.stat().st_blocks * 512 < need / 2  # nothing written yet
+        made.reserve()
+        assert path.stat().st_blocks * 512 >= need
+    finally:
+        made.close()
