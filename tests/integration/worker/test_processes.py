@@ -203,49 +203,6 @@ def test_two_feeders_label_every_input_once_and_sigterm_drains_both(
     assert max(counts.values()) == 1, f"{sum(c > 1 for c in counts.values())} inputs labeled more than once"
 
 
-def test_a_multi_label_bundle_read_in_windows_is_served_by_feeders_as_by_one_process(
-    kafka_bootstrap, new_topic, new_group, pods, tmp_path
-):
-    """A multi-label bundle that reads long texts in windows, through a pod of two feeders: each input
-    labeled once, with the offline bundle's windows, tags and pooled scores."""
-    from model.bundle import Bundle
-    from model.truncation import Truncation
-
-    bundle_path = make_tiny_bundle(tmp_path / "tags", seed=3, thresholds=[0.9, 0.4, 0.6], head_scale=50.0,
-                                   truncation=Truncation(strategy="chunks", stride=20, max_windows=4, pooling="max"))
-    bundle = Bundle.load(bundle_path)
-    topic = new_topic(partitions=4, prefix="pod-tags")
-    texts = fixture_texts(600, seed=23, min_words=2, max_words=90)
-    ids = produce_events(kafka_bootstrap, topic, texts)
-    env = worker_env(kafka_bootstrap, topic, bundle_path, new_group(), TAGSTREAM_MAX_BATCH_TOKENS="256",
-                     TAGSTREAM_MAX_BATCH_SIZE="16", TAGSTREAM_DTYPE="float32")
-    results = Results(kafka_bootstrap, f"{topic}.labels")
-    try:
-        pod = pods(env, "tags")
-        pod.wait_started()
-        wait_until(lambda: set(ids) <= set(results.ids()) or pod.proc.poll() is not None, RESULTS_S,
-                   "results for every input")
-        time.sleep(1.0)  # a duplicate would come right behind
-        labeled_by = {e["process"] for e in pod.events("partitions_assigned") if e["partitions"]}
-        assert pod.stop() == 0, pod.tail()
-    finally:
-        results.close()
-    assert labeled_by == {"feeder-0", "feeder-1"}
-    assert max(results.ids().values()) == 1 and set(results.ids()) == set(ids)
-    windows = [len(w) for w in bundle.windower.windows(texts)]
-    probs = bundle.predict_proba(texts).numpy()
-    labels = bundle.labels
-    by_id = {r["id"]: r for r in results.values}
-    for n, event_id in enumerate(ids):
-        result = by_id[event_id]
-        want_tags = sorted((j for j in range(3) if probs[n, j] >= bundle.thresholds[j]), key=lambda j: -probs[n, j])
-        assert result["schema"] == "tagstream.multi_label/1" and result["windows"] == windows[n]
-        assert [x["label"] for x in result["labels"]] == [labels[j] for j in want_tags]
-        assert [x["score"] for x in result["top_k"]] == pytest.approx(sorted(probs[n], reverse=True), abs=1e-5)
-    assert max(windows) == 4 and min(windows) == 1
-    assert any(by_id[i]["labels"] for i in ids) and not all(by_id[i]["labels"] for i in ids)
-
-
 def test_a_feeder_killed_with_sigkill_is_restarted_and_nothing_is_lost_and_a_dead_model_stops_the_pod(
     kafka_bootstrap, new_topic, new_group, tiny_bundle, pods
 ):
@@ -456,14 +413,18 @@ def test_exactly_once_holds_per_feeder_through_a_feeder_sigkill(kafka_bootstrap,
 def test_a_new_bundle_is_swapped_in_across_processes_and_each_result_comes_from_its_own_bundle(
     kafka_bootstrap, new_topic, new_group, tmp_path, pods
 ):
-    """Mid-stream the bundle folder is replaced by one with another tokenizer length: the model process swaps it
-    in, the feeders follow, and every result's label is what its own bundle predicts for that text."""
+    """Mid-stream the bundle folder is replaced by one with another tokenizer length, multi-label and read in
+    windows: the model process swaps it in, the feeders follow, and every result's label (or tags and windows)
+    is what its own bundle predicts for that text."""
     import torch
 
+    from model.truncation import Truncation
     from worker.runner import ModelRunner
 
     served = make_tiny_bundle(tmp_path / "served", seed=0, max_length=32)
-    staged = make_tiny_bundle(tmp_path / "staged", seed=9, max_length=16, name="tiny-test")
+    staged = make_tiny_bundle(tmp_path / "staged", seed=9, max_length=16, name="tiny-test", thresholds=[0.5, 0.3, 0.7],
+                              head_scale=5.0, truncation=Truncation(strategy="chunks", stride=10, max_windows=3,
+                                                                    pooling="max"))
     topic = new_topic(partitions=2, prefix="pod-reload")
     env = {**worker_env(kafka_bootstrap, topic, served, new_group()), "TAGSTREAM_RELOAD_INTERVAL_S": "0.3"}
     texts = fixture_texts(3000, seed=44, min_words=20, max_words=40)  # longer than 16 tokens: truncation differs
@@ -492,14 +453,21 @@ def test_a_new_bundle_is_swapped_in_across_processes_and_each_result_comes_from_
     assert {v["id"] for v in values} == set(by_id)
     versions = Counter(v["model_version"] for v in values)
     assert set(versions) == set(references), versions
-    wrong = 0
+    wrong, windowed = 0, 0
     for version, runner in references.items():
         mine = [v for v in values if v["model_version"] == version]
         for start in range(0, len(mine), 64):
             chunk = mine[start : start + 64]
-            answers = runner.classify(runner.tokenize([by_id[v["id"]] for v in chunk])).top_indices
-            wrong += sum(v["label"] != runner.labels[top[0]] for v, top in zip(chunk, answers, strict=True))
+            answers = runner.classify(runner.tokenize([by_id[v["id"]] for v in chunk]))
+            for n, v in enumerate(chunk):
+                if answers.tags is None:  # the served bundle: plain
+                    wrong += v["label"] != runner.labels[answers.top_indices[n][0]]
+                    continue
+                tags = [runner.labels[j] for j, _ in answers.tags[n]]
+                wrong += [t["label"] for t in v["labels"]] != tags or v["windows"] != (answers.windows or [])[n]
+                windowed += v["windows"] > 1
     assert wrong == 0, f"{wrong} results disagree with the bundle they name"
+    assert windowed, "no text was read as several windows by the new bundle"
     assert not pod.events("stale_requests")
     swaps = Counter(e["process"] for e in pod.events("bundle_swapped"))
     assert swaps == {"model": 1, "feeder-0": 1, "feeder-1": 1}  # the model process swaps, each feeder follows
