@@ -1,6 +1,7 @@
 """The pod's main process when ``TAGSTREAM_PROCESSES`` > 1: starts, watches and stops the others.
 
-Start: check that /dev/shm can hold the feeders' slots, create each feeder's shared memory, start
+Start: reclaim what pods killed whole left in /dev/shm and claim names there (shm_claim.py), check
+that /dev/shm can hold the feeders' slots, create and reserve each feeder's shared memory, start
 the model process and wait until it has loaded, checked and warmed up the bundle (a bundle or
 settings problem exits here with its code, as one process would), serve the pod's /metrics,
 /healthz and /readyz on TAGSTREAM_METRICS_PORT (podview.py), then start the feeders.
