@@ -6,8 +6,8 @@
 #   TAGSTREAM_OUTPUT_TOPIC_IDLE_S, 300 s by default, and a check), deleted with its result and
 #   dead-letter topics, as an operator retiring a feed would. Every third cycle a second worker of the
 #   same group starts or leaves (in turn SIGTERM and SIGKILL): a rebalance every minute or so.
-#   The first worker's RSS, threads, open files, /metrics series and the broker's topics of this run
-#   are sampled every cycle; at the end: missing and duplicate results over every topic, and whether
+#   The first worker's RSS, threads, open files (summed over its processes: a pod's too), /metrics
+#   series, the broker's topics of this run and the tagstream files in /dev/shm are sampled every cycle; at the end: missing and duplicate results over every topic, and whether
 #   any deleted topic came back while the worker ran (the dev broker creates topics on request).
 #   BUNDLE=DIR [CLIENT=kafka-python|confluent] [DURATION_S=900] [CYCLE_S=15] [TAGSTREAM_OUTPUT_TOPIC_IDLE_S=300]
 #     bash bench/outsider/churn.sh
@@ -35,6 +35,11 @@ for i in range($EVENTS_PER_TOPIC): print(f'k{i % 31}\t' + json.dumps({'id': f'$1
 metric() { curl -s --max-time 5 "localhost:$1/metrics" | awk -v m="$2" '$1 ~ "^"m"({|$)" {s+=$2} END {printf "%d", s}'; }
 series() { curl -s --max-time 5 "localhost:$PORT/metrics" | grep -vc '^#'; }
 proc() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status" 2>/dev/null; }
+# Summed over the worker's processes: itself and its children (a pod's model process, feeders and
+# multiprocessing's resource tracker, with TAGSTREAM_PROCESSES > 1).
+tree() { echo "$1" $(pgrep -P "$1"); }
+tree_sum() { local t=0 p v; for p in $(tree "$1"); do v=$(proc "$p" "$2"); t=$((t + ${v:-0})); done; echo $t; }
+tree_fds() { local t=0 p; for p in $(tree "$1"); do t=$((t + $(ls "/proc/$p/fd" 2>/dev/null | wc -l))); done; echo $t; }
 # Every input of topic $1 answered? The group's committed offsets against the end offsets.
 committed_all() { py "
 import sys
@@ -61,8 +66,8 @@ TAGSTREAM_METRICS_PORT=$PORT .venv/bin/tagstream-worker run > "$D/worker.log" 2>
 W=$!
 W2=; second=0; kills=0
 missing=0; dups=0; checked=0; oldest=0; next=1; deleted=(); declare -A done_at
-echo "| s | topics made | checked & deleted | 2nd worker | RSS MB | threads | fds | /metrics series | broker topics of this run | events out |"
-echo "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"
+echo "| s | topics made | checked & deleted | 2nd worker | RSS MB | threads | fds | /metrics series | broker topics of this run | /dev/shm files | events out |"
+echo "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"
 start=$(date +%s)
 while [ $(( $(date +%s) - start )) -lt "$DURATION_S" ]; do
   sleep "$CYCLE_S"
@@ -88,8 +93,8 @@ while [ $(( $(date +%s) - start )) -lt "$DURATION_S" ]; do
     fi
   else second=-; fi
   ours=$(kcat -b "$B" -L -J 2>/dev/null | .venv/bin/python -c "import json,sys; print(sum(t['topic'].startswith('$P-') for t in json.load(sys.stdin)['topics']))")
-  echo "| $(( $(date +%s) - start )) | $next | $checked | $second | $(( $(proc $W VmRSS) / 1024 )) | $(proc $W Threads) |" \
-    "$(ls /proc/$W/fd 2>/dev/null | wc -l) | $(series) | $ours | $(metric $PORT tagstream_events_out_total) |"
+  echo "| $(( $(date +%s) - start )) | $next | $checked | $second | $(( $(tree_sum $W VmRSS) / 1024 )) | $(tree_sum $W Threads) |" \
+    "$(tree_fds $W) | $(series) | $ours | $(ls /dev/shm | grep -c '^tagstream-') | $(metric $PORT tagstream_events_out_total) |"
 done
 [ -n "$W2" ] && { kill -TERM $W2; wait $W2 2>/dev/null; }
 # Let the last topics finish, then check them too.
