@@ -74,7 +74,12 @@ class ShmClaim:
                 why="left by pods killed whole (SIGKILL, the OOM killer) before they could remove them",
             )
         scratch = shm_dir / f".{PREFIX}{token}{LOCK_SUFFIX}.new"
-        fd = os.open(scratch, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fd = os.open(scratch, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:  # the segments may still be possible: a claim never stops the pod
+            log.warning("shared_memory_unclaimed", folder=str(shm_dir), error=str(exc),
+                        why="no lock file: a pod killed whole will leave its segments for good")
+            return cls(token, shm_dir, None, run_root)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.rename(scratch, shm_dir / f"{PREFIX}{token}{LOCK_SUFFIX}")  # seen by others only once locked
         return cls(token, shm_dir, fd, run_root)
@@ -105,8 +110,8 @@ def reclaim_dead(shm_dir: Path, run_root: Path | None = None) -> Reclaimed:
     for lock in sorted(shm_dir.glob(f"{PREFIX}*{LOCK_SUFFIX}")):
         try:
             fd = os.open(lock, os.O_RDWR)
-        except FileNotFoundError:
-            continue  # its owner released it meanwhile
+        except OSError:
+            continue  # its owner released it meanwhile, or it is another user's
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -114,13 +119,13 @@ def reclaim_dead(shm_dir: Path, run_root: Path | None = None) -> Reclaimed:
                 continue  # a live pod's
             token = lock.name[len(PREFIX) : -len(LOCK_SUFFIX)]
             for segment in shm_dir.glob(f"{PREFIX}{token}-*"):
-                with contextlib.suppress(FileNotFoundError):
-                    size += segment.stat().st_size
+                with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove
+                    held = segment.stat().st_size
                     segment.unlink()
-                    segments += 1
+                    size, segments = size + held, segments + 1
             if run_root is not None:
                 shutil.rmtree(run_root / f"{PREFIX}{token}", ignore_errors=True)
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 lock.unlink()
             claims += 1
         finally:

@@ -102,3 +102,27 @@ def test_real_shared_memory_of_a_pod_killed_whole_is_left_behind_then_reclaimed(
     finally:
         claim.release()
     assert owned(SHM_DIR, claim.token) == []
+
+
+def test_a_claim_that_cannot_be_opened_is_left_alone_and_a_lock_that_cannot_be_made_does_not_stop_the_pod(
+    tmp_path, monkeypatch
+):
+    """Another user's claim (a lock file this process may not open) is skipped, not an error; where no
+    lock file can be made, the pod still gets its names, unclaimed."""
+    import worker.procs.shm_claim as shm_claim
+
+    shm, run = tmp_path / "shm", tmp_path / "run"
+    shm.mkdir(), run.mkdir()
+    foreign = pod_killed_whole(shm, segments=1, run_root=run)
+    real_open = os.open
+
+    def refusing(path, flags, *args):
+        if str(path).endswith(f"{foreign}{LOCK_SUFFIX}") or str(path).endswith(".new"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(shm_claim.os, "open", refusing)
+    claim = ShmClaim.take(shm, run)  # reclaims nothing it may not open, and makes no lock of its own
+    assert owned(shm, foreign) == [f"{PREFIX}{foreign}-f0", f"{PREFIX}{foreign}{LOCK_SUFFIX}"]
+    assert owned(shm, claim.token) == [] and claim.segment_name(0).startswith(f"{PREFIX}{claim.token}")
+    claim.release()
