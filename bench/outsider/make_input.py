@@ -2,7 +2,9 @@
 
     python bench/outsider/make_input.py EVENTS DATASETS OUT_DIR
 
-valid.tsv   EVENTS AG News texts from DATASETS/ag_news/train.jsonl (cycled), ids e0..e{EVENTS-1}, 97 keys
+valid.tsv   EVENTS AG News texts from DATASETS/ag_news/train.jsonl (cycled), ids e0..e{EVENTS-1}, 97 keys;
+            TEXTS=reuters_tags (or any dataset folder's name) takes them from DATASETS/TEXTS/train.jsonl
+            instead: Reuters news, long enough to be read in several windows
 hostile.tsv 12 records that must become dead letters: 10 hostile JSON values, one that is not UTF-8, and
             one of 200 KB (the runs set TAGSTREAM_MAX_PAYLOAD_BYTES=100000)
 """
@@ -10,6 +12,7 @@ hostile.tsv 12 records that must become dead letters: 10 hostile JSON values, on
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -32,9 +35,10 @@ def main() -> int:
         print(__doc__, file=sys.stderr)
         return 2
     events, datasets, out = int(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
-    source = datasets / "ag_news" / "train.jsonl"
+    name = os.environ.get("TEXTS", "ag_news")
+    source = datasets / name / "train.jsonl"
     if not source.is_file():
-        print(f"{source} not found: set DATASETS to the folder holding ag_news/", file=sys.stderr)
+        print(f"{source} not found: set DATASETS to the folder holding {name}/", file=sys.stderr)
         return 2
     texts = [json.loads(line)["text"] for line in source.open()]
     with (out / "valid.tsv").open("w") as valid:
