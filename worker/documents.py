@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.truncation import pool
+from model.truncation import Truncation, pool
 from worker.inference import Classified
 
 
@@ -28,6 +28,11 @@ class DocumentReading:
     multi_label: bool
     thresholds: np.ndarray | None  # multi-label: one per label
     reports_windows: bool  # whether results say how many windows each input was read as
+
+
+def is_plain(multi_label: bool, truncation: Truncation) -> bool:
+    """Single-label and read by head: one row per input, answered by its top k (transport.py)."""
+    return not multi_label and truncation.strategy == "head"
 
 
 def laid_end_to_end(windows: list[list[list[int]]]) -> list[list[int]]:

@@ -45,11 +45,11 @@ def check_pod_serves(runner: ModelRunner) -> None:
 class LocalModel:
     """Loads the bundle here; see the module docstring."""
 
-    def __init__(self, settings: WorkerSettings, *, packed_only: bool = False) -> None:
+    def __init__(self, settings: WorkerSettings, *, in_pod: bool = False) -> None:
         self.settings = settings
         # The model process of feeder processes (worker/procs/) answers through fixed-shape shared
         # memory: a bundle that is not plain fits it up to MAX_POD_LABELS labels (transport.py).
-        self.packed_only = packed_only
+        self.in_pod = in_pod
         self.device: Any = None
         self.dtype: Any = None
         self._streams = 1
@@ -83,7 +83,7 @@ class LocalModel:
             max_batch_tokens=s.max_batch_tokens, top_k=s.top_k, fast_tokenizer=s.fast_tokenizer,
         )
         check_against_bundle(s, labels=runner.labels, max_length=runner.max_length)
-        if self.packed_only:
+        if self.in_pod:
             check_pod_serves(runner)
         return runner
 

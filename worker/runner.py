@@ -52,6 +52,7 @@ from model.truncation import Windower
 from worker.documents import (
     DocumentReading,
     document_answers,
+    is_plain,
     laid_end_to_end,
     sub_batches,
     windows_of,
@@ -176,6 +177,13 @@ class PackedProbabilities:
     seconds: float
 
 
+def packed(token_ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ids as the packed entry points take them: every row's ids end to end, and each row's length."""
+    lengths = np.fromiter((len(ids) for ids in token_ids), dtype=np.int64, count=len(token_ids))
+    flat = np.fromiter(itertools.chain.from_iterable(token_ids), dtype=np.int64, count=int(lengths.sum()))
+    return flat, lengths
+
+
 class ModelRunner:
     """A loaded bundle on a device, ready to tokenize and classify batches."""
 
@@ -295,7 +303,7 @@ class ModelRunner:
         started = time.perf_counter()
         rows, counts = windows_of(token_ids, self.max_length)
         parts = sub_batches(rows, self.max_batch_size, self.max_batch_tokens)
-        probs = np.concatenate([self._probabilities(part) for part in parts])  # (W, n_labels)
+        probs = np.concatenate([self.probabilities_packed(*packed(part)).probs for part in parts])  # (W, n_labels)
         return document_answers(probs, counts, self.reading, time.perf_counter() - started)
 
     @property
@@ -306,30 +314,9 @@ class ModelRunner:
             thresholds=self._thresholds, reports_windows=self.reports_windows,
         )
 
-    def _probabilities(self, rows: list[list[int]]) -> np.ndarray:
-        """The model's probabilities (rows, n_labels) for one padded batch of windows, on the host."""
-        host, mask, longest = self._padded(rows)
-        try:
-            return self._run_padded(host, mask)
-        except Exception as exc:
-            raise InferenceError(f"the model failed on a batch of {len(rows)} windows (longest {longest} tokens): {exc}") from exc
-
-    def _run_padded(self, host: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
-        """The model's probabilities (rows, n_labels) for one padded batch, on the host."""
-        with torch.inference_mode(), self._autocast():
-            if self.device.type == "cpu":
-                return self._model(host, mask).float().numpy()
-            ids = host.to(self.device, non_blocking=True)
-            return self._model(ids, mask.to(self.device, non_blocking=True)).float().cpu().numpy()
-
-    def _padded(self, token_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """ids and mask int64 (B, T), padded to the longest (rounded up to length_step)."""
-        lengths = np.fromiter((len(ids) for ids in token_ids), dtype=np.int64, count=len(token_ids))
-        flat = np.fromiter(itertools.chain.from_iterable(token_ids), dtype=np.int64, count=int(lengths.sum()))
-        return self._padded_packed(flat, lengths)
-
     def _padded_packed(self, flat_ids: np.ndarray, lengths: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """``_padded`` for rows given end to end (``flat_ids``) with each row's length."""
+        """ids and mask int64 (B, T) for rows given end to end (``flat_ids``) with each row's length, padded
+        to the longest (rounded up to length_step)."""
         n = len(lengths)
         longest = max(1, int(lengths.max())) if n else 1
         longest = max(longest, min(self.max_length, -(-longest // self.length_step) * self.length_step))
@@ -351,9 +338,7 @@ class ModelRunner:
     def _classify_rows(self, token_ids: list[list[int]]) -> Classified:
         """Single-label, one row per input: the path every bundle took before strategies."""
         started = time.perf_counter()
-        lengths = np.fromiter((len(ids) for ids in token_ids), dtype=np.int64, count=len(token_ids))
-        flat = np.fromiter(itertools.chain.from_iterable(token_ids), dtype=np.int64, count=int(lengths.sum()))
-        answers = self.classify_packed(flat, lengths)
+        answers = self.classify_packed(*packed(token_ids))
         return Classified(answers.top_indices.tolist(), answers.top_scores.tolist(), time.perf_counter() - started)
 
     @property
@@ -361,7 +346,7 @@ class ModelRunner:
         """Single-label and read by head: one row per input, answered by its top k (``classify_packed``).
         A pod's model process answers other bundles' windows with their probabilities
         (``probabilities_packed``), and the feeder pools them (worker/procs/remote.py)."""
-        return self._windower is None and not self.multi_label
+        return is_plain(self.multi_label, self.truncation)
 
     def classify_packed(self, flat_ids: np.ndarray, lengths: np.ndarray) -> PackedAnswers:
         """Like ``classify``, for a batch given as every row's ids end to end (``flat_ids``) and each
@@ -394,7 +379,12 @@ class ModelRunner:
         started = time.perf_counter()
         host, mask, longest = self._padded_packed(flat_ids, lengths)
         try:
-            probs = self._run_padded(host, mask)
+            with torch.inference_mode(), self._autocast():
+                if self.device.type == "cpu":
+                    probs = self._model(host, mask).float().numpy()
+                else:
+                    ids = host.to(self.device, non_blocking=True)
+                    probs = self._model(ids, mask.to(self.device, non_blocking=True)).float().cpu().numpy()
         except Exception as exc:
             raise InferenceError(
                 f"the model failed on a batch of {len(lengths)} windows (longest {longest} tokens): {exc}"

@@ -159,7 +159,7 @@ class ModelServer:
         from worker.local_model import LocalModel
         from worker.reload import RunnerSlot
 
-        self._local = LocalModel(self.settings, packed_only=True)
+        self._local = LocalModel(self.settings, in_pod=True)
         runner = self._local.open()
         self._slot = RunnerSlot(runner)
         self._install(runner)
@@ -418,7 +418,7 @@ class ModelServer:
         reading = runner.reading
         self._info = ModelInfo(
             self._current, runner.name, runner.version, tuple(runner.labels), runner.max_length,
-            runner.tokenizer_key, runner.tokenizer_json, plain=runner.plain, top_k=reading.top_k,
+            runner.tokenizer_key, runner.tokenizer_json, top_k=reading.top_k,
             multi_label=reading.multi_label,
             thresholds=None if reading.thresholds is None else tuple(float(t) for t in reading.thresholds),
             truncation=runner.truncation.to_dict(),

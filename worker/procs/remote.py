@@ -43,6 +43,7 @@ from model.truncation import Truncation, Windower
 from worker.documents import (
     DocumentReading,
     document_answers,
+    is_plain,
     laid_end_to_end,
     sub_batches,
     windows_of,
@@ -287,11 +288,11 @@ class RemoteRunner:
         self.max_length = info.max_length
         self.tokenizer_key = info.tokenizer_key
         self.generation = info.generation
-        self.plain = info.plain
         self.multi_label = info.multi_label
         self._link = link
         self.head_tokenizer = HeadTokenizer(info.tokenizer_json, info.max_length, fast=link.fast_tokenizer)
         truncation = Truncation.from_dict(info.truncation)
+        self.plain = is_plain(info.multi_label, truncation)
         self._windower = (
             Windower(Tokenizer.from_str(info.tokenizer_json), info.max_length, truncation)
             if truncation.strategy != "head" else None

@@ -126,11 +126,10 @@ class ModelInfo:
     tokenizer_json: str  # sent once per connection and swap (a few hundred KB at most)
     # How the feeder reads and answers a bundle that is not plain (worker/documents.py); a plain
     # bundle's answers come ranked from the model process.
-    plain: bool = True
-    top_k: int = 1
-    multi_label: bool = False
-    thresholds: tuple[float, ...] | None = None
-    truncation: dict[str, Any] | None = None  # model.truncation.Truncation.to_dict()
+    top_k: int
+    multi_label: bool
+    thresholds: tuple[float, ...] | None
+    truncation: dict[str, Any]  # model.truncation.Truncation.to_dict()
 
 
 class Slot:
@@ -221,7 +220,7 @@ class Channel:
         shm = shared_memory.SharedMemory(name=name, create=True, size=max(1, slots * shape.slot_bytes))
         return cls(shm, shape, slots, owner=True)
 
-    def reserve(self, shm_dir: Path = Path("/dev/shm")) -> None:
+    def reserve(self, shm_dir: Path) -> None:
         """Give the segment its memory now (``posix_fallocate``), not page by page as batches first
         write each slot: a tmpfs that runs out under a write kills the writer with SIGBUS, mid-stream;
         here it is an OSError (ENOSPC) at start. Where the segment is not a file in ``shm_dir`` (not

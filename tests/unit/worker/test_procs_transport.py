@@ -153,7 +153,7 @@ def test_a_reserved_channel_holds_its_memory_from_the_start_not_as_slots_are_fir
         path = Path("/dev/shm") / made.name
         need = Channel.size_bytes(made.shape, 2)
         assert path.stat().st_blocks * 512 < need / 2  # nothing written yet
-        made.reserve()
+        made.reserve(Path("/dev/shm"))
         assert path.stat().st_blocks * 512 >= need
     finally:
         made.close()

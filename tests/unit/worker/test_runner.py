@@ -309,7 +309,7 @@ def test_feeder_processes_serve_bundles_read_in_windows_up_to_a_label_limit_and_
 
     path = request.getfixturevalue(fixture)
     settings = WorkerSettings(bundle_path=str(path), input_topics=["t"])
-    feeders = LocalModel(settings, packed_only=True)
+    feeders = LocalModel(settings, in_pod=True)
     feeders.device, feeders.dtype = CPU, None
     runner = feeders.load(path)
     assert not runner.plain
