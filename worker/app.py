@@ -37,7 +37,7 @@ from typing import Any
 from model.cpus import available_cpus
 from worker.affinity import PinPlan, pin_this_thread, plan_pinning, release_this_thread
 from worker.batcher import Batch, Batcher, BatchLimits
-from worker.call_journal import CallJournal
+from worker.call_journal import CallJournal, DeathCounts
 from worker.committer import Committer, OffsetCommitter, commit_failure
 from worker.errors import BrokerError, Failure, SettingsError, WorkerError
 from worker.events import DeadLetter, Event, ParseConfig
@@ -79,9 +79,12 @@ class Worker:
         model: ModelHost | None = None,
         telemetry_host: str = "0.0.0.0",
         cpu_slot: int = 0,
+        died_in: DeathCounts | None = None,
     ) -> None:
         self.settings = settings
         self._model = model  # None: load the bundle here (LocalModel), at start
+        # A pod's feeder: deaths in model calls its supervisor counted from the journal (worker/call_journal.py).
+        self._died_in = died_in
         self._cpu_slot = cpu_slot  # which CPU of the mask its threads are pinned to (worker/affinity.py)
         self._pin: PinPlan | None = None
         self._model_threads_unpinned = False
@@ -270,7 +273,7 @@ class Worker:
             health=self.health,
             revoke_grace_s=min(s.drain_timeout_s, 10.0),
             clock=self.stage_clock,
-            journal=self._journal,
+            journal=self._journal if self._journal is not None else self._died_in,
         )
         self._sink = Sink(
             self._producer, Router(s), self.tracker, self.metrics, self._fail,

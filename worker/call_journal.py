@@ -15,8 +15,16 @@ memory pressure, a kubelet's kill), so one death with the input alone does not c
 hang with it alone (timed by the worker itself) does: it is dead-lettered (``stalled_twice``) once
 it has died alone twice, or died and hung. A worker that dies on an input every time therefore
 restarts three times; in a crash loop for another reason, an innocent input is dead-lettered
-only if two deaths land in its own alone calls. (A pod's model process has its shared-memory slots
-for this instead: worker/procs/transport.py.)
+only if two deaths land in its own alone calls.
+
+A pod (worker/procs/) shares one set: its supervisor opens it at the pod's start (``open`` with no
+streams: it counts what the set names, then clears it) and holds its lock, the model process writes
+its calls to it (``attach``), and each feeder is given the counts (``DeathCounts``). A model process
+that dies alone is counted by its feeders instead, from its shared-memory slots
+(worker/procs/transport.py): the supervisor then marks the set idle (``unmark_calls``), so that
+nothing is counted twice. The set counts only a pod killed whole, supervisor and all: a container's
+OOM kill (with cgroup v2 Kubernetes kills every process in it), a liveness probe's SIGKILL, a
+node's crash.
 
 - **Once.** Each call has an id; ``counts`` keeps the ids it has counted, so a worker that dies
   again while it starts does not count the same call twice.
@@ -110,6 +118,20 @@ class CallJournal:
                     reason=f"{MAX_SETS} workers of this group on this host already hold its journals")
         return None
 
+    @classmethod
+    def attach(cls, folder: Path, name: str, streams: int) -> CallJournal | None:
+        """The call files of a set another process holds and has counted: a pod's model process
+        writes its calls there, its supervisor holds the lock (module docstring). None when they
+        cannot be written (with a warning: nothing here stops the pod)."""
+        journal = cls(folder, name, -1, streams)
+        try:
+            journal._open_calls()
+        except OSError as exc:
+            journal._break(exc)
+            journal.close()
+            return None
+        return journal
+
     def _recover(self) -> None:
         """Count the inputs of the calls the last holder of these files died in (once each)."""
         self._load_counts()
@@ -172,20 +194,24 @@ class CallJournal:
         log.warning("call_journal_off", folder=str(self.folder), error=str(exc),
                     consequence="a worker that dies in a model call from now on counts nothing")
 
+    def unmark_calls(self) -> None:
+        """Mark every call file of the set idle: a pod's model process ended while its supervisor
+        lives, and its feeders counted the calls it died in (module docstring)."""
+        for path in self.folder.glob(f"{self.name}.call-*"):
+            try:
+                fd = os.open(path, os.O_WRONLY)
+                try:
+                    os.pwrite(fd, IDLE, 0)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                log.warning("call_journal_unmark_failed", path=str(path), error=str(exc),
+                            consequence="the next pod may count that call's inputs once more")
+
     # -- the counts --------------------------------------------------------------------------------
     def forget_below(self, positions: dict[TopicPartition, int | None]) -> None:
         """Drop counts of inputs below their partition's committed position: they have outcomes."""
-        dropped = 0
-        for tp, position in positions.items():
-            counts = self.counts.get(tp)
-            if counts is None or position is None:
-                continue
-            for offset in [o for o in counts if o < position]:
-                del counts[offset]
-                dropped += 1
-            if not counts:
-                del self.counts[tp]
-        if dropped:
+        if _drop_below(self.counts, positions):
             self._order = [i for i in self._order if i[2] in self.counts.get(TopicPartition(i[0], i[1]), {})]
             with contextlib.suppress(OSError):
                 self._save_counts()
@@ -242,6 +268,35 @@ class CallJournal:
             with contextlib.suppress(OSError):
                 os.close(self._lock_fd)  # releases the lock
             self._lock_fd = -1  # closed once: the number may soon name another file
+
+
+class DeathCounts:
+    """A pod's feeder's copy of the counts its supervisor read at the pod's start (the supervisor
+    holds the journal); the feeder's source reads it as one process reads its own journal's."""
+
+    def __init__(self, counts: dict[TopicPartition, dict[int, tuple[int, int]]]) -> None:
+        self.counts = counts
+
+    def forget_below(self, positions: dict[TopicPartition, int | None]) -> None:
+        """Drop counts of inputs below their partition's committed position (this copy only)."""
+        _drop_below(self.counts, positions)
+
+
+def _drop_below(
+    counts: dict[TopicPartition, dict[int, tuple[int, int]]], positions: dict[TopicPartition, int | None]
+) -> int:
+    """Remove from ``counts`` the offsets below each partition's position; how many went."""
+    dropped = 0
+    for tp, position in positions.items():
+        offsets = counts.get(tp)
+        if offsets is None or position is None:
+            continue
+        for offset in [o for o in offsets if o < position]:
+            del offsets[offset]
+            dropped += 1
+        if not offsets:
+            del counts[tp]
+    return dropped
 
 
 def _folder_name(group_id: str) -> str:

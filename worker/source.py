@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from worker.call_journal import CallJournal
+from worker.call_journal import CallJournal, DeathCounts
 from worker.committer import OffsetCommitter
 from worker.delivered_hints import read_hints
 from worker.errors import BrokerError, Failure, WorkerError
@@ -70,7 +70,7 @@ class Source:
         revoke_grace_s: float,
         max_poll_records: int = 500,
         clock: StageClock | None = None,
-        journal: CallJournal | None = None,
+        journal: CallJournal | DeathCounts | None = None,
     ) -> None:
         self._consumer = consumer
         self._clock = clock or StageClock(metrics, enabled=False)
@@ -99,7 +99,7 @@ class Source:
         self._hints_wanted: set[TopicPartition] = set()
         self._deleted = DeletedInputWatch(consumer, metrics)  # inputs deleted before they were read
         # Inputs that earlier processes on this host died in model calls with (worker/call_journal.py),
-        # counted beside the commits' hints; usually empty.
+        # counted beside the commits' hints; usually empty. A pod's feeder: the counts its supervisor read.
         self._journal = journal
         self._died_in = journal.counts if journal is not None else {}
         if self._died_in:

@@ -22,10 +22,11 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import connection
 
 from worker.app import Worker, exit_past_stuck_threads
+from worker.call_journal import DeathCounts
 from worker.errors import WorkerError
 from worker.procs.remote import ModelLink
 from worker.procs.transport import SlotShape
@@ -48,6 +49,9 @@ class FeederPlan:
     shape: SlotShape
     slots: int
     tokenizer_threads: int
+    # Inputs the pods before this one were killed whole in model calls with, as the supervisor
+    # counted them from the journal at the pod's start (worker/call_journal.py); usually empty.
+    died_in: dict = field(default_factory=dict)
 
 
 def feeder_main(plan: FeederPlan, control: connection.Connection) -> None:
@@ -62,7 +66,8 @@ def feeder_main(plan: FeederPlan, control: connection.Connection) -> None:
         plan.address, plan.authkey, feeder=plan.index, segment=plan.segment, shape=plan.shape, slots=plan.slots,
         fast_tokenizer=s.fast_tokenizer,
     )
-    worker = Worker(s, model=link, telemetry_host="127.0.0.1", cpu_slot=plan.index)
+    worker = Worker(s, model=link, telemetry_host="127.0.0.1", cpu_slot=plan.index,
+                    died_in=DeathCounts(plan.died_in) if plan.died_in else None)
     link.count_stalled = worker.tracker.mark_stalled_at
     link.relay_lost = relay_to(control, worker.tracker.assigned)
 

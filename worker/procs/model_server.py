@@ -22,6 +22,10 @@ thread answers each request in it STALLED (so each feeder counts those inputs as
 alone next time, a dead letter after a second stall, as in one process) and exits at once. The
 other feeders hear the call's inputs too: a rebalance while it ran may have given their
 partitions to one of them, and only a partition's owner can commit a count.
+
+Each call's inputs are also written to the call journal the supervisor holds (worker/call_journal.py):
+a pod killed whole (a container's OOM kill, a liveness probe's SIGKILL) leaves no feeder to count
+them, and the next pod's supervisor counts them from there.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing import connection
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,6 +47,7 @@ from prometheus_client import Counter, Histogram
 from model.cpus import available_cpus
 from worker.affinity import plan_pinning, spare_cpus
 from worker.call_gate import CallGate
+from worker.call_journal import CallJournal
 from worker.errors import Failure, InferenceError, WorkerError
 from worker.inference import InputId
 from worker.model_calls import ModelCalls
@@ -148,6 +154,7 @@ class ModelServer:
         self._local: Any = None
         self._slot: Any = None
         self._calls: ModelCalls[Request] = ModelCalls(self.health)  # the requests in each stream's call
+        self._journal: CallJournal | None = None  # each call's inputs on disk, for a pod killed whole
         self._gate: CallGate = CallGate(1)  # sized for the streams at start
         # Slots marked IN_CALL (transport.py); once exiting for a stall, only the stalled call's stay so.
         self._marks_lock = threading.Lock()
@@ -167,8 +174,12 @@ class ModelServer:
         assert self._info is not None
         return self._info
 
-    def start(self, address: str, authkey: bytes) -> int:
-        """Listen for feeders and start the streams; returns the telemetry port (127.0.0.1)."""
+    def start(self, address: str, authkey: bytes, journal: tuple[str, str] | None = None) -> int:
+        """Listen for feeders and start the streams; returns the telemetry port (127.0.0.1).
+        ``journal``: the call journal's folder and set to write each call to (worker/call_journal.py)."""
+        if journal is not None:
+            self._journal = CallJournal.attach(Path(journal[0]), journal[1], self._local.streams)
+            self._calls = ModelCalls(self.health, self._journal)
         self._listener = connection.Listener(address, family="AF_UNIX", authkey=authkey)
         self.telemetry = TelemetryServer(self.metrics, self.health, 0, host="127.0.0.1")
         self.telemetry.start()
@@ -195,6 +206,8 @@ class ModelServer:
                 port.conn.close()
         if self.telemetry is not None:
             self.telemetry.stop()
+        if self._journal is not None:
+            self._journal.close()
 
     def _spawn(self, name: str, target: Any, watched: bool = True, joined: bool = True) -> None:
         # Daemons: the accept thread stays blocked in accept() (closing a listening socket does not
@@ -341,7 +354,9 @@ class ModelServer:
                         slot.in_call(True)
             started = time.perf_counter()
             try:
-                with self._calls.call(group):
+                # On disk too (worker/call_journal.py): named if the whole pod dies in the call.
+                suspects = [i for r in group for i in r.inputs] if self._journal is not None else ()
+                with self._calls.call(group, suspects, group[0].alone):
                     if runner.plain:
                         answers = runner.classify_packed(ids, lengths)
                     else:  # windows: the feeders pool and rank them (transport.py)
@@ -450,11 +465,13 @@ def stalled_inputs_for(port: Any, requests: list[Request]) -> list[InputId]:
 
 
 def model_process_main(
-    settings: WorkerSettings, address: str, authkey: bytes, control: connection.Connection, feeders: int = 0
+    settings: WorkerSettings, address: str, authkey: bytes, control: connection.Connection, feeders: int = 0,
+    journal: tuple[str, str] | None = None,
 ) -> None:
     """Entry point of the model process (multiprocessing, spawn): load, report, serve until told to stop.
 
-    Reports ("ready", telemetry port, ModelInfo fields) or ("failed", exit code, message) on
+    ``journal``: the folder and set of the call journal the supervisor holds, where this process
+    writes its calls (worker/call_journal.py). Reports ("ready", telemetry port, ModelInfo fields) or ("failed", exit code, message) on
     ``control`` and exits with that code."""
     os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor only, which stops the feeders first
     name_process("tagstream-model")
@@ -467,7 +484,7 @@ def model_process_main(
     server = ModelServer(settings)
     try:
         info = server.load()
-        port = server.start(address, authkey)
+        port = server.start(address, authkey, journal)
     except WorkerError as exc:
         log.error("cannot_start", kind=exc.failure.label, error=str(exc), exit_code=exc.exit_code)
         control.send(("failed", exc.exit_code, str(exc)))

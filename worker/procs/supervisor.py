@@ -1,7 +1,9 @@
 """The pod's main process when ``TAGSTREAM_PROCESSES`` > 1: starts, watches and stops the others.
 
 Start: reclaim what pods killed whole left in /dev/shm and claim names there (shm_claim.py), check
-that /dev/shm can hold the feeders' slots, create and reserve each feeder's shared memory, start
+that /dev/shm can hold the feeders' slots, count the inputs of model calls a pod before was killed
+whole in (worker/call_journal.py: the feeders are given the counts, the model process writes its
+calls to the journal), create and reserve each feeder's shared memory, start
 the model process and wait until it has loaded, checked and warmed up the bundle (a bundle or
 settings problem exits here with its code, as one process would), serve the pod's /metrics,
 /healthz and /readyz on TAGSTREAM_METRICS_PORT (podview.py), then start the feeders.
@@ -37,6 +39,7 @@ from multiprocessing import connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from worker.call_journal import CallJournal
 from worker.errors import EXIT_INTERNAL, SettingsError, WorkerError
 from worker.procs.feeder import FeederPlan, feeder_main
 from worker.procs.model_server import model_process_main
@@ -89,6 +92,7 @@ class Supervisor:
         self._shape = slot_shape(settings)
         self._channels: list[Channel] = []
         self._claim: ShmClaim | None = None
+        self._journal: CallJournal | None = None  # held for the pod; its model process writes the calls
         self._address = ""
         self._authkey = secrets.token_bytes(32)
         self._model: BaseProcess | None = None
@@ -116,6 +120,8 @@ class Supervisor:
         s = self.settings
         self._claim = ShmClaim.take(SHM_DIR)  # first: what dead pods left there is freed (shm_claim.py)
         summary = check_shared_memory(s, self.n)
+        # What pods killed whole in a model call left there is counted now (worker/call_journal.py).
+        self._journal = CallJournal.open(s.state_dir, s.group_id, streams=0)
         self._address = str(self._claim.make_run_dir() / "model.sock")
         self._channels = [
             Channel.create(self._shape, SLOTS_PER_FEEDER, self._claim.segment_name(i)) for i in range(self.n)
@@ -169,7 +175,8 @@ class Supervisor:
     def _start_model(self) -> None:
         ours, theirs = self._ctx.Pipe()
         process = self._ctx.Process(
-            target=model_process_main, args=(self.settings, self._address, self._authkey, theirs, self.n),
+            target=model_process_main,
+            args=(self.settings, self._address, self._authkey, theirs, self.n, self._journal_set()),
             name="tagstream-model", daemon=False,
         )
         process.start()
@@ -195,11 +202,16 @@ class Supervisor:
                 process.join()
                 raise WorkerError(f"the model process exited ({_describe_exit(process.exitcode)}) before it was ready")
 
+    def _journal_set(self) -> tuple[str, str] | None:
+        """Where the model process writes its calls: the journal's folder and set, if it is on."""
+        return None if self._journal is None else (str(self._journal.folder), self._journal.name)
+
     def _start_feeder(self, feeder: FeederProc) -> None:
         plan = FeederPlan(
             index=feeder.index, settings=feeder_settings(self.settings, feeder.index), address=self._address,
             authkey=self._authkey, segment=self._channels[feeder.index].name, shape=self._shape,
             slots=SLOTS_PER_FEEDER, tokenizer_threads=tokenizer_threads(self.n),
+            died_in=self._journal.counts if self._journal is not None else {},
         )
         ours, theirs = self._ctx.Pipe()
         process = self._ctx.Process(target=feeder_main, args=(plan, theirs), name=f"tagstream-feeder-{feeder.index}")
@@ -350,6 +362,7 @@ class Supervisor:
         assert self._model is not None
         self._model.join()
         self._model_stopped = True
+        self._unmark_calls()  # at once: its feeders are counting the calls it died in themselves
         self.view.model_alive = False
         self.view.model.port = None
         code = _exit_code(self._model.exitcode)
@@ -380,11 +393,21 @@ class Supervisor:
         if model.exitcode not in (0, None) and self._code is None:
             log.warning("model_process_exit", exit=_describe_exit(model.exitcode))
 
+    def _unmark_calls(self) -> None:
+        """The model process has ended under this supervisor: a death was counted by its feeders
+        (transport.py's slots), and a stop is nobody's fault. The journal counts only a pod killed
+        whole, supervisor and all (worker/call_journal.py)."""
+        if self._journal is not None:
+            self._journal.unmark_calls()
+
     def kill_all(self) -> None:
         for process in [self._model, *(f.process for f in self._feeders)]:
             if process is not None and process.is_alive():
                 with contextlib.suppress(OSError):
                     process.kill()
+        if self._model is not None:  # an operator's forced stop is no input's fault
+            self._model.join(MODEL_STOP_TIMEOUT_S)
+            self._unmark_calls()
 
     def _cleanup(self) -> None:
         if self._model is not None and self._model.is_alive() and not self._model_stopped:
@@ -395,6 +418,11 @@ class Supervisor:
         for channel in self._channels:
             channel.close()
         self._channels = []
+        if self._journal is not None:
+            if self._model is None or not self._model.is_alive():
+                self._unmark_calls()
+            self._journal.close()
+            self._journal = None
         if self._claim is not None:
             self._claim.release()
             self._claim = None

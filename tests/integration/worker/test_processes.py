@@ -306,16 +306,20 @@ def test_an_input_that_hangs_the_model_every_time_is_dead_lettered_after_a_bound
     assert_only_dead_letter(kafka_bootstrap, topic, pill, "stalled_twice")
 
 
-def test_an_input_whose_model_call_the_model_process_is_killed_in_is_counted_and_dead_lettered_in_bounded_restarts(
+def test_an_input_whose_model_call_the_model_process_or_the_whole_pod_is_killed_in_is_dead_lettered_in_bounded_restarts(
     kafka_bootstrap, new_topic, new_group, tmp_path, pods
 ):
     """A model process killed in the middle of a call (SIGKILL while it hangs on the pill, as the OOM
     killer or a crash would) answers nobody, but the slot of each request in that call says so: their
-    feeders count those inputs as deaths. The next pod runs the pill alone; its model process dies
-    again, and so does the third's. A death may come from outside the worker, so deaths convict only
-    after two with the input alone, as in one process: the fourth pod dead-letters the pill without
-    running it. Before the slots, such a kill counted nothing and the pods restarted for ever; before
-    deaths were told from hangs, the third pod dead-lettered it after one death alone."""
+    feeders count those inputs as deaths. A pod killed whole (every process, as a container's OOM kill
+    or a liveness probe's SIGKILL ends it) leaves no feeder to count: its model process wrote each
+    call to the journal its supervisor holds, and the next pod's supervisor counts it from there.
+    Pods 1 and 3 lose their model process, pod 2 is killed whole while it runs the pill alone. A
+    death may come from outside the worker, so deaths convict only after two with the input alone,
+    as in one process: the fourth pod dead-letters the pill without running it. Before the slots,
+    such a kill counted nothing and the pods restarted for ever; before the journal, so did pods
+    killed whole. The journal counts only pod 2's call: a death the feeders counted is never counted
+    again at the next start."""
     topic = new_topic(partitions=2, prefix="pod-killed-call")
     env = worker_env(kafka_bootstrap, topic, make_null_bundle(tmp_path / "stalling", stalling=True), new_group(),
                      TAGSTREAM_GROUP_INSTANCE_ID=f"pod-{uuid.uuid4().hex[:6]}",
@@ -332,11 +336,20 @@ def test_an_input_whose_model_call_the_model_process_is_killed_in_is_counted_and
                 pill = produce_events(kafka_bootstrap, topic, [f"a news item that hangs the model {STALL_TOKEN}"],
                                       prefix="pill")[0]
             wait_until(lambda: pod.model_call_s() >= 1.0, POD_START_S, "the pill's model call to hang")  # noqa: B023
-            os.kill(pod.events("model_process_ready")[0]["pid"], signal.SIGKILL)
-            assert pod.proc.wait(60) == 1, pod.tail()
+            model = pod.events("model_process_ready")[0]["pid"]
+            if n == 2:  # whole: the feeders and the supervisor first, so that no process counts the call
+                for pid in [*pod.feeder_pids(0)[-1:], *pod.feeder_pids(1)[-1:], pod.proc.pid, model]:
+                    os.kill(pid, signal.SIGKILL)
+                assert pod.proc.wait(60) == -signal.SIGKILL
+            else:
+                os.kill(model, signal.SIGKILL)
+                assert pod.proc.wait(60) == 1, pod.tail()
             killed.append(pod)
         counted = [[(e["inputs"], e["died"]) for e in pod.events("model_call_given_up")] for pod in killed]
-        assert counted == [[(1, True)]] * 3, [pod.tail() for pod in killed]
+        assert counted == [[(1, True)], [], [(1, True)]], [pod.tail() for pod in killed]
+        from_journal = [[(e["inputs"], e["alone"]) for e in pod.events("died_in_model_calls_counted")]
+                        for pod in killed]
+        assert from_journal == [[], [], [(1, 1)]], [pod.tail() for pod in killed]  # pod 2's call, alone, once
         assert not any(pod.events("input_dead_lettered_after_stalls") for pod in killed[:2])
         fourth = pods(env, "pod4")
         # The third pod's other feeder may have dead-lettered the pill already: wait for a drain to stop.
@@ -348,6 +361,7 @@ def test_an_input_whose_model_call_the_model_process_is_killed_in_is_counted_and
         wait_until(lambda: bool(dead_lettered()) or fourth.proc.poll() is not None, POD_START_S + RESULTS_S,
                    "the pill dead-lettered")
         assert fourth.proc.poll() is None and not fourth.events("model_call_given_up"), fourth.tail()
+        assert not fourth.events("died_in_model_calls_counted"), fourth.tail()  # pod 3's death: counted by its feeders
         assert [(e["stalls"], e["died_in_calls"]) for e in dead_lettered()] == [(3, 3)]
         assert fourth.stop() == 0, fourth.tail()
     finally:

@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 from worker_fakes import Clock
 
 from worker import call_journal
-from worker.call_journal import CallJournal
+from worker.call_journal import CallJournal, DeathCounts
 from worker.kafka.base import TopicPartition
 from worker.model_calls import ModelCalls
 from worker.telemetry import Health
@@ -204,3 +204,56 @@ def test_model_calls_write_each_call_and_a_stalled_call_given_up_is_left_to_the_
 @pytest.mark.parametrize("inputs", [[], [("a.b-c_d", 2_147_483_647, 2**62)]])
 def test_inputs_survive_their_encoding(inputs):
     assert call_journal._decode(call_journal._encode(inputs)) == inputs
+
+
+def test_a_pods_model_process_writes_the_set_its_supervisor_holds_and_only_a_pod_killed_whole_is_counted(tmp_path):
+    """A pod shares one set: the supervisor opens it with no streams (counting and clearing what it
+    names), the model process attaches to write its calls. Killed whole, the next supervisor counts
+    the calls in flight; a model process that ended under a living supervisor (its feeders counted
+    its calls) leaves the set unmarked, and nothing is counted twice."""
+    supervisor = CallJournal.open(tmp_path, GROUP, streams=0)
+    assert supervisor is not None and supervisor.name == "worker-0"
+    model = CallJournal.attach(supervisor.folder, supervisor.name, streams=2)
+    assert model is not None
+    model.begin(0, [("news", 0, 5), ("news", 1, 9)])
+    model.begin(1, [("news", 0, 7)], alone=True)
+    died(model)
+    died(supervisor)  # killed whole
+
+    supervisor = CallJournal.open(tmp_path, GROUP, streams=0)
+    assert supervisor is not None and supervisor.name == "worker-0"
+    assert supervisor.counts == {TP: {5: (1, 0), 7: (1, 1)}, TopicPartition("news", 1): {9: (1, 0)}}
+    model = CallJournal.attach(supervisor.folder, supervisor.name, streams=2)
+    assert model is not None
+    model.begin(0, [("news", 0, 7)], alone=True)
+    died(model)  # the model process alone: its feeders count the call
+    supervisor.unmark_calls()
+    died(supervisor)
+
+    again = CallJournal.open(tmp_path, GROUP, streams=0)
+    assert again is not None
+    assert again.counts == {TP: {5: (1, 0), 7: (1, 1)}, TopicPartition("news", 1): {9: (1, 0)}}  # no more
+    again.close()
+
+
+def test_a_feeders_copy_of_the_counts_forgets_inputs_below_the_commit_in_memory_only(tmp_path):
+    supervisor = CallJournal.open(tmp_path, GROUP, streams=0)
+    assert supervisor is not None
+    model = CallJournal.attach(supervisor.folder, supervisor.name, streams=1)
+    assert model is not None
+    model.begin(0, [("news", 0, 5), ("news", 0, 8)])
+    died(model)
+    died(supervisor)
+    supervisor = CallJournal.open(tmp_path, GROUP, streams=0)
+    assert supervisor is not None
+    copy = DeathCounts({tp: dict(offsets) for tp, offsets in supervisor.counts.items()})  # as pickled to a feeder
+    copy.forget_below({TP: 6})
+    assert copy.counts == {TP: {8: (1, 0)}}
+    assert supervisor.counts == {TP: {5: (1, 0), 8: (1, 0)}}  # the supervisor's own: untouched
+    supervisor.close()
+
+
+def test_a_model_process_that_cannot_write_the_set_serves_on_without_a_journal(tmp_path):
+    with capture_logs() as logs:
+        assert CallJournal.attach(tmp_path / "missing", "worker-0", streams=1) is None
+    assert [e["event"] for e in logs] == ["call_journal_off"]

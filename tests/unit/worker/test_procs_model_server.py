@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 from worker_support import fixture_texts, make_tiny_bundle, wait_until
 
+from worker.call_journal import CallJournal, _read_call
 from worker.errors import Failure, InferenceError, ModelCallStalled, WorkerError
 from worker.inference import Classified
+from worker.kafka.base import TopicPartition
 from worker.procs.merge import Request
 from worker.procs.model_server import ModelServer, stalled_inputs_for
 from worker.procs.plan import slot_shape
@@ -40,7 +42,7 @@ def pod(tiny_bundle):
     made: dict[str, list] = {"servers": [], "links": [], "channels": []}
 
     class Pod:
-        def server(self, bundle: Path = tiny_bundle, **overrides) -> ModelServer:
+        def server(self, bundle: Path = tiny_bundle, journal: tuple[str, str] | None = None, **overrides) -> ModelServer:
             settings = load_settings(
                 input_topics="in", bundle_path=bundle,
                 **{"max_batch_size": 16, "max_batch_tokens": 512, "reload_interval_s": 0, "inference_streams": 1,
@@ -49,7 +51,7 @@ def pod(tiny_bundle):
             server = ModelServer(settings)
             server.load()
             server.address = str(run_dir / f"m{len(made['servers'])}.sock")  # type: ignore[attr-defined]
-            server.start(server.address, KEY)  # type: ignore[attr-defined]
+            server.start(server.address, KEY, journal)  # type: ignore[attr-defined]
             made["servers"].append(server)
             return server
 
@@ -460,3 +462,50 @@ def test_a_request_to_run_alone_waits_for_the_other_streams_call_so_that_a_death
     a.join(15)
     b.join(15)
     assert calls == [2, 1] and outcome == {"a": None, "b": None}
+
+
+def test_each_call_is_in_the_supervisors_journal_while_it_runs_so_a_pod_killed_whole_counts_it_and_only_then(
+    pod, tmp_path
+):
+    """The model process writes each merged call's inputs to the journal set its supervisor holds,
+    flagged when one input runs alone, and marks it idle after (worker/call_journal.py). A pod
+    killed whole in a call leaves it marked: the next pod's supervisor counts those inputs. A model
+    process that dies under a living supervisor is counted by its feeders instead: the supervisor
+    unmarks the set, and the next pod counts nothing."""
+    supervisor = CallJournal.open(tmp_path, "g", streams=0)
+    assert supervisor is not None
+    path = supervisor.folder / f"{supervisor.name}.call-0"
+    server = pod.server(journal=(str(supervisor.folder), supervisor.name))
+    (_link_a, runner_a), (_link_b, runner_b) = pod.feeder(server, 0), pod.feeder(server, 1)
+    model = server._generations[1]
+    real, seen = model.classify_packed, []
+
+    def peeking(ids, lengths):
+        found = _read_call(path)
+        seen.append(None if found is None else (found[2], found[1]))
+        return real(ids, lengths)
+
+    model.classify_packed = peeking
+    runner_a.classify(runner_a.tokenize(["one", "two"]), inputs=[("in", 0, 1), ("in", 1, 2)])
+    runner_b.classify(runner_b.tokenize(["suspect"]), inputs=[("in", 0, 7)], alone=True)
+    assert seen == [([("in", 0, 1), ("in", 1, 2)], False), ([("in", 0, 7)], True)]  # (inputs, alone)
+    assert _read_call(path) is None  # idle between calls: a death now counts nothing
+
+    for killed_whole in (True, False):
+        server = pod.server(journal=(str(supervisor.folder), supervisor.name))  # the pod's model process
+        _link, runner = pod.feeder(server, 0)
+        gate, calls = hold_model_calls(server, first_only=True)
+        outcome: dict[str, BaseException | None] = {}
+        a = classifying(outcome, "a", runner, ["three"], [("in", 1, 3)])
+        wait_until(lambda: calls == [1], 10, "the input in the model call")  # noqa: B023
+        process_gone(server)  # the model process dies in the call
+        a.join(15)
+        if not killed_whole:
+            supervisor.unmark_calls()  # the supervisor lives on to see it end: its feeders counted the call
+        supervisor.close()  # then the supervisor is killed too: its lock goes, nothing else
+        supervisor = CallJournal.open(tmp_path, "g", streams=0)  # the next pod's
+        assert supervisor is not None
+        assert supervisor.counts == {TopicPartition("in", 1): {3: (1, 0)}}  # killed whole: counted; else not again
+        assert _read_call(path) is None  # counted once: cleared
+        gate.set()
+    supervisor.close()
