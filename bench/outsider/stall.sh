@@ -22,6 +22,10 @@
 # worker with the stalling bundle is killed so, successors too. The next worker must count the call's inputs from
 # its journal (TAGSTREAM_STATE_DIR, here in the run's folder; worker/call_journal.py). Static membership, so that
 # a successor gets the partitions at once, not after the killed member's session times out.
+# KILL_POD=1|every (with PROCESSES > 1): as KILL_WORKER, for a pod: once its /healthz shows the model call hung for
+# 1 s, every process of the pod is SIGKILLed (the feeders and the supervisor first, so that none counts the call), as
+# a container's OOM kill (cgroup v2: every process in it) or a liveness probe's SIGKILL ends it. The next pod's
+# supervisor must count the call's inputs from the journal the model process wrote (worker/call_journal.py).
 # PILL=1: every worker hangs on that input, as on an input that hangs the device. Successors are started
 # (stalling bundle) until one does not exit 1, at most 4; at-least-once, the second runs the inputs of the
 # given-up call alone and the third dead-letters the one that hung again (stalled_twice).
@@ -39,6 +43,7 @@ from worker_support import make_null_bundle
 for name, stalling in (('stalling', True), ('null', False)):
     make_null_bundle(Path('$D') / name, tokenizer_from=Path('$BUNDLE'), stalling=stalling)" 2>/dev/null || exit 2
 export TAGSTREAM_STATE_DIR=$D/state
+KILL_POD=${KILL_POD:-0}; [ "$KILL_POD" != 0 ] && KILL_WORKER=$KILL_POD  # the same steps; kill_when_hung kills the pod whole
 [ "${KILL_WORKER:-0}" != 0 ] && export TAGSTREAM_GROUP_INSTANCE_ID=w-$$
 FIRST_STALL_S=3; [ "${KILL_MODEL:-0}" = 1 ] || [ "${KILL_MODEL:-0}" = every ] || [ "${KILL_WORKER:-0}" != 0 ] && FIRST_STALL_S=300
 LATER_STALL_S=3; [ "${KILL_WORKER:-0}" = every ] || [ "${KILL_MODEL:-0}" = every ] && LATER_STALL_S=300
@@ -81,12 +86,19 @@ for _ in range(3000):
 print(call_s)
 PY
 }
+total() {  # $1: a field of the JSON log lines on stdin: its sum (0 for none)
+  grep -o "\"$1\": [0-9]*" | grep -o '[0-9]*$' | awk '{s += $1} END {print s + 0}'
+}
 kill_when_hung() {  # $1: a metrics port, $2: the worker's pid (one process; a pod's: its model process is killed)
   local call_s victim=$2 what=worker; call_s=$(hung_for "$1" "$2")
-  if [ "$TAGSTREAM_PROCESSES" != 1 ]; then
+  if [ "$KILL_POD" != 0 ]; then  # the model process last: its feeders must not live to count the call
+    local model; model=$(grep '"model_process_ready"' "$3" | grep -o '"pid": [0-9]*' | grep -o '[0-9]*' | tail -1)
+    victim="$(pgrep -P "$2" | grep -vx "$model" | tr '\n' ' ')$2 $model"; what="pod (every process)"
+  elif [ "$TAGSTREAM_PROCESSES" != 1 ]; then
     victim=$(grep '"model_process_ready"' "$3" | grep -o '"pid": [0-9]*' | grep -o '[0-9]*' | tail -1); what="model process"
   fi
-  kill -0 "$2" 2>/dev/null && kill -KILL "$victim" && echo "$what $victim SIGKILLed, its model call hung for ${call_s} s"
+  # shellcheck disable=SC2086  # victim: several pids for a pod killed whole
+  kill -0 "$2" 2>/dev/null && kill -KILL $victim && echo "$what $victim SIGKILLed, its model call hung for ${call_s} s"
 }
 TAGSTREAM_BUNDLE_PATH=$D/stalling TAGSTREAM_MODEL_STALL_S=$FIRST_STALL_S TAGSTREAM_METRICS_PORT=9341 \
   .venv/bin/tagstream-worker run > "$D/first.log" 2>&1 &
@@ -130,7 +142,7 @@ if [ "${PILL:-0}" = 1 ]; then
     fi
     for i in $(seq 1 60); do kill -0 $SECOND 2>/dev/null || break; [ "$(committed 2>/dev/null)" = "$TOTAL" ] && break; sleep 1; done
     if ! kill -0 $SECOND 2>/dev/null; then
-      wait $SECOND; echo "worker $n exit $? ($(grep -o '"event": "died_in_model_calls_counted"' "$D/second.log" | wc -l) journal count(s) at start: $(grep '"died_in_model_calls_counted"' "$D/second.log" | grep -o '"inputs": [0-9]*' | grep -o '[0-9]*' | paste -sd+) inputs; $(grep '"model_call_given_up"' "$D/second.log" | grep -o '"inputs": [0-9]*' | grep -o '[0-9]*' | paste -sd+ | bc) inputs given up ($(grep '"model_call_given_up"' "$D/second.log" | grep '"died": true' | grep -o '"inputs": [0-9]*' | grep -o '[0-9]*' | paste -sd+ | bc) as deaths); $(grep '"stalled_inputs_heard"' "$D/second.log" | grep -o '"counted": [0-9]*' | grep -o '[0-9]*' | paste -sd+ | bc) counted by the feeder that owns them now; $(grep -c input_dead_lettered_after_stalls "$D/second.log") dead-lettered after stalls as it drained)"
+      wait $SECOND; echo "worker $n exit $? ($(grep -o '"event": "died_in_model_calls_counted"' "$D/second.log" | wc -l) journal count(s) at start: $(grep '"died_in_model_calls_counted"' "$D/second.log" | total inputs) inputs; $(grep '"model_call_given_up"' "$D/second.log" | total inputs) inputs given up ($(grep '"model_call_given_up"' "$D/second.log" | grep '"died": true' | total inputs) as deaths); $(grep '"stalled_inputs_heard"' "$D/second.log" | total counted) counted by the feeder that owns them now; $(grep -c input_dead_lettered_after_stalls "$D/second.log") dead-lettered after stalls as it drained)"
       cp "$D/second.log" "$D/worker$n.log"; continue
     fi
     echo "worker $n runs on: $(grep -c input_dead_lettered_after_stalls "$D/second.log") input(s) dead-lettered after stalls"; break
