@@ -194,6 +194,17 @@ class CallJournal:
         log.warning("call_journal_off", folder=str(self.folder), error=str(exc),
                     consequence="a worker that dies in a model call from now on counts nothing")
 
+    def add_lost(self, inputs: Sequence[InputId], alone: bool) -> None:
+        """Count ``inputs`` as in a call the pod died in: a lost call's inputs no feeder held
+        (worker/procs/lost_calls.py), for the next pod's feeders."""
+        for input_ in inputs:
+            self._add(input_, alone)
+        try:
+            self._save_counts()
+        except OSError as exc:
+            log.warning("call_journal_counts_unsaved", folder=str(self.folder), error=str(exc),
+                        consequence="the next pod may run these inputs in a batch again")
+
     def unmark_calls(self) -> None:
         """Mark every call file of the set idle: a pod's model process ended while its supervisor
         lives, and its feeders counted the calls it died in (module docstring)."""

@@ -344,9 +344,16 @@ class OffsetTracker:
         """``mark_stalled`` by (topic, partition, offset); inputs of partitions not held are ignored
         (a pod's feeder hears of every input in a stalled call: worker/procs/remote.py). Returns
         how many were counted."""
-        counted = 0
+        return len(self.mark_held(inputs, died, alone))
+
+    def mark_held(
+        self, inputs: Iterable[tuple[str, int, int]], died: bool = False, alone: bool = False
+    ) -> list[tuple[str, int, int]]:
+        """``mark_stalled_at``, returning the inputs counted (those of partitions held)."""
+        counted = []
         with self._lock:
-            for topic, partition, offset in inputs:
+            for input_ in inputs:
+                topic, partition, offset = input_
                 state = self._parts.get((topic, partition))  # type: ignore[call-overload]
                 if state is not None:
                     if died:
@@ -355,7 +362,7 @@ class OffsetTracker:
                     else:
                         state.stalled[offset] = state.stalled.get(offset, 0) + 1
                     state.stalled_new = True
-                    counted += 1
+                    counted.append(input_)
         return counted
 
     def delivered(self, tp: TopicPartition, first: int | None = None) -> set[int]:

@@ -9,9 +9,11 @@ When the model process is lost in a call, the feeder counts that call's inputs (
 time, a dead letter once convicted: worker/source.py), but only those of partitions it holds. A
 rebalance while the call ran may have given the rest to another feeder: they go to the
 supervisor (``("lost_call", inputs, died, alone)``), which passes them to the other feeders
-(``("count", ...)``), each counting those it holds. Without that, a pod whose first feeder took
-every partition and ran the culprit before the second joined counted nothing, and the pod after
-it died on the input once more.
+(``("count", ..., relay)``), each counting those it holds and saying which (``("counted", relay,
+inputs)``). Without that, a pod whose first feeder took every partition and ran the culprit before
+the second joined counted nothing, and the pod after it died on the input once more. Those no
+feeder held (their partition between two owners in a rebalance) the supervisor writes to the call
+journal, for the next pod (worker/call_journal.py).
 """
 
 from __future__ import annotations
@@ -99,9 +101,10 @@ def _watch_supervisor(control: connection.Connection, worker: Worker) -> None:
     try:
         while (message := control.recv())[0] != "stop":
             if message[0] == "count":
-                _, inputs, died, alone = message
-                counted = worker.tracker.mark_stalled_at([tuple(i) for i in inputs], died, alone)
-                log.warning("lost_call_inputs_heard", inputs=len(inputs), counted=counted, died=died,
+                _, inputs, died, alone, relay = message
+                counted = worker.tracker.mark_held([tuple(i) for i in inputs], died, alone)
+                _tell(control, ("counted", relay, counted))  # the supervisor keeps what nobody counted
+                log.warning("lost_call_inputs_heard", inputs=len(inputs), counted=len(counted), died=died,
                             why="another feeder's inputs in the model call the model process was lost in;"
                                 " counted: those of partitions this feeder holds now")
     except (EOFError, OSError):

@@ -42,6 +42,7 @@ from typing import Any
 from worker.call_journal import CallJournal
 from worker.errors import EXIT_INTERNAL, SettingsError, WorkerError
 from worker.procs.feeder import FeederPlan, feeder_main
+from worker.procs.lost_calls import LostCallRelays
 from worker.procs.model_server import model_process_main
 from worker.procs.plan import (
     SHM_DIR,
@@ -93,6 +94,7 @@ class Supervisor:
         self._channels: list[Channel] = []
         self._claim: ShmClaim | None = None
         self._journal: CallJournal | None = None  # held for the pod; its model process writes the calls
+        self._relays = LostCallRelays(self._keep_lost)  # lost calls' inputs passed between feeders
         self._address = ""
         self._authkey = secrets.token_bytes(32)
         self._model: BaseProcess | None = None
@@ -308,18 +310,33 @@ class Supervisor:
             log.error("feeder_cannot_start", feeder=feeder.index, exit_code=message[1], error=message[2])
         elif message[0] == "lost_call":
             self.relay_lost_call(feeder, message)
+        elif message[0] == "counted":
+            self._relays.counted(message[1], feeder.index, message[2])
 
     def relay_lost_call(self, sender: FeederProc, message: tuple) -> None:
         """A feeder's inputs of a call the model process was lost in, of partitions it no longer
-        holds: to every other feeder, which counts those it holds (worker/procs/feeder.py)."""
+        holds: to every other feeder, which counts those it holds; what none holds goes to the
+        journal (worker/procs/lost_calls.py)."""
         _, inputs, died, alone = message
-        told = []
-        for feeder in self._feeders:
-            if feeder is not sender and feeder.control is not None:
-                with contextlib.suppress(OSError, ValueError):  # gone: its exit is handled on its own
-                    feeder.control.send(("count", inputs, died, alone))
-                    told.append(feeder.index)
-        log.warning("lost_call_inputs_relayed", feeder=sender.index, inputs=len(inputs), to_feeders=told, died=died)
+        told = [f for f in self._feeders if f is not sender and f.control is not None]
+        relay = self._relays.open(inputs, alone, [f.index for f in told])
+        for feeder in told:
+            try:
+                feeder.control.send(("count", inputs, died, alone, relay))  # type: ignore[union-attr]
+            except (OSError, ValueError):  # gone: its exit is handled on its own
+                self._relays.gone(feeder.index)
+        log.warning("lost_call_inputs_relayed", feeder=sender.index, inputs=len(inputs),
+                    to_feeders=[f.index for f in told], died=died)
+
+    def _keep_lost(self, inputs: list[Any], alone: bool) -> None:
+        """A lost call's inputs no feeder held: counted by the next pod, from the journal."""
+        if self._journal is not None:
+            self._journal.add_lost(inputs, alone)
+        log.warning("lost_call_inputs_kept", inputs=len(inputs), alone=alone,
+                    partitions=sorted({f"{t}[{p}]" for t, p, _ in inputs}), journal=self._journal is not None,
+                    why="no feeder held their partitions (a rebalance): the next pod counts them from the call"
+                        " journal" if self._journal is not None else "no feeder held their partitions, and the"
+                        " call journal is off (TAGSTREAM_STATE_DIR): not counted")
 
     def _on_feeder_exit(self, feeder: FeederProc) -> None:
         assert feeder.process is not None
@@ -334,6 +351,7 @@ class Supervisor:
             if feeder.control is not None:
                 feeder.control.close()
         feeder.process, feeder.control = None, None
+        self._relays.gone(feeder.index)
         will_restart = not self._stopping
         self.view.feeder_down(feeder.index, restarting=will_restart and feeder.ever_started)
         level = log.info if self._stopping and code == 0 else log.error
@@ -418,6 +436,7 @@ class Supervisor:
         for channel in self._channels:
             channel.close()
         self._channels = []
+        self._relays.close()
         if self._journal is not None:
             if self._model is None or not self._model.is_alive():
                 self._unmark_calls()
