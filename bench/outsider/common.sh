@@ -24,6 +24,9 @@ TOTAL=$(( $(wc -l < "$IN/valid.tsv") + $(wc -l < "$IN/hostile.tsv") ))
 export TAGSTREAM_BOOTSTRAP_SERVERS=$B TAGSTREAM_INPUT_TOPICS=$T TAGSTREAM_GROUP_ID=$G TAGSTREAM_BUNDLE_PATH=$BUNDLE \
   TAGSTREAM_KAFKA_CLIENT=$CLIENT TAGSTREAM_DEVICE=cpu TAGSTREAM_MAX_PAYLOAD_BYTES=100000
 
+total() {  # $1: a field of the JSON log lines on stdin: its sum (0 for none)
+  grep -o "\"$1\": [0-9]*" | grep -o '[0-9]*$' | awk '{s += $1} END {print s + 0}'
+}
 metric() { curl -s "localhost:$1/metrics" | awk -v m="$2" '$1 ~ "^"m"({|$)" {s+=$2} END {printf "%d", s}'; }
 wait_for_out() { until [ "$(metric "$1" tagstream_events_out_total)" -ge "$2" ] 2>/dev/null; do sleep 0.2; done; }
 committed() { .venv/bin/python - <<PY

@@ -86,9 +86,6 @@ for _ in range(3000):
 print(call_s)
 PY
 }
-total() {  # $1: a field of the JSON log lines on stdin: its sum (0 for none)
-  grep -o "\"$1\": [0-9]*" | grep -o '[0-9]*$' | awk '{s += $1} END {print s + 0}'
-}
 kill_when_hung() {  # $1: a metrics port, $2: the worker's pid (one process; a pod's: its model process is killed)
   local call_s victim=$2 what=worker; call_s=$(hung_for "$1" "$2")
   if [ "$KILL_POD" != 0 ]; then  # the model process last: its feeders must not live to count the call
