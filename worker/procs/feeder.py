@@ -30,6 +30,7 @@ from multiprocessing import connection
 from worker.app import Worker, exit_past_stuck_threads
 from worker.call_journal import DeathCounts
 from worker.errors import WorkerError
+from worker.kafka.base import TopicPartition
 from worker.procs.remote import ModelLink
 from worker.procs.transport import SlotShape
 from worker.settings import WorkerSettings
@@ -53,7 +54,7 @@ class FeederPlan:
     tokenizer_threads: int
     # Inputs the pods before this one were killed whole in model calls with, as the supervisor
     # counted them from the journal at the pod's start (worker/call_journal.py); usually empty.
-    died_in: dict = field(default_factory=dict)
+    died_in: dict[TopicPartition, dict[int, tuple[int, int]]] = field(default_factory=dict)
 
 
 def feeder_main(plan: FeederPlan, control: connection.Connection) -> None:

@@ -69,6 +69,7 @@ MODEL_STOP_TIMEOUT_S = 10.0
 MONITOR_TICK_S = 0.2  # how often the supervisor looks at its processes when nothing happens
 MODEL_PROBE_EVERY_S = 5.0  # how often the supervisor checks that the model process answers at all
 EXIT_FORCED = 130
+FORCED_MODEL_WAIT_S = 1.0  # a forced exit waits this long for the killed model process, to unmark its calls
 
 
 @dataclass
@@ -424,8 +425,9 @@ class Supervisor:
                 with contextlib.suppress(OSError):
                     process.kill()
         if self._model is not None:  # an operator's forced stop is no input's fault
-            self._model.join(MODEL_STOP_TIMEOUT_S)
-            self._unmark_calls()
+            self._model.join(FORCED_MODEL_WAIT_S)  # short: a process stuck in a driver may not die at once
+            if not self._model.is_alive():
+                self._unmark_calls()
 
     def _cleanup(self) -> None:
         if self._model is not None and self._model.is_alive() and not self._model_stopped:
