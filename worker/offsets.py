@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -111,6 +111,8 @@ class OffsetTracker:
         # A hint named inputs of stalled model calls: the batcher thread looks for inputs to run
         # alone (Event.alone) only once this is set, not in every hand-over.
         self.runs_alone = False
+        # Told the inputs each mark_held counted (a pod's feeder tells its supervisor: worker/procs/lost_calls.py).
+        self.on_marked: Callable[[list[tuple[str, int, int]]], None] | None = None
         self._lock = threading.Lock()
         self._parts: dict[TopicPartition, _PartitionState] = {}
         self._epochs: dict[TopicPartition, int] = {}  # survives revocation, so epochs only grow
@@ -363,6 +365,8 @@ class OffsetTracker:
                         state.stalled[offset] = state.stalled.get(offset, 0) + 1
                     state.stalled_new = True
                     counted.append(input_)
+        if counted and self.on_marked is not None:
+            self.on_marked(counted)
         return counted
 
     def delivered(self, tp: TopicPartition, first: int | None = None) -> set[int]:

@@ -73,6 +73,8 @@ def feeder_main(plan: FeederPlan, control: connection.Connection) -> None:
                     died_in=DeathCounts(plan.died_in) if plan.died_in else None)
     link.count_stalled = worker.tracker.mark_stalled_at
     link.relay_lost = relay_to(control, worker.tracker.assigned)
+    # Every input counted in a hint, for the supervisor's tally of a stalled call (worker/procs/lost_calls.py).
+    worker.tracker.on_marked = lambda counted: _tell(control, ("marked", counted))
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal", signal=signal.Signals(signum).name)

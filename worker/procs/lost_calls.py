@@ -9,6 +9,12 @@ inputs to the call journal it holds (worker/call_journal.py) once every feeder i
 or exited, and the next pod's feeders count them. The journal keeps deaths only: a hang (a silent
 model process the supervisor killed) is kept as a death, which convicts later, never sooner.
 
+A call the model process gives up as hung (it exits next) is the same: each feeder counts the
+inputs it holds, its own requests' on their STALLED answer and the others' as it hears them
+(STALLED_INPUTS). The model process tells the supervisor the call's inputs, each feeder tells it
+every input it counts (``OffsetTracker.on_marked``), and when the pod stops the supervisor keeps
+what none counted.
+
 No I/O here: the supervisor sends and receives, and ``keep`` writes.
 """
 
@@ -29,12 +35,23 @@ class _Relay:
 
 
 class LostCallRelays:
-    """The relays in flight; ``keep(inputs, alone)`` is given what no feeder counted."""
+    """The relays in flight, and a stalled call's tally; ``keep(inputs, alone)`` is given what no
+    feeder counted."""
 
     def __init__(self, keep: Callable[[list[InputId], bool], None]) -> None:
         self._keep = keep
         self._relays: dict[int, _Relay] = {}
         self._ids = itertools.count(1)
+        self._stalled: _Relay | None = None  # the call the model process gave up as hung
+        self._marked: set[InputId] = set()  # every input a feeder counted in this pod (rare: stalls, deaths)
+
+    def stalled_call(self, inputs: Sequence[InputId], alone: bool) -> None:
+        """The model process gave up a hung call over ``inputs`` (and exits)."""
+        self._stalled = _Relay(dict.fromkeys(_key(i) for i in inputs), alone)
+
+    def marked(self, inputs: Sequence[InputId]) -> None:
+        """A feeder counted ``inputs`` in its commits' hint."""
+        self._marked.update(_key(i) for i in inputs)
 
     def open(self, inputs: Sequence[InputId], alone: bool, told: Sequence[int]) -> int:
         """A relay of ``inputs`` sent to the feeders ``told``; its id (the feeders echo it)."""
@@ -60,10 +77,15 @@ class LostCallRelays:
             self._settle(relay_id)
 
     def close(self) -> None:
-        """The pod stops: what no feeder counted yet is kept."""
+        """The pod stops (every feeder has exited): what no feeder counted is kept."""
         for relay_id in list(self._relays):
             self._relays[relay_id].waiting.clear()
             self._settle(relay_id)
+        stalled, self._stalled = self._stalled, None
+        if stalled is not None:
+            left = [i for i in stalled.inputs if i not in self._marked]
+            if left:
+                self._keep(left, stalled.alone)
 
     def _settle(self, relay_id: int) -> None:
         relay = self._relays[relay_id]

@@ -503,6 +503,10 @@ def model_process_main(
                 # the next pod, then dead-lettered, instead of restarting the pod for ever.
                 call_s = round(server.health.model_busy_for(), 3)
                 given_up = server.give_up_stalled()
+                # For the supervisor: what of the call no feeder counts (worker/procs/lost_calls.py).
+                with contextlib.suppress(OSError, ValueError):
+                    control.send(("stalled_call", [i for r in given_up for i in r.inputs],
+                                  len(given_up) == 1 and given_up[0].alone))
                 log.error("model_stalled", call_s=call_s, limit_s=settings.model_stall_s,
                           requests=len(given_up), inputs=sum(r.rows for r in given_up),
                           feeders=sorted({r.port.index for r in given_up}),

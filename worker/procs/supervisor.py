@@ -313,6 +313,8 @@ class Supervisor:
             self.relay_lost_call(feeder, message)
         elif message[0] == "counted":
             self._relays.counted(message[1], feeder.index, message[2])
+        elif message[0] == "marked":
+            self._relays.marked(message[1])
 
     def relay_lost_call(self, sender: FeederProc, message: tuple) -> None:
         """A feeder's inputs of a call the model process was lost in, of partitions it no longer
@@ -382,6 +384,7 @@ class Supervisor:
         self._model.join()
         self._model_stopped = True
         self._unmark_calls()  # at once: its feeders are counting the calls it died in themselves
+        self._read_model_messages()
         self.view.model_alive = False
         self.view.model.port = None
         code = _exit_code(self._model.exitcode)
@@ -412,6 +415,15 @@ class Supervisor:
         if model.exitcode not in (0, None) and self._code is None:
             log.warning("model_process_exit", exit=_describe_exit(model.exitcode))
 
+    def _read_model_messages(self) -> None:
+        """What the model process said before it exited: a call it gave up as hung (lost_calls.py)."""
+        control = self._model_control
+        with contextlib.suppress(EOFError, OSError, ValueError):
+            while control is not None and control.poll():
+                message = control.recv()
+                if message[0] == "stalled_call":
+                    self._relays.stalled_call(message[1], message[2])
+
     def _unmark_calls(self) -> None:
         """The model process has ended under this supervisor: a death was counted by its feeders
         (transport.py's slots), and a stop is nobody's fault. The journal counts only a pod killed
@@ -438,6 +450,9 @@ class Supervisor:
         for channel in self._channels:
             channel.close()
         self._channels = []
+        for feeder in self._feeders:  # a feeder's last words not read yet: its counts (lost_calls.py)
+            while feeder.control is not None and feeder.control.poll():
+                self._on_feeder_message(feeder)
         self._relays.close()
         if self._journal is not None:
             if self._model is None or not self._model.is_alive():

@@ -102,3 +102,35 @@ def test_a_relay_settles_when_its_feeders_exit_or_the_pod_stops_and_keeps_nothin
     assert kept == [([("in", 5, 9)], True), ([("in", 6, 3)], False), ([("in", 7, 4)], False)]
     relays.counted(third, 2, [("in", 6, 3)])  # an answer after the relay settled changes nothing
     assert len(kept) == 3
+
+
+def test_a_hung_calls_inputs_no_feeder_counted_are_kept_in_the_journal_when_the_pod_stops(tmp_path):
+    """The model process gives a hung call up and exits, naming its inputs to the supervisor; each
+    feeder counts those of partitions it holds and says so. When the pod stops (every feeder's last
+    words read), what none counted goes to the journal: a rebalance left its partition unowned."""
+    supervisor = Supervisor(load_settings(input_topics="in", bundle_path=tmp_path), feeders=2)
+    supervisor._journal = CallJournal.open(tmp_path, "g", streams=0)
+    model_end, model = Pipe()
+    supervisor._model_control = model_end
+    pipes = [Pipe() for _ in range(2)]
+    for feeder, (supervisor_end, _) in zip(supervisor._feeders, pipes, strict=True):
+        feeder.control = supervisor_end
+    model.send(("stalled_call", [("in", 0, 1), ("in", 1, 2), ("in", 2, 3)], False))
+    model.close()  # and exits
+    pipes[0][1].send(("marked", [("in", 0, 1)]))  # its own request, on the STALLED answer
+    pipes[1][1].send(("marked", [("in", 2, 3)]))  # heard (STALLED_INPUTS): its partition now
+    supervisor._read_model_messages()
+    supervisor._cleanup()  # the pod stops: the feeders' last messages are read first
+    next_pod = CallJournal.open(tmp_path, "g", streams=0)
+    assert next_pod is not None and next_pod.counts == {TopicPartition("in", 1): {2: (1, 0)}}
+    next_pod.close()
+
+
+def test_a_tracker_tells_which_inputs_it_counted_those_of_partitions_it_holds():
+    tracker = OffsetTracker(delivered_hints=True)
+    tracker.assign([TopicPartition("in", 0)])
+    told: list[list] = []
+    tracker.on_marked = told.append
+    assert tracker.mark_held([("in", 0, 4), ("in", 1, 5)], died=True) == [("in", 0, 4)]
+    tracker.mark_held([("in", 1, 6)])  # none held: nothing to tell
+    assert told == [[("in", 0, 4)]]
