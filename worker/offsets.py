@@ -111,7 +111,7 @@ class OffsetTracker:
         # A hint named inputs of stalled model calls: the batcher thread looks for inputs to run
         # alone (Event.alone) only once this is set, not in every hand-over.
         self.runs_alone = False
-        # Told the inputs each mark_held counted (a pod's feeder tells its supervisor: worker/procs/lost_calls.py).
+        # Told the inputs each mark_stalled_at counted (a pod's feeder tells its supervisor: worker/procs/lost_calls.py).
         self.on_marked: Callable[[list[tuple[str, int, int]]], None] | None = None
         self._lock = threading.Lock()
         self._parts: dict[TopicPartition, _PartitionState] = {}
@@ -345,13 +345,7 @@ class OffsetTracker:
     def mark_stalled_at(self, inputs: Iterable[tuple[str, int, int]], died: bool = False, alone: bool = False) -> int:
         """``mark_stalled`` by (topic, partition, offset); inputs of partitions not held are ignored
         (a pod's feeder hears of every input in a stalled call: worker/procs/remote.py). Returns
-        how many were counted."""
-        return len(self.mark_held(inputs, died, alone))
-
-    def mark_held(
-        self, inputs: Iterable[tuple[str, int, int]], died: bool = False, alone: bool = False
-    ) -> list[tuple[str, int, int]]:
-        """``mark_stalled_at``, returning the inputs counted (those of partitions held)."""
+        how many were counted (``on_marked`` is told which)."""
         counted = []
         with self._lock:
             for input_ in inputs:
@@ -367,7 +361,7 @@ class OffsetTracker:
                     counted.append(input_)
         if counted and self.on_marked is not None:
             self.on_marked(counted)
-        return counted
+        return len(counted)
 
     def delivered(self, tp: TopicPartition, first: int | None = None) -> set[int]:
         """Offsets to skip when read (see skip_delivered); usually empty. ``first``: the offset of the

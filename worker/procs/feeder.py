@@ -9,11 +9,10 @@ When the model process is lost in a call, the feeder counts that call's inputs (
 time, a dead letter once convicted: worker/source.py), but only those of partitions it holds. A
 rebalance while the call ran may have given the rest to another feeder: they go to the
 supervisor (``("lost_call", inputs, died, alone)``), which passes them to the other feeders
-(``("count", ..., relay)``), each counting those it holds and saying which (``("counted", relay,
-inputs)``). Without that, a pod whose first feeder took every partition and ran the culprit before
-the second joined counted nothing, and the pod after it died on the input once more. Those no
-feeder held (their partition between two owners in a rebalance) the supervisor writes to the call
-journal, for the next pod (worker/call_journal.py).
+(``("count", ...)``), each counting those it holds. Without that, a pod whose first feeder took
+every partition and ran the culprit before the second joined counted nothing, and the pod after
+it died on the input once more. Every input a feeder counts it also tells the supervisor
+(``("marked", inputs)``), which keeps those no feeder held for the next pod (worker/procs/lost_calls.py).
 """
 
 from __future__ import annotations
@@ -73,7 +72,7 @@ def feeder_main(plan: FeederPlan, control: connection.Connection) -> None:
                     died_in=DeathCounts(plan.died_in) if plan.died_in else None)
     link.count_stalled = worker.tracker.mark_stalled_at
     link.relay_lost = relay_to(control, worker.tracker.assigned)
-    # Every input counted in a hint, for the supervisor's tally of a stalled call (worker/procs/lost_calls.py).
+    # Every input counted in a hint, for the supervisor's tally (worker/procs/lost_calls.py).
     worker.tracker.on_marked = lambda counted: _tell(control, ("marked", counted))
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -104,10 +103,9 @@ def _watch_supervisor(control: connection.Connection, worker: Worker) -> None:
     try:
         while (message := control.recv())[0] != "stop":
             if message[0] == "count":
-                _, inputs, died, alone, relay = message
-                counted = worker.tracker.mark_held([tuple(i) for i in inputs], died, alone)
-                _tell(control, ("counted", relay, counted))  # the supervisor keeps what nobody counted
-                log.warning("lost_call_inputs_heard", inputs=len(inputs), counted=len(counted), died=died,
+                _, inputs, died, alone = message
+                counted = worker.tracker.mark_stalled_at([tuple(i) for i in inputs], died, alone)
+                log.warning("lost_call_inputs_heard", inputs=len(inputs), counted=counted, died=died,
                             why="another feeder's inputs in the model call the model process was lost in;"
                                 " counted: those of partitions this feeder holds now")
     except (EOFError, OSError):

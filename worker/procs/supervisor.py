@@ -42,7 +42,7 @@ from typing import Any
 from worker.call_journal import CallJournal
 from worker.errors import EXIT_INTERNAL, SettingsError, WorkerError
 from worker.procs.feeder import FeederPlan, feeder_main
-from worker.procs.lost_calls import LostCallRelays
+from worker.procs.lost_calls import UncountedInputs
 from worker.procs.model_server import model_process_main
 from worker.procs.plan import (
     SHM_DIR,
@@ -95,7 +95,7 @@ class Supervisor:
         self._channels: list[Channel] = []
         self._claim: ShmClaim | None = None
         self._journal: CallJournal | None = None  # held for the pod; its model process writes the calls
-        self._relays = LostCallRelays(self._keep_lost)  # lost calls' inputs passed between feeders
+        self._uncounted = UncountedInputs(self._keep_lost)  # inputs of lost calls, until a feeder counts them
         self._address = ""
         self._authkey = secrets.token_bytes(32)
         self._model: BaseProcess | None = None
@@ -311,25 +311,22 @@ class Supervisor:
             log.error("feeder_cannot_start", feeder=feeder.index, exit_code=message[1], error=message[2])
         elif message[0] == "lost_call":
             self.relay_lost_call(feeder, message)
-        elif message[0] == "counted":
-            self._relays.counted(message[1], feeder.index, message[2])
         elif message[0] == "marked":
-            self._relays.marked(message[1])
+            self._uncounted.marked(message[1])
 
     def relay_lost_call(self, sender: FeederProc, message: tuple) -> None:
         """A feeder's inputs of a call the model process was lost in, of partitions it no longer
         holds: to every other feeder, which counts those it holds; what none holds goes to the
         journal (worker/procs/lost_calls.py)."""
         _, inputs, died, alone = message
-        told = [f for f in self._feeders if f is not sender and f.control is not None]
-        relay = self._relays.open(inputs, alone, [f.index for f in told])
-        for feeder in told:
-            try:
-                feeder.control.send(("count", inputs, died, alone, relay))  # type: ignore[union-attr]
-            except (OSError, ValueError):  # gone: its exit is handled on its own
-                self._relays.gone(feeder.index)
-        log.warning("lost_call_inputs_relayed", feeder=sender.index, inputs=len(inputs),
-                    to_feeders=[f.index for f in told], died=died)
+        self._uncounted.to_count(inputs, alone)
+        told = []
+        for feeder in self._feeders:
+            if feeder is not sender and feeder.control is not None:
+                with contextlib.suppress(OSError, ValueError):  # gone: its exit is handled on its own
+                    feeder.control.send(("count", inputs, died, alone))
+                    told.append(feeder.index)
+        log.warning("lost_call_inputs_relayed", feeder=sender.index, inputs=len(inputs), to_feeders=told, died=died)
 
     def _keep_lost(self, inputs: list[Any], alone: bool) -> None:
         """A lost call's inputs no feeder held: counted by the next pod, from the journal."""
@@ -354,7 +351,6 @@ class Supervisor:
             if feeder.control is not None:
                 feeder.control.close()
         feeder.process, feeder.control = None, None
-        self._relays.gone(feeder.index)
         will_restart = not self._stopping
         self.view.feeder_down(feeder.index, restarting=will_restart and feeder.ever_started)
         level = log.info if self._stopping and code == 0 else log.error
@@ -422,7 +418,7 @@ class Supervisor:
             while control is not None and control.poll():
                 message = control.recv()
                 if message[0] == "stalled_call":
-                    self._relays.stalled_call(message[1], message[2])
+                    self._uncounted.to_count(message[1], message[2])
 
     def _unmark_calls(self) -> None:
         """The model process has ended under this supervisor: a death was counted by its feeders
@@ -453,7 +449,7 @@ class Supervisor:
         for feeder in self._feeders:  # a feeder's last words not read yet: its counts (lost_calls.py)
             while feeder.control is not None and feeder.control.poll():
                 self._on_feeder_message(feeder)
-        self._relays.close()
+        self._uncounted.close()
         if self._journal is not None:
             if self._model is None or not self._model.is_alive():
                 self._unmark_calls()

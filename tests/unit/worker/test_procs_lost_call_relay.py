@@ -11,7 +11,7 @@ from worker.call_journal import CallJournal
 from worker.kafka.base import TopicPartition
 from worker.offsets import OffsetTracker
 from worker.procs.feeder import _watch_supervisor, relay_to
-from worker.procs.lost_calls import LostCallRelays
+from worker.procs.lost_calls import UncountedInputs
 from worker.procs.supervisor import Supervisor
 from worker.settings import load_settings
 
@@ -32,7 +32,7 @@ def test_the_supervisor_passes_a_lost_calls_inputs_to_every_other_feeder(tmp_pat
         feeder.control = supervisor_end
     supervisor.relay_lost_call(supervisor._feeders[1], ("lost_call", [("in", 2, 5)], True, True))
     assert [end.poll(0.2) for _, end in pipes] == [True, False, True]
-    assert pipes[0][1].recv() == pipes[2][1].recv() == ("count", [("in", 2, 5)], True, True, 1)
+    assert pipes[0][1].recv() == pipes[2][1].recv() == ("count", [("in", 2, 5)], True, True)
 
 
 def test_a_feeder_counts_what_it_hears_of_partitions_it_holds_and_still_stops_when_told():
@@ -50,22 +50,20 @@ def test_a_feeder_counts_what_it_hears_of_partitions_it_holds_and_still_stops_wh
     supervisor_end, feeder_end = Pipe()
     watcher = threading.Thread(target=_watch_supervisor, args=(feeder_end, Worker()))
     watcher.start()
-    supervisor_end.send(("count", [("in", 2, 5), ("in", 3, 1)], True, True, 1))
-    supervisor_end.send(("count", [("in", 2, 6)], False, False, 2))
+    supervisor_end.send(("count", [("in", 2, 5), ("in", 3, 1)], True, True))
+    supervisor_end.send(("count", [("in", 2, 6)], False, False))
     supervisor_end.send(("stop",))
     watcher.join(5)
     assert stopped.is_set()
-    assert supervisor_end.recv() == ("counted", 1, [("in", 2, 5)])  # which: the supervisor keeps the rest
-    assert supervisor_end.recv() == ("counted", 2, [("in", 2, 6)])
     assert tracker.died_counts(TopicPartition("in", 2)) == {5: (1, 1)}
     assert tracker.stalled_counts(TopicPartition("in", 2)) == {6: 1}
 
 
-def test_inputs_no_feeder_counted_go_to_the_journal_once_every_feeder_told_has_answered_or_exited(tmp_path):
+def test_relayed_inputs_no_feeder_counted_go_to_the_journal_when_the_pod_stops(tmp_path):
     """A rebalance may leave a partition with no owner while its call is relayed: before, nobody
-    counted its inputs and the next pod ran them in a batch again. The supervisor now waits for
-    each feeder it told, and writes what none counted to the call journal it holds; the next
-    pod's supervisor reads it back."""
+    counted its inputs and the next pod ran them in a batch again. Each feeder tells the supervisor
+    what it counts; when the pod stops (the model process is gone), what none counted goes to the
+    call journal it holds, and the next pod's supervisor reads it back."""
     supervisor = Supervisor(load_settings(input_topics="in", bundle_path=tmp_path), feeders=3)
     supervisor._journal = CallJournal.open(tmp_path, "g", streams=0)
     assert supervisor._journal is not None
@@ -74,34 +72,28 @@ def test_inputs_no_feeder_counted_go_to_the_journal_once_every_feeder_told_has_a
         feeder.control = supervisor_end
     lost = [("in", 2, 5), ("in", 3, 1), ("in", 4, 8)]
     supervisor.relay_lost_call(supervisor._feeders[1], ("lost_call", lost, True, True))
-    assert pipes[0][1].recv()[-1] == pipes[2][1].recv()[-1] == 1  # the relay's id
-    pipes[0][1].send(("counted", 1, [("in", 2, 5)]))  # feeder 0 holds partition 2
+    pipes[0][1].send(("marked", [("in", 2, 5)]))  # feeder 0 holds partition 2
     supervisor._on_feeder_message(supervisor._feeders[0])
-    assert supervisor._journal.counts == {}  # feeder 2 has not answered yet
-    pipes[2][1].send(("counted", 1, [("in", 4, 8)]))
-    supervisor._on_feeder_message(supervisor._feeders[2])
-    assert supervisor._journal.counts == {TopicPartition("in", 3): {1: (1, 1)}}  # nobody held partition 3
-    supervisor._journal.close()
+    pipes[2][1].send(("marked", [("in", 4, 8)]))  # feeder 2's last words, read as the pod stops
+    assert supervisor._journal.counts == {}  # nothing kept while the feeders may still count
+    supervisor._cleanup()
     next_pod = CallJournal.open(tmp_path, "g", streams=0)
-    assert next_pod is not None and next_pod.counts == {TopicPartition("in", 3): {1: (1, 1)}}
+    assert next_pod is not None and next_pod.counts == {TopicPartition("in", 3): {1: (1, 1)}}  # nobody held 3
     next_pod.close()
 
 
-def test_a_relay_settles_when_its_feeders_exit_or_the_pod_stops_and_keeps_nothing_all_counted():
+def test_the_tally_keeps_per_call_what_no_feeder_counted_and_nothing_when_all_were():
     kept: list[tuple] = []
-    relays = LostCallRelays(lambda inputs, alone: kept.append((inputs, alone)))
-    first = relays.open([("in", 0, 1), ("in", 1, 2)], False, told=[0, 2])
-    relays.counted(first, 0, [("in", 0, 1), ("in", 1, 2)])  # all counted: nothing to keep
-    relays.gone(2)
-    second = relays.open([("in", 5, 9)], True, told=[0, 2])
-    relays.gone(0)  # exited before it answered
-    relays.counted(second, 2, [])
-    third = relays.open([("in", 6, 3)], False, told=[2])
-    relays.close()  # the pod stops before feeder 2 answered
-    relays.open([("in", 7, 4)], False, told=[])  # no other feeder: kept at once
-    assert kept == [([("in", 5, 9)], True), ([("in", 6, 3)], False), ([("in", 7, 4)], False)]
-    relays.counted(third, 2, [("in", 6, 3)])  # an answer after the relay settled changes nothing
-    assert len(kept) == 3
+    uncounted = UncountedInputs(lambda inputs, alone: kept.append((inputs, alone)))
+    uncounted.to_count([("in", 0, 1), ("in", 1, 2)], False)
+    uncounted.marked([("in", 0, 1), ("in", 1, 2)])  # all counted: nothing to keep
+    uncounted.to_count([("in", 5, 9)], True)
+    uncounted.marked([["in", 6, 3]])  # as a pipe may give it: a list
+    uncounted.to_count([("in", 6, 3), ("in", 7, 4)], False)
+    uncounted.close()
+    assert kept == [([("in", 5, 9)], True), ([("in", 7, 4)], False)]
+    uncounted.close()  # settled once
+    assert len(kept) == 2
 
 
 def test_a_hung_calls_inputs_no_feeder_counted_are_kept_in_the_journal_when_the_pod_stops(tmp_path):
@@ -131,6 +123,6 @@ def test_a_tracker_tells_which_inputs_it_counted_those_of_partitions_it_holds():
     tracker.assign([TopicPartition("in", 0)])
     told: list[list] = []
     tracker.on_marked = told.append
-    assert tracker.mark_held([("in", 0, 4), ("in", 1, 5)], died=True) == [("in", 0, 4)]
-    tracker.mark_held([("in", 1, 6)])  # none held: nothing to tell
+    assert tracker.mark_stalled_at([("in", 0, 4), ("in", 1, 5)], died=True) == 1
+    tracker.mark_stalled_at([("in", 1, 6)])  # none held: nothing to tell
     assert told == [[("in", 0, 4)]]
