@@ -80,11 +80,14 @@ class Worker:
         telemetry_host: str = "0.0.0.0",
         cpu_slot: int = 0,
         died_in: DeathCounts | None = None,
+        transactional_process: str | None = None,
     ) -> None:
         self.settings = settings
         self._model = model  # None: load the bundle here (LocalModel), at start
         # A pod's feeder: deaths in model calls its supervisor counted from the journal (worker/call_journal.py).
         self._died_in = died_in
+        # A pod's feeder slot, for its transactional id (worker/transactions.py); None: this process.
+        self._transactional_process = transactional_process
         self._cpu_slot = cpu_slot  # which CPU of the mask its threads are pinned to (worker/affinity.py)
         self._pin: PinPlan | None = None
         self._model_threads_unpinned = False
@@ -229,7 +232,8 @@ class Worker:
     def _connect(self) -> None:
         s = self.settings
         check_tls(s)  # a TLS problem is named at once, not after a bootstrap timeout
-        txn_id = transactional_id(s.group_id, s.group_instance_id) if self._exactly_once else None
+        txn_id = transactional_id(s.group_id, s.group_instance_id, self._transactional_process) \
+            if self._exactly_once else None
         self._consumer, self._producer = open_clients(s, transactional_id=txn_id)
         if txn_id is not None:
             # Fences an older worker with this id and aborts the transaction it left open.

@@ -80,11 +80,17 @@ class Barrier:
     final: bool = False  # the last one before the worker stops
 
 
-def transactional_id(group_id: str, instance_id: str | None) -> str:
-    """Stable across restarts with static membership (fences the predecessor), else per process."""
+def transactional_id(group_id: str, instance_id: str | None, process: str | None = None) -> str:
+    """Stable across restarts with static membership, else per process: ``process`` (a pod's feeder
+    slot, which outlives the feeder's restarts: worker/procs/plan.py), by default this process's pid.
+
+    A producer that starts with its predecessor's id fences it and aborts the transaction it left
+    open. Under any other id that transaction stays open until the broker times it out
+    (TAGSTREAM_TRANSACTION_TIMEOUT_MS), and read_committed readers of the output partitions it
+    wrote to see nothing past it meanwhile."""
     if instance_id:
         return f"{group_id}.{instance_id}"
-    return f"{group_id}.{socket.gethostname()}.{os.getpid()}"
+    return f"{group_id}.{socket.gethostname()}.{process or os.getpid()}"
 
 
 class TransactionalCommitter:

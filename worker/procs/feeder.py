@@ -54,6 +54,9 @@ class FeederPlan:
     # Inputs the pods before this one were killed whole in model calls with, as the supervisor
     # counted them from the journal at the pod's start (worker/call_journal.py); usually empty.
     died_in: dict[TopicPartition, dict[int, tuple[int, int]]] = field(default_factory=dict)
+    # This feeder's name in the pod (plan.feeder_identity): its transactional id without static
+    # membership, the same for each restart of this feeder, so each fences the one before.
+    identity: str | None = None
 
 
 def feeder_main(plan: FeederPlan, control: connection.Connection) -> None:
@@ -69,7 +72,8 @@ def feeder_main(plan: FeederPlan, control: connection.Connection) -> None:
         fast_tokenizer=s.fast_tokenizer,
     )
     worker = Worker(s, model=link, telemetry_host="127.0.0.1", cpu_slot=plan.index,
-                    died_in=DeathCounts(plan.died_in) if plan.died_in else None)
+                    died_in=DeathCounts(plan.died_in) if plan.died_in else None,
+                    transactional_process=plan.identity)
     link.count_stalled = worker.tracker.mark_stalled_at
     link.relay_lost = relay_to(control, worker.tracker.assigned)
     # Every input counted in a hint, for the supervisor's tally (worker/procs/lost_calls.py).

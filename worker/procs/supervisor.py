@@ -48,6 +48,7 @@ from worker.procs.plan import (
     SHM_DIR,
     SLOTS_PER_FEEDER,
     check_shared_memory,
+    feeder_identity,
     feeder_settings,
     shared_memory_short,
     slot_shape,
@@ -215,6 +216,7 @@ class Supervisor:
             authkey=self._authkey, segment=self._channels[feeder.index].name, shape=self._shape,
             slots=SLOTS_PER_FEEDER, tokenizer_threads=tokenizer_threads(self.n),
             died_in=self._journal.counts if self._journal is not None else {},
+            identity=feeder_identity(os.getpid(), feeder.index),
         )
         ours, theirs = self._ctx.Pipe()
         process = self._ctx.Process(target=feeder_main, args=(plan, theirs), name=f"tagstream-feeder-{feeder.index}")

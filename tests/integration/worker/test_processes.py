@@ -392,12 +392,25 @@ def test_a_frozen_model_process_is_killed_past_the_stall_limit_and_the_pod_exits
     assert pod.events("pod_failing")[0]["reason"] == "the model process exited (killed by SIGKILL)"
 
 
-def test_exactly_once_holds_per_feeder_through_a_feeder_sigkill(kafka_bootstrap, new_topic, new_group, tiny_bundle, pods):
-    """Exactly-once with two feeders: a read_committed reader sees each input once, though a feeder is killed."""
+@pytest.mark.parametrize("membership", ["static", "dynamic"])
+def test_exactly_once_holds_per_feeder_through_a_feeder_sigkill(
+    kafka_bootstrap, new_topic, new_group, tiny_bundle, pods, membership
+):
+    """Exactly-once with two feeders: a read_committed reader sees each input once, though a feeder is killed.
+    The restarted feeder takes its predecessor's transactional id, with static membership or without, so it
+    aborts the transaction the killed one left open: without, the broker would keep it open for the
+    transaction timeout (15 min here), and the reader would see nothing past it in the meantime."""
     topic = new_topic(partitions=4, prefix="pod-eos")
+    membership_env = (
+        {"TAGSTREAM_GROUP_INSTANCE_ID": f"pod-{uuid.uuid4().hex[:6]}"} if membership == "static"
+        # The killed member's partitions move after its session (10 s), not the default 45 s.
+        else {"TAGSTREAM_GROUP_INSTANCE_ID": "none", "TAGSTREAM_SESSION_TIMEOUT_MS": "10000",
+              "TAGSTREAM_TRANSACTION_TIMEOUT_MS": "900000"}
+    )
     env = worker_env(kafka_bootstrap, topic, tiny_bundle, new_group(), TAGSTREAM_PROCESSING_GUARANTEE="exactly_once",
-                     TAGSTREAM_GROUP_INSTANCE_ID=f"pod-{uuid.uuid4().hex[:6]}")
-    ids = produce_events(kafka_bootstrap, topic, fixture_texts(4000, seed=43))
+                     **membership_env)
+    # Enough that the killed feeder is mid-stream, its transaction open with outputs in it.
+    ids = produce_events(kafka_bootstrap, topic, fixture_texts(12000, seed=43))
     results = Results(kafka_bootstrap, f"{topic}.labels", isolation_level="read_committed")
     try:
         pod = pods(env, "pod")
@@ -409,7 +422,10 @@ def test_exactly_once_holds_per_feeder_through_a_feeder_sigkill(kafka_bootstrap,
             == {"feeder-0", "feeder-1"} or pod.proc.poll() is not None,
             60, "both feeders to hold partitions",
         )
-        wait_until(lambda: len(results.values) >= 500 or pod.proc.poll() is not None, RESULTS_S, "the first results")
+        # Mid-stream: both feeders at work (results from before feeder 1 held partitions do not count).
+        before = len(results.values)
+        wait_until(lambda: len(results.values) >= before + 1000 or pod.proc.poll() is not None, RESULTS_S,
+                   "results from both feeders")
         os.kill(pod.feeder_pids(1)[-1], signal.SIGKILL)
         wait_until(lambda: set(ids) <= set(results.ids()) or pod.proc.poll() is not None, RESULTS_S,
                    "committed results for every input")
@@ -422,6 +438,8 @@ def test_exactly_once_holds_per_feeder_through_a_feeder_sigkill(kafka_bootstrap,
     counts = results.ids()
     assert set(counts) == set(ids)
     assert max(counts.values()) == 1
+    ids_of_feeder_1 = [e["transactional_id"] for e in pod.events("transactions_ready") if e["process"] == "feeder-1"]
+    assert len(ids_of_feeder_1) == 2 and len(set(ids_of_feeder_1)) == 1, ids_of_feeder_1
 
 
 def test_a_new_bundle_is_swapped_in_across_processes_and_each_result_comes_from_its_own_bundle(
