@@ -86,7 +86,7 @@ class Worker:
         self._model = model  # None: load the bundle here (LocalModel), at start
         # A pod's feeder: deaths in model calls its supervisor counted from the journal (worker/call_journal.py).
         self._died_in = died_in
-        # A pod's feeder slot, for its transactional id (worker/transactions.py); None: this process.
+        # A pod's feeder: its name in the pod, for its transactional id (worker/transactions.py).
         self._transactional_process = transactional_process
         self._cpu_slot = cpu_slot  # which CPU of the mask its threads are pinned to (worker/affinity.py)
         self._pin: PinPlan | None = None
@@ -232,8 +232,8 @@ class Worker:
     def _connect(self) -> None:
         s = self.settings
         check_tls(s)  # a TLS problem is named at once, not after a bootstrap timeout
-        txn_id = transactional_id(s.group_id, s.group_instance_id, self._transactional_process) \
-            if self._exactly_once else None
+        process = self._transactional_process or (self._journal.identity if self._journal is not None else None)
+        txn_id = transactional_id(s.group_id, s.group_instance_id, process) if self._exactly_once else None
         self._consumer, self._producer = open_clients(s, transactional_id=txn_id)
         if txn_id is not None:
             # Fences an older worker with this id and aborts the transaction it left open.

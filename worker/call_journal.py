@@ -87,6 +87,15 @@ class CallJournal:
         self._streams = streams
         self._broken = False
 
+    @property
+    def identity(self) -> str:
+        """This set on this host, for a transactional id that outlives restarts (worker/transactions.py):
+        the folder's short hash (another TAGSTREAM_STATE_DIR is another set) and the set's name. The
+        next worker of the group to start here takes this set once this one's lock is gone, never
+        while it is held."""
+        folder = hashlib.sha256(str(self.folder.resolve()).encode()).hexdigest()[:8]
+        return f"{folder}.{self.name}"
+
     # -- start ------------------------------------------------------------------------------------
     @classmethod
     def open(cls, state_dir: Path | None, group_id: str, streams: int) -> CallJournal | None:

@@ -54,8 +54,8 @@ class FeederPlan:
     # Inputs the pods before this one were killed whole in model calls with, as the supervisor
     # counted them from the journal at the pod's start (worker/call_journal.py); usually empty.
     died_in: dict[TopicPartition, dict[int, tuple[int, int]]] = field(default_factory=dict)
-    # This feeder's name in the pod (plan.feeder_identity): its transactional id without static
-    # membership, the same for each restart of this feeder, so each fences the one before.
+    # This feeder's name (plan.feeder_identity): its transactional id without static membership, the
+    # same for each restart of this feeder (and of the pod on this host), so each fences the one before.
     identity: str | None = None
 
 

@@ -9,7 +9,7 @@ Each feeder is an ordinary consumer-group member: the pod's settings with its ow
 (any, on 127.0.0.1: the supervisor serves the pod's), its own static-membership id
 (``<group_instance_id>-<i>``: a restarted feeder gets its partitions back at once, and an
 exactly-once feeder's transactional id, derived from it, fences its predecessor; without static
-membership that id comes from ``feeder_identity``, which does the same within the pod's life), no bundle
+membership that id comes from ``feeder_identity``, which does the same on this host), no bundle
 watcher (the model process reloads), and a model-stall limit ``FEEDER_STALL_MARGIN_S`` longer than
 the pod's.
 """
@@ -76,14 +76,15 @@ def feeder_settings(settings: WorkerSettings, index: int) -> WorkerSettings:
     )
 
 
-def feeder_identity(supervisor_pid: int, index: int) -> str:
-    """Feeder ``index``'s name in the pod of ``supervisor_pid``: the same for each of its restarts.
+def feeder_identity(pod: str, index: int) -> str:
+    """Feeder ``index``'s name in ``pod`` (the pod's call-journal set, or its supervisor's pid without
+    one): the same for each of its restarts, and for the pod's own restarts on this host.
 
     Without static membership it names the feeder's transactional id (worker/transactions.py), so a
     restarted exactly-once feeder fences its killed predecessor and aborts the transaction that one
     left open at once. Under its own pid's id, that transaction held back read_committed readers of
     the pod's outputs until the broker timed it out (TAGSTREAM_TRANSACTION_TIMEOUT_MS, 60 s)."""
-    return f"{supervisor_pid}-f{index}"
+    return f"{pod}-f{index}"
 
 
 def slot_shape(settings: WorkerSettings) -> SlotShape:

@@ -216,7 +216,8 @@ class Supervisor:
             authkey=self._authkey, segment=self._channels[feeder.index].name, shape=self._shape,
             slots=SLOTS_PER_FEEDER, tokenizer_threads=tokenizer_threads(self.n),
             died_in=self._journal.counts if self._journal is not None else {},
-            identity=feeder_identity(os.getpid(), feeder.index),
+            identity=feeder_identity(self._journal.identity if self._journal is not None else str(os.getpid()),
+                                     feeder.index),
         )
         ours, theirs = self._ctx.Pipe()
         process = self._ctx.Process(target=feeder_main, args=(plan, theirs), name=f"tagstream-feeder-{feeder.index}")

@@ -14,6 +14,7 @@ from worker_support import (
     READER_METADATA_MAX_AGE_MS,
     STALL_TOKEN,
     fixture_texts,
+    log_events,
     make_null_bundle,
     poll_records,
     produce_events,
@@ -162,3 +163,50 @@ def test_a_model_thread_lost_mid_transaction_aborts_it_instead_of_committing_out
     counts = Counter(json.loads(r.value)["id"] for r in results)
     assert set(counts) == set(ids)
     assert max(counts.values()) == 1, f"{sum(n - 1 for n in counts.values())} duplicates"
+
+
+def test_a_worker_killed_mid_transaction_is_fenced_by_its_successor_without_static_membership(
+    kafka_bootstrap, new_topic, new_group, tmp_path, tiny_bundle, kafka_client
+):
+    """A worker SIGKILLed with a transaction open, without static membership: its successor on the host takes
+    the same transactional id (its call-journal set's, worker/call_journal.py) and aborts that transaction at
+    once, so a read_committed reader sees each input once without waiting out the broker's transaction
+    timeout (15 min here). Before, each process's id had its own pid in it: the reader waited that long."""
+    topic = new_topic(partitions=2, prefix="eos-fence")
+    group = new_group()
+    ids = produce_events(kafka_bootstrap, topic, fixture_texts(12000, seed=33))
+    env = worker_env(kafka_bootstrap, topic, tiny_bundle, group, TAGSTREAM_PROCESSING_GUARANTEE="exactly_once",
+                     TAGSTREAM_GROUP_INSTANCE_ID="none", TAGSTREAM_TRANSACTION_TIMEOUT_MS="900000",
+                     TAGSTREAM_SESSION_TIMEOUT_MS="10000")  # the killed member's partitions move after 10 s
+    reader = KafkaConsumer(f"{topic}.labels", bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
+                           group_id=None, isolation_level="read_committed",
+                           metadata_max_age_ms=READER_METADATA_MAX_AGE_MS)
+    first = spawn(env, tmp_path / "first.log")
+    try:
+        seen = 0
+
+        def some_results() -> bool:  # mid-stream: committed results, and most inputs still to label
+            nonlocal seen
+            seen += sum(len(batch) for batch in reader.poll(timeout_ms=100).values())
+            return seen >= 1000 or first.poll() is not None
+
+        wait_until(some_results, 120, "the first committed results")
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        first.kill()
+        first.wait(30)
+    finally:
+        reader.close()
+        if first.poll() is None:
+            first.kill()
+    successor = spawn(env, tmp_path / "successor.log")
+    try:
+        results = read_committed(kafka_bootstrap, f"{topic}.labels", expected=len(ids))
+    finally:
+        successor.terminate()
+        successor.wait(30)
+    counts = Counter(json.loads(r.value)["id"] for r in results)
+    assert set(counts) == set(ids)
+    assert max(counts.values()) == 1, [i for i, n in counts.items() if n > 1][:10]
+    txn_ids = [e["transactional_id"] for log in ("first.log", "successor.log")
+               for e in log_events(tmp_path / log, "transactions_ready")]
+    assert len(txn_ids) == 2 and txn_ids[0] == txn_ids[1], txn_ids

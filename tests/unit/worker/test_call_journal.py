@@ -117,6 +117,22 @@ def test_a_second_worker_of_the_group_on_the_host_takes_its_own_files(tmp_path):
         journal.close()
 
 
+def test_a_sets_identity_is_the_same_for_the_next_worker_to_hold_it_and_differs_while_held(tmp_path):
+    """The identity a transactional id is named by (worker/transactions.py): two workers holding sets at
+    once differ, the next worker to take a released set has its identity, another state dir differs."""
+    first = CallJournal.open(tmp_path / "a", GROUP, streams=1)
+    second = CallJournal.open(tmp_path / "a", GROUP, streams=1)
+    elsewhere = CallJournal.open(tmp_path / "b", GROUP, streams=1)
+    assert first is not None and second is not None and elsewhere is not None
+    assert len({first.identity, second.identity, elsewhere.identity}) == 3
+    was = first.identity
+    first.close()
+    restarted = CallJournal.open(tmp_path / "a", GROUP, streams=1)
+    assert restarted is not None and restarted.identity == was
+    for journal in (second, elsewhere, restarted):
+        journal.close()
+
+
 def test_counts_below_a_committed_position_are_dropped_and_stay_dropped(tmp_path):
     first = CallJournal.open(tmp_path, GROUP, streams=1)
     assert first is not None

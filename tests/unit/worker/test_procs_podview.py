@@ -207,19 +207,19 @@ def test_each_feeder_gets_its_own_static_id_any_port_and_no_bundle_watcher():
 
 
 def test_a_feeders_transactional_id_outlives_its_restarts_within_the_pod():
-    """Without static membership a feeder's transactional id names the pod's supervisor and the feeder's
-    index, not the feeder's own pid: each restart of feeder i fences the one before. Feeders of one pod, and
-    pods, differ; a static instance id still decides when there is one."""
+    """Without static membership a feeder's transactional id names the pod (its call-journal set) and the
+    feeder's index, not the feeder's own pid: each restart of feeder i fences the one before. Feeders of one
+    pod, and pods, differ; a static instance id still decides when there is one."""
     import socket
 
     from worker.procs.plan import feeder_identity
     from worker.transactions import transactional_id
 
     host = socket.gethostname()
-    assert transactional_id("g", None, feeder_identity(4242, 1)) == f"g.{host}.4242-f1"
-    assert len({feeder_identity(pid, i) for pid in (4242, 4243) for i in (0, 1)}) == 4
-    assert transactional_id("g", "pod-7-1", feeder_identity(4242, 1)) == "g.pod-7-1"
-    assert transactional_id("g", None) == f"g.{host}.{os.getpid()}"  # one process: its own
+    assert transactional_id("g", None, feeder_identity("ab12.worker-0", 1)) == f"g.{host}.ab12.worker-0-f1"
+    assert len({feeder_identity(pod, i) for pod in ("ab12.worker-0", "ab12.worker-1") for i in (0, 1)}) == 4
+    assert transactional_id("g", "pod-7-1", feeder_identity("ab12.worker-0", 1)) == "g.pod-7-1"
+    assert transactional_id("g", None) == f"g.{host}.{os.getpid()}"  # no journal: this process's own
 
 
 def test_a_feeders_model_stall_limit_is_a_backstop_behind_the_pods():
