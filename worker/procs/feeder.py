@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing import connection
 
+from prometheus_client import generate_latest
+
 from worker.app import Worker, exit_past_stuck_threads
 from worker.call_journal import DeathCounts
 from worker.errors import WorkerError
@@ -96,6 +98,9 @@ def feeder_main(plan: FeederPlan, control: connection.Connection) -> None:
     _tell(control, ("started", worker.metrics_port))
     waited = worker.wait()
     code = 0 if waited is None else waited
+    # Its counters as they end, for the pod's /metrics in place of its last scrape, which missed
+    # what it delivered after (worker/procs/podview.py).
+    _tell(control, ("last_metrics", generate_latest(worker.metrics.registry)))
     link.close()
     exit_past_stuck_threads(code)
     sys.exit(code)

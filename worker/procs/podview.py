@@ -13,8 +13,10 @@ them by name and labels, so dashboards and alerts see one worker per pod, as wit
   running) and ``tagstream_feeder_restarts_total{feeder}``.
 
 Counters stay monotonic across a feeder's restart: the last values read from a feeder that died
-are kept and added to its successor's (what it counted after the last scrape is lost, never
-subtracted). A process that does not answer a scrape in time is shown with its last values.
+are kept and added to its successor's, never subtracted. A feeder that exits by itself (a drain, a
+fatal error) sends its metrics as it goes, and those are kept: nothing it counted is lost. Only a
+feeder killed (SIGKILL, the OOM killer) loses what it counted after the last scrape. A process that
+does not answer a scrape in time is shown with its last values.
 
 Every process is asked at once, each on a thread of its own (``_ask``), so a scrape or a probe
 answers within one ``FETCH_TIMEOUT_S`` however many of the pod's processes hang. Asked one after
@@ -102,6 +104,7 @@ class PodView:
         # family -> (type, help, {sample key: value}): the last values read per member incarnation
         self._last: dict[tuple[str, int], dict[str, tuple[str, str, dict[SampleKey, float]]]] = {}
         self._retired: dict[str, tuple[str, str, dict[SampleKey, float]]] = {}
+        self._final: set[tuple[str, int]] = set()  # incarnations whose last metrics they sent themselves
         self.registry = CollectorRegistry(auto_describe=True)
         self.configured = Gauge("tagstream_feeders", "Feeder processes: configured, running.", ["state"],
                                 registry=self.registry)
@@ -119,11 +122,21 @@ class PodView:
         with self._lock:
             self.feeders[index].port = port
 
+    def feeder_last_metrics(self, index: int, body: bytes) -> None:
+        """A feeder's /metrics as it exits (it sends them): they replace its last scrape, so what it
+        counted after that scrape is kept too (``feeder_down``)."""
+        with self._lock:
+            member = self.feeders[index]
+            key = (member.name, member.incarnation)
+            self._last[key] = _parse(body)
+            self._final.add(key)  # a scrape answered before it must not replace them
+
     def feeder_down(self, index: int, restarting: bool) -> None:
         """A feeder exited: keep its counters' last values so the pod's sums never go down."""
         with self._lock:
             member = self.feeders[index]
             last = self._last.pop((member.name, member.incarnation), {})
+            self._final.discard((member.name, member.incarnation))
             for family, (kind, doc, samples) in last.items():
                 if kind not in MONOTONIC_TYPES:
                     continue
@@ -174,12 +187,9 @@ class PodView:
         if not isinstance(answer, bytes):
             with self._lock:
                 return self._last.get(key, {})
-        families: dict[str, tuple[str, str, dict[SampleKey, float]]] = {}
-        for family in text_string_to_metric_families(answer.decode()):
-            samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in family.samples}
-            families[family.name] = (family.type, family.documentation, samples)
+        families = _parse(answer)
         with self._lock:
-            if member.incarnation == key[1]:  # not restarted meanwhile
+            if member.incarnation == key[1] and key not in self._final:  # not restarted or ended meanwhile
                 self._last[key] = families
         return families
 
@@ -264,6 +274,15 @@ class PodView:
             if port is not None and got[i] is None:
                 got[i] = TimeoutError(f"no answer within {FETCH_TIMEOUT_S + ASK_SLACK_S:.1f} s")
         return got
+
+
+def _parse(body: bytes) -> dict[str, tuple[str, str, dict[SampleKey, float]]]:
+    """A /metrics body: family -> (type, help, {sample key: value})."""
+    families: dict[str, tuple[str, str, dict[SampleKey, float]]] = {}
+    for family in text_string_to_metric_families(body.decode()):
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in family.samples}
+        families[family.name] = (family.type, family.documentation, samples)
+    return families
 
 
 def _probe_body(answer: Answer) -> tuple[bool, dict[str, Any]]:

@@ -316,6 +316,8 @@ class Supervisor:
             self.relay_lost_call(feeder, message)
         elif message[0] == "marked":
             self._uncounted.marked(message[1])
+        elif message[0] == "last_metrics":
+            self.view.feeder_last_metrics(feeder.index, message[1])
 
     def relay_lost_call(self, sender: FeederProc, message: tuple) -> None:
         """A feeder's inputs of a call the model process was lost in, of partitions it no longer
@@ -347,7 +349,7 @@ class Supervisor:
         process.join()
         code = _exit_code(process.exitcode)
         if feeder.control is not None:
-            while feeder.control.poll():  # a last "started"/"failed" still in the pipe
+            while feeder.control.poll():  # its last messages ("started"/"failed", "last_metrics") still in the pipe
                 self._on_feeder_message(feeder)
                 if feeder.control is None:
                     break

@@ -116,6 +116,22 @@ def test_counters_never_go_down_when_a_feeder_restarts_or_misses_a_scrape(fake):
     assert got[("tagstream_feeder_restarts_total", (("feeder", "0"),))] == 1
 
 
+def test_a_feeder_that_exits_by_itself_loses_none_of_its_counts(fake):
+    """A feeder that exits on its own sends its metrics as it goes: what it counted after the last scrape
+    is kept under its successor's; a scrape answered before them does not replace them."""
+    pod, view = fake
+    pod.metrics[9001].events_out.labels(topic="in").inc(100)
+    stale = pod.fetch(9001, "/metrics")  # a scrape's answer, in flight while the feeder finishes
+    assert values(view.metrics())[("tagstream_events_out_total", (("topic", "in"),))] == 100
+    pod.metrics[9001].events_out.labels(topic="in").inc(40)  # delivered after that scrape, as it drained
+    view.feeder_last_metrics(0, generate_latest(pod.metrics[9001].registry))
+    view._families(view.feeders[0], ("feeder-0", 0), 9001, stale)  # the late answer: ignored
+    view.feeder_down(0, restarting=True)
+    pod.add(9003, ready=dict(FEEDER_READY))  # its successor, from zero
+    view.feeder_up(0, 9003)
+    assert values(view.metrics())[("tagstream_events_out_total", (("topic", "in"),))] == 140
+
+
 def test_the_pod_is_ready_only_when_the_model_is_and_its_feeders_hold_partitions(fake):
     """Ready needs the model warmed up, a partition held, the broker reached and no failing commits."""
     pod, view = fake
