@@ -161,7 +161,8 @@ class WorkerSettings(BaseSettings):
     transaction_timeout_ms: int = Field(
         60_000, ge=1_000, le=900_000,
         description="exactly_once: how long the broker keeps a transaction open before aborting it; a crashed"
-        " worker without group_instance_id holds back read_committed readers this long.",
+        " worker that no successor replaces (the same group_instance_id, or without one the same host and"
+        " state_dir) holds back read_committed readers this long.",
     )
     max_poll_interval_ms: int = Field(
         300_000, ge=1_000,
