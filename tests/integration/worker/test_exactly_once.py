@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
@@ -35,6 +36,19 @@ def read_committed(bootstrap: str, topic: str, expected: int, timeout_s: float =
         return poll_records(consumer, expected, timeout_s, quiet_s=2.0)
     finally:
         consumer.close()
+
+
+def successor_labels_each_input_once(bootstrap: str, topic: str, ids: list[str], env: dict[str, str], log: Path) -> None:
+    """A worker started with ``env`` after one that failed: a read_committed reader then sees each input once."""
+    successor = spawn(env, log)
+    try:
+        results = read_committed(bootstrap, f"{topic}.labels", expected=len(ids))
+    finally:
+        successor.terminate()
+        successor.wait(30)
+    counts = Counter(json.loads(r.value)["id"] for r in results)
+    assert set(counts) == set(ids)
+    assert max(counts.values()) == 1, [i for i, n in counts.items() if n > 1][:10]
 
 
 def produce(bootstrap: str, topic: str, n: int, bad_every: int = 0, prefix: str = "x", rate: float = 0.0) -> list[str]:
@@ -116,16 +130,10 @@ def test_a_stalled_model_call_is_given_up_without_committing_the_outputs_after_i
     assert [e["kind"] for e in lines if e["event"] == "fatal"][:1] == ["model_stalled"]
     assert any(e["event"] == "model_call_given_up" for e in lines)
 
-    successor = spawn(worker_env(kafka_bootstrap, topic, make_null_bundle(tmp_path / "null"), group, **eos),
-                      tmp_path / "successor.log")
-    try:
-        results = read_committed(kafka_bootstrap, f"{topic}.labels", expected=len(ids))
-    finally:
-        successor.terminate()
-        successor.wait(30)
-    counts = Counter(json.loads(r.value)["id"] for r in results)
-    assert set(counts) == set(ids)
-    assert max(counts.values()) == 1, [i for i, n in counts.items() if n > 1][:10]
+    successor_labels_each_input_once(
+        kafka_bootstrap, topic, ids, worker_env(kafka_bootstrap, topic, make_null_bundle(tmp_path / "null"), group, **eos),
+        tmp_path / "successor.log",
+    )
 
 
 def test_a_model_thread_lost_mid_transaction_aborts_it_instead_of_committing_outputs_past_its_batch(
@@ -198,15 +206,7 @@ def test_a_worker_killed_mid_transaction_is_fenced_by_its_successor_without_stat
         reader.close()
         if first.poll() is None:
             first.kill()
-    successor = spawn(env, tmp_path / "successor.log")
-    try:
-        results = read_committed(kafka_bootstrap, f"{topic}.labels", expected=len(ids))
-    finally:
-        successor.terminate()
-        successor.wait(30)
-    counts = Counter(json.loads(r.value)["id"] for r in results)
-    assert set(counts) == set(ids)
-    assert max(counts.values()) == 1, [i for i, n in counts.items() if n > 1][:10]
+    successor_labels_each_input_once(kafka_bootstrap, topic, ids, env, tmp_path / "successor.log")
     txn_ids = [e["transactional_id"] for log in ("first.log", "successor.log")
                for e in log_events(tmp_path / log, "transactions_ready")]
     assert len(txn_ids) == 2 and txn_ids[0] == txn_ids[1], txn_ids
