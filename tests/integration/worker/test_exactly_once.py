@@ -173,6 +173,7 @@ def test_a_model_thread_lost_mid_transaction_aborts_it_instead_of_committing_out
     assert max(counts.values()) == 1, f"{sum(n - 1 for n in counts.values())} duplicates"
 
 
+@pytest.mark.full_size_only("confluent")  # make test: kafka-python (a confluent pod is fenced the same way in outsider runs)
 def test_a_worker_killed_mid_transaction_is_fenced_by_its_successor_without_static_membership(
     kafka_bootstrap, new_topic, new_group, tmp_path, tiny_bundle, kafka_client
 ):
