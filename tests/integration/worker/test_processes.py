@@ -409,8 +409,8 @@ def test_exactly_once_holds_per_feeder_through_a_feeder_sigkill(
     )
     env = worker_env(kafka_bootstrap, topic, tiny_bundle, new_group(), TAGSTREAM_PROCESSING_GUARANTEE="exactly_once",
                      **membership_env)
-    # Dynamic: enough that the killed feeder is mid-stream, its transaction open with outputs in it.
-    ids = produce_events(kafka_bootstrap, topic, fixture_texts(12000 if membership == "dynamic" else 4000, seed=43))
+    # Enough that the killed feeder is mid-stream, its transaction open with outputs in it.
+    ids = produce_events(kafka_bootstrap, topic, fixture_texts(12000, seed=43))
     results = Results(kafka_bootstrap, f"{topic}.labels", isolation_level="read_committed")
     try:
         pod = pods(env, "pod")
