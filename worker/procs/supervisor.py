@@ -319,6 +319,11 @@ class Supervisor:
         elif message[0] == "last_metrics":
             self.view.feeder_last_metrics(feeder.index, message[1])
 
+    def _read_last_messages(self, feeder: FeederProc) -> None:
+        """Every message still in ``feeder``'s pipe (it has exited, or the pod stops)."""
+        while feeder.control is not None and feeder.control.poll():
+            self._on_feeder_message(feeder)  # sets control to None at the pipe's end
+
     def relay_lost_call(self, sender: FeederProc, message: tuple) -> None:
         """A feeder's inputs of a call the model process was lost in, of partitions it no longer
         holds: to every other feeder, which counts those it holds; what none holds goes to the
@@ -348,13 +353,9 @@ class Supervisor:
         process = feeder.process
         process.join()
         code = _exit_code(process.exitcode)
+        self._read_last_messages(feeder)  # "started"/"failed", "marked", "last_metrics" still in the pipe
         if feeder.control is not None:
-            while feeder.control.poll():  # its last messages ("started"/"failed", "last_metrics") still in the pipe
-                self._on_feeder_message(feeder)
-                if feeder.control is None:
-                    break
-            if feeder.control is not None:
-                feeder.control.close()
+            feeder.control.close()
         feeder.process, feeder.control = None, None
         will_restart = not self._stopping
         self.view.feeder_down(feeder.index, restarting=will_restart and feeder.ever_started)
@@ -452,8 +453,7 @@ class Supervisor:
             channel.close()
         self._channels = []
         for feeder in self._feeders:  # a feeder's last words not read yet: its counts (lost_calls.py)
-            while feeder.control is not None and feeder.control.poll():
-                self._on_feeder_message(feeder)
+            self._read_last_messages(feeder)
         self._uncounted.close()
         if self._journal is not None:
             if self._model is None or not self._model.is_alive():
