@@ -38,7 +38,10 @@ node's crash.
 Where: ``TAGSTREAM_STATE_DIR`` (``/tmp/tagstream`` by default; the Kubernetes manifest's ``/tmp`` is
 an emptyDir, which outlives the container's restarts), one folder per consumer group. Each worker
 holds a lock on its set of files (``worker-N``); a second worker of the group on the same host
-takes the next set. Nothing here ever stops the worker: a journal that cannot be written is
+takes the next set. The folder keeps a random id of its own (``folder-id``): with the set's name it
+makes the worker's transactional id without static membership, so the folder should outlive the
+worker's restarts (a new folder is a new id: read_committed readers may then wait out the open
+transaction the last worker left). Nothing here ever stops the worker: a journal that cannot be written is
 turned off, with a warning saying why.
 """
 
@@ -53,7 +56,7 @@ import os
 import re
 import secrets
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from worker.inference import InputId
@@ -86,15 +89,15 @@ class CallJournal:
         self._fds: list[int] = []
         self._streams = streams
         self._broken = False
+        self._folder_id = ""  # set by open (the identity's first half)
 
     @property
     def identity(self) -> str:
-        """This set on this host, for a transactional id that outlives restarts (worker/transactions.py):
-        the folder's short hash (another TAGSTREAM_STATE_DIR is another set) and the set's name. The
-        next worker of the group to start here takes this set once this one's lock is gone, never
-        while it is held."""
-        folder = hashlib.sha256(str(self.folder.resolve()).encode()).hexdigest()[:8]
-        return f"{folder}.{self.name}"
+        """This set, for a transactional id that outlives restarts (worker/transactions.py): the state
+        folder's own id (``_folder_id``: another folder, or the same path on another filesystem, is
+        another id) and the set's name. The next worker of the group to start on this folder takes
+        this set once this one's lock is gone, never while it is held."""
+        return f"{self._folder_id}.{self.name}"
 
     # -- start ------------------------------------------------------------------------------------
     @classmethod
@@ -115,6 +118,7 @@ class CallJournal:
                     os.close(fd)
                     continue
                 journal = cls(folder, name, fd, streams)
+                journal._folder_id = _folder_id(folder)
                 journal._recover()
                 journal._open_calls()
                 return journal
@@ -317,6 +321,39 @@ def _drop_below(
         if not offsets:
             del counts[tp]
     return dropped
+
+
+def _folder_id(folder: Path) -> str:
+    """A random id made once per group folder and kept in it (``identity``): the same for every worker
+    that uses this folder, across restarts, and different for a folder on another filesystem even at
+    the same path on a host of the same name (two containers on the host's network, each with a
+    private /tmp), which a hash of the path could not tell apart. Kafka Streams keeps its process id
+    in its state directory for the same reason. Written beside, then linked into place: a worker
+    that starts at the same moment reads the first one's id, never a half-written file."""
+    path = folder / "folder-id"
+    if not path.exists():
+        _place_new_id(path, os.link)  # FileExistsError: another worker made it first, its id counts
+    found = path.read_text().strip()
+    if not _FOLDER_ID.fullmatch(found):
+        log.warning("folder_id_replaced", path=str(path), found=found[:40],
+                    consequence="a new transactional id: readers may wait out the last worker's open transaction once")
+        _place_new_id(path, os.replace)
+        found = path.read_text().strip()
+    return found
+
+
+_FOLDER_ID = re.compile(r"[0-9a-f]{8}")
+
+
+def _place_new_id(path: Path, place: Callable[[Path, Path], None]) -> None:
+    spare = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    spare.write_text(secrets.token_hex(4) + "\n")
+    try:
+        place(spare, path)
+    except FileExistsError:
+        pass
+    finally:
+        spare.unlink(missing_ok=True)
 
 
 def _folder_name(group_id: str) -> str:

@@ -161,8 +161,8 @@ class WorkerSettings(BaseSettings):
     transaction_timeout_ms: int = Field(
         60_000, ge=1_000, le=900_000,
         description="exactly_once: how long the broker keeps a transaction open before aborting it; a crashed"
-        " worker that no successor replaces (the same group_instance_id, or without one the same host and"
-        " state_dir) holds back read_committed readers this long.",
+        " worker that no successor replaces (the same group_instance_id, or without one the same state_dir"
+        " folder) holds back read_committed readers this long.",
     )
     max_poll_interval_ms: int = Field(
         300_000, ge=1_000,
@@ -279,7 +279,8 @@ class WorkerSettings(BaseSettings):
         description="Folder for what must outlive the worker's process: the inputs of each model call while it"
         " runs, so that a worker that dies in a call (OOM killer, a crash in a kernel, a liveness probe's kill)"
         " counts them when it starts again, and runs them alone, then dead-letters the one that kills it"
-        " (stalled_twice) instead of restarting on it for ever. Keep it across restarts: Kubernetes' emptyDir"
+        " (stalled_twice) instead of restarting on it for ever. Without static membership it also names the"
+        " exactly_once transactional id (its folder-id file). Keep it across restarts: Kubernetes' emptyDir"
         " does (the manifest's /tmp). Empty turns it off.",
     )
     drain_timeout_s: float = Field(

@@ -82,9 +82,9 @@ class Barrier:
 
 def transactional_id(group_id: str, instance_id: str | None, process: str | None = None) -> str:
     """Stable across restarts with static membership; else ``process``: the worker's call-journal set
-    on this host (``CallJournal.identity``, held by one live worker at a time and taken by the next
-    one to start there), for a pod's feeder that set and its index (worker/procs/plan.py); without a
-    journal (TAGSTREAM_STATE_DIR empty), this process's pid.
+    (``CallJournal.identity``: its state folder's id and the set's name, held by one live worker at a
+    time and taken by the next one to start on that folder), for a pod's feeder that set and its
+    index (worker/procs/plan.py); without a journal (TAGSTREAM_STATE_DIR empty), this process's pid.
 
     A producer that starts with its predecessor's id fences it and aborts the transaction it left
     open. Under any other id that transaction stays open until the broker times it out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -131,6 +132,48 @@ def test_a_sets_identity_is_the_same_for_the_next_worker_to_hold_it_and_differs_
     assert restarted is not None and restarted.identity == was
     for journal in (second, elsewhere, restarted):
         journal.close()
+
+
+def test_a_fresh_folder_at_the_same_path_is_another_identity(tmp_path):
+    """Two containers on the host's network, each with a private /tmp: the same host name and the
+    same state path, but another filesystem. They must not share a transactional id (they would
+    fence each other for ever), so the identity is the folder's own id, not a hash of its path."""
+    first = CallJournal.open(tmp_path / "state", GROUP, streams=1)
+    assert first is not None
+    was = first.identity
+    first.close()
+    shutil.rmtree(tmp_path / "state")  # the other container's /tmp: nothing of the first one's in it
+    other = CallJournal.open(tmp_path / "state", GROUP, streams=1)
+    assert other is not None and other.name == "worker-0" and other.identity != was
+    other.close()
+
+
+def test_workers_starting_at_once_on_a_new_folder_agree_on_its_id(tmp_path):
+    folder = tmp_path / "group"
+    folder.mkdir()
+    ids: list[str] = []
+    threads = [threading.Thread(target=lambda: ids.append(call_journal._folder_id(folder))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(ids) == 8 and len(set(ids)) == 1
+    assert sorted(p.name for p in folder.iterdir()) == ["folder-id"]  # no spare file left behind
+
+
+def test_a_folder_id_that_is_not_one_is_replaced_with_a_warning(tmp_path):
+    first = CallJournal.open(tmp_path, GROUP, streams=1)
+    assert first is not None
+    first.close()
+    (first.folder / "folder-id").write_text("edited by hand\n")
+    with capture_logs() as logs:
+        second = CallJournal.open(tmp_path, GROUP, streams=1)
+    assert second is not None and second.identity.split(".")[0] == (first.folder / "folder-id").read_text().strip()
+    assert [entry["found"] for entry in logs if entry["event"] == "folder_id_replaced"] == ["edited by hand"]
+    third = CallJournal.open(tmp_path, GROUP, streams=1)  # kept from then on
+    assert third is not None and third.identity.split(".")[0] == second.identity.split(".")[0]
+    second.close()
+    third.close()
 
 
 def test_counts_below_a_committed_position_are_dropped_and_stay_dropped(tmp_path):
