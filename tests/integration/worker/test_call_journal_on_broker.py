@@ -57,6 +57,7 @@ def kill_in_the_hung_call(env: dict[str, str], log: Path) -> None:
         proc.wait(30)
 
 
+@pytest.mark.full_size_only("confluent")  # make test: kafka-python (the journal is files on the host, the same for both)
 def test_an_input_the_worker_dies_on_in_every_model_call_is_run_alone_then_dead_lettered_not_restarted_on_for_ever(
     kafka_bootstrap, new_topic, new_group, tmp_path, kafka_client
 ):
