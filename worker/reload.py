@@ -2,7 +2,11 @@
 
 ``BundleWatcher.check`` (run every ``reload_interval_s`` on its own thread) fingerprints the
 folder (every file's name, size and mtime; the path is resolved, so a symlink switched to a new
-folder counts as a change). On a change it verifies and loads the bundle off the hot path,
+folder counts as a change). A change is looked at once the folder has stayed the same for
+``SETTLE_S``: a bundle copied into the served folder one file at a time (``cp``, ``kubectl cp``)
+mixes two bundles while the copy runs, and verified then it was refused, logged as an error and
+alerted on (TagstreamBundleReloadRefused) although the copy ended well (bench/outsider/reload.sh:
+5 refusals for one such copy). Then it verifies and loads the bundle off the hot path,
 checks it against the settings, warms it up, and offers it to the ``RunnerSlot``; the inference
 stage takes it between two batches. A bundle that fails any step is refused, logged and counted
 (``tagstream_bundle_reloads_total{result="refused"}``) while the loaded one keeps serving; it is
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +29,7 @@ from worker.telemetry import Metrics, get_logger
 log = get_logger("tagstream.worker.reload")
 
 Fingerprint = tuple[str, tuple[tuple[str, int, int], ...]]
+SETTLE_S = 2.0  # a folder that changed more recently than this is taken to be still being written
 
 
 class RunnerSlot:
@@ -64,14 +70,19 @@ class BundleWatcher:
         load: Callable[[Path], Runner],
         metrics: Metrics,
         interval_s: float,
+        settle_s: float = SETTLE_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._path = path
         self._slot = slot
         self._load = load
         self._metrics = metrics
         self._interval_s = interval_s
+        self._settle_s = settle_s
+        self._clock = clock
         self._seen = fingerprint(path)
         self._waiting: Fingerprint | None = None
+        self._settling: tuple[Fingerprint, float] | None = None  # the folder as last seen changed, and since when
 
     def run(self, stopping: threading.Event) -> None:
         while not stopping.wait(self._interval_s):
@@ -87,7 +98,10 @@ class BundleWatcher:
 
         now = fingerprint(self._path)
         if now == self._seen:
+            self._settling = None
             return "unchanged"
+        if not self._settled(now):
+            return "waiting"
         if not any(name == MANIFEST_FILE for name, _, _ in now[1]):
             # Mid-replacement (write_bundle renames folders) or being copied: look again later.
             if now != self._waiting:
@@ -115,6 +129,16 @@ class BundleWatcher:
         self._slot.offer(runner)
         log.info("bundle_loaded", path=str(self._path), version=runner.version, serving_version=current)
         return "offered"
+
+
+    def _settled(self, now: Fingerprint) -> bool:
+        """Whether the folder has stayed as ``now`` for ``settle_s``; a change restarts the wait."""
+        if self._settling is None or self._settling[0] != now:
+            if self._settling is None:
+                log.info("bundle_changed", path=str(self._path),
+                         detail=f"looked at once it has stayed the same for {self._settle_s:g} s")
+            self._settling = (now, self._clock())
+        return self._clock() - self._settling[1] >= self._settle_s
 
 
 def fingerprint(path: Path) -> Fingerprint:

@@ -220,7 +220,8 @@ class WorkerSettings(BaseSettings):
     # -- model --------------------------------------------------------------------------------
     bundle_path: Path = Field(..., description="Model bundle folder (from tagstream-train); watched for updates.")
     reload_interval_s: float = Field(
-        5, ge=0, description="How often the bundle folder is checked for a new version; 0 turns reloading off."
+        5, ge=0, description="How often the bundle folder is checked for a new version (looked at once the folder has"
+        " stayed the same for 2 s, so that a copy in progress is not refused midway); 0 turns reloading off."
     )
     device: str = Field("auto", description="auto (a GPU when there is one), cpu, cuda or cuda:N.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(

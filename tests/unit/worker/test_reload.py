@@ -6,6 +6,7 @@ import shutil
 
 import torch
 from structlog.testing import capture_logs
+from worker_fakes import Clock
 from worker_support import make_tiny_bundle
 
 from worker.reload import BundleWatcher, RunnerSlot
@@ -19,11 +20,13 @@ def load(path):
     )
 
 
-def setup(tmp_path):
+def setup(tmp_path, settle_s=0.0, clock=None):
+    """A watcher on a tiny bundle; by default a change is looked at at once (``settle_s`` 0)."""
     path = make_tiny_bundle(tmp_path / "bundle", seed=1)
     slot = RunnerSlot(load(path))
     metrics = Metrics()
-    watcher = BundleWatcher(path, slot=slot, load=load, metrics=metrics, interval_s=1.0)
+    watcher = BundleWatcher(path, slot=slot, load=load, metrics=metrics, interval_s=1.0, settle_s=settle_s,
+                            clock=clock or Clock())
     return path, slot, watcher, metrics
 
 
@@ -84,3 +87,40 @@ def test_touched_files_of_the_same_version_are_not_reloaded(tmp_path):
     os.utime(path / "metrics.json", ns=(1, 1))
     assert watcher.check() == "unchanged"
     assert slot.swap_if_offered() is None
+
+
+def test_a_bundle_copied_in_place_file_by_file_is_looked_at_only_once_the_copy_has_settled(tmp_path):
+    """Mid-copy the folder mixes two bundles; verified then, it was refused (an error and an alert) although
+    the copy ended well. Each change restarts the wait; the folder as it settles is offered, nothing refused."""
+    clock = Clock()
+    path, slot, watcher, metrics = setup(tmp_path, settle_s=2.0, clock=clock)
+    old = slot.current.version
+    staged = make_tiny_bundle(tmp_path / "staged", seed=6)
+    for name in ("model.ts", "config.json", "labels.json", "manifest.json"):  # the rest later
+        shutil.copy(staged / name, path / name)
+        assert watcher.check() == "waiting"
+        clock.now += 1.0
+        assert watcher.check() == "waiting"  # changed 1 s ago: still being written
+    for name in sorted(p.name for p in staged.iterdir()):
+        shutil.copy(staged / name, path / name)
+    clock.now += 1.0
+    assert watcher.check() == "waiting"
+    clock.now += 2.0
+    assert watcher.check() == "offered"
+    assert metrics.value("tagstream_bundle_reloads_total", {"result": "refused"}) == 0
+    swapped = slot.swap_if_offered()
+    assert swapped is not None and swapped.version != old
+
+
+def test_a_tampered_bundle_that_settles_is_still_refused(tmp_path):
+    clock = Clock()
+    path, slot, watcher, metrics = setup(tmp_path, settle_s=2.0, clock=clock)
+    (path / "model.ts").write_bytes((path / "model.ts").read_bytes() + b"x")
+    (path / "manifest.json").write_text((path / "manifest.json").read_text().replace('"version": "', '"version": "t'))
+    assert watcher.check() == "waiting"
+    clock.now += 2.0
+    assert watcher.check() == "refused"
+    assert metrics.value("tagstream_bundle_reloads_total", {"result": "refused"}) == 1
+    assert slot.swap_if_offered() is None  # the loaded bundle keeps serving
+    clock.now += 10.0
+    assert watcher.check() == "unchanged"  # refused once, not again until the folder changes
