@@ -161,14 +161,22 @@ def test_workers_starting_at_once_on_a_new_folder_agree_on_its_id(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["folder-id"]  # no spare file left behind
 
 
-def test_a_folder_id_that_is_not_one_is_replaced_with_a_warning(tmp_path):
+def reopened_after_writing(tmp_path, name: str, text: str) -> tuple[CallJournal, list]:
+    """A journal opened, closed, ``name`` in its folder overwritten with ``text``, then opened again (with the
+    log lines of that second open)."""
     first = CallJournal.open(tmp_path, GROUP, streams=1)
     assert first is not None
     first.close()
-    (first.folder / "folder-id").write_text("edited by hand\n")
+    (first.folder / name).write_text(text)
     with capture_logs() as logs:
         second = CallJournal.open(tmp_path, GROUP, streams=1)
-    assert second is not None and second.identity.split(".")[0] == (first.folder / "folder-id").read_text().strip()
+    assert second is not None
+    return second, logs
+
+
+def test_a_folder_id_that_is_not_one_is_replaced_with_a_warning(tmp_path):
+    second, logs = reopened_after_writing(tmp_path, "folder-id", "edited by hand\n")
+    assert second.identity.split(".")[0] == (second.folder / "folder-id").read_text().strip()
     assert [entry["found"] for entry in logs if entry["event"] == "folder_id_replaced"] == ["edited by hand"]
     third = CallJournal.open(tmp_path, GROUP, streams=1)  # kept from then on
     assert third is not None and third.identity.split(".")[0] == second.identity.split(".")[0]
@@ -215,13 +223,8 @@ def test_an_unwritable_folder_turns_the_journal_off_with_a_warning_naming_the_se
 
 
 def test_unreadable_counts_are_forgotten_with_a_warning_not_a_failed_start(tmp_path):
-    first = CallJournal.open(tmp_path, GROUP, streams=1)
-    assert first is not None
-    first.close()
-    (first.folder / "worker-0.counts.json").write_text("{not json")
-    with capture_logs() as logs:
-        second = CallJournal.open(tmp_path, GROUP, streams=1)
-    assert second is not None and second.counts == {}
+    second, logs = reopened_after_writing(tmp_path, "worker-0.counts.json", "{not json")
+    assert second.counts == {}
     assert [e["event"] for e in logs] == ["call_journal_counts_unreadable"]
     second.begin(0, [("news", 0, 1)])
     died(second)
