@@ -5,11 +5,11 @@
 # restarted when it exits (a restart policy). If the two took the same transactional id, each start would
 # fence the other: exits with producer_fenced, over and over. The input of single.sh from kcat; results read
 # back read_committed (kcat's default) once the broker says every input is committed.
-#   BUNDLE=DIR [CLIENT=kafka-python|confluent] [EVENTS=20000] bash bench/outsider/shared_host.sh
+#   BUNDLE=DIR [CLIENT=kafka-python|confluent] [EVENTS=20000] [TAGSTREAM_PROCESSES=1] bash bench/outsider/shared_host.sh
 # Needs root, or unprivileged user namespaces (then run as any user: `unshare --user --map-root-user`).
 EVENTS=${EVENTS:-20000}
 source "$(dirname "$0")/common.sh" shared-host
-export TAGSTREAM_PROCESSES=1 TAGSTREAM_PROCESSING_GUARANTEE=exactly_once TAGSTREAM_GROUP_INSTANCE_ID= \
+export TAGSTREAM_PROCESSES=${TAGSTREAM_PROCESSES:-1} TAGSTREAM_PROCESSING_GUARANTEE=exactly_once TAGSTREAM_GROUP_INSTANCE_ID= \
   TAGSTREAM_STATE_DIR=/tmp/tagstream-shared-host
 mkdir -p "$TAGSTREAM_STATE_DIR"
 if [ "$(id -u)" = 0 ]; then NS=(unshare --mount --propagation private); else NS=(unshare --user --map-root-user --mount); fi
