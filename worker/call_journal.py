@@ -41,8 +41,8 @@ holds a lock on its set of files (``worker-N``); a second worker of the group on
 takes the next set. The folder keeps a random id of its own (``folder-id``): with the set's name it
 makes the worker's transactional id without static membership, so the folder should outlive the
 worker's restarts (a new folder is a new id: read_committed readers may then wait out the open
-transaction the last worker left). Nothing here ever stops the worker: a journal that cannot be written is
-turned off, with a warning saying why.
+transaction the last worker left). Nothing here ever stops the worker: a journal that cannot be
+written is turned off, with a warning saying why.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ IDLE = struct.pack("<I", 0)
 MAX_SETS = 16  # workers of one group on one host
 MAX_COUNTED = 10_000  # inputs with a count; the oldest go first (they were committed past long ago)
 MAX_CALL_IDS = 64  # calls remembered as counted: far more than die while one worker starts
+_FOLDER_ID = re.compile(r"[0-9a-f]{8}")  # what a folder-id file holds (_folder_id)
 
 
 class CallJournal:
@@ -342,10 +343,9 @@ def _folder_id(folder: Path) -> str:
     return found
 
 
-_FOLDER_ID = re.compile(r"[0-9a-f]{8}")
-
-
 def _place_new_id(path: Path, place: Callable[[Path, Path], None]) -> None:
+    """A new random id written to a spare file, then put at ``path`` by ``place`` (link: only where
+    none is; replace: over what is there)."""
     spare = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     spare.write_text(secrets.token_hex(4) + "\n")
     try:

@@ -130,7 +130,6 @@ class BundleWatcher:
         log.info("bundle_loaded", path=str(self._path), version=runner.version, serving_version=current)
         return "offered"
 
-
     def _settled(self, now: Fingerprint) -> bool:
         """Whether the folder has stayed as ``now`` for ``settle_s``; a change restarts the wait."""
         if self._settling is None or self._settling[0] != now:
