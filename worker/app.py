@@ -37,7 +37,7 @@ from typing import Any
 from model.cpus import available_cpus
 from worker.affinity import PinPlan, pin_this_thread, plan_pinning, release_this_thread
 from worker.batcher import Batch, Batcher, BatchLimits
-from worker.call_journal import CallJournal, DeathCounts
+from worker.call_journal import CallJournal, DeathCounts, process_identity
 from worker.committer import Committer, OffsetCommitter, commit_failure
 from worker.errors import BrokerError, Failure, SettingsError, WorkerError
 from worker.events import DeadLetter, Event, ParseConfig
@@ -232,7 +232,7 @@ class Worker:
     def _connect(self) -> None:
         s = self.settings
         check_tls(s)  # a TLS problem is named at once, not after a bootstrap timeout
-        process = self._transactional_process or (self._journal.identity if self._journal is not None else None)
+        process = self._transactional_process or process_identity(self._journal)
         txn_id = transactional_id(s.group_id, s.group_instance_id, process) if self._exactly_once else None
         self._consumer, self._producer = open_clients(s, transactional_id=txn_id)
         if txn_id is not None:

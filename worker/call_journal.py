@@ -324,6 +324,12 @@ def _drop_below(
     return dropped
 
 
+def process_identity(journal: CallJournal | None) -> str:
+    """The process part of a transactional id without static membership (worker/transactions.py):
+    the journal set's ``identity``, or without a journal (TAGSTREAM_STATE_DIR empty) this process's pid."""
+    return journal.identity if journal is not None else str(os.getpid())
+
+
 def _folder_id(folder: Path) -> str:
     """A random id made once per group folder and kept in it (``identity``): the same for every worker
     that uses this folder, across restarts, and different for a folder on another filesystem even at

@@ -24,11 +24,9 @@ WORKER=$!
 reloads() {  # $1: swapped or refused
   curl -s localhost:9351/metrics | grep -F "tagstream_bundle_reloads_total{result=\"$1\"}" | awk '{printf "%d", $2}'
 }
-swapped() { reloads swapped; }
-refused() { reloads refused; }
 serving() { curl -s localhost:9351/metrics | grep '^tagstream_model_info' | grep -o 'version="[^"]*"' | paste -sd' '; }
 until_swapped() {  # $1: swaps to wait for
-  local i; for i in $(seq 1 120); do [ "$(swapped)" -ge "$1" ] 2>/dev/null && return 0; sleep 0.5; done
+  local i; for i in $(seq 1 120); do [ "$(reloads swapped)" -ge "$1" ] 2>/dev/null && return 0; sleep 0.5; done
   echo "no swap after 60 s"; return 1
 }
 wait_for_out 9351 $((EVENTS / 10))
@@ -36,18 +34,18 @@ echo "1. in place, a file a second (out $(metric 9351 tagstream_events_out_total
 for f in model.ts $(ls "$NEW_BUNDLE" | grep -vx -e model.ts -e manifest.json) manifest.json; do
   cp "$NEW_BUNDLE/$f" "$S/a/$f"; sleep 1
 done
-until_swapped 1; echo "   swapped: serving $(serving), refused so far $(refused) (out $(metric 9351 tagstream_events_out_total))"
+until_swapped 1; echo "   swapped: serving $(serving), refused so far $(reloads refused) (out $(metric 9351 tagstream_events_out_total))"
 echo "2. a tampered copy in place"
-REFUSED=$(refused); TAMPERED=$D/tampered; cp -a "$NEW_BUNDLE" "$TAMPERED"; printf x >> "$TAMPERED/model.ts"
+REFUSED=$(reloads refused); TAMPERED=$D/tampered; cp -a "$NEW_BUNDLE" "$TAMPERED"; printf x >> "$TAMPERED/model.ts"
 cp "$TAMPERED"/* "$S/a/"
-for _ in $(seq 1 20); do [ "$(refused)" -gt "$REFUSED" ] && break; sleep 0.5; done
-echo "   refused $(refused) (was $REFUSED), serving $(serving)"
+for _ in $(seq 1 20); do [ "$(reloads refused)" -gt "$REFUSED" ] && break; sleep 0.5; done
+echo "   refused $(reloads refused) (was $REFUSED), serving $(serving)"
 echo "3. the symlink switched to a fresh copy of BUNDLE"
 cp -a "$BUNDLE" "$S/b"; ln -s b "$S/next"; mv -T "$S/next" "$S/current"
 until_swapped 2; echo "   swapped: serving $(serving) (out $(metric 9351 tagstream_events_out_total))"
 [ "$(metric 9351 tagstream_events_out_total)" -lt "$EVENTS" ] || echo "NOTE: the stream ended before step 3: use a larger EVENTS"
 wait_committed
-OUT=$(metric 9351 tagstream_events_out_total); SWAPS=$(swapped); REFUSALS=$(refused)
+OUT=$(metric 9351 tagstream_events_out_total); SWAPS=$(reloads swapped); REFUSALS=$(reloads refused)
 kill -TERM $WORKER; wait $WORKER; echo "worker exit $? (out $OUT, swapped $SWAPS, refused $REFUSALS)"
 check_output "$OUT"
 .venv/bin/python - "$D/out.jsonl" "$V1" "$V2" <<'PY'

@@ -28,8 +28,7 @@ container() {  # $1: its name, $2: its metrics port. Its own tmpfs over the stat
 container a 9341
 container b 9342
 wait_committed
-for name in a b; do curl -s "localhost:934$([ $name = a ] && echo 1 || echo 2)/metrics" > "$D/$name.metrics"; done
-OUT=$(( $(awk '$1 ~ /^tagstream_events_out_total/ {s+=$2} END {printf "%d", s}' "$D/a.metrics" "$D/b.metrics") ))
+OUT=$(( $(metric 9341 tagstream_events_out_total) + $(metric 9342 tagstream_events_out_total) ))
 touch "$D/stop"; kill -TERM "$(cat "$D/a.pid")" "$(cat "$D/b.pid")"; wait
 echo "worker exits (a restart policy started them again):"; cat "$D/exits"
 for name in a b; do

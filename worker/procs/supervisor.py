@@ -39,7 +39,7 @@ from multiprocessing import connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from worker.call_journal import CallJournal
+from worker.call_journal import CallJournal, process_identity
 from worker.errors import EXIT_INTERNAL, SettingsError, WorkerError
 from worker.procs.feeder import FeederPlan, feeder_main
 from worker.procs.lost_calls import UncountedInputs
@@ -216,8 +216,7 @@ class Supervisor:
             authkey=self._authkey, segment=self._channels[feeder.index].name, shape=self._shape,
             slots=SLOTS_PER_FEEDER, tokenizer_threads=tokenizer_threads(self.n),
             died_in=self._journal.counts if self._journal is not None else {},
-            identity=feeder_identity(self._journal.identity if self._journal is not None else str(os.getpid()),
-                                     feeder.index),
+            identity=feeder_identity(process_identity(self._journal), feeder.index),
         )
         ours, theirs = self._ctx.Pipe()
         process = self._ctx.Process(target=feeder_main, args=(plan, theirs), name=f"tagstream-feeder-{feeder.index}")
