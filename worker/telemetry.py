@@ -64,6 +64,8 @@ from prometheus_client import (
 from worker.errors import DEAD_LETTER_REASONS, SKIP_REASONS, Failure
 from worker.log_repeats import REPEAT_FIELDS, RepeatFilter
 
+log = structlog.get_logger("tagstream.worker.health")
+
 # A consumer loop that has not turned for this long is stuck (it polls every 100 ms, and
 # the longest blocking step, a synchronous commit, is bounded well below this).
 LOOP_STALL_S = 30.0
@@ -244,9 +246,12 @@ class Health:
         if reachable:
             if self._broker_down_since is not None:
                 self._broker_back_at = self._clock()
+                log.info("broker_reachable", down_s=round(self._broker_back_at - self._broker_down_since, 1))
             self._broker_down_since = None
         elif self._broker_down_since is None:
             self._broker_down_since = self._clock()
+            # Said once per outage: /readyz fails from now on, /healthz once it outlasts broker_outage_s
+            log.warning("broker_unreachable", outage_limit_s=self.broker_outage_s)
 
     def broker_down_for(self) -> float:
         """Seconds the broker has been unreachable without a break (0 while it answers)."""

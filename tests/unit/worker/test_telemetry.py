@@ -8,6 +8,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from structlog.testing import capture_logs
 
 from worker.telemetry import Health, Metrics, TelemetryServer, observe_many
 
@@ -97,6 +98,21 @@ def test_liveness_fails_once_the_outage_outlasts_its_limit():
     assert not ok and body["broker_down_s"] == 61.0
     health.broker_seen(True)
     assert health.liveness()[0] and health.broker_down_for() == 0.0
+
+
+def test_an_outage_is_logged_once_when_it_begins_and_once_when_it_ends_with_its_length():
+    """Readiness follows the broker silently each loop turn; the log says when it went and how long it was away."""
+    now = [0.0]
+    health = Health(clock=lambda: now[0], broker_outage_s=60)
+    with capture_logs() as logs:
+        health.broker_seen(True)
+        for now[0] in (1.0, 2.0, 13.5):
+            health.broker_seen(False)
+        now[0] = 14.0
+        health.broker_seen(True)
+        health.broker_seen(True)
+    assert [(e["event"], e["log_level"]) for e in logs] == [("broker_unreachable", "warning"), ("broker_reachable", "info")]
+    assert logs[0]["outage_limit_s"] == 60 and logs[1]["down_s"] == 13.0
 
 
 def test_liveness_fails_while_a_model_call_runs_past_its_limit_and_recovers_when_it_returns():
