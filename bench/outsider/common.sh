@@ -4,6 +4,7 @@ set -u
 command -v kcat >/dev/null || { echo "kcat is needed (Debian: apt-get install kcat)"; exit 2; }
 CLIENT=${CLIENT:-kafka-python}
 BUNDLE=${BUNDLE:?"set BUNDLE to a bundle folder, e.g. from tagstream-train train ... --preset tiny"}
+[ -f "$BUNDLE/manifest.json" ] || { echo "$BUNDLE is not a bundle (no manifest.json): tagstream-train writes it to <--out>/bundle"; exit 2; }
 DATASETS=${DATASETS:-../shared/datasets}
 EVENTS=${EVENTS:-60000}
 B=${BOOTSTRAP:-127.0.0.1:9092}
@@ -28,7 +29,13 @@ total() {  # $1: a field of the JSON log lines on stdin: its sum (0 for none)
   grep -o "\"$1\": [0-9]*" | grep -o '[0-9]*$' | awk '{s += $1} END {print s + 0}'
 }
 metric() { curl -s "localhost:$1/metrics" | awk -v m="$2" '$1 ~ "^"m"({|$)" {s+=$2} END {printf "%d", s}'; }
-wait_for_out() { until [ "$(metric "$1" tagstream_events_out_total)" -ge "$2" ] 2>/dev/null; do sleep 0.2; done; }
+wait_for_out() {  # $1: a worker's metrics port, $2: results it must reach; gives up after WAIT_S (600)
+  local until=$((SECONDS + ${WAIT_S:-600}))
+  until [ "$(metric "$1" tagstream_events_out_total)" -ge "$2" ] 2>/dev/null; do
+    [ $SECONDS -lt $until ] || { echo "no $2 results on port $1 within ${WAIT_S:-600} s: see the logs in $D"; exit 1; }
+    sleep 0.2
+  done
+}
 committed() { .venv/bin/python - <<PY
 from kafka import KafkaAdminClient
 a = KafkaAdminClient(bootstrap_servers="$B")
@@ -37,9 +44,9 @@ a.close()
 PY
 }
 freeze_broker() {  # the broker's JVM stopped for 15 s: connections stay open, nothing answers
-  kill -STOP "$JVM"; echo "broker frozen (out $(metric "$1" tagstream_events_out_total)); /readyz each second:"
+  kill -STOP "$JVM"; echo "broker frozen at $(date -u +%T.%N | cut -c1-12) (out $(metric "$1" tagstream_events_out_total)); /readyz each second:"
   for _ in $(seq 1 15); do printf "%s " "$(curl -s -o /dev/null -w "%{http_code}" --max-time 2 "localhost:$1/readyz")"; sleep 1; done; echo
-  kill -CONT "$JVM"; echo "broker resumed"
+  kill -CONT "$JVM"; echo "broker resumed at $(date -u +%T.%N | cut -c1-12)"
 }
 wait_committed() {  # the broker's own word that every input was handled
   local c=0 i

@@ -122,6 +122,35 @@ def metadata_answered_within(producer: Any, window_ms: float) -> bool:
     return time.monotonic() * 1000 - last <= window_ms
 
 
+def brokers_silent(client: Any, silent_s: float, now: float | None = None) -> bool:
+    """Whether a KafkaConsumer's brokers keep their connections but answer nothing: every connection
+    with requests waiting has received nothing for ``silent_s`` (False when that cannot be told:
+    another layout). Idle connections (nothing asked) say nothing either way, and neither does one
+    whose oldest request is one the broker may hold on purpose: a JoinGroup, whose own deadline
+    (the rebalance timeout) is longer than ``request_timeout_ms``. A broker answers a connection's
+    requests in order, so its oldest request is the one to go by."""
+    manager = getattr(client, "_manager", None)
+    conns = getattr(manager, "_conns", None)
+    held_s = getattr(manager, "config", {}).get("request_timeout_ms", 30_000) / 1000
+    if not isinstance(conns, dict):
+        return False
+    now = time.monotonic() if now is None else now
+    waiting = []
+    try:
+        for conn in list(conns.values()):  # the client's I/O loop adds and drops connections
+            requests = conn.in_flight_requests
+            if not requests:
+                continue
+            _, _, sent_at, deadline, _ = requests[0]
+            if deadline - sent_at > held_s + 1:
+                continue
+            heard_at = getattr(conn.transport, "last_read", sent_at)  # no transport: not connected yet
+            waiting.append(now - max(sent_at, heard_at))
+    except (AttributeError, IndexError, TypeError, ValueError, RuntimeError):
+        return False  # a request answered while we looked, or another layout
+    return bool(waiting) and all(quiet > silent_s for quiet in waiting)
+
+
 def after_each_produce_response(producer: Any, hook: Callable[[], None]) -> bool:
     """Run ``hook`` on a KafkaProducer's sender thread after each produce response it handles
     (section 5), its records' futures all completed by then; call before the first send. Returns

@@ -27,6 +27,7 @@ from kafka.structs import TopicPartition as KafkaTopicPartition
 from worker.errors import BrokerError, Failure
 from worker.kafka import diagnose
 from worker.kafka.base import (
+    SILENT_BROKER_S,
     DeliveryHandler,
     RebalanceHandler,
     Record,
@@ -40,6 +41,7 @@ from worker.kafka.compat import (
     after_each_produce_response,
     apply_join_fix,
     apply_unreadable_fix,
+    brokers_silent,
     forbid_topic_creation,
     forget_producer_topics,
     metadata_answered_within,
@@ -361,9 +363,11 @@ class KafkaPythonConsumer:
         if coordinator is None:
             return True
         try:
-            return not coordinator.coordinator_unknown()
+            known = not coordinator.coordinator_unknown()
         except Exception:
             return False
+        # A frozen broker keeps the coordinator "known" until requests time out (30 s): see SILENT_BROKER_S
+        return known and not brokers_silent(self._consumer, SILENT_BROKER_S)
 
     def partitions_for_topic(self, topic: str) -> set[int] | None:
         return connect_call(self._settings, lambda: self._consumer.partitions_for_topic(topic))  # type: ignore[no-any-return]

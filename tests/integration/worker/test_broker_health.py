@@ -23,6 +23,8 @@ from worker_support import (
     worker_env,
 )
 
+from worker.kafka.base import SILENT_BROKER_S
+
 pytestmark = pytest.mark.integration
 
 
@@ -71,6 +73,37 @@ def test_readiness_drops_while_the_broker_is_down_and_returns_with_it(
     # The work goes on: results for the inputs sent after the restart are acknowledged.
     wait_until(lambda: worker.metrics.value("tagstream_events_out_total", {"topic": topic}) >= 40, 120,
                "results for the inputs sent after the restart")
+    assert worker.fatal is None
+
+
+@pytest.mark.full_size_only("confluent")  # make test: kafka-python, whose check reads the client's connections
+def test_readiness_drops_while_the_broker_is_frozen_and_returns_when_it_answers(
+    restartable_kafka, start_worker, tiny_bundle
+):
+    """Broker frozen (SIGSTOP: its connections stay open, nothing comes back): /readyz turns 503 once the
+    brokers have been silent SILENT_BROKER_S, long before any request times out and drops a connection
+    (kafka-python 30 s, librdkafka 60 s); thawed, the worker is ready again and the work goes on."""
+    broker = restartable_kafka()
+    topic = make_topic(broker.bootstrap_servers, "health-frozen")
+    produce_events(broker.bootstrap_servers, topic, fixture_texts(20, seed=3), prefix="a")
+    worker = start_worker(topic, tiny_bundle, bootstrap_servers=broker.bootstrap_servers)
+    port = worker.metrics_port
+    wait_until(lambda: worker.metrics.value("tagstream_events_out_total", {"topic": topic}) >= 20, 60,
+               "results for the inputs sent first")
+    wait_until(lambda: status(port, "/readyz") == 200, 30, "the worker to be ready")
+
+    with broker.frozen():
+        wait_until(lambda: status(port, "/readyz") == 503, SILENT_BROKER_S + 8, "/readyz to turn 503 with the broker silent")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2)
+        except urllib.error.HTTPError as exc:
+            assert json.loads(exc.read())["broker_reachable"] is False
+        assert status(port, "/healthz") == 200
+
+    wait_until(lambda: status(port, "/readyz") == 200, 60, "/readyz to recover once the broker answers")
+    produce_events(broker.bootstrap_servers, topic, fixture_texts(20, seed=4), prefix="b")
+    wait_until(lambda: worker.metrics.value("tagstream_events_out_total", {"topic": topic}) >= 40, 120,
+               "results for the inputs sent after the thaw")
     assert worker.fatal is None
 
 

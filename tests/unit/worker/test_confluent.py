@@ -697,8 +697,8 @@ def test_nothing_listening_fails_at_start_naming_the_bootstrap_setting(monkeypat
     assert time.monotonic() - began < 15
 
 
-def _stats(cgrp_state="up", **brokers):
-    return json.dumps({"cgrp": {"state": cgrp_state}, "brokers": {
+def _stats(cgrp_state="up", join_state="steady", **brokers):
+    return json.dumps({"cgrp": {"state": cgrp_state, "join_state": join_state}, "brokers": {
         name: {"state": state, "waitresp_cnt": waiting, "rxidle": idle_s * 1_000_000 if idle_s >= 0 else -1}
         for name, (state, waiting, idle_s) in brokers.items()
     }})
@@ -719,6 +719,21 @@ def test_a_broker_that_keeps_its_connections_but_answers_nothing_counts_as_unrea
     consumer._on_stats(_stats(**{"b:9092/1": ("UP", 0, silent)}))
     assert consumer.coordinator_known()  # quiet because nothing was asked
     consumer._on_stats(_stats(cgrp_state="wait-coord", **{"b:9092/1": ("UP", 1, 0.1)}))
+    assert not consumer.coordinator_known()
+
+
+def test_a_join_the_coordinator_holds_for_members_yet_to_rejoin_is_not_a_silent_broker(consumer):
+    """The broker holds a JoinGroup until every member has rejoined (a SIGKILLed one: until its session
+    expires), with nothing else asked meanwhile: the coordinator's silence then says nothing about the
+    broker. In a steady group the same silence counts."""
+    silent = confluent.consumer.SILENT_BROKER_S + 1
+    held = {"GroupCoordinator": ("UP", 1, silent), "b:9092/1": ("UP", 0, silent)}
+    for join_state in ("wait-join", "wait-sync"):
+        consumer._on_stats(_stats(join_state=join_state, **held))
+        assert consumer.coordinator_known(), join_state
+    consumer._on_stats(_stats(join_state="wait-join", **{**held, "b:9092/1": ("UP", 1, silent)}))
+    assert not consumer.coordinator_known()  # a fetch or commit unanswered too: the broker is silent
+    consumer._on_stats(_stats(join_state="steady", **held))
     assert not consumer.coordinator_known()
 
 

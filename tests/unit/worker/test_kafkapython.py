@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections import deque
+from types import SimpleNamespace
+
 import pytest
 from kafka import errors as ke
 from worker_support import DeliveryRecorder
 
 from worker.errors import BrokerError, Failure
+from worker.kafka.base import SILENT_BROKER_S
+from worker.kafka.compat import brokers_silent
 from worker.kafka.kafkapython import KafkaPythonProducer
 
 
@@ -341,3 +346,33 @@ def test_subscribing_rebuilds_the_metadata_snapshot_from_the_metadata_already_he
         _coordinator = object()
 
     assert not snapshot_subscribed_metadata(Unknown())
+
+
+def _consumer_with(*connections, request_timeout_ms=30_000):
+    """A stand-in for a KafkaConsumer's connection manager: each connection given as (requests waiting
+    as (sent_at, own timeout in s), last_read); kafka-python keeps (correlation id, future, sent_at,
+    deadline, timer) per request, oldest first."""
+    conns = {}
+    for i, (requests, last_read) in enumerate(connections):
+        waiting = deque((i, None, sent_at, sent_at + timeout_s, None) for sent_at, timeout_s in requests)
+        conns[i] = SimpleNamespace(in_flight_requests=waiting, transport=SimpleNamespace(last_read=last_read))
+    return SimpleNamespace(_manager=SimpleNamespace(_conns=conns, config={"request_timeout_ms": request_timeout_ms}))
+
+
+def test_a_broker_that_keeps_its_connections_but_answers_nothing_is_told_from_an_idle_or_rebalancing_one():
+    """A frozen broker keeps kafka-python's coordinator known until its requests time out (30 s): once every
+    connection with requests waiting has heard nothing for SILENT_BROKER_S, the brokers count as silent."""
+    now, long_ago = 1_000.0, 1_000.0 - SILENT_BROKER_S - 1
+    fetch, heartbeat, join = (long_ago, 30.5), (long_ago, 30.0), (long_ago, 305.0)
+    assert brokers_silent(_consumer_with(([fetch], long_ago), ([heartbeat], long_ago)), SILENT_BROKER_S, now)
+    # a fetch just sent on a connection idle for minutes: not silent yet
+    assert not brokers_silent(_consumer_with(([(now - 0.2, 30.0)], now - 300)), SILENT_BROKER_S, now)
+    # bytes of a long answer still arriving
+    assert not brokers_silent(_consumer_with(([fetch], now - 0.1)), SILENT_BROKER_S, now)
+    # another broker answers
+    assert not brokers_silent(_consumer_with(([fetch], long_ago), ([(now - 0.3, 30.0)], now - 0.1)), SILENT_BROKER_S, now)
+    # nothing asked: quiet, not silent
+    assert not brokers_silent(_consumer_with(([], long_ago)), SILENT_BROKER_S, now)
+    # a JoinGroup the broker holds until every member rejoins (its deadline: the rebalance timeout)
+    assert not brokers_silent(_consumer_with(([join, heartbeat], long_ago)), SILENT_BROKER_S, now)
+    assert not brokers_silent(SimpleNamespace(), SILENT_BROKER_S, now)  # another layout: cannot tell
