@@ -353,8 +353,8 @@ def _place_new_id(path: Path, place: Callable[[Path, Path], None]) -> None:
     """A new random id written to a spare file, then put at ``path`` by ``place`` (link: only where
     none is; replace: over what is there)."""
     spare = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    spare.write_text(secrets.token_hex(4) + "\n")
     try:
+        spare.write_text(secrets.token_hex(4) + "\n")  # a full disk fails here, the spare made but empty
         place(spare, path)
     except FileExistsError:
         pass

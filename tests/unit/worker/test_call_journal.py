@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
@@ -220,6 +222,21 @@ def test_an_unwritable_folder_turns_the_journal_off_with_a_warning_naming_the_se
         assert CallJournal.open(None, GROUP, streams=1) is None
     assert [e["event"] for e in logs] == ["call_journal_off", "call_journal_off"]
     assert logs[0]["log_level"] == "warning" and "TAGSTREAM_STATE_DIR" in logs[0]["consequence"]
+
+
+def test_a_full_disk_turns_the_journal_off_and_leaves_no_spare_file_behind(tmp_path, monkeypatch):
+    """ENOSPC as the folder id is written (seen on a full tmpfs): the spare file is made but stays empty;
+    it is removed, not left for every restart to add one more."""
+
+    def full_disk(self, *args, **kwargs):
+        self.touch()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with capture_logs() as logs:
+        assert CallJournal.open(tmp_path, GROUP, streams=1) is None
+    assert [p.name for p in (tmp_path / call_journal._folder_name(GROUP)).iterdir()] == ["worker-0.lock"]
+    assert [e["event"] for e in logs] == ["call_journal_off"] and "No space left" in logs[0]["error"]
 
 
 def test_unreadable_counts_are_forgotten_with_a_warning_not_a_failed_start(tmp_path):
