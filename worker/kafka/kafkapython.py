@@ -65,6 +65,10 @@ END_OFFSETS_TIMEOUT_MS = 1_000  # the lag refresh blocks the poll loop at most t
 # a limit; a request lost in a broker restart can leave that wait unanswered for ever (seen in the
 # fault suite). A healthy call takes milliseconds, a slow broker seconds.
 TXN_CALL_LIMIT_S = 45.0
+# kafka-python's close() waits for every request in flight, a metadata refresh too: to a frozen broker,
+# until its 30 s timeout, which held a worker's exit for the rest of its drain (15 s) with every
+# result acknowledged. Past a flush, nothing in flight is a delivery the worker waits for.
+CLOSE_AFTER_FLUSH_S = 1.0
 
 # Refusals that concern one record, not the connection: the sink handles that record alone.
 _RECORD_ERRORS = (ke.MessageSizeTooLargeError, ke.RecordListTooLargeError, ke.InvalidRecordError)
@@ -569,8 +573,17 @@ class KafkaPythonProducer:
         log.warning("producer_replaced", note="the stuck producer is fenced; its open transaction was aborted")
 
     def close(self, timeout_s: float) -> None:
+        """Deliver what is pending within ``timeout_s``, then stop. Once everything is acknowledged, the
+        sender thread waits only on requests nobody waits for (CLOSED_AFTER_FLUSH_S)."""
+        deadline = time.monotonic() + timeout_s
         try:
-            self._producer.close(timeout=timeout_s)
+            try:
+                self._producer.flush(timeout=timeout_s)
+                flushed = True
+            except ke.KafkaTimeoutError:
+                flushed = False  # what is left was never acknowledged: read again after the restart
+            left = max(0.0, deadline - time.monotonic())
+            self._producer.close(timeout=min(left, CLOSE_AFTER_FLUSH_S) if flushed else left)
         finally:
             self._hand_over()
 

@@ -156,6 +156,40 @@ def test_a_broker_gone_for_good_fails_readiness_then_liveness_then_exits_4(
     assert flooded, f"no client complaint counted 3 times in {not_live_s:.0f} s without a broker: {attempts}"
 
 
+@pytest.mark.full_size_only("confluent")  # make test: kafka-python, whose close waited on a frozen broker
+@pytest.mark.parametrize("kafka_client", ["kafka-python", "confluent"], indirect=True)
+def test_a_worker_whose_broker_stays_frozen_exits_4_without_waiting_out_its_drain_on_requests_nobody_needs(
+    restartable_kafka, new_group, tiny_bundle, tmp_path, kafka_client
+):
+    """Broker frozen past TAGSTREAM_BROKER_OUTAGE_S with every result acknowledged: exit 4, and closing the producer
+    takes a moment, not the drain's remainder (kafka-python's close waited for a metadata request in flight to the
+    frozen broker: 15 s of a 20 s drain)."""
+    broker = restartable_kafka()
+    topic = make_topic(broker.bootstrap_servers, "health-frozen-exit")
+    produce_events(broker.bootstrap_servers, topic, fixture_texts(20, seed=5))
+    group = new_group()
+    env = worker_env(broker.bootstrap_servers, topic, tiny_bundle, group)
+    env.update(TAGSTREAM_BROKER_OUTAGE_S="8", TAGSTREAM_DRAIN_TIMEOUT_S="30")
+    log = tmp_path / "worker.log"
+    proc = spawn(env, log)
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+    try:
+        read_records(broker.bootstrap_servers, f"{topic}.labels", expected=20, timeout_s=START_TIMEOUT_S, quiet_s=0)
+        wait_until(lambda: sum(m.offset for m in admin.list_group_offsets(group)[group].values()) == 20, 30,
+                   "every input committed")  # then nothing is left for the drain but the clients' own requests
+        admin.close()
+        with broker.frozen():
+            code = proc.wait(120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 4, log.read_text()[-2000:]
+    events = {e["event"]: e for e in (json.loads(line) for line in log.read_text().splitlines() if line.startswith("{"))}
+    assert events["fatal"]["kind"] == "broker_outage"
+    assert events["drained"]["unacknowledged_left_for_redelivery"] == 0
+    assert events["producer_closed"]["seconds"] < 3, events["producer_closed"]
+
+
 def test_sigterm_when_the_final_commit_fails_exits_non_zero(restartable_kafka, new_group, tiny_bundle, tmp_path):
     """SIGTERM while the broker is down and results wait to be committed: exit 4 and a line saying why."""
     broker = restartable_kafka()
