@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
 # A broker that keeps its connections but answers nothing (its JVM stopped, or its replies
 # black-holed): both clients count it up until each request's own timeout (kafka-python 30 s,
-# librdkafka 60 s), the group coordinator too, so /readyz stayed ready through a 15 s freeze (seen
-# from outside, bench/outsider/single.sh and pod.sh). Every connection that waits for a response and
+# librdkafka 60 s), the group coordinator too, so /readyz stayed ready through a SIGSTOP of the
+# broker (confluent 40 s; kafka-python bench/outsider/single.sh's 15 s). Every connection that waits for a response and
 # has heard nothing for this long means the broker is not answering: a fetch is answered within
 # fetch.wait.max.ms (0.5 s) even with no records, a heartbeat in milliseconds.
 SILENT_BROKER_S = 10.0

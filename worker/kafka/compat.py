@@ -142,7 +142,7 @@ def brokers_silent(client: Any, silent_s: float, now: float | None = None) -> bo
             if not requests:
                 continue
             _, _, sent_at, deadline, _ = requests[0]
-            if deadline - sent_at > held_s + 1:
+            if deadline - sent_at > held_s + 1:  # a JoinGroup: max(request timeout, rebalance timeout + 5 s)
                 continue
             heard_at = getattr(conn.transport, "last_read", sent_at)  # no transport: not connected yet
             waiting.append(now - max(sent_at, heard_at))

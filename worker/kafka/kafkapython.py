@@ -574,7 +574,7 @@ class KafkaPythonProducer:
 
     def close(self, timeout_s: float) -> None:
         """Deliver what is pending within ``timeout_s``, then stop. Once everything is acknowledged, the
-        sender thread waits only on requests nobody waits for (CLOSED_AFTER_FLUSH_S)."""
+        sender thread waits only on requests nobody waits for (CLOSE_AFTER_FLUSH_S)."""
         deadline = time.monotonic() + timeout_s
         try:
             try:
