@@ -66,6 +66,9 @@ from worker.log_repeats import REPEAT_FIELDS, RepeatFilter
 
 log = structlog.get_logger("tagstream.worker.health")
 
+# An outage is logged once it has lasted this long: a consumer finding its group coordinator at
+# start (or after a rebalance) has none for a tenth of a second, which logged an outage each start.
+OUTAGE_LOG_AFTER_S = 2.0
 # A consumer loop that has not turned for this long is stuck (it polls every 100 ms, and
 # the longest blocking step, a synchronous commit, is bounded well below this).
 LOOP_STALL_S = 30.0
@@ -209,6 +212,7 @@ class Health:
         self.broker_outage_s = broker_outage_s
         self._broker_down_since: float | None = None
         self._broker_back_at: float | None = None  # when the last outage ended
+        self._outage_logged = False
         self.commit_failing = False
 
     def loop_turned(self) -> None:
@@ -243,15 +247,22 @@ class Health:
 
     def broker_seen(self, reachable: bool) -> None:
         """The latest sign of the broker: reachable (coordinator known, a commit went through) or not."""
+        now = self._clock()
         if reachable:
             if self._broker_down_since is not None:
-                self._broker_back_at = self._clock()
-                log.info("broker_reachable", down_s=round(self._broker_back_at - self._broker_down_since, 1))
+                self._broker_back_at = now
+                if self._outage_logged:
+                    log.info("broker_reachable", down_s=round(now - self._broker_down_since, 1))
             self._broker_down_since = None
-        elif self._broker_down_since is None:
-            self._broker_down_since = self._clock()
-            # Said once per outage: /readyz fails from now on, /healthz once it outlasts broker_outage_s
-            log.warning("broker_unreachable", outage_limit_s=self.broker_outage_s)
+            self._outage_logged = False
+            return
+        if self._broker_down_since is None:
+            self._broker_down_since = now
+        if not self._outage_logged and now - self._broker_down_since >= OUTAGE_LOG_AFTER_S:
+            # Said once per outage: /readyz fails meanwhile, /healthz once it outlasts broker_outage_s
+            self._outage_logged = True
+            log.warning("broker_unreachable", down_s=round(now - self._broker_down_since, 1),
+                        outage_limit_s=self.broker_outage_s)
 
     def broker_down_for(self) -> float:
         """Seconds the broker has been unreachable without a break (0 while it answers)."""

@@ -100,19 +100,23 @@ def test_liveness_fails_once_the_outage_outlasts_its_limit():
     assert health.liveness()[0] and health.broker_down_for() == 0.0
 
 
-def test_an_outage_is_logged_once_when_it_begins_and_once_when_it_ends_with_its_length():
-    """Readiness follows the broker silently each loop turn; the log says when it went and how long it was away."""
+def test_an_outage_is_logged_once_it_lasts_and_once_when_it_ends_with_its_length():
+    """Readiness follows the broker silently each loop turn; the log says when an outage has lasted
+    OUTAGE_LOG_AFTER_S and, then, how long it was away. A coordinator found a moment late is no outage."""
     now = [0.0]
     health = Health(clock=lambda: now[0], broker_outage_s=60)
     with capture_logs() as logs:
+        health.broker_seen(False)  # a consumer at start, its coordinator not found yet
+        now[0] = 0.1
         health.broker_seen(True)
+        assert logs == []
         for now[0] in (1.0, 2.0, 13.5):
             health.broker_seen(False)
         now[0] = 14.0
         health.broker_seen(True)
         health.broker_seen(True)
     assert [(e["event"], e["log_level"]) for e in logs] == [("broker_unreachable", "warning"), ("broker_reachable", "info")]
-    assert logs[0]["outage_limit_s"] == 60 and logs[1]["down_s"] == 13.0
+    assert logs[0]["outage_limit_s"] == 60 and logs[0]["down_s"] == 12.5 and logs[1]["down_s"] == 13.0
 
 
 def test_liveness_fails_while_a_model_call_runs_past_its_limit_and_recovers_when_it_returns():
