@@ -127,6 +127,18 @@ def produce_events(
     return ids
 
 
+def committed_total(bootstrap: str, group: str, topic: str) -> int:
+    """The sum of ``group``'s committed offsets on ``topic``'s partitions (the broker's own count)."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        offsets = admin.list_group_offsets(group)[group]
+    finally:
+        admin.close()
+    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic)
+
+
 def read_records(
     bootstrap: str, topic: str, expected: int, timeout_s: float = RESULTS_TIMEOUT_S, quiet_s: float = QUIET_S,
     **client: Any,

@@ -576,13 +576,9 @@ class KafkaPythonProducer:
         """Deliver what is pending within ``timeout_s``, then stop. Once everything is acknowledged, the
         sender thread waits only on requests nobody waits for (CLOSE_AFTER_FLUSH_S)."""
         deadline = time.monotonic() + timeout_s
+        flushed = self.flush(timeout_s)  # False: what is left was never acknowledged, read again after the restart
+        left = max(0.0, deadline - time.monotonic())
         try:
-            try:
-                self._producer.flush(timeout=timeout_s)
-                flushed = True
-            except ke.KafkaTimeoutError:
-                flushed = False  # what is left was never acknowledged: read again after the restart
-            left = max(0.0, deadline - time.monotonic())
             self._producer.close(timeout=min(left, CLOSE_AFTER_FLUSH_S) if flushed else left)
         finally:
             self._hand_over()

@@ -6,8 +6,8 @@ import json
 from collections import Counter
 
 import pytest
-from kafka import KafkaAdminClient, KafkaProducer
-from worker_support import fixture_texts, produce_events, read_records, wait_until
+from kafka import KafkaProducer
+from worker_support import committed_total, fixture_texts, produce_events, read_records, wait_until
 
 from model.bundle import Bundle
 
@@ -21,15 +21,6 @@ def offline_labels(bundle_path, texts: list[str]) -> list[str]:
         probs = bundle.predict_proba(texts[i : i + 256])
         labels.extend(bundle.labels[j] for j in probs.argmax(dim=1).tolist())
     return labels
-
-
-def committed_total(bootstrap: str, group: str, topic: str) -> int:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        offsets = admin.list_group_offsets(group)[group]
-    finally:
-        admin.close()
-    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic)
 
 
 def test_5000_events_over_3_partitions_get_exactly_one_correct_result_each(
