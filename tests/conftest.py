@@ -29,7 +29,7 @@ Tests in ``tests/integration/`` are marked ``integration`` automatically;
 
 ``@pytest.mark.full_size_only(*row_ids)`` names rows of a slow scenario (ids as pytest writes them,
 e.g. ``"confluent-at_least_once"``) that only ``make faults`` runs (``full_size.FULL``): twins
-of a row ``make test`` keeps, the same mechanism with the other client or guarantee, which
+of a row ``make test`` keeps, the same mechanism with another client, guarantee or membership, which
 ``make test`` skips, naming where they run, to stay within its time. Those rows are marked ``faults``.
 """
 
@@ -82,7 +82,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(pytest.mark.faults)
         if not FULL:
             item.add_marker(pytest.mark.skip(
-                reason="a twin of a row make test runs (other client or guarantee): make faults runs it"
+                reason="a twin of a row make test runs (another client, guarantee or membership): make faults runs it"
             ))
 
 

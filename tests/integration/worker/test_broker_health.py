@@ -161,20 +161,25 @@ def test_a_broker_gone_for_good_fails_readiness_then_liveness_then_exits_4(
     assert flooded, f"no client complaint counted 3 times in {not_live_s:.0f} s without a broker: {attempts}"
 
 
-@pytest.mark.full_size_only("confluent")  # make test: kafka-python, whose close waited on a frozen broker
+# make test: kafka-python with static membership (Kubernetes' default), whose exit waited longest on a frozen broker
+@pytest.mark.full_size_only("kafka-python-dynamic", "confluent-dynamic", "confluent-static")
+@pytest.mark.parametrize("membership", ["dynamic", "static"])
 @pytest.mark.parametrize("kafka_client", ["kafka-python", "confluent"], indirect=True)
 def test_a_worker_whose_broker_stays_frozen_exits_4_without_waiting_out_its_drain_on_requests_nobody_needs(
-    restartable_kafka, new_group, tiny_bundle, tmp_path, kafka_client
+    restartable_kafka, new_group, tiny_bundle, tmp_path, kafka_client, membership
 ):
     """Broker frozen past TAGSTREAM_BROKER_OUTAGE_S with every result acknowledged: exit 4, and closing the producer
-    takes a moment, not the drain's remainder (kafka-python's close waited for a metadata request in flight to the
-    frozen broker: 15 s of a 20 s drain)."""
+    and the consumer takes a moment each, not the drain's remainder (kafka-python's producer waited for a metadata
+    request in flight to the frozen broker: 15 s of a 20 s drain; each client's consumer waited ~5 s for answers
+    to its LeaveGroup and heartbeat, and a static member's removal 15 s for an admin client that never connected)."""
     broker = restartable_kafka()
     topic = make_topic(broker.bootstrap_servers, "health-frozen-exit")
     produce_events(broker.bootstrap_servers, topic, fixture_texts(20, seed=5))
     group = new_group()
     env = worker_env(broker.bootstrap_servers, topic, tiny_bundle, group)
     env.update(TAGSTREAM_BROKER_OUTAGE_S="8", TAGSTREAM_DRAIN_TIMEOUT_S="30")
+    if membership == "static":
+        env["TAGSTREAM_GROUP_INSTANCE_ID"] = f"{group}-0"  # with leave_group_on_stop (default): removed at exit
     log = tmp_path / "worker.log"
     proc = spawn(env, log)
     try:
@@ -191,6 +196,8 @@ def test_a_worker_whose_broker_stays_frozen_exits_4_without_waiting_out_its_drai
     assert log_events(log, "drained")[-1]["unacknowledged_left_for_redelivery"] == 0
     closed = log_events(log, "producer_closed")[-1]
     assert closed["seconds"] < 3, closed
+    consumer = log_events(log, "consumer_closed")[-1]
+    assert consumer["seconds"] < 3 and consumer.get("broker_unreachable"), consumer
 
 
 def test_sigterm_when_the_final_commit_fails_exits_non_zero(restartable_kafka, new_group, tiny_bundle, tmp_path):
