@@ -314,20 +314,22 @@ def plot_explanation(explanation: Explanation, path: str | Path) -> Path:
         rows.append(_normalise(e.gradient, special))
         names.append("attention x gradient")
     grid = np.ma.masked_array(np.array(rows), mask=np.broadcast_to(special, (len(rows), special.size)))
-    labels, note = drawable_tokens(e.tokens)
+    # The label explained is drawn too (the title): a label no installed font has goes by code point.
+    drawn, note = drawable_tokens([*e.tokens, e.label])
+    labels, title_label = drawn[:-1], drawn[-1]
     n = len(e.tokens)
-    with matplotlib.rc_context(font_rc(e.tokens) if not note else None):
+    with matplotlib.rc_context(font_rc([*e.tokens, e.label]) if not note else None):
         fig, ax = plt.subplots(figsize=(min(24.0, 3.0 + 0.45 * n), 1.6 + 0.45 * len(names)))
         cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#d9d9d9")
         image = ax.imshow(grid, cmap=cmap, aspect="auto", vmin=0.0, vmax=1.0)
         ax.set_xticks(range(n), labels, rotation=70, ha="right", fontsize=8)
         ax.set_yticks(range(len(names)), names)
         where = f", window {e.window + 1}/{e.n_windows}" if e.n_windows > 1 else ""
-        ax.set_title(f"{e.label} ({e.probabilities[e.target]:.2f}{where}): token importance"
+        ax.set_title(f"{title_label} ({e.probabilities[e.target]:.2f}{where}): token importance"
                      " (grey: special tokens, left out)", fontsize=10)
         fig.colorbar(image, ax=ax, label="relative within the row\n(min 0, max 1)", fraction=0.03, pad=0.02)
-        if note:
-            fig.text(0.01, 0.005, note, fontsize=7, color="#a50f15", ha="left", va="bottom")
+        if note:  # as the x axis's label: below the (rotated) token labels, never over them
+            ax.set_xlabel(note, fontsize=7, color="#a50f15", loc="left")
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
         # bbox "tight": the colour bar's label stays inside the image, however wide the figure.
@@ -404,6 +406,8 @@ def drawable_tokens(tokens: Sequence[str]) -> tuple[list[str], str]:
     if not missing or find_font(missing):
         return list(tokens), ""
     shown = ["".join(f"U+{ord(c):04X}" if c in missing else c for c in t) for t in tokens]
-    sample = "".join(sorted(missing)[:3])
-    return shown, (f"No installed font has glyphs for some tokens (e.g. {sample}): drawn as code points."
+    # The note names them by code point too: written as themselves they were the one text of the
+    # figure drawn as empty boxes (and matplotlib warned once per missing glyph).
+    sample = ", ".join(f"U+{ord(c):04X}" for c in sorted(missing)[:3])
+    return shown, (f"No installed font has glyphs for some characters (e.g. {sample}): drawn as code points."
                    f" To draw them: {FONT_HINT}.")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from model.explain import (
+    Explanation,
     attention_rollout,
     drawable_tokens,
     explain_text,
@@ -85,6 +86,27 @@ def test_heatmap_png_is_written(make_model, tokenizer, tmp_path):
     assert path.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_heatmap_of_tokens_and_a_label_no_font_has_draws_no_empty_boxes(monkeypatch, tmp_path):
+    """Chinese tokens and a Chinese label without a font for them: every text of the figure (tick labels, title,
+    note) names them by code point, so matplotlib has no glyph to miss (it warned once per glyph of the note)."""
+    import warnings
+
+    import model.explain as explain_lib
+
+    monkeypatch.setattr(explain_lib, "find_font", lambda chars: None)
+    tokens = ["[CLS]", "股", "票", "rain", "[SEP]"]
+    e = Explanation(
+        text="股票 rain", tokens=tokens, special=[True, False, False, False, True], labels=["财经", "sports"],
+        probabilities=[0.9, 0.1], target=0, importance=[0.0, 0.5, 0.3, 0.2, 0.0],
+        layer_attention=[[0.1, 0.4, 0.3, 0.2, 0.0]],
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = plot_explanation(e, tmp_path / "zh.png")
+    glyphs = [str(w.message) for w in caught if "missing from font" in str(w.message)]
+    assert path.read_bytes()[:4] == b"\x89PNG" and glyphs == []
+
+
 def test_tokens_no_font_can_draw_become_code_points_with_a_note(monkeypatch):
     """Without a font for CJK, such characters are drawn as U+XXXX and the figure says how to fix it."""
     import model.explain as explain_lib
@@ -92,5 +114,5 @@ def test_tokens_no_font_can_draw_become_code_points_with_a_note(monkeypatch):
     monkeypatch.setattr(explain_lib, "find_font", lambda chars: None)
     labels, note = drawable_tokens(["[CLS]", "股", "rain", "[SEP]"])
     assert labels == ["[CLS]", "U+80A1", "rain", "[SEP]"]
-    assert "make fonts" in note
+    assert "make fonts" in note and "U+80A1" in note and "股" not in note  # the note is drawn in the same font
     assert drawable_tokens(["rain", "snow"]) == (["rain", "snow"], "")
