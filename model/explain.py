@@ -315,10 +315,11 @@ def plot_explanation(explanation: Explanation, path: str | Path) -> Path:
         names.append("attention x gradient")
     grid = np.ma.masked_array(np.array(rows), mask=np.broadcast_to(special, (len(rows), special.size)))
     # The label explained is drawn too (the title): a label no installed font has goes by code point.
-    drawn, note = drawable_tokens([*e.tokens, e.label])
+    texts = [*e.tokens, e.label]
+    drawn, note = drawable_tokens(texts)
     labels, title_label = drawn[:-1], drawn[-1]
     n = len(e.tokens)
-    with matplotlib.rc_context(font_rc([*e.tokens, e.label]) if not note else None):
+    with matplotlib.rc_context(font_rc(texts) if not note else None):
         fig, ax = plt.subplots(figsize=(min(24.0, 3.0 + 0.45 * n), 1.6 + 0.45 * len(names)))
         cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#d9d9d9")
         image = ax.imshow(grid, cmap=cmap, aspect="auto", vmin=0.0, vmax=1.0)

@@ -53,7 +53,7 @@ from worker.settings import WorkerSettings
 from worker.sink import Router, Sink
 from worker.source import Source
 from worker.stages import StageClock, name_native_threads
-from worker.telemetry import OUTAGE_LOG_AFTER_S, Health, Metrics, TelemetryServer, get_logger
+from worker.telemetry import Health, Metrics, TelemetryServer, get_logger
 from worker.transactions import Barrier, TransactionalCommitter, transactional_id
 
 log = get_logger("tagstream.worker")
@@ -66,10 +66,9 @@ DRAIN_RESERVE_MAX_S = 3.0  # of the drain deadline, kept for flush + commit + cl
 # A send that failed waiting for metadata up to this long after an outage ended is sent again, not
 # taken for a missing topic: the clients block up to 15 s (SEND_MAX_BLOCK_MS, SEND_MAX_BLOCK_S).
 OUTAGE_WINDOW_S = 20.0
-# The consumer's close while the broker has been unreachable that long (the outage the log reports):
-# its LeaveGroup, heartbeat and fetches would go unanswered. Each client waited ~5 s for them on a
-# frozen broker before this; the group moves the partitions after the session timeout either way.
-CLOSE_UNREACHABLE_AFTER_S = OUTAGE_LOG_AFTER_S
+# The consumer's close during an outage (Health.in_outage): its LeaveGroup, heartbeat and fetches
+# would go unanswered. Each client waited ~5 s for them on a frozen broker before this; the group
+# moves the partitions after the session timeout either way.
 CLOSE_UNREACHABLE_S = 1.0
 
 
@@ -339,7 +338,7 @@ class Worker:
                 try:
                     assert self._consumer is not None
                     started = time.monotonic()
-                    unreachable = self.health.broker_down_for() >= CLOSE_UNREACHABLE_AFTER_S
+                    unreachable = self.health.in_outage()
                     self._consumer.close(
                         CLOSE_UNREACHABLE_S if unreachable else max(0.5, self._remaining()),
                         leave_group=self.settings.leave_group_on_stop and not unreachable,

@@ -269,6 +269,11 @@ class Health:
         since = self._broker_down_since
         return 0.0 if since is None else self._clock() - since
 
+    def in_outage(self) -> bool:
+        """Whether the broker has been unreachable for OUTAGE_LOG_AFTER_S or more: an outage as the log
+        reports it (``broker_unreachable``), not a flap while a consumer finds its coordinator."""
+        return self.broker_down_for() >= OUTAGE_LOG_AFTER_S
+
     def broker_away_within(self, seconds: float) -> bool:
         """Whether the broker is unreachable now or was within the last ``seconds``: a call that
         waited that long for it may have failed because of the outage, even if it is back."""

@@ -119,6 +119,19 @@ def test_an_outage_is_logged_once_it_lasts_and_once_when_it_ends_with_its_length
     assert logs[0]["outage_limit_s"] == 60 and logs[0]["down_s"] == 12.5 and logs[1]["down_s"] == 13.0
 
 
+def test_an_outage_is_on_once_the_broker_has_been_away_as_long_as_the_log_waits():
+    """in_outage (what a stop asks before waiting on the broker) holds from OUTAGE_LOG_AFTER_S on, not in a flap."""
+    now = [0.0]
+    health = Health(clock=lambda: now[0], broker_outage_s=60)
+    health.broker_seen(False)
+    now[0] = 1.9
+    assert not health.in_outage()
+    now[0] = 2.0
+    assert health.in_outage()
+    health.broker_seen(True)
+    assert not health.in_outage()
+
+
 def test_liveness_fails_while_a_model_call_runs_past_its_limit_and_recovers_when_it_returns():
     """A model call running longer than model_stall_s fails /healthz and says how long; the longest of
     several threads' calls counts; once it returns the worker is live again; 0 means no limit."""
