@@ -266,8 +266,9 @@ class WorkerSettings(BaseSettings):
     )
     broker_outage_s: float = Field(
         180, gt=0,
-        description="How long the worker waits out a broker it cannot reach (not ready meanwhile) before"
-        " /healthz fails and it exits non-zero so the orchestrator restarts it.",
+        description="How long the worker waits out a broker it cannot reach (not ready meanwhile), counted"
+        " from the broker's last answer, before /healthz fails and it exits non-zero so the orchestrator"
+        " restarts it.",
     )
     model_stall_s: float = Field(
         120, ge=0,

@@ -291,7 +291,8 @@ class Source:
     # -- broker health ------------------------------------------------------------------------
     def _watch_broker(self) -> None:
         """Tell health whether the group coordinator answers; past the outage limit, give up."""
-        self._health.broker_seen(self._consumer.coordinator_known())
+        known = self._consumer.coordinator_known()
+        self._health.broker_seen(known, silent_s=0.0 if known else self._consumer.silent_for())
         down_s = self._health.broker_down_for()
         if down_s > self._health.broker_outage_s:
             raise BrokerError(

@@ -245,8 +245,11 @@ class Health:
         """Whether a model call has run past ``model_stall_s``: the device or model process hangs."""
         return self.model_stall_s > 0 and self.model_busy_for() > self.model_stall_s
 
-    def broker_seen(self, reachable: bool) -> None:
-        """The latest sign of the broker: reachable (coordinator known, a commit went through) or not."""
+    def broker_seen(self, reachable: bool, silent_s: float = 0.0) -> None:
+        """The latest sign of the broker: reachable (coordinator known, a commit went through) or not.
+        ``silent_s``: the brokers have answered nothing for that long (a frozen broker is told only
+        after SILENT_BROKER_S): the outage is dated from their last answer, so that the outage limit
+        means what it says, no broker answered for that long, and not 10-13 s more."""
         now = self._clock()
         if reachable:
             if self._broker_down_since is not None:
@@ -256,8 +259,9 @@ class Health:
             self._broker_down_since = None
             self._outage_logged = False
             return
-        if self._broker_down_since is None:
-            self._broker_down_since = now
+        began = now - max(0.0, silent_s)
+        if self._broker_down_since is None or began < self._broker_down_since:
+            self._broker_down_since = began
         if not self._outage_logged and now - self._broker_down_since >= OUTAGE_LOG_AFTER_S:
             # Said once per outage: /readyz fails meanwhile, /healthz once it outlasts broker_outage_s
             self._outage_logged = True

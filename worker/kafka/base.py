@@ -24,9 +24,10 @@ if TYPE_CHECKING:
 # A broker that keeps its connections but answers nothing (its JVM stopped, or its replies
 # black-holed): both clients count it up until each request's own timeout (kafka-python 30 s,
 # librdkafka 60 s), the group coordinator too, so /readyz stayed ready through a SIGSTOP of the
-# broker (confluent 40 s; kafka-python bench/outsider/single.sh's 15 s). Every connection that waits for a response and
-# has heard nothing for this long means the broker is not answering: a fetch is answered within
-# fetch.wait.max.ms (0.5 s) even with no records, a heartbeat in milliseconds.
+# broker (confluent 40 s; kafka-python bench/outsider/single.sh's 15 s). A request that has waited this long on a
+# connection that heard nothing meanwhile, with no connection hearing anything for as long, means the broker
+# is not answering: a fetch is answered within fetch.wait.max.ms (0.5 s) even with no records, a heartbeat in
+# milliseconds. The outage is then dated from the last answer (ConsumerClient.silent_for).
 SILENT_BROKER_S = 10.0
 
 
@@ -149,6 +150,11 @@ class ConsumerClient(Protocol):
 
     def coordinator_known(self) -> bool:
         """Whether the group coordinator is known and reachable right now (a health signal)."""
+        ...
+
+    def silent_for(self) -> float:
+        """Seconds since the brokers last answered anything, when they keep their connections but
+        answer nothing (SILENT_BROKER_S); 0 otherwise. The outage began then, not when it was told."""
         ...
 
     def partitions_for_topic(self, topic: str) -> set[int] | None: ...

@@ -122,33 +122,42 @@ def metadata_answered_within(producer: Any, window_ms: float) -> bool:
     return time.monotonic() * 1000 - last <= window_ms
 
 
-def brokers_silent(client: Any, silent_s: float, now: float | None = None) -> bool:
-    """Whether a KafkaConsumer's brokers keep their connections but answer nothing: every connection
-    with requests waiting has received nothing for ``silent_s`` (False when that cannot be told:
-    another layout). Idle connections (nothing asked) say nothing either way, and neither does one
-    whose oldest request is one the broker may hold on purpose: a JoinGroup, whose own deadline
-    (the rebalance timeout) is longer than ``request_timeout_ms``. A broker answers a connection's
-    requests in order, so its oldest request is the one to go by."""
+def brokers_silent_for(client: Any, silent_s: float, now: float | None = None) -> float:
+    """Seconds since a KafkaConsumer's brokers last answered anything, when they keep their
+    connections but answer nothing; 0 otherwise (and when that cannot be told: another layout).
+
+    Silent: a request has waited ``silent_s`` on a connection that heard nothing meanwhile, and no
+    connection has heard anything for ``silent_s``. Idle connections (nothing asked) only say when
+    a broker last answered, and a connection whose oldest request is one the broker may hold on
+    purpose says nothing: a JoinGroup, whose own deadline (the rebalance timeout) is longer than
+    ``request_timeout_ms``. A broker answers a connection's requests in order, so its oldest request
+    is the one to go by. Not every waiting connection must have waited ``silent_s``: the group
+    coordinator's connection waits only from its next heartbeat, up to 3 s after the broker froze,
+    and waiting for it too turned /readyz 503 13-14 s into a freeze instead of 10 s."""
     manager = getattr(client, "_manager", None)
     conns = getattr(manager, "_conns", None)
     held_s = getattr(manager, "config", {}).get("request_timeout_ms", 30_000) / 1000
     if not isinstance(conns, dict):
-        return False
+        return 0.0
     now = time.monotonic() if now is None else now
-    waiting = []
+    waited = 0.0  # the longest a request has waited on a connection that heard nothing meanwhile
+    heard = []  # when each connected connection last read anything
     try:
         for conn in list(conns.values()):  # the client's I/O loop adds and drops connections
+            heard_at = getattr(conn.transport, "last_read", None)  # no transport: not connected yet
+            if heard_at is not None:
+                heard.append(heard_at)
             requests = conn.in_flight_requests
             if not requests:
                 continue
             _, _, sent_at, deadline, _ = requests[0]
             if deadline - sent_at > held_s + 1:  # a JoinGroup: max(request timeout, rebalance timeout + 5 s)
                 continue
-            heard_at = getattr(conn.transport, "last_read", sent_at)  # no transport: not connected yet
-            waiting.append(now - max(sent_at, heard_at))
+            waited = max(waited, now - max(sent_at, sent_at if heard_at is None else heard_at))
     except (AttributeError, IndexError, TypeError, ValueError, RuntimeError):
-        return False  # a request answered while we looked, or another layout
-    return bool(waiting) and all(quiet > silent_s for quiet in waiting)
+        return 0.0  # a request answered while we looked, or another layout
+    quiet = now - max(heard) if heard else waited
+    return quiet if waited > silent_s and quiet > silent_s else 0.0
 
 
 def after_each_produce_response(producer: Any, hook: Callable[[], None]) -> bool:

@@ -41,7 +41,7 @@ from worker.kafka.compat import (
     after_each_produce_response,
     apply_join_fix,
     apply_unreadable_fix,
-    brokers_silent,
+    brokers_silent_for,
     forbid_topic_creation,
     forget_producer_topics,
     metadata_answered_within,
@@ -371,7 +371,10 @@ class KafkaPythonConsumer:
         except Exception:
             return False
         # A frozen broker keeps the coordinator "known" until requests time out (30 s): see SILENT_BROKER_S
-        return known and not brokers_silent(self._consumer, SILENT_BROKER_S)
+        return known and not self.silent_for()
+
+    def silent_for(self) -> float:
+        return brokers_silent_for(self._consumer, SILENT_BROKER_S)
 
     def partitions_for_topic(self, topic: str) -> set[int] | None:
         return connect_call(self._settings, lambda: self._consumer.partitions_for_topic(topic))  # type: ignore[no-any-return]

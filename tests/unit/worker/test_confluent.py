@@ -722,6 +722,40 @@ def test_a_broker_that_keeps_its_connections_but_answers_nothing_counts_as_unrea
     assert not consumer.coordinator_known()
 
 
+def test_a_silent_broker_tells_how_long_it_has_answered_nothing_and_a_connection_heard_lately_clears_it(consumer):
+    """silent_for: the seconds since any connection last received (librdkafka's rxidle), so the outage is dated
+    from the broker's last answer; 0 while answering. A request just sent on a connection idle for
+    minutes is not silence when another connection has just heard from a broker."""
+    silent = confluent.consumer.SILENT_BROKER_S + 1
+    assert consumer.silent_for() == 0.0
+    consumer._on_stats(_stats(**{"b:9092/1": ("UP", 2, silent), "GroupCoordinator": ("UP", 1, silent + 2)}))
+    assert not consumer.coordinator_known()
+    assert silent <= consumer.silent_for() < silent + 1  # the most recent receive, plus the time since the statistics
+    consumer._on_stats(_stats(**{"b:9092/bootstrap": ("UP", 1, 300), "b:9092/1": ("UP", 0, 0.3)}))
+    assert consumer.coordinator_known() and consumer.silent_for() == 0.0
+
+
+def test_a_close_no_broker_answers_is_logged_as_expected_and_one_that_should_have_been_answered_warns(consumer):
+    """librdkafka's close has no timeout of its own, so the worker bounds it. Bounded because the broker is
+    unreachable (a frozen broker, the outage exit), running out is what was expected: an info line, not
+    a warning after the outage's own. With the broker answering, running out is worth a warning."""
+    import threading
+
+    from structlog.testing import capture_logs
+
+    release = threading.Event()
+    consumer.client.close = lambda: release.wait(5)  # no answer: librdkafka waits on the broker
+    consumer._on_stats(_stats(**{"b:9092/1": ("UP", 2, confluent.consumer.SILENT_BROKER_S + 1)}))
+    with capture_logs() as logs:
+        consumer.close(0.5, leave_group=False)
+    consumer._on_stats(_stats(**{"b:9092/1": ("UP", 2, 0.1)}))
+    with capture_logs() as answered:
+        consumer.close(0.5, leave_group=False)
+    release.set()
+    assert [(e["event"], e["log_level"]) for e in logs] == [("consumer_close_unanswered", "info")]
+    assert [(e["event"], e["log_level"]) for e in answered] == [("consumer_close_failed", "warning")]
+
+
 def test_a_join_the_coordinator_holds_for_members_yet_to_rejoin_is_not_a_silent_broker(consumer):
     """The broker holds a JoinGroup until every member has rejoined (a SIGKILLed one: until its session
     expires), with nothing else asked meanwhile: the coordinator's silence then says nothing about the

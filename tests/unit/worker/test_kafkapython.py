@@ -11,7 +11,7 @@ from worker_support import DeliveryRecorder
 
 from worker.errors import BrokerError, Failure
 from worker.kafka.base import SILENT_BROKER_S
-from worker.kafka.compat import brokers_silent
+from worker.kafka.compat import brokers_silent_for
 from worker.kafka.kafkapython import KafkaPythonProducer
 
 
@@ -360,19 +360,36 @@ def _consumer_with(*connections, request_timeout_ms=30_000):
 
 
 def test_a_broker_that_keeps_its_connections_but_answers_nothing_is_told_from_an_idle_or_rebalancing_one():
-    """A frozen broker keeps kafka-python's coordinator known until its requests time out (30 s): once every
-    connection with requests waiting has heard nothing for SILENT_BROKER_S, the brokers count as silent."""
+    """A frozen broker keeps kafka-python's coordinator known until its requests time out (30 s): once a request
+    has waited SILENT_BROKER_S on a connection that heard nothing and no connection has heard anything for
+    that long, the brokers count as silent, for as long as nothing was heard."""
     now, long_ago = 1_000.0, 1_000.0 - SILENT_BROKER_S - 1
     fetch, heartbeat, join = (long_ago, 30.5), (long_ago, 30.0), (long_ago, 305.0)
-    assert brokers_silent(_consumer_with(([fetch], long_ago), ([heartbeat], long_ago)), SILENT_BROKER_S, now)
+
+    def silent(*connections):
+        return brokers_silent_for(_consumer_with(*connections), SILENT_BROKER_S, now)
+
+    assert silent(([fetch], long_ago), ([heartbeat], long_ago)) == SILENT_BROKER_S + 1
     # a fetch just sent on a connection idle for minutes: not silent yet
-    assert not brokers_silent(_consumer_with(([(now - 0.2, 30.0)], now - 300)), SILENT_BROKER_S, now)
+    assert not silent(([(now - 0.2, 30.0)], now - 300))
     # bytes of a long answer still arriving
-    assert not brokers_silent(_consumer_with(([fetch], now - 0.1)), SILENT_BROKER_S, now)
+    assert not silent(([fetch], now - 0.1))
     # another broker answers
-    assert not brokers_silent(_consumer_with(([fetch], long_ago), ([(now - 0.3, 30.0)], now - 0.1)), SILENT_BROKER_S, now)
+    assert not silent(([fetch], long_ago), ([(now - 0.3, 30.0)], now - 0.1))
+    # an idle connection heard from a moment ago: that broker answers
+    assert not silent(([fetch], long_ago), ([], now - 1))
     # nothing asked: quiet, not silent
-    assert not brokers_silent(_consumer_with(([], long_ago)), SILENT_BROKER_S, now)
+    assert not silent(([], long_ago))
     # a JoinGroup the broker holds until every member rejoins (its deadline: the rebalance timeout)
-    assert not brokers_silent(_consumer_with(([join, heartbeat], long_ago)), SILENT_BROKER_S, now)
-    assert not brokers_silent(SimpleNamespace(), SILENT_BROKER_S, now)  # another layout: cannot tell
+    assert not silent(([join, heartbeat], long_ago))
+    assert not brokers_silent_for(SimpleNamespace(), SILENT_BROKER_S, now)  # another layout: cannot tell
+
+
+def test_a_frozen_broker_is_told_without_waiting_for_the_coordinators_next_heartbeat_to_age():
+    """Frozen 10.5 s ago: the fetch connection has waited since; the coordinator's connection asked its next
+    heartbeat 3 s after the freeze. Silent now, for the 10.5 s since the last answer: waiting for the
+    heartbeat to age too turned /readyz 503 only 13-14 s into a freeze (bench/outsider/single.sh)."""
+    now, froze = 1_000.0, 1_000.0 - 10.5
+    fetch_conn = ([(froze, 30.5)], froze)
+    coordinator_conn = ([(froze + 3.0, 30.0)], froze - 0.2)
+    assert brokers_silent_for(_consumer_with(fetch_conn, coordinator_conn), SILENT_BROKER_S, now) == 10.5

@@ -459,6 +459,16 @@ def test_an_unreachable_coordinator_marks_the_broker_down_and_past_the_limit_sto
     assert info.value.failure is Failure.BROKER_OUTAGE and "TAGSTREAM_BROKER_OUTAGE_S" in str(info.value)
 
 
+def test_a_silent_broker_is_reported_down_since_it_last_answered():
+    """The consumer tells how long its brokers have answered nothing (a frozen broker): the loop passes it
+    on, so health dates the outage from the last answer."""
+    source, consumer, *_ = make_source()
+    consumer.coordinator, consumer.silent_s = False, 11.0
+    run_once(source)
+    assert source._health.broker_down_for() >= 11.0
+    assert source._health.readiness()[1]["broker_reachable"] is False
+
+
 def test_inputs_deleted_before_a_new_assignment_read_them_are_counted():
     """The group stopped at offset 10 and retention deleted 10..39: the first poll after the assignment starts at
     40. The loop judges it against the group's committed offset (10) in the same turn."""

@@ -132,6 +132,30 @@ def test_an_outage_is_on_once_the_broker_has_been_away_as_long_as_the_log_waits(
     assert not health.in_outage()
 
 
+def test_an_outage_told_by_the_brokers_silence_is_dated_from_their_last_answer():
+    """A frozen broker is told only once it has answered nothing for SILENT_BROKER_S: the outage (its log
+    line, in_outage, the outage limit of /healthz and exit 4) counts from that last answer, not from when
+    it was told, and a later, shorter silence does not move its start."""
+    now = [100.0]
+    health = Health(clock=lambda: now[0], broker_outage_s=15)
+    with capture_logs() as logs:
+        health.broker_seen(False, silent_s=10.5)  # told at 100 s: nothing heard since 89.5 s
+    assert health.broker_down_for() == 10.5 and health.in_outage()
+    assert logs[0]["event"] == "broker_unreachable" and logs[0]["down_s"] == 10.5
+    now[0] = 104.0
+    health.broker_seen(False, silent_s=3.0)
+    health.loop_turned()
+    assert health.broker_down_for() == 14.5 and health.liveness()[0]
+    now[0] = 105.0
+    health.broker_seen(False)
+    health.loop_turned()
+    ok, body = health.liveness()
+    assert not ok and body["broker_down_s"] == 15.5  # 15 s after the last answer, not 25 s
+    health.broker_seen(True)
+    health.broker_seen(False)  # a new outage, told without a silence: dated now
+    assert health.broker_down_for() == 0.0
+
+
 def test_liveness_fails_while_a_model_call_runs_past_its_limit_and_recovers_when_it_returns():
     """A model call running longer than model_stall_s fails /healthz and says how long; the longest of
     several threads' calls counts; once it returns the worker is live again; 0 means no limit."""

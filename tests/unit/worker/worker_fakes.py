@@ -110,6 +110,7 @@ class FakeConsumer:
         self.metadata: list[dict] = []  # the metadata of each commit, beside ``commits``
         self.group_metadata_stored: dict[TopicPartition, str] = {}  # what committed_metadata() answers with
         self.coordinator = True
+        self.silent_s = 0.0  # silent_for(): how long the brokers have answered nothing, when coordinator is False
 
     def assignment(self):
         return set(self._assignment)
@@ -152,6 +153,9 @@ class FakeConsumer:
 
     def coordinator_known(self):
         return self.coordinator
+
+    def silent_for(self):
+        return self.silent_s
 
     def committed_metadata(self, tps):
         return {tp: (self.group_committed[tp], self.group_metadata_stored.get(tp, "")) for tp in tps

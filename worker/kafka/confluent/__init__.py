@@ -60,7 +60,7 @@ from confluent_kafka import KafkaException
 from worker.errors import BrokerError, Failure
 from worker.kafka import diagnose
 from worker.kafka.confluent.config import common_config, consumer_config, producer_config
-from worker.kafka.confluent.consumer import ConfluentConsumer, brokers_silent
+from worker.kafka.confluent.consumer import ConfluentConsumer, brokers_silent_for
 from worker.kafka.confluent.errors import ERROR_TABLE, ClientErrors, failure_for_error, translate
 from worker.kafka.confluent.producer import ConfluentProducer
 from worker.kafka.diagnose import CONNECT_HINTS, bootstrap_timeout_error
@@ -124,7 +124,7 @@ __all__ = [
     "ERROR_TABLE",
     "ConfluentConsumer",
     "ConfluentProducer",
-    "brokers_silent",
+    "brokers_silent_for",
     "common_config",
     "consumer_config",
     "failure_for_error",

@@ -99,7 +99,7 @@ class ConfluentConsumer:
         self._deferred: BaseException | None = None  # raised at the next poll, before reading more
         self._commits: deque[tuple[frozenset[tuple[str, int, int]], Callable[[BaseException | None], None]]] = deque()
         self._coordinator_state: str | None = None  # from the statistics: "up" when it answers
-        self._brokers_silent = False  # from the statistics: see SILENT_BROKER_S
+        self._silent_since: float | None = None  # from the statistics: see SILENT_BROKER_S and silent_for
         self._pattern: re.Pattern[str] | None = None
         self._pattern_topics: list[str] = []
         self._pattern_at = 0.0
@@ -471,14 +471,19 @@ class ConfluentConsumer:
             parsed = json.loads(stats)
             group = parsed.get("cgrp", {})
             self._coordinator_state = group.get("state")
-            self._brokers_silent = brokers_silent(parsed.get("brokers") or {}, group.get("join_state"))
+            silent_s = brokers_silent_for(parsed.get("brokers") or {}, group.get("join_state"))
+            self._silent_since = time.monotonic() - silent_s if silent_s else None
 
     def coordinator_known(self) -> bool:
         state = self._coordinator_state
         if state is None:  # no statistics yet: go by the error callback alone
             down = self.errors.all_down_at
             return down is None or time.monotonic() - down > 2 * STATS_INTERVAL_MS / 1000
-        return state == "up" and not self._brokers_silent
+        return state == "up" and self._silent_since is None
+
+    def silent_for(self) -> float:
+        since = self._silent_since
+        return 0.0 if since is None else time.monotonic() - since
 
     def partitions_for_topic(self, topic: str) -> set[int] | None:
         meta = self._metadata(topic)
@@ -499,10 +504,14 @@ class ConfluentConsumer:
     def close(self, timeout_s: float, leave_group: bool = True) -> None:
         self._closing = True  # librdkafka revokes inside close(): the handler is not told
         self._rebalancing, self._assigned = True, None
+        reachable = self.coordinator_known()
         try:
             _bounded(self.client.close, max(0.5, timeout_s), "closing the consumer")
         except Exception as exc:
-            log.warning("consumer_close_failed", error=str(exc))
+            if reachable:
+                log.warning("consumer_close_failed", error=str(exc))
+            else:  # what the worker expected (app.CLOSE_UNREACHABLE_S): a warning here only repeated the outage
+                log.info("consumer_close_unanswered", error=str(exc), why="no broker answers")
         instance = self._settings.group_instance_id
         if instance and leave_group:
             from worker.kafka.kafkapython import remove_static_member
@@ -528,17 +537,22 @@ def _consumer_failure(err: KafkaError, failure: Failure) -> Failure:
 HELD_JOIN_STATES = frozenset({"wait-join", "wait-sync"})
 
 
-def brokers_silent(brokers: dict[str, Any], join_state: str | None = None) -> bool:
-    """Whether the brokers keep their connections but answer nothing (base.SILENT_BROKER_S), from
-    librdkafka's statistics: every connection that is up and waits for responses has received
-    nothing for that long. Idle connections (nothing asked) say nothing either way, and neither does
-    the group coordinator's while it holds a join (HELD_JOIN_STATES)."""
+def brokers_silent_for(brokers: dict[str, Any], join_state: str | None = None) -> float:
+    """Seconds since the brokers last answered anything, when they keep their connections but answer
+    nothing (base.SILENT_BROKER_S); 0 otherwise. From librdkafka's statistics: a connection that is
+    up waits for responses and has received nothing for that long, and no connection that is up
+    has received anything for that long (``rxidle`` counts from a connection's last receive, so a
+    request just sent on one idle for minutes would read as silent alone). Idle connections
+    (nothing asked) only say when a broker last answered, and the group coordinator's says nothing
+    while it holds a join (HELD_JOIN_STATES)."""
     holding = join_state in HELD_JOIN_STATES
-    waiting = [
-        b for name, b in brokers.items()
-        if b.get("state") == "UP" and b.get("waitresp_cnt", 0) > 0 and not (holding and name == "GroupCoordinator")
-    ]
-    return bool(waiting) and all(b.get("rxidle", -1) > SILENT_BROKER_S * 1_000_000 for b in waiting)
+    up = {name: b for name, b in brokers.items() if b.get("state") == "UP"}
+    waiting = [b for name, b in up.items() if b.get("waitresp_cnt", 0) > 0 and not (holding and name == "GroupCoordinator")]
+    heard = [b["rxidle"] for b in up.values() if isinstance(b.get("rxidle"), int | float) and b["rxidle"] >= 0]
+    silent_us = SILENT_BROKER_S * 1_000_000
+    if not waiting or not heard or max(b.get("rxidle", -1) for b in waiting) <= silent_us or min(heard) <= silent_us:
+        return 0.0
+    return float(min(heard)) / 1_000_000
 
 
 def _key(partitions: Iterable[Any]) -> frozenset[tuple[str, int, int]]:
