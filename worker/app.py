@@ -70,6 +70,23 @@ OUTAGE_WINDOW_S = 20.0
 # would go unanswered. Each client waited ~5 s for them on a frozen broker before this; the group
 # moves the partitions after the session timeout either way.
 CLOSE_UNREACHABLE_S = 1.0
+# The close when the last look found the broker away but not yet for as long as an outage counts (a
+# broker that has just stopped, as when a node drains the broker and the worker at once; or a
+# coordinator moving): the close and a static member's removal get this long. The removal's admin
+# client had waited 15 s to bootstrap from a stopped broker (its start-up wait); a moving coordinator
+# is found within it.
+CLOSE_BROKER_AWAY_S = 2.0
+
+
+def consumer_close_budget(health: Health, remaining_s: float) -> tuple[float, bool]:
+    """How long the consumer's close may take, and whether it may leave the group (ask the
+    coordinator): all of the drain's remainder only while the broker answered at the last look."""
+    if health.in_outage():
+        return CLOSE_UNREACHABLE_S, False
+    budget = max(0.5, remaining_s)
+    if health.broker_down_for() > 0:
+        return min(CLOSE_BROKER_AWAY_S, budget), True
+    return budget, True
 
 
 class Worker:
@@ -339,14 +356,12 @@ class Worker:
                     assert self._consumer is not None
                     started = time.monotonic()
                     unreachable = self.health.in_outage()
-                    self._consumer.close(
-                        CLOSE_UNREACHABLE_S if unreachable else max(0.5, self._remaining()),
-                        leave_group=self.settings.leave_group_on_stop and not unreachable,
-                    )
+                    budget_s, may_leave = consumer_close_budget(self.health, self._remaining())
+                    self._consumer.close(budget_s, leave_group=self.settings.leave_group_on_stop and may_leave)
                     # How long the exit waited on the client (leaving the group, its I/O thread): a
                     # stop that outlasted its drain in CI left no trace of where the time went.
                     log.info("consumer_closed", seconds=round(time.monotonic() - started, 3),
-                             broker_unreachable=unreachable)
+                             broker_unreachable=unreachable, budget_s=round(budget_s, 1))
                 except Exception as exc:
                     log.warning("consumer_close_failed", error=repr(exc))
 

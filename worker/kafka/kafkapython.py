@@ -55,6 +55,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("tagstream.worker.kafka")
 
+# How long removing a static member at a stop waits to connect: a broker that answers connects in
+# milliseconds, and the session timeout moves the partitions if the removal fails
+LEAVE_CONNECT_S = 3.0
 SEND_MAX_BLOCK_MS = 15_000  # how long send() may block on topic metadata or a full buffer
 PRODUCER_LINGER_MS = 5  # results of one batch leave in a few produce requests, not one each
 PRODUCER_BATCH_BYTES = 256 * 1024
@@ -401,7 +404,11 @@ def remove_static_member(settings: WorkerSettings, timeout_s: float) -> None:
     instance = settings.group_instance_id
     try:
         config = {k: v for k, v in common_config(settings).items() if k != "metrics_enabled"}
-        admin = KafkaAdminClient(**config, request_timeout_ms=int(1000 * max(1.0, timeout_s)))
+        bound_ms = int(1000 * max(1.0, timeout_s))
+        # Its bootstrap had waited the start-up's 15 s on a broker stopped just before (the stop's own
+        # look had not seen it yet: a confluent worker's statistics come once a second)
+        config["bootstrap_timeout_ms"] = min(int(1000 * LEAVE_CONNECT_S), bound_ms)
+        admin = KafkaAdminClient(**config, request_timeout_ms=bound_ms)
         try:
             admin.remove_group_members(
                 settings.group_id, [MemberToRemove(group_instance_id=instance, reason="tagstream stopped")]

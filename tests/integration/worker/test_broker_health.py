@@ -209,6 +209,43 @@ def test_a_worker_whose_broker_stays_frozen_exits_4_without_waiting_out_its_drai
     assert not log_events(log, "consumer_close_failed")  # no answer was expected: not a warning
 
 
+# make test: kafka-python; confluent in make faults (the same admin client removes its static member)
+@pytest.mark.full_size_only("confluent")
+@pytest.mark.parametrize("kafka_client", ["kafka-python", "confluent"], indirect=True)
+def test_a_static_member_stopped_as_its_broker_stops_exits_without_waiting_to_leave_the_group(
+    restartable_kafka, new_group, tiny_bundle, tmp_path, kafka_client
+):
+    """SIGTERM half a second after the broker stopped (a node drained with the broker and the worker on it), every
+    result committed: exit 0 within seconds. The static member's removal had waited 15 s for an admin client to
+    bootstrap from the stopped broker (consumer_closed 15.0 s kafka-python, 15.2 s confluent), before any outage
+    was counted; now the close gets CLOSE_BROKER_AWAY_S when the last look found the broker away, and the
+    removal LEAVE_CONNECT_S to connect in any case."""
+    broker = restartable_kafka()
+    topic = make_topic(broker.bootstrap_servers, "health-stop-away")
+    produce_events(broker.bootstrap_servers, topic, fixture_texts(20, seed=6))
+    group = new_group()
+    env = worker_env(broker.bootstrap_servers, topic, tiny_bundle, group)
+    env.update(TAGSTREAM_GROUP_INSTANCE_ID=f"{group}-0", TAGSTREAM_DRAIN_TIMEOUT_S="30")
+    log = tmp_path / "worker.log"
+    proc = spawn(env, log)
+    try:
+        read_records(broker.bootstrap_servers, f"{topic}.labels", expected=20, timeout_s=START_TIMEOUT_S, quiet_s=0)
+        wait_until(lambda: committed_total(broker.bootstrap_servers, group, topic) == 20, 30, "every input committed")
+        broker.halt()
+        time.sleep(0.5)
+        stopped_at = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+        stop_s = time.monotonic() - stopped_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 0, log.read_text()[-2000:]
+    closed = log_events(log, "consumer_closed")[-1]
+    assert closed["seconds"] < 4, closed
+    assert stop_s < 10, stop_s
+
+
 def test_sigterm_when_the_final_commit_fails_exits_non_zero(restartable_kafka, new_group, tiny_bundle, tmp_path):
     """SIGTERM while the broker is down and results wait to be committed: exit 4 and a line saying why."""
     broker = restartable_kafka()

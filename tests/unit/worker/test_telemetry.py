@@ -132,6 +132,26 @@ def test_an_outage_is_on_once_the_broker_has_been_away_as_long_as_the_log_waits(
     assert not health.in_outage()
 
 
+def test_a_stop_gives_the_consumers_close_the_drains_remainder_only_while_the_broker_answered_at_the_last_look():
+    """The close's budget and whether it may leave the group: the drain's remainder while the broker answers;
+    CLOSE_BROKER_AWAY_S (and leaving) when the last look found it away, not yet an outage (a broker that
+    has just stopped, or a moving coordinator); CLOSE_UNREACHABLE_S and no leaving in an outage."""
+    from worker.app import CLOSE_BROKER_AWAY_S, CLOSE_UNREACHABLE_S, consumer_close_budget
+
+    now = [0.0]
+    health = Health(clock=lambda: now[0], broker_outage_s=60)
+    assert consumer_close_budget(health, 12.0) == (12.0, True)
+    assert consumer_close_budget(health, 0.1) == (0.5, True)
+    health.broker_seen(False)
+    now[0] = 0.5
+    assert consumer_close_budget(health, 12.0) == (CLOSE_BROKER_AWAY_S, True)
+    assert consumer_close_budget(health, 1.0) == (1.0, True)
+    now[0] = 2.0
+    assert consumer_close_budget(health, 12.0) == (CLOSE_UNREACHABLE_S, False)
+    health.broker_seen(True)
+    assert consumer_close_budget(health, 12.0) == (12.0, True)
+
+
 def test_an_outage_told_by_the_brokers_silence_is_dated_from_their_last_answer():
     """A frozen broker is told only once it has answered nothing for SILENT_BROKER_S: the outage (its log
     line, in_outage, the outage limit of /healthz and exit 4) counts from that last answer, not from when
