@@ -164,22 +164,27 @@ def test_a_broker_gone_for_good_fails_readiness_then_liveness_then_exits_4(
 
 
 # make test: kafka-python with static membership (Kubernetes' default), whose exit waited longest on a frozen broker
-@pytest.mark.full_size_only("kafka-python-dynamic", "confluent-dynamic", "confluent-static")
+@pytest.mark.full_size_only(*(
+    f"{client}-{membership}-{guarantee}" for client in ("kafka-python", "confluent") for membership in ("dynamic", "static")
+    for guarantee in ("at_least_once", "exactly_once") if (client, membership, guarantee) != ("kafka-python", "static", "at_least_once")
+))
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 @pytest.mark.parametrize("membership", ["dynamic", "static"])
 @pytest.mark.parametrize("kafka_client", ["kafka-python", "confluent"], indirect=True)
 def test_a_worker_whose_broker_stays_frozen_exits_4_without_waiting_out_its_drain_on_requests_nobody_needs(
-    restartable_kafka, new_group, tiny_bundle, tmp_path, kafka_client, membership
+    restartable_kafka, new_group, tiny_bundle, tmp_path, kafka_client, membership, guarantee
 ):
     """Broker frozen past TAGSTREAM_BROKER_OUTAGE_S with every result acknowledged: exit 4, and closing the producer
     and the consumer takes a moment each, not the drain's remainder (kafka-python's producer waited for a metadata
     request in flight to the frozen broker: 15 s of a 20 s drain; each client's consumer waited ~5 s for answers
-    to its LeaveGroup and heartbeat, and a static member's removal 15 s for an admin client that never connected)."""
+    to its LeaveGroup and heartbeat, and a static member's removal 15 s for an admin client that never connected).
+    Exactly-once: the final transaction, empty, had been taken for the broker's answer and ended the outage."""
     broker = restartable_kafka()
     topic = make_topic(broker.bootstrap_servers, "health-frozen-exit")
     produce_events(broker.bootstrap_servers, topic, fixture_texts(20, seed=5))
     group = new_group()
     env = worker_env(broker.bootstrap_servers, topic, tiny_bundle, group)
-    env.update(TAGSTREAM_BROKER_OUTAGE_S=str(OUTAGE_S), TAGSTREAM_DRAIN_TIMEOUT_S="30")
+    env.update(TAGSTREAM_BROKER_OUTAGE_S=str(OUTAGE_S), TAGSTREAM_DRAIN_TIMEOUT_S="30", TAGSTREAM_PROCESSING_GUARANTEE=guarantee)
     if membership == "static":
         env["TAGSTREAM_GROUP_INSTANCE_ID"] = f"{group}-0"  # with leave_group_on_stop (default): removed at exit
     log = tmp_path / "worker.log"

@@ -152,6 +152,24 @@ def test_a_stop_gives_the_consumers_close_the_drains_remainder_only_while_the_br
     assert consumer_close_budget(health, 12.0) == (12.0, True)
 
 
+def test_a_commit_of_nothing_says_nothing_of_the_broker_and_one_of_offsets_ends_an_outage():
+    """An exactly-once worker's final transaction is empty when every input was committed before: its commit asks
+    no broker. Taken for an answer, it ended the outage an exit 4 was stopping for (broker_reachable, down_s
+    15.1, in bench/outsider/frozen_exit.sh), and the consumer's close then waited to leave the group."""
+    from worker.app import Worker
+    from worker.kafka.base import TopicPartition
+
+    now = [100.0]
+    worker = Worker.__new__(Worker)  # only what _on_commit uses
+    worker.metrics, worker.health = Metrics(), Health(clock=lambda: now[0], broker_outage_s=15)
+    worker.health.broker_seen(False, silent_s=15.1)
+    worker._on_commit({}, None)
+    assert worker.health.in_outage() and worker.health.broker_down_for() == pytest.approx(15.1)
+    assert worker.metrics.value("tagstream_commits_total", {"result": "ok"}) == 1
+    worker._on_commit({TopicPartition("in", 0): 42}, None)
+    assert worker.health.broker_down_for() == 0.0
+
+
 def test_an_outage_told_by_the_brokers_silence_is_dated_from_their_last_answer():
     """A frozen broker is told only once it has answered nothing for SILENT_BROKER_S: the outage (its log
     line, in_outage, the outage limit of /healthz and exit 4) counts from that last answer, not from when
