@@ -17,6 +17,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -179,6 +181,32 @@ def poll_records(consumer: Any, expected: int, timeout_s: float, quiet_s: float 
         for batch in consumer.poll(timeout_ms=100).values():
             records.extend(batch)
     return records
+
+
+def make_topic(name: str, partitions: int = 2, **client: Any) -> str:
+    """Create topic ``name`` on a broker of the test's own (the session broker has the ``new_topic``
+    fixture), and wait until every partition has a leader. ``client``: kafka-python admin settings
+    (``bootstrap_servers``, and security settings where the listener needs them)."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(**client)
+    try:
+        admin.create_topics({name: {"num_partitions": partitions, "replication_factor": -1}})
+        admin.wait_for_topics([name], timeout_ms=30_000)
+    finally:
+        admin.close()
+    return name
+
+
+def http_status(port: int, path: str) -> int | None:
+    """The HTTP status of a worker's ``path`` (/healthz, /readyz) on ``port``; None when nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return None
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:

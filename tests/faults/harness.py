@@ -16,8 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,7 +24,7 @@ from typing import Any
 
 from full_size import FULL  # `make faults` runs the full sizes
 from kafka import KafkaConsumer, KafkaProducer
-from worker_support import READER_METADATA_MAX_AGE_MS, fixture_texts
+from worker_support import READER_METADATA_MAX_AGE_MS, fixture_texts, http_status
 
 START_TIMEOUT_S = 90
 
@@ -227,13 +225,7 @@ class WorkerProcess:
 
     def probe(self, path: str) -> int | None:
         """HTTP status of /healthz or /readyz (None when nothing answers)."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as response:
-                return int(response.status)
-        except urllib.error.HTTPError as exc:
-            return int(exc.code)
-        except OSError:
-            return None
+        return http_status(self.port, path)
 
     def events(self, name: str) -> list[dict]:
         """This worker's log events called ``name`` (JSON log lines)."""

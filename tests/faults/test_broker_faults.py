@@ -7,20 +7,9 @@ import time
 
 import pytest
 from harness import SIZES, START_TIMEOUT_S, Outcomes, Row, Stream, WorkerProcess, clients, wait_for
-from kafka import KafkaAdminClient
-from worker_support import DRAIN_TIMEOUT_S, worker_env
+from worker_support import DRAIN_TIMEOUT_S, make_topic, worker_env
 
 RESULTS_TIMEOUT_S = 240
-
-
-def make_topic(bootstrap: str, name: str, partitions: int) -> str:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        admin.create_topics({name: {"num_partitions": partitions, "replication_factor": -1}})
-        admin.wait_for_topics([name], timeout_ms=30_000)
-    finally:
-        admin.close()
-    return name
 
 
 # (guarantee, client): both clients at full size; at the reduced size one each (harness.clients)
@@ -38,7 +27,7 @@ def test_broker_restart_mid_stream_keeping_its_data(
     began = time.monotonic()
     broker = restartable_kafka()
     bootstrap = broker.bootstrap_servers
-    topic = make_topic(bootstrap, f"fault-restart-{guarantee}", 3)
+    topic = make_topic(f"fault-restart-{guarantee}", 3, bootstrap_servers=bootstrap)
     env = worker_env(bootstrap, topic, tiny_bundle, new_group())
     env.update(TAGSTREAM_PROCESSING_GUARANTEE=guarantee, TAGSTREAM_GROUP_INSTANCE_ID="restart-0")
     exactly_once = guarantee == "exactly_once"
@@ -85,7 +74,7 @@ def test_worker_stopped_right_after_a_broker_restart_exits_and_a_successor_finis
     began = time.monotonic()
     broker = restartable_kafka()
     bootstrap = broker.bootstrap_servers
-    topic = make_topic(bootstrap, "fault-restart-stop", 3)
+    topic = make_topic("fault-restart-stop", 3, bootstrap_servers=bootstrap)
     env = worker_env(bootstrap, topic, tiny_bundle, new_group())
     env.update(TAGSTREAM_PROCESSING_GUARANTEE="exactly_once", TAGSTREAM_GROUP_INSTANCE_ID="stop-0")
     first = WorkerProcess(env, tmp_path / "first.log").start()
@@ -126,7 +115,7 @@ def test_broker_gone_for_good(restartable_kafka, new_group, tiny_bundle, tmp_pat
     began = time.monotonic()
     broker = restartable_kafka()
     bootstrap = broker.bootstrap_servers
-    topic = make_topic(bootstrap, "fault-gone", 2)
+    topic = make_topic("fault-gone", 2, bootstrap_servers=bootstrap)
     env = worker_env(bootstrap, topic, tiny_bundle, new_group())
     env["TAGSTREAM_BROKER_OUTAGE_S"] = str(SIZES.outage_s)
     worker = WorkerProcess(env, tmp_path / "worker.log").start()

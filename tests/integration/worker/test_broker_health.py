@@ -12,12 +12,13 @@ import urllib.request
 from collections import Counter
 
 import pytest
-from kafka import KafkaAdminClient
 from worker_support import (
     START_TIMEOUT_S,
     committed_total,
     fixture_texts,
+    http_status,
     log_events,
+    make_topic,
     produce_events,
     read_records,
     spawn,
@@ -30,26 +31,6 @@ from worker.kafka.base import SILENT_BROKER_S
 pytestmark = pytest.mark.integration
 
 OUTAGE_S = 8  # TAGSTREAM_BROKER_OUTAGE_S of the frozen-exit test: below SILENT_BROKER_S, so told already past it
-
-
-def make_topic(bootstrap: str, name: str, partitions: int = 2) -> str:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        admin.create_topics({name: {"num_partitions": partitions, "replication_factor": -1}})
-        admin.wait_for_topics([name], timeout_ms=30_000)
-    finally:
-        admin.close()
-    return name
-
-
-def status(port: int, path: str) -> int | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-    except OSError:
-        return None
 
 
 def readiness_body(port: int) -> dict:
@@ -66,19 +47,19 @@ def test_readiness_drops_while_the_broker_is_down_and_returns_with_it(
 ):
     """Broker halted: /readyz 503 (broker unreachable), /healthz still 200; broker back: ready, and work goes on."""
     broker = restartable_kafka()
-    topic = make_topic(broker.bootstrap_servers, "health-down")
+    topic = make_topic("health-down", bootstrap_servers=broker.bootstrap_servers)
     produce_events(broker.bootstrap_servers, topic, fixture_texts(20, seed=1), prefix="a")
     worker = start_worker(topic, tiny_bundle, bootstrap_servers=broker.bootstrap_servers)
     port = worker.metrics_port
-    wait_until(lambda: status(port, "/readyz") == 200, 60, "the worker to be ready")
+    wait_until(lambda: http_status(port, "/readyz") == 200, 60, "the worker to be ready")
 
     broker.halt()
-    wait_until(lambda: status(port, "/readyz") == 503, 60, "/readyz to turn 503 without a broker")
+    wait_until(lambda: http_status(port, "/readyz") == 503, 60, "/readyz to turn 503 without a broker")
     assert readiness_body(port)["broker_reachable"] is False
-    assert status(port, "/healthz") == 200  # within TAGSTREAM_BROKER_OUTAGE_S: waited out, not restarted
+    assert http_status(port, "/healthz") == 200  # within TAGSTREAM_BROKER_OUTAGE_S: waited out, not restarted
 
     broker.start()
-    wait_until(lambda: status(port, "/readyz") == 200, 120, "/readyz to recover with the broker")
+    wait_until(lambda: http_status(port, "/readyz") == 200, 120, "/readyz to recover with the broker")
     produce_events(broker.bootstrap_servers, topic, fixture_texts(20, seed=2), prefix="b")
     # The work goes on: results for the inputs sent after the restart are acknowledged.
     wait_until(lambda: worker.metrics.value("tagstream_events_out_total", {"topic": topic}) >= 40, 120,
@@ -94,20 +75,20 @@ def test_readiness_drops_while_the_broker_is_frozen_and_returns_when_it_answers(
     brokers have been silent SILENT_BROKER_S, long before any request times out and drops a connection
     (kafka-python 30 s, librdkafka 60 s); thawed, the worker is ready again and the work goes on."""
     broker = restartable_kafka()
-    topic = make_topic(broker.bootstrap_servers, "health-frozen")
+    topic = make_topic("health-frozen", bootstrap_servers=broker.bootstrap_servers)
     produce_events(broker.bootstrap_servers, topic, fixture_texts(20, seed=3), prefix="a")
     worker = start_worker(topic, tiny_bundle, bootstrap_servers=broker.bootstrap_servers)
     port = worker.metrics_port
     wait_until(lambda: worker.metrics.value("tagstream_events_out_total", {"topic": topic}) >= 20, 60,
                "results for the inputs sent first")
-    wait_until(lambda: status(port, "/readyz") == 200, 30, "the worker to be ready")
+    wait_until(lambda: http_status(port, "/readyz") == 200, 30, "the worker to be ready")
 
     with broker.frozen():
-        wait_until(lambda: status(port, "/readyz") == 503, SILENT_BROKER_S + 8, "/readyz to turn 503 with the broker silent")
+        wait_until(lambda: http_status(port, "/readyz") == 503, SILENT_BROKER_S + 8, "/readyz to turn 503 with the broker silent")
         assert readiness_body(port)["broker_reachable"] is False
-        assert status(port, "/healthz") == 200
+        assert http_status(port, "/healthz") == 200
 
-    wait_until(lambda: status(port, "/readyz") == 200, 60, "/readyz to recover once the broker answers")
+    wait_until(lambda: http_status(port, "/readyz") == 200, 60, "/readyz to recover once the broker answers")
     produce_events(broker.bootstrap_servers, topic, fixture_texts(20, seed=4), prefix="b")
     wait_until(lambda: worker.metrics.value("tagstream_events_out_total", {"topic": topic}) >= 40, 120,
                "results for the inputs sent after the thaw")
@@ -123,7 +104,7 @@ def test_a_broker_gone_for_good_fails_readiness_then_liveness_then_exits_4(
     """Broker stopped for good: /readyz goes 503, then /healthz past TAGSTREAM_BROKER_OUTAGE_S, then exit 4 with the
     reason; the client's repeated complaints meanwhile are one line per kind and a count, not one per attempt."""
     broker = restartable_kafka()
-    topic = make_topic(broker.bootstrap_servers, "health-gone")
+    topic = make_topic("health-gone", bootstrap_servers=broker.bootstrap_servers)
     env = worker_env(broker.bootstrap_servers, topic, tiny_bundle, new_group())
     port = 0
     with __import__("socket").socket() as s:
@@ -133,13 +114,13 @@ def test_a_broker_gone_for_good_fails_readiness_then_liveness_then_exits_4(
     log = tmp_path / "worker.log"
     proc = spawn(env, log)
     try:
-        wait_until(lambda: status(port, "/readyz") == 200, START_TIMEOUT_S, "the worker to be ready")
+        wait_until(lambda: http_status(port, "/readyz") == 200, START_TIMEOUT_S, "the worker to be ready")
         broker.halt()
         gone_at = time.monotonic()
-        wait_until(lambda: status(port, "/readyz") == 503, 60, "/readyz to turn 503")
+        wait_until(lambda: http_status(port, "/readyz") == 503, 60, "/readyz to turn 503")
         not_ready_s = time.monotonic() - gone_at
-        assert status(port, "/healthz") == 200  # not yet past the outage limit
-        wait_until(lambda: status(port, "/healthz") in (503, None), 60, "/healthz to turn 503")
+        assert http_status(port, "/healthz") == 200  # not yet past the outage limit
+        wait_until(lambda: http_status(port, "/healthz") in (503, None), 60, "/healthz to turn 503")
         not_live_s = time.monotonic() - gone_at
         code = proc.wait(90)
     finally:
@@ -180,7 +161,7 @@ def test_a_worker_whose_broker_stays_frozen_exits_4_without_waiting_out_its_drai
     to its LeaveGroup and heartbeat, and a static member's removal 15 s for an admin client that never connected).
     Exactly-once: the final transaction, empty, had been taken for the broker's answer and ended the outage."""
     broker = restartable_kafka()
-    topic = make_topic(broker.bootstrap_servers, "health-frozen-exit")
+    topic = make_topic("health-frozen-exit", bootstrap_servers=broker.bootstrap_servers)
     produce_events(broker.bootstrap_servers, topic, fixture_texts(20, seed=5))
     group = new_group()
     env = worker_env(broker.bootstrap_servers, topic, tiny_bundle, group)
@@ -226,7 +207,7 @@ def test_a_static_member_stopped_as_its_broker_stops_exits_without_waiting_to_le
     was counted; now the close gets CLOSE_BROKER_AWAY_S when the last look found the broker away, and the
     removal LEAVE_CONNECT_S to connect in any case."""
     broker = restartable_kafka()
-    topic = make_topic(broker.bootstrap_servers, "health-stop-away")
+    topic = make_topic("health-stop-away", bootstrap_servers=broker.bootstrap_servers)
     produce_events(broker.bootstrap_servers, topic, fixture_texts(20, seed=6))
     group = new_group()
     env = worker_env(broker.bootstrap_servers, topic, tiny_bundle, group)
@@ -254,7 +235,7 @@ def test_a_static_member_stopped_as_its_broker_stops_exits_without_waiting_to_le
 def test_sigterm_when_the_final_commit_fails_exits_non_zero(restartable_kafka, new_group, tiny_bundle, tmp_path):
     """SIGTERM while the broker is down and results wait to be committed: exit 4 and a line saying why."""
     broker = restartable_kafka()
-    topic = make_topic(broker.bootstrap_servers, "health-final")
+    topic = make_topic("health-final", bootstrap_servers=broker.bootstrap_servers)
     produce_events(broker.bootstrap_servers, topic, fixture_texts(50, seed=3))
     env = worker_env(broker.bootstrap_servers, topic, tiny_bundle, new_group())
     env.update(TAGSTREAM_COMMIT_INTERVAL_MS="600000", TAGSTREAM_DRAIN_TIMEOUT_S="8")  # results wait uncommitted

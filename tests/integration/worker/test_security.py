@@ -25,7 +25,7 @@ import pytest
 import structlog
 from kafka import KafkaAdminClient
 from structlog.testing import capture_logs
-from worker_support import fixture_texts, produce_events, read_records
+from worker_support import fixture_texts, make_topic, produce_events, read_records
 
 import worker.kafka.diagnose
 from localkafka import Endpoint, LocalKafka
@@ -83,14 +83,7 @@ def secure_topic(kafka_ssl: Endpoint) -> Callable[..., str]:
     """Factory: ``secure_topic(partitions=1) -> name`` of a fresh topic on the secure broker."""
 
     def make(partitions: int = 1) -> str:
-        name = f"secure-{uuid.uuid4().hex[:12]}"
-        admin = KafkaAdminClient(**kafka_ssl.client_config())
-        try:
-            admin.create_topics({name: {"num_partitions": partitions, "replication_factor": -1}})
-            admin.wait_for_topics([name], timeout_ms=30_000)
-        finally:
-            admin.close()
-        return name
+        return make_topic(f"secure-{uuid.uuid4().hex[:12]}", partitions, **kafka_ssl.client_config())
 
     return make
 
