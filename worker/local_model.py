@@ -71,6 +71,7 @@ class LocalModel:
             "model_ready", name=runner.name, version=runner.version, labels=runner.labels, device=str(self.device),
             dtype=str(self.dtype or "float32"), streams=self._streams, threads_per_stream=threads,
             warm_up_s=round(warm_s, 3), warm_up_shapes=runner.warm_up_shapes, allocator=allocator,
+            cuda_graphs=len(runner.buckets.shapes) if runner.buckets is not None else 0,
             tokenizer=runner.head_tokenizer.engine, fast_tokenizer_off=runner.head_tokenizer.why_not_flash or None,
         )
         return runner
@@ -81,6 +82,7 @@ class LocalModel:
         runner = ModelRunner.load(
             path, device=self.device, autocast_dtype=self.dtype, max_batch_size=s.max_batch_size,
             max_batch_tokens=s.max_batch_tokens, top_k=s.top_k, fast_tokenizer=s.fast_tokenizer,
+            cuda_graphs=s.cuda_graphs,
         )
         check_against_bundle(s, labels=runner.labels, max_length=runner.max_length)
         if self.in_pod:

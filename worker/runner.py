@@ -24,7 +24,9 @@ Plain bundles (single-label, ``head``) take exactly the path they always took.
 
 On a GPU the ids go through a pinned staging buffer allocated once per thread at the largest
 batch and are copied with ``non_blocking=True``; the attention mask is built on the device from the lengths;
-bfloat16 or float16 autocast is applied when asked (``dtype``). On the CPU the model uses
+bfloat16 or float16 autocast is applied when asked (``dtype``). After the warm-up, a GPU runner runs
+its batches as CUDA graphs, padded to bucket shapes (``cuda_graphs``: worker/cuda_graphs.py), as the
+~100 kernel launches of one eager call cost more than a small encoder's arithmetic. On the CPU the model uses
 ``threads`` intra-op threads and float32 unless told otherwise.
 
 ``resolve_device`` and ``resolve_dtype`` turn the settings into torch objects and fail with the
@@ -38,7 +40,7 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +51,13 @@ from model.bundle import TOKENIZER_FILE, Bundle, sha256_file
 from model.cpus import available_cpus
 from model.errors import BundleError
 from model.truncation import Windower
+from worker.cuda_graphs import (
+    BucketedForward,
+    GraphedForward,
+    needed_shapes,
+    padded_rows,
+    plan_groups,
+)
 from worker.documents import (
     DocumentReading,
     document_answers,
@@ -65,6 +74,8 @@ from worker.tokenizing import HeadTokenizer
 __all__ = ["Classified", "ModelRunner", "configure_threads", "resolve_device", "resolve_dtype", "resolve_streams"]
 
 log = get_logger("tagstream.worker.runner")
+# Turns the model output of one call (B, n_labels) into host arrays of B rows each.
+Answer = Callable[[torch.Tensor], tuple[np.ndarray, ...]]
 
 _threads_configured = threading.Lock()
 _interop_set = False
@@ -197,6 +208,7 @@ class ModelRunner:
         max_batch_tokens: int,
         top_k: int,
         fast_tokenizer: bool = True,
+        cuda_graphs: bool = False,
     ) -> None:
         self.bundle = bundle
         self.name = bundle.name
@@ -240,6 +252,11 @@ class ModelRunner:
         # multiples of 16 bounds the shapes: 1.5 GB there, at the same throughput (peak 1.3 GB
         # in bench/worker_bench.py for both bundles). float32 uses MKL: no per-shape kernels.
         self.length_step = 16 if device.type == "cpu" and autocast_dtype is not None else 1
+        # On a GPU, warm_up captures the forward pass as CUDA graphs at bucket shapes (worker/cuda_graphs.py);
+        # tests set a BucketedForward here to run the same bucket path eagerly on a CPU.
+        self.cuda_graphs = cuda_graphs and device.type == "cuda"
+        self.buckets: BucketedForward | None = None
+        self.group_by_length = True  # with buckets: a batch runs as groups of similar length (benchmarks turn it off)
 
     @classmethod
     def load(
@@ -252,6 +269,7 @@ class ModelRunner:
         max_batch_tokens: int,
         top_k: int,
         fast_tokenizer: bool = True,
+        cuda_graphs: bool = False,
     ) -> ModelRunner:
         """Load and verify the bundle at ``path`` (BundleLoadError when it cannot be used)."""
         try:
@@ -262,7 +280,7 @@ class ModelRunner:
             raise BundleLoadError(f"bundle {path} cannot be loaded: {exc}") from exc
         return cls(
             bundle, device=device, autocast_dtype=autocast_dtype, max_batch_size=max_batch_size,
-            max_batch_tokens=max_batch_tokens, top_k=top_k, fast_tokenizer=fast_tokenizer,
+            max_batch_tokens=max_batch_tokens, top_k=top_k, fast_tokenizer=fast_tokenizer, cuda_graphs=cuda_graphs,
         )
 
     @property
@@ -314,12 +332,16 @@ class ModelRunner:
             thresholds=self._thresholds, reports_windows=self.reports_windows,
         )
 
-    def _padded_packed(self, flat_ids: np.ndarray, lengths: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def _padded_packed(
+        self, flat_ids: np.ndarray, lengths: np.ndarray, width: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """ids and mask int64 (B, T) for rows given end to end (``flat_ids``) with each row's length, padded
-        to the longest (rounded up to length_step)."""
+        to ``width`` or else the longest (rounded up to length_step)."""
         n = len(lengths)
         longest = max(1, int(lengths.max())) if n else 1
         longest = max(longest, min(self.max_length, -(-longest // self.length_step) * self.length_step))
+        if width is not None:
+            longest = max(longest, width)
         pinned = self._pinned_buffer()
         if pinned is not None and n * longest <= pinned.numel():
             host = pinned[: n * longest].view(n, longest)
@@ -355,40 +377,69 @@ class ModelRunner:
         if not self.plain:
             raise InferenceError(f"bundle {self.name} is not plain: its windows are answered by probabilities_packed")
         started = time.perf_counter()
+
+        def top_k(out: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+            if not self.topk_on_device:
+                probs = out.float().numpy()  # (B, n_labels)
+                ranked = np.argsort(-probs, axis=1, kind="stable")[:, : self.top_k]  # (B, k)
+                return ranked, np.take_along_axis(probs, ranked, axis=1)
+            scores, indices = out.float().topk(self.top_k, dim=1)  # (B, k)
+            return indices.cpu().numpy(), scores.cpu().numpy()  # the synchronising copies back
+
+        top_indices, top_scores = self._run_model(flat_ids, lengths, top_k, "inputs")
+        return PackedAnswers(top_indices, top_scores, time.perf_counter() - started)
+
+    def _run_model(self, flat_ids: np.ndarray, lengths: np.ndarray, answer: Answer, what: str) -> tuple[np.ndarray, ...]:
+        """The model on a packed batch; ``answer`` turns its output (B, n_labels) into host arrays, row by row.
+
+        With bucket shapes (CUDA graphs) a batch whose lengths spread widely runs as a few groups of
+        similar length, each padded to its own bucket (``plan_groups``): padding every row of a
+        1024-row batch to its longest text cost the GPU twice the tokens of AG News's texts."""
+        buckets = self.buckets
+        if buckets is None or not self.group_by_length or len(lengths) < 2:
+            return self._run_rows(flat_ids, lengths, answer, what)
+        order = np.argsort(lengths, kind="stable")
+        groups = plan_groups(lengths[order], buckets)
+        if len(groups) == 1:
+            return self._run_rows(flat_ids, lengths, answer, what)
+        starts = np.cumsum(lengths) - lengths
+        parts = []
+        for first, end in groups:
+            rows = order[first:end]
+            sizes = lengths[rows]
+            # Each row's ids, gathered in one indexing: its start in flat_ids, then consecutive positions.
+            at = np.repeat(starts[rows] - (np.cumsum(sizes) - sizes), sizes) + np.arange(int(sizes.sum()))
+            parts.append(self._run_rows(flat_ids[at], sizes, answer, what))
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        return tuple(np.concatenate(column)[back] for column in zip(*parts, strict=True))
+
+    def _run_rows(self, flat_ids: np.ndarray, lengths: np.ndarray, answer: Answer, what: str) -> tuple[np.ndarray, ...]:
+        """One model call. At a bucket shape (CUDA graphs) the batch is padded with rows that ``answer``
+        never sees, and ``answer`` runs under the buckets' lock, before the next call overwrites the
+        graph's output."""
         n = len(lengths)
-        host, mask, longest = self._padded_packed(flat_ids, lengths)
+        buckets = self.buckets
+        shape = buckets.shape_for(n, max(1, int(lengths.max()))) if buckets is not None and n else None
+        if shape is not None:
+            flat_ids, lengths = padded_rows(flat_ids, lengths, shape[0], self.pad_id)
+        host, mask, longest = self._padded_packed(flat_ids, lengths, None if shape is None else shape[1])
         try:
             with torch.inference_mode(), self._autocast():
-                if not self.topk_on_device:
-                    probs = self._model(host, mask).float().numpy()  # (B, n_labels)
-                    top_indices = np.argsort(-probs, axis=1, kind="stable")[:, : self.top_k]  # (B, k)
-                    top_scores = np.take_along_axis(probs, top_indices, axis=1)
-                else:
-                    input_ids = host.to(self.device, non_blocking=True)
-                    device_mask = mask.to(self.device, non_blocking=True)
-                    scores, indices = self._model(input_ids, device_mask).float().topk(self.top_k, dim=1)  # (B, k)
-                    top_scores = scores.cpu().numpy()  # the synchronising copies back
-                    top_indices = indices.cpu().numpy()
+                if buckets is not None and shape is not None:
+                    with buckets.lock:
+                        return answer(buckets.run(shape, host, mask)[:n])
+                if self.device.type != "cpu":
+                    host, mask = host.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)
+                return answer(self._model(host, mask))
         except Exception as exc:
-            raise InferenceError(f"the model failed on a batch of {n} inputs (longest {longest} tokens): {exc}") from exc
-        return PackedAnswers(top_indices, top_scores, time.perf_counter() - started)
+            raise InferenceError(f"the model failed on a batch of {n} {what} (longest {longest} tokens): {exc}") from exc
 
     def probabilities_packed(self, flat_ids: np.ndarray, lengths: np.ndarray) -> PackedProbabilities:
         """Every row's probabilities, for rows given as in ``classify_packed``: the windows of a
         bundle that is not ``plain``."""
         started = time.perf_counter()
-        host, mask, longest = self._padded_packed(flat_ids, lengths)
-        try:
-            with torch.inference_mode(), self._autocast():
-                if self.device.type == "cpu":
-                    probs = self._model(host, mask).float().numpy()
-                else:
-                    ids = host.to(self.device, non_blocking=True)
-                    probs = self._model(ids, mask.to(self.device, non_blocking=True)).float().cpu().numpy()
-        except Exception as exc:
-            raise InferenceError(
-                f"the model failed on a batch of {len(lengths)} windows (longest {longest} tokens): {exc}"
-            ) from exc
+        (probs,) = self._run_model(flat_ids, lengths, lambda out: (out.float().cpu().numpy(),), "windows")
         return PackedProbabilities(probs, time.perf_counter() - started)
 
     def warm_up(self) -> float:
@@ -403,6 +454,13 @@ class ModelRunner:
         for _ in range(2):  # the profiling executor optimises on the second call
             for rows, width in [*self.warm_up_shapes, (1, min(16, self.max_length))]:
                 self.classify([filler[:width]] * rows)
+        if self.cuda_graphs and self.buckets is None:
+            graphs = GraphedForward(
+                self._model, needed_shapes(self.max_batch_size, self.max_length, self.max_batch_tokens),
+                device=self.device, autocast_dtype=self.autocast_dtype, pad_id=self.pad_id,
+            )
+            graphs.capture()
+            self.buckets = graphs
         return time.perf_counter() - started
 
     def _pinned_buffer(self) -> torch.Tensor | None:
