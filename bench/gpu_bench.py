@@ -4,12 +4,13 @@ environment; ``--smoke`` is the same run, reduced, on a CPU.
 1. model only: a MiniLM-shaped bundle (all-MiniLM-L6-v2's 6 layers x 384, its own WordPiece
    tokenizer, random weights: speed does not depend on them) in bf16 autocast on the GPU. AG News
    texts are tokenized first (the feeders' job), then batched by the worker's own Batcher and run by
-   its own ModelRunner, for each batch size x padded-token budget: texts/s. Target (issue 11):
-   >= 100,000 texts/s on an H200.
+   its own ModelRunner, for each batch-size / padded-token-budget pair and each way of calling the
+   model (MODES: eager calls; CUDA graphs, worker/cuda_graphs.py; graphs with each batch's rows
+   grouped by length), side by side in one run: texts/s. Target (issue 11): >= 100,000 texts/s on an H200.
 2. worker end to end (when Java 17+ and the Kafka jars are there, or ``--bootstrap`` is given): a
-   local broker, one pre-filled topic, and ``tagstream-worker run`` with TAGSTREAM_PROCESSES = N for
-   each ``--processes`` (the GPU overlay's batch limits and, where installed, its confluent client),
-   each on a fresh group. events/s is read from the pod's own /metrics over a window that starts
+   local broker, one pre-filled topic, and ``tagstream-worker run`` for each pod of the settings'
+   ``pods`` (TAGSTREAM_PROCESSES = N, CUDA graphs on or off, the batch limits; where installed, the GPU
+   overlay's confluent client), each on a fresh group. events/s is read from the pod's own /metrics over a window that starts
    once every feeder holds partitions (the pod log's last assignment; at least ``--settle-s`` after
    ready); beside it the model process's busy fraction (tagstream_model_busy_seconds_total per
    second: near 1 = the model is the limit), rows per model call, feeder batches merged per call,
@@ -23,6 +24,7 @@ figures as JSON to $OUT/gpu_bench.json (the device tool's folder) or bench/resul
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import signal
@@ -108,8 +110,11 @@ def make_bundle(out: Path, shape: str, texts: list[str], max_length: int) -> Pat
 
 
 # -- 1. model only ------------------------------------------------------------------------------------------
-def model_only(bundle: Path, texts: list[str], device: str, dtype: str, batch_sizes: list[int], budgets: list[int],
-               seconds: float) -> list[dict[str, Any]]:
+MODES = ("eager", "graphs", "graphs+groups")  # model calls: eager; CUDA graphs; graphs, rows grouped by length
+
+
+def model_only(bundle: Path, texts: list[str], device: str, dtype: str, limits: list[tuple[int, int]],
+               seconds: float, modes: list[str]) -> list[dict[str, Any]]:
     import torch
 
     from worker.batcher import Batcher, BatchLimits
@@ -118,34 +123,35 @@ def model_only(bundle: Path, texts: list[str], device: str, dtype: str, batch_si
     torch_device = torch.device(device)
     autocast = resolve_dtype(dtype, torch_device)
     rows = []
-    for size in batch_sizes:
-        for budget in budgets:
-            runner = ModelRunner.load(bundle, device=torch_device, autocast_dtype=autocast, max_batch_size=size,
-                                      max_batch_tokens=budget, top_k=3)
-            runner.warm_up()
-            ids = runner.tokenize(texts)
-            batcher: Batcher[list[int]] = Batcher(BatchLimits(size, budget, 0.0))
-            work = []
-            for one in ids:
-                batcher.add(one, len(one), 0.0)
-            while (batch := batcher.next_batch(0.0, flush=True)) is not None:
-                work.append(batch.items)
-            for batch in work[:3]:
-                runner.classify(batch)  # shapes of this sweep point, not only the warm-up's
-            done, started = 0, time.perf_counter()
-            while time.perf_counter() - started < seconds:
-                for batch in work:
-                    runner.classify(batch)  # returns host lists: synchronised with the device
-                    done += len(batch)
-            elapsed = time.perf_counter() - started
-            tokens = sum(len(x) for x in ids) / len(ids)
-            rows.append({"batch_size": size, "budget": budget, "texts_per_s": done / elapsed,
-                         "batches": len(work), "mean_tokens": tokens})
-            print(f"  model only: batch {size:>5}, budget {budget:>7}: {done / elapsed:>10,.0f} texts/s",
-                  file=sys.stderr, flush=True)
-            del runner
-            if device.startswith("cuda"):
-                torch.cuda.empty_cache()
+    for (size, budget), mode in itertools.product(limits, modes):
+        runner = ModelRunner.load(bundle, device=torch_device, autocast_dtype=autocast, max_batch_size=size,
+                                  max_batch_tokens=budget, top_k=3, cuda_graphs=mode != "eager")
+        runner.warm_up()
+        runner.group_by_length = mode == "graphs+groups"
+        ids = runner.tokenize(texts)
+        batcher: Batcher[list[int]] = Batcher(BatchLimits(size, budget, 0.0))
+        work = []
+        for one in ids:
+            batcher.add(one, len(one), 0.0)
+        while (batch := batcher.next_batch(0.0, flush=True)) is not None:
+            work.append(batch.items)
+        for batch in work:
+            runner.classify(batch)  # every shape of this sweep point once, untimed: the profiling executor's too
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            for batch in work:
+                runner.classify(batch)  # returns host lists: synchronised with the device
+                done += len(batch)
+        elapsed = time.perf_counter() - started
+        tokens = sum(len(x) for x in ids) / len(ids)
+        rows.append({"batch_size": size, "budget": budget, "mode": mode, "texts_per_s": done / elapsed,
+                     "batches": len(work), "mean_tokens": tokens,
+                     "graphs": len(runner.buckets.shapes) if runner.buckets is not None else 0})
+        print(f"  model only: batch {size:>5}, budget {budget:>7}, {mode:<13}:"
+              f" {done / elapsed:>10,.0f} texts/s", file=sys.stderr, flush=True)
+        del runner
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
     return rows
 
 
@@ -174,8 +180,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_pod(bootstrap: str, topic: str, bundle: Path, processes: int, events: int, args: argparse.Namespace,
-            logs: Path) -> dict[str, Any]:
+def run_pod(bootstrap: str, topic: str, bundle: Path, pod: tuple[int, bool, int, int], events: int,
+            args: argparse.Namespace, logs: Path) -> dict[str, Any]:
+    processes, graphs, max_batch_size, max_batch_tokens = pod
     import worker_bench as wb
 
     port = free_port()
@@ -185,10 +192,11 @@ def run_pod(bootstrap: str, topic: str, bundle: Path, processes: int, events: in
         TAGSTREAM_GROUP_ID=f"gpu-bench-{uuid.uuid4().hex[:8]}", TAGSTREAM_OUTPUT_TOPIC=f"{{topic}}.n{processes}",
         TAGSTREAM_METRICS_PORT=str(port), TAGSTREAM_PROCESSES=str(processes), TAGSTREAM_DTYPE=args.dtype,
         TAGSTREAM_DEVICE=args.device, TAGSTREAM_RELOAD_INTERVAL_S="0", TAGSTREAM_LOG_LEVEL="INFO",
-        TAGSTREAM_MAX_BATCH_SIZE=str(args.max_batch_size), TAGSTREAM_MAX_BATCH_TOKENS=str(args.max_batch_tokens),
+        TAGSTREAM_MAX_BATCH_SIZE=str(max_batch_size), TAGSTREAM_MAX_BATCH_TOKENS=str(max_batch_tokens),
         TAGSTREAM_MAX_WAIT_MS=str(args.max_wait_ms), TAGSTREAM_KAFKA_CLIENT=args.kafka_client,
+        TAGSTREAM_CUDA_GRAPHS=str(graphs).lower(),
     )
-    log_path = logs / f"pod-n{processes}.log"
+    log_path = logs / f"pod-n{processes}-{max_batch_size}{'' if graphs else '-eager'}.log"
     proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "run"], cwd=REPO, env=env,
                             stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
     try:
@@ -250,7 +258,8 @@ def run_pod(bootstrap: str, topic: str, bundle: Path, processes: int, events: in
         calls = delta("tagstream_inference_seconds_count")
         rows = delta("tagstream_batch_size_sum") / calls if calls else 0.0
         merged = 1.0
-    return {"processes": processes, "events_per_s": out / seconds if seconds else 0.0, "events": out,
+    return {"processes": processes, "cuda_graphs": graphs, "max_batch_size": max_batch_size,
+            "max_batch_tokens": max_batch_tokens, "events_per_s": out / seconds if seconds else 0.0, "events": out,
             "seconds": seconds, "joined_after_s": max(0.0, joined_at - ready_at), "model_busy": busy, "rows_per_model_call": rows, "feeder_batches_per_call": merged,
             "cpu_us_per_event": (cpu1 - cpu0) / out * 1e6 if out else 0.0, "pod_rss_mb": rss,
             "load": os.getloadavg()[0]}
@@ -287,23 +296,23 @@ def end_to_end(bundle: Path, texts: list[str], args: argparse.Namespace, logs: P
             print(f"skipped the worker end to end: no Java 17+ here ({exc})", file=sys.stderr)
             return []
         if cached_jars() is None:
-            print("skipped the worker end to end: no Kafka jars (bench/gpu_bench.sh --prepare carries them in"
-                  " .gpu_carry/kafka)", file=sys.stderr)
+            print("skipped the worker end to end: no Kafka jars (bench/gpu_bench.sh --prepare carries them as"
+                  " .gpu_carry/kafka.tar.xz)", file=sys.stderr)
             return []
         broker = LocalKafka(jvm_args=["-Xmx2g"]).start()
         bootstrap = broker.bootstrap_servers
     try:
-        partitions = max(8, max(args.processes) * 2)
+        partitions = max(8, max(pod[0] for pod in args.pods) * 2)
         topic = wb.create_topic(bootstrap, "gpu-bench", partitions=partitions)
         took = prefill(bootstrap, topic, texts, args.events)
         print(f"  prefilled {args.events:,} events on {partitions} partitions in {took:.1f} s", file=sys.stderr,
               flush=True)
         rows = []
-        for n in args.processes:
-            row = run_pod(bootstrap, topic, bundle, n, args.events, args, logs)
+        for pod in args.pods:
+            row = run_pod(bootstrap, topic, bundle, pod, args.events, args, logs)
             rows.append(row)
-            print(f"  worker, {n} feeder(s): {row['events_per_s']:,.0f} events/s, model busy {row['model_busy']:.0%}",
-                  file=sys.stderr, flush=True)
+            print(f"  worker, {pod[0]} feeder(s), {'graphs+groups' if pod[1] else 'eager'}, limits {pod[2]} / {pod[3]}:"
+                  f" {row['events_per_s']:,.0f} events/s, model busy {row['model_busy']:.0%}", file=sys.stderr, flush=True)
         return rows
     finally:
         if broker is not None:
@@ -327,24 +336,27 @@ def print_tables(model_rows: list[dict[str, Any]], e2e_rows: list[dict[str, Any]
     print(f"\n## gpu_bench ({'smoke, reduced' if args.smoke else 'full'}): {machine}")
     print(f"texts: {source}; shape {args.shape}, dtype {args.dtype}, device {args.device}, max_length {args.max_length}")
     if model_rows:
-        budgets = sorted({r["budget"] for r in model_rows})
-        print(f"\n### 1. model only: texts/s (mean {model_rows[0]['mean_tokens']:.0f} tokens per text)")
-        print("| batch size | " + " | ".join(f"budget {b:,}" for b in budgets) + " |")
-        print("|---|" + "---|" * len(budgets))
-        for size in sorted({r["batch_size"] for r in model_rows}):
-            cells = {r["budget"]: r["texts_per_s"] for r in model_rows if r["batch_size"] == size}
-            print(f"| {size} | " + " | ".join(f"{cells.get(b, 0):,.0f}" for b in budgets) + " |")
+        modes = [m for m in MODES if any(r["mode"] == m for r in model_rows)]
+        print(f"\n### 1. model only: texts/s (mean {model_rows[0]['mean_tokens']:.0f} tokens per text): eager calls,"
+              " CUDA graphs, and graphs with each batch's rows grouped by length; same run")
+        print("| batch size / token budget | " + " | ".join(modes) + " |")
+        print("|---|" + "---|" * len(modes))
+        for size, budget in dict.fromkeys((r["batch_size"], r["budget"]) for r in model_rows):
+            cells = {r["mode"]: r["texts_per_s"] for r in model_rows if (r["batch_size"], r["budget"]) == (size, budget)}
+            print(f"| {size} / {budget:,} | " + " | ".join(f"{cells.get(m, 0):,.0f}" for m in modes) + " |")
     best = max((r["texts_per_s"] for r in model_rows), default=0.0)
     if e2e_rows:
-        print(f"\n### 2. worker end to end: {args.events:,} events pre-filled; limits {args.max_batch_size} /"
-              f" {args.max_batch_tokens} / {args.max_wait_ms} ms; Kafka client {args.kafka_client}; window {args.window_s:g} s"
-              " after all feeders are up")
-        print("| feeders | events/s | vs 1 feeder | of model-only best | model busy | rows per model call |"
+        print(f"\n### 2. worker end to end: {args.events:,} events pre-filled; max_wait {args.max_wait_ms} ms;"
+              f" Kafka client {args.kafka_client}; window {args.window_s:g} s after all feeders are up")
+        print("| feeders | model calls | rows / tokens per call at most | events/s | vs 1 feeder | of model-only best | model busy | rows per model call |"
               " feeder batches per call | CPU us/event | pod RSS MB | load |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
-        base = e2e_rows[0]["events_per_s"] or 1.0
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        ones = [r for r in e2e_rows if r["processes"] == 1]
+        base = (ones[0] if ones else e2e_rows[0])["events_per_s"] or 1.0
         for r in e2e_rows:
-            print(f"| {r['processes']} | {r['events_per_s']:,.0f} | {r['events_per_s'] / base:.2f}x |"
+            print(f"| {r['processes']} | {'graphs+groups' if r['cuda_graphs'] else 'eager'} |"
+                  f" {r['max_batch_size']} / {r['max_batch_tokens']:,} | {r['events_per_s']:,.0f} |"
+                  f" {r['events_per_s'] / base:.2f}x |"
                   f" {r['events_per_s'] / best:.0%} | {r['model_busy']:.0%} | {r['rows_per_model_call']:.0f} |"
                   f" {r['feeder_batches_per_call']:.2f} | {r['cpu_us_per_event']:,.0f} | {r['pod_rss_mb']:,.0f} |"
                   f" {r['load']:.1f} |")
@@ -378,15 +390,17 @@ def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available()
     if args.smoke:
         settings = dict(shape="tiny", dtype="float32", device="cpu", max_length=64, texts=2000,
-                        batch_sizes=[16, 64], budgets=[2048, 8192], seconds=1.0, processes=[1, 2], events=12_000,
+                        limits=[(16, 2048), (16, 8192), (64, 2048), (64, 8192)], seconds=1.0, modes=["eager"],
+                        pods=[(1, True, 64, 8192), (2, True, 64, 8192)], events=12_000,
                         window_s=4.0, settle_s=1.0, max_batch_size=64, max_batch_tokens=8192, max_wait_ms=10)
     else:
         if not cuda:
             print("no CUDA GPU here: run bench/gpu_bench.sh --smoke on a CPU", file=sys.stderr)
             return 2
         settings = dict(shape="minilm", dtype="bfloat16", device="cuda", max_length=128, texts=7600,
-                        batch_sizes=[64, 128, 256, 512, 1024], budgets=[16384, 65536, 131072], seconds=3.0,
-                        processes=[1, 2, 4, 8], events=600_000, window_s=15.0, settle_s=3.0, **GPU_LIMITS)
+                        limits=[(256, 65536), (1024, 131072)], seconds=2.0, modes=list(MODES),
+                        pods=[(8, True, 256, 65536), (8, True, 1024, 131072)],
+                        events=600_000, window_s=12.0, settle_s=3.0, **GPU_LIMITS)
     for key, value in settings.items():
         setattr(args, key, value)
     out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else REPO / "bench" / "results"
@@ -396,11 +410,11 @@ def main(argv: list[str] | None = None) -> int:
         bundle = make_bundle(Path(tmp) / "bundle", args.shape, texts, args.max_length)
         print(f"[{time.strftime('%H:%M:%S')}] 1. model only ({args.shape}, {args.dtype}, {args.device})",
               file=sys.stderr, flush=True)
-        model_rows = model_only(bundle, texts, args.device, args.dtype, args.batch_sizes, args.budgets, args.seconds)
+        model_rows = model_only(bundle, texts, args.device, args.dtype, args.limits, args.seconds, args.modes)
         e2e_rows: list[dict[str, Any]] = []
         if not args.skip_e2e:
-            print(f"[{time.strftime('%H:%M:%S')}] 2. worker end to end, feeders {args.processes}", file=sys.stderr,
-                  flush=True)
+            print(f"[{time.strftime('%H:%M:%S')}] 2. worker end to end, (feeders, CUDA graphs, rows, tokens) {args.pods}",
+                  file=sys.stderr, flush=True)
             e2e_rows = end_to_end(bundle, texts, args, out_dir)
     machine = describe_machine(args.device)
     (out_dir / "gpu_bench.json").write_text(json.dumps(
