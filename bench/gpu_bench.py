@@ -45,7 +45,7 @@ for path in (REPO, REPO / "bench"):
 CARRY = REPO / ".gpu_carry"  # what bench/gpu_bench.sh --prepare puts beside the tree for the device machine
 DATASET = REPO.parent / "shared" / "datasets" / "ag_news" / "test.jsonl"
 # deploy/k8s/overlays/gpu: the limits the GPU worker runs with.
-GPU_LIMITS = {"max_batch_size": 256, "max_batch_tokens": 65536, "max_wait_ms": 10}
+OVERLAY_LIMITS = (256, 65536)  # rows, padded tokens per call; its TAGSTREAM_MAX_WAIT_MS is 10
 POD_START_S = 300  # torch and CUDA start-up in the model process, plus N feeders
 POLL_S = 0.5
 JOIN_GRACE_S = 30.0  # how much longer a run may go on while the pod's feeders are still joining
@@ -392,15 +392,15 @@ def main(argv: list[str] | None = None) -> int:
         settings = dict(shape="tiny", dtype="float32", device="cpu", max_length=64, texts=2000,
                         limits=[(16, 2048), (16, 8192), (64, 2048), (64, 8192)], seconds=1.0, modes=["eager"],
                         pods=[(1, True, 64, 8192), (2, True, 64, 8192)], events=12_000,
-                        window_s=4.0, settle_s=1.0, max_batch_size=64, max_batch_tokens=8192, max_wait_ms=10)
+                        window_s=4.0, settle_s=1.0, max_wait_ms=10)
     else:
         if not cuda:
             print("no CUDA GPU here: run bench/gpu_bench.sh --smoke on a CPU", file=sys.stderr)
             return 2
         settings = dict(shape="minilm", dtype="bfloat16", device="cuda", max_length=128, texts=7600,
                         limits=[(256, 65536), (1024, 131072)], seconds=2.0, modes=list(MODES),
-                        pods=[(8, True, 256, 65536), (8, True, 1024, 131072)],
-                        events=600_000, window_s=12.0, settle_s=3.0, **GPU_LIMITS)
+                        pods=[(8, True, *OVERLAY_LIMITS), (8, True, 1024, 131072)],
+                        events=600_000, window_s=12.0, settle_s=3.0, max_wait_ms=10)
     for key, value in settings.items():
         setattr(args, key, value)
     out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else REPO / "bench" / "results"

@@ -116,8 +116,6 @@ def plan_groups(sorted_lengths: np.ndarray, buckets: BucketedForward) -> list[tu
 class BucketedForward:
     """The model at bucket shapes, run eagerly (see the module docstring)."""
 
-    kind = "eager buckets"
-
     def __init__(self, model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], shapes: list[tuple[int, int]]) -> None:
         self._model = model
         self.shapes = sorted(shapes)
@@ -144,8 +142,6 @@ class BucketedForward:
 
 class GraphedForward(BucketedForward):
     """One CUDA graph per bucket, captured by ``capture`` (CUDA only)."""
-
-    kind = "cuda graphs"
 
     def __init__(self, model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], shapes: list[tuple[int, int]],
                  *, device: torch.device, autocast_dtype: torch.dtype | None, pad_id: int) -> None:
